@@ -1,0 +1,70 @@
+"""Readers and writers of movie files.
+
+Every reader returns a :class:`Movie`: header facts in :class:`MovieInfo` plus random access to
+frames. Frames are numpy arrays of shape ``(ny, nx)`` in the file's own raster order (MRC row 0
+first, EER raster row 0 first); only the TIFF reader and writer know about TIFF's vertical flip.
+
+This package imports nothing from the rest of cryotiff except :mod:`cryotiff.errors`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MovieInfo:
+    """Header facts of one movie.
+
+    Attributes:
+        path: the movie file.
+        kind: ``"mrc"``, ``"tiff"`` or ``"eer"``.
+        n_frames: number of frames (for EER: raw detector frames).
+        shape_yx: ``(ny, nx)`` of one frame as yielded by the reader.
+        dtype: numpy dtype of the frames yielded by the reader.
+        mrc_mode: the MRC header's MODE word (None for TIFF and EER).
+        pixel_size_angstrom: pixel size from the header (MRC ``cella.x / mx``; TIFF resolution
+            tags), or None when the file carries none.
+        frame_nbytes: bytes one frame occupies in the input file (before any unpacking); used for
+            throughput figures.
+        extra: reader-specific facts (for example the EER bit widths).
+    """
+
+    path: Path
+    kind: str
+    n_frames: int
+    shape_yx: tuple[int, int]
+    dtype: np.dtype
+    mrc_mode: int | None = None
+    pixel_size_angstrom: float | None = None
+    frame_nbytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Movie:
+    """A movie opened for reading. Use as a context manager; ``read_frame`` is thread-safe."""
+
+    info: MovieInfo
+
+    def read_frame(self, index: int) -> np.ndarray:
+        """Return frame ``index`` (0-based) as an array of shape ``info.shape_yx``, raster order."""
+        raise NotImplementedError
+
+    def iter_frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Yield frames ``start`` .. ``stop - 1`` one at a time (memory stays one frame deep)."""
+        stop = self.info.n_frames if stop is None else stop
+        for index in range(start, stop):
+            yield self.read_frame(index)
+
+    def close(self) -> None:
+        """Release the file (idempotent)."""
+
+    def __enter__(self) -> "Movie":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
