@@ -1,0 +1,274 @@
+"""``convert-to-tiff``: RELION's ``relion_convert_to_tiff`` options, cryotiff's pipeline.
+
+This module and ``mpi.py`` are the only ones that talk to the terminal. Every error the library
+raises becomes one line naming the file and the problem; the exit status is 0 when every movie
+converted (or was skipped as finished), 1 when any failed, 2 for invalid options, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from . import __version__
+from .codecs import COMPRESSION_CHOICES, validate_options
+from .convert import ConvertOptions, MovieResult
+from .errors import CryotiffError, OptionError
+from .jobs import Job, Reporter, Summary, plan, run, summarise
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = """\
+Convert cryo-EM movies (MRC, TIFF, EER) into losslessly compressed multi-page TIFF that RELION,
+MotionCor2/3, cryoSPARC and Warp read directly. A drop-in for relion_convert_to_tiff: the same
+options, output names, pixels and orientation (TIFF rows are stored bottom-up, the Y flip that
+RELION, IMOD, SerialEM and MotionCor2 apply on every TIFF read and write)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; its groups follow RELION's help sections."""
+    parser = argparse.ArgumentParser(
+        prog="convert-to-tiff",
+        description=DESCRIPTION,
+        allow_abbrev=False,  # "--o" must never be taken as a prefix of "--only_do_unfinished"
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    general = parser.add_argument_group("General Options")
+    general.add_argument("--i", nargs="+", metavar="INPUT",
+                         help="Input movies: .mrc/.mrcs/.tif/.tiff/.eer/.ecc files, a movie .star file, "
+                              "a .lst list, directories or quoted glob patterns (several allowed)")
+    general.add_argument("--o", default="./", metavar="DIR", help="Output directory (default: ./)")
+    general.add_argument("--only_do_unfinished", action="store_true",
+                         help="Skip movies whose .tif exists and is complete")
+    general.add_argument("--j", type=int, default=1, metavar="N",
+                         help="Threads per movie: frames are read, transformed and encoded concurrently (default: 1)")
+    general.add_argument("--gain", metavar="FILE",
+                         help="Estimated gain map and its reliablity map (read) for float (mode 2) movies; "
+                              "the EER gain reference to convert for EER movies")
+    general.add_argument("--thresh", type=int, default=50, metavar="N",
+                         help="Number of observations needed before a pixel's gain is reliable (default: 50)")
+    general.add_argument("--estimate_gain", action="store_true",
+                         help="Estimate the gain of gain-normalised float (mode 2) movies; writes no TIFF")
+    general.add_argument("--lossy", action="store_true",
+                         help="With --gain: round unreliable (defect) pixels so the whole movie is stored as integers")
+    eer = parser.add_argument_group("EER rendering options")
+    eer.add_argument("--eer_grouping", type=int, default=40, metavar="N",
+                     help="Raw EER frames summed into one TIFF page (default: 40)")
+    eer.add_argument("--eer_dose_per_fraction", type=float, default=None, metavar="E_PER_A2",
+                     help="Instead of --eer_grouping: the dose per TIFF page in e/A^2, from the EER metadata")
+    eer.add_argument("--eer_upsampling", type=int, default=1, choices=(-1, 1, 2, 3), metavar="N",
+                     help="1 = physical grid (4K), 2 = 2x super-resolution (8K), 3 = 4x (16K), -1 = 2x binned (default: 1)")
+    eer.add_argument("--short", action="store_true", help="Render EER into uint16 instead of uint8")
+    tiff = parser.add_argument_group("TIFF writing options")
+    tiff.add_argument("--compression", default="auto", choices=COMPRESSION_CHOICES, metavar="TYPE",
+                      help="none, auto, lzw, deflate (= zip), or the opt-in zstd, lzma (default: auto)")
+    tiff.add_argument("--deflate_level", type=int, default=6, metavar="N",
+                      help="Deflate level 1-12 (libdeflate; default: 6)")
+    tiff.add_argument("--ignore_error", action="store_true",
+                      help="Do not stop on a non-integer value in a reliable pixel of a float movie; round it")
+    tiff.add_argument("--line_by_line", action="store_true", help="One TIFF strip per row instead of one per frame")
+    tiff.add_argument("--no_verify", action="store_true",
+                      help="Do not decode every strip and compare it with its frame before writing it")
+    other = parser.add_argument_group("Other options")
+    other.add_argument("--demo", action="store_true",
+                       help="Synthesise a small movie of each detector kind into <o>/demo_movies and convert them")
+    other.add_argument("--version", action="version", version=f"cryotiff {__version__}")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> ConvertOptions:
+    """Check the options and turn them into :class:`ConvertOptions`.
+
+    Raises:
+        OptionError: an invalid value or combination.
+    """
+    validate_options(args.compression, args.deflate_level)
+    if args.j < 1:
+        raise OptionError(f"--j must be at least 1; got {args.j}")
+    if args.thresh < 1:
+        raise OptionError(f"--thresh must be at least 1; got {args.thresh}")
+    if args.eer_grouping < 1:
+        raise OptionError(f"--eer_grouping must be at least 1; got {args.eer_grouping}")
+    return ConvertOptions(
+        output_dir=Path(args.o),
+        only_do_unfinished=args.only_do_unfinished,
+        threads=args.j,
+        gain=Path(args.gain) if args.gain else None,
+        thresh=args.thresh,
+        estimate_gain=args.estimate_gain,
+        eer_grouping=args.eer_grouping,
+        eer_upsampling=args.eer_upsampling,
+        eer_dose_per_fraction=args.eer_dose_per_fraction,
+        short=args.short,
+        compression=args.compression,
+        deflate_level=args.deflate_level,
+        ignore_error=args.ignore_error,
+        line_by_line=args.line_by_line,
+        lossy=args.lossy,
+        verify=not args.no_verify,
+    )
+
+
+def unsupported_yet(options: ConvertOptions) -> str | None:
+    """Options whose implementation has not landed: they fail loudly instead of doing nothing."""
+    if options.estimate_gain:
+        return "--estimate_gain is not yet supported"
+    if options.gain is not None:
+        return "--gain is not yet supported"
+    if options.lossy:
+        return "--lossy is not yet supported"
+    if options.eer_dose_per_fraction is not None:
+        return "--eer_dose_per_fraction is not yet supported"
+    return None
+
+
+# --------------------------------------------------------------------------- terminal output
+
+
+def format_bytes(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n_bytes) < 1000 or unit == "TB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.2f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:.2f} TB"
+
+
+class TerminalReporter(Reporter):
+    """Prints RELION's per-movie line, a progress bar on a terminal, warnings and errors."""
+
+    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr):
+        self.out = out
+        self.err = err
+        self.progress = out.isatty()
+        self._bar_shown = False
+
+    def movie_started(self, job: Job, index: int, total: int) -> None:
+        print(f"Processing {job.source} into {job.destination}", file=self.out, flush=True)
+
+    def page_done(self, job: Job, done: int, total: int) -> None:
+        if not self.progress:
+            return
+        width = 30
+        filled = width * done // max(total, 1)
+        self.out.write(f"\r  [{'#' * filled}{' ' * (width - filled)}] {done}/{total} frames")
+        self.out.flush()
+        self._bar_shown = True
+
+    def _end_bar(self) -> None:
+        if self._bar_shown:
+            self.out.write("\r" + " " * 60 + "\r")
+            self.out.flush()
+            self._bar_shown = False
+
+    def movie_finished(self, result: MovieResult) -> None:
+        self._end_bar()
+        for text in result.warnings:
+            self.warning(text)
+        if result.status == "skipped":
+            print(f"Skipping already processed {result.source}", file=self.out, flush=True)
+        elif result.status == "failed":
+            print(f"ERROR: {result.message}", file=self.err, flush=True)
+
+    def message(self, text: str) -> None:
+        self._end_bar()
+        print(text, file=self.out, flush=True)
+
+    def warning(self, text: str) -> None:
+        self._end_bar()
+        print(text, file=self.err, flush=True)
+
+
+def print_summary(results: Sequence[MovieResult], summary: Summary, out: TextIO = sys.stdout) -> None:
+    """The final table: one row per converted movie (up to 20), then the totals."""
+    converted = [r for r in results if r.status == "converted"]
+    print("", file=out)
+    if converted and len(converted) <= 20:
+        name_width = min(max(len(str(r.source)) for r in converted), 60)
+        print(f"{'movie':<{name_width}}  {'pages':>5}  {'type':>7}  {'codec':>9}  {'size %':>6}  {'MB/s':>7}", file=out)
+        for r in converted:
+            ratio = 100.0 * r.output_bytes / r.input_bytes if r.input_bytes else 0.0
+            speed = r.input_bytes / 1e6 / r.seconds if r.seconds > 0 else 0.0
+            name = str(r.source)
+            if len(name) > name_width:
+                name = "..." + name[-(name_width - 3):]
+            print(f"{name:<{name_width}}  {r.n_pages:>5}  {r.dtype:>7}  {r.codec:>9}  {ratio:>6.1f}  {speed:>7.1f}", file=out)
+        print("", file=out)
+    print(f"Movies converted: {summary.converted}, skipped: {summary.skipped}, failed: {summary.failed}", file=out)
+    if summary.converted:
+        print(f"Frames verified:  {summary.frames_verified}", file=out)
+        print(f"Input:  {format_bytes(summary.input_bytes)}   Output: {format_bytes(summary.output_bytes)}"
+              f"   ({summary.ratio_percent:.1f} % of the input)", file=out)
+    print(f"Speed:  {summary.megabytes_per_second:.1f} MB/s of input   Wall time: {summary.wall_seconds:.1f} s", file=out)
+    if summary.failures:
+        print("Failed movies:", file=out)
+        for failure in summary.failures:
+            print(f"  {failure.message}", file=out)
+    out.flush()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_conversion(
+    inputs: Sequence[str], options: ConvertOptions, reporter: TerminalReporter, relative_to: Path | None = None
+) -> int:
+    started = time.perf_counter()
+    jobs, failures = plan(inputs, options, relative_to)
+    for failure in failures:
+        reporter.movie_finished(failure)
+    try:
+        options.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+    results = failures + run(jobs, options, reporter)
+    summary = summarise(results, time.perf_counter() - started)
+    print_summary(results, summary, reporter.out)
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``convert-to-tiff``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    reporter = TerminalReporter()
+    try:
+        options = options_from_args(args)
+        if args.demo:
+            from .demo import make_demo_movies
+
+            demo_dir = options.output_dir / "demo_movies"
+            reporter.message(f"Writing synthetic demo movies into {demo_dir}")
+            inputs = [str(path) for path in make_demo_movies(demo_dir)]
+            relative_to = demo_dir
+            options.output_dir = options.output_dir / "converted"
+        else:
+            relative_to = None
+            if not args.i:
+                parser.error("the following arguments are required: --i")
+            inputs = args.i
+        problem = unsupported_yet(options)
+        if problem:
+            raise OptionError(problem)
+        return run_conversion(inputs, options, reporter, relative_to)
+    except OptionError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CryotiffError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\nInterrupted; the movie being written was removed.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into "head" and the like
+        sys.stderr.close()
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

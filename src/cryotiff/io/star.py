@@ -1,0 +1,86 @@
+"""STAR files in and out through starfile (imported lazily: it pulls in pandas).
+
+Input: the ``movies`` table of a RELION 3.1+ movie STAR file, else the first table (RELION 3.0
+files have one unnamed ``data_`` block), column ``rlnMicrographMovieName``. CR+LF line ends are
+accepted (RELION rejects them).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import StarFormatError
+
+MOVIE_NAME_COLUMN = "rlnMicrographMovieName"
+
+
+def read_star_blocks(path: Path) -> dict[str, Any]:
+    """Return ``{block name: table}`` of a STAR file (tables are pandas DataFrames or dicts).
+
+    Raises:
+        StarFormatError: the file is missing, empty or cannot be parsed.
+    """
+    if not path.is_file():
+        raise StarFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise StarFormatError(f"{path}: the STAR file is empty")
+    import starfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:
+        raise StarFormatError(f"{path}: not a readable STAR file ({exc})") from None
+    if not blocks:
+        raise StarFormatError(f"{path}: the STAR file holds no data block")
+    return blocks
+
+
+def _n_rows(table: Any) -> int:
+    return len(table) if hasattr(table, "columns") else (1 if table else 0)
+
+
+def movie_table_name(blocks: dict[str, Any]) -> str:
+    """RELION's choice: the ``movies`` table if it has rows, else the first table."""
+    if "movies" in blocks and _n_rows(blocks["movies"]) > 0:
+        return "movies"
+    return next(iter(blocks))
+
+
+def read_movie_names(path: Path) -> list[str]:
+    """Movie names of a movie STAR file, as written in the file (relative to the current directory,
+    as in RELION).
+
+    Raises:
+        StarFormatError: no ``rlnMicrographMovieName`` column (RELION's message).
+    """
+    blocks = read_star_blocks(path)
+    table = blocks[movie_table_name(blocks)]
+    if hasattr(table, "columns"):
+        if MOVIE_NAME_COLUMN not in table.columns:
+            raise StarFormatError(
+                f"{path}: the input STAR file does not contain the {MOVIE_NAME_COLUMN} column"
+            )
+        names = [str(name).strip() for name in table[MOVIE_NAME_COLUMN]]
+    else:  # a single-row block is read as a dict
+        if MOVIE_NAME_COLUMN not in table:
+            raise StarFormatError(
+                f"{path}: the input STAR file does not contain the {MOVIE_NAME_COLUMN} column"
+            )
+        names = [str(table[MOVIE_NAME_COLUMN]).strip()]
+    return [name for name in names if name]
+
+
+def write_star_atomically(path: Path, blocks: dict[str, Any]) -> None:
+    """Write ``blocks`` as a STAR file via a temporary file and a rename."""
+    import starfile
+
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        starfile.write(blocks, tmp, overwrite=True)
+    os.replace(tmp, path)

@@ -1,0 +1,286 @@
+"""TIFF movies: the reader (TIFF input, for example LZW TIFF from SerialEM) and the atomic writer.
+
+Orientation, in one place: RELION, IMOD, MotionCor2 and SerialEM flip the Y axis whenever they
+read or write TIFF (scanline 0 of the file holds the *last* row of the frame in memory). The
+writer therefore writes row ``ny - 1 - r`` as scanline ``r``, and the reader flips back, so a
+frame read from a TIFF movie is in the same raster order as one read from the MRC it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..errors import InputError, OutputError, TiffFormatError, VerificationError
+from . import Movie, MovieInfo
+
+#: Sample types every reader of movie TIFFs accepts (RELION's TIFF reader: u8, i8, u16, i16, f32).
+TIFF_SAMPLE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.float32)
+
+#: Size above which a movie is written as BigTIFF. Classic TIFF addresses 4 GiB; keep a margin for
+#: IFDs and for codecs that expand incompressible data.
+BIGTIFF_THRESHOLD_BYTES = 2**32 - 2**26
+
+
+def flip_rows(frame: np.ndarray) -> np.ndarray:
+    """Return the frame in TIFF scanline order (row ``ny-1`` first): the convention of RELION, IMOD,
+    MotionCor2 and SerialEM. The same function converts back."""
+    return frame[::-1]
+
+
+def _resolution_to_pixel_size_angstrom(page) -> float | None:
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    numerator, denominator = tags["XResolution"].value
+    if numerator == 0 or denominator == 0:
+        return None
+    pixels_per_unit = numerator / denominator
+    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    if unit == 3:  # centimetre: RELION writes 1e8 / pixel size (A)
+        return 1e8 / pixels_per_unit
+    if unit == 2:  # inch, which RELION also reads back
+        return 2.54e8 / pixels_per_unit
+    return None
+
+
+class TiffMovie(Movie):
+    """A multi-page TIFF movie, one frame per page, read through tifffile.
+
+    Frames are returned flipped back to raster order (see the module docstring). Pages are
+    decoded one at a time; ``read_frame`` is serialised by a lock because tifffile shares one
+    file handle.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        import tifffile
+
+        self._path = Path(path)
+        if not self._path.exists():
+            raise InputError(f"{self._path}: no such file")
+        if self._path.is_dir():
+            raise InputError(f"{self._path}: is a directory, not a movie")
+        if self._path.stat().st_size == 0:
+            raise TiffFormatError(f"{self._path}: the file is empty")
+        self._lock = threading.Lock()
+        try:
+            self._tif = tifffile.TiffFile(self._path)
+            pages = self._tif.pages
+            n_pages = len(pages)
+            if n_pages == 0:
+                raise TiffFormatError(f"{self._path}: the TIFF file has no image")
+            first = pages.first
+            shape = first.shape
+            dtype = np.dtype(first.dtype)
+            pixel_size = _resolution_to_pixel_size_angstrom(first)
+            compression = int(first.compression)
+        except TiffFormatError:
+            self.close()
+            raise
+        except Exception as exc:  # tifffile raises many types on damaged files
+            self.close()
+            raise TiffFormatError(f"{self._path}: not a readable TIFF file ({exc})") from None
+        if len(shape) != 2:
+            self.close()
+            raise TiffFormatError(
+                f"{self._path}: pages of shape {shape} are not single-sample 2D frames"
+            )
+        if dtype.type not in TIFF_SAMPLE_TYPES:
+            self.close()
+            raise TiffFormatError(
+                f"{self._path}: sample type {dtype} is not one that movie readers accept"
+            )
+        self.info = MovieInfo(
+            path=self._path,
+            kind="tiff",
+            n_frames=n_pages,
+            shape_yx=(int(shape[0]), int(shape[1])),
+            dtype=dtype,
+            pixel_size_angstrom=pixel_size,
+            frame_nbytes=int(np.prod(shape)) * dtype.itemsize,
+            extra={"compression": compression},
+        )
+
+    def read_frame(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.info.n_frames:
+            raise IndexError(index)
+        try:
+            with self._lock:
+                page = self._tif.pages[index]
+                data = page.asarray()
+        except Exception as exc:
+            raise TiffFormatError(f"{self._path}: page {index + 1} cannot be decoded ({exc})") from None
+        if data.shape != self.info.shape_yx or data.dtype != self.info.dtype:
+            raise TiffFormatError(
+                f"{self._path}: page {index + 1} is {data.shape} {data.dtype}, "
+                f"page 1 is {self.info.shape_yx} {self.info.dtype}"
+            )
+        return np.ascontiguousarray(flip_rows(data))
+
+    def close(self) -> None:
+        tif = getattr(self, "_tif", None)
+        if tif is not None:
+            tif.close()
+            self._tif = None
+
+
+def open_tiff(path: str | os.PathLike[str]) -> TiffMovie:
+    """Open a TIFF movie for reading (frames flipped back to raster order)."""
+    return TiffMovie(path)
+
+
+@dataclass(frozen=True)
+class TiffLayout:
+    """What a movie TIFF will look like.
+
+    Attributes:
+        n_pages: number of pages (IFDs), one per frame.
+        shape_yx: ``(ny, nx)``: ImageLength and ImageWidth.
+        dtype: sample type: BitsPerSample and SampleFormat (1 uint, 2 int, 3 IEEE float).
+        compression_code: the Compression tag (1 none, 5 LZW, 8 Deflate, 50000 ZSTD, 34925 LZMA).
+        rows_per_strip: RowsPerStrip (ny: one strip per frame; 1 with ``--line_by_line``).
+        pixel_size_angstrom: written as XResolution = YResolution = 1e8 / pixel size, in pixels
+            per centimetre (ResolutionUnit 3), as RELION does; None writes no resolution tags.
+        software: the Software tag.
+    """
+
+    n_pages: int
+    shape_yx: tuple[int, int]
+    dtype: np.dtype
+    compression_code: int
+    rows_per_strip: int
+    pixel_size_angstrom: float | None
+    software: str
+
+    @property
+    def strips_per_page(self) -> int:
+        return -(-self.shape_yx[0] // self.rows_per_strip)
+
+    @property
+    def uncompressed_nbytes(self) -> int:
+        return self.n_pages * self.shape_yx[0] * self.shape_yx[1] * np.dtype(self.dtype).itemsize
+
+    @property
+    def bigtiff(self) -> bool:
+        """BigTIFF only when the file could pass 4 GiB (judged from the uncompressed size, since a
+        codec may expand incompressible data a little)."""
+        return self.uncompressed_nbytes * 1.01 + 2**20 > BIGTIFF_THRESHOLD_BYTES
+
+
+def temporary_path(destination: Path) -> Path:
+    """``X.tif`` -> ``X.tif.tmp``: where a movie is written until it is complete (RELION's name)."""
+    return destination.with_name(destination.name + ".tmp")
+
+
+def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes]) -> None:
+    """Write pre-encoded strips as a multi-page TIFF, atomically.
+
+    The strips (``layout.strips_per_page`` per page, pages in order, rows already flipped) are
+    written to ``X.tif.tmp``; the file is then reopened and its page count, shape and sample type
+    checked, and only then renamed to ``X.tif``. On any error (including KeyboardInterrupt) the
+    temporary file is removed and the error propagates; ``X.tif`` never exists incomplete.
+
+    Raises:
+        OutputError: the file cannot be written (permissions, disk full).
+        VerificationError: the written file does not have the expected pages.
+    """
+    import tifffile
+
+    tmp = temporary_path(destination)
+    resolution = None
+    if layout.pixel_size_angstrom is not None and layout.pixel_size_angstrom > 0:
+        pixels_per_cm = 1e8 / layout.pixel_size_angstrom
+        resolution = (pixels_per_cm, pixels_per_cm)
+    try:
+        try:
+            with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, byteorder="<") as writer:
+                writer.write(
+                    iter(strips),
+                    shape=(layout.n_pages, *layout.shape_yx),
+                    dtype=layout.dtype,
+                    compression=layout.compression_code,
+                    rowsperstrip=layout.rows_per_strip,
+                    photometric="minisblack",
+                    software=layout.software,
+                    resolution=resolution,
+                    resolutionunit="CENTIMETER" if resolution else None,
+                    metadata=None,  # no JSON ImageDescription: plain TIFF, as RELION writes it
+                )
+        except OSError as exc:
+            raise OutputError(f"{destination}: cannot write ({exc.strerror or exc})") from None
+        check_complete(tmp, layout.n_pages, layout.shape_yx, layout.dtype, label=destination)
+        try:
+            os.replace(tmp, destination)
+        except OSError as exc:
+            raise OutputError(f"{destination}: cannot rename the finished file ({exc.strerror})") from None
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a file if it exists; used for partial outputs."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def check_complete(
+    path: Path,
+    n_pages: int,
+    shape_yx: tuple[int, int],
+    dtype: np.dtype,
+    label: Path | None = None,
+) -> None:
+    """Reopen a written TIFF and check its page count, frame shape and sample type.
+
+    Raises:
+        VerificationError: naming ``label`` (default ``path``) and what is wrong.
+    """
+    import tifffile
+
+    label = label or path
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = tif.pages
+            found = len(pages)
+            first = pages.first
+            found_shape, found_dtype = first.shape, np.dtype(first.dtype)
+    except Exception as exc:
+        raise VerificationError(f"{label}: the written file cannot be reopened ({exc})") from None
+    if found != n_pages:
+        raise VerificationError(f"{label}: the written file has {found} pages, expected {n_pages}")
+    if tuple(found_shape) != tuple(shape_yx) or found_dtype != np.dtype(dtype):
+        raise VerificationError(
+            f"{label}: the written file holds {found_shape} {found_dtype}, expected "
+            f"{tuple(shape_yx)} {np.dtype(dtype)}"
+        )
+
+
+def is_complete(path: Path, n_pages: int) -> bool:
+    """True if ``path`` is a readable TIFF with exactly ``n_pages`` pages (the skip test of
+    ``--only_do_unfinished``; RELION only tests that the file exists)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages) == n_pages
+    except Exception:
+        return False
+
+
+def read_tiff_pages(path: Path) -> Iterator[np.ndarray]:
+    """Yield the pages of a TIFF as stored (no flip); for tests and verification."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        for page in tif.pages:
+            yield page.asarray()

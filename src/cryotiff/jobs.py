@@ -1,0 +1,296 @@
+"""From inputs to results: input expansion, output naming, skip rules, the per-movie loop and the
+summary.
+
+The library reports progress through a :class:`Reporter`; it never prints. ``cli.py`` and
+``mpi.py`` supply reporters that talk to the terminal.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Iterable, Sequence
+
+from .convert import MOVIE_SUFFIXES, ConvertOptions, MovieResult, convert_movie, open_page_source
+from .errors import CryotiffError, InputError, OutputError
+from .io.star import read_movie_names
+from .io.tiff import is_complete, remove_quietly, temporary_path
+
+GLOB_CHARACTERS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One movie to convert.
+
+    Attributes:
+        source: the movie as named in the input (relative to the current directory).
+        destination: the TIFF to write inside the output directory.
+    """
+
+    source: Path
+    destination: Path
+
+
+class Reporter:
+    """Receives progress from the library; the default does nothing."""
+
+    def movie_started(self, job: Job, index: int, total: int) -> None:
+        """A movie is about to be converted (``index`` is 1-based)."""
+
+    def page_done(self, job: Job, done: int, total: int) -> None:
+        """``done`` of ``total`` pages of the current movie are written."""
+
+    def movie_finished(self, result: MovieResult) -> None:
+        """A movie was converted, skipped or failed."""
+
+    def message(self, text: str) -> None:
+        """An informational line (stdout in the CLI)."""
+
+    def warning(self, text: str) -> None:
+        """A warning line (stderr in the CLI)."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def read_list_file(path: Path) -> list[str]:
+    """Movie names from a ``.lst`` file: one per line, whitespace trimmed, blank lines and ``#``
+    comments skipped (RELION keeps whitespace and crashes on a blank line).
+
+    Raises:
+        InputError: the file is missing or unreadable.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    names = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.append(line)
+    return names
+
+
+def _is_movie_file(path: Path) -> bool:
+    return path.suffix.lower() in MOVIE_SUFFIXES and path.is_file()
+
+
+def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list[Path]:
+    """Expand ``--i`` arguments into movie paths, in order, without duplicates.
+
+    Each argument may be a movie, a ``.star`` or ``.lst`` file, a directory (searched recursively
+    for .mrc, .mrcs, .tif, .tiff, .eer and .ecc files, in sorted order, leaving out anything inside
+    ``output_dir``) or a quoted glob pattern (``'Movies/*.eer'``; ``**`` recurses).
+
+    Raises:
+        InputError: an argument names nothing (no such file, a pattern that matches nothing, a
+            directory without movies).
+    """
+    movies: list[Path] = []
+    output_resolved = output_dir.resolve() if output_dir is not None else None
+    for argument in inputs:
+        path = Path(argument)
+        if path.suffix == ".star" and not path.is_dir():
+            movies.extend(Path(name) for name in read_movie_names(path))
+        elif path.suffix == ".lst" and not path.is_dir():
+            movies.extend(Path(name) for name in read_list_file(path))
+        elif path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if _is_movie_file(p)
+                and not (output_resolved and output_resolved in p.resolve().parents)
+            )
+            if not found:
+                raise InputError(f"{path}: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie")
+            movies.extend(found)
+        elif GLOB_CHARACTERS & set(argument) and not path.exists():
+            found = sorted(Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file())
+            if not found:
+                raise InputError(f"{argument}: no file matches this pattern")
+            movies.extend(found)
+        else:
+            movies.append(path)
+    unique: dict[Path, None] = dict.fromkeys(movies)
+    return list(unique)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def output_path(movie: Path, output_dir: Path) -> Path:
+    """Where the TIFF of ``movie`` goes: ``<o>/<movie path without its last extension>.tif``, as
+    RELION names it, except that nothing lands outside ``<o>``:
+
+    * the path is first normalised lexically (``a/./b/../c.mrc`` -> ``a/c.mrc``);
+    * an absolute path loses its root: ``/data/x.mrc`` -> ``<o>/data/x.tif`` (as in RELION);
+    * each remaining ``..`` becomes ``__``: ``../raw/x.mrc`` -> ``<o>/__/raw/x.tif`` (RELION writes
+      ``<o>/../raw/x.tif``, outside the output directory).
+    """
+    parts = PurePath(os.path.normpath(str(movie))).parts
+    if parts and PurePath(movie).is_absolute():
+        parts = parts[1:]  # drop "/" (or a drive and root)
+    parts = tuple("__" if part == ".." else part for part in parts)
+    if not parts:
+        raise InputError(f"{movie}: not a movie file name")
+    relative = Path(*parts)
+    return output_dir / relative.with_name(relative.stem + ".tif")  # stem: without the last extension
+
+
+def plan(
+    inputs: Sequence[str], options: ConvertOptions, relative_to: Path | None = None
+) -> tuple[list[Job], list[MovieResult]]:
+    """Expand the inputs and name the outputs.
+
+    ``relative_to``: name outputs after the movie path relative to this directory instead of the
+    path as given (the demo uses it; RELION has no such option).
+
+    Returns:
+        The jobs, and failed results for movies that cannot be planned (two movies that would be
+        written to the same TIFF; a TIFF input that would overwrite itself).
+    """
+    movies = expand_inputs(inputs, options.output_dir)
+    jobs: list[Job] = []
+    failures: list[MovieResult] = []
+    claimed: dict[Path, Path] = {}
+    for movie in movies:
+        named = movie.relative_to(relative_to) if relative_to is not None else movie
+        destination = output_path(named, options.output_dir)
+        key = Path(os.path.normpath(os.path.abspath(destination)))
+        if key in claimed:
+            failures.append(
+                MovieResult(movie, destination, "failed",
+                            f"{movie}: would be written to {destination}, as {claimed[key]} already is")
+            )
+            continue
+        if movie.exists() and destination.exists() and os.path.samefile(movie, destination):
+            failures.append(
+                MovieResult(movie, destination, "failed",
+                            f"{movie}: the output would overwrite the input; choose another --o")
+            )
+            continue
+        claimed[key] = movie
+        jobs.append(Job(movie, destination))
+    return jobs, failures
+
+
+def is_finished(job: Job, options: ConvertOptions) -> bool:
+    """The ``--only_do_unfinished`` test: the ``.tif`` exists, opens, and has the page count this
+    movie gives with these options. A ``.tif.tmp`` never counts (RELION only tests existence)."""
+    if not job.destination.is_file():
+        return False
+    try:
+        source = open_page_source(job.source, options)
+    except CryotiffError:
+        return False  # the input is broken: let the conversion report it
+    try:
+        expected = source.n_pages
+    finally:
+        source.close()
+    return is_complete(job.destination, expected)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def make_executor(threads: int) -> Executor | None:
+    """Threads for one movie's pages (``--j``); None for ``--j 1`` (everything inline)."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cryotiff") if threads > 1 else None
+
+
+def run_job(job: Job, options: ConvertOptions, executor: Executor | None, reporter: Reporter) -> MovieResult:
+    """Convert one movie; every problem becomes a ``failed`` result naming the file (the other
+    movies go on). KeyboardInterrupt propagates after the temporary file is removed."""
+    started = time.perf_counter()
+    try:
+        try:
+            job.destination.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{job.destination.parent}: cannot create the output directory ({exc.strerror})") from None
+        result = convert_movie(
+            job.source,
+            job.destination,
+            options,
+            executor=executor,
+            on_page=lambda done, total: reporter.page_done(job, done, total),
+        )
+    except CryotiffError as exc:
+        result = MovieResult(job.source, job.destination, "failed", str(exc))
+    except MemoryError:
+        result = MovieResult(job.source, job.destination, "failed", f"{job.source}: out of memory")
+    except OSError as exc:
+        result = MovieResult(job.source, job.destination, "failed", f"{job.source}: {exc.strerror or exc}")
+    finally:
+        remove_quietly(temporary_path(job.destination))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class Summary:
+    """Totals of a run, for the final table."""
+
+    converted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    frames_verified: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+    wall_seconds: float = 0.0
+    failures: list[MovieResult] = field(default_factory=list)
+
+    @property
+    def ratio_percent(self) -> float:
+        return 100.0 * self.output_bytes / self.input_bytes if self.input_bytes else 0.0
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.input_bytes / 1e6 / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def summarise(results: Iterable[MovieResult], wall_seconds: float) -> Summary:
+    summary = Summary(wall_seconds=wall_seconds)
+    for result in results:
+        if result.status == "converted":
+            summary.converted += 1
+            summary.frames_verified += result.frames_verified
+            summary.input_bytes += result.input_bytes
+            summary.output_bytes += result.output_bytes
+        elif result.status == "skipped":
+            summary.skipped += 1
+        else:
+            summary.failed += 1
+            summary.failures.append(result)
+    return summary
+
+
+def run(
+    jobs: Sequence[Job],
+    options: ConvertOptions,
+    reporter: Reporter | None = None,
+) -> list[MovieResult]:
+    """Convert every job in order (finished ones skipped with ``--only_do_unfinished``)."""
+    reporter = reporter or Reporter()
+    results: list[MovieResult] = []
+    executor = make_executor(options.threads)
+    try:
+        for index, job in enumerate(jobs, start=1):
+            if options.only_do_unfinished and is_finished(job, options):
+                result = MovieResult(job.source, job.destination, "skipped", "already converted")
+            else:
+                reporter.movie_started(job, index, len(jobs))
+                result = run_job(job, options, executor, reporter)
+            results.append(result)
+            reporter.movie_finished(result)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+    return results
