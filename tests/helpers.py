@@ -1,0 +1,36 @@
+"""Test helpers: every conversion test decodes the written TIFF and compares pixels."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+def read_tiff_frames(path: Path) -> np.ndarray:
+    """All pages of a movie TIFF, flipped back to raster order (the documented vertical flip):
+    ``result[k]`` should equal frame ``k`` of the source movie."""
+    with tifffile.TiffFile(path) as tif:
+        pages = np.stack([page.asarray() for page in tif.pages])
+    return pages[:, ::-1, :]
+
+
+def tiff_tags(path: Path, page: int = 0) -> dict[str, object]:
+    with tifffile.TiffFile(path) as tif:
+        return {tag.name: tag.value for tag in tif.pages[page].tags.values()}
+
+
+def libtiff_decodes(path: Path) -> None:
+    """Decode every strip with libtiff's own tools (Debian's libtiff-tools) when installed."""
+    tiffinfo = shutil.which("tiffinfo")
+    if tiffinfo is None:
+        return
+    completed = subprocess.run([tiffinfo, "-D", str(path)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert "error" not in completed.stderr.lower(), completed.stderr
