@@ -142,10 +142,10 @@ def format_bytes(n_bytes: float) -> str:
 class TerminalReporter(Reporter):
     """Prints RELION's per-movie line, a progress bar on a terminal, warnings and errors."""
 
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr):
-        self.out = out
-        self.err = err
-        self.progress = out.isatty()
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.progress = self.out.isatty()
         self._bar_shown = False
 
     def movie_started(self, job: Job, index: int, total: int) -> None:
@@ -184,7 +184,7 @@ class TerminalReporter(Reporter):
         print(text, file=self.err, flush=True)
 
 
-def print_summary(results: Sequence[MovieResult], summary: Summary, out: TextIO = sys.stdout) -> None:
+def print_summary(results: Sequence[MovieResult], summary: Summary, out: TextIO) -> None:
     """The final table: one row per converted movie (up to 20), then the totals."""
     converted = [r for r in results if r.status == "converted"]
     print("", file=out)
