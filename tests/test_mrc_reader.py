@@ -187,6 +187,18 @@ def test_big_endian_with_blank_machine_stamp(tmp_path: Path, mode: int) -> None:
     assert read_mrc_mode(path) == mode
 
 
+def test_big_endian_mode0_with_blank_machine_stamp_and_plausible_swapped_sizes(tmp_path: Path) -> None:
+    """Read little-endian, NX = NY = 256 become 65536 and NZ = 1 becomes 2**24: still sane-looking
+    numbers, but the data block would not fit in the file, so the other byte order is chosen."""
+    frames = _random_frames(0, (1, 256, 256))
+    path = write_mrc_movie(tmp_path / "be0.mrc", frames, 0, big_endian=True)
+    _patch_bytes(path, 212, b"\x00\x00\x00\x00")
+    with open_mrc(path) as movie:
+        assert movie.info.extra["byte_order"] == ">"
+        assert movie.info.shape_yx == (256, 256) and movie.info.n_frames == 1
+        np.testing.assert_array_equal(movie.read_frame(0), frames[0])
+
+
 def test_little_endian_with_blank_machine_stamp(tmp_path: Path) -> None:
     frames = _random_frames(6, (2, 3, 4))
     path = write_mrc_movie(tmp_path / "le.mrc", frames, 6)
@@ -508,7 +520,7 @@ def test_fuzzed_files_fail_cleanly(
     fmt = ">i" if big_endian_fields else "<i"
     for offset, value in field_edits + small_field_values:
         data[offset : offset + 4] = struct.pack(fmt, value)
-    for offset, value in byte_edits:
+    for offset, value in byte_edits:  # the base is mostly header: 1024 + 12 + 36 bytes
         data[offset] = value
     if length is not None:
         data = data[:length] if length <= len(data) else data + b"\x00" * (length - len(data))

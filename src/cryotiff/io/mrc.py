@@ -84,7 +84,6 @@ MODE_DTYPES: dict[int, np.dtype] = {
     101: np.dtype(np.int8),
 }
 _COMPLEX_MODES = (3, 4)
-_KNOWN_MODES = frozenset(MODE_DTYPES) | frozenset(_COMPLEX_MODES)
 
 #: Largest ``NX`` or ``NY`` accepted; anything bigger is taken as a damaged header.
 MAX_SIDE_PIXELS = 1 << 17
@@ -245,40 +244,52 @@ def _parse_header_fields(raw: bytes, byte_order: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=HEADER_DTYPE.newbyteorder(byte_order), count=1)[0]
 
 
-def _plausible(fields: np.ndarray) -> bool:
-    return (
-        int(fields["mode"]) in _KNOWN_MODES
-        and 0 < int(fields["nx"]) <= MAX_SIDE_PIXELS
-        and 0 < int(fields["ny"]) <= MAX_SIDE_PIXELS
-        and 0 < int(fields["nz"]) <= MAX_FRAMES
-        and int(fields["nsymbt"]) >= 0
-    )
+def _plausible(fields: np.ndarray, file_nbytes: int) -> bool:
+    """Whether the header describes a readable movie that fits in ``file_nbytes`` bytes."""
+    mode, nx, ny, nz = (int(fields[name]) for name in ("mode", "nx", "ny", "nz"))
+    nsymbt = int(fields["nsymbt"])
+    if not (
+        mode in MODE_DTYPES
+        and 0 < nx <= MAX_SIDE_PIXELS
+        and 0 < ny <= MAX_SIDE_PIXELS
+        and 0 < nz <= MAX_FRAMES
+        and nsymbt >= 0
+    ):
+        return False
+    row_nbytes = mode101_row_nbytes(nx) if mode == 101 else nx * MODE_DTYPES[mode].itemsize
+    return HEADER_NBYTES + nsymbt + nz * ny * row_nbytes <= file_nbytes
 
 
 def read_mrc_header(path: PathLike) -> MrcHeader:
     """Read and sanity-check the 1024-byte MRC header of ``path`` (the data are not read).
 
     The byte order is the one mrcfile infers (machine stamp, corrected by the MODE word). If the
-    header is implausible in that byte order but plausible in the other (for example a big-endian
-    file with a blank machine stamp, or a mode-101 file, which mrcfile does not know), the other
-    order is used and a warning is recorded. The data block is not checked here.
+    header does not describe a readable movie fitting in the file in that byte order (known
+    mode, sane NX/NY/NZ/NSYMBT, data block within the file size) but does in the other (for
+    example a big-endian file with a blank machine stamp, notably modes 0 and 101, which
+    mrcfile's MODE-word check cannot decide), the other order is used and a warning recorded.
+    No other check is made here: :func:`open_mrc` validates.
+
+    mrcfile's complaints are captured with :func:`warnings.catch_warnings`, which (before Python
+    3.14) is not thread-safe: open files from one thread, or accept that a warning raised by
+    another thread at the same moment may be captured too.
 
     Raises:
         InputError: missing file, directory, unreadable file.
         MrcFormatError: empty or short file, not an MRC file.
     """
     path = Path(path)
-    raw, _ = _read_header_bytes(path)
-    return _header_from_bytes(path, raw)
+    raw, file_nbytes = _read_header_bytes(path)
+    return _header_from_bytes(path, raw, file_nbytes)
 
 
-def _header_from_bytes(path: Path, raw: bytes) -> MrcHeader:
+def _header_from_bytes(path: Path, raw: bytes, file_nbytes: int) -> MrcHeader:
     byte_order, complaints = _mrcfile_byte_order(path, raw)
     fields = _parse_header_fields(raw, byte_order)
-    if not _plausible(fields):
+    if not _plausible(fields, file_nbytes):
         other_order = ">" if byte_order == "<" else "<"
         other = _parse_header_fields(raw, other_order)
-        if _plausible(other):
+        if _plausible(other, file_nbytes):
             complaints.append(
                 f"header is implausible in byte order '{byte_order}' but valid in "
                 f"'{other_order}'; using '{other_order}'"
@@ -498,7 +509,7 @@ def open_mrc(path: PathLike) -> MrcMovie:
     """
     path = Path(path)
     raw, file_nbytes = _read_header_bytes(path)
-    header = _header_from_bytes(path, raw)
+    header = _header_from_bytes(path, raw, file_nbytes)
     _validate_header(path, header)
     data_offset = HEADER_NBYTES + header.nsymbt
     if data_offset > file_nbytes:

@@ -54,18 +54,13 @@ def _as_mode_samples(values: np.ndarray, mode: int) -> np.ndarray:
     """Convert ``values`` to the sample type of ``mode``; integer modes must hold them exactly."""
     if mode not in MODE_FILE_DTYPES:
         raise ValueError(f"MRC mode {mode} cannot be written (use 0, 1, 2, 6, 12 or 101).")
-    if mode == 101:
-        if values.size and (not np.all(values == np.round(values)) or values.min() < 0 or values.max() > 15):
-            raise ValueError("mode 101 (4-bit) values must be integers 0..15.")
-        return values.astype(np.uint8)
     dtype = MODE_FILE_DTYPES[mode]
     if dtype.kind == "f":
         return values.astype(dtype)
-    info = np.iinfo(dtype)
-    if values.size and (
-        not np.all(values == np.round(values)) or values.min() < info.min or values.max() > info.max
-    ):
-        raise ValueError(f"mode {mode} holds integers {info.min}..{info.max}; the values do not fit.")
+    low, high = (0, 15) if mode == 101 else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+    integral = values.dtype.kind in "biu" or bool(np.all(values == np.round(values)))
+    if not integral or values.min() < low or values.max() > high:
+        raise ValueError(f"MRC mode {mode} holds integers {low}..{high}; the values do not fit.")
     return values.astype(dtype)
 
 
@@ -119,12 +114,11 @@ def write_mrc_movie(
         header["cella"] = (pixel_size_angstrom * nx, pixel_size_angstrom * ny, pixel_size_angstrom * 1)
     header["cellb"] = (90.0, 90.0, 90.0)
     header["mapc"], header["mapr"], header["maps"] = 1, 2, 3
-    stats_values = samples.astype(np.float64)
     with np.errstate(all="ignore"):  # infinities or NaN in float data make the statistics NaN
-        header["dmin"] = stats_values.min()
-        header["dmax"] = stats_values.max()
-        header["dmean"] = stats_values.mean()
-        header["rms"] = stats_values.std()
+        header["dmin"] = samples.min()
+        header["dmax"] = samples.max()
+        header["dmean"] = samples.mean(dtype=np.float64)
+        header["rms"] = samples.std(dtype=np.float64)
     header["ispg"] = 0
     header["nsymbt"] = extended_header_bytes
     if extended_header_bytes:
