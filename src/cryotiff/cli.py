@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     other = parser.add_argument_group("Other options")
     other.add_argument("--demo", action="store_true",
                        help="Synthesise a small movie of each detector kind into <o>/demo_movies and convert them")
+    other.add_argument("--benchmark", action="store_true",
+                       help="Try every codec on the first frames of the --i movies (or of the demo movies) and "
+                            "print size %%, encode and decode MB/s, and which TIFF readers decode each; converts nothing")
     other.add_argument("--version", action="version", version=f"cryotiff {__version__}")
     return parser
 
@@ -232,6 +235,26 @@ def run_conversion(
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 
+def run_benchmark(inputs: Sequence[str] | None, options: ConvertOptions, reporter: TerminalReporter) -> int:
+    """``--benchmark``: the codec table for the given movies, or for the demo movies."""
+    import tempfile
+
+    from .benchmark import benchmark_codecs, format_benchmark_table
+    from .jobs import expand_inputs
+
+    with tempfile.TemporaryDirectory(prefix="cryotiff-benchmark-") as scratch:
+        if inputs:
+            movies = expand_inputs(inputs)
+        else:
+            from .demo import make_demo_movies
+
+            reporter.message("No --i given: benchmarking the synthetic demo movies")
+            movies = make_demo_movies(Path(scratch))
+        rows = benchmark_codecs(movies, options)
+        print(format_benchmark_table(rows), file=reporter.out)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``convert-to-tiff``; returns the exit status."""
     parser = build_parser()
@@ -239,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reporter = TerminalReporter()
     try:
         options = options_from_args(args)
+        if args.benchmark:
+            return run_benchmark(args.i, options, reporter)
         if args.demo:
             from .demo import make_demo_movies
 
