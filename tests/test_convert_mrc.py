@@ -189,3 +189,42 @@ def test_bigtiff_only_when_the_file_could_pass_4_gib() -> None:
 
     assert not layout(100).bigtiff  # 3.4 GB
     assert layout(130).bigtiff  # 4.4 GB uncompressed: could pass 4 GiB
+
+
+@pytest.mark.parametrize(
+    "values, expected_type",
+    [
+        ([0, 3, 255], np.uint8),
+        ([-3, 0, 100], np.int8),
+        ([0, 7, 4000], np.uint16),
+        ([-300, 0, 2], np.int16),
+        ([0, 70000], np.float32),
+    ],
+)
+def test_integer_valued_float_movies_become_the_smallest_integer_type(tmp_path, values, expected_type) -> None:
+    frames = np.resize(np.array(values, np.float32), (3, 6, 5))
+    source = write_mrc_movie(tmp_path / "m.mrc", frames, 2)
+    result = convert_movie(source, tmp_path / "m.tif", ConvertOptions(output_dir=tmp_path))
+    decoded = read_tiff_frames(tmp_path / "m.tif")
+    assert decoded.dtype == expected_type
+    np.testing.assert_array_equal(decoded.astype(np.float32), frames)
+    if expected_type == np.float32:
+        assert any("--estimate_gain" in w for w in result.warnings)
+    else:
+        assert result.warnings == []
+
+
+@pytest.mark.parametrize(
+    "last_frame, expected_type",
+    [(np.full((6, 5), 300.0), np.uint16), (np.full((6, 5), 0.5), np.float32), (np.full((6, 5), -0.0), np.float32)],
+    ids=["wider", "fraction", "negative-zero"],
+)
+def test_float_movie_is_rewritten_when_a_later_frame_does_not_fit(tmp_path, last_frame, expected_type) -> None:
+    frames = np.stack([np.full((6, 5), 3.0), np.full((6, 5), 4.0), last_frame]).astype(np.float32)
+    source = write_mrc_movie(tmp_path / "m.mrc", frames, 2)
+    result = convert_movie(source, tmp_path / "m.tif", ConvertOptions(output_dir=tmp_path))
+    decoded = read_tiff_frames(tmp_path / "m.tif")
+    assert decoded.dtype == expected_type
+    # bit-exact, including the sign of zero
+    np.testing.assert_array_equal(decoded.astype(np.float32).view(np.uint32), frames.view(np.uint32))
+    assert any("written again" in w for w in result.warnings)

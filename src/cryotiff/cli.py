@@ -150,6 +150,7 @@ class TerminalReporter(Reporter):
         self.err = err or sys.stderr
         self.progress = self.out.isatty()
         self._bar_shown = False
+        self._warned: set[str] = set()  # a warning that names no movie is printed once per run
 
     def movie_started(self, job: Job, index: int, total: int) -> None:
         print(f"Processing {job.source} into {job.destination}", file=self.out, flush=True)
@@ -183,6 +184,9 @@ class TerminalReporter(Reporter):
         print(text, file=self.out, flush=True)
 
     def warning(self, text: str) -> None:
+        if text in self._warned:
+            return
+        self._warned.add(text)
         self._end_bar()
         print(text, file=self.err, flush=True)
 

@@ -165,6 +165,86 @@ class PlainPages(PageSource):
         self.movie.close()
 
 
+class WiderTypeNeeded(Exception):
+    """Internal signal: a page does not fit the sample type chosen for the movie; the movie is
+    written again as ``dtype`` (never surfaces to the user as an error)."""
+
+    def __init__(self, dtype: np.dtype, reason: str):
+        super().__init__(reason)
+        self.dtype = np.dtype(dtype)
+        self.reason = reason
+
+
+#: Integer TIFF sample types every movie reader accepts, smallest first.
+INTEGER_TIFF_TYPES = (np.uint8, np.int8, np.uint16, np.int16)
+
+#: RELION's warning for mode-2 movies converted without a gain.
+MODE2_WITHOUT_GAIN_WARNING = (
+    "WARNING: To effectively compress mode 2 MRC files, you should first estimate the gain with --estimate_gain."
+)
+
+
+def smallest_integer_type(minimum: float, maximum: float) -> np.dtype | None:
+    """The smallest TIFF integer sample type holding ``minimum..maximum``, or None."""
+    for candidate in INTEGER_TIFF_TYPES:
+        info = np.iinfo(candidate)
+        if info.min <= minimum and maximum <= info.max:
+            return np.dtype(candidate)
+    return None
+
+
+def integer_valued_range(frame: np.ndarray) -> tuple[float, float] | None:
+    """``(min, max)`` if every value of a float frame is a finite integer that an integer type
+    stores bit-exactly (so not -0.0, whose sign an integer would lose), else None."""
+    if not np.all(np.isfinite(frame)) or not np.array_equal(np.trunc(frame), frame):
+        return None
+    if np.any(np.signbit(frame) & (frame == 0)):
+        return None
+    return float(frame.min()), float(frame.max())
+
+
+class FloatPages(PlainPages):
+    """Float movies (MRC mode 2 or 12, float TIFF) without a gain.
+
+    RELION writes them as float32. Beyond RELION: a movie whose values are all integers (some
+    archives hold such files) is written as the smallest integer type that holds it. The type is
+    guessed from the first frame; a later frame that does not fit raises :class:`WiderTypeNeeded`
+    and the movie is written again with a wider type (or float32).
+    """
+
+    def __init__(self, movie: Movie, default_pixel_size_angstrom: float | None):
+        super().__init__(movie, default_pixel_size_angstrom)
+        self.dtype = np.dtype(np.float32)
+        value_range = integer_valued_range(self.movie.read_frame(0)) if self.n_pages else None
+        integer_type = smallest_integer_type(*value_range) if value_range else None
+        self.dtype = integer_type or np.dtype(np.float32)
+        self.warning = None if integer_type else MODE2_WITHOUT_GAIN_WARNING
+
+    def page(self, index: int) -> np.ndarray:
+        frame = self.movie.read_frame(index)
+        if self.dtype.kind == "f":
+            return frame.astype(np.float32, copy=False)
+        value_range = integer_valued_range(frame)
+        if value_range is None:
+            raise WiderTypeNeeded(np.float32, f"frame {index + 1} holds non-integer values")
+        wider = smallest_integer_type(min(value_range[0], np.iinfo(self.dtype).min),
+                                      max(value_range[1], np.iinfo(self.dtype).max))
+        if wider != self.dtype:
+            raise WiderTypeNeeded(wider or np.float32, f"frame {index + 1} holds values {value_range[0]:g}..{value_range[1]:g}")
+        return frame.astype(self.dtype)
+
+    def retype(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind == "f":
+            self.warning = MODE2_WITHOUT_GAIN_WARNING
+
+    def finish(self, result: MovieResult) -> None:
+        if self.warning:
+            result.warnings.append(self.warning)
+        elif self.dtype.kind != "f":
+            result.details["float_input_stored_as"] = str(self.dtype)
+
+
 def movie_kind(path: Path) -> str:
     """``mrc``, ``tiff`` or ``eer`` from the file name, else from the first bytes of the file.
 
@@ -216,7 +296,13 @@ def open_page_source(path: Path, options: ConvertOptions) -> PageSource:
         raise NotYetSupportedError(f"{path}: EER input is not yet supported")
     movie = open_movie(path)
     default_pixel_size = RELION_DEFAULT_PIXEL_SIZE_ANGSTROM if kind == "mrc" else None
-    return PlainPages(movie, default_pixel_size)
+    try:
+        if movie.info.dtype.kind == "f":
+            return FloatPages(movie, default_pixel_size)
+        return PlainPages(movie, default_pixel_size)
+    except BaseException:
+        movie.close()
+        raise
 
 
 def page_count(path: Path, options: ConvertOptions) -> int:
@@ -302,49 +388,72 @@ def convert_movie(
     """
     started = time.perf_counter()
     source = source or open_page_source(source_path, options)
+    retype_warnings: list[str] = []
     try:
-        codec = resolve_codec(options.compression, options.deflate_level, source.shape_yx[1], source.is_eer)
-        rows_per_strip = 1 if options.line_by_line else source.shape_yx[0]
-        layout = TiffLayout(
-            n_pages=source.n_pages,
-            shape_yx=source.shape_yx,
-            dtype=source.dtype,
-            compression_code=codec.tiff_code,
-            rows_per_strip=rows_per_strip,
-            pixel_size_angstrom=source.pixel_size_angstrom,
-            software=f"cryotiff {__version__}",
-        )
-        window = 2 * max(1, options.threads)
-
-        def strips() -> Iterator[bytes]:
-            pages = ordered_map(
-                lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k),
-                source.n_pages,
-                executor,
-                window,
-            )
-            for done, page_strips in enumerate(pages, start=1):
-                yield from page_strips
-                if on_page is not None:
-                    on_page(done, source.n_pages)
-
-        write_movie(destination, layout, strips())
-        result = MovieResult(
-            source=source_path,
-            destination=destination,
-            status="converted",
-            n_pages=source.n_pages,
-            frames_verified=source.n_pages if options.verify else 0,
-            input_bytes=source.input_bytes,
-            output_bytes=destination.stat().st_size,
-            codec=codec.label,
-            dtype=str(source.dtype),
-        )
+        while True:
+            try:
+                result = _write_pages(source, source_path, destination, options, executor, on_page)
+                break
+            except WiderTypeNeeded as retry:
+                # Only a page source that can change its type raises this; redo the whole movie.
+                retype_warnings.append(
+                    f"{source_path}: {retry.reason}; written again as {retry.dtype} instead of {source.dtype}"
+                )
+                source.retype(retry.dtype)  # type: ignore[attr-defined]
+        result.warnings.extend(retype_warnings)
         source.finish(result)
         result.seconds = time.perf_counter() - started
         return result
     finally:
         source.close()
+
+
+def _write_pages(
+    source: PageSource,
+    source_path: Path,
+    destination: Path,
+    options: ConvertOptions,
+    executor: Executor | None,
+    on_page: Callable[[int, int], None] | None,
+) -> MovieResult:
+    """Encode and write all pages of ``source`` once, with its current sample type."""
+    codec = resolve_codec(options.compression, options.deflate_level, source.shape_yx[1], source.is_eer)
+    rows_per_strip = 1 if options.line_by_line else source.shape_yx[0]
+    layout = TiffLayout(
+        n_pages=source.n_pages,
+        shape_yx=source.shape_yx,
+        dtype=source.dtype,
+        compression_code=codec.tiff_code,
+        rows_per_strip=rows_per_strip,
+        pixel_size_angstrom=source.pixel_size_angstrom,
+        software=f"cryotiff {__version__}",
+    )
+    window = 2 * max(1, options.threads)
+
+    def strips() -> Iterator[bytes]:
+        pages = ordered_map(
+            lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k),
+            source.n_pages,
+            executor,
+            window,
+        )
+        for done, page_strips in enumerate(pages, start=1):
+            yield from page_strips
+            if on_page is not None:
+                on_page(done, source.n_pages)
+
+    write_movie(destination, layout, strips())
+    return MovieResult(
+        source=source_path,
+        destination=destination,
+        status="converted",
+        n_pages=source.n_pages,
+        frames_verified=source.n_pages if options.verify else 0,
+        input_bytes=source.input_bytes,
+        output_bytes=destination.stat().st_size,
+        codec=codec.label,
+        dtype=str(source.dtype),
+    )
 
 
 __all__ = [
