@@ -18,6 +18,17 @@ from .codecs import COMPRESSION_CHOICES, validate_options
 from .convert import ConvertOptions, MovieResult
 from .errors import CryotiffError, OptionError
 from .jobs import Job, Reporter, Summary, plan, run, summarise
+from .relion_pipeline import (
+    JobAborted,
+    PipelineControl,
+    PipelineReporter,
+    format_dry_run,
+    pipeline_control_from_argv,
+    plan_dry_run,
+    write_dry_run_report,
+    write_movies_star,
+    write_report,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -81,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--benchmark", action="store_true",
                        help="Try every codec on the first frames of the --i movies (or of the demo movies) and "
                             "print size %%, encode and decode MB/s, and which TIFF readers decode each; converts nothing")
+    other.add_argument("--dry_run", action="store_true",
+                       help="List what would be converted or skipped and the expected output size (estimated by "
+                            "encoding the first frame of a sample of movies); writes nothing")
+    other.add_argument("--report", metavar="FILE.json",
+                       help="Also write a JSON report: per-movie results, totals, options and version")
+    other.add_argument("--pipeline_control", "--pipeline-control", dest="pipeline_control", metavar="DIR",
+                       help="RELION External job: write RELION_JOB_EXIT_SUCCESS/FAILURE/ABORTED and "
+                            "RELION_OUTPUT_NODES.star in DIR and stop when RELION_JOB_ABORT_NOW appears there")
     other.add_argument("--version", action="version", version=f"cryotiff {__version__}")
     return parser
 
@@ -223,20 +242,93 @@ def print_summary(results: Sequence[MovieResult], summary: Summary, out: TextIO)
 
 
 def run_conversion(
-    inputs: Sequence[str], options: ConvertOptions, reporter: TerminalReporter, relative_to: Path | None = None
+    inputs: Sequence[str],
+    options: ConvertOptions,
+    reporter: TerminalReporter,
+    relative_to: Path | None = None,
+    report_path: Path | None = None,
+    control: PipelineControl | None = None,
 ) -> int:
+    """Convert, then write ``<o>/movies.star`` (and, for RELION, ``RELION_OUTPUT_NODES.star``)
+    and the ``--report``. An interrupted or failed run still writes its report."""
     started = time.perf_counter()
-    jobs, failures = plan(inputs, options, relative_to)
-    for failure in failures:
-        reporter.movie_finished(failure)
+    collector = PipelineReporter(reporter, control)
+    state, error, error_status, results = "error", None, EXIT_FAILED, []
     try:
-        options.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
-    results = failures + run(jobs, options, reporter)
+        jobs, failures = plan(inputs, options, relative_to)
+        for failure in failures:
+            collector.movie_finished(failure)
+        try:
+            options.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+        results = failures + run(jobs, options, collector)
+        state = "finished"
+    except CryotiffError as exc:
+        error = str(exc)
+        error_status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
+        raise
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise
+    except JobAborted:
+        state = "aborted"
+        raise
+    finally:
+        if state != "finished" and report_path is not None:
+            status = {"interrupted": EXIT_INTERRUPTED, "error": error_status}.get(state, EXIT_FAILED)
+            _write_report_quietly(report_path, collector.results, options, inputs, status, state, error)
     summary = summarise(results, time.perf_counter() - started)
+    status = EXIT_FAILED if summary.failed else EXIT_OK
+    movies_star = None
+    try:
+        outcome = write_movies_star(inputs, results, options.output_dir, options.eer_upsampling)
+        for text in outcome.warnings:
+            reporter.warning(f"WARNING: {text}")
+        movies_star = outcome.path
+        if movies_star is not None:
+            reporter.message(f"Written {movies_star} listing {outcome.n_movies} converted movies"
+                             + ("" if outcome.has_optics else " (no optics table: the input was not a STAR file)"))
+            if control is not None:
+                control.write_output_nodes(movies_star)
+    except CryotiffError as exc:
+        print(f"ERROR: {exc}", file=reporter.err, flush=True)
+        status = EXIT_FAILED
     print_summary(results, summary, reporter.out)
-    return EXIT_FAILED if summary.failed else EXIT_OK
+    if report_path is not None:
+        try:
+            write_report(report_path, results, options, inputs, summary, status, movies_star=movies_star)
+        except CryotiffError as exc:
+            print(f"ERROR: {exc}", file=reporter.err, flush=True)
+            status = EXIT_FAILED
+    return status
+
+
+def _write_report_quietly(report_path: Path, results, options, inputs, status: int, state: str, error) -> None:
+    """The report of a run that did not finish; a failure to write it must not hide the reason."""
+    try:
+        write_report(report_path, results, options, inputs, None, status, state=state, error=error)
+    except CryotiffError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+
+
+def run_dry_run(
+    inputs: Sequence[str],
+    options: ConvertOptions,
+    reporter: TerminalReporter,
+    relative_to: Path | None = None,
+    report_path: Path | None = None,
+) -> int:
+    """``--dry_run``: what would be converted or skipped and the expected size; writes no TIFF.
+    The exit status is 1 when some movie cannot be converted."""
+    dry_run = plan_dry_run(inputs, options, relative_to)
+    for line in format_dry_run(dry_run):
+        print(line, file=reporter.out)
+    reporter.out.flush()
+    status = EXIT_FAILED if dry_run.count("fail") else EXIT_OK
+    if report_path is not None:
+        write_dry_run_report(report_path, dry_run, options, inputs, status)
+    return status
 
 
 def run_benchmark(inputs: Sequence[str] | None, options: ConvertOptions, reporter: TerminalReporter) -> int:
@@ -260,7 +352,33 @@ def run_benchmark(inputs: Sequence[str] | None, options: ConvertOptions, reporte
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``convert-to-tiff``; returns the exit status."""
+    """Entry point of ``convert-to-tiff``; returns the exit status.
+
+    With ``--pipeline_control DIR`` (a RELION External job) every way out, including a rejected
+    command line, Ctrl-C and RELION's abort, leaves RELION's exit file in DIR.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    control_dir = pipeline_control_from_argv(argv)
+    if control_dir is None:
+        return run_command(argv)
+    control = PipelineControl(control_dir)
+    control.start()
+    status, aborted = EXIT_FAILED, False
+    try:
+        status = run_command(argv)
+    except SystemExit as exc:  # argparse: --help and --version (0), a rejected command line (2)
+        status = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        raise
+    except JobAborted as exc:
+        print(f"\nAborted: {exc}; the movie being written was removed.", file=sys.stderr)
+        aborted = True
+    finally:
+        control.finish(status, aborted=aborted)
+    return status
+
+
+def run_command(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run it; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     reporter = TerminalReporter()
@@ -284,7 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = unsupported_yet(options)
         if problem:
             raise OptionError(problem)
-        return run_conversion(inputs, options, reporter, relative_to)
+        report_path = Path(args.report) if args.report else None
+        if args.dry_run:
+            return run_dry_run(inputs, options, reporter, relative_to, report_path)
+        control = PipelineControl(Path(args.pipeline_control)) if args.pipeline_control else None
+        return run_conversion(inputs, options, reporter, relative_to, report_path, control)
     except OptionError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_USAGE
