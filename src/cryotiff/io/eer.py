@@ -95,6 +95,13 @@ def output_size(detector_size: int, upsampling: int) -> int:
     return detector_size << (upsampling - 1)
 
 
+def counts_dtype(n_raw_frames: int, upsampling: int) -> np.dtype:
+    """uint16, or uint32 when a sum of ``n_raw_frames`` could exceed 65535: each frame adds at
+    most 1 per output pixel (at most 4 when binned, upsampling -1)."""
+    max_possible = n_raw_frames * (4 if upsampling == -1 else 1)
+    return np.dtype(np.uint16 if max_possible <= 0xFFFF else np.uint32)
+
+
 # --------------------------------------------------------------------------------------------
 # Bitstream helpers
 
@@ -208,6 +215,53 @@ def symbols_7bit(
     # symbol_bits + 7 <= 15 bits: two bytes hold the field (the stream is padded by 2 bytes).
     two = raw[byte].astype(np.uint32) | (raw[byte + 1].astype(np.uint32) << 8)
     return ((two >> (symbol_bit & 7).astype(np.uint32)) & ((1 << symbol_bits) - 1)).astype(np.uint8)
+
+
+def decode_eer_frame(
+    data: bytes,
+    shape: tuple[int, int],
+    encoding: EerEncoding,
+    *,
+    need_symbols: bool = False,
+    buffer: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Events of one raw frame: ``(positions, symbols)``, or None when the frame is corrupt.
+
+    ``positions`` are raster indices on the physical grid (sorted), ``symbols`` the stored
+    sub-pixel symbols (always for 65000, else only with ``need_symbols``). A frame is corrupt when
+    its runs do not end at exactly ``rows * cols`` pixels within its data: the stream runs out or a
+    run overshoots. ``buffer`` (bool, ``shape``, all False) is an optional scratch array for
+    imagecodecs; it is all False again on return.
+    """
+    total = shape[0] * shape[1]
+    if encoding.compression == COMPRESSION_EER_8BIT:
+        return decode_eer_8bit(data, total)
+    # imagecodecs needs an even length and reads up to 4 bytes at a time; zero padding lets it
+    # finish a valid stream whose last code ends near the end of the data. Events it reads from
+    # the padding (a stream that ran out) make the frame fail the bit count below.
+    stream = data + b"\0" * (2 + len(data) % 2)
+    if buffer is None:
+        buffer = np.zeros(shape, dtype=np.bool_)
+    try:
+        imagecodecs.eer_decode(
+            stream,
+            shape,
+            encoding.rle_bits,
+            encoding.horizontal_bits,
+            encoding.vertical_bits,
+            out=buffer,
+        )
+    except (RuntimeError, ValueError):  # ImcdError (a RuntimeError): a run overshoots
+        buffer.fill(False)
+        return None
+    flat = buffer.reshape(-1)
+    positions = np.flatnonzero(flat)
+    flat[positions] = False  # cheaper than clearing the whole buffer
+    if required_bits(positions, total, encoding.rle_bits, encoding.symbol_bits) > 8 * len(data):
+        return None
+    if not need_symbols:
+        return positions, None
+    return positions, symbols_7bit(stream, positions, encoding.rle_bits, encoding.symbol_bits)
 
 
 def _subpixels(symbols: np.ndarray, horizontal_bits: int, vertical_bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -506,47 +560,21 @@ class EerMovie(Movie):
 
     def _decode(self, index: int, need_symbols: bool = False) -> _DecodedFrame:
         data = self._frame_stream(index)
-        total = self.detector_size * self.detector_size
-        enc = self.encoding
-        if enc.compression == COMPRESSION_EER_8BIT:
-            decoded = decode_eer_8bit(data, total)
-            if decoded is None:
-                return _DecodedFrame(index, None, None)
-            return _DecodedFrame(index, decoded[0], decoded[1])
-        # imagecodecs needs an even length and reads up to 4 bytes at a time; zero padding lets
-        # it finish a valid stream whose last code ends near the end of the data. Events it then
-        # reads from the padding make the frame fail the bit count below.
-        stream = data + b"\0" * (2 + len(data) % 2)
-        positions = self._positions_7bit(stream)
-        if positions is None or required_bits(
-            positions, total, enc.rle_bits, enc.symbol_bits
-        ) > 8 * len(data):
-            return _DecodedFrame(index, None, None)
-        symbols = symbols_7bit(stream, positions, enc.rle_bits, enc.symbol_bits) if need_symbols else None
-        return _DecodedFrame(index, positions, symbols)
-
-    def _positions_7bit(self, stream: bytes) -> np.ndarray | None:
-        """Event positions on the physical grid (sorted), or None if imagecodecs reports an
-        overshooting run. Decodes into a per-thread boolean buffer that is cleared again at the
-        event positions only (fresh 16 MB arrays per frame cost page faults that serialise
-        threads)."""
         size = self.detector_size
-        buf = getattr(self._local, "buffer", None)
-        if buf is None or buf.shape != (size, size):
-            buf = np.zeros((size, size), dtype=np.bool_)
-            self._local.buffer = buf
-        enc = self.encoding
-        try:
-            imagecodecs.eer_decode(
-                stream, (size, size), enc.rle_bits, enc.horizontal_bits, enc.vertical_bits, out=buf
-            )
-        except (RuntimeError, ValueError):  # ImcdError derives from RuntimeError
-            buf.fill(False)
-            return None
-        flat = buf.reshape(-1)
-        positions = np.flatnonzero(flat)
-        flat[positions] = False
-        return positions
+        buffer = None
+        if self.encoding.compression != COMPRESSION_EER_8BIT:
+            # Per-thread decode buffer: fresh 16 MB arrays per frame cost page faults that
+            # serialise the threads.
+            buffer = getattr(self._local, "buffer", None)
+            if buffer is None or buffer.shape != (size, size):
+                buffer = np.zeros((size, size), dtype=np.bool_)
+                self._local.buffer = buffer
+        decoded = decode_eer_frame(
+            data, (size, size), self.encoding, need_symbols=need_symbols, buffer=buffer
+        )
+        if decoded is None:
+            return _DecodedFrame(index, None, None)
+        return _DecodedFrame(index, decoded[0], decoded[1])
 
     def read_frame(self, index: int) -> np.ndarray:
         """Raw frame ``index`` (0-based) on the physical grid: uint8 0/1, EER raster order.
@@ -610,9 +638,7 @@ class EerMovie(Movie):
                 f"has {n} raw frames. Invalid frame range was requested."
             )
         size = output_size(self.detector_size, upsampling)
-        max_possible = (stop - start) * (4 if upsampling == -1 else 1)
-        dtype = np.uint16 if max_possible <= 0xFFFF else np.uint32
-        counts = np.zeros((size, size), dtype=dtype)
+        counts = np.zeros((size, size), dtype=counts_dtype(stop - start, upsampling))
         flat = counts.reshape(-1)
         enc = self.encoding
         w = self.detector_size

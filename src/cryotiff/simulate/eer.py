@@ -276,6 +276,7 @@ def write_eer(
     final_image: bool = False,
     metadata: dict[str, tuple[Any, str | None]] | None = None,
     write_tag_65009: bool = True,
+    tag_compression: int | None = None,
 ) -> Path:
     """Write an EER file (little-endian BigTIFF) and return its path.
 
@@ -290,6 +291,7 @@ def write_eer(
         metadata: acquisition metadata for tag 65001 of the first IFD (see
             :func:`acquisition_metadata`), or None for none.
         write_tag_65009: for 65002, False leaves out tag 65009 (RELION then uses 65008).
+        tag_compression: value written to tag 259 instead of ``compression`` (damaged files).
     """
     path = Path(path)
     rle, hbits, _ = scheme_bits(compression, rle_bits, subpixel_bits)
@@ -335,7 +337,7 @@ def write_eer(
         cuts = np.linspace(0, len(stream), strips_per_frame + 1).astype(int)
         chunks = [stream[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
         offsets, counts = add_data(chunks)
-        tags = base_tags(1, compression, rows)
+        tags = base_tags(1, compression if tag_compression is None else tag_compression, rows)
         if compression == COMPRESSION_EER_VARIABLE:
             tags += [(65007, _SHORT, rle), (65008, _SHORT, hbits)]
             if write_tag_65009:
@@ -364,31 +366,27 @@ def write_eer(
     return path
 
 
-def expected_render(
+def expected_render_sparse(
     frames: Sequence[EerFrameEvents],
     detector_size: int,
     upsampling: int,
     subpixel_bits: int = 2,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Sum of the events of ``frames`` rendered as RELION's table (spec 11.4) says, computed
-    directly from the event coordinates (int64, EER raster orientation).
+    directly from the event coordinates: ``(flat output indices, counts, output size)`` of the
+    non-zero output pixels (sorted), EER raster orientation. Sparse, so that 16K stays small.
 
     ``subpixel_bits`` is the number of sub-pixel bits per axis stored in the file: with 2 bits,
     upsampling 2 keeps the top bit (``x_sub >> 1``) and 3 keeps both; with 1 bit, upsampling 2
     keeps it.
     """
     w = detector_size
-    if upsampling == 1:
-        size, f = w, 1
-    elif upsampling == 2:
-        size, f = 2 * w, 2
-    elif upsampling == 3:
-        size, f = 4 * w, 4
-    elif upsampling == -1:
-        size, f = w // 2, 0
-    else:
+    factors = {1: 1, 2: 2, 3: 4, -1: 0}
+    if upsampling not in factors:
         raise ValueError("upsampling must be -1, 1, 2 or 3")
-    out = np.zeros(size * size, dtype=np.int64)
+    f = factors[upsampling]
+    size = w // 2 if f == 0 else f * w
+    indices = []
     for fr in frames:
         y0, x0 = np.divmod(fr.positions, w)
         sx = fr.sub_x.astype(np.int64)
@@ -398,9 +396,24 @@ def expected_render(
         elif f == 1:
             y, x = y0, x0
         else:
-            drop = subpixel_bits - (f.bit_length() - 1)  # bits of sub-pixel not used
+            drop = subpixel_bits - (f.bit_length() - 1)  # sub-pixel bits not used
             if drop < 0:
                 raise ValueError("not enough sub-pixel bits for this upsampling")
             y, x = f * y0 + (sy >> drop), f * x0 + (sx >> drop)
-        np.add.at(out, y * size + x, 1)
+        indices.append(y * size + x)
+    flat = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    unique, counts = np.unique(flat, return_counts=True)
+    return unique, counts, size
+
+
+def expected_render(
+    frames: Sequence[EerFrameEvents],
+    detector_size: int,
+    upsampling: int,
+    subpixel_bits: int = 2,
+) -> np.ndarray:
+    """Dense int64 version of :func:`expected_render_sparse` (for small outputs)."""
+    unique, counts, size = expected_render_sparse(frames, detector_size, upsampling, subpixel_bits)
+    out = np.zeros(size * size, dtype=np.int64)
+    out[unique] = counts
     return out.reshape(size, size)
