@@ -138,9 +138,10 @@ def round_half_away_from_zero(q: np.ndarray) -> np.ndarray:
     without the double rounding of ``floor(q + 0.5)``.
     """
     q = np.asarray(q, dtype=np.float32)
-    whole = np.trunc(q)
-    bump = (np.abs(q - whole) >= np.float32(0.5)).astype(np.float32)
-    return whole + np.copysign(bump, q)
+    with np.errstate(invalid="ignore"):  # inf - inf for infinite q; the result stays inf
+        whole = np.trunc(q)
+        bump = (np.abs(q - whole) >= np.float32(0.5)).astype(np.float32)
+        return whole + np.copysign(bump, q)
 
 
 def relion_int_round(q: np.ndarray) -> np.ndarray:
@@ -152,7 +153,8 @@ def relion_int_round(q: np.ndarray) -> np.ndarray:
     of zero).
     """
     rounded = round_half_away_from_zero(q)
-    rounded = np.where(np.abs(rounded) < _TWO_POW_31_F32, rounded, _INT_MIN_F32)
+    with np.errstate(invalid="ignore"):
+        rounded = np.where(np.abs(rounded) < _TWO_POW_31_F32, rounded, _INT_MIN_F32)
     return rounded + np.float32(0.0)
 
 
@@ -668,7 +670,10 @@ def _atomic_write_mrc(path: Path, data: np.ndarray, *, voxel_size_angstrom: floa
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        with mrcfile.new(tmp_name, overwrite=True) as mrc:
+        with mrcfile.new(tmp_name, overwrite=True) as mrc, warnings.catch_warnings():
+            # mrcfile warns when the data hold NaN (the header statistics become NaN); the
+            # library never prints.
+            warnings.simplefilter("ignore", RuntimeWarning)
             mrc.set_data(data)  # mode from dtype; nx, ny; nz = 1; amin/amax/amean/rms
             mrc.voxel_size = voxel_size_angstrom  # cella = n * pixel size
         if fsync:
