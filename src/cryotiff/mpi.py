@@ -1,0 +1,471 @@
+"""``convert-to-tiff-mpi``: ``convert-to-tiff`` spread over MPI ranks (and nodes).
+
+Run it as ``mpirun -np N convert-to-tiff-mpi --i ... --o ...`` with the options of
+``convert-to-tiff``. This is the only module that imports mpi4py.
+
+How the work is shared, and why it differs from ``relion_convert_to_tiff_mpi``:
+
+* Rank 0 plans the run (inputs, output names). With ``--only_do_unfinished`` the ranks check
+  which movies are already complete *before* anything is handed out, each rank a share of the
+  list, so finished movies cost no rank a turn. RELION gives every rank a fixed round-robin
+  share and lets each rank skip its own finished movies: ranks whose share was already done
+  sit idle (RELION issue #985).
+* Movies are handed out one at a time to whichever rank is free, largest first, so that ranks
+  stay busy when movies differ in size (RELION: fixed round-robin).
+* Rank 0 converts too. A service thread on rank 0 answers the other ranks' requests for the next
+  movie while its main thread converts, so that a rank on another node never waits for rank 0 to
+  finish a movie. Only that thread talks to MPI while the main thread converts, so the MPI
+  library needs ``MPI_THREAD_SERIALIZED`` (Open MPI and MPICH give ``MPI_THREAD_MULTIPLE``).
+* Waiting is done by polling with short sleeps: Open MPI's blocking calls spin a core at 100 %,
+  which would steal a core from the ``--j`` threads of a rank that is still converting.
+* Every per-movie result goes to rank 0, which prints failures and warnings once, the summary,
+  ``movies.star`` and the ``--report``. The rank converting a movie prints its
+  ``Processing X into Y`` line.
+* No rank ever waits for ever: an unexpected error anywhere outside one movie's conversion makes
+  the rank print it and abort the whole MPI job (``MPI_Abort``); inside a movie's conversion it
+  becomes that movie's failure and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    TerminalReporter,
+    build_parser,
+    format_bytes,
+    options_from_args,
+    print_summary,
+    unsupported_yet,
+)
+from .convert import ConvertOptions, MovieResult
+from .errors import CryotiffError, OptionError
+from .jobs import Job, is_finished, make_executor, plan, run_job, summarise
+
+#: Message tags of the work-sharing protocol.
+TAG_REQUEST = 17  # rank -> rank 0: the result of its last movie (or None), and "give me the next"
+TAG_REPLY = 18  # rank 0 -> rank: the next movie's index, or None = no more work
+
+#: Sleep between polls while waiting for a message. Short against a movie's conversion time
+#: (seconds), long enough that a waiting rank uses no measurable CPU.
+POLL_SECONDS = 0.002
+#: Sleep between polls while waiting for the end of the run (latency does not matter there).
+IDLE_POLL_SECONDS = 0.02
+
+#: Options of ``convert-to-tiff`` that this program does not offer, with the reason.
+MPI_UNSUPPORTED = {
+    "demo": "--demo is not available in convert-to-tiff-mpi; run convert-to-tiff --demo",
+    "benchmark": "--benchmark is not available in convert-to-tiff-mpi; run convert-to-tiff --benchmark",
+    "pipeline_control": "--pipeline_control is not yet available in convert-to-tiff-mpi; run convert-to-tiff "
+                        "(with --j for threads) in a RELION External job",
+}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``convert-to-tiff-mpi``; returns the exit status (the same on every rank)."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    try:
+        return _run_command(comm, argv)
+    except SystemExit:  # argparse (--help, --version, a rejected command line): the same on every rank
+        raise
+    except KeyboardInterrupt:
+        abort(comm, EXIT_INTERRUPTED, f"\nInterrupted (MPI rank {comm.rank}); the movies being written were removed.")
+    except BrokenPipeError:  # output piped into "head" and the like
+        abort(comm, EXIT_FAILED, "")
+    except BaseException:  # a bug: without the abort the other ranks would wait for this one for ever
+        abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: unexpected error; stopping every rank.\n{traceback.format_exc()}")
+    return EXIT_FAILED  # not reached: abort does not return
+
+
+def abort(comm: Any, status: int, message: str) -> None:
+    """Print ``message`` and end every rank of the job with ``status``."""
+    with contextlib.suppress(Exception):
+        if message:
+            print(message, file=sys.stderr, flush=True)
+    comm.Abort(status)
+
+
+def parse_arguments(comm: Any, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse on every rank (the outcome is the same everywhere); only rank 0 prints help, version
+    or usage errors."""
+    parser = build_parser()
+    parser.prog = "convert-to-tiff-mpi"
+    quiet = comm.rank != 0
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        args = parser.parse_args(argv)
+        if not args.i and not (args.demo or args.benchmark):
+            parser.error("the following arguments are required: --i")
+    return args
+
+
+def mpi_problem(args: argparse.Namespace, options: ConvertOptions) -> str | None:
+    """Why this command line cannot run under MPI, or None."""
+    for name, problem in MPI_UNSUPPORTED.items():
+        if getattr(args, name, None):
+            return problem
+    return unsupported_yet(options)
+
+
+def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
+    args = parse_arguments(comm, argv)
+    reporter = MpiReporter(comm.rank)
+    try:
+        options = options_from_args(args)
+        problem = mpi_problem(args, options)
+        if problem:
+            raise OptionError(problem)
+        check_thread_support(comm)
+    except OptionError as exc:  # every rank gets the same verdict; rank 0 says it
+        if comm.rank == 0:
+            print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    report_path = Path(args.report) if args.report else None
+    if args.dry_run:
+        return run_on_rank_zero(comm, lambda: _dry_run(args.i, options, reporter, report_path))
+    return run_conversion(comm, args.i, options, reporter, report_path)
+
+
+def check_thread_support(comm: Any) -> None:
+    """Rank 0's service thread needs ``MPI_THREAD_SERIALIZED`` (see the module docstring)."""
+    from mpi4py import MPI
+
+    if comm.size > 1 and MPI.Query_thread() < MPI.THREAD_SERIALIZED:
+        raise OptionError(
+            "convert-to-tiff-mpi needs an MPI library that supports MPI_THREAD_SERIALIZED "
+            "(Open MPI and MPICH do; check how mpi4py was built)"
+        )
+
+
+def _dry_run(inputs: Sequence[str], options: ConvertOptions, reporter: TerminalReporter, report_path: Path | None) -> int:
+    from .cli import run_dry_run
+
+    return run_dry_run(inputs, options, reporter, None, report_path)
+
+
+def run_on_rank_zero(comm: Any, function: Callable[[], int]) -> int:
+    """Run ``function`` on rank 0 only (CryotiffError -> one ERROR line); every rank returns its
+    exit status."""
+    status = EXIT_OK
+    if comm.rank == 0:
+        try:
+            status = function()
+        except CryotiffError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+            status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
+    return broadcast_status(comm, status)
+
+
+def broadcast_status(comm: Any, status: int) -> int:
+    """Rank 0's exit status to every rank, waited for without spinning a core."""
+    import numpy as np
+
+    buffer = np.array([status], dtype=np.int32)
+    wait_quietly(comm.Ibcast(buffer, root=0), IDLE_POLL_SECONDS)
+    return int(buffer[0])
+
+
+def wait_quietly(request: Any, poll_seconds: float = POLL_SECONDS) -> None:
+    """Wait for a nonblocking MPI request by polling (see the module docstring)."""
+    while not request.Test():
+        time.sleep(poll_seconds)
+
+
+# --------------------------------------------------------------------------- terminal output
+
+
+class MpiReporter(TerminalReporter):
+    """What a rank prints: its own ``Processing X into Y`` lines. Results, warnings and errors
+    reach rank 0 with the results and are printed there once (:meth:`report_result`). No
+    progress bar: the bars of several ranks would overwrite each other."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+        self.progress = False
+        self._lock = threading.Lock()  # rank 0's service thread and main thread both print
+
+    def movie_finished(self, result: MovieResult) -> None:
+        """Nothing on the converting rank: rank 0 reports the result when it collects it."""
+
+    def report_result(self, result: MovieResult) -> None:
+        """Rank 0: print a collected result's warnings (each text once per run) and failure."""
+        with self._lock:
+            TerminalReporter.movie_finished(self, result)
+
+    def message(self, text: str) -> None:
+        with self._lock:
+            super().message(text)
+
+    def warning(self, text: str) -> None:
+        with self._lock:
+            super().warning(text)
+
+
+# --------------------------------------------------------------------------- work sharing
+
+
+class WorkQueue:
+    """Indices handed out in a fixed order, each once; thread-safe."""
+
+    def __init__(self, order: Sequence[int]):
+        self._order = list(order)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        with self._lock:
+            if self._next >= len(self._order):
+                return None
+            self._next += 1
+            return self._order[self._next - 1]
+
+
+def share_work(
+    comm: Any,
+    order: Sequence[int],
+    work: Callable[[int], Any],
+    collect: Callable[[int, int, Any], None],
+) -> None:
+    """Run ``work(index)`` once for every index in ``order`` on whichever rank is free.
+
+    Every rank must call this (with the same ``order``). On rank 0, ``collect(rank, index,
+    result)`` receives every result, one call at a time (from rank 0's main thread or its
+    service thread). Returns when every index is done and collected, on every rank.
+    """
+    if comm.rank != 0:
+        _ask_for_work(comm, work)
+        return
+    queue = WorkQueue(order)
+    collect_lock = threading.Lock()
+
+    def collect_one(rank: int, index: int, result: Any) -> None:
+        with collect_lock:
+            collect(rank, index, result)
+
+    service = None
+    if comm.size > 1:
+        service = threading.Thread(
+            target=_serve, args=(comm, queue, collect_one), name="cryotiff-mpi-service", daemon=True
+        )
+        service.start()
+    while (index := queue.take()) is not None:
+        collect_one(0, index, work(index))
+    if service is not None:
+        # The main thread may not call MPI while the service thread does (THREAD_SERIALIZED).
+        while service.is_alive():
+            service.join(IDLE_POLL_SECONDS)
+
+
+def _serve(comm: Any, queue: WorkQueue, collect: Callable[[int, int, Any], None]) -> None:
+    """Rank 0's service thread: answer every request until each other rank has been told that
+    the work is done."""
+    from mpi4py import MPI
+
+    try:
+        status = MPI.Status()
+        ranks_working = comm.size - 1
+        while ranks_working:
+            if not comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
+                time.sleep(POLL_SECONDS)
+                continue
+            rank = status.Get_source()
+            finished = comm.recv(source=rank, tag=TAG_REQUEST)
+            index = queue.take()
+            comm.send(index, dest=rank, tag=TAG_REPLY)  # first, so that the rank starts at once
+            if index is None:
+                ranks_working -= 1
+            if finished is not None:
+                collect(rank, *finished)
+    except BaseException:
+        abort(comm, EXIT_FAILED, f"MPI rank 0: unexpected error while sharing the work; stopping every rank.\n"
+                                 f"{traceback.format_exc()}")
+
+
+def _ask_for_work(comm: Any, work: Callable[[int], Any]) -> None:
+    """A rank other than 0: ask for a movie, do it, send the result with the next request."""
+    finished = None
+    while True:
+        comm.send(finished, dest=0, tag=TAG_REQUEST)
+        while not comm.iprobe(source=0, tag=TAG_REPLY):
+            time.sleep(POLL_SECONDS)
+        index = comm.recv(source=0, tag=TAG_REPLY)
+        if index is None:
+            return
+        finished = (index, work(index))
+
+
+def find_finished(comm: Any, jobs: Sequence[Job], options: ConvertOptions) -> set[int]:
+    """Indices of the jobs whose TIFF is complete (``--only_do_unfinished``). Each rank checks
+    every ``size``-th job, since on a network file system opening thousands of files is slow."""
+    mine = [index for index in range(comm.rank, len(jobs), comm.size) if is_finished(jobs[index], options)]
+    return {index for part in comm.allgather(mine) for index in part}
+
+
+def input_nbytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # a missing movie fails quickly whatever its place
+
+
+def largest_first(jobs: Sequence[Job], indices: Sequence[int]) -> list[int]:
+    """The order movies are handed out in: largest input first (a stable sort, so equal sizes
+    keep the list order). A large movie started last would keep one rank busy while the others
+    have finished."""
+    return sorted(indices, key=lambda index: -input_nbytes(jobs[index].source))
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def run_conversion(
+    comm: Any,
+    inputs: Sequence[str],
+    options: ConvertOptions,
+    reporter: MpiReporter,
+    report_path: Path | None = None,
+) -> int:
+    """Plan on rank 0, skip finished movies, convert the rest on every rank; rank 0 reports."""
+    started = time.perf_counter()
+    rank = comm.rank
+    planned: tuple | None = None
+    if rank == 0:
+        try:
+            jobs, failures = plan(inputs, options)
+            try:
+                options.output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+            planned = ("ok", jobs, failures)
+        except CryotiffError as exc:
+            planned = ("error", str(exc), EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED)
+    planned = comm.bcast(planned, root=0)
+    if planned[0] == "error":
+        if rank == 0:
+            print(f"ERROR: {planned[1]}", file=sys.stderr, flush=True)
+        return planned[2]
+    _, jobs, failures = planned
+
+    finished = find_finished(comm, jobs, options) if options.only_do_unfinished else set()
+    skipped = {
+        index: MovieResult(jobs[index].source, jobs[index].destination, "skipped", "already converted")
+        for index in sorted(finished)
+    }
+    if rank == 0:
+        for failure in failures:
+            reporter.report_result(failure)
+        for result in skipped.values():
+            reporter.report_result(result)
+    order = largest_first(jobs, [index for index in range(len(jobs)) if index not in finished])
+
+    position = {index: place for place, index in enumerate(order, start=1)}
+    executor = make_executor(options.threads)
+    converted: dict[int, MovieResult] = {}
+
+    def work(index: int) -> MovieResult:
+        job = jobs[index]
+        reporter.movie_started(job, position[index], len(order))
+        try:
+            result = run_job(job, options, executor, reporter)
+        except Exception as exc:  # a bug in one movie's conversion: that movie fails, the run goes on
+            result = MovieResult(
+                job.source, job.destination, "failed",
+                f"{job.source}: unexpected error on MPI rank {rank}: {type(exc).__name__}: {exc}",
+            )
+            print(f"MPI rank {rank}: unexpected error converting {job.source}:\n{traceback.format_exc()}",
+                  file=sys.stderr, flush=True)
+        result.details["mpi_rank"] = rank
+        return result
+
+    def collect(worker: int, index: int, result: MovieResult) -> None:
+        converted[index] = result
+        reporter.report_result(result)
+
+    try:
+        share_work(comm, order, work, collect)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    status = EXIT_OK
+    if rank == 0:
+        by_index = {**skipped, **converted}
+        results = failures + [by_index[index] for index in range(len(jobs))]
+        status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
+    return broadcast_status(comm, status)
+
+
+def report_run(
+    inputs: Sequence[str],
+    results: list[MovieResult],
+    options: ConvertOptions,
+    reporter: MpiReporter,
+    wall_seconds: float,
+    report_path: Path | None,
+    n_ranks: int,
+) -> int:
+    """Rank 0, after the run: ``movies.star``, the summary, the work per rank, the ``--report``
+    (as ``convert-to-tiff`` does). Returns the exit status."""
+    from .relion_pipeline import write_movies_star, write_report
+
+    summary = summarise(results, wall_seconds)
+    status = EXIT_FAILED if summary.failed else EXIT_OK
+    movies_star = None
+    try:
+        outcome = write_movies_star(inputs, results, options.output_dir, options.eer_upsampling)
+        for text in outcome.warnings:
+            reporter.warning(f"WARNING: {text}")
+        movies_star = outcome.path
+        if movies_star is not None:
+            reporter.message(f"Written {movies_star} listing {outcome.n_movies} converted movies"
+                             + ("" if outcome.has_optics else " (no optics table: the input was not a STAR file)"))
+    except CryotiffError as exc:
+        print(f"ERROR: {exc}", file=reporter.err, flush=True)
+        status = EXIT_FAILED
+    print_summary(results, summary, reporter.out)
+    print(format_rank_line(results, n_ranks), file=reporter.out, flush=True)
+    if report_path is not None:
+        try:
+            write_report(report_path, results, options, inputs, summary, status, movies_star=movies_star)
+        except CryotiffError as exc:
+            print(f"ERROR: {exc}", file=reporter.err, flush=True)
+            status = EXIT_FAILED
+    return status
+
+
+def format_rank_line(results: Sequence[MovieResult], n_ranks: int) -> str:
+    """``Movies per MPI rank: 0: 3 (1.20 GB), 1: 2 (0.90 GB)``: how the work was shared (movies
+    handled, converted or failed, and their input size)."""
+    movies = [0] * n_ranks
+    nbytes = [0] * n_ranks
+    for result in results:
+        rank = result.details.get("mpi_rank")
+        if isinstance(rank, int) and 0 <= rank < n_ranks:
+            movies[rank] += 1
+            nbytes[rank] += result.input_bytes
+    parts = [f"{rank}: {movies[rank]} ({format_bytes(nbytes[rank])})" for rank in range(n_ranks)]
+    return "Movies per MPI rank: " + ", ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
