@@ -287,8 +287,8 @@ def run_conversion(
             reporter.warning(f"WARNING: {text}")
         movies_star = outcome.path
         if movies_star is not None:
-            reporter.message(f"Written {movies_star} listing {outcome.n_movies} converted movies"
-                             + ("" if outcome.has_optics else " (no optics table: the input was not a STAR file)"))
+            reporter.message(f"Written {movies_star} listing {outcome.n_movies} movies"
+                             + ("" if outcome.has_optics else " (no optics table: no input STAR file had one)"))
             if control is not None:
                 control.write_output_nodes(movies_star)
     except CryotiffError as exc:

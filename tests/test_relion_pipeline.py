@@ -1,0 +1,298 @@
+"""Fitting into RELION pipelines: <o>/movies.star, External-job exit files, --dry_run, --report."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+
+from cryotiff.cli import main
+from cryotiff.convert import MovieResult
+from cryotiff.relion_pipeline import (
+    ABORT_NOW_NAME,
+    EXIT_ABORTED_NAME,
+    EXIT_FAILURE_NAME,
+    EXIT_SUCCESS_NAME,
+    OUTPUT_NODES_NAME,
+    PipelineReporter,
+    pipeline_control_from_argv,
+    write_movies_star,
+)
+from cryotiff.simulate.write import write_mrc_movie
+
+from .helpers import read_tiff_frames
+
+
+def movie(path: str, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (24, 32)) -> np.ndarray:
+    frames = np.random.default_rng(seed).poisson(1.5, (n_frames, *shape_yx)).astype(np.int8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_mrc_movie(Path(path), frames, 0, pixel_size_angstrom=0.83)
+    return frames
+
+
+def read_star(path: Path) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return starfile.read(path, always_dict=True)
+
+
+OPTICS = """
+# version 50001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographOriginalPixelSize #3
+_rlnVoltage #4
+_rlnSphericalAberration #5
+_rlnAmplitudeContrast #6
+opticsGroup1 1 0.830000 300.000000 2.700000 0.100000
+opticsGroup2 2 0.415000 300.000000 2.700000 0.100000
+"""
+
+
+def import_star(rows: list[str], optics: str = OPTICS) -> str:
+    movies = "\n".join(rows)
+    return f"""{optics}
+# version 50001
+
+data_movies
+
+loop_
+_rlnMicrographMovieName #1
+_rlnOpticsGroup #2
+{movies}
+"""
+
+
+# --------------------------------------------------------------------------- movies.star
+
+
+def test_movies_star_keeps_the_optics_and_points_to_the_converted_tifs(in_tmp: Path, capsys) -> None:
+    frames = {"Movies/a.mrc": movie("Movies/a.mrc", 1), "Movies/b.mrc": movie("Movies/b.mrc", 2),
+              "Movies/c.mrc": movie("Movies/c.mrc", 3)}
+    Path("Movies/broken.mrc").write_bytes(b"not an MRC file" * 100)
+    Path("Import/job001").mkdir(parents=True)
+    Path("Import/job001/movies.star").write_text(
+        import_star(["Movies/a.mrc 1", "Movies/broken.mrc 1", "Movies/b.mrc 2", "Movies/c.mrc 1"])
+    )
+    assert main(["--i", "Import/job001/movies.star", "--o", "Converted"]) == 1  # broken.mrc fails
+    assert "Written Converted/movies.star listing 3 movies" in capsys.readouterr().out
+
+    blocks = read_star(Path("Converted/movies.star"))
+    original = read_star(Path("Import/job001/movies.star"))
+    assert blocks["optics"].equals(original["optics"])
+    table = blocks["movies"]
+    assert list(table.columns) == ["rlnMicrographMovieName", "rlnOpticsGroup"]
+    assert list(table["rlnMicrographMovieName"]) == ["Converted/Movies/a.tif", "Converted/Movies/b.tif",
+                                                     "Converted/Movies/c.tif"]
+    assert list(table["rlnOpticsGroup"]) == [1, 2, 1]
+    for name, tif in zip(["Movies/a.mrc", "Movies/b.mrc", "Movies/c.mrc"], table["rlnMicrographMovieName"]):
+        np.testing.assert_array_equal(read_tiff_frames(Path(tif)), frames[name])
+
+    # During collection: a rerun with --only_do_unfinished lists the finished movies too.
+    movie("Movies/d.mrc", 4)
+    Path("Import/job001/movies.star").write_text(
+        import_star(["Movies/a.mrc 1", "Movies/b.mrc 2", "Movies/c.mrc 1", "Movies/d.mrc 2"])
+    )
+    assert main(["--i", "Import/job001/movies.star", "--o", "Converted", "--only_do_unfinished"]) == 0
+    table = read_star(Path("Converted/movies.star"))["movies"]
+    assert list(table["rlnMicrographMovieName"]) == [f"Converted/Movies/{x}.tif" for x in "abcd"]
+    assert list(table["rlnOpticsGroup"]) == [1, 2, 1, 2]
+
+
+def test_relion_30_star_and_plain_inputs_give_a_movies_table_without_optics(in_tmp: Path) -> None:
+    movie("Movies/a.mrc", 1)
+    movie("Movies/b.mrc", 2)
+    Path("old.star").write_text("data_\n\nloop_\n_rlnMicrographMovieName #1\nMovies/a.mrc\nMovies/b.mrc\n")
+    assert main(["--i", "old.star", "--o", "Old"]) == 0
+    blocks = read_star(Path("Old/movies.star"))
+    assert list(blocks) == ["movies"]
+    assert list(blocks["movies"]["rlnMicrographMovieName"]) == ["Old/Movies/a.tif", "Old/Movies/b.tif"]
+
+    assert main(["--i", "Movies/*.mrc", "--o", "Glob"]) == 0
+    blocks = read_star(Path("Glob/movies.star"))
+    assert list(blocks) == ["movies"]
+    assert list(blocks["movies"]["rlnMicrographMovieName"]) == ["Glob/Movies/a.tif", "Glob/Movies/b.tif"]
+
+
+def test_movies_from_other_inputs_join_a_single_optics_group_only(in_tmp: Path, capsys) -> None:
+    movie("Movies/a.mrc", 1)
+    movie("Extra/x.mrc", 2)
+    one_group = OPTICS.replace("opticsGroup2 2 0.415000 300.000000 2.700000 0.100000\n", "")
+    Path("one.star").write_text(import_star(["Movies/a.mrc 1"], optics=one_group))
+    assert main(["--i", "one.star", "Extra/x.mrc", "--o", "One"]) == 0
+    table = read_star(Path("One/movies.star"))["movies"]
+    assert list(table["rlnMicrographMovieName"]) == ["One/Movies/a.tif", "One/Extra/x.tif"]
+    assert list(table["rlnOpticsGroup"]) == [1, 1]
+
+    Path("two.star").write_text(import_star(["Movies/a.mrc 2"]))
+    capsys.readouterr()
+    assert main(["--i", "two.star", "Extra/x.mrc", "--o", "Two"]) == 0
+    assert "Extra/x.mrc) are left out: their optics group is unknown" in capsys.readouterr().err
+    table = read_star(Path("Two/movies.star"))["movies"]
+    assert list(table["rlnMicrographMovieName"]) == ["Two/Movies/a.tif"]
+    assert Path("Two/Extra/x.tif").exists()
+
+
+def test_movies_star_never_overwrites_the_input_star(in_tmp: Path, capsys) -> None:
+    movie("a.mrc", 1)
+    Path("out").mkdir()
+    text = import_star(["a.mrc 1"])
+    Path("out/movies.star").write_text(text)
+    assert main(["--i", "out/movies.star", "--o", "out"]) == 0
+    assert Path("out/movies.star").read_text() == text
+    assert "it is the input STAR file" in capsys.readouterr().err
+
+
+def test_up_sampled_eer_movies_get_the_rendered_pixel_size(in_tmp: Path) -> None:
+    """EER rendered at --eer_upsampling 2 gives TIFF pixels half the physical size."""
+    Path("eer.star").write_text(import_star(["Movies/e1.eer 1", "Movies/e2.eer 1", "Movies/m.mrc 2"]))
+    results = [
+        MovieResult(Path(f"Movies/{name}"), Path(f"out/Movies/{Path(name).stem}.tif"), "converted")
+        for name in ("e1.eer", "e2.eer", "m.mrc")
+    ]
+    Path("out").mkdir()
+    outcome = write_movies_star(["eer.star"], results, Path("out"), eer_upsampling=2)
+    assert outcome.n_movies == 3 and outcome.has_optics
+    optics = read_star(Path("out/movies.star"))["optics"]
+    assert list(optics["rlnMicrographOriginalPixelSize"]) == pytest.approx([0.415, 0.415])  # group 2 is MRC
+
+
+# --------------------------------------------------------------------------- External job
+
+
+def test_success_writes_the_exit_file_and_the_output_nodes(in_tmp: Path) -> None:
+    movie("Movies/a.mrc", 1)
+    job = Path("External/job004")
+    job.mkdir(parents=True)
+    (job / EXIT_FAILURE_NAME).touch()  # from an earlier attempt
+    assert main(["--i", "Movies/a.mrc", "--o", str(job), "--pipeline_control", str(job)]) == 0
+    assert sorted(p.name for p in job.glob("RELION_JOB_EXIT_*")) == [EXIT_SUCCESS_NAME]
+    nodes = read_star(job / OUTPUT_NODES_NAME)["output_nodes"]
+    assert list(nodes["rlnPipeLineNodeName"]) == ["External/job004/movies.star"]
+    assert list(nodes["rlnPipeLineNodeTypeLabel"]) == ["MicrographMovieGroupMetadata.star.relion"]
+    assert list(nodes["rlnPipeLineNodeType"]) == [0]
+    assert Path("External/job004/movies.star").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--i", "missing.mrc"],  # a movie fails
+        ["--i", "Movies/a.mrc", "--compression", "bzip2"],  # argparse rejects the command line
+        ["--i", "Movies/a.mrc", "--deflate_level", "99"],  # an invalid value
+        ["--i", "Nowhere/*.mrc"],  # an input that names nothing
+    ],
+    ids=["movie", "parser", "option", "input"],
+)
+@pytest.mark.parametrize("spelling", ["--pipeline_control", "--pipeline-control"])
+def test_every_failure_writes_the_failure_file(in_tmp: Path, arguments: list[str], spelling: str, capsys) -> None:
+    movie("Movies/a.mrc", 1)
+    job = Path("External/job005")
+    job.mkdir(parents=True)
+    (job / EXIT_SUCCESS_NAME).touch()  # from an earlier run: must not survive
+    try:
+        status = main([*arguments, "--o", str(job), spelling, str(job)])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    assert status in (1, 2)
+    assert sorted(p.name for p in job.glob("RELION_JOB_EXIT_*")) == [EXIT_FAILURE_NAME]
+
+
+def test_relion_abort_stops_between_movies(in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    movie("a.mrc", 1)
+    movie("b.mrc", 2)
+    job = Path("External/job006")
+    real_finished = PipelineReporter.movie_finished
+
+    def finished_then_abort(self, result) -> None:  # the user presses "Abort" during a.mrc
+        real_finished(self, result)
+        (job / ABORT_NOW_NAME).touch()
+
+    monkeypatch.setattr(PipelineReporter, "movie_finished", finished_then_abort)
+    status = main(["--i", "a.mrc", "b.mrc", "--o", str(job), "--pipeline_control", str(job),
+                   "--report", str(job / "report.json")])
+    assert status == 1
+    assert "RELION asked the job to abort" in capsys.readouterr().err
+    assert sorted(p.name for p in job.glob("RELION_JOB_*")) == [EXIT_ABORTED_NAME]  # ABORT_NOW consumed
+    assert (job / "a.tif").exists() and not (job / "b.tif").exists() and not list(job.glob("*.tmp"))
+    assert json.loads((job / "report.json").read_text())["state"] == "aborted"
+
+
+def test_pipeline_control_is_found_before_parsing() -> None:
+    assert pipeline_control_from_argv(["--i", "x", "--pipeline_control", "J/"]) == Path("J/")
+    assert pipeline_control_from_argv(["--pipeline-control=J2/"]) == Path("J2/")
+    assert pipeline_control_from_argv(["--i", "x"]) is None
+
+
+# --------------------------------------------------------------------------- --dry_run
+
+
+def test_dry_run_lists_and_estimates_without_writing(in_tmp: Path, capsys) -> None:
+    for seed in range(5):
+        movie(f"Movies/m{seed}.mrc", seed, n_frames=6, shape_yx=(64, 96))
+    Path("Movies/bad.mrc").write_bytes(b"junk" * 300)
+    assert main(["--i", "Movies/m0.mrc", "--o", "out"]) == 0  # one is done already
+    capsys.readouterr()
+
+    assert main(["--i", "Movies", "--o", "out", "--only_do_unfinished", "--dry_run", "--report", "plan.json"]) == 1
+    out = capsys.readouterr().out
+    assert "Would skip Movies/m0.mrc: out/Movies/m0.tif is complete" in out
+    for seed in range(1, 5):
+        assert f"Would convert Movies/m{seed}.mrc into out/Movies/m{seed}.tif  (6 pages 96 x 64 int8, lzw" in out
+    assert "Cannot convert: Movies/bad.mrc:" in out
+    assert "4 movies would be converted, 1 skipped, 1 cannot be converted. Nothing was written." in out
+    assert "Estimated by encoding the first frame of 4 of 4 movies" in out
+    assert sorted(p.name for p in Path("out").rglob("*")) == ["Movies", "m0.tif", "movies.star"]
+
+    plan = json.loads(Path("plan.json").read_text())
+    assert plan["state"] == "dry_run" and plan["totals"]["would_convert"] == 4
+    estimated = plan["totals"]["estimated_output_bytes"]
+    assert main(["--i", "Movies", "--o", "out", "--only_do_unfinished"]) == 1  # bad.mrc still fails
+    written = sum(p.stat().st_size for p in Path("out/Movies").glob("m[1-4].tif"))
+    assert 0.8 < estimated / written < 1.25
+
+
+def test_dry_run_samples_a_few_of_many_movies(in_tmp: Path, capsys) -> None:
+    for seed in range(12):
+        movie(f"Movies/m{seed:02d}.mrc", seed, n_frames=2)
+    assert main(["--i", "Movies", "--o", "out", "--dry_run"]) == 0
+    assert "first frame of 8 of 12 movies" in capsys.readouterr().out
+    assert not Path("out").exists()
+
+
+# --------------------------------------------------------------------------- --report
+
+
+def test_report_has_per_movie_results_totals_options_and_version(in_tmp: Path) -> None:
+    from cryotiff import __version__
+
+    movie("a.mrc", 1, n_frames=4)
+    assert main(["--i", "a.mrc", "missing.mrc", "--o", "out", "--report", "reports/run.json",
+                 "--compression", "deflate", "--deflate_level", "3"]) == 1
+    report = json.loads(Path("reports/run.json").read_text())
+    assert report["cryotiff_version"] == __version__
+    assert report["state"] == "finished" and report["exit_status"] == 1
+    assert report["options"]["compression"] == "deflate" and report["options"]["deflate_level"] == 3
+    assert report["movies_star"] == "out/movies.star"
+    a, missing = report["movies"]
+    assert (a["source"], a["destination"], a["status"]) == ("a.mrc", "out/a.tif", "converted")
+    assert a["n_pages"] == 4 and a["frames_verified"] == 4 and a["codec"] == "deflate-3" and a["dtype"] == "int8"
+    assert a["output_bytes"] == Path("out/a.tif").stat().st_size
+    assert missing["status"] == "failed" and "no such file" in missing["message"]
+    totals = report["totals"]
+    assert (totals["converted"], totals["skipped"], totals["failed"], totals["frames_verified"]) == (1, 0, 1, 4)
+    assert totals["input_bytes"] == 4 * 24 * 32
+
+
+def test_report_of_a_run_that_could_not_start(in_tmp: Path) -> None:
+    assert main(["--i", "Nowhere/*.mrc", "--o", "out", "--report", "run.json"]) == 1
+    report = json.loads(Path("run.json").read_text())
+    assert report["state"] == "error" and "no file matches" in report["error"] and report["movies"] == []
