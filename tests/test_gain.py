@@ -323,6 +323,12 @@ def test_load_errors_name_the_file(tmp_path, movies):
         mrc.set_data(est.reliability.astype(F32) + F32(0.5))
     with pytest.raises(GainError, match="whole numbers"):
         G.GainEstimate.load(gain_path)
+    with mrcfile.new(rel_path, overwrite=True) as mrc:
+        mrc.set_data(est.reliability)
+    zero_stamp = bytearray(gain_path.read_bytes())
+    zero_stamp[212:216] = bytes(4)  # RELION reads a file without machine stamp; so does cryotiff
+    gain_path.write_bytes(bytes(zero_stamp))
+    assert same_bits(G.GainEstimate.load(gain_path).gain, est.gain)
     gain_path.write_bytes(b"not an MRC file" * 10)
     with pytest.raises(GainError, match=r"Cannot read the gain file .*gain_estimate\.bin"):
         G.GainEstimate.load(gain_path)
@@ -330,7 +336,7 @@ def test_load_errors_name_the_file(tmp_path, movies):
         G.GainEstimate.load(tmp_path / "missing.bin")
     with mrcfile.new(gain_path, overwrite=True) as mrc:
         mrc.set_data(np.zeros((2, 40, 56), F32))
-    with pytest.raises(GainError, match="one 2-D image"):
+    with pytest.raises(GainError, match="2 sections"):
         G.GainEstimate.load(gain_path)
 
 
@@ -508,6 +514,10 @@ def test_lossy_edge_values():
     assert (s.n_pixels, s.n_nonfinite, s.n_clipped, s.n_changed) == (5, 1, 1, 5)
     with pytest.raises(UnexpectedPixelValueError):
         G.lossy_integerise(np.array([[1.5]], F32), np.ones((1, 1), F32), np.array([[True]]))
+    # reliable errors kept with ignore_error: NaN -> 0, beyond int32 -> saturated, 1.5 -> 2
+    kept = G.lossy_integerise(np.array([[np.nan, 3.0e9, 1.5]], F32), np.ones((1, 3), F32),
+                              np.ones((1, 3), bool), ignore_error=True)
+    assert list(kept.counts[0]) == [0, 2**31 - 128, 2] and kept.integer.n_errors == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ from typing import Callable, Iterator, Sequence
 import mrcfile
 import numpy as np
 
-from cryotiff.errors import GainError, UnexpectedPixelValueError
+from cryotiff.errors import CryotiffError, GainError, UnexpectedPixelValueError
+from cryotiff.io.mrc import open_mrc
 
 # ---------------------------------------------------------------------------------------------
 # Constants and message texts
@@ -271,8 +272,8 @@ class GainEstimate:
     def new(cls, shape_yx: tuple[int, int], *, track_merge: bool = False) -> "GainEstimate":
         """RELION's initial state: gain 999.9, reliability -1 everywhere.
 
-        ``track_merge=True`` also keeps what :func:`merge` needs (about 8 bytes per pixel and
-        roughly 40 % more time per frame); use it for estimates made by parallel workers.
+        ``track_merge=True`` also keeps what :func:`merge` needs (8 more bytes per pixel, and
+        about twice the time per frame); use it only for estimates made by parallel workers.
         """
         ny, nx = (int(shape_yx[0]), int(shape_yx[1]))
         estimate = cls(np.full((ny, nx), INITIAL_GAIN, np.float32), np.full((ny, nx), INCONSISTENT, np.int16))
@@ -620,9 +621,11 @@ def find_reliability_path(gain_path: str | os.PathLike[str]) -> Path:
 
 
 def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float: bool = True) -> np.ndarray:
-    """Read a single-image MRC file whatever its extension (RELION reads ``<file>:mrc``).
+    """Read a single-image MRC file whatever its extension (RELION reads ``<file>:mrc``), with
+    cryotiff's MRC reader (lenient like RELION's: any map ID or machine stamp, byte order by
+    plausibility).
 
-    Returns float32 (``as_float``) or the file's own dtype in native byte order.
+    Returns float32 (``as_float``) or the mode's own dtype (int16 for mode 1, ...).
 
     Raises:
         GainError: missing, unreadable, or more than one section; the message names the file.
@@ -631,18 +634,15 @@ def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float
     if not path.is_file():
         raise GainError(f"The {what} file {path} does not exist.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            with mrcfile.open(path, mode="r", permissive=False) as mrc:
-                data = np.asarray(mrc.data)
-                data = data.astype(data.dtype.newbyteorder("=") if not as_float else np.float32, copy=True)
-    except Exception as exc:  # mrcfile raises ValueError, OSError, EOFError or warnings for bad files
+        with open_mrc(path) as mrc:
+            n_sections = mrc.info.n_frames
+            data = mrc.read_frame(0) if n_sections == 1 else None
+    except CryotiffError as exc:
         raise GainError(f"Cannot read the {what} file {path} as MRC: {exc}") from exc
-    while data.ndim > 2 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim != 2:
-        raise GainError(f"The {what} file {path} must hold one 2-D image; it has shape {data.shape}.")
-    return np.ascontiguousarray(data)
+    if data is None:
+        raise GainError(f"The {what} file {path} must hold one 2-D image; it has {n_sections} sections.")
+    data = np.asarray(data, dtype=np.float32) if as_float else np.asarray(data)
+    return np.array(data, dtype=data.dtype.newbyteorder("="), order="C")
 
 
 def _to_int16_counter(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -820,16 +820,21 @@ def _integerise_core(
         vb, gb, mb = v[rows], g[rows], mask[rows]
         iv, e, diff = expected_value(vb, gb)
         ok = diff <= tol
+        accepted = mb & ok
         err = mb & ~ok
-        with np.errstate(all="ignore"):
+        out = np.where(accepted, iv, vb)
+        bad = np.flatnonzero(err)
+        if bad.size:
             # With ignore_error a finite error is rounded without the int cast (RELION writes
             # -2147483648 when the quotient overflows); a non-finite value is copied (DIFFERENCE).
-            rounded = round_half_away_from_zero(np.divide(vb, gb, dtype=np.float32)) + np.float32(0.0)
-        out = np.where(mb, np.where(ok, iv, np.where(np.isfinite(vb), rounded, vb)), vb)
+            vf, gf = vb.reshape(-1)[bad], gb.reshape(-1)[bad]
+            with np.errstate(all="ignore"):
+                rounded = round_half_away_from_zero(np.divide(vf, gf, dtype=np.float32)) + np.float32(0.0)
+            out.reshape(-1)[bad] = np.where(np.isfinite(vf), rounded, vf)
         values[rows] = out
         expected[rows] = e
         errors[rows] = err
-        inexact[rows] = mb & ok & (e != vb)
+        inexact[rows] = accepted & (e != vb)
         return (0,)
 
     _run_blocks(work, v.shape[0], executor, block_rows)
@@ -966,10 +971,15 @@ def lossy_integerise(
     rounded[~finite] = 0.0
     clipped = np.clip(rounded, _INT_MIN, 2**31 - 1)
     change = np.abs(clipped[finite] - raw[finite])
-    counts_f = exact.values.astype(np.float64)
-    counts_f = np.where(np.isfinite(counts_f), counts_f, 0.0)
-    counts_f[unreliable] = clipped
-    counts = np.clip(counts_f, _INT_MIN, 2**31 - 1).astype(np.int32)
+    values = exact.values  # whole numbers within int32 except at errors kept with ignore_error
+    outside = ~(np.abs(values) < _TWO_POW_31_F32) & mask
+    if outside.any():
+        values = values.copy()
+        values[outside & ~np.isfinite(values)] = 0
+        np.clip(values, _INT_MIN_F32, np.float32(2**31 - 128), out=values, where=outside)
+    counts = np.zeros(v.shape, np.int32)
+    np.copyto(counts, values, casting="unsafe", where=mask)
+    counts[unreliable] = clipped.astype(np.int32)
     stats = LossyStats(
         n_pixels=int(raw.size),
         n_changed=int(np.count_nonzero(change > 0) + np.count_nonzero(~finite)),
