@@ -126,7 +126,10 @@ def test_variable_decoder_matches_reference_and_imagecodecs_subpixels(
     frames = _edge_frames(size, bits) + S.random_events(rng, size, 4, 0.05, subpixel_bits=bits)
     for fr in frames:
         stream = S.encode_frame(
-            fr, size, encoding.compression, subpixel_bits=None if encoding.compression == 65001 else bits
+            fr,
+            size,
+            encoding.compression,
+            subpixel_bits=None if encoding.compression == 65001 else bits,
         )
         decoded = E.decode_eer_frame(stream, (size, size), encoding, need_symbols=True)
         ref = ref_decode(stream, size * size, 7, 2 * bits, False)
@@ -403,7 +406,10 @@ def test_corrupt_frames_are_skipped_and_reported(tmp_path: Path) -> None:
 def test_corrupt_65000_frame(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     frames = S.random_events(rng, 2048, 2)
-    streams = [S.encode_frame(frames[0], 2048, 65000), S.encode_frame(frames[1], 2048, 65000)[:-4000]]
+    streams = [
+        S.encode_frame(frames[0], 2048, 65000),
+        S.encode_frame(frames[1], 2048, 65000)[:-4000],
+    ]
     with E.EerMovie(S.write_eer(tmp_path / "x.eer", streams, 2048, 65000)) as movie:
         result = movie.render(0, 2, 1)
         assert result.corrupt_frames == [1]
@@ -470,7 +476,9 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_damaged_files_raise_eer_format_error(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_damaged_files_raise_eer_format_error(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     rng = np.random.default_rng(9)
     frames = S.random_events(rng, 2048, 2)
     good = S.write_eer(tmp_path / "good.eer", frames, 2048, 65001).read_bytes()

@@ -115,7 +115,8 @@ def test_downsampling_means_and_keeps_defects(tmp_path: Path) -> None:
     # Without defects, RELION's 2x2 sum gives the same divisive result (the factor 4 cancels in
     # mean / G).
     clean = np.where(g == 0, 1.0, g).astype(np.float32)
-    relion = _inverse(clean.reshape(32, 2, 32, 2).astype(np.float64).sum(axis=(1, 3)).astype(np.float32))
+    summed = clean.reshape(32, 2, 32, 2).astype(np.float64).sum(axis=(1, 3))
+    relion = _inverse(summed.astype(np.float32))
     ours = G.convert_eer_gain(_write_mrc(tmp_path / "h.mrc", clean), 32, 1).gain
     np.testing.assert_allclose(ours, relion, rtol=1e-6)
 

@@ -151,7 +151,9 @@ def _read_tiff_first_page(path: str | os.PathLike[str]) -> np.ndarray:
     except FileNotFoundError:
         raise GainError(f"{path}: gain file not found.") from None
     except Exception as exc:  # tifffile / imagecodecs / OS errors: a damaged or foreign file
-        raise GainError(f"{path}: cannot read the gain as TIFF ({type(exc).__name__}: {exc}).") from None
+        raise GainError(
+            f"{path}: cannot read the gain as TIFF ({type(exc).__name__}: {exc})."
+        ) from None
 
 
 def _read_mrc_first_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -164,7 +166,9 @@ def _read_mrc_first_image(path: str | os.PathLike[str]) -> np.ndarray:
     except FileNotFoundError:
         raise GainError(f"{path}: gain file not found.") from None
     except Exception as exc:  # mrcfile raises ValueError for bad headers, OSError etc.
-        raise GainError(f"{path}: cannot read the gain as MRC ({type(exc).__name__}: {exc}).") from None
+        raise GainError(
+            f"{path}: cannot read the gain as MRC ({type(exc).__name__}: {exc})."
+        ) from None
     if data.ndim == 3:
         data = data[0]  # RELION reads the first image
     return data
@@ -229,7 +233,8 @@ def convert_eer_gain(
     if nx != ny or nx not in accepted:
         sizes = ", ".join(f"{s} x {s}" for s in accepted)
         raise GainError(
-            f"{path}: unsupported EER gain size X = {nx} Y = {ny}{_size_hint(nx, ny, out, detector_size)}; "
+            f"{path}: unsupported EER gain size X = {nx} Y = {ny}"
+            f"{_size_hint(nx, ny, out, detector_size)}; "
             f"expected X = {out} Y = {out} (the output grid of a {detector_size} x "
             f"{detector_size} detector at --eer_upsampling {upsampling}), or one of {sizes}, "
             "which are resized."

@@ -264,7 +264,9 @@ def decode_eer_frame(
     return positions, symbols_7bit(stream, positions, encoding.rle_bits, encoding.symbol_bits)
 
 
-def _subpixels(symbols: np.ndarray, horizontal_bits: int, vertical_bits: int) -> tuple[np.ndarray, np.ndarray]:
+def _subpixels(
+    symbols: np.ndarray, horizontal_bits: int, vertical_bits: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sub-pixel x and y from stored symbols: the MSB of each field is flipped (RELION XORs 0x0A
     for 2+2 bits and 3 for 1+1 bits)."""
     s = symbols.astype(np.int64)
@@ -404,7 +406,9 @@ class EerMovie(Movie):
             try:
                 file_size = self.path.stat().st_size
             except OSError as exc:
-                raise EerFormatError(f"{self.path}: cannot open the file ({exc.strerror}).") from None
+                raise EerFormatError(
+                    f"{self.path}: cannot open the file ({exc.strerror})."
+                ) from None
             try:
                 with tifffile.TiffFile(self.path) as tif:
                     structure = self._parse(tif)
@@ -725,7 +729,9 @@ def plan_groups(
     """
     where = f"{movie}: " if movie else ""
     if grouping <= 0:
-        raise OptionError(f"{where}--eer_grouping must be a positive number of raw frames (got {grouping}).")
+        raise OptionError(
+            f"{where}--eer_grouping must be a positive number of raw frames (got {grouping})."
+        )
     if grouping > n_raw_frames:
         raise OptionError(
             f"{where}--eer_grouping {grouping} is larger than the number of raw frames "

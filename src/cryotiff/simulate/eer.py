@@ -15,8 +15,8 @@ Three pieces, all vectorised (the only Python loops are over frames):
   which tifffile exposes as ``TiffFile.eer_metadata``.
 
 Sub-pixel convention (RELION ``renderEER.cpp``; imagecodecs ``eer_decode``): the stored symbol
-field is ``s``; for 2-bit axes ``s' = s XOR 0b1010`` and ``x_sub = s' & 3``, ``y_sub = (s' >> 2) & 3``
-(the horizontal field comes first in the stream); for 1-bit axes ``s' = s XOR 0b11``,
+field is ``s``; for 2-bit axes ``s' = s XOR 0b1010`` and ``x_sub = s' & 3``,
+``y_sub = (s' >> 2) & 3`` (the horizontal field comes first in the stream); for 1-bit axes ``s' = s XOR 0b11``,
 ``x_sub = s' & 1``, ``y_sub = s' >> 1``. Here events carry ``x_sub``/``y_sub`` (0 .. 2**bits - 1,
 the position inside the physical pixel) and the encoder applies the XOR.
 """
