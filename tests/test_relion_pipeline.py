@@ -230,6 +230,28 @@ def test_pipeline_control_is_found_before_parsing() -> None:
     assert pipeline_control_from_argv(["--i", "x", "--pipeline_control", "J/"]) == Path("J/")
     assert pipeline_control_from_argv(["--pipeline-control=J2/"]) == Path("J2/")
     assert pipeline_control_from_argv(["--i", "x"]) is None
+    # Given without a directory: the job directory, --o
+    assert pipeline_control_from_argv(["--o", "External/job007/", "--pipeline_control", "--j", "4"]) == Path(
+        "External/job007/"
+    )
+    assert pipeline_control_from_argv(["--pipeline_control"]) == Path("./")
+
+
+def test_an_external_job_command_line_as_relion_builds_it(in_tmp: Path) -> None:
+    """RELION's External job runs ``<exe> --o <job>/ --<label> <value> ... --j <threads>``; the job
+    directory is not known when the parameters are typed, so --pipeline_control is given empty."""
+    frames = movie("Movies/a.mrc", 1)
+    Path("Import/job001").mkdir(parents=True)
+    Path("Import/job001/movies.star").write_text(import_star(["Movies/a.mrc 1"]))
+    Path("External/job007").mkdir(parents=True)
+    command = "--o External/job007/ --i Import/job001/movies.star --pipeline_control  --j 2"
+    assert main(command.split()) == 0
+    job = Path("External/job007")
+    assert sorted(p.name for p in job.glob("RELION_JOB_EXIT_*")) == [EXIT_SUCCESS_NAME]
+    nodes = read_star(job / OUTPUT_NODES_NAME)["output_nodes"]
+    assert list(nodes["rlnPipeLineNodeName"]) == ["External/job007/movies.star"]
+    table = read_star(job / "movies.star")["movies"]
+    np.testing.assert_array_equal(read_tiff_frames(Path(table["rlnMicrographMovieName"][0])), frames)
 
 
 # --------------------------------------------------------------------------- --dry_run

@@ -98,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--report", metavar="FILE.json",
                        help="Also write a JSON report: per-movie results, totals, options and version")
     other.add_argument("--pipeline_control", "--pipeline-control", dest="pipeline_control", metavar="DIR",
+                       nargs="?", const="",
                        help="RELION External job: write RELION_JOB_EXIT_SUCCESS/FAILURE/ABORTED and "
-                            "RELION_OUTPUT_NODES.star in DIR and stop when RELION_JOB_ABORT_NOW appears there")
+                            "RELION_OUTPUT_NODES.star in DIR (without DIR: in --o, the job directory) and stop "
+                            "when RELION_JOB_ABORT_NOW appears there")
     other.add_argument("--version", action="version", version=f"cryotiff {__version__}")
     return parser
 
@@ -405,7 +407,9 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         report_path = Path(args.report) if args.report else None
         if args.dry_run:
             return run_dry_run(inputs, options, reporter, relative_to, report_path)
-        control = PipelineControl(Path(args.pipeline_control)) if args.pipeline_control else None
+        control = None
+        if args.pipeline_control is not None:  # "" (given without a directory): the job directory --o
+            control = PipelineControl(Path(args.pipeline_control or args.o))
         return run_conversion(inputs, options, reporter, relative_to, report_path, control)
     except OptionError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

@@ -264,15 +264,26 @@ def pipeline_control_from_argv(argv: Sequence[str]) -> Path | None:
 
     Read before argparse so that even a command line the parser rejects ends with
     ``RELION_JOB_EXIT_FAILURE``: otherwise RELION would show the job as running for ever.
+    Given without a directory (as an External job parameter with an empty value, because the
+    job directory is not known when the job is set up), it is the ``--o`` directory, which RELION
+    sets to the job directory.
     """
     names = ("--pipeline_control", "--pipeline-control")
+    control: str | None = None
+    output = "./"
     for index, argument in enumerate(argv):
-        if argument in names and index + 1 < len(argv):
-            return Path(argv[index + 1])
-        for name in names:
-            if argument.startswith(name + "="):
-                return Path(argument[len(name) + 1 :])
-    return None
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if argument in names:
+            control = following if following is not None and not following.startswith("--") else ""
+        elif argument.startswith(tuple(name + "=" for name in names)):
+            control = argument.split("=", 1)[1]
+        elif argument == "--o" and following is not None:
+            output = following
+        elif argument.startswith("--o="):
+            output = argument[len("--o=") :]
+    if control is None:
+        return None
+    return Path(control or output)
 
 
 class PipelineControl:
