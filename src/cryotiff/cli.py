@@ -139,17 +139,17 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     )
 
 
-def unsupported_yet(options: ConvertOptions) -> str | None:
-    """Options whose implementation has not landed: they fail loudly instead of doing nothing."""
-    if options.estimate_gain:
-        return "--estimate_gain is not yet supported"
-    if options.gain is not None:
-        return "--gain is not yet supported"
-    if options.lossy:
-        return "--lossy is not yet supported"
-    if options.eer_dose_per_fraction is not None:
-        return "--eer_dose_per_fraction is not yet supported"
+def option_conflicts(options: ConvertOptions) -> str | None:
+    """Combinations of options that cannot work together, as one message (None if fine)."""
+    if options.lossy and options.gain is None:
+        return "--lossy needs --gain (the estimated gain of the float movies)"
+    if options.lossy and options.estimate_gain:
+        return "--lossy applies when converting with --gain, not with --estimate_gain"
     return None
+
+
+#: Former name, kept for callers written before every option was implemented.
+unsupported_yet = option_conflicts
 
 
 # --------------------------------------------------------------------------- terminal output
@@ -193,6 +193,8 @@ class TerminalReporter(Reporter):
 
     def movie_finished(self, result: MovieResult) -> None:
         self._end_bar()
+        for text in result.notes:
+            print(text, file=self.out, flush=True)
         for text in result.warnings:
             self.warning(text)
         if result.status == "skipped":
@@ -314,6 +316,28 @@ def _write_report_quietly(report_path: Path, results, options, inputs, status: i
         print(f"ERROR: {exc}", file=sys.stderr, flush=True)
 
 
+def run_estimation(
+    inputs: Sequence[str], options: ConvertOptions, reporter: TerminalReporter, relative_to: Path | None = None
+) -> int:
+    """``--estimate_gain``: update the gain estimate over every movie; writes no TIFF."""
+    from .jobs import estimate
+
+    started = time.perf_counter()
+    jobs, failures = plan(inputs, options, relative_to)
+    for failure in failures:
+        reporter.movie_finished(failure)
+    results = failures + estimate(jobs, options, reporter)
+    summary = summarise(results, time.perf_counter() - started)
+    failed = [r for r in results if r.status == "failed"]
+    print(f"\nMovies estimated: {summary.converted}, failed: {summary.failed}; "
+          f"frames: {sum(r.n_pages for r in results)}; wall time {summary.wall_seconds:.1f} s", file=reporter.out)
+    if failed:
+        print("Failed movies:", file=reporter.out)
+        for failure in failed:
+            print(f"  {failure.message}", file=reporter.out)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def run_dry_run(
     inputs: Sequence[str],
     options: ConvertOptions,
@@ -401,9 +425,11 @@ def run_command(argv: Sequence[str] | None = None) -> int:
             if not args.i:
                 parser.error("the following arguments are required: --i")
             inputs = args.i
-        problem = unsupported_yet(options)
+        problem = option_conflicts(options)
         if problem:
             raise OptionError(problem)
+        if options.estimate_gain:
+            return run_estimation(inputs, options, reporter, relative_to)
         report_path = Path(args.report) if args.report else None
         if args.dry_run:
             return run_dry_run(inputs, options, reporter, relative_to, report_path)

@@ -9,6 +9,7 @@ pages per thread whatever the movie length.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -20,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .codecs import StripCodec, resolve_codec
-from .errors import CryotiffError, InputError, VerificationError
+from .errors import CryotiffError, InputError, OutputError, VerificationError
 from .io import Movie
 from .io.tiff import TiffLayout, flip_rows, write_movie
 
@@ -88,7 +89,8 @@ class MovieResult:
         seconds: wall time spent on the movie.
         codec: the compression used, e.g. ``deflate-6``.
         dtype: the TIFF sample type written.
-        warnings: messages for the user (printed by the CLI).
+        warnings: messages for the user (printed by the CLI on stderr).
+        notes: informational lines about the movie (printed on stdout).
         details: path-specific figures (gain errors, lossy changes, EER corrupt or dropped frames).
     """
 
@@ -104,6 +106,7 @@ class MovieResult:
     codec: str = ""
     dtype: str = ""
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
 
 
@@ -175,35 +178,48 @@ class WiderTypeNeeded(Exception):
         self.reason = reason
 
 
-#: Integer TIFF sample types every movie reader accepts, smallest first.
-INTEGER_TIFF_TYPES = (np.uint8, np.int8, np.uint16, np.int16)
-
 #: RELION's warning for mode-2 movies converted without a gain.
 MODE2_WITHOUT_GAIN_WARNING = (
     "WARNING: To effectively compress mode 2 MRC files, you should first estimate the gain with --estimate_gain."
 )
 
 
-def smallest_integer_type(minimum: float, maximum: float) -> np.dtype | None:
-    """The smallest TIFF integer sample type holding ``minimum..maximum``, or None."""
-    for candidate in INTEGER_TIFF_TYPES:
-        info = np.iinfo(candidate)
-        if info.min <= minimum and maximum <= info.max:
-            return np.dtype(candidate)
-    return None
+def smallest_integer_type(minimum: float, maximum: float, shape_yx: tuple[int, int]) -> np.dtype | None:
+    """The smallest integer TIFF type (uint8, int8, uint16, int16) holding ``minimum..maximum``,
+    or None; 8-bit types are avoided at the frame sizes RELION reads as IMOD 4-bit packed TIFF."""
+    from .gain import smallest_integer_dtype
+
+    return smallest_integer_dtype(minimum, maximum, shape_yx)
 
 
 def integer_valued_range(frame: np.ndarray) -> tuple[float, float] | None:
     """``(min, max)`` if every value of a float frame is a finite integer that an integer type
     stores bit-exactly (so not -0.0, whose sign an integer would lose), else None."""
-    if not np.all(np.isfinite(frame)) or not np.array_equal(np.trunc(frame), frame):
-        return None
-    if np.any(np.signbit(frame) & (frame == 0)):
-        return None
-    return float(frame.min()), float(frame.max())
+    from .gain import integer_range
+
+    is_integer, minimum, maximum = integer_range(frame, keep_negative_zero=True)
+    return (minimum, maximum) if is_integer else None
 
 
-class FloatPages(PlainPages):
+class IntegerWidening:
+    """Mixin for page sources that guess an integer type from the first frame and widen it when a
+    later frame needs more (raising :class:`WiderTypeNeeded`, which rewrites the movie)."""
+
+    shape_yx: tuple[int, int]
+    dtype: np.dtype
+
+    def _fit(self, index: int, minimum: float, maximum: float) -> None:
+        info = np.iinfo(self.dtype)
+        if info.min <= minimum and maximum <= info.max:
+            return
+        wider = smallest_integer_type(min(minimum, info.min), max(maximum, info.max), self.shape_yx)
+        raise WiderTypeNeeded(
+            wider if wider is not None else np.float32,
+            f"frame {index + 1} holds values {minimum:g}..{maximum:g}",
+        )
+
+
+class FloatPages(IntegerWidening, PlainPages):
     """Float movies (MRC mode 2 or 12, float TIFF) without a gain.
 
     RELION writes them as float32. Beyond RELION: a movie whose values are all integers (some
@@ -216,7 +232,7 @@ class FloatPages(PlainPages):
         super().__init__(movie, default_pixel_size_angstrom)
         self.dtype = np.dtype(np.float32)
         value_range = integer_valued_range(self.movie.read_frame(0)) if self.n_pages else None
-        integer_type = smallest_integer_type(*value_range) if value_range else None
+        integer_type = smallest_integer_type(*value_range, self.shape_yx) if value_range else None
         self.dtype = integer_type or np.dtype(np.float32)
         self.warning = None if integer_type else MODE2_WITHOUT_GAIN_WARNING
 
@@ -227,10 +243,7 @@ class FloatPages(PlainPages):
         value_range = integer_valued_range(frame)
         if value_range is None:
             raise WiderTypeNeeded(np.float32, f"frame {index + 1} holds non-integer values")
-        wider = smallest_integer_type(min(value_range[0], np.iinfo(self.dtype).min),
-                                      max(value_range[1], np.iinfo(self.dtype).max))
-        if wider != self.dtype:
-            raise WiderTypeNeeded(wider or np.float32, f"frame {index + 1} holds values {value_range[0]:g}..{value_range[1]:g}")
+        self._fit(index, *value_range)
         return frame.astype(self.dtype)
 
     def retype(self, dtype: np.dtype) -> None:
@@ -243,6 +256,203 @@ class FloatPages(PlainPages):
             result.warnings.append(self.warning)
         elif self.dtype.kind != "f":
             result.details["float_input_stored_as"] = str(self.dtype)
+
+
+@dataclass
+class RunContext:
+    """State shared by every movie of a run, prepared once (see :func:`cryotiff.jobs.prepare`).
+
+    Attributes:
+        gain_estimate: the ``--gain`` estimate for float movies (gain and reliability counters).
+        gain_reference: float32 ``(ny, nx)``: the gain at reliable pixels, 1.0 elsewhere; what
+            ``<o>/gain-reference.mrc`` holds.
+        reliable_mask: ``reliability >= --thresh``.
+        eer_gain_reference: the converted EER gain (multiplicative, EER raster orientation).
+    """
+
+    gain_estimate: object | None = None
+    gain_reference: np.ndarray | None = None
+    reliable_mask: np.ndarray | None = None
+    eer_gain_reference: np.ndarray | None = None
+
+
+#: How many of RELION's mismatch lines are kept per movie with --ignore_error (RELION prints all).
+MAX_MISMATCH_LINES = 10
+
+
+class GainPages(IntegerWidening, PlainPages):
+    """Float movies with ``--gain``: reliable pixels divided by their gain (RELION's
+    ``unnormalise``), written as float32 as RELION does; with ``--lossy`` also the unreliable
+    pixels rounded, so the whole movie is stored as integers (uint8 unless a value needs more).
+    """
+
+    def __init__(self, movie: Movie, default_pixel_size_angstrom: float | None, context: RunContext,
+                 options: ConvertOptions):
+        from .errors import GainError
+        from .gain import different_size_message
+
+        super().__init__(movie, default_pixel_size_angstrom)
+        estimate = context.gain_estimate
+        if context.gain_reference is None or context.gain_reference.shape != self.shape_yx:
+            raise GainError(f"{self.path}: {different_size_message(str(self.path))} Frames are "
+                            f"{self.shape_yx[1]} x {self.shape_yx[0]}, the gain is "
+                            f"{context.gain_reference.shape[1]} x {context.gain_reference.shape[0]} (nx x ny).")
+        self.gain_reference = context.gain_reference
+        self.reliable_mask = context.reliable_mask
+        self.reliability = getattr(estimate, "reliability", None)
+        self.ignore_error = options.ignore_error
+        self.lossy = options.lossy
+        self.dtype = np.dtype(np.uint8 if self.lossy else np.float32)
+        if self.lossy and smallest_integer_type(0, 255, self.shape_yx) != np.uint8:
+            self.dtype = np.dtype(np.uint16)  # RELION would read 8-bit TIFFs of this size as 4-bit
+        self._lock = threading.Lock()
+        self._reset_counts()
+
+    def _reset_counts(self) -> None:
+        self.n_errors = 0
+        self.mismatch_lines: list[str] = []
+        self.n_changed = 0
+        self.max_abs_change = 0.0
+        self.sum_abs_change = 0.0
+        self.n_unreliable_values = 0
+
+    def retype(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self._reset_counts()
+
+    def page(self, index: int) -> np.ndarray:
+        from .gain import integerise, lossy_integerise
+
+        frame = self.movie.read_frame(index).astype(np.float32, copy=False)
+        common = dict(movie=str(self.path), frame_index_0based=index, reliability=self.reliability)
+        if not self.lossy:
+            result = integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, **common)
+            self._count_errors(result)
+            return result.values
+        lossy = lossy_integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, **common)
+        self._count_errors(lossy.integer)
+        counts = lossy.counts
+        self._fit(index, float(counts.min()), float(counts.max()))
+        with self._lock:
+            self.n_changed += lossy.stats.n_changed
+            self.max_abs_change = max(self.max_abs_change, lossy.stats.max_abs_change)
+            self.sum_abs_change += lossy.stats.sum_abs_change
+            self.n_unreliable_values += lossy.stats.n_pixels
+        return counts.astype(self.dtype)
+
+    def _count_errors(self, result) -> None:
+        if not result.n_errors:
+            return
+        with self._lock:
+            self.n_errors += result.n_errors
+            room = MAX_MISMATCH_LINES - len(self.mismatch_lines)
+            if room > 0:
+                self.mismatch_lines.extend(result.mismatch_lines(room))
+
+    def finish(self, result: MovieResult) -> None:
+        if self.n_errors:
+            result.warnings.extend(self.mismatch_lines)
+            result.warnings.append(
+                f"{self.path}: {self.n_errors} values of reliable pixels were not integer multiples of their "
+                "gain and were rounded (--ignore_error)"
+                + (f"; the first {len(self.mismatch_lines)} are listed above" if self.n_errors > len(self.mismatch_lines) else "")
+            )
+        result.details["gain_errors_rounded"] = self.n_errors
+        if self.lossy:
+            mean = self.sum_abs_change / self.n_unreliable_values if self.n_unreliable_values else 0.0
+            result.details.update(
+                lossy_values_changed=self.n_changed,
+                lossy_max_abs_change=self.max_abs_change,
+                lossy_mean_abs_change=mean,
+            )
+            result.notes.append(
+                f"{self.path}: --lossy changed {self.n_changed} values of unreliable pixels "
+                f"(largest change {self.max_abs_change:.4g}, mean {mean:.4g} over {self.n_unreliable_values} "
+                "unreliable pixel values); reliable pixels are exact"
+            )
+
+
+class EerPages(PageSource):
+    """EER movies rendered like RELION: each page is the sum of ``--eer_grouping`` raw frames on
+    the ``--eer_upsampling`` grid, in EER raster orientation (the TIFF writer flips it), uint8
+    (uint16 with ``--short``). RELION's sums wrap silently in uint8; here a page that does not
+    fit makes the whole movie be written again as uint16, with a warning. No resolution tags are
+    written (RELION writes none for EER: the rendered pixel size depends on the upsampling).
+    """
+
+    is_eer = True
+
+    def __init__(self, movie, options: ConvertOptions):
+        from .io.eer import grouping_for_dose, plan_groups
+
+        self.movie = movie
+        self.path = movie.info.path
+        self.upsampling = options.eer_upsampling
+        movie.check_upsampling(self.upsampling)
+        n_raw = movie.info.n_frames
+        self.notes = [f"{self.path}: found {n_raw} raw frames"]
+        grouping = options.eer_grouping
+        if options.eer_dose_per_fraction is not None:
+            grouping, dose_per_raw_frame = grouping_for_dose(
+                movie.metadata, options.eer_dose_per_fraction, movie=str(self.path)
+            )
+            self.notes.append(
+                f"{self.path}: {dose_per_raw_frame:.4g} e/A^2 per raw frame; grouping {grouping} raw frames "
+                f"gives {grouping * dose_per_raw_frame:.4g} e/A^2 per page"
+            )
+        self.grouping = grouping
+        self.pages, self.n_dropped = plan_groups(n_raw, grouping, movie=str(self.path))
+        if self.n_dropped:
+            self.notes.append(
+                f"{self.path}: the last {self.n_dropped} raw frames do not fill a group of {grouping} and are left out"
+            )
+        self.n_pages = len(self.pages)
+        size = movie.output_size(self.upsampling)
+        self.shape_yx = (size, size)
+        self.dtype = np.dtype(np.uint16 if options.short else np.uint8)
+        self.short = options.short
+        self.pixel_size_angstrom = None
+        self.input_bytes = self.path.stat().st_size
+        self._lock = threading.Lock()
+        self.corrupt_warnings: list[str] = []
+
+    def retype(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.corrupt_warnings = []
+
+    def page(self, index: int) -> np.ndarray:
+        from .errors import RenderOverflowError
+
+        start, stop = self.pages[index]
+        rendered = self.movie.render(start, stop, self.upsampling)
+        if rendered.corrupt_frames:
+            with self._lock:
+                self.corrupt_warnings.extend(rendered.corrupt_frame_warnings(str(self.path)))
+        if rendered.max_count > np.iinfo(self.dtype).max:
+            if self.dtype == np.uint8:
+                raise WiderTypeNeeded(
+                    np.uint16,
+                    f"page {index + 1} has counts up to {rendered.max_count}, more than uint8 holds "
+                    "(RELION would wrap them modulo 256; use --short to render uint16 directly)",
+                )
+            raise RenderOverflowError(
+                f"{self.path}: page {index + 1} has counts up to {rendered.max_count}, more than uint16 holds; "
+                "use a smaller --eer_grouping"
+            )
+        return rendered.counts.astype(self.dtype)
+
+    def finish(self, result: MovieResult) -> None:
+        result.notes.extend(self.notes)
+        result.warnings.extend(sorted(set(self.corrupt_warnings), key=self.corrupt_warnings.index))
+        result.details.update(
+            eer_raw_frames=self.movie.info.n_frames,
+            eer_grouping=self.grouping,
+            eer_dropped_frames=self.n_dropped,
+            eer_corrupt_frames=len(set(self.corrupt_warnings)),
+        )
+
+    def close(self) -> None:
+        self.movie.close()
 
 
 def movie_kind(path: Path) -> str:
@@ -286,18 +496,26 @@ def open_movie(path: Path) -> Movie:
     return EerMovie(path)
 
 
-def open_page_source(path: Path, options: ConvertOptions) -> PageSource:
+def open_page_source(path: Path, options: ConvertOptions, context: RunContext | None = None) -> PageSource:
     """Choose how the pages of one movie are made, from its own format and mode (unlike RELION,
-    which uses the first movie's mode for all)."""
-    kind = movie_kind(path)
-    if kind == "eer":
-        from .errors import NotYetSupportedError
+    which uses the first movie's mode for all).
 
-        raise NotYetSupportedError(f"{path}: EER input is not yet supported")
+    ``context`` carries the run's gains (:func:`cryotiff.jobs.prepare`); without it a float movie
+    is converted as if no ``--gain`` had been given.
+    """
+    kind = movie_kind(path)
     movie = open_movie(path)
+    if kind == "eer":
+        try:
+            return EerPages(movie, options)
+        except BaseException:
+            movie.close()
+            raise
     default_pixel_size = RELION_DEFAULT_PIXEL_SIZE_ANGSTROM if kind == "mrc" else None
     try:
         if movie.info.dtype.kind == "f":
+            if context is not None and context.gain_reference is not None:
+                return GainPages(movie, default_pixel_size, context, options)
             return FloatPages(movie, default_pixel_size)
         return PlainPages(movie, default_pixel_size)
     except BaseException:
@@ -328,9 +546,18 @@ def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, ver
     strips = []
     for first_row in range(0, rows.shape[0], rows_per_strip):
         raw = row_bytes[first_row : first_row + rows_per_strip]
-        encoded = codec.encode(raw)
+        try:
+            encoded = codec.encode(raw)
+        except Exception as exc:  # imagecodecs raises its own RuntimeError subclasses
+            raise OutputError(f"{source.path}: frame {index + 1}: the {codec.label} encoder failed ({exc})") from None
         if verify:
-            decoded = np.frombuffer(codec.decode(encoded), dtype=np.uint8)
+            try:
+                decoded = np.frombuffer(codec.decode(encoded), dtype=np.uint8)
+            except Exception as exc:  # a strip that cannot be decoded is a failed check, not a crash
+                raise VerificationError(
+                    f"{source.path}: frame {index + 1}, rows {first_row}..: the {codec.label} strip "
+                    f"cannot be decoded again ({exc})"
+                ) from None
             if decoded.size != raw.size or not np.array_equal(decoded, raw.ravel()):
                 raise VerificationError(
                     f"{source.path}: frame {index + 1}, rows {first_row}..: the {codec.label} "
@@ -369,6 +596,7 @@ def convert_movie(
     executor: Executor | None = None,
     on_page: Callable[[int, int], None] | None = None,
     source: PageSource | None = None,
+    context: RunContext | None = None,
 ) -> MovieResult:
     """Convert one movie to ``destination`` (written as ``destination.tmp`` then renamed).
 
@@ -379,6 +607,7 @@ def convert_movie(
         executor: threads for reading, transforming and encoding pages (``--j``); None = inline.
         on_page: called in the caller's thread as ``on_page(pages_done, n_pages)``.
         source: an already opened page source (otherwise opened here).
+        context: the run's gains (see :func:`open_page_source`).
 
     Returns:
         The movie's result with status ``converted``.
@@ -387,7 +616,7 @@ def convert_movie(
         CryotiffError: on any problem; no ``.tif`` or ``.tif.tmp`` is left behind.
     """
     started = time.perf_counter()
-    source = source or open_page_source(source_path, options)
+    source = source or open_page_source(source_path, options, context)
     retype_warnings: list[str] = []
     try:
         while True:

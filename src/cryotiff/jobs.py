@@ -13,10 +13,19 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from .convert import MOVIE_SUFFIXES, ConvertOptions, MovieResult, convert_movie, open_page_source
-from .errors import CryotiffError, InputError, OutputError
+from .convert import (
+    MOVIE_SUFFIXES,
+    ConvertOptions,
+    MovieResult,
+    RunContext,
+    convert_movie,
+    movie_kind,
+    open_movie,
+    open_page_source,
+)
+from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
 from .io.star import read_movie_names
 from .io.tiff import is_complete, remove_quietly, temporary_path
 
@@ -182,13 +191,13 @@ def plan(
     return jobs, failures
 
 
-def is_finished(job: Job, options: ConvertOptions) -> bool:
+def is_finished(job: Job, options: ConvertOptions, context: RunContext | None = None) -> bool:
     """The ``--only_do_unfinished`` test: the ``.tif`` exists, opens, and has the page count this
     movie gives with these options. A ``.tif.tmp`` never counts (RELION only tests existence)."""
     if not job.destination.is_file():
         return False
     try:
-        source = open_page_source(job.source, options)
+        source = open_page_source(job.source, options, context)
     except CryotiffError:
         return False  # the input is broken: let the conversion report it
     try:
@@ -196,6 +205,174 @@ def is_finished(job: Job, options: ConvertOptions) -> bool:
     finally:
         source.close()
     return is_complete(job.destination, expected)
+
+
+# --------------------------------------------------------------------------- gains
+
+
+def _first_movie_with(jobs: Sequence[Job], wanted: Callable[[Job], bool]) -> Job | None:
+    for job in jobs:
+        try:
+            if wanted(job):
+                return job
+        except CryotiffError:
+            continue  # a broken movie is reported when it is converted
+    return None
+
+
+def _is_float_movie(job: Job) -> bool:
+    if movie_kind(job.source) == "eer":
+        return False
+    with open_movie(job.source) as movie:
+        return movie.info.dtype.kind == "f"
+
+
+def prepare(
+    jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter, write_files: bool = True
+) -> RunContext:
+    """Load and convert the run's gain once, before any movie, as RELION's ``initialise`` does.
+
+    * ``--gain`` with float (gain-normalised) movies: the estimate and its reliability map are
+      read; ``<o>/gain-reference.mrc`` (the gain, 1.0 at unreliable pixels) is written.
+    * ``--gain`` with EER movies: the EER gain is converted to a multiplicative gain on the
+      output grid and written as ``<o>/gain-reference.mrc``.
+    * EER movies without ``--gain``: RELION's warning about the inverse convention.
+
+    ``write_files=False`` (MPI ranks other than 0) loads the same state silently.
+
+    Raises:
+        OptionError: one ``--gain`` for both EER and MRC/TIFF movies.
+        GainError: the gain cannot be read or converted.
+    """
+    from . import gain as gain_module
+
+    context = RunContext()
+    say = reporter.message if write_files else (lambda text: None)
+    warn = reporter.warning if write_files else (lambda text: None)
+    if options.estimate_gain:
+        return context
+    first_eer = _first_movie_with(jobs, lambda job: movie_kind(job.source) == "eer")
+    if options.gain is None:
+        if first_eer is not None:
+            from .eer_gain import NO_GAIN_WARNING
+
+            warn(NO_GAIN_WARNING)
+        return context
+    reference_path = options.output_dir / gain_module.GAIN_REFERENCE_NAME
+    if first_eer is not None:
+        if _first_movie_with(jobs, lambda job: movie_kind(job.source) != "eer") is not None:
+            raise OptionError(
+                "--gain names one gain, but the input mixes EER movies (whose gain is converted) with "
+                "MRC/TIFF movies (whose gain is an estimate): convert them in separate runs"
+            )
+        from .eer_gain import convert_eer_gain, gain_written_message
+        from .io.eer import EerMovie
+
+        with EerMovie(first_eer.source) as eer:
+            eer.check_upsampling(options.eer_upsampling)
+            detector_size = eer.info.shape_yx[1]
+        conversion = convert_eer_gain(options.gain, detector_size, options.eer_upsampling)
+        for line in conversion.messages():
+            say(line)
+        context.eer_gain_reference = conversion.gain
+        if write_files:
+            options.output_dir.mkdir(parents=True, exist_ok=True)
+            gain_module.write_float_mrc(reference_path, conversion.gain)
+            say(gain_written_message(str(reference_path)))
+        return context
+    if _first_movie_with(jobs, _is_float_movie) is None:
+        warn(gain_module.GAIN_IRRELEVANT_WARNING)
+        return context
+    estimate = gain_module.GainEstimate.load(options.gain)
+    say(gain_module.read_message(options.gain))
+    say(gain_module.read_message(gain_module.find_reliability_path(options.gain)) + "\n")
+    context.gain_estimate = estimate
+    context.gain_reference = gain_module.gain_reference(estimate, options.thresh)
+    context.reliable_mask = estimate.reliable_mask(options.thresh)
+    if write_files:
+        options.output_dir.mkdir(parents=True, exist_ok=True)
+        gain_module.write_float_mrc(reference_path, context.gain_reference)
+        say(gain_module.written_gain_reference_message(options.output_dir) + "\n")
+    return context
+
+
+# --------------------------------------------------------------------------- gain estimation
+
+
+def estimate_movie(
+    path: Path,
+    estimate,
+    options: ConvertOptions,
+    executor: Executor | None,
+    reporter: Reporter,
+):
+    """Update a gain estimate with every frame of one float movie (RELION's ``--estimate_gain``).
+
+    Prints RELION's per-frame line through ``reporter.message``. ``estimate`` is a
+    :class:`cryotiff.gain.GainEstimate` or None (then a new one of the movie's frame size is
+    started). The estimate is updated in place frame by frame; saving it is the caller's job.
+
+    Returns:
+        ``(estimate, result)``; the result's status is ``converted`` (estimated) or ``failed``.
+    """
+    from .gain import ESTIMATE_NEEDS_MODE2, GainEstimate, different_size_message, format_estimate_line
+
+    started = time.perf_counter()
+    result = MovieResult(path, None, "converted")
+    try:
+        if movie_kind(path) == "eer":
+            raise OptionError(f"{path}: --estimate_gain does not make sense for EER movies.")
+        with open_movie(path) as movie:
+            info = movie.info
+            if info.dtype.kind != "f":
+                raise GainError(f"{path}: {ESTIMATE_NEEDS_MODE2}")
+            if estimate is None:
+                estimate = GainEstimate.new(info.shape_yx)
+            if tuple(estimate.shape_yx) != tuple(info.shape_yx):
+                raise GainError(f"{path}: {different_size_message(str(path))}")
+            for index in range(info.n_frames):
+                frame = movie.read_frame(index).astype("float32", copy=False)
+                stats = estimate.update(frame, options.thresh, executor=executor)
+                reporter.message(format_estimate_line(str(path), index, stats))
+            result.n_pages = info.n_frames
+            result.input_bytes = info.frame_nbytes * info.n_frames
+    except CryotiffError as exc:
+        result.status, result.message = "failed", str(exc)
+    result.seconds = time.perf_counter() - started
+    return estimate, result
+
+
+def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | None = None) -> list[MovieResult]:
+    """``--estimate_gain`` over all movies in input order (RELION shuffles them randomly).
+
+    ``--gain X.bin`` resumes from a saved state. After every movie the state is saved atomically
+    as ``<o>/gain_estimate.bin`` and ``<o>/gain_estimate_reliablity.bin``, so Ctrl-C at any moment
+    leaves the last saved pair intact. No TIFF is written.
+    """
+    from .gain import GainEstimate, find_reliability_path, read_message, updated_message
+
+    reporter = reporter or Reporter()
+    state = None
+    if options.gain is not None:
+        state = GainEstimate.load(options.gain)
+        reporter.message(read_message(options.gain))
+        reporter.message(read_message(find_reliability_path(options.gain)) + "\n")
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    executor = make_executor(options.threads)
+    try:
+        for index, job in enumerate(jobs, start=1):
+            reporter.message(f"Processing {job.source}")
+            state, result = estimate_movie(job.source, state, options, executor, reporter)
+            if result.status == "converted":
+                state.save(options.output_dir)
+                reporter.message(updated_message(options.output_dir) + "\n")
+            results.append(result)
+            reporter.movie_finished(result)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+    return results
 
 
 # --------------------------------------------------------------------------- running
@@ -206,7 +383,13 @@ def make_executor(threads: int) -> Executor | None:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cryotiff") if threads > 1 else None
 
 
-def run_job(job: Job, options: ConvertOptions, executor: Executor | None, reporter: Reporter) -> MovieResult:
+def run_job(
+    job: Job,
+    options: ConvertOptions,
+    executor: Executor | None,
+    reporter: Reporter,
+    context: RunContext | None = None,
+) -> MovieResult:
     """Convert one movie; every problem becomes a ``failed`` result naming the file (the other
     movies go on). KeyboardInterrupt propagates after the temporary file is removed."""
     started = time.perf_counter()
@@ -221,6 +404,7 @@ def run_job(job: Job, options: ConvertOptions, executor: Executor | None, report
             options,
             executor=executor,
             on_page=lambda done, total: reporter.page_done(job, done, total),
+            context=context,
         )
     except CryotiffError as exc:
         result = MovieResult(job.source, job.destination, "failed", str(exc))
@@ -280,14 +464,15 @@ def run(
     """Convert every job in order (finished ones skipped with ``--only_do_unfinished``)."""
     reporter = reporter or Reporter()
     results: list[MovieResult] = []
+    context = prepare(jobs, options, reporter)
     executor = make_executor(options.threads)
     try:
         for index, job in enumerate(jobs, start=1):
-            if options.only_do_unfinished and is_finished(job, options):
+            if options.only_do_unfinished and is_finished(job, options, context):
                 result = MovieResult(job.source, job.destination, "skipped", "already converted")
             else:
                 reporter.movie_started(job, index, len(jobs))
-                result = run_job(job, options, executor, reporter)
+                result = run_job(job, options, executor, reporter, context)
             results.append(result)
             reporter.movie_finished(result)
     finally:

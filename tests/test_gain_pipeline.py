@@ -1,0 +1,147 @@
+"""Gain-normalised float movies through the command line: --estimate_gain, --gain, --lossy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from cryotiff.cli import main
+from cryotiff.gain import GainEstimate
+from cryotiff.simulate.gain_normalised import make_detector
+from cryotiff.simulate.write import write_mrc_movie
+
+from .helpers import read_tiff_frames
+
+SHAPE = (96, 80)
+
+
+@pytest.fixture
+def k2_movies(in_tmp: Path):
+    """Three gain-normalised movies of one simulated detector, and the detector (the truth)."""
+    rng = np.random.default_rng(7)
+    detector = make_detector(SHAPE, rng, defect_fraction=0.002, cold_fraction=0.001)
+    frames = {}
+    for name in ("m1.mrc", "m2.mrc", "m3.mrc"):
+        movie = detector.movie(40, rng)
+        write_mrc_movie(Path(name), movie.frames, 2, pixel_size_angstrom=1.05)
+        frames[name] = movie.frames
+    return detector, frames
+
+
+def estimate_files(out: str) -> GainEstimate:
+    return GainEstimate.load(Path(out) / "gain_estimate.bin")
+
+
+def test_estimate_then_convert_reproduces_the_float_frames(k2_movies, capsys) -> None:
+    detector, frames = k2_movies
+    assert main(["--i", "m*.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    out = capsys.readouterr().out
+    assert " m1.mrc Frame 001 #Changed " in out
+    assert "Updated Est/gain_estimate.bin and Est/gain_estimate_reliablity.bin" in out
+    assert not list(Path("Est").glob("*.tif"))
+    estimate = estimate_files("Est")
+    reliable = estimate.reliable_mask(50)
+    assert reliable.sum() > 0.9 * reliable.size
+    np.testing.assert_array_equal(estimate.gain[reliable], detector.gain[reliable])
+    assert not (reliable & detector.defect_mask).any()  # every defect stays unreliable
+
+    assert main(["--i", "m*.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin"]) == 0
+    out = capsys.readouterr().out
+    assert "Written Conv/gain-reference.mrc. Please use this file as a gain reference" in out
+    with mrcfile.open("Conv/gain-reference.mrc") as mrc:
+        gain_reference = np.array(mrc.data)
+    np.testing.assert_array_equal(gain_reference[~reliable], 1.0)
+    for name, original in frames.items():
+        stored = read_tiff_frames(Path("Conv") / name.replace(".mrc", ".tif"))
+        assert stored.dtype == np.float32
+        # TIFF x gain-reference gives back the original float frames, bit for bit
+        np.testing.assert_array_equal(stored * gain_reference, original)
+        assert np.array_equal(stored[:, reliable], np.rint(stored[:, reliable]))
+
+
+def test_resume_equals_one_run(k2_movies) -> None:
+    assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Both", "--estimate_gain"]) == 0
+    assert main(["--i", "m1.mrc", "--o", "First", "--estimate_gain"]) == 0
+    assert main(["--i", "m2.mrc", "--o", "First", "--estimate_gain", "--gain", "First/gain_estimate.bin"]) == 0
+    both, resumed = estimate_files("Both"), estimate_files("First")
+    np.testing.assert_array_equal(both.gain, resumed.gain)
+    np.testing.assert_array_equal(both.reliability, resumed.reliability)
+
+
+def test_mismatch_fails_the_movie_only(k2_movies, capsys) -> None:
+    detector, frames = k2_movies
+    assert main(["--i", "m*.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    reliable = estimate_files("Est").reliable_mask(50)
+    row, column = np.argwhere(reliable)[0]
+    bad = frames["m2.mrc"].copy()
+    bad[5, row, column] = np.float32(2.5) * detector.gain[row, column]  # not a multiple of the gain
+    write_mrc_movie(Path("m2.mrc"), bad, 2)
+    capsys.readouterr()
+    assert main(["--i", "m*.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin"]) == 1
+    err = capsys.readouterr().err
+    assert "Unexpected pixel value in a pixel that was considered reliable" in err
+    assert f"m2.mrc frame 6 pixel (row {row}, column {column})" in err
+    assert not Path("Conv/m2.tif").exists() and not Path("Conv/m2.tif.tmp").exists()
+    assert Path("Conv/m1.tif").exists() and Path("Conv/m3.tif").exists()
+
+    assert main(["--i", "m2.mrc", "--o", "Ignore", "--gain", "Est/gain_estimate.bin", "--ignore_error"]) == 0
+    err = capsys.readouterr().err
+    assert " mismatch: m2.mrc frame  6 pos" in err
+    stored = read_tiff_frames(Path("Ignore/m2.tif"))
+    assert stored[5, row, column] == 3.0  # 2.5 rounded half away from zero
+
+
+def test_lossy_changes_only_unreliable_pixels(k2_movies, capsys) -> None:
+    _, frames = k2_movies
+    assert main(["--i", "m*.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    reliable = estimate_files("Est").reliable_mask(50)
+    assert main(["--i", "m1.mrc", "--o", "Lossy", "--gain", "Est/gain_estimate.bin", "--lossy"]) == 0
+    out = capsys.readouterr().out
+    assert "--lossy changed" in out and "reliable pixels are exact" in out
+    stored = read_tiff_frames(Path("Lossy/m1.tif"))
+    assert stored.dtype == np.uint8
+    with mrcfile.open("Lossy/gain-reference.mrc") as mrc:
+        gain_reference = np.array(mrc.data)
+    original = frames["m1.mrc"]
+    restored = stored.astype(np.float32) * gain_reference
+    np.testing.assert_array_equal(restored[:, reliable], original[:, reliable])
+    changed = restored[:, ~reliable] != original[:, ~reliable]
+    assert changed.any()
+    assert np.abs(restored[:, ~reliable] - original[:, ~reliable]).max() <= 0.5
+
+
+def test_gain_of_another_size_fails_each_float_movie(in_tmp: Path, capsys) -> None:
+    rng = np.random.default_rng(1)
+    detector = make_detector((40, 30), rng)
+    write_mrc_movie(Path("small.mrc"), detector.movie(20, rng).frames, 2)
+    assert main(["--i", "small.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    write_mrc_movie(Path("big.mrc"), make_detector((30, 40), rng).movie(2, rng).frames, 2)
+    assert main(["--i", "big.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin"]) == 1
+    assert "big.mrc has a different size from others" in capsys.readouterr().err
+
+
+def test_gain_with_integer_movies_is_irrelevant(in_tmp: Path, capsys) -> None:
+    rng = np.random.default_rng(1)
+    detector = make_detector((40, 30), rng)
+    write_mrc_movie(Path("float.mrc"), detector.movie(20, rng).frames, 2)
+    assert main(["--i", "float.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    counts = rng.poisson(1.0, (3, 40, 30)).astype(np.int8)
+    write_mrc_movie(Path("counts.mrc"), counts, 0)
+    capsys.readouterr()
+    assert main(["--i", "counts.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin"]) == 0
+    assert "A gain reference is irrelavant" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_tiff_frames(Path("Conv/counts.tif")), counts)
+
+
+def test_estimate_gain_rejects_integer_movies(in_tmp: Path, capsys) -> None:
+    write_mrc_movie(Path("counts.mrc"), np.ones((2, 8, 8), np.int8), 0)
+    assert main(["--i", "counts.mrc", "--o", "Est", "--estimate_gain"]) == 1
+    assert "not in mode 2" in capsys.readouterr().out
+
+
+def test_lossy_needs_a_gain(in_tmp: Path, capsys) -> None:
+    assert main(["--i", "x.mrc", "--lossy"]) == 2
+    assert "--lossy needs --gain" in capsys.readouterr().err
