@@ -82,6 +82,44 @@ def test_a_strip_that_decodes_wrong_fails_its_movie_only(in_tmp: Path, capsys: p
     assert "Frames verified:  3" in captured.out
 
 
+@pytest.mark.parametrize("stage", ["encode", "decode"])
+def test_a_codec_that_raises_fails_its_movie_only(in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys, stage) -> None:
+    """imagecodecs raises its own RuntimeError subclasses (for example on a corrupt stream): that
+    is one movie's failure, never a traceback that stops the run."""
+    import imagecodecs
+
+    small_movie("a.mrc", 1)
+    b = small_movie("b.mrc", 2)
+    real_resolve = convert.resolve_codec
+
+    def resolve(*args, **kwargs):
+        codec = real_resolve(*args, **kwargs)
+        if args and "a.mrc" not in str(resolve.current):
+            return codec
+
+        def broken(data: bytes) -> bytes:
+            raise imagecodecs.LzwError("lzw_decode", "corrupt stream")
+
+        return dataclasses.replace(codec, **{f"_{stage}": broken})
+
+    real_write_pages = convert._write_pages
+
+    def write_pages(source, source_path, *args, **kwargs):
+        resolve.current = source_path
+        return real_write_pages(source, source_path, *args, **kwargs)
+
+    resolve.current = None
+    monkeypatch.setattr(convert, "resolve_codec", resolve)
+    monkeypatch.setattr(convert, "_write_pages", write_pages)
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.strip()]
+    expected = "encoder failed" if stage == "encode" else "cannot be decoded again"
+    assert len(errors) == 1 and "a.mrc: frame 1" in errors[0] and expected in errors[0], errors
+    assert not Path("out/a.tif").exists() and leftovers(Path("out")) == []
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)
+
+
 def test_no_verify_skips_the_strip_check(in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     a = small_movie("a.mrc", 1)
     corrupt_decoder(monkeypatch, bad_strips=None)  # every decode is wrong, but none is made
