@@ -1,0 +1,291 @@
+"""``convert-to-tiff-mpi`` under a real ``mpirun -np 2``.
+
+``mpirun`` is the one next to ``sys.executable`` (``pip install .[mpi]`` puts Open MPI's there),
+never one found on PATH, so the tests exercise the MPI that the package installs. Every run has a
+timeout and runs in its own process group, so a hang fails the test instead of blocking CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryotiff import cli
+from cryotiff.simulate.detectors import counting_frames, falcon_frames
+from cryotiff.simulate.write import write_mrc_movie
+
+from .helpers import read_tiff_frames
+
+BIN_DIR = Path(sys.executable).parent  # not resolved: a venv's python is a symlink to the base one
+MPIRUN = BIN_DIR / "mpirun"
+TIMEOUT_SECONDS = 120
+
+pytestmark = pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def mpirun_command(n_ranks: int) -> list[str]:
+    command = [str(MPIRUN), "-np", str(n_ranks), "--oversubscribe"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-run-as-root")
+    return command
+
+
+def run_mpi(arguments: list[str], cwd: Path, n_ranks: int = 2, script: Path | None = None) -> Completed:
+    """``mpirun -np N python -m cryotiff.mpi ARGS`` (or ``python SCRIPT ARGS``) in ``cwd``."""
+    program = [sys.executable, str(script)] if script else [sys.executable, "-m", "cryotiff.mpi"]
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        mpirun_command(n_ranks) + program + arguments,
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # mpirun and every rank it started
+        stdout, stderr = process.communicate()
+        pytest.fail(f"mpirun hung for {TIMEOUT_SECONDS} s\nstdout:\n{stdout}\nstderr:\n{stderr}")
+    return Completed(process.returncode, stdout, stderr)
+
+
+def run_serial(arguments: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.chdir(cwd)
+    return cli.main(arguments)
+
+
+def processing_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("Processing ")]
+
+
+def report_movies(path: Path) -> dict[str, dict]:
+    return {entry["source"]: entry for entry in json.loads(path.read_text())["movies"]}
+
+
+def write_k2(path: Path, n_frames: int, seed: int, shape_yx: tuple[int, int] = (192, 160)) -> np.ndarray:
+    frames = counting_frames(n_frames, shape_yx=shape_yx, dtype=np.int8, seed=seed)
+    write_mrc_movie(path, frames, 0, pixel_size_angstrom=1.06)
+    return frames
+
+
+# --------------------------------------------------------------------------- installation
+
+
+def test_mpirun_is_installed_next_to_python() -> None:
+    """``pip install .[mpi]`` gives an ``mpirun`` and the console script beside the interpreter."""
+    assert os.access(MPIRUN, os.X_OK)
+    assert (BIN_DIR / "convert-to-tiff-mpi").exists()
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def test_outputs_identical_to_single_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    movies = tmp_path / "Movies"
+    movies.mkdir()
+    expected = {}
+    for k, n_frames in enumerate([3, 7, 2, 5]):
+        expected[f"k2_{k}"] = write_k2(movies / f"k2_{k}.mrc", n_frames, seed=k)
+    falcon = falcon_frames(4, shape_yx=(64, 96), seed=9)
+    write_mrc_movie(movies / "falcon.mrc", falcon, 6)
+    expected["falcon"] = falcon
+    floats = np.random.default_rng(2).integers(0, 200, (3, 40, 56)).astype(np.float32)
+    write_mrc_movie(movies / "float.mrc", floats, 2)
+    expected["float"] = floats
+
+    assert run_serial(["--i", "Movies", "--o", "serial", "--j", "2"], tmp_path, monkeypatch) == 0
+    completed = run_mpi(["--i", "Movies", "--o", "mpi", "--j", "2"], tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert len(processing_lines(completed.stdout)) == len(expected)
+    assert "Movies converted: 6, skipped: 0, failed: 0" in completed.stdout
+    for name, frames in expected.items():
+        mpi_tif = tmp_path / "mpi" / "Movies" / f"{name}.tif"
+        serial_tif = tmp_path / "serial" / "Movies" / f"{name}.tif"
+        np.testing.assert_array_equal(read_tiff_frames(mpi_tif), frames)
+        np.testing.assert_array_equal(read_tiff_frames(mpi_tif), read_tiff_frames(serial_tif))
+        assert mpi_tif.read_bytes() == serial_tif.read_bytes()
+    # Warnings are printed once by rank 0, not once per rank.
+    assert completed.stderr.count("WARNING: To effectively compress mode 2") <= 1
+    assert (tmp_path / "mpi" / "movies.star").exists()
+
+
+def test_finished_movies_are_skipped_before_hand_out_and_both_ranks_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RELION issue #985: the movies already converted are exactly one rank's round-robin share
+    (even list positions). RELION's round-robin would leave rank 0 idle; here both ranks convert
+    and the finished movies are not handed out."""
+    names = [f"m{k}.mrc" for k in range(8)]
+    for k, name in enumerate(names):
+        write_k2(tmp_path / name, 6, seed=k, shape_yx=(384, 320))
+    finished = names[0::2]
+    assert run_serial(["--i", *finished, "--o", "out"], tmp_path, monkeypatch) == 0
+
+    completed = run_mpi(["--i", *names, "--o", "out", "--only_do_unfinished", "--report", "report.json"], tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    lines = processing_lines(completed.stdout)
+    assert sorted(lines) == sorted(f"Processing {name} into out/{Path(name).stem}.tif" for name in names[1::2])
+    for name in finished:
+        assert completed.stdout.count(f"Skipping already processed {name}") == 1
+    movies = report_movies(tmp_path / "report.json")
+    assert {movies[name]["status"] for name in finished} == {"skipped"}
+    ranks = {movies[name]["details"]["mpi_rank"] for name in names[1::2]}
+    assert ranks == {0, 1}, movies
+    assert all(movies[name]["status"] == "converted" for name in names[1::2])
+
+
+def test_uneven_movies_are_balanced(tmp_path: Path) -> None:
+    """One long movie and several short ones: the long one is handed out first and the rank that
+    gets it converts nothing else while the other rank converts the short ones."""
+    write_k2(tmp_path / "long.mrc", 150, seed=1, shape_yx=(512, 512))  # about 1 s; 10 times the short ones
+    short = [f"short{k}.mrc" for k in range(5)]
+    for k, name in enumerate(short):
+        write_k2(tmp_path / name, 1, seed=10 + k, shape_yx=(512, 512))
+    completed = run_mpi(["--i", *short, "long.mrc", "--o", "out", "--report", "report.json"], tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    movies = report_movies(tmp_path / "report.json")
+    long_rank = movies["long.mrc"]["details"]["mpi_rank"]
+    per_rank = {rank: [name for name, entry in movies.items() if entry["details"]["mpi_rank"] == rank] for rank in (0, 1)}
+    assert per_rank[long_rank] == ["long.mrc"], per_rank
+    assert sorted(per_rank[1 - long_rank]) == sorted(short)
+    assert "Movies per MPI rank: " in completed.stdout
+
+
+def test_corrupt_movie_is_reported_once_and_the_rest_complete(tmp_path: Path) -> None:
+    names = [f"good{k}.mrc" for k in range(4)]
+    for k, name in enumerate(names):
+        write_k2(tmp_path / name, 3, seed=k)
+    write_k2(tmp_path / "bad.mrc", 6, seed=7)
+    with open(tmp_path / "bad.mrc", "r+b") as handle:  # truncated in the middle of frame 4
+        handle.truncate(1024 + 3 * 192 * 160 + 100)
+    completed = run_mpi(["--i", "bad.mrc", *names, "--o", "out"], tmp_path)
+    assert completed.returncode == 1
+    error_lines = [line for line in completed.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(error_lines) == 1 and "bad.mrc" in error_lines[0], completed.stderr
+    assert "Movies converted: 4, skipped: 0, failed: 1" in completed.stdout
+    assert completed.stdout.count("  bad.mrc") == 1  # the summary's list of failed movies
+    for name in names:
+        assert (tmp_path / "out" / name.replace(".mrc", ".tif")).exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [name.replace(".mrc", ".tif") for name in names] + ["movies.star"]
+    )
+
+
+def test_bug_in_one_movie_on_one_rank_fails_that_movie_only(tmp_path: Path) -> None:
+    """An unexpected exception (not a CryotiffError) while converting one movie on rank 1."""
+    for k in range(4):
+        write_k2(tmp_path / f"m{k}.mrc", 3, seed=k)
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from mpi4py import MPI
+        import cryotiff.mpi as mpi
+
+        real_run_job = mpi.run_job
+
+        def run_job(job, *args):
+            if MPI.COMM_WORLD.rank == 1:
+                raise ZeroDivisionError("injected bug")
+            return real_run_job(job, *args)
+
+        mpi.run_job = run_job
+        sys.exit(mpi.main())
+    """))
+    completed = run_mpi(["--i", "m*.mrc", "--o", "out", "--report", "report.json"], tmp_path, script=script)
+    assert completed.returncode == 1
+    movies = report_movies(tmp_path / "report.json")
+    failed = [name for name, entry in movies.items() if entry["status"] == "failed"]
+    converted = [name for name, entry in movies.items() if entry["status"] == "converted"]
+    assert len(failed) + len(converted) == 4
+    assert all("ZeroDivisionError: injected bug" in movies[name]["message"] for name in failed)
+    assert all(movies[name]["details"]["mpi_rank"] == 0 for name in converted)
+    assert all(movies[name]["details"]["mpi_rank"] == 1 for name in failed)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_bug_outside_a_movie_aborts_every_rank(tmp_path: Path, rank: int) -> None:
+    """An unexpected exception between collectives must end the job, not leave the other rank
+    waiting for ever (the timeout of run_mpi turns a hang into a failure)."""
+    write_k2(tmp_path / "m.mrc", 2, seed=0)
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        import cryotiff.mpi as mpi
+
+        real = mpi.find_finished
+
+        def find_finished(comm, jobs, options):
+            if comm.rank == {rank}:
+                raise RuntimeError("injected bug on rank {rank}")
+            return real(comm, jobs, options)
+
+        mpi.find_finished = find_finished
+        sys.exit(mpi.main())
+    """))
+    completed = run_mpi(["--i", "m.mrc", "--o", "out", "--only_do_unfinished"], tmp_path, script=script)
+    assert completed.returncode != 0
+    assert f"MPI rank {rank}: unexpected error" in completed.stderr
+    assert f"injected bug on rank {rank}" in completed.stderr
+
+
+def test_bug_in_rank_zero_service_thread_aborts(tmp_path: Path) -> None:
+    for k in range(3):
+        write_k2(tmp_path / f"m{k}.mrc", 2, seed=k)
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        import cryotiff.mpi as mpi
+
+        class Broken(mpi.MpiReporter):
+            def report_result(self, result):
+                if result.details.get("mpi_rank") == 1:
+                    raise RuntimeError("injected collect bug")
+                super().report_result(result)
+
+        mpi.MpiReporter = Broken
+        sys.exit(mpi.main())
+    """))
+    completed = run_mpi(["--i", "m*.mrc", "--o", "out"], tmp_path, script=script)
+    assert completed.returncode != 0
+    assert "injected collect bug" in completed.stderr
+
+
+# --------------------------------------------------------------------------- messages once
+
+
+def test_option_errors_are_printed_once(tmp_path: Path) -> None:
+    completed = run_mpi(["--i", "x.mrc", "--j", "0"], tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr.count("ERROR: --j must be at least 1") == 1
+
+
+def test_demo_is_refused_clearly(tmp_path: Path) -> None:
+    completed = run_mpi(["--demo"], tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr.count("--demo is not available in convert-to-tiff-mpi") == 1
+
+
+def test_usage_error_is_printed_once(tmp_path: Path) -> None:
+    completed = run_mpi(["--o", "out"], tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr.count("the following arguments are required: --i") == 1
+
+
+def test_missing_input_is_reported_once(tmp_path: Path) -> None:
+    completed = run_mpi(["--i", "nothing*.mrc", "--o", "out"], tmp_path)
+    assert completed.returncode != 0
+    assert completed.stderr.count("nothing*.mrc: no file matches this pattern") == 1
