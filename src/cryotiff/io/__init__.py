@@ -9,11 +9,46 @@ This package imports nothing from the rest of cryotiff except :mod:`cryotiff.err
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+class TifffileLog(logging.Handler):
+    """tifffile's log records of warning level and above: ``messages`` all of them, ``errors``
+    those of error level (a damaged IFD: tifffile then silently reports fewer pages)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.messages.append(message)
+        if record.levelno >= logging.ERROR:
+            self.errors.append(message)
+
+
+@contextlib.contextmanager
+def capture_tifffile_log() -> Iterator[TifffileLog]:
+    """Collect tifffile's log records instead of letting Python's last-resort handler print
+    them. tifffile reports damaged IFDs this way rather than raising, so readers must look at
+    what was logged."""
+    logger = logging.getLogger("tifffile")
+    capture = TifffileLog()
+    logger.addHandler(capture)
+    previous = logger.propagate
+    logger.propagate = False
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture)
+        logger.propagate = previous
 
 
 @dataclass(frozen=True)

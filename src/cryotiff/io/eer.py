@@ -19,7 +19,6 @@ report a stream that ends before ``W*H`` pixels, every frame is checked separate
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
@@ -34,7 +33,7 @@ import numpy as np
 import tifffile
 
 from cryotiff.errors import CryotiffError, EerFormatError, OptionError
-from cryotiff.io import Movie, MovieInfo
+from cryotiff.io import Movie, MovieInfo, capture_tifffile_log
 
 COMPRESSION_EER_8BIT = 65000
 COMPRESSION_EER_7BIT = 65001
@@ -321,18 +320,6 @@ class RenderResult:
 # The reader
 
 
-class _LogCapture(logging.Handler):
-    """Collects tifffile's log records while a file's structure is read, so that the library does
-    not print them (Python's last-resort handler would write them to stderr)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @dataclass
 class _Structure:
     strips: list[list[tuple[int, int]]]
@@ -399,10 +386,7 @@ class EerMovie(Movie):
     # -- structure ---------------------------------------------------------------------------
 
     def _read_structure(self) -> _Structure:
-        capture = _LogCapture()
-        logger = logging.getLogger("tifffile")
-        logger.addHandler(capture)
-        try:
+        with capture_tifffile_log() as log:
             try:
                 file_size = self.path.stat().st_size
             except OSError as exc:
@@ -419,13 +403,13 @@ class EerMovie(Movie):
                     raise EerFormatError(
                         f"{self.path}: legacy (headerless, non-TIFF) EER files are not supported."
                     ) from None
-                detail = "; ".join(capture.messages[-2:]) or f"{type(exc).__name__}: {exc}"
+                detail = "; ".join(log.messages[-2:]) or f"{type(exc).__name__}: {exc}"
                 raise EerFormatError(
                     f"{self.path}: not a readable EER (TIFF) file ({detail})."
                 ) from None
-        finally:
-            logger.removeHandler(capture)
-        self.log_messages = capture.messages
+        self.log_messages = log.messages
+        if log.errors:  # a damaged IFD: tifffile would silently report fewer frames
+            raise EerFormatError(f"{self.path}: damaged EER (TIFF) structure ({log.errors[0]}).")
         for k, strips in enumerate(structure.strips):
             for offset, count in strips:
                 if offset < 0 or count < 0 or offset + count > file_size:

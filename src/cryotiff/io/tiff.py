@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import InputError, OutputError, TiffFormatError, VerificationError
-from . import Movie, MovieInfo
+from . import Movie, MovieInfo, capture_tifffile_log
 
 #: Sample types every reader of movie TIFFs accepts (RELION's TIFF reader: u8, i8, u16, i16, f32).
 TIFF_SAMPLE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.float32)
@@ -69,9 +69,12 @@ class TiffMovie(Movie):
             raise TiffFormatError(f"{self._path}: the file is empty")
         self._lock = threading.Lock()
         try:
-            self._tif = tifffile.TiffFile(self._path)
-            pages = self._tif.pages
-            n_pages = len(pages)
+            with capture_tifffile_log() as log:
+                self._tif = tifffile.TiffFile(self._path)
+                pages = self._tif.pages
+                n_pages = len(pages)  # reads every IFD
+            if log.errors:  # a damaged IFD: tifffile reports fewer pages instead of raising
+                raise TiffFormatError(f"{self._path}: damaged TIFF structure ({log.errors[0]})")
             if n_pages == 0:
                 raise TiffFormatError(f"{self._path}: the TIFF file has no image")
             first = pages.first
@@ -110,9 +113,13 @@ class TiffMovie(Movie):
         if not 0 <= index < self.info.n_frames:
             raise IndexError(index)
         try:
-            with self._lock:
+            with self._lock, capture_tifffile_log() as log:
                 page = self._tif.pages[index]
                 data = page.asarray()
+            if log.errors:
+                raise TiffFormatError(f"{self._path}: page {index + 1} is damaged ({log.errors[0]})")
+        except TiffFormatError:
+            raise
         except Exception as exc:
             raise TiffFormatError(f"{self._path}: page {index + 1} cannot be decoded ({exc})") from None
         if data.shape != self.info.shape_yx or data.dtype != self.info.dtype:
