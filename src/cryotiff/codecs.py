@@ -1,43 +1,93 @@
-"""Every compression decision in one place: codec names, TIFF codes, levels, the auto policy.
+"""Every compression decision in one place: codec names, TIFF codes, levels, the ``auto`` policy.
 
-A :class:`StripCodec` turns the bytes of one TIFF strip into compressed bytes and back. All
-encoders come from imagecodecs and release the GIL, so strips of different frames can be encoded
-concurrently in threads.
+A :class:`StripCodec` turns the bytes of one TIFF strip into compressed bytes and back. Every
+encoder here releases the GIL except imagecodecs' LZW, so strips of different frames can be
+encoded concurrently in threads.
+
+``--compression auto`` is a measured policy (:func:`choose_auto_codec`, explained with its
+measurements in ``docs/compression-policy.md``): it tries a few fast encoders that all write
+standard TIFF Deflate (Compression 8) or LZW (5) on a sample of the movie's first page and keeps
+the smallest of those that are at least as fast as the codec RELION would have used for the
+movie. The speeds come from a table measured offline, so timing noise never changes a decision;
+the data only decide through the compressed sizes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import zlib
+from dataclasses import dataclass, field
 from typing import Callable
 
 import imagecodecs
+import numpy as np
 
 from .errors import OptionError
 
-#: TIFF Compression tag values.
+#: TIFF Compression tag (259) values.
 COMPRESSION_NONE = 1
 COMPRESSION_LZW = 5
 #: Standard Deflate ("Adobe Deflate", code 8), which every reader accepts. RELION writes the
-#: legacy code 32946, for which recent libtiff warns on every page.
+#: legacy code 32946, for which recent libtiff warns on every page; the stream is the same.
 COMPRESSION_DEFLATE = 8
 COMPRESSION_LZMA = 34925
 COMPRESSION_ZSTD = 50000
 
-#: Names accepted by ``--compression``. ``zip`` is RELION's alias of ``deflate``.
-COMPRESSION_CHOICES = ("auto", "none", "lzw", "deflate", "zip", "zstd", "lzma")
+#: Codecs the user names with ``--compression``. ``zip`` is RELION's alias of ``deflate``.
+COMPRESSION_NAMES = ("auto", "none", "lzw", "deflate", "zip", "zstd", "lzma")
+
+#: The opt-in codecs, which also take a level as ``zstd:LEVEL`` / ``lzma:LEVEL``.
+OPT_IN_CODECS = {"zstd": COMPRESSION_ZSTD, "lzma": COMPRESSION_LZMA}
 
 #: libdeflate's level range (zlib's is 1-9; 10-12 are libdeflate's slow, strongest levels).
 DEFLATE_LEVELS = range(1, 13)
 ZSTD_LEVELS = range(1, 23)
 LZMA_LEVELS = range(0, 10)
+#: Levels of the opt-in codecs when none is given: the libraries' own defaults.
+DEFAULT_LEVELS = {"deflate": 6, "zstd": 3, "lzma": 6}
 
-#: Readers known not to decode the opt-in codecs (they need a libtiff built with them).
+
+class CompressionChoices(tuple):
+    """The names accepted by ``--compression``, as argparse ``choices``.
+
+    Membership also accepts ``zstd:LEVEL`` and ``lzma:LEVEL`` (any integer; the range is
+    checked by :func:`validate_options` with a message naming it), while argparse still lists
+    the plain names in its "invalid choice" message.
+    """
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        try:
+            name, _ = split_compression(value)
+        except OptionError:
+            return False
+        return tuple.__contains__(self, name)
+
+
+COMPRESSION_CHOICES = CompressionChoices(COMPRESSION_NAMES)
+
+#: Printed once by the command line when an opt-in codec is chosen.
 OPT_IN_CODEC_WARNING = (
-    "{name} (TIFF Compression {code}) is not part of baseline TIFF: IMOD's bundled libtiff, "
-    "older system libtiff builds (before 4.0.10 for zstd) and programs linked to them (some "
-    "RELION, MotionCor2 and Warp installations) cannot read these files. Use lzw or deflate "
-    "for files that every reader must open."
+    "WARNING: --compression {name} writes TIFF Compression {code} ({title}), which is not baseline "
+    "TIFF. Only readers whose libtiff was built with {library} (libtiff >= {libtiff} ) or that use "
+    "tifffile/imagecodecs can open these files. Known not to: IMOD (its bundled libtiff), older "
+    "system libtiff builds and the RELION, MotionCor2/3, cryoSPARC and Warp installations linked "
+    "to one. Use --compression auto, lzw or deflate for files that every reader must open."
 )
+_OPT_IN_DETAILS = {
+    "zstd": ("ZSTD", "libzstd", "4.0.10"),
+    "lzma": ("LZMA2", "liblzma", "4.0"),
+}
+
+#: Which programs decode each TIFF compression, for the ``--benchmark`` table.
+READERS = {
+    COMPRESSION_NONE: "all",
+    COMPRESSION_LZW: "RELION, MotionCor2/3, cryoSPARC, Warp, IMOD, any libtiff",
+    COMPRESSION_DEFLATE: "RELION, MotionCor2/3, cryoSPARC, Warp, IMOD, any libtiff",
+    COMPRESSION_ZSTD: "libtiff>=4.0.10 built with zstd, tifffile; not IMOD",
+    COMPRESSION_LZMA: "libtiff>=4.0 built with lzma, tifffile; not IMOD",
+}
 
 
 @dataclass(frozen=True)
@@ -48,24 +98,43 @@ class StripCodec:
         name: ``none``, ``lzw``, ``deflate``, ``zstd`` or ``lzma``.
         tiff_code: value of the TIFF Compression tag (259).
         level: compression level, or None where the scheme has none.
+        variant: for deflate, the encoder when it is not libdeflate at ``level``:
+            ``huffman`` (zlib ``Z_HUFFMAN_ONLY``), ``rle`` (zlib ``Z_RLE``) or ``zlib`` (zlib at
+            ``level``, RELION's encoder). Every variant writes a standard zlib stream.
     """
 
     name: str
     tiff_code: int
     level: int | None
-    _encode: Callable[[bytes], bytes]
-    _decode: Callable[[bytes], bytes]
+    _encode: Callable[[bytes | memoryview], bytes]
+    #: ``_decode(data)`` or ``_decode(data, nbytes)``.
+    _decode: Callable[..., bytes]
+    variant: str | None = None
+    #: ``[bytes of the largest strip encoded so far]``, shared with the decoder: a size hint that
+    #: lets it write straight into a buffer of the right size (about twice as fast as letting it
+    #: grow one; all strips of a movie but the last row strip have the same size).
+    _largest_strip: list = field(default_factory=lambda: [0], compare=False, repr=False)
 
-    def encode(self, data: bytes | memoryview) -> bytes:
-        """Compress one strip."""
+    def encode(self, data: bytes | memoryview | np.ndarray) -> bytes:
+        """Compress one strip (any C-contiguous buffer)."""
+        size = memoryview(data).nbytes
+        if size > self._largest_strip[0]:
+            self._largest_strip[0] = size
         return self._encode(data)
 
-    def decode(self, data: bytes) -> bytes:
-        """Decompress one strip."""
-        return self._decode(data)
+    def decode(self, data: bytes, nbytes: int | None = None) -> bytes:
+        """Decompress one strip; ``nbytes`` is its decoded size when known (otherwise the size
+        of the largest strip this codec encoded is the hint)."""
+        return self._decode(data) if nbytes is None else self._decode(data, nbytes)
 
     @property
     def label(self) -> str:
+        """Short name for tables and ``MovieResult.codec``: ``lzw``, ``deflate-6``,
+        ``deflate-huffman``, ``zstd-3``..."""
+        if self.variant in ("huffman", "rle"):
+            return f"{self.name}-{self.variant}"
+        if self.variant == "zlib":
+            return f"zlib-{self.level}"
         return self.name if self.level is None else f"{self.name}-{self.level}"
 
     @property
@@ -73,13 +142,80 @@ class StripCodec:
         """True for the schemes every movie reader decodes (none, LZW, Deflate)."""
         return self.tiff_code in (COMPRESSION_NONE, COMPRESSION_LZW, COMPRESSION_DEFLATE)
 
+    @property
+    def readers(self) -> str:
+        return READERS[self.tiff_code]
 
-def _identity(data: bytes | memoryview) -> bytes:
+
+# --------------------------------------------------------------------------- encoders and decoders
+
+
+def _identity(data, nbytes: int | None = None) -> bytes:
     return bytes(data)
 
 
+def _sized(
+    name: str,
+    tiff_code: int,
+    level: int | None,
+    encode: Callable[[bytes], bytes],
+    decoder: Callable[..., bytes],
+    variant: str | None = None,
+) -> StripCodec:
+    """A codec whose decoder gets the size hint (see :func:`_decode_sized`)."""
+    largest_strip = [0]
+
+    def decode(data: bytes, nbytes: int | None = None) -> bytes:
+        return _decode_sized(decoder, data, nbytes or largest_strip[0])
+
+    return StripCodec(name, tiff_code, level, encode, decode, variant, largest_strip)
+
+
+def _decode_sized(decoder: Callable[..., bytes], data: bytes, nbytes: int | None) -> bytes:
+    """``decoder(data, out=nbytes + 1)``, or without a size when that fails or may have cut the
+    output short. One spare byte tells a complete strip from a truncated one: imagecodecs' LZW
+    silently stops at ``out`` bytes, libdeflate raises."""
+    if nbytes:
+        try:
+            decoded = decoder(data, out=nbytes + 1)
+        except Exception:  # too small a buffer or a damaged stream: decide below, unsized
+            decoded = None
+        if decoded is not None and len(decoded) <= nbytes:
+            return decoded
+    return decoder(data)
+
+
+#: libdeflate decodes every zlib stream, whichever encoder wrote it, and is the fastest decoder.
+_DEFLATE_DECODER = imagecodecs.deflate_decode
+
+
+def _zlib_strategy_encoder(strategy: int) -> Callable[[bytes], bytes]:
+    """zlib with ``Z_HUFFMAN_ONLY`` or ``Z_RLE``: plain Deflate streams, fast on counting data.
+
+    memLevel 9 doubles zlib's block length (32767 symbols), which is both smaller (fewer Huffman
+    table headers) and faster on cryo-EM frames. The level only selects "compress" (vs. store)
+    for these strategies. Python's zlib releases the GIL while it compresses.
+    """
+
+    def encode(data) -> bytes:
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
+        return compressor.compress(data) + compressor.flush()
+
+    return encode
+
+
+def _check_level(name: str, level: int, allowed: range) -> None:
+    if level not in allowed:
+        raise OptionError(f"{name} level must be {allowed.start}..{allowed.stop - 1}; got {level}")
+
+
 def make_codec(name: str, level: int | None = None) -> StripCodec:
-    """Return the codec called ``name`` (``zip`` is an alias of ``deflate``) at ``level``.
+    """Return the codec called ``name`` at ``level``.
+
+    ``name`` is a ``--compression`` name (``zip`` = ``deflate``, libdeflate at ``level``) or one
+    of the deflate encoders of the ``auto`` policy and the benchmark: ``deflate-huffman``,
+    ``deflate-rle``, ``zlib`` (zlib at ``level``, RELION's encoder). The TIFF Compression tag is
+    1 (none), 5 (lzw), 8 (all deflate encoders), 50000 (zstd) or 34925 (lzma).
 
     Raises:
         OptionError: unknown name or a level outside the codec's range.
@@ -89,75 +225,345 @@ def make_codec(name: str, level: int | None = None) -> StripCodec:
     if name == "none":
         return StripCodec("none", COMPRESSION_NONE, None, _identity, _identity)
     if name == "lzw":
-        return StripCodec("lzw", COMPRESSION_LZW, None, imagecodecs.lzw_encode, imagecodecs.lzw_decode)
+        return _sized("lzw", COMPRESSION_LZW, None, imagecodecs.lzw_encode, imagecodecs.lzw_decode)
     if name == "deflate":
-        level = 6 if level is None else level
+        level = DEFAULT_LEVELS["deflate"] if level is None else level
         _check_level("deflate", level, DEFLATE_LEVELS)
-        # libdeflate (imagecodecs.deflate_encode) writes zlib-wrapped streams like zlib does, at the
-        # same ratio and several times the speed (docs/benchmarks.md).
-        return StripCodec(
+        # libdeflate writes zlib-wrapped streams like zlib does, at about zlib's ratio and several
+        # times its speed (docs/compression-policy.md).
+        return _sized(
             "deflate",
             COMPRESSION_DEFLATE,
             level,
             lambda data: imagecodecs.deflate_encode(data, level=level),
-            imagecodecs.deflate_decode,
+            _DEFLATE_DECODER,
+        )
+    if name in ("deflate-huffman", "deflate-rle"):
+        variant = name.split("-")[1]
+        strategy = zlib.Z_HUFFMAN_ONLY if variant == "huffman" else zlib.Z_RLE
+        return _sized(
+            "deflate", COMPRESSION_DEFLATE, None, _zlib_strategy_encoder(strategy), _DEFLATE_DECODER, variant
+        )
+    if name == "zlib":
+        level = DEFAULT_LEVELS["deflate"] if level is None else level
+        _check_level("zlib", level, range(1, 10))
+        return _sized(
+            "deflate",
+            COMPRESSION_DEFLATE,
+            level,
+            lambda data: zlib.compress(data, level),
+            _DEFLATE_DECODER,
+            "zlib",
         )
     if name == "zstd":
-        level = 3 if level is None else level
+        level = DEFAULT_LEVELS["zstd"] if level is None else level
         _check_level("zstd", level, ZSTD_LEVELS)
         return StripCodec(
             "zstd",
             COMPRESSION_ZSTD,
             level,
             lambda data: imagecodecs.zstd_encode(data, level=level),
-            imagecodecs.zstd_decode,
+            lambda data, nbytes=None: imagecodecs.zstd_decode(data),  # its frame header holds the size
         )
     if name == "lzma":
-        level = 6 if level is None else level
+        level = DEFAULT_LEVELS["lzma"] if level is None else level
         _check_level("lzma", level, LZMA_LEVELS)
         return StripCodec(
             "lzma",
             COMPRESSION_LZMA,
             level,
             lambda data: imagecodecs.lzma_encode(data, level=level),
-            imagecodecs.lzma_decode,
+            lambda data, nbytes=None: imagecodecs.lzma_decode(data),
         )
-    raise OptionError(
-        f"--compression must be one of {', '.join(COMPRESSION_CHOICES)}; got '{name}'"
+    raise OptionError(f"--compression must be one of {', '.join(COMPRESSION_NAMES)}; got '{name}'")
+
+
+def make_codec_from_label(label: str) -> StripCodec:
+    """The codec whose :attr:`StripCodec.label` is ``label`` (``deflate-12``, ``zlib-6``,
+    ``deflate-huffman``, ``zstd-3``, ``lzw``...)."""
+    if label in ("deflate-huffman", "deflate-rle", "none", "lzw"):
+        return make_codec(label)
+    name, _, level = label.rpartition("-")
+    if not name or not level.isdigit():
+        raise OptionError(f"unknown codec '{label}'")
+    return make_codec(name, int(level))
+
+
+# --------------------------------------------------------------------------- options
+
+
+def split_compression(compression: str) -> tuple[str, int | None]:
+    """``"zstd:9"`` -> ``("zstd", 9)``; ``"lzw"`` -> ``("lzw", None)``.
+
+    Raises:
+        OptionError: a level that is not an integer, or a level given to a codec without one.
+    """
+    name, colon, level_text = compression.partition(":")
+    if not colon:
+        return name, None
+    if name not in OPT_IN_CODECS:
+        raise OptionError(
+            f"--compression {compression}: only zstd and lzma take a level after ':' "
+            "(deflate uses --deflate_level)"
+        )
+    try:
+        return name, int(level_text)
+    except ValueError:
+        raise OptionError(f"--compression {compression}: the level must be an integer") from None
+
+
+def validate_options(compression: str, deflate_level: int) -> None:
+    """Check ``--compression`` and ``--deflate_level`` before any file is touched (RELION checks
+    them when the first page is written, leaving a ``.tmp`` behind).
+
+    Raises:
+        OptionError: an unknown codec or a level outside its range.
+    """
+    name, level = split_compression(compression)
+    if name not in COMPRESSION_NAMES:
+        make_codec(name)  # raises the OptionError with the list of choices
+    _check_level("deflate", deflate_level, DEFLATE_LEVELS)
+    if name in OPT_IN_CODECS:
+        make_codec(name, level)
+
+
+def opt_in_warning(compression: str) -> str | None:
+    """The warning to print once when ``compression`` writes files some readers cannot open."""
+    name, level = split_compression(compression)
+    if name not in OPT_IN_CODECS:
+        return None
+    title, library, libtiff = _OPT_IN_DETAILS[name]
+    shown = f"{name}:{DEFAULT_LEVELS[name] if level is None else level}"
+    return OPT_IN_CODEC_WARNING.format(
+        name=shown, code=OPT_IN_CODECS[name], title=title, library=library, libtiff=libtiff
     )
 
 
-def _check_level(name: str, level: int, allowed: range) -> None:
-    if level not in allowed:
-        raise OptionError(
-            f"{name} level must be {allowed.start}..{allowed.stop - 1}; got {level}"
-        )
+# --------------------------------------------------------------------------- RELION's rule
 
 
 def relion_auto_codec(width: int, is_eer: bool, deflate_level: int = 6) -> StripCodec:
     """RELION's ``auto`` rule (``decide_filter``): deflate for 4096-wide non-EER movies ("likely
-    Falcon"), LZW for everything else (K2, K3, EER output)."""
+    Falcon"), LZW for everything else (K2, K3, EER output). RELION's deflate is zlib at
+    ``deflate_level``; this returns libdeflate at the same level (same ratio, faster)."""
     if width == 4096 and not is_eer:
         return make_codec("deflate", deflate_level)
     return make_codec("lzw")
 
 
-def resolve_codec(compression: str, deflate_level: int, width: int, is_eer: bool) -> StripCodec:
+def relion_codec_kind(width: int, is_eer: bool) -> str:
+    """``zlib-6`` or ``lzw``: RELION's own encoder for such a movie (for speed comparisons)."""
+    return "zlib-6" if width == 4096 and not is_eer else "lzw"
+
+
+# --------------------------------------------------------------------------- the auto policy
+
+#: The encoders ``auto`` chooses from: all write TIFF Deflate (8) or LZW (5), which RELION,
+#: MotionCor2/3, cryoSPARC, Warp and IMOD read. Listed fastest-first on typical data, which is
+#: the order that breaks a tie in size.
+AUTO_CANDIDATES = ("deflate-1", "lzw", "deflate-huffman", "deflate-rle", "deflate-6")
+
+#: Single-thread throughput in MB of input per second of what cryotiff spends on a strip with
+#: default options: encoding it and decoding it again for the verification. Indexed by the data
+#: class, which is the LZW output in bits per input byte on the same sample (0.2: sparse counts,
+#: 2.3: K2 at 1 e/px/frame, 4.9: Falcon 16-bit, 7: float32), interpolated linearly and held
+#: constant beyond the ends. ``zlib-6`` is RELION's deflate (cryotiff never writes it in auto).
+#: Measured with ``python benchmarks/bench_codecs.py speed-table`` (docs/compression-policy.md);
+#: fixed offline so that timing noise can never change a movie's codec.
+PIPELINE_MB_PER_S: dict[str, tuple[tuple[float, float], ...]] = {
+    "lzw": ((0.21, 120.0), (0.63, 111.0), (1.63, 86.0), (2.27, 89.0), (2.97, 80.0), (3.67, 79.0), (4.91, 68.0), (7.07, 63.0)),
+    "deflate-huffman": ((0.21, 102.0), (0.63, 104.0), (1.63, 104.0), (2.27, 98.0), (2.97, 93.0), (3.67, 96.0), (4.91, 91.0), (7.07, 79.0)),
+    "deflate-rle": ((0.21, 239.0), (0.63, 110.0), (1.63, 75.0), (2.27, 76.0), (2.97, 80.0), (3.67, 84.0), (4.91, 85.0), (7.07, 85.0)),
+    "deflate-1": ((0.21, 250.0), (0.63, 138.0), (1.63, 144.0), (2.27, 149.0), (2.97, 156.0), (3.67, 148.0), (4.91, 115.0), (7.07, 99.0)),
+    "deflate-6": ((0.21, 144.0), (0.63, 61.0), (1.63, 34.0), (2.27, 26.0), (2.97, 23.0), (3.67, 27.0), (4.91, 55.0), (7.07, 59.0)),
+    "zlib-6": ((0.21, 60.0), (0.63, 15.0), (1.63, 9.0), (2.27, 9.0), (2.97, 9.0), (3.67, 10.0), (4.91, 9.0), (7.07, 12.0)),
+}
+
+#: RELION's zlib-6 encodes a Falcon movie at about 10.6 MB/s on one core; ``auto`` never uses an
+#: encoder slower than five times that, so the default stays fast when RELION's would be slow.
+RELION_DEFLATE6_MB_PER_S = 10.6
+AUTO_MIN_MB_PER_S = 5 * RELION_DEFLATE6_MB_PER_S
+
+#: The sample ``auto`` compresses: about 1/32 of the first page in 8 bands spread over its rows
+#: (trying every candidate then costs well under half a frame's encode), never less than
+#: 512 KiB (or the whole page when smaller), so that stream headers do not decide.
+AUTO_SAMPLE_FRACTION = 1 / 32
+AUTO_SAMPLE_MIN_BYTES = 512 * 1024
+AUTO_SAMPLE_BANDS = 8
+
+
+def pipeline_speed_mb_per_s(label: str, lzw_bits_per_byte: float) -> float:
+    """Interpolated :data:`PIPELINE_MB_PER_S` of ``label`` for data of this class."""
+    points = PIPELINE_MB_PER_S[label]
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    return float(np.interp(lzw_bits_per_byte, xs, ys))
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """What :func:`choose_auto_codec` tried and why it chose.
+
+    Attributes:
+        codec: the chosen codec (its label goes to ``MovieResult.codec``, its TIFF code to the
+            Compression tag).
+        sample_bytes: bytes of the sample every candidate compressed.
+        sizes: compressed bytes of the sample per candidate label (the ineligible ones were not
+            tried).
+        speeds_mb_per_s: tabulated speed per candidate label for this data class.
+        floor_mb_per_s: the speed a candidate needed: RELION's codec's, at least
+            :data:`AUTO_MIN_MB_PER_S`.
+        relion_codec: ``lzw`` or ``zlib-6``: what RELION would have used.
+        lzw_bits_per_byte: the data class.
+    """
+
+    codec: StripCodec
+    sample_bytes: int
+    sizes: dict[str, int]
+    speeds_mb_per_s: dict[str, float]
+    floor_mb_per_s: float
+    relion_codec: str
+    lzw_bits_per_byte: float
+
+    @property
+    def eligible(self) -> tuple[str, ...]:
+        return tuple(label for label in AUTO_CANDIDATES if label in self.sizes)
+
+
+def policy_sample(page: np.ndarray, rows_per_strip: int | None = None) -> list[np.ndarray]:
+    """The strips of the sample ``auto`` compresses, from one page (raster order).
+
+    The sample is :data:`AUTO_SAMPLE_BANDS` bands of rows spread evenly over the page, in TIFF
+    scanline order, together about :data:`AUTO_SAMPLE_FRACTION` of it. With ``rows_per_strip``
+    (``--line_by_line``) each row is its own strip, as in the file, so that per-strip headers
+    count as they will.
+    """
+    flipped = page[::-1]  # a view: only the sampled rows are copied
+    n_rows = flipped.shape[0]
+    row_bytes = flipped[:1].nbytes
+    wanted_bytes = max(page.nbytes * AUTO_SAMPLE_FRACTION, AUTO_SAMPLE_MIN_BYTES)
+    wanted_rows = int(np.ceil(wanted_bytes / max(row_bytes, 1)))
+    if wanted_rows >= n_rows:
+        sample = np.ascontiguousarray(flipped)
+    else:
+        band_rows = -(-wanted_rows // AUTO_SAMPLE_BANDS)
+        starts = np.linspace(0, n_rows - band_rows, AUTO_SAMPLE_BANDS).astype(int)
+        sample = np.concatenate([flipped[start : start + band_rows] for start in starts])
+    sample = sample.view(np.uint8).reshape(sample.shape[0], -1)
+    if rows_per_strip == 1:
+        return list(sample)
+    return [np.ascontiguousarray(sample)]
+
+
+def choose_auto_codec(
+    page: np.ndarray, width: int, is_eer: bool, rows_per_strip: int | None = None
+) -> AutoDecision:
+    """The ``auto`` policy for one movie, decided on its first page.
+
+    1. Compress the sample (:func:`policy_sample`) with LZW; its bits per input byte is the data
+       class that indexes the speed table :data:`PIPELINE_MB_PER_S`.
+    2. The floor is the tabulated speed of RELION's codec for the movie (LZW, or zlib-6 for
+       4096-wide non-EER movies) and at least :data:`AUTO_MIN_MB_PER_S`.
+    3. Every candidate of :data:`AUTO_CANDIDATES` whose tabulated speed reaches the floor
+       compresses the same sample; the smallest wins (ties: earlier in the list).
+
+    The same page always gives the same codec.
+    """
+    strips = policy_sample(page, rows_per_strip)
+    sample_bytes = sum(strip.nbytes for strip in strips)
+
+    def compressed_size(label: str) -> int:
+        codec = make_codec_from_label(label)
+        return sum(len(codec.encode(strip)) for strip in strips)
+
+    sizes = {"lzw": compressed_size("lzw")}
+    lzw_bits_per_byte = 8.0 * sizes["lzw"] / max(sample_bytes, 1)
+    relion_codec = relion_codec_kind(width, is_eer)
+    floor = max(pipeline_speed_mb_per_s(relion_codec, lzw_bits_per_byte), AUTO_MIN_MB_PER_S)
+    speeds = {label: pipeline_speed_mb_per_s(label, lzw_bits_per_byte) for label in AUTO_CANDIDATES}
+    for label in AUTO_CANDIDATES:
+        if label not in sizes and speeds[label] >= floor:
+            sizes[label] = compressed_size(label)
+    if speeds["lzw"] < floor:
+        # LZW was compressed to find the data class; it competes only where it is fast enough.
+        del sizes["lzw"]
+    if not sizes:  # no candidate reaches the floor (on no measured data): the fastest one
+        fastest = max(AUTO_CANDIDATES, key=lambda label: speeds[label])
+        sizes[fastest] = compressed_size(fastest)
+    best = min(sizes, key=lambda label: (sizes[label], AUTO_CANDIDATES.index(label)))
+    return AutoDecision(
+        codec=make_codec_from_label(best),
+        sample_bytes=sample_bytes,
+        sizes=sizes,
+        speeds_mb_per_s=speeds,
+        floor_mb_per_s=floor,
+        relion_codec=relion_codec,
+        lzw_bits_per_byte=lzw_bits_per_byte,
+    )
+
+
+def _first_page(source) -> np.ndarray:
+    """Page 0 of a page source (anything with ``page(index)`` and ``dtype``), made once.
+
+    The policy needs the first page before the encoder asks for it. So that an expensive page
+    (an EER render, a gain-corrected frame) is not made twice, the source hands this same array
+    to the first ``page(0)`` call that follows, then forgets it (and ignores it if the source's
+    sample type changed in between, as when a float movie is rewritten as a wider type).
+    """
+    page = source.page(0)
+    dtype = source.dtype
+    make_page = source.page
+    cache = [page]
+    lock = threading.Lock()
+
+    def page_once(index: int) -> np.ndarray:
+        if index == 0:
+            with lock:
+                cached = cache.pop() if cache else None
+                if source.__dict__.get("page") is page_once:
+                    del source.page  # back to the class's method
+            if cached is not None and source.dtype == dtype:
+                return cached
+        return make_page(index)
+
+    try:
+        source.page = page_once
+    except AttributeError:  # a source that cannot take the hand-over makes page 0 again
+        pass
+    return page
+
+
+def resolve_codec(
+    compression: str,
+    deflate_level: int,
+    width: int,
+    is_eer: bool,
+    *,
+    sample=None,
+    rows_per_strip: int | None = None,
+) -> StripCodec:
     """The codec for one movie from ``--compression`` and ``--deflate_level``.
 
-    ``--deflate_level`` applies to deflate and is also taken as the level of zstd and lzma when
-    given explicitly for them; ``auto`` follows :func:`relion_auto_codec`.
+    Args:
+        compression: ``auto``, ``none``, ``lzw``, ``deflate``/``zip`` (libdeflate at
+            ``deflate_level``), ``zstd[:LEVEL]`` or ``lzma[:LEVEL]``.
+        deflate_level: ``--deflate_level`` (1-12).
+        width: frame width in pixels (RELION's rule looks at it).
+        is_eer: the pages are rendered EER (RELION always uses LZW for them).
+        sample: for ``auto``: the first page (an array), or the page source itself (its page 0
+            is made once and handed on to the encoder, see :func:`_first_page`). Without one,
+            ``auto`` falls back to RELION's width rule (:func:`relion_auto_codec`).
+        rows_per_strip: 1 for ``--line_by_line`` (the sample is then encoded row by row);
+            None for one strip per frame.
+
+    The result's ``tiff_code`` is the TIFF Compression tag (259).
     """
-    if compression == "auto":
-        return relion_auto_codec(width, is_eer, deflate_level)
-    if compression in ("deflate", "zip"):
+    name, level = split_compression(compression)
+    if name == "auto":
+        if sample is None or getattr(sample, "n_pages", 1) == 0:
+            return relion_auto_codec(width, is_eer, deflate_level)
+        page = _first_page(sample) if hasattr(sample, "page") else np.asarray(sample)
+        return choose_auto_codec(page, width, is_eer, rows_per_strip).codec
+    if name in ("deflate", "zip"):
         return make_codec("deflate", deflate_level)
-    return make_codec(compression)
-
-
-def validate_options(compression: str, deflate_level: int) -> None:
-    """Check ``--compression`` and ``--deflate_level`` before any file is touched (RELION checks
-    them when the first page is written, leaving a ``.tmp`` behind)."""
-    if compression not in COMPRESSION_CHOICES:
-        make_codec(compression)  # raises the OptionError with the list of choices
-    _check_level("deflate", deflate_level, DEFLATE_LEVELS)
+    return make_codec(name, level)

@@ -646,7 +646,10 @@ def _write_pages(
     on_page: Callable[[int, int], None] | None,
 ) -> MovieResult:
     """Encode and write all pages of ``source`` once, with its current sample type."""
-    codec = resolve_codec(options.compression, options.deflate_level, source.shape_yx[1], source.is_eer)
+    codec = resolve_codec(  # auto measures candidates on page 0, made once (handed on to the encoder)
+        options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
+        sample=source, rows_per_strip=1 if options.line_by_line else None,
+    )
     rows_per_strip = 1 if options.line_by_line else source.shape_yx[0]
     layout = TiffLayout(
         n_pages=source.n_pages,
