@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from . import __version__
-from .codecs import COMPRESSION_CHOICES, validate_options
+from .codecs import COMPRESSION_CHOICES, opt_in_warning, validate_options
 from .convert import ConvertOptions, MovieResult
 from .errors import CryotiffError, OptionError
 from .jobs import Job, Reporter, Summary, plan, run, summarise
@@ -78,9 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     eer.add_argument("--short", action="store_true", help="Render EER into uint16 instead of uint8")
     tiff = parser.add_argument_group("TIFF writing options")
     tiff.add_argument("--compression", default="auto", choices=COMPRESSION_CHOICES, metavar="TYPE",
-                      help="none, auto, lzw, deflate (= zip), or the opt-in zstd, lzma (default: auto)")
+                      help="auto (default): the smallest of LZW and standard Deflate encodings, tried on the "
+                           "first frame, among those at least as fast as RELION's choice; none; lzw; "
+                           "deflate (= zip) at --deflate_level; opt-in zstd[:LEVEL] (1-22, default 3) or "
+                           "lzma[:LEVEL] (0-9, default 6), which IMOD and older libtiff cannot read")
     tiff.add_argument("--deflate_level", type=int, default=6, metavar="N",
-                      help="Deflate level 1-12 (libdeflate; default: 6)")
+                      help="Level of --compression deflate: 1-12 (libdeflate; 10-12 are slow; default: 6)")
     tiff.add_argument("--ignore_error", action="store_true",
                       help="Do not stop on a non-integer value in a reliable pixel of a float movie; round it")
     tiff.add_argument("--line_by_line", action="store_true", help="One TIFF strip per row instead of one per frame")
@@ -410,6 +413,9 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     reporter = TerminalReporter()
     try:
         options = options_from_args(args)
+        codec_warning = opt_in_warning(options.compression)  # once per run, before any movie
+        if codec_warning:
+            reporter.warning(codec_warning)
         if args.benchmark:
             return run_benchmark(args.i, options, reporter)
         if args.demo:

@@ -70,7 +70,7 @@ COMPRESSION_CHOICES = CompressionChoices(COMPRESSION_NAMES)
 #: Printed once by the command line when an opt-in codec is chosen.
 OPT_IN_CODEC_WARNING = (
     "WARNING: --compression {name} writes TIFF Compression {code} ({title}), which is not baseline "
-    "TIFF. Only readers whose libtiff was built with {library} (libtiff >= {libtiff} ) or that use "
+    "TIFF. Only readers whose libtiff was built with {library} (libtiff >= {libtiff}) or that use "
     "tifffile/imagecodecs can open these files. Known not to: IMOD (its bundled libtiff), older "
     "system libtiff builds and the RELION, MotionCor2/3, cryoSPARC and Warp installations linked "
     "to one. Use --compression auto, lzw or deflate for files that every reader must open."
