@@ -80,11 +80,14 @@ _OPT_IN_DETAILS = {
     "lzma": ("LZMA2", "liblzma", "4.0"),
 }
 
+#: The programs that read cryo-EM movie TIFFs; all of them decode LZW and Deflate.
+MOVIE_READERS = "RELION, MotionCor2/3, cryoSPARC, Warp, IMOD, any libtiff"
+
 #: Which programs decode each TIFF compression, for the ``--benchmark`` table.
 READERS = {
-    COMPRESSION_NONE: "all",
-    COMPRESSION_LZW: "RELION, MotionCor2/3, cryoSPARC, Warp, IMOD, any libtiff",
-    COMPRESSION_DEFLATE: "RELION, MotionCor2/3, cryoSPARC, Warp, IMOD, any libtiff",
+    COMPRESSION_NONE: "all movie readers",
+    COMPRESSION_LZW: "all movie readers",
+    COMPRESSION_DEFLATE: "all movie readers",
     COMPRESSION_ZSTD: "libtiff>=4.0.10 built with zstd, tifffile; not IMOD",
     COMPRESSION_LZMA: "libtiff>=4.0 built with lzma, tifffile; not IMOD",
 }
