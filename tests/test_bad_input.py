@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cryotiff.cli import main
 from cryotiff.simulate.write import write_mrc_movie
@@ -35,16 +37,24 @@ def tiff_movie(path: str) -> tuple[np.ndarray, bytearray]:
 
 
 def expect_one_clean_failure(
-    capsys: pytest.CaptureFixture[str], bad: str, fragment: str, output: str = "out", names: str | None = None
+    capsys: pytest.CaptureFixture[str],
+    bad: str,
+    fragment: str,
+    output: str = "out",
+    names: str | None = None,
+    eer_grouping: str | None = None,
 ) -> list[str]:
     """Convert ``first.mrc``, ``bad`` and ``last.mrc``: exit status 1, one ERROR line naming
     ``bad`` with ``fragment``, no traceback, no output or temporary file for ``bad``, and the two
     good movies converted exactly. Returns the ERROR lines."""
     first = good_movie("first.mrc", 1)
     last = good_movie("last.mrc", 2)
-    status = main(["--i", "first.mrc", bad, "last.mrc", "--o", output])
+    extra = ["--eer_grouping", eer_grouping] if eer_grouping else []
+    status = main(["--i", "first.mrc", bad, "last.mrc", "--o", output, *extra])
     captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.strip()]
+    # Besides the one error, only RELION's warning that EER movies need their gain converted.
+    errors = [line for line in captured.err.splitlines()
+              if line.strip() and not line.startswith("WARNING: Note that an EER gain reference")]
     assert status == 1, captured
     assert len(errors) == 1, errors
     assert errors[0].startswith("ERROR: ") and fragment in errors[0], errors
@@ -222,3 +232,175 @@ def test_a_full_disk_when_renaming(in_tmp: Path, capsys, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(os, "replace", replace)
     expect_one_clean_failure(capsys, "rename.mrc", "cannot rename the finished file")
+
+
+# --------------------------------------------------------------------------- EER and gains
+
+
+def small_eer(path: str, seed: int, n_frames: int = 6, damaged_frame: int | None = None) -> list:
+    """A 2048 x 2048 (Falcon 4i 2K-style) EER movie with few events; ``damaged_frame`` (0-based)
+    gets half of its bitstream cut off. Returns the events of every frame."""
+    from cryotiff.simulate.eer import encode_frame, random_events, write_eer
+
+    events = random_events(np.random.default_rng(seed), 2048, n_frames, 0.002)
+    streams = [encode_frame(frame, 2048) for frame in events]
+    if damaged_frame is not None:
+        streams[damaged_frame] = streams[damaged_frame][: len(streams[damaged_frame]) // 2]
+    write_eer(path, streams, 2048)
+    return events
+
+
+def test_a_damaged_eer_frame_fails_the_movie(in_tmp: Path, capsys) -> None:
+    small_eer("bad.eer", 3, damaged_frame=2)
+    errors = expect_one_clean_failure(capsys, "bad.eer", "raw frame 3 is damaged", eer_grouping="3")
+    assert "--ignore_error" in errors[0]
+
+
+def test_ignore_error_skips_a_damaged_eer_frame_as_relion_does(in_tmp: Path, capsys) -> None:
+    from cryotiff.simulate.eer import expected_render
+
+    events = small_eer("bad.eer", 3, damaged_frame=2)
+    assert main(["--i", "bad.eer", "--o", "out", "--eer_grouping", "3", "--ignore_error"]) == 0
+    assert ("WARNING: The number of pixels is not right in bad.eer frame 3. Probably this frame is "
+            "corrupted. This frame is skipped.") in capsys.readouterr().err
+    pages = read_tiff_frames(Path("out/bad.tif"))
+    np.testing.assert_array_equal(pages[0], expected_render(events[0:2], 2048, 1, 2))  # without frame 3
+    np.testing.assert_array_equal(pages[1], expected_render(events[3:6], 2048, 1, 2))
+
+
+def float_movie_and_gain(name: str, gain_shape_yx: tuple[int, int]) -> None:
+    """A gain-normalised float movie of 48 x 64 pixels and a gain estimate (with its reliability
+    map, RELION's spelling) of another shape."""
+    rng = np.random.default_rng(4)
+    gain = rng.uniform(0.8, 1.2, (48, 64)).astype(np.float32)
+    write_mrc_movie(Path(name), (rng.poisson(2.0, (3, 48, 64)) * gain).astype(np.float32), 2)
+    write_mrc_movie(Path("gain.mrc"), rng.uniform(0.8, 1.2, gain_shape_yx).astype(np.float32), 2)
+    write_mrc_movie(Path("gain_reliablity.mrc"), np.full(gain_shape_yx, 100, np.int16), 1)
+
+
+@pytest.mark.parametrize(
+    "gain_shape_yx, hint",
+    [((64, 48), "the gain is transposed"), ((96, 128), "the gain is twice the movie size"),
+     ((24, 32), "the gain is half the movie size"), ((50, 64), "Frames are 64 x 48, the gain is 64 x 50")],
+    ids=["transposed", "2x", "half", "other"],
+)
+def test_a_gain_of_the_wrong_size(in_tmp: Path, capsys, gain_shape_yx: tuple[int, int], hint: str) -> None:
+    """The float movie fails naming the sizes and the likely cause; the integer movies convert;
+    no gain-reference.mrc is written for a gain that fits no movie."""
+    float_movie_and_gain("float.mrc", gain_shape_yx)
+    first = good_movie("first.mrc", 1)
+    assert main(["--i", "first.mrc", "float.mrc", "--o", "out", "--gain", "gain.mrc"]) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "float.mrc" in errors[0] and hint in errors[0], errors
+    assert "gain.mrc" in captured.err and "gain-reference.mrc is not written" in captured.err
+    assert "Traceback" not in captured.err
+    assert not Path("out/gain-reference.mrc").exists()
+    assert not Path("out/float.tif").exists() and not list(Path("out").rglob("*.tmp"))
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/first.tif")), first)
+
+
+@pytest.mark.parametrize(
+    "gain_size, hint", [(1024, "(half the expected size)"), (2000, "expected X = 2048 Y = 2048")], ids=["half", "other"]
+)
+def test_an_eer_gain_of_the_wrong_size_stops_before_any_movie(in_tmp: Path, capsys, gain_size: int, hint: str) -> None:
+    small_eer("movie.eer", 1)
+    write_mrc_movie(Path("eer_gain.mrc"), np.ones((1, gain_size, gain_size), np.float32), 2)
+    assert main(["--i", "movie.eer", "--o", "out", "--gain", "eer_gain.mrc", "--eer_grouping", "3"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        line for line in captured.err.strip().splitlines() if line.startswith("ERROR: eer_gain.mrc: ")
+    ]
+    assert hint in captured.err and "Traceback" not in captured.err
+    assert not Path("out/movie.tif").exists() and not Path("out/gain-reference.mrc").exists()
+
+
+# --------------------------------------------------------------------------- fuzzing the EER reader
+
+
+def _fuzz_eer_base() -> tuple[bytes, int]:
+    """A small valid EER file and the offset of its first IFD (cryotiff.simulate.eer writes the
+    frame data first and the IFDs after it, as real EER files are laid out)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "base.eer"
+        small_eer(str(path), 9, n_frames=3)
+        with tifffile.TiffFile(path) as tif:
+            first_ifd = min(page.offset for page in tif.pages)
+        return path.read_bytes(), first_ifd
+
+
+_EER_BASE, _EER_FIRST_IFD = _fuzz_eer_base()
+
+
+class _Hang(Exception):
+    """Raised by SIGALRM: the reader took far too long (a hang)."""
+
+
+def _on_alarm(signum, frame) -> None:
+    raise _Hang()
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    header_edits=st.lists(st.tuples(st.integers(0, 15), st.integers(0, 255)), max_size=2),
+    ifd_edits=st.lists(st.tuples(st.integers(_EER_FIRST_IFD, len(_EER_BASE) - 1), st.integers(0, 255)), max_size=6),
+    data_edits=st.lists(st.tuples(st.integers(16, _EER_FIRST_IFD - 1), st.integers(0, 255)), max_size=6),
+    length=st.one_of(st.none(), st.integers(0, len(_EER_BASE) + 64)),
+    upsampling=st.sampled_from([1, 2, -1]),
+)
+def test_fuzzed_eer_files_fail_cleanly(
+    header_edits: list[tuple[int, int]],
+    ifd_edits: list[tuple[int, int]],
+    data_edits: list[tuple[int, int]],
+    length: int | None,
+    upsampling: int,
+) -> None:
+    """Mutated EER files: opening, reading and rendering every frame either works or raises one of
+    cryotiff's own errors; never another exception, a crash or a hang (10 s per file)."""
+    import signal
+    import tempfile
+
+    from cryotiff.errors import CryotiffError
+    from cryotiff.io.eer import EerMovie
+
+    data = bytearray(_EER_BASE)
+    for offset, value in header_edits + ifd_edits + data_edits:
+        data[offset] = value
+    if length is not None:
+        data = data[:length] if length <= len(data) else data + b"\x00" * (length - len(data))
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(10)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "fuzz.eer"
+            path.write_bytes(bytes(data))
+            try:
+                with EerMovie(path) as movie:
+                    n_frames = movie.info.n_frames
+                    assert n_frames >= 1
+                    for index in range(n_frames):
+                        frame = movie.read_frame(index)
+                        assert frame.shape == movie.info.shape_yx
+                    movie.check_upsampling(upsampling)
+                    result = movie.render(0, n_frames, upsampling)
+                    assert result.counts.shape == (movie.output_size(upsampling),) * 2
+            except CryotiffError:
+                pass
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_the_unmodified_fuzz_base_reads() -> None:
+    import tempfile
+
+    from cryotiff.io.eer import EerMovie
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "base.eer"
+        path.write_bytes(_EER_BASE)
+        with EerMovie(path) as movie:
+            assert movie.info.n_frames == 3
+            assert movie.render(0, 3, 1).corrupt_frames == []

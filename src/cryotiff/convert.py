@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .codecs import StripCodec, resolve_codec
-from .errors import CryotiffError, InputError, OutputError, VerificationError
+from .errors import CryotiffError, EerFormatError, InputError, OutputError, VerificationError
 from .io import Movie
 from .io.tiff import TiffLayout, flip_rows, write_movie
 
@@ -280,6 +280,21 @@ class RunContext:
 MAX_MISMATCH_LINES = 10
 
 
+def gain_size_hint(gain_shape_yx: tuple[int, ...], movie_shape_yx: tuple[int, ...]) -> str:
+    """Why a gain does not fit the movies, when the reason is a common one (relion#1089): a
+    transposed gain, or a super-resolution gain for counting movies and the other way round."""
+    gain_yx, movie_yx = tuple(int(n) for n in gain_shape_yx), tuple(int(n) for n in movie_shape_yx)
+    transposed = gain_yx[::-1]
+    for shape, what in ((gain_yx, ""), (transposed, " and transposed")):
+        if shape == movie_yx and what:
+            return " (the gain is transposed: its width is the height of the movies)"
+        if shape == (2 * movie_yx[0], 2 * movie_yx[1]):
+            return f" (the gain is twice the movie size{what}: a super-resolution gain for counting-mode movies?)"
+        if (2 * shape[0], 2 * shape[1]) == movie_yx:
+            return f" (the gain is half the movie size{what}: a counting-mode gain for super-resolution movies?)"
+    return ""
+
+
 class GainPages(IntegerWidening, PlainPages):
     """Float movies with ``--gain``: reliable pixels divided by their gain (RELION's
     ``unnormalise``), written as float32 as RELION does; with ``--lossy`` also the unreliable
@@ -296,7 +311,8 @@ class GainPages(IntegerWidening, PlainPages):
         if context.gain_reference is None or context.gain_reference.shape != self.shape_yx:
             raise GainError(f"{self.path}: {different_size_message(str(self.path))} Frames are "
                             f"{self.shape_yx[1]} x {self.shape_yx[0]}, the gain is "
-                            f"{context.gain_reference.shape[1]} x {context.gain_reference.shape[0]} (nx x ny).")
+                            f"{context.gain_reference.shape[1]} x {context.gain_reference.shape[0]} (nx x ny)"
+                            f"{gain_size_hint(context.gain_reference.shape, self.shape_yx)}.")
         self.gain_reference = context.gain_reference
         self.reliable_mask = context.reliable_mask
         self.reliability = getattr(estimate, "reliability", None)
@@ -411,6 +427,7 @@ class EerPages(PageSource):
         self.shape_yx = (size, size)
         self.dtype = np.dtype(np.uint16 if options.short else np.uint8)
         self.short = options.short
+        self.ignore_error = options.ignore_error
         self.pixel_size_angstrom = None
         self.input_bytes = self.path.stat().st_size
         self._lock = threading.Lock()
@@ -425,6 +442,16 @@ class EerPages(PageSource):
 
         start, stop = self.pages[index]
         rendered = self.movie.render(start, stop, self.upsampling)
+        if rendered.corrupt_frames and not self.ignore_error:
+            # DIFFERENCE: RELION skips a damaged raw frame with a warning and writes the movie
+            # without its electrons. Users delete originals after converting, so the movie fails
+            # instead (a damaged copy can be copied again); --ignore_error skips as RELION does.
+            frames = ", ".join(str(i + 1) for i in rendered.corrupt_frames)
+            raise EerFormatError(
+                f"{self.path}: raw frame {frames} is damaged (its runs do not add up to the "
+                f"{self.movie.detector_size} x {self.movie.detector_size} pixels); the movie is not "
+                "converted. --ignore_error skips damaged frames, as RELION does"
+            )
         if rendered.corrupt_frames:
             with self._lock:
                 self.corrupt_warnings.extend(rendered.corrupt_frame_warnings(str(self.path)))

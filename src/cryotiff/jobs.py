@@ -220,6 +220,11 @@ def _first_movie_with(jobs: Sequence[Job], wanted: Callable[[Job], bool]) -> Job
     return None
 
 
+def _shape_yx(job: Job) -> tuple[int, int]:
+    with open_movie(job.source) as movie:
+        return tuple(movie.info.shape_yx)
+
+
 def _is_float_movie(job: Job) -> bool:
     if movie_kind(job.source) == "eer":
         return False
@@ -289,6 +294,13 @@ def prepare(
     context.gain_estimate = estimate
     context.gain_reference = gain_module.gain_reference(estimate, options.thresh)
     context.reliable_mask = estimate.reliable_mask(options.thresh)
+    fitting = _first_movie_with(jobs, lambda job: _is_float_movie(job) and _shape_yx(job) == estimate.shape_yx)
+    if fitting is None:
+        # A gain-reference.mrc that fits no movie would only mislead: every float movie fails
+        # with the sizes (and a hint), and no gain reference is written.
+        warn(f"WARNING: {options.gain} ({estimate.shape_yx[1]} x {estimate.shape_yx[0]} pixels) fits none of "
+             f"the float movies; {reference_path} is not written")
+        return context
     if write_files:
         options.output_dir.mkdir(parents=True, exist_ok=True)
         gain_module.write_float_mrc(reference_path, context.gain_reference)
