@@ -32,7 +32,7 @@ def all_option_strings() -> list[str]:
 
 
 def test_the_pages_exist() -> None:
-    assert sorted(p.name for p in DOCS.glob("*.md")) == sorted(REQUIRED_PAGES)
+    assert set(REQUIRED_PAGES) <= {p.name for p in DOCS.glob("*.md")}
 
 
 def test_cli_reference_is_up_to_date() -> None:

@@ -268,7 +268,7 @@ def test_dry_run_lists_and_estimates_without_writing(in_tmp: Path, capsys) -> No
     out = capsys.readouterr().out
     assert "Would skip Movies/m0.mrc: out/Movies/m0.tif is complete" in out
     for seed in range(1, 5):
-        assert f"Would convert Movies/m{seed}.mrc into out/Movies/m{seed}.tif  (6 pages 96 x 64 int8, lzw" in out
+        assert f"Would convert Movies/m{seed}.mrc into out/Movies/m{seed}.tif  (6 pages 96 x 64 int8, " in out
     assert "Cannot convert: Movies/bad.mrc:" in out
     assert "4 movies would be converted, 1 skipped, 1 cannot be converted. Nothing was written." in out
     assert "Estimated by encoding the first frame of 4 of 4 movies" in out
@@ -277,9 +277,13 @@ def test_dry_run_lists_and_estimates_without_writing(in_tmp: Path, capsys) -> No
     plan = json.loads(Path("plan.json").read_text())
     assert plan["state"] == "dry_run" and plan["totals"]["would_convert"] == 4
     estimated = plan["totals"]["estimated_output_bytes"]
-    assert main(["--i", "Movies", "--o", "out", "--only_do_unfinished"]) == 1  # bad.mrc still fails
+    assert main(["--i", "Movies", "--o", "out", "--only_do_unfinished", "--report", "run.json"]) == 1  # bad.mrc
     written = sum(p.stat().st_size for p in Path("out/Movies").glob("m[1-4].tif"))
     assert 0.8 < estimated / written < 1.25
+    # the codec of the plan is the one the run chose (auto measures candidates on the first frame)
+    planned = {m["source"]: m["codec"] for m in plan["movies"] if m["action"] == "convert"}
+    used = {m["source"]: m["codec"] for m in json.loads(Path("run.json").read_text())["movies"] if m["codec"]}
+    assert planned == used and len(used) == 4
 
 
 def test_dry_run_samples_a_few_of_many_movies(in_tmp: Path, capsys) -> None:
@@ -318,3 +322,22 @@ def test_report_of_a_run_that_could_not_start(in_tmp: Path) -> None:
     assert main(["--i", "Nowhere/*.mrc", "--o", "out", "--report", "run.json"]) == 1
     report = json.loads(Path("run.json").read_text())
     assert report["state"] == "error" and "no file matches" in report["error"] and report["movies"] == []
+
+
+def test_dry_run_with_a_gain_plans_what_the_run_writes(in_tmp: Path, capsys) -> None:
+    """With --gain, gain-normalised float movies are written as gain-divided pages: the dry run
+    loads the gain (without writing gain-reference.mrc) and plans the same sample type and codec."""
+    from cryotiff.simulate.gain_normalised import make_detector
+
+    rng = np.random.default_rng(1)
+    detector = make_detector((40, 30), rng)
+    write_mrc_movie(Path("k2.mrc"), detector.movie(20, rng).frames, 2)
+    assert main(["--i", "k2.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    arguments = ["--i", "k2.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin", "--lossy"]
+    assert main([*arguments, "--dry_run", "--report", "plan.json"]) == 0
+    assert not Path("Conv").exists()
+    assert main([*arguments, "--report", "run.json"]) == 0
+    planned = json.loads(Path("plan.json").read_text())["movies"][0]
+    done = json.loads(Path("run.json").read_text())["movies"][0]
+    assert (planned["dtype"], planned["codec"]) == (done["dtype"], done["codec"])
+    assert 0.7 < planned["estimated_output_bytes"] / done["output_bytes"] < 1.4

@@ -294,7 +294,7 @@ def run_conversion(
             reporter.warning(f"WARNING: {text}")
         movies_star = outcome.path
         if movies_star is not None:
-            reporter.message(f"Written {movies_star} listing {outcome.n_movies} movies"
+            reporter.message(f"Written {movies_star} listing {outcome.n_movies} movie" + "s" * (outcome.n_movies != 1)
                              + ("" if outcome.has_optics else " (no optics table: no input STAR file had one)"))
             if control is not None:
                 control.write_output_nodes(movies_star)

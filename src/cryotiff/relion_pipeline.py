@@ -30,10 +30,10 @@ import numpy as np
 from . import __version__
 from .codecs import resolve_codec
 from .convert import MOVIE_SUFFIXES, ConvertOptions, MovieResult, open_page_source
-from .errors import CryotiffError, OutputError
+from .errors import CryotiffError, OptionError, OutputError
 from .io.star import MOVIE_NAME_COLUMN, movie_table_name, read_star_blocks
 from .io.tiff import flip_rows
-from .jobs import Job, Reporter, Summary, is_finished, plan
+from .jobs import Job, Reporter, Summary, is_finished, plan, prepare
 
 MOVIES_STAR_NAME = "movies.star"
 
@@ -521,16 +521,17 @@ class DryRunPlan:
         return sum(e.estimated_output_bytes for e in self.entries if e.action == "convert")
 
 
-def _encoded_first_page_bytes(source, options: ConvertOptions) -> int:
-    """Bytes of the first page of ``source`` once encoded, as the real run would encode it."""
-    codec = resolve_codec(options.compression, options.deflate_level, source.shape_yx[1], source.is_eer)
-    rows_per_strip = 1 if options.line_by_line else source.shape_yx[0]
-    rows = np.ascontiguousarray(flip_rows(source.page(0)))
+def _encode_first_page(source, options: ConvertOptions) -> tuple[str, int]:
+    """The codec a real run would choose for ``source`` (``auto`` measures candidates on page 0)
+    and the bytes of its first page once encoded with it."""
+    page = source.page(0)
+    rows_per_strip = 1 if options.line_by_line else None
+    codec = resolve_codec(options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
+                          sample=page, rows_per_strip=rows_per_strip)
+    step = rows_per_strip or source.shape_yx[0]
+    rows = np.ascontiguousarray(flip_rows(page))
     row_bytes = rows.view(np.uint8).reshape(rows.shape[0], -1)
-    return sum(
-        len(codec.encode(row_bytes[first : first + rows_per_strip]))
-        for first in range(0, rows.shape[0], rows_per_strip)
-    )
+    return codec.label, sum(len(codec.encode(row_bytes[first : first + step])) for first in range(0, rows.shape[0], step))
 
 
 def _sample_indices(count: int, wanted: int) -> list[int]:
@@ -549,25 +550,29 @@ def plan_dry_run(
     """What a run would do, without writing anything, and the expected output size.
 
     Every movie is opened (header only; float movies also read their first frame to choose the
-    sample type, as the real run does). The size is estimated by encoding the first page of up
-    to ``sampled_movies`` movies spread over the list (and of the first movie of every kind:
-    shape, sample type and codec), taking compressed bytes per page times the page count, plus
-    the TIFF structure. The other movies get the compression ratio of the sampled movies of
+    sample type, as the real run does; a ``--gain`` is loaded but not written). The size is
+    estimated by encoding the first page of up to ``sampled_movies`` movies spread over the list
+    (and of the first movie of every kind: shape and sample type) with the codec a real run
+    would choose for it, taking compressed bytes per page times the page count, plus the TIFF
+    structure. The other movies get the codec and compression ratio of the sampled movies of
     their kind. A movie whose later frames differ from the first (a float movie that turns out
     not to be integer-valued, for example) can end up larger or smaller.
 
     Raises:
         CryotiffError: an input names nothing (as in a real run).
     """
+    if options.estimate_gain:
+        raise OptionError("--dry_run lists TIFFs to write; --estimate_gain writes none")
     jobs, failures = plan(inputs, options, relative_to)
+    context = prepare(jobs, options, Reporter(), write_files=False)  # the --gain, loaded but not written
     entries = [DryRunEntry(f.source, f.destination, "fail", f.message) for f in failures]
     to_convert: list[tuple[DryRunEntry, Job]] = []
     for job in jobs:
-        if options.only_do_unfinished and is_finished(job, options):
+        if options.only_do_unfinished and is_finished(job, options, context):
             entries.append(DryRunEntry(job.source, job.destination, "skip", "already converted"))
             continue
         try:
-            source = open_page_source(job.source, options)
+            source = open_page_source(job.source, options, context)
         except CryotiffError as exc:
             entries.append(DryRunEntry(job.source, job.destination, "fail", str(exc)))
             continue
@@ -575,7 +580,6 @@ def plan_dry_run(
             entries.append(DryRunEntry(job.source, job.destination, "fail", f"{job.source}: {exc.strerror or exc}"))
             continue
         try:
-            codec = resolve_codec(options.compression, options.deflate_level, source.shape_yx[1], source.is_eer)
             itemsize = np.dtype(source.dtype).itemsize
             entry = DryRunEntry(
                 job.source,
@@ -583,7 +587,6 @@ def plan_dry_run(
                 "convert",
                 n_pages=source.n_pages,
                 dtype=str(source.dtype),
-                codec=codec.label,
                 shape_yx=tuple(source.shape_yx),
                 input_bytes=source.input_bytes,
                 uncompressed_bytes=source.n_pages * source.shape_yx[0] * source.shape_yx[1] * itemsize,
@@ -595,7 +598,7 @@ def plan_dry_run(
 
     # Which movies to encode a page of: an even spread, plus the first of every kind.
     def kind(entry: DryRunEntry) -> tuple:
-        return (entry.shape_yx, entry.dtype, entry.codec)
+        return (entry.shape_yx, entry.dtype)
 
     chosen = set(_sample_indices(len(to_convert), sampled_movies))
     seen_kinds: set[tuple] = set()
@@ -604,14 +607,15 @@ def plan_dry_run(
             seen_kinds.add(kind(entry))
             chosen.add(index)
     page_ratio: dict[tuple, list[float]] = {}
+    codec_of_kind: dict[tuple, str] = {}
     for index in sorted(chosen):
         entry, job = to_convert[index]
         if entry.n_pages == 0:
             continue
         try:
-            source = open_page_source(job.source, options)
+            source = open_page_source(job.source, options, context)
             try:
-                encoded = _encoded_first_page_bytes(source, options)
+                entry.codec, encoded = _encode_first_page(source, options)
             finally:
                 source.close()
         except CryotiffError as exc:
@@ -622,6 +626,7 @@ def plan_dry_run(
             continue
         page_nbytes = entry.uncompressed_bytes // entry.n_pages
         page_ratio.setdefault(kind(entry), []).append(encoded / page_nbytes if page_nbytes else 1.0)
+        codec_of_kind.setdefault(kind(entry), entry.codec)
         entry.sampled = True
     all_ratios = [ratio for ratios in page_ratio.values() for ratio in ratios]
     overall = float(np.mean(all_ratios)) if all_ratios else 1.0
@@ -630,6 +635,7 @@ def plan_dry_run(
             continue
         ratios = page_ratio.get(kind(entry))
         ratio = float(np.mean(ratios)) if ratios else overall
+        entry.codec = entry.codec or codec_of_kind.get(kind(entry), options.compression)
         strips_per_page = entry.shape_yx[0] if options.line_by_line else 1
         overhead = entry.n_pages * (TIFF_PAGE_OVERHEAD_BYTES + TIFF_STRIP_OVERHEAD_BYTES * strips_per_page)
         entry.estimated_output_bytes = int(round(entry.uncompressed_bytes * ratio)) + 8 + overhead
