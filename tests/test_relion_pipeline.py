@@ -341,3 +341,12 @@ def test_dry_run_with_a_gain_plans_what_the_run_writes(in_tmp: Path, capsys) -> 
     done = json.loads(Path("run.json").read_text())["movies"][0]
     assert (planned["dtype"], planned["codec"]) == (done["dtype"], done["codec"])
     assert 0.7 < planned["estimated_output_bytes"] / done["output_bytes"] < 1.4
+
+
+@pytest.mark.parametrize("option", ["--dry_run", "--report"])
+def test_estimate_gain_never_ignores_dry_run_or_report(in_tmp: Path, option: str, capsys) -> None:
+    write_mrc_movie(Path("k2.mrc"), np.ones((2, 8, 8), np.float32), 2)
+    arguments = ["--i", "k2.mrc", "--o", "Est", "--estimate_gain", option] + (["r.json"] if option == "--report" else [])
+    assert main(arguments) == 2
+    assert "--estimate_gain" in capsys.readouterr().err
+    assert not Path("Est").exists() and not Path("r.json").exists()

@@ -434,11 +434,13 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         problem = option_conflicts(options)
         if problem:
             raise OptionError(problem)
-        if options.estimate_gain:
-            return run_estimation(inputs, options, reporter, relative_to)
         report_path = Path(args.report) if args.report else None
-        if args.dry_run:
+        if args.dry_run:  # before --estimate_gain: a dry run never writes (it refuses --estimate_gain)
             return run_dry_run(inputs, options, reporter, relative_to, report_path)
+        if options.estimate_gain:
+            if report_path is not None:
+                raise OptionError("--report is written by conversions; --estimate_gain does not write one yet")
+            return run_estimation(inputs, options, reporter, relative_to)
         control = None
         if args.pipeline_control is not None:  # "" (given without a directory): the job directory --o
             control = PipelineControl(Path(args.pipeline_control or args.o))
