@@ -228,10 +228,10 @@ def test_bug_outside_a_movie_aborts_every_rank(tmp_path: Path, rank: int) -> Non
 
         real = mpi.find_finished
 
-        def find_finished(comm, jobs, options):
+        def find_finished(comm, *args):
             if comm.rank == {rank}:
                 raise RuntimeError("injected bug on rank {rank}")
-            return real(comm, jobs, options)
+            return real(comm, *args)
 
         mpi.find_finished = find_finished
         sys.exit(mpi.main())
@@ -289,3 +289,88 @@ def test_missing_input_is_reported_once(tmp_path: Path) -> None:
     completed = run_mpi(["--i", "nothing*.mrc", "--o", "out"], tmp_path)
     assert completed.returncode != 0
     assert completed.stderr.count("nothing*.mrc: no file matches this pattern") == 1
+
+
+# --------------------------------------------------------------------------- gain estimation
+
+
+def estimate_in_order(movies: list[np.ndarray], start=None):
+    from cryotiff import gain as G
+
+    estimate = start.copy() if start is not None else G.GainEstimate.new(movies[0].shape[1:])
+    for frames in movies:
+        for frame in frames:
+            estimate.update(frame)
+    return estimate
+
+
+@pytest.fixture
+def gain_movies(tmp_path: Path) -> list[np.ndarray]:
+    from cryotiff.simulate.gain_normalised import make_detector
+
+    rng = np.random.default_rng(11)
+    detector = make_detector((36, 44), rng, defect_fraction=0.01, cold_fraction=0.01)
+    movies = [detector.movie(n_frames, rng, 1.45).frames for n_frames in (6, 9, 4, 7)]
+    for k, frames in enumerate(movies):
+        write_mrc_movie(tmp_path / f"g{k}.mrc", frames, 2)
+    return movies
+
+
+def assert_same_as_some_serial_order(out_dir: Path, movies: list[np.ndarray], start=None) -> None:
+    """The gain map equals a serial run's bit for bit (every order gives the same one); each
+    reliability counter equals that of a serial run in some order of the movies, and the serial
+    one wherever the order does not matter."""
+    import itertools
+
+    from cryotiff import gain as G
+
+    merged = G.GainEstimate.load(out_dir / G.GAIN_ESTIMATE_NAME)
+    serial = [estimate_in_order([movies[i] for i in order], start)
+              for order in itertools.permutations(range(len(movies)))]
+    for estimate in serial:
+        assert np.array_equal(merged.gain.view(np.uint32), estimate.gain.view(np.uint32))
+    counters = np.stack([estimate.reliability for estimate in serial])
+    assert (counters == merged.reliability).any(axis=0).all()
+    order_free = (counters == counters[0]).all(axis=0)
+    assert np.array_equal(merged.reliability[order_free], counters[0][order_free])
+    assert order_free.any()
+
+
+def test_mpi_gain_estimation_equals_serial(
+    tmp_path: Path, gain_movies: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"g{k}.mrc" for k in range(len(gain_movies))]
+    assert run_serial(["--estimate_gain", "--i", *names, "--o", "serial"], tmp_path, monkeypatch) == 0
+    completed = run_mpi(["--estimate_gain", "--i", *names, "--o", "mpi"], tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    from cryotiff import gain as G
+
+    serial = G.GainEstimate.load(tmp_path / "serial" / G.GAIN_ESTIMATE_NAME)
+    mpi = G.GainEstimate.load(tmp_path / "mpi" / G.GAIN_ESTIMATE_NAME)
+    assert np.array_equal(mpi.gain.view(np.uint32), serial.gain.view(np.uint32))
+    assert_same_as_some_serial_order(tmp_path / "mpi", gain_movies)
+    # Saved after every round of two movies (one per rank): after movies 2 and 4.
+    assert completed.stdout.count("Updated ") == 2
+    assert sorted(line for line in completed.stdout.splitlines() if line.startswith("Processing ")) == [
+        f"Processing {name}" for name in names
+    ]
+    assert "Movies estimated: 4, failed: 0" in completed.stdout
+    assert not list((tmp_path / "mpi").glob("*.tif"))
+
+
+def test_mpi_gain_estimation_resumes_from_gain(
+    tmp_path: Path, gain_movies: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--gain resumes from an earlier state (here the output directory's own files, which rank 0
+    overwrites during the run), and a movie that is not float is reported once."""
+    from cryotiff import gain as G
+
+    assert run_serial(["--estimate_gain", "--i", "g0.mrc", "--o", "mpi"], tmp_path, monkeypatch) == 0
+    start = G.GainEstimate.load(tmp_path / "mpi" / G.GAIN_ESTIMATE_NAME)
+    write_k2(tmp_path / "counts.mrc", 2, seed=1)
+    completed = run_mpi(["--estimate_gain", "--i", "g1.mrc", "g2.mrc", "counts.mrc", "g3.mrc", "--o", "mpi",
+                         "--gain", "mpi/gain_estimate.bin"], tmp_path)
+    assert completed.returncode == 1
+    assert completed.stderr.count("counts.mrc") == 1, completed.stderr
+    assert "Movies estimated: 3, failed: 1" in completed.stdout
+    assert_same_as_some_serial_order(tmp_path / "mpi", gain_movies[1:], start)

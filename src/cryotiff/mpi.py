@@ -21,6 +21,11 @@ How the work is shared, and why it differs from ``relion_convert_to_tiff_mpi``:
 * Every per-movie result goes to rank 0, which prints failures and warnings once, the summary,
   ``movies.star`` and the ``--report``. The rank converting a movie prints its
   ``Processing X into Y`` line.
+* ``--estimate_gain`` (RELION refuses it under MPI): each movie is estimated by one rank into a
+  state that starts from the common starting state (fresh, or the ``--gain`` files broadcast by
+  rank 0); rank 0 merges every movie's state into the run's state with :func:`cryotiff.gain.merge`
+  (smallest gain wins, consistent counters add), which gives the gain map of a serial run, and
+  saves the state files after every round of movies (one movie per rank) and at the end.
 * No rank ever waits for ever: an unexpected error anywhere outside one movie's conversion makes
   the rank print it and abort the whole MPI job (``MPI_Abort``); inside a movie's conversion it
   becomes that movie's failure and the run goes on.
@@ -50,9 +55,9 @@ from .cli import (
     print_summary,
     unsupported_yet,
 )
-from .convert import ConvertOptions, MovieResult
+from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
-from .jobs import Job, is_finished, make_executor, plan, run_job, summarise
+from .jobs import Job, estimate_movie, is_finished, make_executor, plan, prepare, run_job, summarise
 
 #: Message tags of the work-sharing protocol.
 TAG_REQUEST = 17  # rank -> rank 0: the result of its last movie (or None), and "give me the next"
@@ -123,6 +128,8 @@ def mpi_problem(args: argparse.Namespace, options: ConvertOptions) -> str | None
     for name, problem in MPI_UNSUPPORTED.items():
         if getattr(args, name, None):
             return problem
+    if options.estimate_gain and args.report and not args.dry_run:
+        return "--report is written by conversions; --estimate_gain does not write one yet"
     return unsupported_yet(options)
 
 
@@ -142,6 +149,8 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
     report_path = Path(args.report) if args.report else None
     if args.dry_run:
         return run_on_rank_zero(comm, lambda: _dry_run(args.i, options, reporter, report_path))
+    if options.estimate_gain:
+        return run_estimation(comm, args.i, options, reporter)
     return run_conversion(comm, args.i, options, reporter, report_path)
 
 
@@ -250,10 +259,15 @@ def share_work(
 
     Every rank must call this (with the same ``order``). On rank 0, ``collect(rank, index,
     result)`` receives every result, one call at a time (from rank 0's main thread or its
-    service thread). Returns when every index is done and collected, on every rank.
+    service thread). Returns when every index is done and collected, on every rank. Results may
+    be large (a gain estimate is 14 bytes per pixel): they travel as pickle-5 messages, which
+    have no 2 GiB limit.
     """
+    from mpi4py.util import pkl5
+
+    messages = pkl5.Intracomm(comm)
     if comm.rank != 0:
-        _ask_for_work(comm, work)
+        _ask_for_work(messages, work)
         return
     queue = WorkQueue(order)
     collect_lock = threading.Lock()
@@ -265,7 +279,7 @@ def share_work(
     service = None
     if comm.size > 1:
         service = threading.Thread(
-            target=_serve, args=(comm, queue, collect_one), name="cryotiff-mpi-service", daemon=True
+            target=_serve, args=(messages, queue, collect_one), name="cryotiff-mpi-service", daemon=True
         )
         service.start()
     while (index := queue.take()) is not None:
@@ -276,48 +290,49 @@ def share_work(
             service.join(IDLE_POLL_SECONDS)
 
 
-def _serve(comm: Any, queue: WorkQueue, collect: Callable[[int, int, Any], None]) -> None:
+def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], None]) -> None:
     """Rank 0's service thread: answer every request until each other rank has been told that
     the work is done."""
     from mpi4py import MPI
 
     try:
         status = MPI.Status()
-        ranks_working = comm.size - 1
+        ranks_working = messages.size - 1
         while ranks_working:
-            if not comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
+            if not messages.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
                 time.sleep(POLL_SECONDS)
                 continue
             rank = status.Get_source()
-            finished = comm.recv(source=rank, tag=TAG_REQUEST)
+            finished = messages.recv(source=rank, tag=TAG_REQUEST)
             index = queue.take()
-            comm.send(index, dest=rank, tag=TAG_REPLY)  # first, so that the rank starts at once
+            messages.send(index, dest=rank, tag=TAG_REPLY)  # first, so that the rank starts at once
             if index is None:
                 ranks_working -= 1
             if finished is not None:
                 collect(rank, *finished)
     except BaseException:
-        abort(comm, EXIT_FAILED, f"MPI rank 0: unexpected error while sharing the work; stopping every rank.\n"
-                                 f"{traceback.format_exc()}")
+        abort(messages, EXIT_FAILED, f"MPI rank 0: unexpected error while sharing the work; stopping every rank.\n"
+                                     f"{traceback.format_exc()}")
 
 
-def _ask_for_work(comm: Any, work: Callable[[int], Any]) -> None:
+def _ask_for_work(messages: Any, work: Callable[[int], Any]) -> None:
     """A rank other than 0: ask for a movie, do it, send the result with the next request."""
     finished = None
     while True:
-        comm.send(finished, dest=0, tag=TAG_REQUEST)
-        while not comm.iprobe(source=0, tag=TAG_REPLY):
+        messages.send(finished, dest=0, tag=TAG_REQUEST)
+        finished = None  # a large result is not kept while the next movie is worked on
+        while not messages.iprobe(source=0, tag=TAG_REPLY):
             time.sleep(POLL_SECONDS)
-        index = comm.recv(source=0, tag=TAG_REPLY)
+        index = messages.recv(source=0, tag=TAG_REPLY)
         if index is None:
             return
         finished = (index, work(index))
 
 
-def find_finished(comm: Any, jobs: Sequence[Job], options: ConvertOptions) -> set[int]:
+def find_finished(comm: Any, jobs: Sequence[Job], options: ConvertOptions, context: RunContext | None) -> set[int]:
     """Indices of the jobs whose TIFF is complete (``--only_do_unfinished``). Each rank checks
     every ``size``-th job, since on a network file system opening thousands of files is slow."""
-    mine = [index for index in range(comm.rank, len(jobs), comm.size) if is_finished(jobs[index], options)]
+    mine = [index for index in range(comm.rank, len(jobs), comm.size) if is_finished(jobs[index], options, context)]
     return {index for part in comm.allgather(mine) for index in part}
 
 
@@ -335,6 +350,77 @@ def largest_first(jobs: Sequence[Job], indices: Sequence[int]) -> list[int]:
     return sorted(indices, key=lambda index: -input_nbytes(jobs[index].source))
 
 
+class RunStopped(Exception):
+    """Internal: the run ends before any movie with ``status`` on every rank (rank 0 has printed
+    the reason)."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+def _error_status(exc: CryotiffError) -> int:
+    return EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
+
+
+def agree(comm: Any, error: tuple[str, int] | None) -> None:
+    """Every rank passes its own ``(message, status)`` or None; if any rank has an error, rank 0
+    prints each message once and every rank raises :class:`RunStopped` with the first status."""
+    errors = [e for e in comm.allgather(error) if e is not None]
+    if not errors:
+        return
+    if comm.rank == 0:
+        for message in dict.fromkeys(message for message, _ in errors):
+            print(f"ERROR: {message}", file=sys.stderr, flush=True)
+    raise RunStopped(errors[0][1])
+
+
+def plan_on_rank_zero(comm: Any, inputs: Sequence[str], options: ConvertOptions) -> tuple[list[Job], list[MovieResult]]:
+    """Rank 0 expands the inputs, names the outputs and creates ``--o``; every rank gets the plan."""
+    planned: tuple | None = None
+    if comm.rank == 0:
+        try:
+            jobs, failures = plan(inputs, options)
+            try:
+                options.output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+            planned = (jobs, failures, None)
+        except CryotiffError as exc:
+            planned = (None, None, (str(exc), _error_status(exc)))
+    jobs, failures, error = comm.bcast(planned, root=0)
+    agree(comm, error if comm.rank == 0 else None)
+    return jobs, failures
+
+
+def prepare_everywhere(comm: Any, jobs: Sequence[Job], options: ConvertOptions, reporter: MpiReporter) -> RunContext:
+    """The run's gain (``--gain``), loaded on every rank; rank 0 first, since it prints the
+    messages and writes ``gain-reference.mrc``, then the others silently."""
+    context, error = None, None
+    if comm.rank == 0:
+        try:
+            context = prepare(jobs, options, reporter, write_files=True)
+        except CryotiffError as exc:
+            error = (str(exc), _error_status(exc))
+    agree(comm, error)
+    if comm.rank != 0:
+        try:
+            context = prepare(jobs, options, reporter, write_files=False)
+        except CryotiffError as exc:
+            error = (f"MPI rank {comm.rank}: {exc}", _error_status(exc))
+    agree(comm, error)
+    return context
+
+
+def unexpected_failure(job: Job, rank: int, exc: Exception, what: str) -> MovieResult:
+    """A bug while handling one movie becomes that movie's failure (the traceback goes to
+    stderr for the bug report) and the run goes on."""
+    print(f"MPI rank {rank}: unexpected error {what} {job.source}:\n{traceback.format_exc()}",
+          file=sys.stderr, flush=True)
+    return MovieResult(job.source, job.destination, "failed",
+                       f"{job.source}: unexpected error on MPI rank {rank}: {type(exc).__name__}: {exc}")
+
+
 # --------------------------------------------------------------------------- conversion
 
 
@@ -348,25 +434,13 @@ def run_conversion(
     """Plan on rank 0, skip finished movies, convert the rest on every rank; rank 0 reports."""
     started = time.perf_counter()
     rank = comm.rank
-    planned: tuple | None = None
-    if rank == 0:
-        try:
-            jobs, failures = plan(inputs, options)
-            try:
-                options.output_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
-            planned = ("ok", jobs, failures)
-        except CryotiffError as exc:
-            planned = ("error", str(exc), EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED)
-    planned = comm.bcast(planned, root=0)
-    if planned[0] == "error":
-        if rank == 0:
-            print(f"ERROR: {planned[1]}", file=sys.stderr, flush=True)
-        return planned[2]
-    _, jobs, failures = planned
+    try:
+        jobs, failures = plan_on_rank_zero(comm, inputs, options)
+        context = prepare_everywhere(comm, jobs, options, reporter)
+    except RunStopped as stop:
+        return stop.status
 
-    finished = find_finished(comm, jobs, options) if options.only_do_unfinished else set()
+    finished = find_finished(comm, jobs, options, context) if options.only_do_unfinished else set()
     skipped = {
         index: MovieResult(jobs[index].source, jobs[index].destination, "skipped", "already converted")
         for index in sorted(finished)
@@ -386,14 +460,9 @@ def run_conversion(
         job = jobs[index]
         reporter.movie_started(job, position[index], len(order))
         try:
-            result = run_job(job, options, executor, reporter)
-        except Exception as exc:  # a bug in one movie's conversion: that movie fails, the run goes on
-            result = MovieResult(
-                job.source, job.destination, "failed",
-                f"{job.source}: unexpected error on MPI rank {rank}: {type(exc).__name__}: {exc}",
-            )
-            print(f"MPI rank {rank}: unexpected error converting {job.source}:\n{traceback.format_exc()}",
-                  file=sys.stderr, flush=True)
+            result = run_job(job, options, executor, reporter, context)
+        except Exception as exc:
+            result = unexpected_failure(job, rank, exc, "converting")
         result.details["mpi_rank"] = rank
         return result
 
@@ -465,6 +534,131 @@ def format_rank_line(results: Sequence[MovieResult], n_ranks: int) -> str:
             nbytes[rank] += result.input_bytes
     parts = [f"{rank}: {movies[rank]} ({format_bytes(nbytes[rank])})" for rank in range(n_ranks)]
     return "Movies per MPI rank: " + ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- gain estimation
+
+
+def first_float_shape(jobs: Sequence[Job]) -> tuple[int, int] | None:
+    """Frame size of the first readable float movie: the size a serial ``--estimate_gain``
+    without ``--gain`` fixes with its first movie (later movies of another size fail)."""
+    from .convert import movie_kind, open_movie
+
+    for job in jobs:
+        try:
+            if movie_kind(job.source) == "eer":
+                continue
+            with open_movie(job.source) as movie:
+                if movie.info.dtype.kind == "f":
+                    return tuple(movie.info.shape_yx)
+        except CryotiffError:
+            continue  # reported when the movie is estimated
+    return None
+
+
+def starting_state(comm: Any, jobs: Sequence[Job], options: ConvertOptions, reporter: MpiReporter):
+    """The state every movie's estimate starts from, the same on every rank: the ``--gain``
+    files (resumed; read by rank 0 and broadcast, since rank 0 may soon overwrite them when
+    they are the ``<o>/gain_estimate.bin`` of an earlier run), else a fresh state of the first
+    float movie's size; None when there is no float movie."""
+    from mpi4py.util import pkl5
+
+    from .gain import GainEstimate, find_reliability_path, read_message
+
+    start, error = None, None
+    if comm.rank == 0:
+        try:
+            if options.gain is not None:
+                start = GainEstimate.load(options.gain)
+                reporter.message(read_message(options.gain))
+                reporter.message(read_message(find_reliability_path(options.gain)) + "\n")
+            else:
+                shape = first_float_shape(jobs)
+                start = GainEstimate.new(shape) if shape is not None else None
+        except CryotiffError as exc:
+            error = (str(exc), _error_status(exc))
+    agree(comm, error)
+    return pkl5.Intracomm(comm).bcast(start, root=0)
+
+
+def run_estimation(comm: Any, inputs: Sequence[str], options: ConvertOptions, reporter: MpiReporter) -> int:
+    """``--estimate_gain`` over every rank (see the module docstring); writes no TIFF."""
+    from .gain import merge, updated_message
+
+    started = time.perf_counter()
+    rank = comm.rank
+    try:
+        jobs, failures = plan_on_rank_zero(comm, inputs, options)
+        start = starting_state(comm, jobs, options, reporter)
+    except RunStopped as stop:
+        return stop.status
+    if rank == 0:
+        for failure in failures:
+            reporter.report_result(failure)
+    order = largest_first(jobs, range(len(jobs)))
+    executor = make_executor(options.threads)
+
+    def work(index: int) -> tuple[MovieResult, Any]:
+        job = jobs[index]
+        reporter.message(f"Processing {job.source}")
+        own = None
+        if start is not None:
+            own = start.copy()
+            own.start_merge_tracking()  # counts what this movie adds to the common start
+        try:
+            own, result = estimate_movie(job.source, own, options, executor, reporter)
+        except Exception as exc:
+            result = unexpected_failure(job, rank, exc, "estimating the gain of")
+        result.details["mpi_rank"] = rank
+        usable = result.status == "converted" and own is not None and own.tracks_merge
+        return result, own if usable else None
+
+    results: dict[int, MovieResult] = {}
+    merged = {"state": None, "unsaved": 0, "error": None}
+
+    def save() -> None:
+        """Rank 0: write the merged state (atomically, as the serial run does)."""
+        try:
+            merged["state"].save(options.output_dir)
+            reporter.message(updated_message(options.output_dir) + "\n")
+        except CryotiffError as exc:
+            merged["error"] = str(exc)
+            reporter.warning(f"ERROR: {exc}")
+        merged["unsaved"] = 0
+
+    def collect(worker: int, index: int, payload: tuple[MovieResult, Any]) -> None:
+        result, estimate = payload
+        results[index] = result
+        reporter.report_result(result)
+        if estimate is None:
+            return
+        merged["state"] = estimate if merged["state"] is None else merge(merged["state"], estimate)
+        merged["unsaved"] += 1
+        if merged["unsaved"] >= comm.size:  # a round: one movie per rank
+            save()
+
+    try:
+        share_work(comm, order, work, collect)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    status = EXIT_OK
+    if rank == 0:
+        if merged["unsaved"]:
+            save()
+        all_results = failures + [results[index] for index in range(len(jobs))]
+        summary = summarise(all_results, time.perf_counter() - started)
+        out = reporter.out
+        print(f"\nMovies estimated: {summary.converted}, failed: {summary.failed}; "
+              f"frames: {sum(r.n_pages for r in all_results)}; wall time {summary.wall_seconds:.1f} s", file=out)
+        if summary.failures:
+            print("Failed movies:", file=out)
+            for failure in summary.failures:
+                print(f"  {failure.message}", file=out)
+        print(format_rank_line(all_results, comm.size), file=out, flush=True)
+        status = EXIT_FAILED if summary.failed or merged["error"] else EXIT_OK
+    return broadcast_status(comm, status)
 
 
 if __name__ == "__main__":
