@@ -386,6 +386,10 @@ PIPELINE_MB_PER_S: dict[str, tuple[tuple[float, float], ...]] = {
 #: encoder slower than five times that, so the default stays fast when RELION's would be slow.
 RELION_DEFLATE6_MB_PER_S = 10.6
 AUTO_MIN_MB_PER_S = 5 * RELION_DEFLATE6_MB_PER_S
+#: A candidate must beat the floor by this factor: the table's figures are good to about 10 %
+#: (repeated measurements on a loaded machine), and a near tie must not pick a codec that turns
+#: out slower in practice. RELION's own codec (LZW) needs no margin to stay eligible.
+AUTO_SPEED_MARGIN = 1.1
 
 #: The sample ``auto`` compresses: about 1/32 of the first page in 8 bands spread over its rows
 #: (trying every candidate then costs well under half a frame's encode), never less than
@@ -414,8 +418,8 @@ class AutoDecision:
         sizes: compressed bytes of the sample per candidate label (the ineligible ones were not
             tried).
         speeds_mb_per_s: tabulated speed per candidate label for this data class.
-        floor_mb_per_s: the speed a candidate needed: RELION's codec's, at least
-            :data:`AUTO_MIN_MB_PER_S`.
+        floor_mb_per_s: the speed another candidate needed: RELION's codec's, at least
+            :data:`AUTO_MIN_MB_PER_S`, times :data:`AUTO_SPEED_MARGIN`.
         relion_codec: ``lzw`` or ``zlib-6``: what RELION would have used.
         lzw_bits_per_byte: the data class.
     """
@@ -466,9 +470,11 @@ def choose_auto_codec(
     1. Compress the sample (:func:`policy_sample`) with LZW; its bits per input byte is the data
        class that indexes the speed table :data:`PIPELINE_MB_PER_S`.
     2. The floor is the tabulated speed of RELION's codec for the movie (LZW, or zlib-6 for
-       4096-wide non-EER movies) and at least :data:`AUTO_MIN_MB_PER_S`.
-    3. Every candidate of :data:`AUTO_CANDIDATES` whose tabulated speed reaches the floor
-       compresses the same sample; the smallest wins (ties: earlier in the list).
+       4096-wide non-EER movies), at least :data:`AUTO_MIN_MB_PER_S`, times
+       :data:`AUTO_SPEED_MARGIN`.
+    3. Every candidate of :data:`AUTO_CANDIDATES` whose tabulated speed reaches the floor, and
+       RELION's codec itself when it is LZW, compresses the same sample; the smallest wins
+       (ties: earlier in the list).
 
     The same page always gives the same codec.
     """
@@ -482,12 +488,13 @@ def choose_auto_codec(
     sizes = {"lzw": compressed_size("lzw")}
     lzw_bits_per_byte = 8.0 * sizes["lzw"] / max(sample_bytes, 1)
     relion_codec = relion_codec_kind(width, is_eer)
-    floor = max(pipeline_speed_mb_per_s(relion_codec, lzw_bits_per_byte), AUTO_MIN_MB_PER_S)
+    relion_speed = pipeline_speed_mb_per_s(relion_codec, lzw_bits_per_byte)
+    floor = max(relion_speed, AUTO_MIN_MB_PER_S) * AUTO_SPEED_MARGIN
     speeds = {label: pipeline_speed_mb_per_s(label, lzw_bits_per_byte) for label in AUTO_CANDIDATES}
     for label in AUTO_CANDIDATES:
         if label not in sizes and speeds[label] >= floor:
             sizes[label] = compressed_size(label)
-    if speeds["lzw"] < floor:
+    if relion_codec != "lzw" and speeds["lzw"] < floor:
         # LZW was compressed to find the data class; it competes only where it is fast enough.
         del sizes["lzw"]
     if not sizes:  # no candidate reaches the floor (on no measured data): the fastest one
