@@ -100,3 +100,12 @@ def test_python_dash_m_runs_the_cli() -> None:
     completed = subprocess.run([sys.executable, "-m", "cryotiff", "--version"], capture_output=True, text=True)
     assert completed.returncode == 0
     assert __version__ in completed.stdout
+
+
+def test_in_movies_is_an_alias_of_i_for_relion_external_jobs(in_tmp: Path) -> None:
+    from cryotiff.simulate.write import write_mrc_movie
+
+    frames = np.arange(2 * 5 * 4, dtype=np.int16).reshape(2, 5, 4)
+    write_mrc_movie(Path("m.mrc"), frames, 1)
+    assert main(["--in_movies", "m.mrc", "--o", "job001"]) == 0
+    np.testing.assert_array_equal(read_tiff_frames(Path("job001/m.tif")), frames)

@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     general = parser.add_argument_group("General Options")
-    general.add_argument("--i", nargs="+", metavar="INPUT",
+    general.add_argument("--i", "--in_movies", dest="i", nargs="+", metavar="INPUT",
                          help="Input movies: .mrc/.mrcs/.tif/.tiff/.eer/.ecc files, a movie .star file, "
-                              "a .lst list, directories or quoted glob patterns (several allowed)")
+                              "a .lst list, directories or quoted glob patterns (several allowed). "
+                              "--in_movies is the name a RELION External job passes")
     general.add_argument("--o", default="./", metavar="DIR", help="Output directory (default: ./)")
     general.add_argument("--only_do_unfinished", action="store_true",
                          help="Skip movies whose .tif exists and is complete")
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiff.add_argument("--deflate_level", type=int, default=6, metavar="N",
                       help="Level of --compression deflate: 1-12 (libdeflate; 10-12 are slow; default: 6)")
     tiff.add_argument("--ignore_error", action="store_true",
-                      help="Do not stop on a non-integer value in a reliable pixel of a float movie; round it")
+                      help="Do not stop on a non-integer value in a reliable pixel of a float movie (round it), "
+                           "nor on a damaged EER frame (leave it out, as RELION does)")
     tiff.add_argument("--line_by_line", action="store_true", help="One TIFF strip per row instead of one per frame")
     tiff.add_argument("--no_verify", action="store_true",
                       help="Do not decode every strip and compare it with its frame before writing it")

@@ -308,7 +308,8 @@ class GainPages(IntegerWidening, PlainPages):
 
         super().__init__(movie, default_pixel_size_angstrom)
         estimate = context.gain_estimate
-        if context.gain_reference is None or context.gain_reference.shape != self.shape_yx:
+        # Only built when the run has a gain (open_page_source checks context.gain_reference).
+        if context.gain_reference.shape != self.shape_yx:
             raise GainError(f"{self.path}: {different_size_message(str(self.path))} Frames are "
                             f"{self.shape_yx[1]} x {self.shape_yx[0]}, the gain is "
                             f"{context.gain_reference.shape[1]} x {context.gain_reference.shape[0]} (nx x ny)"
