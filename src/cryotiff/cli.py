@@ -225,14 +225,15 @@ def print_summary(results: Sequence[MovieResult], summary: Summary, out: TextIO)
     print("", file=out)
     if converted and len(converted) <= 20:
         name_width = min(max(len(str(r.source)) for r in converted), 60)
-        print(f"{'movie':<{name_width}}  {'pages':>5}  {'type':>7}  {'codec':>9}  {'size %':>6}  {'MB/s':>7}", file=out)
+        codec_width = max(9, max(len(r.codec) for r in converted))
+        print(f"{'movie':<{name_width}}  {'pages':>5}  {'type':>7}  {'codec':>{codec_width}}  {'size %':>6}  {'MB/s':>7}", file=out)
         for r in converted:
             ratio = 100.0 * r.output_bytes / r.input_bytes if r.input_bytes else 0.0
             speed = r.input_bytes / 1e6 / r.seconds if r.seconds > 0 else 0.0
             name = str(r.source)
             if len(name) > name_width:
                 name = "..." + name[-(name_width - 3):]
-            print(f"{name:<{name_width}}  {r.n_pages:>5}  {r.dtype:>7}  {r.codec:>9}  {ratio:>6.1f}  {speed:>7.1f}", file=out)
+            print(f"{name:<{name_width}}  {r.n_pages:>5}  {r.dtype:>7}  {r.codec:>{codec_width}}  {ratio:>6.1f}  {speed:>7.1f}", file=out)
         print("", file=out)
     print(f"Movies converted: {summary.converted}, skipped: {summary.skipped}, failed: {summary.failed}", file=out)
     if summary.converted:
