@@ -374,3 +374,70 @@ def test_mpi_gain_estimation_resumes_from_gain(
     assert completed.stderr.count("counts.mrc") == 1, completed.stderr
     assert "Movies estimated: 3, failed: 1" in completed.stdout
     assert_same_as_some_serial_order(tmp_path / "mpi", gain_movies[1:], start)
+
+
+# --------------------------------------------------------------------------- pieces (no MPI needed)
+
+
+def test_work_queue_hands_out_each_index_once_across_threads() -> None:
+    import threading
+
+    from cryotiff.mpi import WorkQueue
+
+    queue = WorkQueue(range(5000))
+    taken: list[list[int]] = [[] for _ in range(4)]
+
+    def drain(mine: list[int]) -> None:
+        while (index := queue.take()) is not None:
+            mine.append(index)
+
+    threads = [threading.Thread(target=drain, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(index for mine in taken for index in mine) == list(range(5000))
+    assert queue.take() is None
+
+
+def test_largest_movies_are_handed_out_first(tmp_path: Path) -> None:
+    from cryotiff.jobs import Job
+    from cryotiff.mpi import largest_first
+
+    sizes = {"a": 10, "b": 300, "c": 10, "d": 50}
+    jobs = []
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * size)
+        jobs.append(Job(tmp_path / name, tmp_path / f"{name}.tif"))
+    jobs.append(Job(tmp_path / "missing", tmp_path / "missing.tif"))
+    assert largest_first(jobs, range(5)) == [1, 3, 0, 2, 4]  # equal sizes keep the list order
+
+
+def test_rank_line_counts_movies_per_rank() -> None:
+    from cryotiff.convert import MovieResult
+    from cryotiff.mpi import format_rank_line
+
+    results = [MovieResult(Path(f"m{k}.mrc"), None, "converted", input_bytes=1000, details={"mpi_rank": k % 2})
+               for k in range(3)]
+    results.append(MovieResult(Path("s.mrc"), None, "skipped"))
+    assert format_rank_line(results, 2) == "Movies per MPI rank: 0: 2 (2.00 kB), 1: 1 (1.00 kB)"
+
+
+def test_pipeline_control_is_refused_even_without_a_directory() -> None:
+    from cryotiff import cli
+    from cryotiff.mpi import mpi_problem
+
+    for argv in (["--i", "x.mrc", "--pipeline_control", "job/"], ["--i", "x.mrc", "--demo"]):
+        args = cli.build_parser().parse_args(argv)
+        assert "not" in mpi_problem(args, cli.options_from_args(args))
+    args = cli.build_parser().parse_args(["--i", "x.mrc"])
+    assert mpi_problem(args, cli.options_from_args(args)) is None
+
+
+def test_dry_run_runs_once(tmp_path: Path) -> None:
+    for k in range(2):
+        write_k2(tmp_path / f"m{k}.mrc", 2, seed=k)
+    completed = run_mpi(["--i", "m*.mrc", "--o", "out", "--dry_run"], tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.count("m0.mrc") == 1, completed.stdout
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.tif"))

@@ -51,9 +51,9 @@ from .cli import (
     TerminalReporter,
     build_parser,
     format_bytes,
+    option_conflicts,
     options_from_args,
     print_summary,
-    unsupported_yet,
 )
 from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
@@ -126,11 +126,11 @@ def parse_arguments(comm: Any, argv: Sequence[str] | None) -> argparse.Namespace
 def mpi_problem(args: argparse.Namespace, options: ConvertOptions) -> str | None:
     """Why this command line cannot run under MPI, or None."""
     for name, problem in MPI_UNSUPPORTED.items():
-        if getattr(args, name, None):
+        if getattr(args, name, None) not in (None, False):  # --pipeline_control may be given empty
             return problem
     if options.estimate_gain and args.report and not args.dry_run:
         return "--report is written by conversions; --estimate_gain does not write one yet"
-    return unsupported_yet(options)
+    return option_conflicts(options)
 
 
 def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
