@@ -158,6 +158,11 @@ def test_a_finished_file_that_reads_back_short_is_never_renamed(
 SLOW_MOVIE_SHAPE = (24, 1024, 1024)
 
 
+#: libdeflate's slowest level, so that the signal always arrives while the movie is being written
+#: (with the fast default codec a lightly loaded machine could finish first).
+SLOW_CODEC = ("--compression", "deflate", "--deflate_level", "12")
+
+
 def slow_movie(path: str) -> np.ndarray:
     frames = np.random.default_rng(7).integers(0, 16, SLOW_MOVIE_SHAPE, dtype=np.int16)
     write_mrc_movie(Path(path), frames, 1)
@@ -187,7 +192,7 @@ def test_kill_9_mid_movie_leaves_no_tif_and_a_rerun_completes_the_set(in_tmp: Pa
     a = small_movie("a.mrc", 1)
     big = slow_movie("big.mrc")
     c = small_movie("c.mrc", 3)
-    process = start_cli("--i", "a.mrc", "big.mrc", "c.mrc", "--o", "out")
+    process = start_cli("--i", "a.mrc", "big.mrc", "c.mrc", "--o", "out", *SLOW_CODEC)
     wait_until_half_written(process, Path("out/big.tif.tmp"))
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -212,7 +217,7 @@ def test_ctrl_c_mid_movie_removes_the_temporary_file_and_exits_130(in_tmp: Path)
     small_movie("a.mrc", 1)
     slow_movie("big.mrc")
     process = start_cli(
-        "--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2",
+        "--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
         "--pipeline_control", "out", "--report", "out/report.json",
     )
     wait_until_half_written(process, Path("out/big.tif.tmp"))
