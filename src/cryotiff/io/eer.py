@@ -12,9 +12,12 @@ Rendering follows RELION's table (spec 11.4): upsampling 1 = physical grid, 2 = 
 (16K), -1 = 2x binned. Counts are returned in EER raster orientation (row 0 = raster row 0); the
 TIFF writer flips. The library never prints: messages are returned as strings.
 
-Decoding 65001/65002 uses ``imagecodecs.eer_decode``, which releases the GIL. Because it does not
-report a stream that ends before ``W*H`` pixels, every frame is checked separately (see
-:func:`required_bits`). 65000 is decoded here (see :func:`decode_eer_8bit`).
+Both decoders are vectorised numpy (see :func:`decode_eer_variable` and :func:`decode_eer_8bit`):
+they go from the frame's bytes to the sorted event positions without a ``W*H`` image, stop at the
+end of the frame's data (a frame that runs out is corrupt) and spend their time in numpy calls that
+release the GIL, so page tasks on several threads render in parallel. :func:`render
+<EerMovie.render>` adds the events of a few frames at a time band by band, so the counts of one
+band stay in the CPU cache while they are added to.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import imagecodecs
 import numpy as np
 import tifffile
 
@@ -196,10 +198,9 @@ def symbols_7bit(
 
     The code sequence follows from the positions (see :func:`required_bits`): event ``j``'s code
     starts after ``j`` event codes and all overflow codes up to it, and its symbol follows the
-    run field. So the symbols are a vectorised gather from the stream. This replaces
-    ``imagecodecs.eer_decode(..., superres=k)`` for rendering at 2x/4x: it gives the same counts
-    (tested) but costs about 140 ns per event in imagecodecs 2026.3.6 (60 ms per 4K frame)
-    against a few ms here, and the positions are needed anyway for the corruption check.
+    run field. So the symbols are a vectorised gather from the stream (the same as
+    ``imagecodecs.eer_decode(..., superres=k)`` gives, tested; :func:`decode_eer_variable` reads
+    them along with the runs).
     """
     max_run = (1 << rle_bits) - 1
     gaps = np.diff(positions, prepend=-1) - 1
@@ -226,41 +227,164 @@ def decode_eer_frame(
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """Events of one raw frame: ``(positions, symbols)``, or None when the frame is corrupt.
 
-    ``positions`` are raster indices on the physical grid (sorted), ``symbols`` the stored
-    sub-pixel symbols (always for 65000, else only with ``need_symbols``). A frame is corrupt when
-    its runs do not end at exactly ``rows * cols`` pixels within its data: the stream runs out or a
-    run overshoots. ``buffer`` (bool, ``shape``, all False) is an optional scratch array for
-    imagecodecs; it is all False again on return.
+    ``positions`` are raster indices on the physical grid (sorted, int64), ``symbols`` the stored
+    sub-pixel symbols (uint8; always for 65000, else only with ``need_symbols``). A frame is corrupt
+    when its runs do not end at exactly ``rows * cols`` pixels within its data: the stream runs out
+    or a run overshoots. ``buffer`` is accepted for compatibility and not used (the decoders no
+    longer need a ``rows x cols`` scratch image).
     """
     total = shape[0] * shape[1]
     if encoding.compression == COMPRESSION_EER_8BIT:
         return decode_eer_8bit(data, total)
-    # imagecodecs needs an even length and reads up to 4 bytes at a time; zero padding lets it
-    # finish a valid stream whose last code ends near the end of the data. Events it reads from
-    # the padding (a stream that ran out) make the frame fail the bit count below.
-    stream = data + b"\0" * (2 + len(data) % 2)
-    if buffer is None:
-        buffer = np.zeros(shape, dtype=np.bool_)
-    try:
-        imagecodecs.eer_decode(
-            stream,
-            shape,
-            encoding.rle_bits,
-            encoding.horizontal_bits,
-            encoding.vertical_bits,
-            out=buffer,
-        )
-    except (RuntimeError, ValueError):  # ImcdError (a RuntimeError): a run overshoots
-        buffer.fill(False)
+    return decode_eer_variable(
+        data, total, encoding.rle_bits, encoding.symbol_bits, need_symbols=need_symbols
+    )
+
+
+# Zero bytes appended to a frame's data: the 64-bit windows of _overflow_candidates and the 32-bit
+# windows of decode_eer_variable read up to 8 bytes past the last byte they look at.
+_STREAM_PADDING = 16
+
+
+def _overflow_candidates(raw: np.ndarray, n_bytes: int, rle_bits: int) -> np.ndarray:
+    """Sorted bit offsets at which ``rle_bits`` one bits start (where an overflow code, a run of
+    ``2**rle_bits - 1``, could start), in the first ``n_bytes`` of ``raw`` (zero padded).
+
+    The stream is read as 64-bit windows every 6 bytes (48 start bits each, whose fields end at
+    bit 47 + 14 < 64); runs of ones are found by doubling (``a_2k = a_k & a_k >> k``).
+    """
+    n_windows = -(-n_bytes // 6)
+    x = np.ndarray((n_windows,), dtype="<u8", buffer=raw, offset=0, strides=(6,)).astype(np.uint64)
+    length = 1
+    while 2 * length <= rle_bits:
+        x &= x >> np.uint64(length)
+        length *= 2
+    if length < rle_bits:
+        x &= x >> np.uint64(rle_bits - length)
+    x &= np.uint64((1 << 48) - 1)
+    windows = np.flatnonzero(x)
+    hits = np.unpackbits(
+        x[windows].astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)[:, :6],
+        axis=1,
+        bitorder="little",
+    ).view(np.bool_)
+    hit = np.flatnonzero(hits)
+    window, bit = np.divmod(hit, 48)
+    return windows[window] * 48 + bit
+
+
+def _next_overflows(candidates: np.ndarray, rle_bits: int, code_bits: int) -> np.ndarray:
+    """Where the parse goes after each possible overflow code.
+
+    Nodes: 0 = the start of the frame (a virtual overflow code ending at bit 0), ``1 + i`` =
+    an overflow code at ``candidates[i]``, ``n + 1`` = the end (no further overflow code). After
+    an overflow code ending at bit ``q``, event codes of ``code_bits`` bits follow until the first
+    candidate on the lattice ``q + k * code_bits``: that candidate is the next overflow code (a
+    field of all ones there cannot be an event code, and any field that is not all ones is one).
+    Returns ``succ`` with ``succ[node]`` = the next node.
+    """
+    n = candidates.size
+    succ = np.full(n + 2, n + 1, dtype=np.int64)
+    if n == 0:
+        return succ
+    # Sort the candidates and the queries (bit after each node) by (lattice class, bit), queries
+    # before a candidate at the same bit; then each query's successor is the next candidate in
+    # that order if it is in the same class.
+    query = np.empty(n + 1, dtype=np.int64)
+    query[0] = 0
+    np.add(candidates, rle_bits, out=query[1:])
+    cand_class = candidates % code_bits
+    query_class = query % code_bits
+    by_class_c = np.argsort(cand_class.astype(np.uint8), kind="stable")  # radix sort
+    by_class_q = np.argsort(query_class.astype(np.uint8), kind="stable")
+    span = 2 * (int(candidates[-1]) + rle_bits + 1)
+    key_c = (cand_class * span + 2 * candidates + 1)[by_class_c]
+    key_q = (query_class * span + 2 * query)[by_class_q]
+    merged = np.argsort(np.concatenate((key_q, key_c)), kind="stable")  # merges two sorted runs
+    is_candidate = merged > n
+    n_before = np.cumsum(is_candidate)[~is_candidate]  # per query (key_q order): candidates before
+    nxt = np.minimum(n_before, n - 1)
+    found = (n_before < n) & (key_c[nxt] // span == query_class[by_class_q])
+    succ[by_class_q[found]] = by_class_c[nxt[found]] + 1
+    return succ
+
+
+def _path_from_start(succ: np.ndarray) -> np.ndarray:
+    """Nodes visited from node 0 until the end node (``succ.size - 1``, excluded), in order, by
+    pointer doubling: after step k the path holds the first ``2**k`` nodes."""
+    end = succ.size - 1
+    path = np.zeros(1, dtype=np.int64)
+    jump = succ
+    while path[-1] != end:
+        path = np.concatenate((path, jump[path]))
+        jump = jump[jump]
+    return path[: int(np.argmax(path == end))]
+
+
+def decode_eer_variable(
+    data: bytes, n_pixels: int, rle_bits: int, symbol_bits: int, *, need_symbols: bool = False
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Decode a 65001/65002 stream (``rle_bits`` runs, an overflow code of ``2**rle_bits - 1``
+    carries no symbol) into ``(positions, symbols)``, or None when the runs do not end at exactly
+    ``n_pixels`` within the data (a corrupt frame). ``symbols`` is None unless ``need_symbols``.
+
+    Vectorised: codes are ``rle_bits`` (overflow) or ``rle_bits + symbol_bits`` (event) bits long,
+    so between two overflow codes the codes sit on a lattice of step ``rle_bits + symbol_bits``.
+    The overflow codes of the parse are found among the bit offsets where ``rle_bits`` one bits
+    start (:func:`_overflow_candidates`, :func:`_next_overflows`, :func:`_path_from_start`); that
+    gives the bit offset of every code, then one gather reads all runs and symbols and a
+    cumulative sum places the events, as in RELION's loop (spec 11.3). Same results as that loop
+    stopped at the end of the data (tested against it, including arbitrary bytes).
+    """
+    n_bits = 8 * len(data)
+    step = rle_bits + symbol_bits
+    max_run = (1 << rle_bits) - 1
+    raw = np.frombuffer(data + b"\0" * _STREAM_PADDING, dtype=np.uint8)
+    candidates = _overflow_candidates(raw, len(data), rle_bits)
+    overflow = candidates[_path_from_start(_next_overflows(candidates, rle_bits, step))[1:] - 1]
+    # Segment j: event codes from seg_start[j] on the lattice, ending with overflow[j] (the last
+    # segment: up to the end of the data).
+    seg_start = np.empty(overflow.size + 1, dtype=np.int64)
+    seg_start[0] = 0
+    np.add(overflow, rle_bits, out=seg_start[1:])
+    seg_codes = np.empty(overflow.size + 1, dtype=np.int64)
+    seg_codes[:-1] = (overflow - seg_start[:-1]) // step + 1
+    seg_codes[-1] = max(0, -(-(n_bits - int(seg_start[-1])) // step))
+    n_codes = int(seg_codes.sum())
+    if n_codes == 0:
         return None
-    flat = buffer.reshape(-1)
-    positions = np.flatnonzero(flat)
-    flat[positions] = False  # cheaper than clearing the whole buffer
-    if required_bits(positions, total, encoding.rle_bits, encoding.symbol_bits) > 8 * len(data):
-        return None
+    overflow_index = np.cumsum(seg_codes[:-1]) - 1  # code index of each overflow code
+    steps = np.full(n_codes, step, dtype=np.int64)
+    after = overflow_index + 1
+    steps[after[after < n_codes]] = rle_bits
+    steps[0] = 0
+    code_bit = np.cumsum(steps)
+    # Every byte's 32-bit window (aligned copy: gathers from it are fast); a code's run and symbol
+    # lie within 7 + 16 bits of its first byte.
+    windows = np.ndarray((raw.size - 3,), dtype="<u4", buffer=raw, offset=0, strides=(1,)).copy()
+    fields = windows.take(code_bit >> 3) >> (code_bit & 7).astype(np.uint32)
+    # Pixels consumed: run + 1 for an event code, the run (max_run) for an overflow code.
+    consumed = (fields & np.uint32(max_run)) + np.uint32(1)
+    consumed[overflow_index] = max_run
+    reached = np.cumsum(consumed, dtype=np.int64)  # after code i: the next pixel
+    is_event = np.ones(n_codes, dtype=np.bool_)
+    is_event[overflow_index] = False
+    # The frame ends at the first code whose run reaches n_pixels (before its event would be
+    # placed): the first i with reached[i] >= n_pixels, or the code after it when i is an event
+    # on the last pixel (then its run only reached n_pixels - 1).
+    end = int(np.searchsorted(reached, n_pixels))
+    if end < n_codes and is_event[end] and reached[end] == n_pixels:
+        end += 1
+    if end >= n_codes or reached[end] - is_event[end] != n_pixels:
+        return None  # the runs overshoot, or the data ends first
+    if int(code_bit[end]) + rle_bits > n_bits:
+        return None  # the last code is cut off by the end of the data
+    events = is_event[:end]
+    positions = reached[:end][events] - 1
     if not need_symbols:
         return positions, None
-    return positions, symbols_7bit(stream, positions, encoding.rle_bits, encoding.symbol_bits)
+    symbols = ((fields[:end][events] >> np.uint32(rle_bits)) & np.uint32((1 << symbol_bits) - 1))
+    return positions, symbols.astype(np.uint8)
 
 
 def _subpixels(
@@ -274,15 +398,91 @@ def _subpixels(
     return xs, ys
 
 
-def _scatter_add(flat: np.ndarray, indices: np.ndarray, groups: np.ndarray | None = None) -> None:
-    """``flat[indices] += 1`` counting repeats. Repeats only occur between different ``groups``
-    (at most 4, e.g. the 2x2 parities of binning), so each group is a plain fancy-index add,
-    much faster than ``np.add.at``."""
-    if groups is None:
-        flat[indices] += 1
-        return
-    for g in range(4):
-        flat[indices[groups == g]] += 1
+# Raw frames whose events are added together, band by band (memory: their output indices, 8 bytes
+# per event, about 3.4 MB per 4K frame at 0.025 e/pixel).
+_FRAMES_PER_BATCH = 8
+# Output bytes per band: about one core's L2 cache.
+_BAND_BYTES = 1 << 21
+
+
+class _BandedSum:
+    """Adds the events of raw frames to ``counts`` on the output grid of ``upsampling``.
+
+    A frame's events are sorted by physical raster index and touch nearly every cache line of the
+    counts, so adding frame after frame streams the whole counts array through memory once per
+    frame. Instead, the events of a batch of frames are added one band of physical rows at a
+    time (a band is a slice of each frame's events): the band's counts stay in the cache while
+    all frames of the batch add to it. Each add is a fancy-index ``+= 1`` over indices that do
+    not repeat (for binning, each of the 2x2 parities is added on its own).
+    """
+
+    def __init__(
+        self, counts: np.ndarray, detector_size: int, upsampling: int, encoding: EerEncoding
+    ) -> None:
+        self.flat = counts.reshape(-1)
+        self.upsampling = upsampling
+        self.need_symbols = upsampling in (2, 3)
+        width = detector_size
+        self.width = width
+        self.shift = width.bit_length() - 1  # detector sizes are powers of 2
+        self.size = counts.shape[1]
+        self.factor = 1 << max(upsampling - 1, 0)
+        if self.need_symbols:
+            # Output offset inside the factor x factor block of each stored symbol (spec 11.4).
+            drop = encoding.horizontal_bits - (upsampling - 1)  # sub-pixel bits not used at 2x
+            xs, ys = _subpixels(
+                np.arange(1 << encoding.symbol_bits), encoding.horizontal_bits,
+                encoding.vertical_bits,
+            )
+            self.symbol_offset = (ys >> drop) * self.size + (xs >> drop)
+        bytes_per_row = counts.nbytes // width  # output bytes per physical row
+        rows = max(2, _BAND_BYTES // max(bytes_per_row, 1)) // 2 * 2  # even: binning pairs rows
+        self.bounds = np.append(np.arange(0, width, rows), width) * width
+        self.n_bands = self.bounds.size - 1
+        self.batch: list[tuple[np.ndarray, list[int]]] = []
+        self.n_frames = 0
+
+    def add(self, positions: np.ndarray, symbols: np.ndarray | None) -> None:
+        """Queue the events of one frame (physical raster indices, sorted; stored symbols)."""
+        if self.upsampling == 1:
+            self._queue(positions, positions)
+        elif self.upsampling == -1:
+            # Up to 4 events of a frame share an output pixel: one add per 2x2 parity.
+            parity = ((positions >> self.shift) & 1) * 2 + (positions & 1)
+            order = np.argsort(parity.astype(np.uint8), kind="stable")  # radix; keeps rows sorted
+            ends = np.cumsum(np.bincount(parity, minlength=4)).tolist()
+            by_parity = positions[order]
+            begin = 0
+            for stop in ends:
+                part = by_parity[begin:stop]
+                begin = stop
+                y0 = part >> self.shift
+                self._queue(part, (y0 >> 1) * self.size + ((part & (self.width - 1)) >> 1))
+        else:
+            assert symbols is not None
+            f = self.factor
+            # (f*y0 + ys) * size + f*x0 + xs with size = f*width, pos = y0*width + x0
+            index = positions * f
+            index += (positions >> self.shift) * (f * (f - 1) * self.width)
+            index += self.symbol_offset[symbols]
+            self._queue(positions, index)
+        self.n_frames += 1
+        if self.n_frames >= _FRAMES_PER_BATCH:
+            self.flush()
+
+    def _queue(self, positions: np.ndarray, index: np.ndarray) -> None:
+        self.batch.append((index, np.searchsorted(positions, self.bounds).tolist()))
+
+    def flush(self) -> None:
+        """Add the queued frames to the counts."""
+        flat = self.flat
+        for band in range(self.n_bands):
+            for index, edges in self.batch:
+                begin, stop = edges[band], edges[band + 1]
+                if stop > begin:
+                    flat[index[begin:stop]] += 1
+        self.batch = []
+        self.n_frames = 0
 
 
 @dataclass
@@ -341,15 +541,14 @@ class EerMovie(Movie):
         encoding: the bitstream scheme.
         log_messages: warnings tifffile logged while reading the structure (not printed).
 
-    ``render`` and ``read_frame`` are thread-safe: strips are read with ``os.pread`` and decode
-    buffers are per thread.
+    ``render`` and ``read_frame`` are thread-safe: strips are read with ``os.pread`` and the
+    decoders keep no state.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._fd: int | None = None
         self._read_lock = threading.Lock()
-        self._local = threading.local()
         self.log_messages: list[str] = []
         structure = self._read_structure()
         try:
@@ -513,7 +712,6 @@ class EerMovie(Movie):
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-        self._local = threading.local()
 
     def __del__(self) -> None:  # last resort; use the context manager
         try:
@@ -549,17 +747,7 @@ class EerMovie(Movie):
     def _decode(self, index: int, need_symbols: bool = False) -> _DecodedFrame:
         data = self._frame_stream(index)
         size = self.detector_size
-        buffer = None
-        if self.encoding.compression != COMPRESSION_EER_8BIT:
-            # Per-thread decode buffer: fresh 16 MB arrays per frame cost page faults that
-            # serialise the threads.
-            buffer = getattr(self._local, "buffer", None)
-            if buffer is None or buffer.shape != (size, size):
-                buffer = np.zeros((size, size), dtype=np.bool_)
-                self._local.buffer = buffer
-        decoded = decode_eer_frame(
-            data, (size, size), self.encoding, need_symbols=need_symbols, buffer=buffer
-        )
+        decoded = decode_eer_frame(data, (size, size), self.encoding, need_symbols=need_symbols)
         if decoded is None:
             return _DecodedFrame(index, None, None)
         return _DecodedFrame(index, decoded[0], decoded[1])
@@ -627,27 +815,14 @@ class EerMovie(Movie):
             )
         size = output_size(self.detector_size, upsampling)
         counts = np.zeros((size, size), dtype=counts_dtype(stop - start, upsampling))
-        flat = counts.reshape(-1)
-        enc = self.encoding
-        w = self.detector_size
-        need_symbols = upsampling in (2, 3)
-        factor = 1 << max(upsampling - 1, 0)
-        drop = enc.horizontal_bits - (upsampling - 1)  # sub-pixel bits not used at 2x
+        bands = _BandedSum(counts, self.detector_size, upsampling, self.encoding)
         corrupt: list[int] = []
-        for frame in self._decoded_frames(start, stop, executor, need_symbols):
-            pos = frame.positions
-            if pos is None:
+        for frame in self._decoded_frames(start, stop, executor, bands.need_symbols):
+            if frame.positions is None:
                 corrupt.append(frame.index)
-            elif upsampling == 1:
-                _scatter_add(flat, pos)
-            elif upsampling == -1:
-                y0, x0 = np.divmod(pos, w)
-                _scatter_add(flat, (y0 >> 1) * size + (x0 >> 1), (y0 & 1) * 2 + (x0 & 1))
             else:
-                assert frame.symbols is not None
-                y0, x0 = np.divmod(pos, w)
-                xs, ys = _subpixels(frame.symbols, enc.horizontal_bits, enc.vertical_bits)
-                _scatter_add(flat, (factor * y0 + (ys >> drop)) * size + factor * x0 + (xs >> drop))
+                bands.add(frame.positions, frame.symbols)
+        bands.flush()
         return RenderResult(
             counts=counts,
             corrupt_frames=sorted(corrupt),
