@@ -145,3 +145,40 @@ def test_estimate_gain_rejects_integer_movies(in_tmp: Path, capsys) -> None:
 def test_lossy_needs_a_gain(in_tmp: Path, capsys) -> None:
     assert main(["--i", "x.mrc", "--lossy"]) == 2
     assert "--lossy needs --gain" in capsys.readouterr().err
+
+
+def relion_mrc_bytes(data: np.ndarray, mode: int) -> bytes:
+    """An MRC file laid out byte for byte as RELION 5.0.1 writes gain_estimate.bin and its
+    reliability map (spec 9.3): 1024-byte header, no extended header, nversion 0, machine stamp
+    0x44 0x41 0 0, one "Relion" label."""
+    import struct
+
+    ny, nx = data.shape
+    header = bytearray(1024)
+    struct.pack_into("<10i", header, 0, nx, ny, 1, mode, 0, 0, 0, nx, ny, 1)
+    struct.pack_into("<6f", header, 40, float(nx), float(ny), 1.0, 90.0, 90.0, 90.0)
+    struct.pack_into("<3i", header, 64, 1, 2, 3)
+    struct.pack_into("<3f", header, 76, float(data.min()), float(data.max()), float(data.mean()))
+    struct.pack_into("<2i", header, 88, 0, 0)  # ispg, nsymbt
+    header[208:212] = b"MAP "
+    header[212:216] = bytes([0x44, 0x41, 0, 0])
+    struct.pack_into("<f", header, 216, float(data.std()))
+    struct.pack_into("<i", header, 220, 1)
+    header[224:224 + 30] = b"Relion 5.0.1   23-Nov-26  20:00"[:30]
+    dtype = {2: "<f4", 1: "<i2"}[mode]
+    return bytes(header) + np.ascontiguousarray(data, dtype=dtype).tobytes()
+
+
+def test_gain_files_in_relions_layout_are_read(k2_movies, capsys) -> None:
+    """Files written by RELION's --estimate_gain (its MRC layout and its file names) work as --gain."""
+    detector, frames = k2_movies
+    assert main(["--i", "m*.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    ours = estimate_files("Est")
+    Path("Relion").mkdir()
+    Path("Relion/gain_estimate.bin").write_bytes(relion_mrc_bytes(ours.gain, 2))
+    Path("Relion/gain_estimate_reliablity.bin").write_bytes(relion_mrc_bytes(ours.reliability, 1))
+    assert main(["--i", "m1.mrc", "--o", "Conv", "--gain", "Relion/gain_estimate.bin"]) == 0
+    with mrcfile.open("Conv/gain-reference.mrc") as mrc:
+        gain_reference = np.array(mrc.data)
+    stored = read_tiff_frames(Path("Conv/m1.tif"))
+    np.testing.assert_array_equal(stored * gain_reference, frames["m1.mrc"])
