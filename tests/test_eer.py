@@ -214,6 +214,58 @@ def test_truncated_streams_are_corrupt_like_reference(
     assert _as_pairs(E.decode_eer_frame(stream, (16, 16), encoding, need_symbols=True)) == ref
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.one_of(
+        st.binary(max_size=64),
+        # Mostly one bits: many places where an overflow code could start.
+        st.lists(st.sampled_from([0xFF, 0xFF, 0xFF, 0x7F, 0xFE, 0xEF, 0x00]), max_size=64).map(bytes),
+    ),
+    rle=st.integers(2, 14),
+    symbol_bits=st.sampled_from([2, 4]),
+    total=st.sampled_from([1, 16, 64, 100, 256]),
+)
+def test_vectorised_variable_decoder_agrees_with_relions_loop(
+    data: bytes, rle: int, symbol_bits: int, total: int
+) -> None:
+    """Every run width the 65002 tags allow: valid or corrupt exactly when RELION's loop (stopping
+    at the end of the data) says so, with the same events and symbols."""
+    if not 8 < rle + symbol_bits <= 16:
+        return
+    ref = ref_decode(data, total, rle, symbol_bits, False)
+    got = E.decode_eer_variable(data, total, rle, symbol_bits, need_symbols=True)
+    assert _as_pairs(got) == ref
+    plain = E.decode_eer_variable(data, total, rle, symbol_bits)
+    assert (plain is None) == (ref is None)
+    if plain is not None:
+        assert plain[1] is None
+        assert plain[0].tolist() == [pixel for pixel, _ in ref]
+
+
+@pytest.mark.parametrize("rle", [3, 5, 7, 9, 12, 14])
+def test_vectorised_variable_decoder_on_encoded_frames(rle: int) -> None:
+    """Valid streams of several run widths, sparse (long overflow chains) to dense; each needs
+    exactly the bits :func:`required_bits` counts: one byte less is corrupt."""
+    rng = np.random.default_rng(rle)
+    size = 64
+    frames = _edge_frames(size, 1) + [
+        f
+        for density in (0.0005, 0.01, 0.1, 0.6)
+        for f in S.random_events(rng, size, 2, density, subpixel_bits=1)
+    ]
+    for fr in frames:
+        stream = S.encode_frame(fr, size, 65002, rle_bits=rle, subpixel_bits=1, align=1)
+        got = E.decode_eer_variable(stream, size * size, rle, 2, need_symbols=True)
+        assert got is not None
+        np.testing.assert_array_equal(got[0], fr.positions)
+        xs, ys = E._subpixels(got[1], 1, 1)
+        np.testing.assert_array_equal(xs, fr.sub_x)
+        np.testing.assert_array_equal(ys, fr.sub_y)
+        needed = E.required_bits(fr.positions, size * size, rle, 2)
+        assert len(stream) == -(-needed // 8)
+        assert E.decode_eer_variable(stream[:-1], size * size, rle, 2) is None
+
+
 # --------------------------------------------------------------------------------------------
 # EER files
 
@@ -305,6 +357,53 @@ def test_executor_gives_the_same_counts(movies) -> None:
             parallel = movie.render(0, 4, up, executor=pool)
             np.testing.assert_array_equal(serial.counts, parallel.counts)
             _check_render(parallel, frames, 4096, up, 2)
+
+
+@pytest.mark.parametrize("name,bits,ups", [("4k_65001", 2, (1, 2, -1)), ("2k_711", 1, (1, 2))])
+def test_render_in_small_batches_and_bands(
+    movies, monkeypatch: pytest.MonkeyPatch, name: str, bits: int, ups: tuple[int, ...]
+) -> None:
+    """Events are added a batch of frames at a time, band by band: the same counts with batches
+    of 1 and 3 frames (several batches, a partial last one) and bands from 8 rows to all rows."""
+    path, frames = movies[name]
+    with E.EerMovie(path) as movie:
+        det = movie.detector_size
+        for batch, band_bytes in ((1, 1 << 16), (3, 4096 * 24), (3, 1 << 40)):
+            monkeypatch.setattr(E, "_FRAMES_PER_BATCH", batch)
+            monkeypatch.setattr(E, "_BAND_BYTES", band_bytes)
+            for up in ups:
+                _check_render(movie.render(0, len(frames), up), frames, det, up, bits)
+
+
+def test_banded_sum_in_uint32_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uint32 counts of very long groups take the same path (bands are counted in bytes);
+    bands down to 2 physical rows (the least: binning adds row pairs)."""
+    monkeypatch.setattr(E, "_FRAMES_PER_BATCH", 2)
+    rng = np.random.default_rng(9)
+    size = 64
+    frames = S.random_events(rng, size, 5, 0.3)
+    encoding = E.EerEncoding(65001, 7, 2, 2)
+    for up, band_bytes in ((1, 1536), (2, 1536), (-1, 1536), (1, 1), (2, 1), (-1, 1)):
+        monkeypatch.setattr(E, "_BAND_BYTES", band_bytes)
+        out = E.output_size(size, up)
+        counts = np.zeros((out, out), np.uint32)
+        bands = E._BandedSum(counts, size, up, encoding)
+        assert bands.n_bands > 1
+        for fr in frames:
+            symbols = ((fr.sub_y.astype(np.uint8) ^ 2) << 2) | (fr.sub_x.astype(np.uint8) ^ 2)
+            bands.add(fr.positions, symbols)
+        bands.flush()
+        np.testing.assert_array_equal(counts, S.expected_render(frames, size, up, 2))
+
+
+def test_concurrent_renders_are_independent(movies) -> None:
+    """Page tasks render the same movie from several threads at once (as ``--j`` does)."""
+    path, frames = movies["4k_65001"]
+    with E.EerMovie(path) as movie, ThreadPoolExecutor(4) as pool:
+        ranges = [(0, 4), (1, 3), (0, 1), (2, 4)] * 2
+        results = list(pool.map(lambda r: movie.render(r[0], r[1], 1 + r[0] % 2), ranges))
+        for (a, b), result in zip(ranges, results):
+            _check_render(result, frames[a:b], 4096, 1 + a % 2, 2)
 
 
 def test_metadata_and_extra(movies) -> None:

@@ -273,39 +273,72 @@ def _overflow_candidates(raw: np.ndarray, n_bytes: int, rle_bits: int) -> np.nda
     return windows[window] * 48 + bit
 
 
-def _next_overflows(candidates: np.ndarray, rle_bits: int, code_bits: int) -> np.ndarray:
-    """Where the parse goes after each possible overflow code.
+def _overflow_entries(
+    candidates: np.ndarray, rle_bits: int, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where a parse can enter a run of one bits with an overflow code, and where it leaves it.
 
-    Nodes: 0 = the start of the frame (a virtual overflow code ending at bit 0), ``1 + i`` =
-    an overflow code at ``candidates[i]``, ``n + 1`` = the end (no further overflow code). After
-    an overflow code ending at bit ``q``, event codes of ``code_bits`` bits follow until the first
-    candidate on the lattice ``q + k * code_bits``: that candidate is the next overflow code (a
-    field of all ones there cannot be an event code, and any field that is not all ones is one).
-    Returns ``succ`` with ``succ[node]`` = the next node.
+    The candidates of one maximal run of ones ``[a, e)`` are ``a .. e - rle_bits``. A parse that
+    reaches the run on a lattice of step ``step`` enters it within its first ``step`` bits, then
+    reads overflow codes back to back while they fit: ``k = (e - p) // rle_bits`` codes from
+    entry ``p``, leaving at ``p + k * rle_bits`` (the field there is not all ones, and the next
+    lattice point is past the run). So only entries are nodes of the parse graph: a sparse frame
+    (long runs of overflow codes, one per 127 empty pixels) then has a few nodes per run instead
+    of one per bit. Returns ``(entries, n_overflow_codes)``.
     """
-    n = candidates.size
+    if candidates.size == 0:
+        return candidates, candidates
+    first = np.empty(candidates.size, dtype=np.bool_)
+    first[0] = True
+    np.not_equal(np.diff(candidates), 1, out=first[1:])
+    block = np.cumsum(first) - 1
+    block_first = np.flatnonzero(first)
+    block_start = candidates[block_first]
+    block_end = np.empty(block_first.size, dtype=np.int64)  # end of the run of ones (exclusive)
+    block_end[:-1] = candidates[block_first[1:] - 1]
+    block_end[-1] = candidates[-1]
+    block_end += rle_bits
+    entry = candidates - block_start[block] < step
+    entries = candidates[entry]
+    return entries, (block_end[block[entry]] - entries) // rle_bits
+
+
+def _next_overflows(entries: np.ndarray, exits: np.ndarray, step: int) -> np.ndarray:
+    """Where the parse goes after each group of overflow codes.
+
+    Nodes: 0 = the start of the frame (no overflow code, the parse is at bit 0), ``1 + i`` = the
+    overflow codes entered at ``entries[i]`` and left at bit ``exits[i]``, ``n + 1`` = the end (no
+    further overflow code). From bit ``q``, event codes of ``step`` bits follow until the first
+    entry on the lattice ``q + k * step``: there the next overflow codes start (a field of all
+    ones cannot be an event code, and any other field is one). Returns ``succ`` with
+    ``succ[node]`` = the next node.
+    """
+    n = entries.size
     succ = np.full(n + 2, n + 1, dtype=np.int64)
     if n == 0:
         return succ
-    # Sort the candidates and the queries (bit after each node) by (lattice class, bit), queries
-    # before a candidate at the same bit; then each query's successor is the next candidate in
-    # that order if it is in the same class.
+    # Sort the entries and the queries (bit after each node) by (lattice class, bit), a query
+    # before an entry at the same bit; then each query's successor is the next entry in that
+    # order if it is in the same class.
     query = np.empty(n + 1, dtype=np.int64)
     query[0] = 0
-    np.add(candidates, rle_bits, out=query[1:])
-    cand_class = candidates % code_bits
-    query_class = query % code_bits
-    by_class_c = np.argsort(cand_class.astype(np.uint8), kind="stable")  # radix sort
+    query[1:] = exits
+    entry_class = entries % step
+    query_class = query % step
+    by_class = np.argsort(entry_class.astype(np.uint8), kind="stable")  # radix sort
     by_class_q = np.argsort(query_class.astype(np.uint8), kind="stable")
-    span = 2 * (int(candidates[-1]) + rle_bits + 1)
-    key_c = (cand_class * span + 2 * candidates + 1)[by_class_c]
-    key_q = (query_class * span + 2 * query)[by_class_q]
-    merged = np.argsort(np.concatenate((key_q, key_c)), kind="stable")  # merges two sorted runs
-    is_candidate = merged > n
-    n_before = np.cumsum(is_candidate)[~is_candidate]  # per query (key_q order): candidates before
+    span = 2 * (int(max(entries[-1], query.max())) + 1)
+    key_e = (entry_class * span + 2 * entries + 1)[by_class]  # sorted: entries are sorted
+    key_q = (query_class * span + 2 * query)[by_class_q]  # nearly sorted: exits nearly are
+    # Timsort: the keys are two (nearly) sorted runs, so this is about a linear merge.
+    merged = np.argsort(np.concatenate((key_q, key_e)), kind="stable")
+    is_entry = merged > n
+    is_query = ~is_entry
+    n_before = np.cumsum(is_entry)[is_query]  # per query in sorted order: entries before it
+    node = by_class_q[merged[is_query]]
     nxt = np.minimum(n_before, n - 1)
-    found = (n_before < n) & (key_c[nxt] // span == query_class[by_class_q])
-    succ[by_class_q[found]] = by_class_c[nxt[found]] + 1
+    found = (n_before < n) & (key_e[nxt] // span == query_class[node])
+    succ[node[found]] = by_class[nxt[found]] + 1
     return succ
 
 
@@ -329,61 +362,76 @@ def decode_eer_variable(
     ``n_pixels`` within the data (a corrupt frame). ``symbols`` is None unless ``need_symbols``.
 
     Vectorised: codes are ``rle_bits`` (overflow) or ``rle_bits + symbol_bits`` (event) bits long,
-    so between two overflow codes the codes sit on a lattice of step ``rle_bits + symbol_bits``.
-    The overflow codes of the parse are found among the bit offsets where ``rle_bits`` one bits
-    start (:func:`_overflow_candidates`, :func:`_next_overflows`, :func:`_path_from_start`); that
-    gives the bit offset of every code, then one gather reads all runs and symbols and a
-    cumulative sum places the events, as in RELION's loop (spec 11.3). Same results as that loop
-    stopped at the end of the data (tested against it, including arbitrary bytes).
+    so between two groups of overflow codes the codes sit on a lattice of step
+    ``rle_bits + symbol_bits``. The overflow codes of the parse are found among the runs of one
+    bits (:func:`_overflow_candidates`, :func:`_overflow_entries`, :func:`_next_overflows`,
+    :func:`_path_from_start`); that gives the bit offset of every event code, then one gather
+    reads all runs and symbols and a cumulative sum places the events, as in RELION's loop (spec
+    11.3). Same results as that loop stopped at the end of the data (tested against it,
+    including arbitrary bytes).
     """
     n_bits = 8 * len(data)
     step = rle_bits + symbol_bits
     max_run = (1 << rle_bits) - 1
     raw = np.frombuffer(data + b"\0" * _STREAM_PADDING, dtype=np.uint8)
-    candidates = _overflow_candidates(raw, len(data), rle_bits)
-    overflow = candidates[_path_from_start(_next_overflows(candidates, rle_bits, step))[1:] - 1]
-    # Segment j: event codes from seg_start[j] on the lattice, ending with overflow[j] (the last
-    # segment: up to the end of the data).
-    seg_start = np.empty(overflow.size + 1, dtype=np.int64)
+    entries, n_overflow = _overflow_entries(
+        _overflow_candidates(raw, len(data), rle_bits), rle_bits, step
+    )
+    exits = entries + n_overflow * rle_bits
+    nodes = _path_from_start(_next_overflows(entries, exits, step))[1:] - 1
+    # Items: the event codes of segment j (from seg_start[j] on the lattice), then overflow group
+    # j (entered at group_bit[j]); the last segment runs to the end of the data.
+    group_bit = entries[nodes]
+    group_codes = n_overflow[nodes]
+    seg_start = np.empty(nodes.size + 1, dtype=np.int64)
     seg_start[0] = 0
-    np.add(overflow, rle_bits, out=seg_start[1:])
-    seg_codes = np.empty(overflow.size + 1, dtype=np.int64)
-    seg_codes[:-1] = (overflow - seg_start[:-1]) // step + 1
-    seg_codes[-1] = max(0, -(-(n_bits - int(seg_start[-1])) // step))
-    n_codes = int(seg_codes.sum())
-    if n_codes == 0:
+    seg_start[1:] = exits[nodes]
+    seg_events = np.empty(nodes.size + 1, dtype=np.int64)
+    seg_events[:-1] = (group_bit - seg_start[:-1]) // step
+    seg_events[-1] = max(0, -(-(n_bits - int(seg_start[-1])) // step))
+    group_item = np.cumsum(seg_events[:-1]) + np.arange(nodes.size)  # item index of each group
+    n_items = int(seg_events.sum()) + nodes.size
+    if n_items == 0:
         return None
-    overflow_index = np.cumsum(seg_codes[:-1]) - 1  # code index of each overflow code
-    steps = np.full(n_codes, step, dtype=np.int64)
-    after = overflow_index + 1
-    steps[after[after < n_codes]] = rle_bits
+    steps = np.full(n_items, step, dtype=np.int64)
+    after = group_item + 1
+    inside = after < n_items
+    steps[after[inside]] = group_codes[inside] * rle_bits
     steps[0] = 0
-    code_bit = np.cumsum(steps)
+    item_bit = np.cumsum(steps)
     # Every byte's 32-bit window (aligned copy: gathers from it are fast); a code's run and symbol
     # lie within 7 + 16 bits of its first byte.
     windows = np.ndarray((raw.size - 3,), dtype="<u4", buffer=raw, offset=0, strides=(1,)).copy()
-    fields = windows.take(code_bit >> 3) >> (code_bit & 7).astype(np.uint32)
-    # Pixels consumed: run + 1 for an event code, the run (max_run) for an overflow code.
-    consumed = (fields & np.uint32(max_run)) + np.uint32(1)
-    consumed[overflow_index] = max_run
-    reached = np.cumsum(consumed, dtype=np.int64)  # after code i: the next pixel
-    is_event = np.ones(n_codes, dtype=np.bool_)
-    is_event[overflow_index] = False
+    fields = windows.take(item_bit >> 3) >> (item_bit & 7).astype(np.uint32)
+    # Pixels consumed: run + 1 for an event code, max_run per code of an overflow group.
+    consumed = ((fields & np.uint32(max_run)) + np.uint32(1)).astype(np.int64)
+    consumed[group_item] = group_codes * max_run
+    reached = np.cumsum(consumed)  # after item i: the next pixel
+    is_event = np.ones(n_items, dtype=np.bool_)
+    is_event[group_item] = False
     # The frame ends at the first code whose run reaches n_pixels (before its event would be
-    # placed): the first i with reached[i] >= n_pixels, or the code after it when i is an event
-    # on the last pixel (then its run only reached n_pixels - 1).
+    # placed). Item `end` holds it: the first with reached >= n_pixels, or the one after an event
+    # on the last pixel (whose run only reached n_pixels - 1).
     end = int(np.searchsorted(reached, n_pixels))
-    if end < n_codes and is_event[end] and reached[end] == n_pixels:
+    if end < n_items and is_event[end] and reached[end] == n_pixels:
         end += 1
-    if end >= n_codes or reached[end] - is_event[end] != n_pixels:
-        return None  # the runs overshoot, or the data ends first
-    if int(code_bit[end]) + rle_bits > n_bits:
-        return None  # the last code is cut off by the end of the data
+    if end >= n_items:
+        return None  # the data ends first
+    if is_event[end]:
+        last_bit = int(item_bit[end])
+        exact = reached[end] - 1 == n_pixels
+    else:  # the i-th overflow code of the group (i >= 1) is the first to reach n_pixels
+        missing = n_pixels - int(reached[end] - consumed[end])
+        i = max(1, -(-missing // max_run))
+        last_bit = int(item_bit[end]) + (i - 1) * rle_bits
+        exact = i * max_run == missing
+    if not exact or last_bit + rle_bits > n_bits:
+        return None  # the runs overshoot, or the last code is cut off by the end of the data
     events = is_event[:end]
     positions = reached[:end][events] - 1
     if not need_symbols:
         return positions, None
-    symbols = ((fields[:end][events] >> np.uint32(rle_bits)) & np.uint32((1 << symbol_bits) - 1))
+    symbols = (fields[:end][events] >> np.uint32(rle_bits)) & np.uint32((1 << symbol_bits) - 1)
     return positions, symbols.astype(np.uint8)
 
 
