@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import imagecodecs
 import numpy as np
@@ -242,6 +243,64 @@ def test_vectorised_variable_decoder_agrees_with_relions_loop(
         assert plain[0].tolist() == [pixel for pixel, _ in ref]
 
 
+# decode_eer_frame decodes 65001/65002 frames by the vectorised parse (dense frames) or with
+# imagecodecs (sparse frames); these force one or the other.
+ROUTES = {"imagecodecs": -1.0, "vectorised": 2.0}
+
+
+def _route(name: str):
+    return mock.patch.object(E, "_SPARSE_WINDOW_FRACTION", ROUTES[name])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.binary(min_size=0, max_size=48),
+    which=st.sampled_from([1, 2, 3]),
+    route=st.sampled_from(sorted(ROUTES)),
+    positions=st.sets(st.integers(0, 255), max_size=40),
+    cut=st.integers(0, 400),
+)
+def test_both_routes_agree_with_reference(
+    data: bytes, which: int, route: str, positions: set[int], cut: int
+) -> None:
+    """Arbitrary bytes and cut valid streams, through either route of decode_eer_frame."""
+    encoding = [ENC_65000, ENC_65001, ENC_711, ENC_722][which]
+    bits = encoding.horizontal_bits
+    sb = None if encoding.compression == 65001 else bits
+    stream = S.encode_frame(S.events_from_positions(sorted(positions)), 16, encoding.compression,
+                            subpixel_bits=sb, align=1)
+    with _route(route):
+        for chunk, total, shape in ((data, 64, (8, 8)), (stream[:cut], 256, (16, 16))):
+            ref = ref_decode(chunk, total, 7, 2 * bits, False)
+            got = E.decode_eer_frame(chunk, shape, encoding, need_symbols=True)
+            assert _as_pairs(got) == ref
+
+
+def test_routes_are_chosen_by_density() -> None:
+    """Sparse frames (many overflow codes) go to imagecodecs, dense ones to the parse; both give
+    the events that were encoded."""
+    rng = np.random.default_rng(1)
+    size = 512
+    for density, route in ((0.0, "imagecodecs"), (0.005, "imagecodecs"), (0.03, "vectorised"),
+                           (0.2, "vectorised")):
+        fr = S.random_events(rng, size, 1, density)[0]
+        stream = S.encode_frame(fr, size, 65001)
+        called = []
+        real = E._decode_with_imagecodecs
+
+        def spy(*args, **kwargs):
+            called.append(True)
+            return real(*args, **kwargs)
+
+        with mock.patch.object(E, "_decode_with_imagecodecs", spy):
+            pos, sym = E.decode_eer_frame(stream, (size, size), ENC_65001, need_symbols=True)
+        assert bool(called) == (route == "imagecodecs"), density
+        np.testing.assert_array_equal(pos, fr.positions)
+        xs, ys = E._subpixels(sym, 2, 2)
+        np.testing.assert_array_equal(xs, fr.sub_x)
+        np.testing.assert_array_equal(ys, fr.sub_y)
+
+
 @pytest.mark.parametrize("rle", [3, 5, 7, 9, 12, 14])
 def test_vectorised_variable_decoder_on_encoded_frames(rle: int) -> None:
     """Valid streams of several run widths, sparse (long overflow chains) to dense; each needs
@@ -375,6 +434,14 @@ def test_render_in_small_batches_and_bands(
                 _check_render(movie.render(0, len(frames), up), frames, det, up, bits)
 
 
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_render_through_either_route(movies, route: str) -> None:
+    for name, bits, up in (("4k_65001", 2, 2), ("2k_711", 1, 2), ("4k_722", 2, -1)):
+        path, frames = movies[name]
+        with E.EerMovie(path) as movie, _route(route):
+            _check_render(movie.render(0, len(frames), up), frames, movie.detector_size, up, bits)
+
+
 def test_banded_sum_in_uint32_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The uint32 counts of very long groups take the same path (bands are counted in bytes);
     bands down to 2 physical rows (the least: binning adds row pairs)."""
@@ -460,7 +527,8 @@ def test_upsampling_rejections(movies) -> None:
             movie.render(1, 1, 1)
 
 
-def test_corrupt_frames_are_skipped_and_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_corrupt_frames_are_skipped_and_reported(tmp_path: Path, route: str) -> None:
     rng = np.random.default_rng(3)
     det = 2048
     frames = S.random_events(rng, det, 6)
@@ -477,7 +545,7 @@ def test_corrupt_frames_are_skipped_and_reported(tmp_path: Path) -> None:
         good[5],
     ]
     path = S.write_eer(tmp_path / "bad.eer", streams, det, 65001, strips_per_frame=2)
-    with E.EerMovie(path) as movie, ThreadPoolExecutor(2) as pool:
+    with E.EerMovie(path) as movie, ThreadPoolExecutor(2) as pool, _route(route):
         assert movie.info.n_frames == 7
         for executor in (None, pool):
             result = movie.render(0, 7, 1, executor=executor)
