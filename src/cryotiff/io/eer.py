@@ -151,9 +151,8 @@ def required_bits(positions: np.ndarray, n_pixels: int, rle_bits: int, symbol_bi
     max_run = (1 << rle_bits) - 1
     n = int(positions.size)
     if n:
-        steps = np.diff(positions, prepend=-1)  # gap + 1
-        long_gaps = steps[steps > max_run] - 1  # only these need overflow codes
-        n_overflow = int((long_gaps // max_run).sum())
+        gaps = np.diff(positions, prepend=-1) - 1
+        n_overflow = int((gaps // max_run).sum())
         tail = n_pixels - 1 - int(positions[-1])
     else:
         n_overflow, tail = 0, n_pixels
@@ -210,17 +209,16 @@ def symbols_7bit(
     """
     max_run = (1 << rle_bits) - 1
     gaps = np.diff(positions, prepend=-1) - 1
-    n_overflow_before = np.cumsum(gaps // max_run)
-    symbol_bit = (
-        rle_bits * n_overflow_before
-        + (rle_bits + symbol_bits) * np.arange(positions.size, dtype=np.int64)
-        + rle_bits
-    )
+    symbol_bit = np.cumsum(gaps // max_run)  # overflow codes up to each event
+    symbol_bit *= rle_bits
+    symbol_bit += np.arange(rle_bits, rle_bits + (rle_bits + symbol_bits) * positions.size,
+                            rle_bits + symbol_bits, dtype=np.int64)
+    # symbol_bits + 7 <= 15 bits: two bytes hold the field (the stream is padded by 2 bytes);
+    # gathered from an aligned copy of every byte's 16-bit window (one fast take).
     raw = np.frombuffer(stream, dtype=np.uint8)
-    byte = symbol_bit >> 3
-    # symbol_bits + 7 <= 15 bits: two bytes hold the field (the stream is padded by 2 bytes).
-    two = raw[byte].astype(np.uint32) | (raw[byte + 1].astype(np.uint32) << 8)
-    return ((two >> (symbol_bit & 7).astype(np.uint32)) & ((1 << symbol_bits) - 1)).astype(np.uint8)
+    pairs = np.ndarray((raw.size - 1,), dtype="<u2", buffer=raw, offset=0, strides=(1,)).copy()
+    two = pairs.take(symbol_bit >> 3) >> (symbol_bit & 7).astype(np.uint16)
+    return (two & ((1 << symbol_bits) - 1)).astype(np.uint8)
 
 
 def decode_eer_frame(
