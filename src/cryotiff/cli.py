@@ -22,6 +22,7 @@ from .relion_pipeline import (
     JobAborted,
     PipelineControl,
     PipelineReporter,
+    format_bytes,
     format_dry_run,
     pipeline_control_from_argv,
     plan_dry_run,
@@ -158,14 +159,6 @@ unsupported_yet = option_conflicts
 
 
 # --------------------------------------------------------------------------- terminal output
-
-
-def format_bytes(n_bytes: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n_bytes) < 1000 or unit == "TB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.2f} {unit}"
-        n_bytes /= 1000
-    return f"{n_bytes:.2f} TB"
 
 
 class TerminalReporter(Reporter):

@@ -7,13 +7,14 @@ The library reports progress through a :class:`Reporter`; it never prints. ``cli
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .convert import (
     MOVIE_SUFFIXES,
@@ -371,9 +372,8 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
         reporter.message(read_message(find_reliability_path(options.gain)) + "\n")
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    executor = make_executor(options.threads)
-    try:
-        for index, job in enumerate(jobs, start=1):
+    with thread_pool(options.threads) as executor:
+        for job in jobs:
             reporter.message(f"Processing {job.source}")
             state, result = estimate_movie(job.source, state, options, executor, reporter)
             if result.status == "converted":
@@ -381,13 +381,22 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
                 reporter.message(updated_message(options.output_dir) + "\n")
             results.append(result)
             reporter.movie_finished(result)
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
     return results
 
 
 # --------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def thread_pool(threads: int) -> Iterator[Executor | None]:
+    """:func:`make_executor` as a context: the pool is shut down (pending tasks cancelled) on the
+    way out, also after an error or Ctrl-C."""
+    executor = make_executor(threads)
+    try:
+        yield executor
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def make_executor(threads: int) -> Executor | None:
@@ -477,8 +486,7 @@ def run(
     reporter = reporter or Reporter()
     results: list[MovieResult] = []
     context = prepare(jobs, options, reporter)
-    executor = make_executor(options.threads)
-    try:
+    with thread_pool(options.threads) as executor:
         for index, job in enumerate(jobs, start=1):
             if options.only_do_unfinished and is_finished(job, options, context):
                 result = MovieResult(job.source, job.destination, "skipped", "already converted")
@@ -487,7 +495,4 @@ def run(
                 result = run_job(job, options, executor, reporter, context)
             results.append(result)
             reporter.movie_finished(result)
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
     return results
