@@ -306,8 +306,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cryotiff-bench-parallel",
                         help="where simulated movies are cached and outputs written")
-    parser.add_argument("--frames", type=int, default=12, help="frames of the --j movies (default 12)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best is shown (default 3)")
+    parser.add_argument("--frames", type=int, default=40, help="frames of the --j movies (default 40, as in a typical EPU movie)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the best is shown (default 2)")
     parser.add_argument("--mpi_movies", type=int, default=4, help="Falcon movies in the MPI section (default 4)")
     parser.add_argument("--mpi_frames", type=int, default=8, help="frames per MPI movie (default 8)")
     parser.add_argument("--max_wait", type=float, default=180.0,
