@@ -516,9 +516,10 @@ def _subpixels(
     return xs, ys
 
 
-# Raw frames whose events are added together, band by band (memory: their output indices, 8 bytes
-# per event, about 3.4 MB per 4K frame at 0.025 e/pixel).
+# Raw frames whose events are added together, band by band, and at most this many events (memory:
+# their output indices, 8 bytes per event: 3.4 MB per 4K frame at 0.025 e/pixel, 32 MB at most).
 _FRAMES_PER_BATCH = 8
+_EVENTS_PER_BATCH = 1 << 22
 # Output bytes per band: about one core's L2 cache.
 _BAND_BYTES = 1 << 21
 
@@ -559,6 +560,7 @@ class _BandedSum:
         self.n_bands = self.bounds.size - 1
         self.batch: list[tuple[np.ndarray, list[int]]] = []
         self.n_frames = 0
+        self.n_events = 0
 
     def add(self, positions: np.ndarray, symbols: np.ndarray | None) -> None:
         """Queue the events of one frame (physical raster indices, sorted; stored symbols)."""
@@ -585,7 +587,8 @@ class _BandedSum:
             index += self.symbol_offset[symbols]
             self._queue(positions, index)
         self.n_frames += 1
-        if self.n_frames >= _FRAMES_PER_BATCH:
+        self.n_events += positions.size
+        if self.n_frames >= _FRAMES_PER_BATCH or self.n_events >= _EVENTS_PER_BATCH:
             self.flush()
 
     def _queue(self, positions: np.ndarray, index: np.ndarray) -> None:
@@ -601,6 +604,7 @@ class _BandedSum:
                     flat[index[begin:stop]] += 1
         self.batch = []
         self.n_frames = 0
+        self.n_events = 0
 
 
 @dataclass
@@ -937,8 +941,14 @@ class EerMovie(Movie):
 
         Corrupt frames are left out and listed in the result. ``executor`` (a thread pool)
         decodes and checks frames in parallel; summing happens in the calling thread, a few
-        frames behind. Sums are uint16 unless they could exceed 65535 (more than 65535 frames,
-        or 16383 frames binned), then uint32.
+        frames behind. It must not be the pool this call runs on (its tasks would wait for
+        decodes queued behind themselves); the conversion pipeline passes none and gets its
+        parallelism from rendering several pages at once, which works because decoding and
+        summing spend their time in calls that release the GIL. Sums are uint16 unless they could
+        exceed 65535 (more than 65535 frames, or 16383 frames binned), then uint32.
+
+        Memory besides the counts: the frames in flight (a few MB of events each) and a batch of
+        output indices (at most 8 frames or 4M events, 32 MB).
         """
         self.check_upsampling(upsampling)
         n = self.info.n_frames
