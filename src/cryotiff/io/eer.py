@@ -463,20 +463,23 @@ def _parse_variable(
     n_items = int(seg_events.sum()) + nodes.size
     if n_items == 0:
         return None
-    steps = np.full(n_items, step, dtype=np.int64)
+    # (Few passes over these arrays of about 440,000 items per 4K frame, in place where possible:
+    # each pass and each fresh array costs as much as the arithmetic.)
+    item_bit = np.full(n_items, step, dtype=np.int64)  # steps, then their cumulative sum
     after = group_item + 1
     inside = after < n_items
-    steps[after[inside]] = group_codes[inside] * rle_bits
-    steps[0] = 0
-    item_bit = np.cumsum(steps)
+    item_bit[after[inside]] = group_codes[inside] * rle_bits
+    item_bit[0] = 0
+    np.cumsum(item_bit, out=item_bit)
     # Every byte's 32-bit window (aligned copy: gathers from it are fast); a code's run and symbol
     # lie within 7 + 16 bits of its first byte.
     windows = np.ndarray((raw.size - 3,), dtype="<u4", buffer=raw, offset=0, strides=(1,)).copy()
-    fields = windows.take(item_bit >> 3) >> (item_bit & 7).astype(np.uint32)
+    fields = windows.take(item_bit >> 3)
+    fields >>= item_bit.astype("<i8", copy=False).view(np.uint8)[::8] & np.uint8(7)  # low bytes
     # Pixels consumed: run + 1 for an event code, max_run per code of an overflow group.
-    consumed = ((fields & np.uint32(max_run)) + np.uint32(1)).astype(np.int64)
-    consumed[group_item] = group_codes * max_run
-    reached = np.cumsum(consumed)  # after item i: the next pixel
+    reached = np.add(fields & np.uint32(max_run), 1, dtype=np.int64)
+    reached[group_item] = group_codes * max_run
+    np.cumsum(reached, out=reached)  # after item i: the next pixel
     is_event = np.ones(n_items, dtype=np.bool_)
     is_event[group_item] = False
     # The frame ends at the first code whose run reaches n_pixels (before its event would be
@@ -491,14 +494,15 @@ def _parse_variable(
         last_bit = int(item_bit[end])
         exact = reached[end] - 1 == n_pixels
     else:  # the i-th overflow code of the group (i >= 1) is the first to reach n_pixels
-        missing = n_pixels - int(reached[end] - consumed[end])
+        missing = n_pixels - (int(reached[end - 1]) if end else 0)
         i = max(1, -(-missing // max_run))
         last_bit = int(item_bit[end]) + (i - 1) * rle_bits
         exact = i * max_run == missing
     if not exact or last_bit + rle_bits > n_bits:
         return None  # the runs overshoot, or the last code is cut off by the end of the data
     events = is_event[:end]
-    positions = reached[:end][events] - 1
+    positions = reached[:end][events]
+    positions -= 1
     if not need_symbols:
         return positions, None
     symbols = (fields[:end][events] >> np.uint32(rle_bits)) & np.uint32((1 << symbol_bits) - 1)
