@@ -374,28 +374,26 @@ def _next_overflows(entries: np.ndarray, exits: np.ndarray, step: int) -> np.nda
     succ = np.full(n + 2, n + 1, dtype=np.int64)
     if n == 0:
         return succ
-    # Sort the entries and the queries (bit after each node) by (lattice class, bit), a query
-    # before an entry at the same bit; then each query's successor is the next entry in that
-    # order if it is in the same class.
     query = np.empty(n + 1, dtype=np.int64)
     query[0] = 0
     query[1:] = exits
-    entry_class = entries % step
-    query_class = query % step
-    by_class = np.argsort(entry_class.astype(np.uint8), kind="stable")  # radix sort
-    by_class_q = np.argsort(query_class.astype(np.uint8), kind="stable")
-    span = 2 * (int(max(entries[-1], query.max())) + 1)
-    key_e = (entry_class * span + 2 * entries + 1)[by_class]  # sorted: entries are sorted
-    key_q = (query_class * span + 2 * query)[by_class_q]  # nearly sorted: exits nearly are
-    # Timsort: the keys are two (nearly) sorted runs, so this is about a linear merge.
-    merged = np.argsort(np.concatenate((key_q, key_e)), kind="stable")
-    is_entry = merged > n
-    is_query = ~is_entry
-    n_before = np.cumsum(is_entry)[is_query]  # per query in sorted order: entries before it
-    node = by_class_q[merged[is_query]]
-    nxt = np.minimum(n_before, n - 1)
-    found = (n_before < n) & (key_e[nxt] // span == query_class[node])
-    succ[node[found]] = by_class[nxt[found]] + 1
+    # Group entries and queries by lattice class (radix sorts keep the order of positions), then
+    # per class each query's successor is the first entry at or after it.
+    entry_class = (entries % step).astype(np.uint8)
+    query_class = (query % step).astype(np.uint8)
+    by_class = np.argsort(entry_class, kind="stable")
+    by_class_q = np.argsort(query_class, kind="stable")
+    entry_ends = np.cumsum(np.bincount(entry_class, minlength=step)).tolist()
+    query_ends = np.cumsum(np.bincount(query_class, minlength=step)).tolist()
+    class_entries = entries[by_class]
+    class_queries = query[by_class_q]
+    e0 = q0 = 0
+    for e1, q1 in zip(entry_ends, query_ends):
+        if q1 > q0 and e1 > e0:
+            nxt = np.searchsorted(class_entries[e0:e1], class_queries[q0:q1])
+            found = nxt < e1 - e0
+            succ[by_class_q[q0:q1][found]] = by_class[e0:e1][nxt[found]] + 1
+        e0, q0 = e1, q1
     return succ
 
 
