@@ -583,10 +583,13 @@ class _BandedSum:
         else:
             assert symbols is not None
             f = self.factor
-            # (f*y0 + ys) * size + f*x0 + xs with size = f*width, pos = y0*width + x0
-            index = positions * f
-            index += (positions >> self.shift) * (f * (f - 1) * self.width)
-            index += self.symbol_offset[symbols]
+            # (f*y0 + ys) * size + f*x0 + xs with size = f*width, pos = y0*width + x0:
+            # f * (pos + (f-1)*width*y0) + offset(symbol), in place
+            index = positions >> self.shift
+            index *= (f - 1) * self.width
+            index += positions
+            index *= f
+            index += self.symbol_offset.take(symbols)
             self._queue(positions, index)
         self.n_frames += 1
         self.n_events += positions.size
