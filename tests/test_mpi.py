@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -441,3 +442,28 @@ def test_dry_run_runs_once(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("m0.mrc") == 1, completed.stdout
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.tif"))
+
+
+def test_ctrl_c_on_mpirun_leaves_no_partial_file(tmp_path: Path) -> None:
+    """mpirun turns Ctrl-C into SIGTERM for the ranks; each removes the .tif.tmp it was writing."""
+    for k in range(2):
+        write_k2(tmp_path / f"m{k}.mrc", 40, seed=k, shape_yx=(1024, 1024))
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        mpirun_command(2) + [sys.executable, "-m", "cryotiff.mpi", "--i", "m0.mrc", "m1.mrc", "--o", "out",
+                             "--compression", "deflate", "--deflate_level", "12"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        started = [process.stdout.readline() for _ in range(2)]  # both ranks are writing a movie
+        assert all(line.startswith("Processing ") for line in started), started
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode != 0
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    assert not list((tmp_path / "out").rglob("*.tif"))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import signal
 import sys
 import threading
 import time
@@ -86,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    # Ctrl-C on mpirun reaches the ranks as SIGTERM (then SIGKILL): turned into KeyboardInterrupt,
+    # it lets the movie being written remove its .tif.tmp, as Ctrl-C does in convert-to-tiff.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run_command(comm, argv)
     except SystemExit:  # argparse (--help, --version, a rejected command line): the same on every rank
@@ -97,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:  # a bug: without the abort the other ranks would wait for this one for ever
         abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: unexpected error; stopping every rank.\n{traceback.format_exc()}")
     return EXIT_FAILED  # not reached: abort does not return
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def abort(comm: Any, status: int, message: str) -> None:
