@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -420,6 +421,15 @@ def prepare_everywhere(comm: Any, jobs: Sequence[Job], options: ConvertOptions, 
     return context
 
 
+def responsive_executor(threads: int) -> ThreadPoolExecutor:
+    """Threads for one movie's pages: ``--j`` of them, and one even for ``--j 1``. With the
+    pages made in a worker thread, the main thread only waits and writes, so SIGTERM (Ctrl-C on
+    mpirun) is handled at once; mpirun sends SIGKILL about 0.2 s later, and a main thread busy
+    encoding a large frame in C would not get to remove its ``.tif.tmp`` in time. Costs nothing:
+    with one worker the main thread waits while it works."""
+    return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cryotiff")
+
+
 def unexpected_failure(job: Job, rank: int, exc: Exception, what: str) -> MovieResult:
     """A bug while handling one movie becomes that movie's failure (the traceback goes to
     stderr for the bug report) and the run goes on."""
@@ -461,7 +471,7 @@ def run_conversion(
     order = largest_first(jobs, [index for index in range(len(jobs)) if index not in finished])
 
     position = {index: place for place, index in enumerate(order, start=1)}
-    executor = make_executor(options.threads)
+    executor = responsive_executor(options.threads)
     converted: dict[int, MovieResult] = {}
 
     def work(index: int) -> MovieResult:
@@ -481,8 +491,7 @@ def run_conversion(
     try:
         share_work(comm, order, work, collect)
     finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)
 
     status = EXIT_OK
     if rank == 0:
