@@ -182,3 +182,23 @@ def test_gain_files_in_relions_layout_are_read(k2_movies, capsys) -> None:
         gain_reference = np.array(mrc.data)
     stored = read_tiff_frames(Path("Conv/m1.tif"))
     np.testing.assert_array_equal(stored * gain_reference, frames["m1.mrc"])
+
+
+def test_a_movie_failing_part_way_leaves_no_frames_in_the_estimate(k2_movies, monkeypatch) -> None:
+    """A movie whose frame 6 cannot be read fails; the saved estimate equals the one made without it."""
+    from cryotiff.errors import MrcFormatError
+    from cryotiff.io.mrc import MrcMovie
+
+    read_frame = MrcMovie.read_frame
+
+    def failing_read_frame(self, index):
+        if self.info.path.name == "m2.mrc" and index == 5:
+            raise MrcFormatError(f"{self.info.path}: frame 6 cannot be read")
+        return read_frame(self, index)
+
+    assert main(["--i", "m1.mrc", "m3.mrc", "--o", "Without", "--estimate_gain"]) == 0
+    monkeypatch.setattr(MrcMovie, "read_frame", failing_read_frame)
+    assert main(["--i", "m1.mrc", "m2.mrc", "m3.mrc", "--o", "With", "--estimate_gain"]) == 1
+    without, with_failed = estimate_files("Without"), estimate_files("With")
+    np.testing.assert_array_equal(without.gain, with_failed.gain)
+    np.testing.assert_array_equal(without.reliability, with_failed.reliability)

@@ -232,3 +232,15 @@ def test_ctrl_c_mid_movie_removes_the_temporary_file_and_exits_130(in_tmp: Path)
     report = json.loads(Path("out/report.json").read_text())
     assert report["state"] == "interrupted" and report["exit_status"] == 130
     assert [m["source"] for m in report["movies"]] == ["a.mrc"]
+
+
+def test_sigterm_mid_movie_cleans_up_like_ctrl_c(in_tmp: Path) -> None:
+    """Batch schedulers stop jobs with SIGTERM: the movie being written is removed, exit 130."""
+    slow_movie("big.mrc")
+    process = start_cli("--i", "big.mrc", "--o", "out", *SLOW_CODEC)
+    wait_until_half_written(process, Path("out/big.tif.tmp"))
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert not Path("out/big.tif").exists() and not Path("out/big.tif.tmp").exists()

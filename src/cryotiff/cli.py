@@ -402,8 +402,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _terminate_like_ctrl_c(signum, frame) -> None:
+    """SIGTERM (batch schedulers, ``kill``) cleans up as Ctrl-C does: the movie being written
+    is removed and the exit status is 130."""
+    raise KeyboardInterrupt
+
+
 def run_command(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run it; returns the exit status."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
     parser = build_parser()
     args = parser.parse_args(argv)
     reporter = TerminalReporter()

@@ -375,10 +375,14 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
     with thread_pool(options.threads) as executor:
         for job in jobs:
             reporter.message(f"Processing {job.source}")
+            # A movie that fails part-way must not leave its first frames in the estimate.
+            before = state.copy() if state is not None else None
             state, result = estimate_movie(job.source, state, options, executor, reporter)
             if result.status == "converted":
                 state.save(options.output_dir)
                 reporter.message(updated_message(options.output_dir) + "\n")
+            else:
+                state = before
             results.append(result)
             reporter.movie_finished(result)
     return results
