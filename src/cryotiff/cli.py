@@ -281,7 +281,23 @@ def run_conversion(
         if state != "finished" and report_path is not None:
             status = {"interrupted": EXIT_INTERRUPTED, "error": error_status}.get(state, EXIT_FAILED)
             _write_report_quietly(report_path, collector.results, options, inputs, status, state, error)
-    summary = summarise(results, time.perf_counter() - started)
+    return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, control)
+
+
+def finish_run(
+    inputs: Sequence[str],
+    results: list[MovieResult],
+    options: ConvertOptions,
+    reporter: TerminalReporter,
+    wall_seconds: float,
+    report_path: Path | None = None,
+    control: PipelineControl | None = None,
+    extra_lines: Sequence[str] = (),
+) -> int:
+    """After a conversion run (also rank 0 of ``convert-to-tiff-mpi``): ``<o>/movies.star``
+    (and RELION_OUTPUT_NODES.star for a pipeline job), the summary, ``extra_lines``, the
+    ``--report``. Returns the exit status."""
+    summary = summarise(results, wall_seconds)
     status = EXIT_FAILED if summary.failed else EXIT_OK
     movies_star = None
     try:
@@ -298,6 +314,8 @@ def run_conversion(
         print(f"ERROR: {exc}", file=reporter.err, flush=True)
         status = EXIT_FAILED
     print_summary(results, summary, reporter.out)
+    for line in extra_lines:
+        print(line, file=reporter.out, flush=True)
     if report_path is not None:
         try:
             write_report(report_path, results, options, inputs, summary, status, movies_star=movies_star)

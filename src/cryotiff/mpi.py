@@ -55,7 +55,6 @@ from .cli import (
     format_bytes,
     option_conflicts,
     options_from_args,
-    print_summary,
 )
 from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
@@ -512,31 +511,10 @@ def report_run(
 ) -> int:
     """Rank 0, after the run: ``movies.star``, the summary, the work per rank, the ``--report``
     (as ``convert-to-tiff`` does). Returns the exit status."""
-    from .relion_pipeline import write_movies_star, write_report
+    from .cli import finish_run
 
-    summary = summarise(results, wall_seconds)
-    status = EXIT_FAILED if summary.failed else EXIT_OK
-    movies_star = None
-    try:
-        outcome = write_movies_star(inputs, results, options.output_dir, options.eer_upsampling)
-        for text in outcome.warnings:
-            reporter.warning(f"WARNING: {text}")
-        movies_star = outcome.path
-        if movies_star is not None:
-            reporter.message(f"Written {movies_star} listing {outcome.n_movies} converted movies"
-                             + ("" if outcome.has_optics else " (no optics table: the input was not a STAR file)"))
-    except CryotiffError as exc:
-        print(f"ERROR: {exc}", file=reporter.err, flush=True)
-        status = EXIT_FAILED
-    print_summary(results, summary, reporter.out)
-    print(format_rank_line(results, n_ranks), file=reporter.out, flush=True)
-    if report_path is not None:
-        try:
-            write_report(report_path, results, options, inputs, summary, status, movies_star=movies_star)
-        except CryotiffError as exc:
-            print(f"ERROR: {exc}", file=reporter.err, flush=True)
-            status = EXIT_FAILED
-    return status
+    return finish_run(inputs, results, options, reporter, wall_seconds, report_path,
+                      extra_lines=[format_rank_line(results, n_ranks)])
 
 
 def format_rank_line(results: Sequence[MovieResult], n_ranks: int) -> str:
