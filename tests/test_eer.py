@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from unittest import mock
 
 import imagecodecs
 import numpy as np
@@ -219,110 +218,76 @@ def test_truncated_streams_are_corrupt_like_reference(
 @given(
     data=st.one_of(
         st.binary(max_size=64),
-        # Mostly one bits: many places where an overflow code could start.
+        # Mostly one bits: many overflow codes.
         st.lists(st.sampled_from([0xFF, 0xFF, 0xFF, 0x7F, 0xFE, 0xEF, 0x00]), max_size=64).map(bytes),
     ),
-    rle=st.integers(2, 14),
-    symbol_bits=st.sampled_from([2, 4]),
-    total=st.sampled_from([1, 16, 64, 100, 256]),
+    rle=st.integers(4, 14),
+    subpixel_bits=st.sampled_from([1, 2]),
+    shape=st.sampled_from([(1, 1), (4, 4), (8, 8), (10, 10), (16, 16)]),
 )
-def test_vectorised_variable_decoder_agrees_with_relions_loop(
-    data: bytes, rle: int, symbol_bits: int, total: int
+def test_variable_streams_agree_with_relions_loop(
+    data: bytes, rle: int, subpixel_bits: int, shape: tuple[int, int]
 ) -> None:
-    """Every run width the 65002 tags allow: valid or corrupt exactly when RELION's loop (stopping
-    at the end of the data) says so, with the same events and symbols."""
+    """Every run width imagecodecs decodes (65002): valid or corrupt exactly when RELION's loop
+    (stopping at the end of the data) says so, with the same events and symbols, also for frame
+    sizes that are not a multiple of 8 pixels (the scan's other path)."""
+    symbol_bits = 2 * subpixel_bits
     if not 8 < rle + symbol_bits <= 16:
         return
+    encoding = E.EerEncoding(65002, rle, subpixel_bits, subpixel_bits)
+    total = shape[0] * shape[1]
     ref = ref_decode(data, total, rle, symbol_bits, False)
-    got = E.decode_eer_variable(data, total, rle, symbol_bits, need_symbols=True)
+    got = E.decode_eer_frame(data, shape, encoding, need_symbols=True)
     assert _as_pairs(got) == ref
-    plain = E.decode_eer_variable(data, total, rle, symbol_bits)
+    buffer = np.zeros(shape, dtype=np.bool_)
+    plain = E.decode_eer_frame(data, shape, encoding, buffer=buffer)
+    assert not buffer.any()  # the scratch image is clean again, whatever the stream was
     assert (plain is None) == (ref is None)
     if plain is not None:
         assert plain[1] is None
         assert plain[0].tolist() == [pixel for pixel, _ in ref]
 
 
-# decode_eer_frame decodes 65001/65002 frames by the vectorised parse (dense frames) or with
-# imagecodecs (sparse frames); these force one or the other.
-ROUTES = {"imagecodecs": -1.0, "vectorised": 2.0}
-
-
-def _route(name: str):
-    return mock.patch.object(E, "_SPARSE_WINDOW_FRACTION", ROUTES[name])
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    data=st.binary(min_size=0, max_size=48),
-    which=st.sampled_from([1, 2, 3]),
-    route=st.sampled_from(sorted(ROUTES)),
-    positions=st.sets(st.integers(0, 255), max_size=40),
-    cut=st.integers(0, 400),
-)
-def test_both_routes_agree_with_reference(
-    data: bytes, which: int, route: str, positions: set[int], cut: int
-) -> None:
-    """Arbitrary bytes and cut valid streams, through either route of decode_eer_frame."""
-    encoding = [ENC_65000, ENC_65001, ENC_711, ENC_722][which]
-    bits = encoding.horizontal_bits
-    sb = None if encoding.compression == 65001 else bits
-    stream = S.encode_frame(S.events_from_positions(sorted(positions)), 16, encoding.compression,
-                            subpixel_bits=sb, align=1)
-    with _route(route):
-        for chunk, total, shape in ((data, 64, (8, 8)), (stream[:cut], 256, (16, 16))):
-            ref = ref_decode(chunk, total, 7, 2 * bits, False)
-            got = E.decode_eer_frame(chunk, shape, encoding, need_symbols=True)
-            assert _as_pairs(got) == ref
-
-
-def test_routes_are_chosen_by_density() -> None:
-    """Sparse frames (many overflow codes) go to imagecodecs, dense ones to the parse; both give
-    the events that were encoded."""
-    rng = np.random.default_rng(1)
-    size = 512
-    for density, route in ((0.0, "imagecodecs"), (0.005, "imagecodecs"), (0.03, "vectorised"),
-                           (0.2, "vectorised")):
-        fr = S.random_events(rng, size, 1, density)[0]
+def test_scratch_image_is_reused_clean_across_frames() -> None:
+    """One bool scratch image for many frames (as each thread keeps one), valid and corrupt."""
+    rng = np.random.default_rng(3)
+    size = 256
+    buffer = np.zeros((size, size), dtype=np.bool_)
+    frames = S.random_events(rng, size, 6, 0.03)
+    for fr in frames:
         stream = S.encode_frame(fr, size, 65001)
-        called = []
-        real = E._decode_with_imagecodecs
-
-        def spy(*args, **kwargs):
-            called.append(True)
-            return real(*args, **kwargs)
-
-        with mock.patch.object(E, "_decode_with_imagecodecs", spy):
-            pos, sym = E.decode_eer_frame(stream, (size, size), ENC_65001, need_symbols=True)
-        assert bool(called) == (route == "imagecodecs"), density
-        np.testing.assert_array_equal(pos, fr.positions)
-        xs, ys = E._subpixels(sym, 2, 2)
-        np.testing.assert_array_equal(xs, fr.sub_x)
-        np.testing.assert_array_equal(ys, fr.sub_y)
+        for data, valid in ((stream, True), (stream[: len(stream) // 2], False), (b"\xff" * 64, False)):
+            got = E.decode_eer_frame(data, (size, size), ENC_65001, buffer=buffer)
+            assert (got is not None) == valid
+            if valid:
+                np.testing.assert_array_equal(got[0], fr.positions)
+            assert not buffer.any()
 
 
-@pytest.mark.parametrize("rle", [3, 5, 7, 9, 12, 14])
-def test_vectorised_variable_decoder_on_encoded_frames(rle: int) -> None:
+@pytest.mark.parametrize("rle,subpixel_bits", [(7, 1), (9, 1), (14, 1), (5, 2), (7, 2), (12, 2)])
+def test_variable_decoder_on_encoded_frames(rle: int, subpixel_bits: int) -> None:
     """Valid streams of several run widths, sparse (long overflow chains) to dense; each needs
     exactly the bits :func:`required_bits` counts: one byte less is corrupt."""
     rng = np.random.default_rng(rle)
     size = 64
-    frames = _edge_frames(size, 1) + [
+    bits = subpixel_bits
+    encoding = E.EerEncoding(65002, rle, bits, bits)
+    frames = _edge_frames(size, bits) + [
         f
         for density in (0.0005, 0.01, 0.1, 0.6)
-        for f in S.random_events(rng, size, 2, density, subpixel_bits=1)
+        for f in S.random_events(rng, size, 2, density, subpixel_bits=bits)
     ]
     for fr in frames:
-        stream = S.encode_frame(fr, size, 65002, rle_bits=rle, subpixel_bits=1, align=1)
-        got = E.decode_eer_variable(stream, size * size, rle, 2, need_symbols=True)
+        stream = S.encode_frame(fr, size, 65002, rle_bits=rle, subpixel_bits=bits, align=1)
+        got = E.decode_eer_frame(stream, (size, size), encoding, need_symbols=True)
         assert got is not None
         np.testing.assert_array_equal(got[0], fr.positions)
-        xs, ys = E._subpixels(got[1], 1, 1)
+        xs, ys = E._subpixels(got[1], bits, bits)
         np.testing.assert_array_equal(xs, fr.sub_x)
         np.testing.assert_array_equal(ys, fr.sub_y)
-        needed = E.required_bits(fr.positions, size * size, rle, 2)
+        needed = E.required_bits(fr.positions, size * size, rle, 2 * bits)
         assert len(stream) == -(-needed // 8)
-        assert E.decode_eer_variable(stream[:-1], size * size, rle, 2) is None
+        assert E.decode_eer_frame(stream[:-1], (size, size), encoding) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,14 +399,6 @@ def test_render_in_small_batches_and_bands(
                 _check_render(movie.render(0, len(frames), up), frames, det, up, bits)
 
 
-@pytest.mark.parametrize("route", sorted(ROUTES))
-def test_render_through_either_route(movies, route: str) -> None:
-    for name, bits, up in (("4k_65001", 2, 2), ("2k_711", 1, 2), ("4k_722", 2, -1)):
-        path, frames = movies[name]
-        with E.EerMovie(path) as movie, _route(route):
-            _check_render(movie.render(0, len(frames), up), frames, movie.detector_size, up, bits)
-
-
 def test_banded_sum_in_uint32_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The uint32 counts of very long groups take the same path (bands are counted in bytes);
     bands down to 2 physical rows (the least: binning adds row pairs)."""
@@ -527,8 +484,7 @@ def test_upsampling_rejections(movies) -> None:
             movie.render(1, 1, 1)
 
 
-@pytest.mark.parametrize("route", sorted(ROUTES))
-def test_corrupt_frames_are_skipped_and_reported(tmp_path: Path, route: str) -> None:
+def test_corrupt_frames_are_skipped_and_reported(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     det = 2048
     frames = S.random_events(rng, det, 6)
@@ -545,7 +501,7 @@ def test_corrupt_frames_are_skipped_and_reported(tmp_path: Path, route: str) -> 
         good[5],
     ]
     path = S.write_eer(tmp_path / "bad.eer", streams, det, 65001, strips_per_frame=2)
-    with E.EerMovie(path) as movie, ThreadPoolExecutor(2) as pool, _route(route):
+    with E.EerMovie(path) as movie, ThreadPoolExecutor(2) as pool:
         assert movie.info.n_frames == 7
         for executor in (None, pool):
             result = movie.render(0, 7, 1, executor=executor)

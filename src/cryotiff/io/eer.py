@@ -12,16 +12,14 @@ Rendering follows RELION's table (spec 11.4): upsampling 1 = physical grid, 2 = 
 (16K), -1 = 2x binned. Counts are returned in EER raster orientation (row 0 = raster row 0); the
 TIFF writer flips. The library never prints: messages are returned as strings.
 
-65000 is decoded here, vectorised (:func:`decode_eer_8bit`). 65001/65002 frames are decoded in
-one of two ways that give the same events (:func:`decode_eer_frame` picks the faster): dense frames
-(few overflow codes, e.g. Falcon 4 at 0.025 e/pixel) by a vectorised parse straight to the event
-positions (:func:`decode_eer_variable`); sparse frames (many overflow codes) with
-``imagecodecs.eer_decode`` into a ``W*H`` bool image, which releases the GIL, then a scan for the
-events and a bit count that catches a stream which ends before ``W*H`` pixels (imagecodecs does
-not report it; :func:`required_bits`). Both stop at the end of the frame's data and spend their time
-in calls that release the GIL, so page tasks on several threads render in parallel.
-:meth:`EerMovie.render` adds the events of a few frames at a time band by band, so the counts of
-one band stay in the CPU cache while they are added to.
+65000 is decoded here, vectorised (:func:`decode_eer_8bit`), because RELION and imagecodecs read
+it differently (RELION's reading is followed). 65001/65002 frames are decoded by
+``imagecodecs.eer_decode`` into a ``W*H`` bool image (the GIL released), which is then scanned for
+the events; a bit count catches a stream that ends before ``W*H`` pixels, which imagecodecs does
+not report (:func:`required_bits`). Page tasks on several threads render in parallel because
+decoding and summing spend their time in calls that release the GIL. :meth:`EerMovie.render`
+adds the events of a few frames at a time band by band, so the counts of one band stay in the
+CPU cache while they are added to.
 """
 
 from __future__ import annotations
@@ -204,8 +202,8 @@ def symbols_7bit(
     The code sequence follows from the positions (see :func:`required_bits`): event ``j``'s code
     starts after ``j`` event codes and all overflow codes up to it, and its symbol follows the
     run field. So the symbols are a vectorised gather from the stream (the same as
-    ``imagecodecs.eer_decode(..., superres=k)`` gives, tested; :func:`decode_eer_variable` reads
-    them along with the runs).
+    ``imagecodecs.eer_decode(..., superres=k)`` gives, tested). This is cheaper than a second
+    imagecodecs decode at the output resolution, whose image would be up to 16x larger.
     """
     max_run = (1 << rle_bits) - 1
     gaps = np.diff(positions, prepend=-1) - 1
@@ -235,29 +233,11 @@ def decode_eer_frame(
     sub-pixel symbols (uint8; always for 65000, else only with ``need_symbols``). A frame is corrupt
     when its runs do not end at exactly ``rows * cols`` pixels within its data: the stream runs out
     or a run overshoots. ``buffer`` (bool, ``shape``, all False) is an optional scratch array for
-    imagecodecs (sparse frames); it is all False again on return.
+    imagecodecs; it is all False again on return.
     """
-    total = shape[0] * shape[1]
     if encoding.compression == COMPRESSION_EER_8BIT:
-        return decode_eer_8bit(data, total)
-    rle, sym = encoding.rle_bits, encoding.symbol_bits
-    raw = np.frombuffer(data + b"\0" * _STREAM_PADDING, dtype=np.uint8)
-    runs = _runs_of_ones(raw, len(data), rle)
-    if np.count_nonzero(runs) > _SPARSE_WINDOW_FRACTION * runs.size:
-        return _decode_with_imagecodecs(data, shape, encoding, need_symbols, buffer)
-    return _parse_variable(raw, len(data), total, rle, sym, need_symbols, runs)
-
-
-# Zero bytes appended to a frame's data: the 64-bit windows of _runs_of_ones and the 32-bit windows
-# of _parse_variable read up to 8 bytes past the last byte they look at.
-_STREAM_PADDING = 16
-# The vectorised parse costs most per place where an overflow code could start, the imagecodecs
-# route per event plus a scan of the W*H image. Measured while rendering 4K 65001 frames (2-core
-# development machine), the routes cost the same at about 0.018 e/pixel, where about 0.42 of the
-# 48-bit windows hold such a place (one overflow code per 127 empty pixels: more in sparser
-# frames); above that fraction imagecodecs is faster (0.012 e/pixel: 12 ms against 22 ms per
-# frame), below it the parse (0.025 e/pixel: 12 ms against 17 ms; at 2x 17 against 27 ms).
-_SPARSE_WINDOW_FRACTION = 0.42
+        return decode_eer_8bit(data, shape[0] * shape[1])
+    return _decode_with_imagecodecs(data, shape, encoding, need_symbols, buffer)
 
 
 def _decode_with_imagecodecs(
@@ -267,12 +247,13 @@ def _decode_with_imagecodecs(
     need_symbols: bool,
     buffer: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """The events of a 65001/65002 frame via ``imagecodecs.eer_decode`` (a bool image, the GIL
-    released), its scan, and a bit count for a stream that ends early (see :func:`required_bits`).
+    """The events of a 65001/65002 frame: ``imagecodecs.eer_decode`` into a bool image (the GIL
+    released), a scan of the image for the events, and a bit count for a stream that ends early
+    (imagecodecs returns the image it has so far; see :func:`required_bits`).
     """
-    # imagecodecs needs an even length and reads up to 4 bytes at a time; zero padding lets it
-    # finish a valid stream whose last code ends near the end of the data. Events it reads from
-    # the padding (a stream that ran out) make the frame fail the bit count below.
+    # imagecodecs needs an even length, and it stops when fewer than run + symbol bits remain,
+    # even where a final run-only code would fit: two zero bytes let it finish a valid stream.
+    # Events it reads from the padding (a stream that ran out) make the frame fail the bit count.
     stream = data + b"\0" * (2 + len(data) % 2)
     if buffer is None:
         buffer = np.zeros(shape, dtype=np.bool_)
@@ -288,9 +269,7 @@ def _decode_with_imagecodecs(
     except (RuntimeError, ValueError):  # ImcdError (a RuntimeError): a run overshoots
         buffer.fill(False)
         return None
-    flat = buffer.reshape(-1)
-    positions = np.flatnonzero(flat)
-    flat[positions] = False  # cheaper than clearing the whole buffer
+    positions = _take_events(buffer.reshape(-1))
     total = shape[0] * shape[1]
     if required_bits(positions, total, encoding.rle_bits, encoding.symbol_bits) > 8 * len(data):
         return None
@@ -299,214 +278,23 @@ def _decode_with_imagecodecs(
     return positions, symbols_7bit(stream, positions, encoding.rle_bits, encoding.symbol_bits)
 
 
-def _runs_of_ones(raw: np.ndarray, n_bytes: int, rle_bits: int) -> np.ndarray:
-    """Bit ``j`` of window ``w`` set: ``rle_bits`` one bits start at bit ``48 * w + j`` of the
-    first ``n_bytes`` of ``raw`` (zero padded), i.e. an overflow code (a run of
-    ``2**rle_bits - 1``) could start there.
+def _take_events(flat: np.ndarray) -> np.ndarray:
+    """Indices of the True pixels of a flat bool image, which is all False again on return.
 
-    The stream is read as 64-bit windows every 6 bytes (48 start bits each, whose fields end at
-    bit 47 + 14 < 64); runs of ones are found by doubling (``a_2k = a_k & a_k >> k``).
+    Scans 8 pixels at a time (a Falcon 4 frame at 0.025 e/pixel has 4 in 5 such words empty),
+    then the non-empty words; numpy's fast nonzero path is the one for bool arrays, hence the
+    ``!= 0`` and the bool view. Clearing only the non-empty words is cheaper than a fill.
     """
-    n_windows = -(-n_bytes // 6)
-    x = np.ndarray((n_windows,), dtype="<u8", buffer=raw, offset=0, strides=(6,)).astype(np.uint64)
-    length = 1
-    while 2 * length <= rle_bits:
-        x &= x >> np.uint64(length)
-        length *= 2
-    if length < rle_bits:
-        x &= x >> np.uint64(rle_bits - length)
-    x &= np.uint64((1 << 48) - 1)
-    return x
-
-
-def _overflow_candidates(runs: np.ndarray) -> np.ndarray:
-    """Sorted bit offsets of the set bits of :func:`_runs_of_ones`."""
-    windows = np.flatnonzero(runs)
-    hits = np.unpackbits(
-        runs[windows].astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)[:, :6],
-        axis=1,
-        bitorder="little",
-    ).view(np.bool_)
-    hit = np.flatnonzero(hits)
-    window, bit = np.divmod(hit, 48)
-    return windows[window] * 48 + bit
-
-
-def _overflow_entries(
-    candidates: np.ndarray, rle_bits: int, step: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where a parse can enter a run of one bits with an overflow code, and where it leaves it.
-
-    The candidates of one maximal run of ones ``[a, e)`` are ``a .. e - rle_bits``. A parse that
-    reaches the run on a lattice of step ``step`` enters it within its first ``step`` bits, then
-    reads overflow codes back to back while they fit: ``k = (e - p) // rle_bits`` codes from
-    entry ``p``, leaving at ``p + k * rle_bits`` (the field there is not all ones, and the next
-    lattice point is past the run). So only entries are nodes of the parse graph: a sparse frame
-    (long runs of overflow codes, one per 127 empty pixels) then has a few nodes per run instead
-    of one per bit. Returns ``(entries, n_overflow_codes)``.
-    """
-    if candidates.size == 0:
-        return candidates, candidates
-    first = np.empty(candidates.size, dtype=np.bool_)
-    first[0] = True
-    np.not_equal(np.diff(candidates), 1, out=first[1:])
-    block = np.cumsum(first) - 1
-    block_first = np.flatnonzero(first)
-    block_start = candidates[block_first]
-    block_end = np.empty(block_first.size, dtype=np.int64)  # end of the run of ones (exclusive)
-    block_end[:-1] = candidates[block_first[1:] - 1]
-    block_end[-1] = candidates[-1]
-    block_end += rle_bits
-    entry = candidates - block_start[block] < step
-    entries = candidates[entry]
-    return entries, (block_end[block[entry]] - entries) // rle_bits
-
-
-def _next_overflows(entries: np.ndarray, exits: np.ndarray, step: int) -> np.ndarray:
-    """Where the parse goes after each group of overflow codes.
-
-    Nodes: 0 = the start of the frame (no overflow code, the parse is at bit 0), ``1 + i`` = the
-    overflow codes entered at ``entries[i]`` and left at bit ``exits[i]``, ``n + 1`` = the end (no
-    further overflow code). From bit ``q``, event codes of ``step`` bits follow until the first
-    entry on the lattice ``q + k * step``: there the next overflow codes start (a field of all
-    ones cannot be an event code, and any other field is one). Returns ``succ`` with
-    ``succ[node]`` = the next node.
-    """
-    n = entries.size
-    succ = np.full(n + 2, n + 1, dtype=np.int64)
-    if n == 0:
-        return succ
-    query = np.empty(n + 1, dtype=np.int64)
-    query[0] = 0
-    query[1:] = exits
-    # Group entries and queries by lattice class (radix sorts keep the order of positions), then
-    # per class each query's successor is the first entry at or after it.
-    entry_class = (entries % step).astype(np.uint8)
-    query_class = (query % step).astype(np.uint8)
-    by_class = np.argsort(entry_class, kind="stable")
-    by_class_q = np.argsort(query_class, kind="stable")
-    entry_ends = np.cumsum(np.bincount(entry_class, minlength=step)).tolist()
-    query_ends = np.cumsum(np.bincount(query_class, minlength=step)).tolist()
-    class_entries = entries[by_class]
-    class_queries = query[by_class_q]
-    e0 = q0 = 0
-    for e1, q1 in zip(entry_ends, query_ends):
-        if q1 > q0 and e1 > e0:
-            nxt = np.searchsorted(class_entries[e0:e1], class_queries[q0:q1])
-            found = nxt < e1 - e0
-            succ[by_class_q[q0:q1][found]] = by_class[e0:e1][nxt[found]] + 1
-        e0, q0 = e1, q1
-    return succ
-
-
-def _path_from_start(succ: np.ndarray) -> np.ndarray:
-    """Nodes visited from node 0 until the end node (``succ.size - 1``, excluded), in order, by
-    pointer doubling: after step k the path holds the first ``2**k`` nodes."""
-    end = succ.size - 1
-    path = np.zeros(1, dtype=np.int64)
-    jump = succ
-    while path[-1] != end:
-        path = np.concatenate((path, jump[path]))
-        jump = jump[jump]
-    return path[: int(np.argmax(path == end))]
-
-
-def decode_eer_variable(
-    data: bytes, n_pixels: int, rle_bits: int, symbol_bits: int, *, need_symbols: bool = False
-) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Decode a 65001/65002 stream (``rle_bits`` runs, an overflow code of ``2**rle_bits - 1``
-    carries no symbol) into ``(positions, symbols)``, or None when the runs do not end at exactly
-    ``n_pixels`` within the data (a corrupt frame). ``symbols`` is None unless ``need_symbols``.
-
-    Vectorised: codes are ``rle_bits`` (overflow) or ``rle_bits + symbol_bits`` (event) bits long,
-    so between two groups of overflow codes the codes sit on a lattice of step
-    ``rle_bits + symbol_bits``. The overflow codes of the parse are found among the runs of one
-    bits (:func:`_overflow_candidates`, :func:`_overflow_entries`, :func:`_next_overflows`,
-    :func:`_path_from_start`); that gives the bit offset of every event code, then one gather
-    reads all runs and symbols and a cumulative sum places the events, as in RELION's loop (spec
-    11.3). Same results as that loop stopped at the end of the data (tested against it,
-    including arbitrary bytes).
-    """
-    raw = np.frombuffer(data + b"\0" * _STREAM_PADDING, dtype=np.uint8)
-    runs = _runs_of_ones(raw, len(data), rle_bits)
-    return _parse_variable(raw, len(data), n_pixels, rle_bits, symbol_bits, need_symbols, runs)
-
-
-def _parse_variable(
-    raw: np.ndarray,
-    n_bytes: int,
-    n_pixels: int,
-    rle_bits: int,
-    symbol_bits: int,
-    need_symbols: bool,
-    runs: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """:func:`decode_eer_variable` on the zero-padded stream ``raw`` (``n_bytes`` of data) whose
-    :func:`_runs_of_ones` are ``runs``."""
-    n_bits = 8 * n_bytes
-    step = rle_bits + symbol_bits
-    max_run = (1 << rle_bits) - 1
-    entries, n_overflow = _overflow_entries(_overflow_candidates(runs), rle_bits, step)
-    exits = entries + n_overflow * rle_bits
-    nodes = _path_from_start(_next_overflows(entries, exits, step))[1:] - 1
-    # Items: the event codes of segment j (from seg_start[j] on the lattice), then overflow group
-    # j (entered at group_bit[j]); the last segment runs to the end of the data.
-    group_bit = entries[nodes]
-    group_codes = n_overflow[nodes]
-    seg_start = np.empty(nodes.size + 1, dtype=np.int64)
-    seg_start[0] = 0
-    seg_start[1:] = exits[nodes]
-    seg_events = np.empty(nodes.size + 1, dtype=np.int64)
-    seg_events[:-1] = (group_bit - seg_start[:-1]) // step
-    seg_events[-1] = max(0, -(-(n_bits - int(seg_start[-1])) // step))
-    group_item = np.cumsum(seg_events[:-1]) + np.arange(nodes.size)  # item index of each group
-    n_items = int(seg_events.sum()) + nodes.size
-    if n_items == 0:
-        return None
-    # (Few passes over these arrays of about 440,000 items per 4K frame, in place where possible:
-    # each pass and each fresh array costs as much as the arithmetic.)
-    item_bit = np.full(n_items, step, dtype=np.int64)  # steps, then their cumulative sum
-    after = group_item + 1
-    inside = after < n_items
-    item_bit[after[inside]] = group_codes[inside] * rle_bits
-    item_bit[0] = 0
-    np.cumsum(item_bit, out=item_bit)
-    # Every byte's 32-bit window (aligned copy: gathers from it are fast); a code's run and symbol
-    # lie within 7 + 16 bits of its first byte.
-    windows = np.ndarray((raw.size - 3,), dtype="<u4", buffer=raw, offset=0, strides=(1,)).copy()
-    fields = windows.take(item_bit >> 3)
-    fields >>= item_bit.astype("<i8", copy=False).view(np.uint8)[::8] & np.uint8(7)  # low bytes
-    # Pixels consumed: run + 1 for an event code, max_run per code of an overflow group.
-    reached = np.add(fields & np.uint32(max_run), 1, dtype=np.int64)
-    reached[group_item] = group_codes * max_run
-    np.cumsum(reached, out=reached)  # after item i: the next pixel
-    is_event = np.ones(n_items, dtype=np.bool_)
-    is_event[group_item] = False
-    # The frame ends at the first code whose run reaches n_pixels (before its event would be
-    # placed). Item `end` holds it: the first with reached >= n_pixels, or the one after an event
-    # on the last pixel (whose run only reached n_pixels - 1).
-    end = int(np.searchsorted(reached, n_pixels))
-    if end < n_items and is_event[end] and reached[end] == n_pixels:
-        end += 1
-    if end >= n_items:
-        return None  # the data ends first
-    if is_event[end]:
-        last_bit = int(item_bit[end])
-        exact = reached[end] - 1 == n_pixels
-    else:  # the i-th overflow code of the group (i >= 1) is the first to reach n_pixels
-        missing = n_pixels - (int(reached[end - 1]) if end else 0)
-        i = max(1, -(-missing // max_run))
-        last_bit = int(item_bit[end]) + (i - 1) * rle_bits
-        exact = i * max_run == missing
-    if not exact or last_bit + rle_bits > n_bits:
-        return None  # the runs overshoot, or the last code is cut off by the end of the data
-    events = is_event[:end]
-    positions = reached[:end][events]
-    positions -= 1
-    if not need_symbols:
-        return positions, None
-    symbols = (fields[:end][events] >> np.uint32(rle_bits)) & np.uint32((1 << symbol_bits) - 1)
-    return positions, symbols.astype(np.uint8)
+    if flat.size % 8 or flat.ctypes.data % 8:
+        positions = np.flatnonzero(flat)
+        flat[positions] = False
+        return positions
+    words = flat.view(np.uint64)
+    busy = np.flatnonzero(words != 0)
+    values = words[busy]
+    words[busy] = 0
+    inside = np.flatnonzero(values.view(np.bool_))
+    return (busy[inside >> 3] << 3) | (inside & 7)
 
 
 def _subpixels(
@@ -821,11 +609,11 @@ class EerMovie(Movie):
                 "(sub-pixel bits)."
             )
         rle, horizontal, vertical = int(rle), int(horizontal), int(vertical)
-        # RELION 5.0.1 accepts only 7/1/1. We also read 7/2/2 (and other run widths imagecodecs
-        # decodes) with 1 or 2 sub-pixel bits per axis: RELION's rendering table is defined for
-        # those only.
+        # RELION 5.0.1 accepts only 7/1/1. We also read 7/2/2 and the other run widths
+        # imagecodecs decodes (run + symbol bits 9 to 16), with 1 or 2 sub-pixel bits per axis:
+        # RELION's rendering table is defined for those only.
         if not (
-            2 <= rle <= 14
+            4 <= rle <= 14
             and horizontal == vertical
             and horizontal in (1, 2)
             and 8 < rle + horizontal + vertical <= 16
@@ -886,9 +674,8 @@ class EerMovie(Movie):
         return _DecodedFrame(index, decoded[0], decoded[1])
 
     def _buffer(self) -> np.ndarray | None:
-        """This thread's scratch image for imagecodecs (sparse frames), None for 65000. Fresh
-        16 MB arrays per frame would cost page faults that serialise the threads; np.zeros maps
-        zero pages, so a buffer that dense frames never touch takes no memory."""
+        """This thread's scratch image for imagecodecs, None for 65000. Fresh 16 MB arrays per
+        frame would cost page faults that serialise the threads."""
         if self.encoding.compression == COMPRESSION_EER_8BIT:
             return None
         buffer = getattr(self._local, "buffer", None)
