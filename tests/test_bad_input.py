@@ -5,6 +5,7 @@ makes the exit status 1."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import struct
 from pathlib import Path
@@ -250,22 +251,36 @@ def small_eer(path: str, seed: int, n_frames: int = 6, damaged_frame: int | None
     return events
 
 
-def test_a_damaged_eer_frame_fails_the_movie(in_tmp: Path, capsys) -> None:
-    small_eer("bad.eer", 3, damaged_frame=2)
-    errors = expect_one_clean_failure(capsys, "bad.eer", "raw frame 3 is damaged", eer_grouping="3")
-    assert "--ignore_error" in errors[0]
+DAMAGED_FRAME_3_WARNING = ("WARNING: The number of pixels is not right in bad.eer frame 3. Probably this frame "
+                           "is corrupted. This frame is skipped.")
 
 
-def test_ignore_error_skips_a_damaged_eer_frame_as_relion_does(in_tmp: Path, capsys) -> None:
+@pytest.mark.parametrize("accept", [False, True])
+def test_a_damaged_eer_frame_is_left_out_with_relions_warning(in_tmp: Path, capsys, accept: bool) -> None:
+    """The movie is written without the damaged frame (RELION's output), the warning names it, the
+    summary counts it, and the exit status is 1 unless --ignore_error accepts the loss."""
     from cryotiff.simulate.eer import expected_render
 
     events = small_eer("bad.eer", 3, damaged_frame=2)
-    assert main(["--i", "bad.eer", "--o", "out", "--eer_grouping", "3", "--ignore_error"]) == 0
-    assert ("WARNING: The number of pixels is not right in bad.eer frame 3. Probably this frame is "
-            "corrupted. This frame is skipped.") in capsys.readouterr().err
+    small_eer("good.eer", 4)
+    args = ["--i", "*.eer", "--o", "out", "--eer_grouping", "3", "--report", "out/report.json"]
+    status = main(args + ["--ignore_error"] * accept)
+    assert status == (0 if accept else 1)
+    captured = capsys.readouterr()
+    assert captured.err.count("WARNING: The number of pixels is not right") == 1
+    assert DAMAGED_FRAME_3_WARNING in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert "Movies converted: 2, skipped: 0, failed: 0" in captured.out
+    summary_line = "Damaged raw EER frames left out: 1 in 1 movie (each named by a WARNING above); "
+    assert summary_line + ("accepted with --ignore_error" if accept
+                           else "exit status 1 (--ignore_error accepts them)") in captured.out
     pages = read_tiff_frames(Path("out/bad.tif"))
     np.testing.assert_array_equal(pages[0], expected_render(events[0:2], 2048, 1, 2))  # without frame 3
     np.testing.assert_array_equal(pages[1], expected_render(events[3:6], 2048, 1, 2))
+    report = json.loads(Path("out/report.json").read_text())
+    assert report["totals"]["damaged_eer_frames"] == 1
+    assert report["exit_status"] == status
+    assert not list(Path("out").glob("*.tmp"))
 
 
 def float_movie_and_gain(name: str, gain_shape_yx: tuple[int, int]) -> None:

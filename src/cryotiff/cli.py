@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Level of --compression deflate: 1-12 (libdeflate; 10-12 are slow; default: 6)")
     tiff.add_argument("--ignore_error", action="store_true",
                       help="Do not stop on a non-integer value in a reliable pixel of a float movie (round it), "
-                           "nor on a damaged EER frame (leave it out, as RELION does)")
+                           "nor exit with status 1 when damaged EER frames were left out (as RELION does)")
     tiff.add_argument("--line_by_line", action="store_true", help="One TIFF strip per row instead of one per frame")
     tiff.add_argument("--no_verify", action="store_true",
                       help="Do not decode every strip and compare it with its frame before writing it")
@@ -212,7 +212,9 @@ class TerminalReporter(Reporter):
         print(text, file=self.err, flush=True)
 
 
-def print_summary(results: Sequence[MovieResult], summary: Summary, out: TextIO) -> None:
+def print_summary(
+    results: Sequence[MovieResult], summary: Summary, out: TextIO, damaged_accepted: bool = False
+) -> None:
     """The final table: one row per converted movie (up to 20), then the totals."""
     converted = [r for r in results if r.status == "converted"]
     print("", file=out)
@@ -234,6 +236,13 @@ def print_summary(results: Sequence[MovieResult], summary: Summary, out: TextIO)
         print(f"Input:  {format_bytes(summary.input_bytes)}   Output: {format_bytes(summary.output_bytes)}"
               f"   ({summary.ratio_percent:.1f} % of the input)", file=out)
     print(f"Speed:  {summary.megabytes_per_second:.1f} MB/s of input   Wall time: {summary.wall_seconds:.1f} s", file=out)
+    if summary.damaged_eer_frames:
+        frames = summary.damaged_eer_frames
+        movies = summary.movies_with_damaged_frames
+        print(f"Damaged raw EER frames left out: {frames} in {movies} movie" + "s" * (movies != 1)
+              + " (each named by a WARNING above)"
+              + ("; accepted with --ignore_error" if damaged_accepted
+                 else "; exit status 1 (--ignore_error accepts them)"), file=out)
     if summary.failures:
         print("Failed movies:", file=out)
         for failure in summary.failures:
@@ -298,7 +307,8 @@ def finish_run(
     (and RELION_OUTPUT_NODES.star for a pipeline job), the summary, ``extra_lines``, the
     ``--report``. Returns the exit status."""
     summary = summarise(results, wall_seconds)
-    status = EXIT_FAILED if summary.failed else EXIT_OK
+    damaged_unaccepted = summary.damaged_eer_frames and not options.ignore_error
+    status = EXIT_FAILED if summary.failed or damaged_unaccepted else EXIT_OK
     movies_star = None
     try:
         outcome = write_movies_star(inputs, results, options.output_dir, options.eer_upsampling)
@@ -313,7 +323,7 @@ def finish_run(
     except CryotiffError as exc:
         print(f"ERROR: {exc}", file=reporter.err, flush=True)
         status = EXIT_FAILED
-    print_summary(results, summary, reporter.out)
+    print_summary(results, summary, reporter.out, damaged_accepted=options.ignore_error)
     for line in extra_lines:
         print(line, file=reporter.out, flush=True)
     if report_path is not None:

@@ -428,7 +428,6 @@ class EerPages(PageSource):
         self.shape_yx = (size, size)
         self.dtype = np.dtype(np.uint16 if options.short else np.uint8)
         self.short = options.short
-        self.ignore_error = options.ignore_error
         self.pixel_size_angstrom = None
         self.input_bytes = self.path.stat().st_size
         self._lock = threading.Lock()
@@ -443,16 +442,9 @@ class EerPages(PageSource):
 
         start, stop = self.pages[index]
         rendered = self.movie.render(start, stop, self.upsampling)
-        if rendered.corrupt_frames and not self.ignore_error:
-            # DIFFERENCE: RELION skips a damaged raw frame with a warning and writes the movie
-            # without its electrons. Users delete originals after converting, so the movie fails
-            # instead (a damaged copy can be copied again); --ignore_error skips as RELION does.
-            frames = ", ".join(str(i + 1) for i in rendered.corrupt_frames)
-            raise EerFormatError(
-                f"{self.path}: raw frame {frames} is damaged (its runs do not add up to the "
-                f"{self.movie.detector_size} x {self.movie.detector_size} pixels); the movie is not "
-                "converted. --ignore_error skips damaged frames, as RELION does"
-            )
+        # A damaged raw frame is left out with RELION's warning, as RELION does and as issue #4
+        # asks; unlike RELION the run's summary counts such frames and, without --ignore_error,
+        # the exit status is 1 (cli.finish_run), so a TIFF never lacks electrons unnoticed.
         if rendered.corrupt_frames:
             with self._lock:
                 self.corrupt_warnings.extend(rendered.corrupt_frame_warnings(str(self.path)))

@@ -455,6 +455,8 @@ class Summary:
     output_bytes: int = 0
     wall_seconds: float = 0.0
     failures: list[MovieResult] = field(default_factory=list)
+    damaged_eer_frames: int = 0  # damaged raw EER frames left out of converted movies
+    movies_with_damaged_frames: int = 0
 
     @property
     def ratio_percent(self) -> float:
@@ -473,6 +475,10 @@ def summarise(results: Iterable[MovieResult], wall_seconds: float) -> Summary:
             summary.frames_verified += result.frames_verified
             summary.input_bytes += result.input_bytes
             summary.output_bytes += result.output_bytes
+            damaged = int(result.details.get("eer_corrupt_frames", 0))
+            if damaged:
+                summary.damaged_eer_frames += damaged
+                summary.movies_with_damaged_frames += 1
         elif result.status == "skipped":
             summary.skipped += 1
         else:

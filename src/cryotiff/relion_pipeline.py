@@ -454,6 +454,7 @@ def write_report(
         "ratio_percent": round(summary.ratio_percent, 3),
         "wall_seconds": round(summary.wall_seconds, 3),
         "megabytes_per_second": round(summary.megabytes_per_second, 3),
+        "damaged_eer_frames": summary.damaged_eer_frames,
     }
     document = {
         "cryotiff_version": __version__,
