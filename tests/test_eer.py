@@ -654,3 +654,17 @@ def test_files_are_closed(movies) -> None:
     with pytest.raises(EerFormatError, match="closed"):
         movie.read_frame(0)
     assert _open_fds() == before
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("size", [64, 63])
+def test_take_events_finds_every_event_and_clears(dense: bool, size: int) -> None:
+    """Both scans of the bool image (8 pixels at a time, and numpy's flatnonzero, which also
+    serves images whose size is not a multiple of 8) give the sorted events and leave it clear."""
+    rng = np.random.default_rng(size)
+    for density in (0.0, 0.01, 0.3, 1.0):
+        image = rng.random(size * size) < density
+        expected = np.flatnonzero(image)
+        got = E._take_events(image, dense=dense)
+        np.testing.assert_array_equal(got, expected)
+        assert not image.any()
