@@ -370,11 +370,18 @@ def test_mpi_gain_estimation_resumes_from_gain(
     start = G.GainEstimate.load(tmp_path / "mpi" / G.GAIN_ESTIMATE_NAME)
     write_k2(tmp_path / "counts.mrc", 2, seed=1)
     completed = run_mpi(["--estimate_gain", "--i", "g1.mrc", "g2.mrc", "counts.mrc", "g3.mrc", "--o", "mpi",
-                         "--gain", "mpi/gain_estimate.bin"], tmp_path)
+                         "--gain", "mpi/gain_estimate.bin", "--report", "estimate.json"], tmp_path)
     assert completed.returncode == 1
     assert completed.stderr.count("counts.mrc") == 1, completed.stderr
     assert "Movies estimated: 3, failed: 1" in completed.stdout
     assert_same_as_some_serial_order(tmp_path / "mpi", gain_movies[1:], start)
+    # The --report, written once by rank 0: every movie, the totals and the exit status.
+    report = json.loads((tmp_path / "estimate.json").read_text())
+    assert (report["state"], report["exit_status"], report["options"]["estimate_gain"]) == ("finished", 1, True)
+    assert (report["totals"]["converted"], report["totals"]["failed"]) == (3, 1)
+    statuses = {Path(movie["source"]).name: movie["status"] for movie in report["movies"]}
+    assert statuses == {"g1.mrc": "converted", "g2.mrc": "converted", "counts.mrc": "failed", "g3.mrc": "converted"}
+    assert {movie["details"]["mpi_rank"] for movie in report["movies"]} <= {0, 1}
 
 
 # --------------------------------------------------------------------------- pieces (no MPI needed)

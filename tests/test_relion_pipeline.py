@@ -343,10 +343,39 @@ def test_dry_run_with_a_gain_plans_what_the_run_writes(in_tmp: Path, capsys) -> 
     assert 0.7 < planned["estimated_output_bytes"] / done["output_bytes"] < 1.4
 
 
-@pytest.mark.parametrize("option", ["--dry_run", "--report"])
-def test_estimate_gain_never_ignores_dry_run_or_report(in_tmp: Path, option: str, capsys) -> None:
+def test_estimate_gain_never_ignores_dry_run(in_tmp: Path, capsys) -> None:
     write_mrc_movie(Path("k2.mrc"), np.ones((2, 8, 8), np.float32), 2)
-    arguments = ["--i", "k2.mrc", "--o", "Est", "--estimate_gain", option] + (["r.json"] if option == "--report" else [])
-    assert main(arguments) == 2
+    assert main(["--i", "k2.mrc", "--o", "Est", "--estimate_gain", "--dry_run"]) == 2
     assert "--estimate_gain" in capsys.readouterr().err
-    assert not Path("Est").exists() and not Path("r.json").exists()
+    assert not Path("Est").exists()
+
+
+def test_estimate_gain_writes_its_report(in_tmp: Path, capsys) -> None:
+    """--report with --estimate_gain: the movies (one failing), totals and exit status."""
+    rng = np.random.default_rng(2)
+    gain = rng.uniform(0.8, 1.2, (16, 24)).astype(np.float32)
+    write_mrc_movie(Path("a.mrc"), (rng.poisson(2.0, (3, 16, 24)) * gain).astype(np.float32), 2)
+    write_mrc_movie(Path("counts.mrc"), rng.poisson(2.0, (2, 16, 24)).astype(np.uint8), 0)
+    assert main(["--i", "a.mrc", "counts.mrc", "--o", "Est", "--estimate_gain", "--report", "est.json"]) == 1
+    assert "Movies estimated: 1, failed: 1" in capsys.readouterr().out
+    report = json.loads(Path("est.json").read_text())
+    assert (report["state"], report["exit_status"], report["options"]["estimate_gain"]) == ("finished", 1, True)
+    assert (report["totals"]["converted"], report["totals"]["failed"]) == (1, 1)
+    assert [(m["source"], m["status"], m["n_pages"]) for m in report["movies"]] == [
+        ("a.mrc", "converted", 3), ("counts.mrc", "failed", 0)]
+    assert "not in mode 2" in report["movies"][1]["message"]
+    assert Path("Est/gain_estimate.bin").exists()
+
+
+def test_an_interrupted_gain_estimation_still_writes_its_report(in_tmp: Path, monkeypatch) -> None:
+    import cryotiff.jobs
+
+    write_mrc_movie(Path("a.mrc"), np.ones((2, 8, 8), np.float32), 2)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cryotiff.jobs, "estimate", interrupted)
+    assert main(["--i", "a.mrc", "--o", "Est", "--estimate_gain", "--report", "est.json"]) == 130
+    report = json.loads(Path("est.json").read_text())
+    assert (report["state"], report["exit_status"]) == ("interrupted", 130)

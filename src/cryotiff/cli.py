@@ -344,25 +344,70 @@ def _write_report_quietly(report_path: Path, results, options, inputs, status: i
 
 
 def run_estimation(
-    inputs: Sequence[str], options: ConvertOptions, reporter: TerminalReporter, relative_to: Path | None = None
+    inputs: Sequence[str],
+    options: ConvertOptions,
+    reporter: TerminalReporter,
+    relative_to: Path | None = None,
+    report_path: Path | None = None,
 ) -> int:
-    """``--estimate_gain``: update the gain estimate over every movie; writes no TIFF."""
+    """``--estimate_gain``: update the gain estimate over every movie; writes no TIFF. An
+    interrupted or failed run still writes its ``--report``."""
     from .jobs import estimate
 
     started = time.perf_counter()
-    jobs, failures = plan(inputs, options, relative_to)
-    for failure in failures:
-        reporter.movie_finished(failure)
-    results = failures + estimate(jobs, options, reporter)
-    summary = summarise(results, time.perf_counter() - started)
-    failed = [r for r in results if r.status == "failed"]
+    state, error, results = "error", None, []
+    try:
+        jobs, failures = plan(inputs, options, relative_to)
+        for failure in failures:
+            reporter.movie_finished(failure)
+        results = failures + estimate(jobs, options, reporter)
+        state = "finished"
+    except CryotiffError as exc:
+        error = str(exc)
+        raise
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise
+    finally:
+        if state != "finished" and report_path is not None:
+            status = EXIT_INTERRUPTED if state == "interrupted" else EXIT_FAILED
+            _write_report_quietly(report_path, results, options, inputs, status, state, error)
+    return finish_estimation(inputs, results, options, reporter, time.perf_counter() - started, report_path)
+
+
+def finish_estimation(
+    inputs: Sequence[str],
+    results: list[MovieResult],
+    options: ConvertOptions,
+    reporter: TerminalReporter,
+    wall_seconds: float,
+    report_path: Path | None = None,
+    extra_lines: Sequence[str] = (),
+    save_error: str | None = None,
+) -> int:
+    """After ``--estimate_gain`` (also rank 0 of ``convert-to-tiff-mpi``): the summary,
+    ``extra_lines``, the ``--report`` (its ``totals.converted`` counts the movies whose frames
+    went into the estimate). ``save_error``: the estimate could not be saved. Returns the exit
+    status."""
+    summary = summarise(results, wall_seconds)
+    out = reporter.out
     print(f"\nMovies estimated: {summary.converted}, failed: {summary.failed}; "
-          f"frames: {sum(r.n_pages for r in results)}; wall time {summary.wall_seconds:.1f} s", file=reporter.out)
-    if failed:
-        print("Failed movies:", file=reporter.out)
-        for failure in failed:
-            print(f"  {failure.message}", file=reporter.out)
-    return EXIT_FAILED if failed else EXIT_OK
+          f"frames: {sum(r.n_pages for r in results)}; wall time {summary.wall_seconds:.1f} s", file=out)
+    if summary.failures:
+        print("Failed movies:", file=out)
+        for failure in summary.failures:
+            print(f"  {failure.message}", file=out)
+    for line in extra_lines:
+        print(line, file=out)
+    out.flush()
+    status = EXIT_FAILED if summary.failed or save_error else EXIT_OK
+    if report_path is not None:
+        try:
+            write_report(report_path, results, options, inputs, summary, status, error=save_error)
+        except CryotiffError as exc:
+            print(f"ERROR: {exc}", file=reporter.err, flush=True)
+            status = EXIT_FAILED
+    return status
 
 
 def run_dry_run(
@@ -473,9 +518,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:  # before --estimate_gain: a dry run never writes (it refuses --estimate_gain)
             return run_dry_run(inputs, options, reporter, relative_to, report_path)
         if options.estimate_gain:
-            if report_path is not None:
-                raise OptionError("--report is written by conversions; --estimate_gain does not write one yet")
-            return run_estimation(inputs, options, reporter, relative_to)
+            return run_estimation(inputs, options, reporter, relative_to, report_path)
         control = None
         if args.pipeline_control is not None:  # "" (given without a directory): the job directory --o
             control = PipelineControl(Path(args.pipeline_control or args.o))

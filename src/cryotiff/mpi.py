@@ -52,13 +52,14 @@ from .cli import (
     EXIT_USAGE,
     TerminalReporter,
     build_parser,
+    finish_estimation,
     format_bytes,
     option_conflicts,
     options_from_args,
 )
 from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
-from .jobs import Job, estimate_movie, is_finished, make_executor, plan, prepare, run_job, summarise
+from .jobs import Job, estimate_movie, is_finished, make_executor, plan, prepare, run_job
 
 #: Message tags of the work-sharing protocol.
 TAG_REQUEST = 17  # rank -> rank 0: the result of its last movie (or None), and "give me the next"
@@ -136,8 +137,6 @@ def mpi_problem(args: argparse.Namespace, options: ConvertOptions) -> str | None
     for name, problem in MPI_UNSUPPORTED.items():
         if getattr(args, name, None) not in (None, False):  # --pipeline_control may be given empty
             return problem
-    if options.estimate_gain and args.report and not args.dry_run:
-        return "--report is written by conversions; --estimate_gain does not write one yet"
     return option_conflicts(options)
 
 
@@ -158,7 +157,7 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
     if args.dry_run:
         return run_on_rank_zero(comm, lambda: _dry_run(args.i, options, reporter, report_path))
     if options.estimate_gain:
-        return run_estimation(comm, args.i, options, reporter)
+        return run_estimation(comm, args.i, options, reporter, report_path)
     return run_conversion(comm, args.i, options, reporter, report_path)
 
 
@@ -576,7 +575,9 @@ def starting_state(comm: Any, jobs: Sequence[Job], options: ConvertOptions, repo
     return pkl5.Intracomm(comm).bcast(start, root=0)
 
 
-def run_estimation(comm: Any, inputs: Sequence[str], options: ConvertOptions, reporter: MpiReporter) -> int:
+def run_estimation(
+    comm: Any, inputs: Sequence[str], options: ConvertOptions, reporter: MpiReporter, report_path: Path | None = None
+) -> int:
     """``--estimate_gain`` over every rank (see the module docstring); writes no TIFF."""
     from .gain import merge, updated_message
 
@@ -643,16 +644,8 @@ def run_estimation(comm: Any, inputs: Sequence[str], options: ConvertOptions, re
         if merged["unsaved"]:
             save()
         all_results = failures + [results[index] for index in range(len(jobs))]
-        summary = summarise(all_results, time.perf_counter() - started)
-        out = reporter.out
-        print(f"\nMovies estimated: {summary.converted}, failed: {summary.failed}; "
-              f"frames: {sum(r.n_pages for r in all_results)}; wall time {summary.wall_seconds:.1f} s", file=out)
-        if summary.failures:
-            print("Failed movies:", file=out)
-            for failure in summary.failures:
-                print(f"  {failure.message}", file=out)
-        print(format_rank_line(all_results, comm.size), file=out, flush=True)
-        status = EXIT_FAILED if summary.failed or merged["error"] else EXIT_OK
+        status = finish_estimation(inputs, all_results, options, reporter, time.perf_counter() - started,
+                                   report_path, [format_rank_line(all_results, comm.size)], merged["error"])
     return broadcast_status(comm, status)
 
 
