@@ -8,10 +8,11 @@ converted (or was skipped as finished), 1 when any failed, 2 for invalid options
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Callable, Iterator, Sequence, TextIO
 
 from . import __version__
 from .codecs import COMPRESSION_CHOICES, opt_in_warning, validate_options
@@ -265,8 +266,7 @@ def run_conversion(
     and the ``--report``. An interrupted or failed run still writes its report."""
     started = time.perf_counter()
     collector = PipelineReporter(reporter, control)
-    state, error, error_status, results = "error", None, EXIT_FAILED, []
-    try:
+    with _report_if_unfinished(report_path, options, inputs, lambda: collector.results):
         jobs, failures = plan(inputs, options, relative_to)
         for failure in failures:
             collector.movie_finished(failure)
@@ -275,21 +275,6 @@ def run_conversion(
         except OSError as exc:
             raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
         results = failures + run(jobs, options, collector)
-        state = "finished"
-    except CryotiffError as exc:
-        error = str(exc)
-        error_status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
-        raise
-    except KeyboardInterrupt:
-        state = "interrupted"
-        raise
-    except JobAborted:
-        state = "aborted"
-        raise
-    finally:
-        if state != "finished" and report_path is not None:
-            status = {"interrupted": EXIT_INTERRUPTED, "error": error_status}.get(state, EXIT_FAILED)
-            _write_report_quietly(report_path, collector.results, options, inputs, status, state, error)
     return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, control)
 
 
@@ -326,21 +311,50 @@ def finish_run(
     print_summary(results, summary, reporter.out, damaged_accepted=options.ignore_error)
     for line in extra_lines:
         print(line, file=reporter.out, flush=True)
+    return _with_report(report_path, results, options, inputs, summary, status, reporter, movies_star=movies_star)
+
+
+def _with_report(report_path: Path | None, results, options, inputs, summary, status: int,
+                 reporter: TerminalReporter, **fields) -> int:
+    """Write the ``--report`` of a finished run (if asked for); the exit status, 1 if that fails."""
     if report_path is not None:
         try:
-            write_report(report_path, results, options, inputs, summary, status, movies_star=movies_star)
+            write_report(report_path, results, options, inputs, summary, status, **fields)
         except CryotiffError as exc:
             print(f"ERROR: {exc}", file=reporter.err, flush=True)
-            status = EXIT_FAILED
+            return EXIT_FAILED
     return status
 
 
-def _write_report_quietly(report_path: Path, results, options, inputs, status: int, state: str, error) -> None:
-    """The report of a run that did not finish; a failure to write it must not hide the reason."""
+@contextlib.contextmanager
+def _report_if_unfinished(
+    report_path: Path | None, options: ConvertOptions, inputs: Sequence[str],
+    results_so_far: Callable[[], Sequence[MovieResult]],
+) -> Iterator[None]:
+    """Around a run: if it stops early (an error, Ctrl-C, a RELION abort), write the
+    ``--report`` with ``state`` ``error``, ``interrupted`` or ``aborted`` and the movies done so
+    far, then let the exception go on. Writing it must not hide the reason, so its own failure
+    is only printed."""
+    state, error, status, finished = "error", None, EXIT_FAILED, False
     try:
-        write_report(report_path, results, options, inputs, None, status, state=state, error=error)
+        yield
+        finished = True
     except CryotiffError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        error = str(exc)
+        status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
+        raise
+    except KeyboardInterrupt:
+        state, status = "interrupted", EXIT_INTERRUPTED
+        raise
+    except JobAborted:
+        state = "aborted"
+        raise
+    finally:
+        if not finished and report_path is not None:
+            try:
+                write_report(report_path, results_so_far(), options, inputs, None, status, state=state, error=error)
+            except CryotiffError as exc:
+                print(f"ERROR: {exc}", file=sys.stderr, flush=True)
 
 
 def run_estimation(
@@ -355,23 +369,12 @@ def run_estimation(
     from .jobs import estimate
 
     started = time.perf_counter()
-    state, error, results = "error", None, []
-    try:
+    failures: list[MovieResult] = []
+    with _report_if_unfinished(report_path, options, inputs, lambda: failures):
         jobs, failures = plan(inputs, options, relative_to)
         for failure in failures:
             reporter.movie_finished(failure)
         results = failures + estimate(jobs, options, reporter)
-        state = "finished"
-    except CryotiffError as exc:
-        error = str(exc)
-        raise
-    except KeyboardInterrupt:
-        state = "interrupted"
-        raise
-    finally:
-        if state != "finished" and report_path is not None:
-            status = EXIT_INTERRUPTED if state == "interrupted" else EXIT_FAILED
-            _write_report_quietly(report_path, results, options, inputs, status, state, error)
     return finish_estimation(inputs, results, options, reporter, time.perf_counter() - started, report_path)
 
 
@@ -401,13 +404,7 @@ def finish_estimation(
         print(line, file=out)
     out.flush()
     status = EXIT_FAILED if summary.failed or save_error else EXIT_OK
-    if report_path is not None:
-        try:
-            write_report(report_path, results, options, inputs, summary, status, error=save_error)
-        except CryotiffError as exc:
-            print(f"ERROR: {exc}", file=reporter.err, flush=True)
-            status = EXIT_FAILED
-    return status
+    return _with_report(report_path, results, options, inputs, summary, status, reporter, error=save_error)
 
 
 def run_dry_run(
