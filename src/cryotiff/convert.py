@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .codecs import StripCodec, resolve_codec
-from .errors import CryotiffError, EerFormatError, InputError, OutputError, VerificationError
+from .errors import CryotiffError, InputError, OutputError, VerificationError
 from .io import Movie
 from .io.tiff import TiffLayout, flip_rows, write_movie
 
