@@ -12,7 +12,8 @@ import starfile
 
 from cryotiff.cli import main
 from cryotiff.convert import MovieResult
-from cryotiff.relion_pipeline import (
+from cryotiff.movies_star import write_movies_star
+from cryotiff.pipeline import (
     ABORT_NOW_NAME,
     EXIT_ABORTED_NAME,
     EXIT_FAILURE_NAME,
@@ -20,7 +21,6 @@ from cryotiff.relion_pipeline import (
     OUTPUT_NODES_NAME,
     PipelineReporter,
     pipeline_control_from_argv,
-    write_movies_star,
 )
 from cryotiff.simulate.write import write_mrc_movie
 

@@ -19,18 +19,9 @@ from .codecs import COMPRESSION_CHOICES, opt_in_warning, validate_options
 from .convert import ConvertOptions, MovieResult
 from .errors import CryotiffError, OptionError
 from .jobs import Job, Reporter, Summary, plan, run, summarise
-from .relion_pipeline import (
-    JobAborted,
-    PipelineControl,
-    PipelineReporter,
-    format_bytes,
-    format_dry_run,
-    pipeline_control_from_argv,
-    plan_dry_run,
-    write_dry_run_report,
-    write_movies_star,
-    write_report,
-)
+from .movies_star import write_movies_star
+from .pipeline import JobAborted, PipelineControl, PipelineReporter, pipeline_control_from_argv
+from .report import format_bytes, format_dry_run, plan_dry_run, write_dry_run_report, write_report
 
 EXIT_OK = 0
 EXIT_FAILED = 1

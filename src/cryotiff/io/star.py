@@ -7,12 +7,13 @@ accepted (RELION rejects them).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import StarFormatError
+from ..errors import OutputError, StarFormatError
 
 MOVIE_NAME_COLUMN = "rlnMicrographMovieName"
 
@@ -76,11 +77,25 @@ def read_movie_names(path: Path) -> list[str]:
 
 
 def write_star_atomically(path: Path, blocks: dict[str, Any]) -> None:
-    """Write ``blocks`` as a STAR file via a temporary file and a rename."""
+    """Write ``blocks`` as a STAR file via a temporary file (``X.tmp``) and a rename, as the
+    movies are written.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
     import starfile
 
     tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        starfile.write(blocks, tmp, overwrite=True)
-    os.replace(tmp, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # starfile's own deprecation and resource warnings
+            starfile.write(blocks, tmp, overwrite=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
