@@ -25,8 +25,20 @@ def _bits(data: bytes) -> list[int]:
     return np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").tolist()
 
 
-def ref_decode(data: bytes, total: int, rle: int, sym_bits: int, waste_after_overflow: bool):
-    """``[(pixel, symbol), ...]`` or None when the runs do not end at exactly ``total``."""
+def ref_decode(
+    data: bytes,
+    total: int,
+    rle: int,
+    sym_bits: int,
+    waste_after_overflow: bool,
+    last_pixel_ends: bool = True,
+):
+    """``[(pixel, symbol), ...]`` or None when the runs do not end at exactly ``total``.
+
+    ``last_pixel_ends``: cryotiff's one change to RELION's loop: an event on the last pixel ends
+    the frame (its events account for every pixel), whatever follows. False is RELION's loop as
+    it is, which reads one more run field and keeps the frame only when that field is 0.
+    """
     bits = _bits(data)
 
     def take(p: int, n: int) -> int | None:
@@ -55,6 +67,8 @@ def ref_decode(data: bytes, total: int, rle: int, sym_bits: int, waste_after_ove
         p += sym_bits
         events.append((n, sym))
         n += 1
+        if last_pixel_ends and n == total:
+            break
     return events if n == total else None
 
 
@@ -266,7 +280,8 @@ def test_scratch_image_is_reused_clean_across_frames() -> None:
 
 @pytest.mark.parametrize("rle,subpixel_bits", [(7, 1), (9, 1), (14, 1), (5, 2), (7, 2), (12, 2)])
 def test_variable_decoder_on_encoded_frames(rle: int, subpixel_bits: int) -> None:
-    """Valid streams of several run widths, sparse (long overflow chains) to dense; each needs
+    """Valid streams of several run widths, sparse (long overflow chains) to dense, with and
+    without the closing run code after an event on the last pixel; the shortest of each needs
     exactly the bits :func:`required_bits` counts: one byte less is corrupt."""
     rng = np.random.default_rng(rle)
     size = 64
@@ -277,14 +292,17 @@ def test_variable_decoder_on_encoded_frames(rle: int, subpixel_bits: int) -> Non
         for density in (0.0005, 0.01, 0.1, 0.6)
         for f in S.random_events(rng, size, 2, density, subpixel_bits=bits)
     ]
-    for fr in frames:
-        stream = S.encode_frame(fr, size, 65002, rle_bits=rle, subpixel_bits=bits, align=1)
+    for fr, closing in [(fr, closing) for fr in frames for closing in (True, False)]:
+        stream = S.encode_frame(fr, size, 65002, rle_bits=rle, subpixel_bits=bits, align=1,
+                                close_after_last_pixel=closing)
         got = E.decode_eer_frame(stream, (size, size), encoding, need_symbols=True)
         assert got is not None
         np.testing.assert_array_equal(got[0], fr.positions)
         xs, ys = E._subpixels(got[1], bits, bits)
         np.testing.assert_array_equal(xs, fr.sub_x)
         np.testing.assert_array_equal(ys, fr.sub_y)
+        if closing and fr.positions.size and fr.positions[-1] == size * size - 1:
+            continue  # one code longer than needed
         needed = E.required_bits(fr.positions, size * size, rle, 2 * bits)
         assert len(stream) == -(-needed // 8)
         assert E.decode_eer_frame(stream[:-1], (size, size), encoding) is None
@@ -668,3 +686,84 @@ def test_take_events_finds_every_event_and_clears(dense: bool, size: int) -> Non
         got = E._take_events(image, dense=dense)
         np.testing.assert_array_equal(got, expected)
         assert not image.any()
+
+
+# --------------------------------------------------------------------------------------------
+# An event on the detector's last pixel
+
+
+def _ends_on_last_pixel(rng: np.random.Generator, size: int, compression: int, bits: int):
+    """Events with one on the last pixel whose stream, without a closing run code, ends exactly
+    at its last byte (no padding bit), and that stream."""
+    total = size * size
+    sb = None if compression in (65000, 65001) else bits
+    while True:
+        positions = np.sort(rng.choice(total - 1, size=int(rng.integers(1, 40)), replace=False))
+        fr = S.events_from_positions(
+            np.append(positions, total - 1),
+            rng.integers(0, 1 << bits, positions.size + 1),
+            rng.integers(0, 1 << bits, positions.size + 1),
+        )
+        stream = S.encode_frame(fr, size, compression, subpixel_bits=sb, align=1,
+                                close_after_last_pixel=False)
+        rle = 8 if compression == 65000 else 7
+        max_run = (1 << rle) - 1
+        gaps = np.diff(fr.positions, prepend=-1) - 1
+        code_bits = (rle + 2 * bits) * fr.positions.size + (rle + (4 if rle == 8 else 0)) * int(
+            (gaps // max_run).sum()
+        )
+        if code_bits == 8 * len(stream):
+            return fr, stream
+
+
+@pytest.mark.parametrize(
+    "encoding", [ENC_65000, ENC_65001, ENC_711, ENC_722], ids=["65000", "65001", "65002-711", "65002-722"]
+)
+def test_event_on_last_pixel_without_closing_code_is_kept(tmp_path: Path, encoding) -> None:
+    """Thermo Fisher's writer ends a frame whose last event is on the last pixel with that
+    event's code: its runs add up to exactly the frame size and no closing run code follows.
+    Such a frame is complete and kept (RELION keeps it only when the next 7 bits happen to be
+    zero), in the decoder, in the reference loop and through a whole EER file."""
+    rng = np.random.default_rng(encoding.compression + encoding.horizontal_bits)
+    size = 16
+    bits = encoding.horizontal_bits
+    waste = encoding.compression == 65000
+    for trial in range(4):
+        fr, stream = _ends_on_last_pixel(rng, size, encoding.compression, bits)
+        expected = list(zip(fr.positions.tolist(), [None] * fr.positions.size))
+        ref = ref_decode(stream, size * size, encoding.rle_bits, encoding.symbol_bits, waste)
+        assert ref is not None and [p for p, _ in ref] == fr.positions.tolist()
+        got = E.decode_eer_frame(stream, (size, size), encoding, need_symbols=True)
+        assert _as_pairs(got) == ref, expected
+        xs, ys = E._subpixels(got[1], bits, bits)
+        np.testing.assert_array_equal(xs, fr.sub_x)
+        np.testing.assert_array_equal(ys, fr.sub_y)
+        # Whatever bits follow the last event (padding, the next frame's bytes) are not read.
+        for tail in (b"\0", b"\xff", b"\x5a\xa5"):
+            assert _as_pairs(E.decode_eer_frame(stream + tail, (size, size), encoding,
+                                                need_symbols=True)) == ref
+        # One byte less cuts the last event's code: corrupt.
+        assert E.decode_eer_frame(stream[:-1], (size, size), encoding) is None
+        # RELION's own loop reads one more run field after the last pixel and fails here.
+        assert ref_decode(stream + b"\xff\xff", size * size, encoding.rle_bits,
+                          encoding.symbol_bits, waste, last_pixel_ends=False) is None
+    # The same through an EER file at the real detector size, every upsampling.
+    det = 2048
+    bits_per_axis = encoding.horizontal_bits
+    frames = S.random_events(rng, det, 3, subpixel_bits=bits_per_axis)
+    last = frames[1]
+    frames[1] = S.EerFrameEvents(
+        np.append(last.positions[last.positions < det * det - 1], det * det - 1),
+        np.append(last.sub_x[last.positions < det * det - 1], 1).astype(np.uint8),
+        np.append(last.sub_y[last.positions < det * det - 1], 0).astype(np.uint8),
+    )
+    sb = None if encoding.compression in (65000, 65001) else bits_per_axis
+    streams = [S.encode_frame(f, det, encoding.compression, subpixel_bits=sb, align=1,
+                              close_after_last_pixel=False) for f in frames]
+    path = S.write_eer(tmp_path / "last.eer", streams, det, encoding.compression,
+                       subpixel_bits=sb)
+    with E.EerMovie(path) as movie:
+        for up in (1, 2):
+            result = movie.render(0, 3, up)
+            assert result.corrupt_frames == []
+            _check_render(result, frames, det, up, bits_per_axis)

@@ -121,3 +121,26 @@ def test_dose_per_fraction_without_metadata_fails_that_movie(in_tmp: Path, eer_e
     assert main(["--i", "movie.eer", "--o", "out", "--eer_dose_per_fraction", "1.0"]) == 1
     assert "movie.eer" in capsys.readouterr().err
     assert not Path("out/movie.tif").exists()
+
+
+def test_frame_ending_on_the_last_pixel_converts_with_exit_0(in_tmp: Path, eer_events, capsys) -> None:
+    """A raw frame whose last event is on the detector's last pixel and whose stream ends with
+    that event's code (no closing run code, as Thermo Fisher's writer makes it) is complete: its
+    electrons are in the page, no frame is reported damaged and the exit status is 0."""
+    from cryotiff.simulate.eer import encode_frame
+
+    total = DETECTOR * DETECTOR
+    frames = list(eer_events[:4])
+    last = frames[2]
+    keep = last.positions < total - 1
+    frames[2] = events_from_positions(
+        np.append(last.positions[keep], total - 1), np.append(last.sub_x[keep], 3), np.append(last.sub_y[keep], 3)
+    )
+    streams = [encode_frame(f, DETECTOR, COMPRESSION_EER_7BIT, align=1, close_after_last_pixel=False) for f in frames]
+    write_movie(Path("movie.eer"), streams)
+    assert main(["--i", "movie.eer", "--o", "out", "--eer_grouping", "4"]) == 0
+    out = capsys.readouterr()
+    assert "corrupted" not in out.err
+    pages = read_tiff_frames(Path("out/movie.tif"))
+    np.testing.assert_array_equal(pages[0], expected_render(frames, DETECTOR, 1))
+    assert pages[0][-1, -1] >= 1

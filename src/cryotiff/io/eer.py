@@ -141,10 +141,12 @@ def required_bits(positions: np.ndarray, n_pixels: int, rle_bits: int, symbol_bi
 
     Given the event positions, the code sequence is unique: before each event ``gap // maxrun``
     overflow codes and one ``run + symbol`` code; after the last event ``ceil(tail / maxrun)``
-    run-only codes (one code of run 0 when the last event is on the last pixel). So a frame whose
-    decoded events need more bits than the frame's data holds ran out of data (RELION reads on
-    into the next frame's bytes and then, almost always, skips the frame; stopping at the end of
-    the data is what spec 11.3 asks of a port).
+    run-only codes. An event on the last pixel ends the frame by itself: its events then account
+    for every pixel, and no closing run code is needed (Thermo Fisher's writer leaves it out;
+    RELION reads the next run field and keeps the frame only when it is 0; see
+    docs/differences-from-relion.md). So a frame whose decoded events need more bits than the
+    frame's data holds ran out of data (RELION reads on into the next frame's bytes and then,
+    almost always, skips the frame; cryotiff stops at the end of the frame's data).
     """
     max_run = (1 << rle_bits) - 1
     n = int(positions.size)
@@ -154,13 +156,14 @@ def required_bits(positions: np.ndarray, n_pixels: int, rle_bits: int, symbol_bi
         tail = n_pixels - 1 - int(positions[-1])
     else:
         n_overflow, tail = 0, n_pixels
-    n_final = max(1, -(-tail // max_run))
+    n_final = -(-tail // max_run)
     return n * (rle_bits + symbol_bits) + rle_bits * (n_overflow + n_final)
 
 
 def decode_eer_8bit(data: bytes, n_pixels: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Decode a 65000 stream (8-bit runs, 4-bit symbols) into ``(positions, symbols)``, or None
-    when the runs do not end at exactly ``n_pixels`` within the data (a corrupt frame).
+    when the runs do not end at exactly ``n_pixels`` within the data (a corrupt frame). An event
+    on the last pixel ends the frame (see :func:`required_bits`).
 
     RELION and imagecodecs disagree here: RELION skips the 4 symbol bits after an overflow code
     255 ("bit waste" of the old prototype files, which always carry a symbol field), imagecodecs
@@ -184,12 +187,20 @@ def decode_eer_8bit(data: bytes, n_pixels: int) -> tuple[np.ndarray, np.ndarray]
     codes = codes[:n_codes]
     runs = codes & 0xFF
     is_event = runs != 0xFF
-    # Position reached after adding each code's run (before its event is placed).
-    after_run = np.cumsum(runs + is_event, dtype=np.int64) - is_event
-    reached = np.flatnonzero(after_run >= n_pixels)
-    if reached.size == 0 or after_run[reached[0]] != n_pixels:
+    # Position reached after adding each code's run (before its event is placed), and after the
+    # code (its event placed).
+    after_code = np.cumsum(runs + is_event, dtype=np.int64)
+    after_run = after_code - is_event
+    reached = np.flatnonzero(after_code >= n_pixels)
+    if reached.size == 0:
         return None
     end = int(reached[0])
+    if after_run[end] == n_pixels:  # a run reaches the end: RELION stops before its event
+        pass
+    elif after_run[end] == n_pixels - 1 and end < n_full:  # an event on the last pixel, 12 bits
+        end += 1
+    else:  # a run overshoots, or the last pixel's symbol lies beyond the data
+        return None
     events = is_event[:end]
     return after_run[:end][events], (codes[:end][events] >> 8).astype(np.uint8)
 
@@ -267,8 +278,12 @@ def _decode_with_imagecodecs(
             out=buffer,
         )
     except (RuntimeError, ValueError):  # ImcdError (a RuntimeError): a run overshoots
-        buffer.fill(False)
-        return None
+        # imagecodecs reads one more run field after an event on the last pixel and fails when it
+        # is not 0; such a frame is complete (its events account for every pixel), so it is kept
+        # when the bit count below agrees. Any other overshoot is a corrupt frame.
+        if not buffer.reshape(-1)[-1]:
+            buffer.fill(False)
+            return None
     positions = _take_events(buffer.reshape(-1), dense=len(data) > _DENSE_BYTES_PER_PIXEL * buffer.size)
     total = shape[0] * shape[1]
     if required_bits(positions, total, encoding.rle_bits, encoding.symbol_bits) > 8 * len(data):

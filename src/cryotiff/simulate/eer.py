@@ -136,6 +136,7 @@ def encode_frame(
     rle_bits: int | None = None,
     subpixel_bits: int | None = None,
     align: int = 8,
+    close_after_last_pixel: bool = True,
 ) -> bytes:
     """EER bitstream (LSB-first) of one frame.
 
@@ -143,6 +144,10 @@ def encode_frame(
     a code with the remaining run plus the symbol. After the last event, runs up to exactly
     ``W*H`` pixels end the frame. For 65000 every code is 12 bits (an overflow code 255 is followed
     by 4 wasted bits, as RELION reads it). The stream is zero-padded to ``align`` bytes.
+
+    When the last event is on the detector's last pixel, the events already cover the frame:
+    ``close_after_last_pixel=False`` then leaves out the closing run code of 0 (Thermo Fisher's
+    writer does), so the stream ends with that event's code.
     """
     rle, hbits, vbits = scheme_bits(compression, rle_bits, subpixel_bits)
     maxrun = (1 << rle) - 1
@@ -168,14 +173,16 @@ def encode_frame(
     symbols = sx | (sy << hbits)
 
     n_events = pos.size
-    n_items = int(n_over.sum()) + n_events + n_tail_over + 1
+    closing = 0 if (tail == 0 and n_events and not close_after_last_pixel) else 1
+    n_items = int(n_over.sum()) + n_events + n_tail_over + closing
     values = np.full(n_items, maxrun, dtype=np.uint32)
     widths = np.full(n_items, rle + wasted, dtype=np.int64)
     event_items = np.cumsum(n_over + 1) - 1
     values[event_items] = (gaps % maxrun).astype(np.uint32) | (symbols << rle)
     widths[event_items] = rle + sym_bits
-    values[-1] = tail_rest
-    widths[-1] = rle + wasted  # for 65000 the final code carries an (unused) symbol field
+    if closing:
+        values[-1] = tail_rest
+        widths[-1] = rle + wasted  # for 65000 the final code carries an (unused) symbol field
 
     ends = np.cumsum(widths)
     starts = ends - widths
