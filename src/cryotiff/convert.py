@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .codecs import StripCodec, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
-from .io import Movie
+from .io import Movie, check_regular_file
 from .io.tiff import TiffLayout, flip_rows, write_movie
 
 #: MRC inputs without a pixel size get 1.0 A in the TIFF resolution tags, as in RELION
@@ -484,6 +484,7 @@ def movie_kind(path: Path) -> str:
     kind = MOVIE_SUFFIXES.get(path.suffix.lower())
     if kind is not None:
         return kind
+    check_regular_file(path)  # a named pipe would block the open below
     try:
         with open(path, "rb") as handle:
             head = handle.read(212)

@@ -38,6 +38,7 @@ import numpy as np
 import tifffile
 
 from cryotiff.errors import CryotiffError, GainError, OptionError
+from cryotiff.io import check_regular_file
 from cryotiff.io.eer import check_upsampling_value, output_size
 
 #: RELION's second stdout line after converting an EER gain (printed only for divisive gains:
@@ -119,6 +120,7 @@ def read_gain_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
     GainError naming the file."""
     ext = _extension(path)
     multiplicative = ext == "gain"
+    check_regular_file(path, "a gain file", GainError)  # before opening: a named pipe would block
     if multiplicative or ext in TIFF_EXTENSIONS:
         data = _read_tiff_first_page(path)
         if not multiplicative:

@@ -44,6 +44,7 @@ import mrcfile
 import numpy as np
 
 from cryotiff.errors import CryotiffError, GainError, UnexpectedPixelValueError
+from cryotiff.io import check_regular_file
 from cryotiff.io.mrc import open_mrc
 
 # ---------------------------------------------------------------------------------------------
@@ -631,8 +632,9 @@ def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float
         GainError: missing, unreadable, or more than one section; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise GainError(f"The {what} file {path} does not exist.")
+    check_regular_file(path, f"a {what} file", GainError)  # a directory, a named pipe
     try:
         with open_mrc(path) as mrc:
             n_sections = mrc.info.n_frames

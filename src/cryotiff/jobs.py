@@ -27,6 +27,7 @@ from .convert import (
     open_page_source,
 )
 from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
+from .io import check_regular_file
 from .io.star import read_movie_names
 from .io.tiff import is_complete, remove_quietly, temporary_path
 
@@ -75,6 +76,7 @@ def read_list_file(path: Path) -> list[str]:
     Raises:
         InputError: the file is missing or unreadable.
     """
+    check_regular_file(path, "a list file")  # reading a named pipe would block
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:

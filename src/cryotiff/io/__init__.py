@@ -11,11 +11,45 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from cryotiff.errors import CryotiffError, InputError
+
+
+def check_regular_file(
+    path: str | os.PathLike[str], what: str = "a movie", error: type[CryotiffError] = InputError
+) -> int:
+    """Return the size in bytes of ``path``; raise ``error`` (naming the file) if it is missing,
+    unreadable, a directory, or not a regular file.
+
+    Called before a file is opened: opening a named pipe (FIFO) for reading blocks until another
+    process writes to it, so an input named ``x.eer`` that is a FIFO would hang the run. Devices
+    and sockets are refused too. Symbolic links are followed (a link to a regular file is fine).
+    ``what`` completes the messages, e.g. ``"an MRC file"``.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{os.fspath(path)}: no such file.") from None
+    except OSError as err:
+        raise error(f"{os.fspath(path)}: cannot be read ({err.strerror or err}).") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{os.fspath(path)}: is a directory, not {what}.")
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "a special file"
+        )
+        raise error(f"{os.fspath(path)}: is {kind}, not a regular file; {what} must be a regular file.")
+    return st.st_size
 
 
 class TifffileLog(logging.Handler):

@@ -10,7 +10,9 @@ Tag 65001 of the first IFD holds the acquisition metadata XML (``totalDose``, ``
 
 Rendering follows RELION's table (spec 11.4): upsampling 1 = physical grid, 2 = 2x, 3 = 4x
 (16K), -1 = 2x binned. Counts are returned in EER raster orientation (row 0 = raster row 0); the
-TIFF writer flips. The library never prints: messages are returned as strings.
+TIFF writer flips. The library never prints: messages are returned as strings. Messages number
+raw frames and IFDs from 1 (``raw frame 2 (IFD 3)``: the two differ by one after a leading
+final-image IFD); the ``index`` arguments of the API are 0-based.
 
 65000 is decoded here, vectorised (:func:`decode_eer_8bit`), because RELION and imagecodecs read
 it differently (RELION's reading is followed). 65001/65002 frames are decoded by
@@ -38,7 +40,7 @@ import numpy as np
 import tifffile
 
 from cryotiff.errors import CryotiffError, EerFormatError, OptionError
-from cryotiff.io import Movie, MovieInfo, capture_tifffile_log
+from cryotiff.io import Movie, MovieInfo, capture_tifffile_log, check_regular_file
 
 COMPRESSION_EER_8BIT = 65000
 COMPRESSION_EER_7BIT = 65001
@@ -158,6 +160,14 @@ def required_bits(positions: np.ndarray, n_pixels: int, rle_bits: int, symbol_bi
         n_overflow, tail = 0, n_pixels
     n_final = -(-tail // max_run)
     return n * (rle_bits + symbol_bits) + rle_bits * (n_overflow + n_final)
+
+
+def max_frame_nbytes(n_pixels: int, encoding: EerEncoding) -> int:
+    """Generous upper bound of the bytes one raw frame's stream can occupy: twice what a frame
+    with an event on every pixel needs (one ``run + symbol`` code per pixel and a final run),
+    plus 4 KiB. More data than this is a damaged IFD, whatever the vendor's padding."""
+    bits = n_pixels * (encoding.rle_bits + encoding.symbol_bits) + encoding.rle_bits
+    return 2 * -(-bits // 8) + 4096
 
 
 def decode_eer_8bit(data: bytes, n_pixels: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -524,13 +534,9 @@ class EerMovie(Movie):
     # -- structure ---------------------------------------------------------------------------
 
     def _read_structure(self) -> _Structure:
+        # Before tifffile opens it: a named pipe would block the open for ever.
+        file_size = check_regular_file(self.path, "an EER movie", EerFormatError)
         with capture_tifffile_log() as log:
-            try:
-                file_size = self.path.stat().st_size
-            except OSError as exc:
-                raise EerFormatError(
-                    f"{self.path}: cannot open the file ({exc.strerror})."
-                ) from None
             try:
                 with tifffile.TiffFile(self.path) as tif:
                     structure = self._parse(tif)
@@ -548,13 +554,24 @@ class EerMovie(Movie):
         self.log_messages = log.messages
         if log.errors:  # a damaged IFD: tifffile would silently report fewer frames
             raise EerFormatError(f"{self.path}: damaged EER (TIFF) structure ({log.errors[0]}).")
+        first_ifd = 2 if structure.final_image else 1
+        limit = max_frame_nbytes(structure.size * structure.size, structure.encoding)
         for k, strips in enumerate(structure.strips):
+            where = f"raw frame {k + 1} (IFD {k + first_ifd})"
             for offset, count in strips:
                 if offset < 0 or count < 0 or offset + count > file_size:
                     raise EerFormatError(
-                        f"{self.path}: the data of raw frame {k + 1} lies beyond the end of the "
+                        f"{self.path}: the data of {where} lie beyond the end of the "
                         f"file ({file_size} bytes); the file is truncated or damaged."
                     )
+            # Memory stays a few frames deep only if a frame's data are of a plausible size.
+            nbytes = sum(count for _, count in strips)
+            if nbytes > limit:
+                raise EerFormatError(
+                    f"{self.path}: {where} holds {nbytes} bytes of data, more than a "
+                    f"{structure.size}x{structure.size} frame can need (at most {limit} bytes, "
+                    "twice what an event on every pixel takes); the file is damaged."
+                )
         return structure
 
     def _has_legacy_footer(self) -> bool:
@@ -595,19 +612,21 @@ class EerMovie(Movie):
         strips: list[list[tuple[int, int]]] = []
         for k in range(first_frame, n_pages):
             page = pages[k]
+            # Messages number IFDs and raw frames from 1; they differ by one after a final image.
+            where = f"raw frame {k - first_frame + 1} (IFD {k + 1})"
             if (
                 int(page.compression) != compression
                 or int(page.imagewidth) != width
                 or int(page.imagelength) != height
             ):
                 raise EerFormatError(
-                    f"{self.path}: IFD {k} (compression {int(page.compression)}, "
-                    f"{int(page.imagewidth)}x{int(page.imagelength)}) differs from the first frame "
+                    f"{self.path}: {where} (compression {int(page.compression)}, "
+                    f"{int(page.imagewidth)}x{int(page.imagelength)}) differs from raw frame 1 "
                     f"(compression {compression}, {width}x{height})."
                 )
             offsets, counts = page.dataoffsets, page.databytecounts
             if len(offsets) != len(counts) or not offsets:
-                raise EerFormatError(f"{self.path}: IFD {k} has inconsistent strip tags.")
+                raise EerFormatError(f"{self.path}: {where} has inconsistent strip tags.")
             strips.append([(int(o), int(c)) for o, c in zip(offsets, counts)])
         metadata = tif.eer_metadata
         if not metadata:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 import threading
 import warnings
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.mrcinterpreter import MrcInterpreter
 
 from cryotiff.errors import InputError, MrcFormatError
-from cryotiff.io import Movie, MovieInfo
+from cryotiff.io import Movie, MovieInfo, check_regular_file
 
 __all__ = [
     "HEADER_NBYTES",
@@ -177,27 +176,9 @@ class MrcHeader:
         return pixel_size
 
 
-def _check_regular_file(path: Path) -> int:
-    """Return the size in bytes of ``path``; raise InputError if it is missing or not a file.
-
-    Checking before opening also avoids hanging on a named pipe.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file.") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot be read ({err.strerror or err}).") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{path}: is a directory, not an MRC file.")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: is not a regular file.")
-    return st.st_size
-
-
 def _read_header_bytes(path: Path) -> tuple[bytes, int]:
     """Return the first 1024 bytes of ``path`` and the file size in bytes."""
-    file_nbytes = _check_regular_file(path)
+    file_nbytes = check_regular_file(path, "an MRC file")
     if file_nbytes == 0:
         raise MrcFormatError(f"{path}: the file is empty, not an MRC file.")
     try:

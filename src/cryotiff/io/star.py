@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, StarFormatError
+from . import check_regular_file
 
 MOVIE_NAME_COLUMN = "rlnMicrographMovieName"
 
@@ -24,9 +25,7 @@ def read_star_blocks(path: Path) -> dict[str, Any]:
     Raises:
         StarFormatError: the file is missing, empty or cannot be parsed.
     """
-    if not path.is_file():
-        raise StarFormatError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    if check_regular_file(path, "a STAR file", StarFormatError) == 0:
         raise StarFormatError(f"{path}: the STAR file is empty")
     import starfile
 

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import InputError, OutputError, TiffFormatError, VerificationError
-from . import Movie, MovieInfo, capture_tifffile_log
+from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file
 
 #: Sample types every reader of movie TIFFs accepts (RELION's TIFF reader: u8, i8, u16, i16, f32).
 TIFF_SAMPLE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.float32)
@@ -61,11 +61,7 @@ class TiffMovie(Movie):
         import tifffile
 
         self._path = Path(path)
-        if not self._path.exists():
-            raise InputError(f"{self._path}: no such file")
-        if self._path.is_dir():
-            raise InputError(f"{self._path}: is a directory, not a movie")
-        if self._path.stat().st_size == 0:
+        if check_regular_file(self._path, "a TIFF movie") == 0:
             raise TiffFormatError(f"{self._path}: the file is empty")
         self._lock = threading.Lock()
         try:
