@@ -42,7 +42,7 @@ def test_benchmark_table_for_given_movies(in_tmp: Path, capsys: pytest.CaptureFi
     assert "movies/k2.mrc: first 2 pages of 64 x 48 int8" in out
     assert "movies/falcon.mrc: first 2 pages of 4096 x 16 uint16" in out
     header = next(line for line in out.splitlines() if "codec" in line and "size %" in line)
-    for column in ("TIFF", "size %", "enc MB/s", "dec MB/s", "used by", "readers"):
+    for column in ("encoder", "TIFF", "size %", "enc MB/s", "dec MB/s", "used by", "readers"):
         assert column in header
     for movie, relion in (("movies/k2.mrc", "lzw"), ("movies/falcon.mrc", "zlib-6")):
         rows = table_rows(out, movie)
@@ -50,10 +50,13 @@ def test_benchmark_table_for_given_movies(in_tmp: Path, capsys: pytest.CaptureFi
         assert labels == list(BENCHMARK_CODECS)
         assert [row[0] for row in rows if "RELION" in " ".join(row)] == [relion]
         assert len([row for row in rows if "auto" in row]) == 1
-        tags = {row[0]: int(row[1]) for row in rows}
+        encoders = {row[0]: row[1] for row in rows}
+        assert encoders["deflate-huffman"] == encoders["deflate-rle"] == "zlib-ng"  # the fast Huffman-only encoder
+        assert encoders["zlib-6"] == "zlib" and encoders["deflate-1"] == "libdeflate"
+        tags = {row[0]: int(row[2]) for row in rows}
         assert tags["lzw"] == 5 and tags["deflate-huffman"] == 8 and tags["zstd-3"] == 50000 and tags["lzma-1"] == 34925
         for row in rows:
-            assert 0 < float(row[2]) < 200  # size %
+            assert 0 < float(row[3]) < 200  # size %
         readers = {row[0]: " ".join(row) for row in rows}
         assert "all movie readers" in readers["deflate-huffman"]
         assert "not IMOD" in readers["zstd-3"]

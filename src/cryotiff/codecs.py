@@ -21,6 +21,7 @@ from typing import Callable
 
 import imagecodecs
 import numpy as np
+from zlib_ng import zlib_ng
 
 from .errors import OptionError
 
@@ -102,8 +103,8 @@ class StripCodec:
         tiff_code: value of the TIFF Compression tag (259).
         level: compression level, or None where the scheme has none.
         variant: for deflate, the encoder when it is not libdeflate at ``level``:
-            ``huffman`` (zlib ``Z_HUFFMAN_ONLY``), ``rle`` (zlib ``Z_RLE``) or ``zlib`` (zlib at
-            ``level``, RELION's encoder). Every variant writes a standard zlib stream.
+            ``huffman`` (zlib-ng ``Z_HUFFMAN_ONLY``), ``rle`` (zlib-ng ``Z_RLE``) or ``zlib``
+            (zlib at ``level``, RELION's encoder). Every variant writes a standard zlib stream.
     """
 
     name: str
@@ -141,6 +142,15 @@ class StripCodec:
         return self.name if self.level is None else f"{self.name}-{self.level}"
 
     @property
+    def encoder(self) -> str:
+        """The library that encodes: ``imagecodecs`` (LZW), ``libdeflate``, ``zlib-ng``
+        (Huffman-only and RLE Deflate), ``zlib`` (RELION's Deflate), ``libzstd``, ``liblzma``,
+        or ``-`` for none."""
+        if self.variant in ("huffman", "rle"):
+            return "zlib-ng"
+        return _ENCODER_LIBRARIES[self.variant or self.name]
+
+    @property
     def is_baseline(self) -> bool:
         """True for the schemes every movie reader decodes (none, LZW, Deflate)."""
         return self.tiff_code in (COMPRESSION_NONE, COMPRESSION_LZW, COMPRESSION_DEFLATE)
@@ -151,6 +161,10 @@ class StripCodec:
 
 
 # --------------------------------------------------------------------------- encoders and decoders
+
+_ENCODER_LIBRARIES = {
+    "none": "-", "lzw": "imagecodecs", "deflate": "libdeflate", "zlib": "zlib", "zstd": "libzstd", "lzma": "liblzma",
+}
 
 
 def _identity(data, nbytes: int | None = None) -> bytes:
@@ -193,15 +207,18 @@ _DEFLATE_DECODER = imagecodecs.deflate_decode
 
 
 def _zlib_strategy_encoder(strategy: int) -> Callable[[bytes], bytes]:
-    """zlib with ``Z_HUFFMAN_ONLY`` or ``Z_RLE``: plain Deflate streams, fast on counting data.
+    """zlib-ng with ``Z_HUFFMAN_ONLY`` or ``Z_RLE``: plain Deflate streams, fast on counting data.
 
-    memLevel 9 doubles zlib's block length (32767 symbols), which is both smaller (fewer Huffman
-    table headers) and faster on cryo-EM frames. The level only selects "compress" (vs. store)
-    for these strategies. Python's zlib releases the GIL while it compresses.
+    zlib-ng (the ``zlib-ng`` package, zlib's API) writes byte for byte the stream zlib writes
+    with these strategies and parameters, about twice as fast (docs/benchmarks/vs-relion.md;
+    ``tests/test_codecs.py`` compares the bytes). memLevel 9 doubles the block length (32767
+    symbols), which is both smaller (fewer Huffman table headers) and faster on cryo-EM frames.
+    The level only selects "compress" (vs. store) for these strategies. The GIL is released
+    while it compresses.
     """
 
     def encode(data) -> bytes:
-        compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
+        compressor = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, strategy)
         return compressor.compress(data) + compressor.flush()
 
     return encode
@@ -243,7 +260,7 @@ def make_codec(name: str, level: int | None = None) -> StripCodec:
         )
     if name in ("deflate-huffman", "deflate-rle"):
         variant = name.split("-")[1]
-        strategy = zlib.Z_HUFFMAN_ONLY if variant == "huffman" else zlib.Z_RLE
+        strategy = zlib_ng.Z_HUFFMAN_ONLY if variant == "huffman" else zlib_ng.Z_RLE
         return _sized(
             "deflate", COMPRESSION_DEFLATE, None, _zlib_strategy_encoder(strategy), _DEFLATE_DECODER, variant
         )
