@@ -29,6 +29,13 @@ How the work is shared, and why it differs from ``relion_convert_to_tiff_mpi``:
 * No rank ever waits for ever: an unexpected error anywhere outside one movie's conversion makes
   the rank print it and abort the whole MPI job (``MPI_Abort``); inside a movie's conversion it
   becomes that movie's failure and the run goes on.
+* A rank that dies (its node lost, ``kill -9``, out of memory) ends the job with a message naming
+  it, its node and the movie it was converting. For that, under Open MPI's ``mpirun``, Open MPI's
+  fault tolerance (ULFM, ``mpi_ft_enable``) is switched on unless the environment already sets
+  it: without it, the first rank to notice the closed connection aborts with "An error occurred
+  in Socket closed ... rank 0 calling abort", which names the wrong rank. ``mpirun`` still ends
+  the whole job. ULFM selects Open MPI's ob1 messaging layer (TCP or shared memory, not UCX):
+  the ranks exchange only movie indices and results, so its speed does not matter here.
 """
 
 from __future__ import annotations
@@ -65,6 +72,11 @@ from .jobs import Job, estimate_movie, is_finished, make_executor, plan, prepare
 TAG_REQUEST = 17  # rank -> rank 0: the result of its last movie (or None), and "give me the next"
 TAG_REPLY = 18  # rank 0 -> rank: the next movie's index, or None = no more work
 
+#: Set in the environment before MPI starts, when ``mpirun`` of Open MPI started this process
+#: (see the module docstring). Not for a process started alone or by ``srun``: there Open MPI may
+#: not find the parameter set that ``mpi_ft_enable`` loads, and warns.
+FAULT_TOLERANCE_ENVIRONMENT = {"OMPI_MCA_mpi_ft_enable": "true"}
+
 #: Sleep between polls while waiting for a message. Short against a movie's conversion time
 #: (seconds), long enough that a waiting rank uses no measurable CPU.
 POLL_SECONDS = 0.002
@@ -85,6 +97,11 @@ MPI_UNSUPPORTED = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``convert-to-tiff-mpi``; returns the exit status (the same on every rank)."""
+    import os
+
+    if "OMPI_COMM_WORLD_SIZE" in os.environ:  # started by Open MPI's mpirun
+        for name, value in FAULT_TOLERANCE_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -99,7 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         abort(comm, EXIT_INTERRUPTED, f"\nInterrupted (MPI rank {comm.rank}); the movies being written were removed.")
     except BrokenPipeError:  # output piped into "head" and the like
         abort(comm, EXIT_FAILED, "")
-    except BaseException:  # a bug: without the abort the other ranks would wait for this one for ever
+    except BaseException as exc:
+        if is_rank_failure(exc):
+            abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: {lost_ranks_message(comm)}; {STOPPING_AFTER_FAILURE}")
+        # a bug: without the abort the other ranks would wait for this one for ever
         abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: unexpected error; stopping every rank.\n{traceback.format_exc()}")
     return EXIT_FAILED  # not reached: abort does not return
 
@@ -114,6 +134,49 @@ def abort(comm: Any, status: int, message: str) -> None:
         if message:
             print(message, file=sys.stderr, flush=True)
     comm.Abort(status)
+
+
+#: What the user reads after a rank died.
+STOPPING_AFTER_FAILURE = ("stopping every rank. Every .tif that exists is complete; rerun the same command "
+                          "with --only_do_unfinished to convert the rest.")
+
+
+def is_rank_failure(exc: BaseException) -> bool:
+    """True if ``exc`` is MPI's report that another rank died (ULFM's MPI_ERR_PROC_FAILED and
+    the errors that follow from it)."""
+    from mpi4py import MPI
+
+    failure_classes = {getattr(MPI, name, None) for name in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
+    return isinstance(exc, MPI.Exception) and exc.Get_error_class() in failure_classes - {None}
+
+
+def failed_ranks(comm: Any) -> list[int]:
+    """The ranks of ``comm`` that MPI knows to have died (empty if it cannot tell)."""
+    from mpi4py import MPI
+
+    try:
+        failed = comm.Get_failed()
+        try:
+            ranks = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), comm.Get_group())
+        finally:
+            failed.Free()
+    except Exception:  # an MPI without ULFM, or a communicator that no longer answers
+        return []
+    return sorted(rank for rank in ranks if rank != MPI.UNDEFINED)
+
+
+def lost_ranks_message(comm: Any, converting: dict[int, str] | None = None,
+                       hosts: Sequence[str] | None = None) -> str:
+    """``MPI rank 1 (on node7) stopped while converting m1.mrc``: which ranks died (and, on
+    rank 0, the node of each and the movie each was given)."""
+    converting = converting or {}
+    ranks = failed_ranks(comm)
+    if not ranks:
+        return "another MPI rank stopped (its node lost, killed, or out of memory)"
+    parts = [f"MPI rank {rank}" + (f" (on {hosts[rank]})" if hosts and rank < len(hosts) else "") + " stopped"
+             + (f" while converting {converting[rank]}" if rank in converting else "")
+             for rank in ranks]
+    return "; ".join(parts)
 
 
 def parse_arguments(comm: Any, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -148,6 +211,7 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
         problem = mpi_problem(args, options)
         if problem:
             raise OptionError(problem)
+        check_launch(comm)
         check_thread_support(comm)
     except OptionError as exc:  # every rank gets the same verdict; rank 0 says it
         if comm.rank == 0:
@@ -159,6 +223,30 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
     if options.estimate_gain:
         return run_estimation(comm, args.i, options, reporter, report_path)
     return run_conversion(comm, args.i, options, reporter, report_path)
+
+
+def check_launch(comm: Any, environ: dict[str, str] | None = None) -> None:
+    """Refuse a Slurm step of several tasks in which MPI sees one process: ``srun`` without a
+    PMI that Open MPI understands starts every task as a lone "rank 0 of 1", and each would
+    convert every movie, all writing the same files.
+
+    Raises:
+        OptionError: naming the two ways that work.
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    try:
+        slurm_tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    except ValueError:
+        return
+    launched_by_mpirun = "OMPI_COMM_WORLD_SIZE" in environ or "PMIX_RANK" in environ
+    if comm.size == 1 and slurm_tasks > 1 and not launched_by_mpirun:
+        raise OptionError(
+            f"srun started {slurm_tasks} tasks, but MPI sees each as a single process (srun could not connect "
+            "them through PMIx); every task would convert every movie. Use srun --mpi=pmix, or mpirun inside "
+            "the allocation"
+        )
 
 
 def check_thread_support(comm: Any) -> None:
@@ -261,6 +349,7 @@ def share_work(
     order: Sequence[int],
     work: Callable[[int], Any],
     collect: Callable[[int, int, Any], None],
+    describe: Callable[[int], str] = str,
 ) -> None:
     """Run ``work(index)`` once for every index in ``order`` on whichever rank is free.
 
@@ -268,11 +357,13 @@ def share_work(
     result)`` receives every result, one call at a time (from rank 0's main thread or its
     service thread). Returns when every index is done and collected, on every rank. Results may
     be large (a gain estimate is 14 bytes per pixel): they travel as pickle-5 messages, which
-    have no 2 GiB limit.
+    have no 2 GiB limit. ``describe(index)`` names an item in the message that ends the job
+    when a rank dies.
     """
     from mpi4py.util import pkl5
 
     messages = pkl5.Intracomm(comm)
+    hosts = comm.allgather(processor_name())  # to name the node of a rank that dies
     if comm.rank != 0:
         _ask_for_work(messages, work)
         return
@@ -286,7 +377,8 @@ def share_work(
     service = None
     if comm.size > 1:
         service = threading.Thread(
-            target=_serve, args=(messages, queue, collect_one), name="cryotiff-mpi-service", daemon=True
+            target=_serve, args=(messages, queue, collect_one, describe, hosts), name="cryotiff-mpi-service",
+            daemon=True,
         )
         service.start()
     while (index := queue.take()) is not None:
@@ -297,11 +389,13 @@ def share_work(
             service.join(IDLE_POLL_SECONDS)
 
 
-def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], None]) -> None:
+def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], None],
+           describe: Callable[[int], str] = str, hosts: Sequence[str] = ()) -> None:
     """Rank 0's service thread: answer every request until each other rank has been told that
     the work is done."""
     from mpi4py import MPI
 
+    given: dict[int, int] = {}  # rank -> the index it works on
     try:
         status = MPI.Status()
         ranks_working = messages.size - 1
@@ -315,9 +409,16 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
             messages.send(index, dest=rank, tag=TAG_REPLY)  # first, so that the rank starts at once
             if index is None:
                 ranks_working -= 1
+                given.pop(rank, None)
+            else:
+                given[rank] = index
             if finished is not None:
                 collect(rank, *finished)
-    except BaseException:
+    except BaseException as exc:
+        if is_rank_failure(exc):
+            converting = {rank: describe(index) for rank, index in given.items()}
+            abort(messages, EXIT_FAILED, f"MPI rank 0: {lost_ranks_message(messages, converting, hosts)}; "
+                                         f"{STOPPING_AFTER_FAILURE}")
         abort(messages, EXIT_FAILED, f"MPI rank 0: unexpected error while sharing the work; stopping every rank.\n"
                                      f"{traceback.format_exc()}")
 
@@ -419,6 +520,14 @@ def prepare_everywhere(comm: Any, jobs: Sequence[Job], options: ConvertOptions, 
     return context
 
 
+def processor_name() -> str:
+    """The node this rank runs on (``MPI_Get_processor_name``: its host name), for the
+    ``--report``'s ``mpi_host``."""
+    from mpi4py import MPI
+
+    return MPI.Get_processor_name()
+
+
 def responsive_executor(threads: int) -> ThreadPoolExecutor:
     """Threads for one movie's pages: ``--j`` of them, and one even for ``--j 1``. With the
     pages made in a worker thread, the main thread only waits and writes, so SIGTERM (Ctrl-C on
@@ -469,6 +578,7 @@ def run_conversion(
     order = largest_first(jobs, [index for index in range(len(jobs)) if index not in finished])
 
     position = {index: place for place, index in enumerate(order, start=1)}
+    host = processor_name()
     executor = responsive_executor(options.threads)
     converted: dict[int, MovieResult] = {}
 
@@ -480,6 +590,7 @@ def run_conversion(
         except Exception as exc:
             result = unexpected_failure(job, rank, exc, "converting")
         result.details["mpi_rank"] = rank
+        result.details["mpi_host"] = host
         return result
 
     def collect(worker: int, index: int, result: MovieResult) -> None:
@@ -487,7 +598,7 @@ def run_conversion(
         reporter.report_result(result)
 
     try:
-        share_work(comm, order, work, collect)
+        share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source))
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -592,6 +703,7 @@ def run_estimation(
         for failure in failures:
             reporter.report_result(failure)
     order = largest_first(jobs, range(len(jobs)))
+    host = processor_name()
     executor = make_executor(options.threads)
 
     def work(index: int) -> tuple[MovieResult, Any]:
@@ -606,6 +718,7 @@ def run_estimation(
         except Exception as exc:
             result = unexpected_failure(job, rank, exc, "estimating the gain of")
         result.details["mpi_rank"] = rank
+        result.details["mpi_host"] = host
         usable = result.status == "converted" and own is not None and own.tracks_merge
         return result, own if usable else None
 
@@ -634,7 +747,7 @@ def run_estimation(
             save()
 
     try:
-        share_work(comm, order, work, collect)
+        share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source))
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
