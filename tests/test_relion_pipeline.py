@@ -1,4 +1,4 @@
-"""Fitting into RELION pipelines: <o>/movies.star, External-job exit files, --dry_run, --report."""
+"""Fitting into RELION pipelines: External-job exit files, --dry_run, --report (movies.star: test_movies_star.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import pytest
 import starfile
 
 from cryotiff.cli import main
-from cryotiff.convert import MovieResult
-from cryotiff.movies_star import write_movies_star
 from cryotiff.pipeline import (
     ABORT_NOW_NAME,
     EXIT_ABORTED_NAME,
@@ -69,100 +67,6 @@ _rlnMicrographMovieName #1
 _rlnOpticsGroup #2
 {movies}
 """
-
-
-# --------------------------------------------------------------------------- movies.star
-
-
-def test_movies_star_keeps_the_optics_and_points_to_the_converted_tifs(in_tmp: Path, capsys) -> None:
-    frames = {"Movies/a.mrc": movie("Movies/a.mrc", 1), "Movies/b.mrc": movie("Movies/b.mrc", 2),
-              "Movies/c.mrc": movie("Movies/c.mrc", 3)}
-    Path("Movies/broken.mrc").write_bytes(b"not an MRC file" * 100)
-    Path("Import/job001").mkdir(parents=True)
-    Path("Import/job001/movies.star").write_text(
-        import_star(["Movies/a.mrc 1", "Movies/broken.mrc 1", "Movies/b.mrc 2", "Movies/c.mrc 1"])
-    )
-    assert main(["--i", "Import/job001/movies.star", "--o", "Converted"]) == 1  # broken.mrc fails
-    assert "Written Converted/movies.star listing 3 movies" in capsys.readouterr().out
-
-    blocks = read_star(Path("Converted/movies.star"))
-    original = read_star(Path("Import/job001/movies.star"))
-    assert blocks["optics"].equals(original["optics"])
-    table = blocks["movies"]
-    assert list(table.columns) == ["rlnMicrographMovieName", "rlnOpticsGroup"]
-    assert list(table["rlnMicrographMovieName"]) == ["Converted/Movies/a.tif", "Converted/Movies/b.tif",
-                                                     "Converted/Movies/c.tif"]
-    assert list(table["rlnOpticsGroup"]) == [1, 2, 1]
-    for name, tif in zip(["Movies/a.mrc", "Movies/b.mrc", "Movies/c.mrc"], table["rlnMicrographMovieName"]):
-        np.testing.assert_array_equal(read_tiff_frames(Path(tif)), frames[name])
-
-    # During collection: a rerun with --only_do_unfinished lists the finished movies too.
-    movie("Movies/d.mrc", 4)
-    Path("Import/job001/movies.star").write_text(
-        import_star(["Movies/a.mrc 1", "Movies/b.mrc 2", "Movies/c.mrc 1", "Movies/d.mrc 2"])
-    )
-    assert main(["--i", "Import/job001/movies.star", "--o", "Converted", "--only_do_unfinished"]) == 0
-    table = read_star(Path("Converted/movies.star"))["movies"]
-    assert list(table["rlnMicrographMovieName"]) == [f"Converted/Movies/{x}.tif" for x in "abcd"]
-    assert list(table["rlnOpticsGroup"]) == [1, 2, 1, 2]
-
-
-def test_relion_30_star_and_plain_inputs_give_a_movies_table_without_optics(in_tmp: Path) -> None:
-    movie("Movies/a.mrc", 1)
-    movie("Movies/b.mrc", 2)
-    Path("old.star").write_text("data_\n\nloop_\n_rlnMicrographMovieName #1\nMovies/a.mrc\nMovies/b.mrc\n")
-    assert main(["--i", "old.star", "--o", "Old"]) == 0
-    blocks = read_star(Path("Old/movies.star"))
-    assert list(blocks) == ["movies"]
-    assert list(blocks["movies"]["rlnMicrographMovieName"]) == ["Old/Movies/a.tif", "Old/Movies/b.tif"]
-
-    assert main(["--i", "Movies/*.mrc", "--o", "Glob"]) == 0
-    blocks = read_star(Path("Glob/movies.star"))
-    assert list(blocks) == ["movies"]
-    assert list(blocks["movies"]["rlnMicrographMovieName"]) == ["Glob/Movies/a.tif", "Glob/Movies/b.tif"]
-
-
-def test_movies_from_other_inputs_join_a_single_optics_group_only(in_tmp: Path, capsys) -> None:
-    movie("Movies/a.mrc", 1)
-    movie("Extra/x.mrc", 2)
-    one_group = OPTICS.replace("opticsGroup2 2 0.415000 300.000000 2.700000 0.100000\n", "")
-    Path("one.star").write_text(import_star(["Movies/a.mrc 1"], optics=one_group))
-    assert main(["--i", "one.star", "Extra/x.mrc", "--o", "One"]) == 0
-    table = read_star(Path("One/movies.star"))["movies"]
-    assert list(table["rlnMicrographMovieName"]) == ["One/Movies/a.tif", "One/Extra/x.tif"]
-    assert list(table["rlnOpticsGroup"]) == [1, 1]
-
-    Path("two.star").write_text(import_star(["Movies/a.mrc 2"]))
-    capsys.readouterr()
-    assert main(["--i", "two.star", "Extra/x.mrc", "--o", "Two"]) == 0
-    assert "Extra/x.mrc) are left out: their optics group is unknown" in capsys.readouterr().err
-    table = read_star(Path("Two/movies.star"))["movies"]
-    assert list(table["rlnMicrographMovieName"]) == ["Two/Movies/a.tif"]
-    assert Path("Two/Extra/x.tif").exists()
-
-
-def test_movies_star_never_overwrites_the_input_star(in_tmp: Path, capsys) -> None:
-    movie("a.mrc", 1)
-    Path("out").mkdir()
-    text = import_star(["a.mrc 1"])
-    Path("out/movies.star").write_text(text)
-    assert main(["--i", "out/movies.star", "--o", "out"]) == 0
-    assert Path("out/movies.star").read_text() == text
-    assert "it is the input STAR file" in capsys.readouterr().err
-
-
-def test_up_sampled_eer_movies_get_the_rendered_pixel_size(in_tmp: Path) -> None:
-    """EER rendered at --eer_upsampling 2 gives TIFF pixels half the physical size."""
-    Path("eer.star").write_text(import_star(["Movies/e1.eer 1", "Movies/e2.eer 1", "Movies/m.mrc 2"]))
-    results = [
-        MovieResult(Path(f"Movies/{name}"), Path(f"out/Movies/{Path(name).stem}.tif"), "converted")
-        for name in ("e1.eer", "e2.eer", "m.mrc")
-    ]
-    Path("out").mkdir()
-    outcome = write_movies_star(["eer.star"], results, Path("out"), eer_upsampling=2)
-    assert outcome.n_movies == 3 and outcome.has_optics
-    optics = read_star(Path("out/movies.star"))["optics"]
-    assert list(optics["rlnMicrographOriginalPixelSize"]) == pytest.approx([0.415, 0.415])  # group 2 is MRC
 
 
 # --------------------------------------------------------------------------- External job

@@ -292,8 +292,9 @@ def finish_run(
             reporter.warning(f"WARNING: {text}")
         movies_star = outcome.path
         if movies_star is not None:
+            earlier = f" ({outcome.n_from_earlier} from earlier runs)" if outcome.n_from_earlier else ""
             reporter.message(f"Written {movies_star} listing {outcome.n_movies} movie" + "s" * (outcome.n_movies != 1)
-                             + ("" if outcome.has_optics else " (no optics table: no input STAR file had one)"))
+                             + earlier + ("" if outcome.has_optics else " (no optics table: no input STAR file had one)"))
             if control is not None:
                 control.write_output_nodes(movies_star)
     except CryotiffError as exc:

@@ -11,7 +11,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import OutputError, StarFormatError
 from . import check_regular_file
@@ -75,20 +75,28 @@ def read_movie_names(path: Path) -> list[str]:
     return [name for name in names if name]
 
 
-def write_star_atomically(path: Path, blocks: dict[str, Any]) -> None:
+def write_star_atomically(path: Path, blocks: dict[str, Any], header_lines: Sequence[str] | None = None) -> None:
     """Write ``blocks`` as a STAR file via a temporary file (``X.tmp``) and a rename, as the
     movies are written.
+
+    ``header_lines`` (comment lines, each starting with ``#``) open the file instead of
+    starfile's "Created by" line. RELION takes any line holding ``data_`` for the start of a block
+    and ``# version N`` for the file's version (``MetaDataTable::readStar`` in RELION's
+    ``src/metadata_table.cpp``), so header lines must hold neither.
 
     Raises:
         OutputError: the file cannot be written.
     """
-    import starfile
+    from starfile.writer import StarWriter
 
+    writer = StarWriter(blocks)
+    lines = list(header_lines) if header_lines is not None else [next(iter(writer.lines()))]
+    text = "".join(line + "\n" for line in [*lines, "", "", *writer.data_block_generator()])
     tmp = path.with_name(path.name + ".tmp")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # starfile's own deprecation and resource warnings
-            starfile.write(blocks, tmp, overwrite=True)
+            tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
