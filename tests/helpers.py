@@ -20,6 +20,20 @@ def read_tiff_frames(path: Path) -> np.ndarray:
     return pages[:, ::-1, :]
 
 
+def temporary_files_of(destination: Path) -> list[Path]:
+    """cryotiff's temporary files of ``destination`` (``X.tif.cryotiff-<pid>-<hex>.tmp``)."""
+    from cryotiff.io.atomic import temporaries_of
+
+    return temporaries_of(Path(destination))
+
+
+def is_temporary_of(path: str | Path, output_name: str) -> bool:
+    """``path`` is a temporary file of the output named ``output_name`` (``a.tif``)."""
+    from cryotiff.io.atomic import destination_of_temporary
+
+    return destination_of_temporary(Path(path).name) == output_name
+
+
 def tiff_tags(path: Path, page: int = 0) -> dict[str, object]:
     with tifffile.TiffFile(path) as tif:
         return {tag.name: tag.value for tag in tif.pages[page].tags.values()}

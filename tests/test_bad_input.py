@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from cryotiff.cli import main
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import is_temporary_of, read_tiff_frames
 
 
 def good_movie(path: str, seed: int) -> np.ndarray:
@@ -184,7 +184,7 @@ def fail_writes_of(
     real_write = tifffile.FileHandle.write
 
     def write(self, data) -> int:
-        if self.path.endswith(f"{name}.tif.tmp") and self.tell() + len(data) > after_nbytes:
+        if is_temporary_of(self.path, f"{name}.tif") and self.tell() + len(data) > after_nbytes:
             refused.append(len(data))
             raise OSError(error_number, os.strerror(error_number))
         return real_write(self, data)
@@ -205,14 +205,14 @@ def test_an_output_file_that_cannot_be_created(in_tmp: Path, capsys, monkeypatch
     """The file system refuses to create the file (permissions; root ignores chmod, so the refusal
     is simulated where tifffile opens the file)."""
     good_movie("denied.mrc", 3)
-    real_open = tifffile.FileHandle.open
+    real_open = os.open
 
-    def open_(self) -> None:
-        if str(self._file).endswith("denied.tif.tmp"):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self._file))
-        real_open(self)
+    def open_(path, flags, *args, **kwargs) -> int:
+        if is_temporary_of(path, "denied.tif"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(tifffile.FileHandle, "open", open_)
+    monkeypatch.setattr(os, "open", open_)
     expect_one_clean_failure(capsys, "denied.mrc", "out/denied.tif: cannot write (Permission denied)")
 
 
@@ -227,7 +227,7 @@ def test_a_full_disk_when_renaming(in_tmp: Path, capsys, monkeypatch: pytest.Mon
     real_replace = os.replace
 
     def replace(source, destination) -> None:
-        if str(source).endswith("rename.tif.tmp"):
+        if is_temporary_of(source, "rename.tif"):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_replace(source, destination)
 

@@ -12,7 +12,7 @@ from cryotiff.cli import main
 from cryotiff.convert import ConvertOptions, convert_movie
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import REAL_DATA, libtiff_decodes, read_tiff_frames, tiff_tags
+from .helpers import REAL_DATA, libtiff_decodes, read_tiff_frames, temporary_files_of, tiff_tags
 
 #: MRC mode -> (TIFF sample type RELION writes, BitsPerSample, SampleFormat)
 RELION_TYPES = {
@@ -170,7 +170,7 @@ def test_error_mid_movie_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Mo
 
     def failing_page(self, index):
         if index == 4:
-            assert (tmp_path / "m.tif.tmp").exists()  # the temporary file is being written
+            assert temporary_files_of(tmp_path / "m.tif")  # the temporary file is being written
             raise MrcFormatError(f"{self.path}: frame 5 cannot be read")
         written.append(index)
         return original_page(self, index)
@@ -180,7 +180,7 @@ def test_error_mid_movie_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Mo
         convert_movie(source, tmp_path / "m.tif", ConvertOptions(output_dir=tmp_path))
     assert written == [0, 1, 2, 3]
     assert not (tmp_path / "m.tif").exists()
-    assert not (tmp_path / "m.tif.tmp").exists()
+    assert not temporary_files_of(tmp_path / "m.tif")
 
 
 def test_bigtiff_only_when_the_file_could_pass_4_gib() -> None:

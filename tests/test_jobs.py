@@ -14,7 +14,7 @@ from cryotiff.errors import InputError, StarFormatError
 from cryotiff.jobs import expand_inputs, output_path, plan, read_list_file
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import read_tiff_frames, temporary_files_of
 
 
 def movie(path: str, seed: int = 0, n_frames: int = 2) -> np.ndarray:
@@ -152,7 +152,7 @@ def test_only_do_unfinished(in_tmp: Path, capsys: pytest.CaptureFixture[str]) ->
     c = movie("Movies/c.mrc", 3, n_frames=3)
     assert main(["--i", "Movies/a.mrc", "--o", "out"]) == 0
     done_mtime = Path("out/Movies/a.tif").stat().st_mtime_ns
-    # b: a truncated result from an earlier crash (wrong page count); c: only a stale .tmp
+    # b: a truncated result from an earlier crash (wrong page count); c: only RELION's X.tif.tmp
     import tifffile
 
     Path("out/Movies").mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,9 @@ def test_only_do_unfinished(in_tmp: Path, capsys: pytest.CaptureFixture[str]) ->
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/b.tif")), b)
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/c.tif")), c)
-    assert not Path("out/Movies/c.tif.tmp").exists()
+    # RELION's temporary name carries no lock: cryotiff cannot tell whether RELION is writing it
+    assert Path("out/Movies/c.tif.tmp").read_bytes() == b"partial"
+    assert "out/Movies/c.tif.tmp: left alone" in output
 
 
 def test_a_failing_movie_does_not_stop_the_others(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,7 +181,7 @@ def test_a_failing_movie_does_not_stop_the_others(in_tmp: Path, capsys: pytest.C
     captured = capsys.readouterr()
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
     np.testing.assert_array_equal(read_tiff_frames(Path("out/c.tif")), c)
-    assert not Path("out/broken.tif").exists() and not Path("out/broken.tif.tmp").exists()
+    assert not Path("out/broken.tif").exists() and not temporary_files_of(Path("out/broken.tif"))
     errors = [line for line in captured.err.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 2
     assert "broken.mrc" in errors[0] and "missing.mrc" in errors[1]

@@ -21,7 +21,7 @@ from cryotiff import convert
 from cryotiff.cli import main
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import is_temporary_of, read_tiff_frames, temporary_files_of
 
 
 def small_movie(path: str, seed: int, n_frames: int = 3) -> np.ndarray:
@@ -140,7 +140,7 @@ def test_a_finished_file_that_reads_back_short_is_never_renamed(
     def close_and_lose_half(self) -> None:
         path = self.filehandle.path
         real_close(self)
-        if path.endswith("a.tif.tmp"):
+        if is_temporary_of(path, "a.tif"):
             os.truncate(path, os.path.getsize(path) // 2)
 
     monkeypatch.setattr(tifffile.TiffWriter, "close", close_and_lose_half)
@@ -175,17 +175,22 @@ def start_cli(*args: str) -> subprocess.Popen:
     )
 
 
-def wait_until_half_written(process: subprocess.Popen, tmp: Path, min_nbytes: int = 1 << 20) -> None:
-    """Wait until ``tmp`` holds at least ``min_nbytes`` (a few pages of the slow movie)."""
+def wait_until_half_written(process: subprocess.Popen, destination: Path, min_nbytes: int = 1 << 20) -> None:
+    """Wait until the temporary file of ``destination`` holds at least ``min_nbytes`` (a few
+    pages of the slow movie)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if tmp.exists() and tmp.stat().st_size >= min_nbytes:
-            return
+        for tmp in temporary_files_of(destination):
+            try:
+                if tmp.stat().st_size >= min_nbytes:
+                    return
+            except FileNotFoundError:
+                pass
         if process.poll() is not None:
-            raise AssertionError(f"the conversion ended before {tmp} was half written: {process.communicate()}")
+            raise AssertionError(f"the conversion ended before {destination} was half written: {process.communicate()}")
         time.sleep(0.002)
     process.kill()
-    raise AssertionError(f"{tmp} never appeared")
+    raise AssertionError(f"no temporary file of {destination} appeared")
 
 
 def test_kill_9_mid_movie_leaves_no_tif_and_a_rerun_completes_the_set(in_tmp: Path) -> None:
@@ -193,7 +198,7 @@ def test_kill_9_mid_movie_leaves_no_tif_and_a_rerun_completes_the_set(in_tmp: Pa
     big = slow_movie("big.mrc")
     c = small_movie("c.mrc", 3)
     process = start_cli("--i", "a.mrc", "big.mrc", "c.mrc", "--o", "out", *SLOW_CODEC)
-    wait_until_half_written(process, Path("out/big.tif.tmp"))
+    wait_until_half_written(process, Path("out/big.tif"))
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL
@@ -210,7 +215,8 @@ def test_kill_9_mid_movie_leaves_no_tif_and_a_rerun_completes_the_set(in_tmp: Pa
     assert "Processing big.mrc" in completed.stdout and "Processing c.mrc" in completed.stdout
     for name, frames in (("a", a), ("big", big), ("c", c)):
         np.testing.assert_array_equal(read_tiff_frames(Path(f"out/{name}.tif")), frames)
-    assert leftovers(Path("out")) == []  # the stale big.tif.tmp was overwritten and renamed
+    assert leftovers(Path("out")) == []  # the stale temporary file of big.tif was removed
+    assert "Removed out/big.tif.cryotiff-" in completed.stdout
 
 
 def test_ctrl_c_mid_movie_removes_the_temporary_file_and_exits_130(in_tmp: Path) -> None:
@@ -220,12 +226,12 @@ def test_ctrl_c_mid_movie_removes_the_temporary_file_and_exits_130(in_tmp: Path)
         "--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
         "--pipeline_control", "out", "--report", "out/report.json",
     )
-    wait_until_half_written(process, Path("out/big.tif.tmp"))
+    wait_until_half_written(process, Path("out/big.tif"))
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
-    assert not Path("out/big.tif").exists() and not Path("out/big.tif.tmp").exists()
+    assert not Path("out/big.tif").exists() and not temporary_files_of(Path("out/big.tif"))
     assert Path("out/a.tif").exists()
     assert Path("out/RELION_JOB_EXIT_FAILURE").exists()
     assert not Path("out/RELION_JOB_EXIT_SUCCESS").exists()
@@ -238,9 +244,9 @@ def test_sigterm_mid_movie_cleans_up_like_ctrl_c(in_tmp: Path) -> None:
     """Batch schedulers stop jobs with SIGTERM: the movie being written is removed, exit 130."""
     slow_movie("big.mrc")
     process = start_cli("--i", "big.mrc", "--o", "out", *SLOW_CODEC)
-    wait_until_half_written(process, Path("out/big.tif.tmp"))
+    wait_until_half_written(process, Path("out/big.tif"))
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err
-    assert not Path("out/big.tif").exists() and not Path("out/big.tif.tmp").exists()
+    assert not Path("out/big.tif").exists() and not temporary_files_of(Path("out/big.tif"))

@@ -17,12 +17,11 @@ from hypothesis import strategies as st
 
 from cryotiff.convert import ConvertOptions, PageSource, convert_movie, ordered_map
 from cryotiff.errors import InputError
-from cryotiff.io.tiff import temporary_path
 from cryotiff.jobs import Job, Reporter, make_executor, run_job
 from cryotiff.simulate.detectors import counting_frames, falcon_frames
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import read_tiff_frames, temporary_files_of
 
 THREAD_COUNTS = (1, 2, 3)
 
@@ -144,7 +143,7 @@ def test_error_in_one_page_task_leaves_no_file(threads: int, error: type[BaseExc
     finally:
         executor.shutdown(wait=True)
     assert not destination.exists()
-    assert not temporary_path(destination).exists()
+    assert not temporary_files_of(destination)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -619,7 +619,7 @@ def convert_movie(
     source: PageSource | None = None,
     context: RunContext | None = None,
 ) -> MovieResult:
-    """Convert one movie to ``destination`` (written as ``destination.tmp`` then renamed).
+    """Convert one movie to ``destination`` (written as a temporary file beside it, then renamed).
 
     Args:
         source_path: the input movie.
@@ -634,7 +634,7 @@ def convert_movie(
         The movie's result with status ``converted``.
 
     Raises:
-        CryotiffError: on any problem; no ``.tif`` or ``.tif.tmp`` is left behind.
+        CryotiffError: on any problem; neither the ``.tif`` nor its temporary file is left behind.
     """
     started = time.perf_counter()
     source = source or open_page_source(source_path, options, context)

@@ -29,7 +29,8 @@ from .convert import (
 from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
 from .io import check_regular_file
 from .io.star import read_movie_names
-from .io.tiff import is_complete, remove_quietly, temporary_path
+from .io.atomic import remove_if_stale, temporaries_of
+from .io.tiff import is_complete
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -157,6 +158,71 @@ def output_path(movie: Path, output_dir: Path) -> Path:
     return output_dir / relative.with_name(relative.stem + ".tif")  # stem: without the last extension
 
 
+def _entry(path: Path) -> Path:
+    """The directory entry ``path`` names, with every directory symlink on the way resolved; the
+    last component is kept as it is, since a rename replaces that entry (even a symlink) and
+    never writes through it."""
+    return Path(path).parent.resolve() / Path(path).name
+
+
+def _inodes(path: Path) -> set[tuple[int, int]]:
+    """``(device, inode)`` of the entry and of the file it leads to, where they exist."""
+    found = set()
+    for follow in (False, True):
+        try:
+            status = os.stat(path, follow_symlinks=follow)
+        except (OSError, ValueError):
+            continue
+        found.add((status.st_dev, status.st_ino))
+    return found
+
+
+class InputFiles:
+    """Every input movie of a run, by what it really is: its directory entry (directory symlinks
+    resolved), the file it leads to, and their inodes. An output that is any of these would
+    destroy an input."""
+
+    def __init__(self, movies: Iterable[Path]):
+        self._paths: dict[Path, Path] = {}
+        self._inodes: dict[tuple[int, int], Path] = {}
+        for movie in movies:
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                self._paths.setdefault(_entry(movie), movie)
+                self._paths.setdefault(Path(movie).resolve(), movie)
+            for inode in _inodes(movie):
+                self._inodes.setdefault(inode, movie)
+
+    def input_at(self, destination: Path) -> Path | None:
+        """The input that ``destination`` is (or leads to), or None."""
+        keys: list[Path] = []
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            keys = [_entry(destination), destination.resolve()]
+        for key in keys:
+            if key in self._paths:
+                return self._paths[key]
+        for inode in _inodes(destination):
+            if inode in self._inodes:
+                return self._inodes[inode]
+        return None
+
+
+def _output_keys(destination: Path) -> set[object]:
+    """What makes two outputs one: the same directory entry once directory symlinks are
+    resolved (``out/b/A -> B``), or the same existing file (a case-insensitive file system)."""
+    keys: set[object] = set(_inodes_of_entry(destination))
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        keys.add(_entry(destination))
+    return keys
+
+
+def _inodes_of_entry(path: Path) -> set[tuple[int, int]]:
+    try:
+        status = os.lstat(path)
+    except (OSError, ValueError):
+        return set()
+    return {(status.st_dev, status.st_ino)}
+
+
 def plan(
     inputs: Sequence[str], options: ConvertOptions, relative_to: Path | None = None
 ) -> tuple[list[Job], list[MovieResult]]:
@@ -165,31 +231,43 @@ def plan(
     ``relative_to``: name outputs after the movie path relative to this directory instead of the
     path as given (the demo uses it; RELION has no such option).
 
+    No output may be an input of the run: judged on the real files (directory symlinks resolved,
+    hard links by inode), whatever the order of the inputs. Two movies for one output are judged
+    the same way. Directory symlinks inside ``--o`` are followed.
+
     Returns:
         The jobs, and failed results for movies that cannot be planned (two movies that would be
-        written to the same TIFF; a TIFF input that would overwrite itself).
+        written to the same TIFF; an output that would replace an input of the run; a name that
+        is no movie file name, such as ``.``).
     """
     movies = expand_inputs(inputs, options.output_dir)
+    inputs_of_run = InputFiles(movies)
     jobs: list[Job] = []
     failures: list[MovieResult] = []
-    claimed: dict[Path, Path] = {}
+    claimed: dict[object, Path] = {}
     for movie in movies:
         named = movie.relative_to(relative_to) if relative_to is not None else movie
-        destination = output_path(named, options.output_dir)
-        key = Path(os.path.normpath(os.path.abspath(destination)))
-        if key in claimed:
+        try:
+            destination = output_path(named, options.output_dir)
+        except InputError as exc:
+            failures.append(MovieResult(movie, None, "failed", str(exc)))
+            continue
+        keys = _output_keys(destination)
+        earlier = next((claimed[key] for key in keys if key in claimed), None)
+        if earlier is not None:
             failures.append(
                 MovieResult(movie, destination, "failed",
-                            f"{movie}: would be written to {destination}, as {claimed[key]} already is")
+                            f"{movie}: would be written to {destination}, as {earlier} already is")
             )
             continue
-        if movie.exists() and destination.exists() and os.path.samefile(movie, destination):
-            failures.append(
-                MovieResult(movie, destination, "failed",
-                            f"{movie}: the output would overwrite the input; choose another --o")
-            )
+        overwritten = inputs_of_run.input_at(destination)
+        if overwritten is not None:
+            what = ("the output would overwrite the input" if overwritten == movie
+                    else f"its output {destination} is an input of this run ({overwritten})")
+            failures.append(MovieResult(movie, destination, "failed", f"{movie}: {what}; choose another --o"))
             continue
-        claimed[key] = movie
+        for key in keys:
+            claimed[key] = movie
         jobs.append(Job(movie, destination))
     return jobs, failures
 
@@ -208,6 +286,42 @@ def is_finished(job: Job, options: ConvertOptions, context: RunContext | None = 
     finally:
         source.close()
     return is_complete(job.destination, expected)
+
+
+# --------------------------------------------------------------------------- stale temporary files
+
+#: RELION's name for a movie being written (``X.tif.tmp``).
+RELION_TEMPORARY_SUFFIX = ".tmp"
+
+
+class StaleTemporaries:
+    """Removes the temporary files that interrupted conversions (``kill -9``, a crash, a power
+    cut) left beside the outputs of a run, one movie at a time, when the movie is converted or
+    skipped. Each output directory is listed once. Temporary files of live processes (another
+    run writing into the same ``--o``) hold a lock and are never touched, nor is RELION's
+    ``X.tif.tmp``, which carries no lock (see :mod:`cryotiff.io.atomic`)."""
+
+    def __init__(self) -> None:
+        self._listings: dict[Path, list[str]] = {}
+
+    def _names_in(self, directory: Path) -> list[str]:
+        if directory not in self._listings:
+            try:
+                self._listings[directory] = os.listdir(directory if str(directory) else ".")
+            except OSError:
+                self._listings[directory] = []
+        return self._listings[directory]
+
+    def clean(self, destination: Path) -> list[str]:
+        """Remove the stale temporary files of ``destination``; the lines saying what was done."""
+        names = self._names_in(destination.parent)
+        lines = [f"Removed {path}: a temporary file left by an interrupted conversion"
+                 for path in temporaries_of(destination, names) if remove_if_stale(path)]
+        relion_name = destination.name + RELION_TEMPORARY_SUFFIX
+        if relion_name in names:
+            lines.append(f"{destination.parent / relion_name}: left alone (RELION's name for a movie it is writing; "
+                         "delete it if no RELION run is writing there)")
+        return lines
 
 
 # --------------------------------------------------------------------------- gains
@@ -418,7 +532,8 @@ def run_job(
     context: RunContext | None = None,
 ) -> MovieResult:
     """Convert one movie; every problem becomes a ``failed`` result naming the file (the other
-    movies go on). KeyboardInterrupt propagates after the temporary file is removed."""
+    movies go on). KeyboardInterrupt propagates after the temporary file is removed (by the
+    writer, :func:`cryotiff.io.tiff.write_movie`)."""
     started = time.perf_counter()
     try:
         try:
@@ -439,8 +554,6 @@ def run_job(
         result = MovieResult(job.source, job.destination, "failed", f"{job.source}: out of memory")
     except OSError as exc:
         result = MovieResult(job.source, job.destination, "failed", f"{job.source}: {exc.strerror or exc}")
-    finally:
-        remove_quietly(temporary_path(job.destination))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -498,8 +611,11 @@ def run(
     reporter = reporter or Reporter()
     results: list[MovieResult] = []
     context = prepare(jobs, options, reporter)
+    stale = StaleTemporaries()
     with thread_pool(options.threads) as executor:
         for index, job in enumerate(jobs, start=1):
+            for line in stale.clean(job.destination):
+                reporter.message(line)
             if options.only_do_unfinished and is_finished(job, options, context):
                 result = MovieResult(job.source, job.destination, "skipped", "already converted")
             else:

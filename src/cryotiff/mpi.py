@@ -66,7 +66,7 @@ from .cli import (
 )
 from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
-from .jobs import Job, estimate_movie, is_finished, make_executor, plan, prepare, run_job
+from .jobs import Job, StaleTemporaries, estimate_movie, is_finished, make_executor, plan, prepare, run_job
 
 #: Message tags of the work-sharing protocol.
 TAG_REQUEST = 17  # rank -> rank 0: the result of its last movie (or None), and "give me the next"
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     # Ctrl-C on mpirun reaches the ranks as SIGTERM (then SIGKILL): turned into KeyboardInterrupt,
-    # it lets the movie being written remove its .tif.tmp, as Ctrl-C does in convert-to-tiff.
+    # it lets the movie being written remove its temporary file, as Ctrl-C does in convert-to-tiff.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run_command(comm, argv)
@@ -532,7 +532,7 @@ def responsive_executor(threads: int) -> ThreadPoolExecutor:
     """Threads for one movie's pages: ``--j`` of them, and one even for ``--j 1``. With the
     pages made in a worker thread, the main thread only waits and writes, so SIGTERM (Ctrl-C on
     mpirun) is handled at once; mpirun sends SIGKILL about 0.2 s later, and a main thread busy
-    encoding a large frame in C would not get to remove its ``.tif.tmp`` in time. Costs nothing:
+    encoding a large frame in C would not get to remove its temporary file in time. Costs nothing:
     with one worker the main thread waits while it works."""
     return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cryotiff")
 
@@ -565,6 +565,11 @@ def run_conversion(
     except RunStopped as stop:
         return stop.status
 
+    if rank == 0:  # before any movie is handed out; a live run's temporary files hold a lock
+        stale = StaleTemporaries()
+        for job in jobs:
+            for line in stale.clean(job.destination):
+                reporter.message(line)
     finished = find_finished(comm, jobs, options, context) if options.only_do_unfinished else set()
     skipped = {
         index: MovieResult(jobs[index].source, jobs[index].destination, "skipped", "already converted")

@@ -9,15 +9,17 @@ frame read from a TIFF movie is in the same raster order as one read from the MR
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import InputError, OutputError, TiffFormatError, VerificationError
 from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file
+from .atomic import AtomicFile
 
 #: Sample types every reader of movie TIFFs accepts (RELION's TIFF reader: u8, i8, u16, i16, f32).
 TIFF_SAMPLE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.float32)
@@ -175,18 +177,18 @@ class TiffLayout:
         return self.uncompressed_nbytes * 1.01 + 2**20 > BIGTIFF_THRESHOLD_BYTES
 
 
-def temporary_path(destination: Path) -> Path:
-    """``X.tif`` -> ``X.tif.tmp``: where a movie is written until it is complete (RELION's name)."""
-    return destination.with_name(destination.name + ".tmp")
-
-
-def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes]) -> None:
+def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], description: str | None = None) -> None:
     """Write pre-encoded strips as a multi-page TIFF, atomically.
 
     The strips (``layout.strips_per_page`` per page, pages in order, rows already flipped) are
-    written to ``X.tif.tmp``; the file is then reopened and its page count, shape and sample type
-    checked, and only then renamed to ``X.tif``. On any error (including KeyboardInterrupt) the
+    written to a fresh temporary file beside ``destination`` (see :mod:`cryotiff.io.atomic`:
+    ``X.tif.cryotiff-<pid>-<hex>.tmp``, created so that it never follows a link, locked while it
+    is written); the file is then read back and its page count, shape and sample type checked,
+    and only then renamed to ``X.tif``. On any error (including KeyboardInterrupt) the
     temporary file is removed and the error propagates; ``X.tif`` never exists incomplete.
+
+    ``description``: page 1's ImageDescription (ASCII; cryotiff's record of what made the file,
+    see :mod:`cryotiff.recorded_options`); None writes none.
 
     Raises:
         OutputError: the file cannot be written (permissions, disk full).
@@ -194,14 +196,13 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes]) 
     """
     import tifffile
 
-    tmp = temporary_path(destination)
     resolution = None
     if layout.pixel_size_angstrom is not None and layout.pixel_size_angstrom > 0:
         pixels_per_cm = 1e8 / layout.pixel_size_angstrom
         resolution = (pixels_per_cm, pixels_per_cm)
-    try:
+    with AtomicFile(destination) as target:
         try:
-            with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, byteorder="<") as writer:
+            with tifffile.TiffWriter(target.handle, bigtiff=layout.bigtiff, byteorder="<") as writer:
                 writer.write(
                     iter(strips),
                     shape=(layout.n_pages, *layout.shape_yx),
@@ -212,47 +213,44 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes]) 
                     software=layout.software,
                     resolution=resolution,
                     resolutionunit="CENTIMETER" if resolution else None,
-                    metadata=None,  # no JSON ImageDescription: plain TIFF, as RELION writes it
+                    description=description,
+                    metadata=None,  # no tifffile "shaped" JSON: plain TIFF, as RELION writes it
                 )
         except OSError as exc:
             raise OutputError(f"{destination}: cannot write ({exc.strerror or exc})") from None
-        check_complete(tmp, layout.n_pages, layout.shape_yx, layout.dtype, label=destination)
-        try:
-            os.replace(tmp, destination)
-        except OSError as exc:
-            raise OutputError(f"{destination}: cannot rename the finished file ({exc.strerror})") from None
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+        check_complete(target.handle, layout.n_pages, layout.shape_yx, layout.dtype, label=destination)
+        target.commit()
 
 
 def remove_quietly(path: Path) -> None:
     """Remove a file if it exists; used for partial outputs."""
     try:
         path.unlink()
-    except FileNotFoundError:
-        pass
     except OSError:
         pass
 
 
 def check_complete(
-    path: Path,
+    source: Path | BinaryIO,
     n_pages: int,
     shape_yx: tuple[int, int],
     dtype: np.dtype,
     label: Path | None = None,
 ) -> None:
-    """Reopen a written TIFF and check its page count, frame shape and sample type.
+    """Read a written TIFF back (a path, or the open file it was written through) and check its
+    page count, frame shape and sample type.
 
     Raises:
-        VerificationError: naming ``label`` (default ``path``) and what is wrong.
+        VerificationError: naming ``label`` (default ``source``) and what is wrong.
     """
     import tifffile
 
-    label = label or path
+    label = label or source
     try:
-        with tifffile.TiffFile(path) as tif:
+        if hasattr(source, "seek"):
+            source.flush()
+            source.seek(0)
+        with tifffile.TiffFile(source) as tif:
             pages = tif.pages
             found = len(pages)
             first = pages.first
@@ -268,16 +266,98 @@ def check_complete(
         )
 
 
+@dataclass(frozen=True)
+class OutputCheck:
+    """What :func:`check_output` found in an existing movie TIFF.
+
+    Attributes:
+        problem: why the file is not a complete movie of the expected pages, frame size and
+            sample type (``incomplete: page 3 of 3 ends beyond the end of the file``); None when
+            it is one.
+        description: page 1's ImageDescription ("" when it has none; None when unreadable).
+        dtype: the sample type of its pages (None when unreadable).
+    """
+
+    problem: str | None
+    description: str | None = None
+    dtype: np.dtype | None = None
+
+
+def check_output(
+    path: Path, n_pages: int, shape_yx: tuple[int, int], dtypes: Sequence[np.dtype]
+) -> OutputCheck:
+    """Is ``path`` a complete movie TIFF (the test of ``--only_do_unfinished``; RELION only tests
+    that the file exists)? Complete means: a readable TIFF structure with ``n_pages`` pages,
+    each of ``shape_yx`` and one sample type among ``dtypes``; every strip of every page inside
+    the file and not empty; and the last page decodes. The writer writes pages in order, so a
+    file cut anywhere (also inside the last strip) has a strip beyond its end or an IFD chain cut
+    short; decoding the last page also catches a last strip damaged in place. tifffile's own
+    messages are captured, never printed.
+    """
+    import tifffile
+
+    wanted = tuple(np.dtype(d) for d in dtypes)
+    try:
+        size = os.stat(path).st_size
+        with capture_tifffile_log() as log, tifffile.TiffFile(path) as tif:
+            pages = tif.pages
+            found = len(pages)
+            if log.errors:
+                return OutputCheck(f"incomplete: damaged TIFF structure after page {found} ({_plain(log.errors[0])})")
+            if found == 0:
+                return OutputCheck("incomplete: the TIFF file has no page")
+            first = pages.first
+            description = first.description or ""
+            dtype = np.dtype(first.dtype)
+            if found != n_pages:
+                return OutputCheck(f"has {found} pages, {n_pages} expected", description, dtype)
+            for number in range(1, found + 1):
+                page = pages[number - 1]
+                if tuple(page.shape) != tuple(shape_yx) or np.dtype(page.dtype) not in wanted:
+                    kinds = " or ".join(str(d) for d in wanted)
+                    return OutputCheck(
+                        f"page {number} holds {page.shape[-1]} x {page.shape[0]} {np.dtype(page.dtype)}, "
+                        f"{shape_yx[1]} x {shape_yx[0]} {kinds} expected",
+                        description, dtype)
+                if np.dtype(page.dtype) != dtype:
+                    return OutputCheck(f"page {number} is {np.dtype(page.dtype)}, page 1 {dtype}", description, dtype)
+                for offset, count in zip(page.dataoffsets, page.databytecounts):
+                    if count == 0 or offset + count > size:
+                        return OutputCheck(
+                            f"incomplete: page {number} of {found} ends beyond the end of the file"
+                            if count else f"incomplete: page {number} of {found} has an empty strip",
+                            description, dtype)
+            last = pages[found - 1]
+            last.asarray()
+            if log.errors:
+                return OutputCheck(f"incomplete: page {found} cannot be decoded ({_plain(log.errors[0])})",
+                                   description, dtype)
+    except FileNotFoundError:
+        return OutputCheck("does not exist")
+    except Exception as exc:  # tifffile raises many types on damaged files
+        return OutputCheck(f"incomplete or damaged: not a readable TIFF file ({_plain(str(exc))})")
+    return OutputCheck(None, description, dtype)
+
+
+def _plain(message: str) -> str:
+    """tifffile's messages start with the object that logged them (``<tifffile.TiffPages @8>``):
+    of no use to a user."""
+    return re.sub(r"^<tifffile\.[^>]*>\s*", "", message)
+
+
 def is_complete(path: Path, n_pages: int) -> bool:
-    """True if ``path`` is a readable TIFF with exactly ``n_pages`` pages (the skip test of
-    ``--only_do_unfinished``; RELION only tests that the file exists)."""
+    """True if ``path`` is a readable TIFF with exactly ``n_pages`` pages whose strips all lie
+    inside the file and whose last page decodes (see :func:`check_output`), of any frame size
+    and movie sample type."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            return len(tif.pages) == n_pages
+            first = tif.pages.first
+            shape, dtype = first.shape, first.dtype
     except Exception:
         return False
+    return check_output(path, n_pages, tuple(shape), [dtype]).problem is None
 
 
 def read_tiff_pages(path: Path) -> Iterator[np.ndarray]:

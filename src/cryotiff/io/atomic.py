@@ -1,0 +1,236 @@
+"""Every file cryotiff writes is written here: atomically, never through a link, with the
+permissions a plain ``open()`` gives.
+
+A file ``X`` is written as a fresh temporary file ``X.cryotiff-<pid>-<8 hex digits>.tmp`` in the
+same directory (for a movie: ``Movies/a.tif.cryotiff-4711-9f3ab2c1.tmp``) and renamed to ``X``
+only once it is complete:
+
+* The temporary file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW``: it never follows a link
+  and never reuses a file that exists (a name that is taken is skipped for another random one).
+  Its mode is 0666 less the umask, as ``open()`` gives (``tempfile.mkstemp`` would give 0600).
+* The writer holds an exclusive ``flock`` on it until it is renamed or removed. A temporary file
+  whose lock can be taken therefore belongs to no live process: :func:`remove_if_stale` removes
+  such files (left by ``kill -9``, a crash or a power cut) and never one that is being written,
+  also not by another run writing into the same directory at the same time.
+* ``os.replace`` puts it in place: it replaces whatever entry ``X`` is, a file or a symlink, and
+  never writes through a link at ``X``. Just before, the name is checked to still be the file
+  that was written.
+
+RELION writes ``X.tif.tmp``; a file of that name carries no lock, so cryotiff cannot tell
+whether a RELION run is writing it and never touches it.
+
+This module imports nothing from the rest of cryotiff except :mod:`cryotiff.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from ..errors import OutputError
+
+#: What marks cryotiff's temporary files: ``<name>.cryotiff-<token>.tmp``.
+TEMPORARY_MARK = ".cryotiff-"
+TEMPORARY_SUFFIX = ".tmp"
+_TOKEN_PATTERN = r"[0-9]+-[0-9a-f]{8}"
+
+#: An empty temporary file whose lock is free may have been created an instant ago by a writer
+#: that has not taken its lock yet; it only counts as stale once it is this old.
+EMPTY_STALE_SECONDS = 600.0
+
+#: Attempts at a fresh name before giving up (a clash needs the same pid and 32 random bits).
+_NAME_ATTEMPTS = 100
+
+
+def _random_token() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def temporary_name(name: str, token: str | None = None) -> str:
+    """The name of a temporary file for the file ``name``: ``<name>.cryotiff-<pid>-<hex>.tmp``."""
+    return f"{name}{TEMPORARY_MARK}{token or _random_token()}{TEMPORARY_SUFFIX}"
+
+
+def temporaries_of(destination: Path, names: list[str] | None = None) -> list[Path]:
+    """cryotiff's temporary files of ``destination`` (any process's) in its directory, sorted.
+
+    ``names``: the directory's entries, if already listed (saves listing it again).
+    """
+    destination = Path(destination)
+    if names is None:
+        try:
+            names = os.listdir(destination.parent if str(destination.parent) else ".")
+        except OSError:
+            return []
+    pattern = re.compile(re.escape(destination.name) + re.escape(TEMPORARY_MARK) + _TOKEN_PATTERN
+                         + re.escape(TEMPORARY_SUFFIX))
+    return sorted(destination.parent / name for name in names if pattern.fullmatch(name))
+
+
+def destination_of_temporary(name: str) -> str | None:
+    """``a.tif.cryotiff-4711-9f3ab2c1.tmp`` -> ``a.tif``; None for any other name."""
+    match = re.fullmatch(r"(.+)" + re.escape(TEMPORARY_MARK) + _TOKEN_PATTERN + re.escape(TEMPORARY_SUFFIX), name)
+    return match.group(1) if match else None
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class AtomicFile:
+    """A file being written atomically (see the module docstring).
+
+    Attributes:
+        destination: the file it becomes.
+        path: the temporary file.
+        handle: binary, readable and writable, positioned at 0; its ``name`` is ``path``.
+    """
+
+    def __init__(self, destination: str | os.PathLike[str]):
+        self.destination = Path(destination)
+        self._done = False
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        for _ in range(_NAME_ATTEMPTS):
+            path = self.destination.with_name(temporary_name(self.destination.name))
+            try:
+                fd = os.open(path, flags, 0o666)  # 0666 & ~umask, as open() gives
+            except FileExistsError:
+                continue  # taken (or a link planted there): another name
+            except OSError as exc:
+                raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
+            break
+        else:
+            raise OutputError(f"{self.destination}: cannot write (no free temporary name in {self.destination.parent})")
+        self.path = path
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a stale-check holds its shared lock
+            self._stat = os.fstat(fd)
+            self.handle: BinaryIO = open(str(path), "r+b", opener=lambda *_: fd)  # noqa: SIM115
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+            raise
+
+    def still_ours(self) -> bool:
+        """The temporary name still names the file being written."""
+        try:
+            return _same_file(os.lstat(self.path), self._stat)
+        except OSError:
+            return False
+
+    def commit(self, fsync: bool = False) -> None:
+        """Flush (and ``fsync``), check the name and rename the file to its destination.
+
+        Raises:
+            OutputError: the data or the rename cannot be written, or the temporary name was
+                replaced meanwhile (then nothing is renamed).
+        """
+        try:
+            self.handle.flush()
+            if fsync:
+                os.fsync(self.handle.fileno())
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
+        if not self.still_ours():
+            self.discard()
+            raise OutputError(f"{self.destination}: its temporary file {self.path} was removed or replaced "
+                              "while it was being written; not renamed")
+        try:
+            os.replace(self.path, self.destination)
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"{self.destination}: cannot rename the finished file ({exc.strerror or exc})") from None
+        self._done = True
+        self.handle.close()  # releases the lock, after the rename
+
+    def discard(self) -> None:
+        """Remove the temporary file (if it is still ours) and close it; idempotent."""
+        if self._done:
+            return
+        self._done = True
+        if self.still_ours():
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            self.handle.close()
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+@contextlib.contextmanager
+def atomic_write(destination: str | os.PathLike[str], fsync: bool = False) -> Iterator[BinaryIO]:
+    """Write ``destination`` atomically: ``with atomic_write(path) as handle: handle.write(...)``.
+
+    The file appears complete under its name when the block ends; on any error (including
+    KeyboardInterrupt) nothing appears and the temporary file is removed.
+
+    Raises:
+        OutputError: the file cannot be created, written or renamed.
+    """
+    with AtomicFile(destination) as target:
+        try:
+            yield target.handle
+        except OSError as exc:
+            raise OutputError(f"{target.destination}: cannot write ({exc.strerror or exc})") from None
+        target.commit(fsync=fsync)
+
+
+def write_bytes_atomically(destination: str | os.PathLike[str], data: bytes, fsync: bool = False) -> None:
+    """Write ``data`` as ``destination`` with :func:`atomic_write`."""
+    with atomic_write(destination, fsync=fsync) as handle:
+        handle.write(data)
+
+
+def remove_if_stale(path: Path, now: float | None = None) -> bool:
+    """Remove ``path``, one of cryotiff's temporary files, if no live process is writing it.
+
+    Stale means: a regular file (not a link) whose lock can be taken, and which holds data or
+    is older than :data:`EMPTY_STALE_SECONDS`. A file whose lock is held is never touched.
+
+    Returns:
+        True if it was removed.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False  # gone already, a link, or unreadable: not ours to judge
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            return False
+        try:
+            # Shared: a read-only descriptor may take it on every file system (NFS too), and it
+            # is refused exactly when a writer holds its exclusive lock.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False  # a live writer
+            return False  # locks unsupported here: cannot tell, so leave it
+        now = time.time() if now is None else now
+        if status.st_size == 0 and now - status.st_mtime < EMPTY_STALE_SECONDS:
+            return False
+        try:
+            if not _same_file(os.lstat(path), status):
+                return False
+            os.unlink(path)
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(fd)

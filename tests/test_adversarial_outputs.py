@@ -1,0 +1,250 @@
+"""Adversarial cases on the output side: inputs that outputs could overwrite, symlinks in and
+around ``--o``, concurrent runs into one ``--o``, stale temporary files, ``--only_do_unfinished``
+meeting damaged outputs or outputs made with other options, permissions, and unwritable gain
+files. Each case was found once by trying to make cryotiff lose or misstate data; it stays here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from cryotiff.cli import main
+from cryotiff.simulate.write import write_mrc_movie
+
+from .helpers import read_tiff_frames
+from .test_safety import start_cli, wait_until_half_written
+
+
+def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:
+    frames = np.random.default_rng(seed).integers(-3, 9, (n_frames, *shape_yx)).astype(np.int16)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_mrc_movie(Path(path), frames, 1)
+    return frames
+
+
+def tiff_movie(path: str | Path, frames: np.ndarray) -> None:
+    """A TIFF input movie holding ``frames`` (written with the documented vertical flip)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, frames[:, ::-1, :], photometric="minisblack", metadata=None)
+
+
+def temporary_files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*.tmp"))
+
+
+def errors_of(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("ERROR")]
+
+
+# --------------------------------------------------------------------------- inputs never overwritten
+
+
+def test_an_input_is_never_overwritten_by_another_inputs_output(in_tmp: Path, capsys) -> None:
+    """``--i Movies/x.mrc Movies/x.tif --o ./``: x.mrc's output would be Movies/x.tif, an input."""
+    int16_movie("Movies/x.mrc", 1)
+    tif_frames = np.random.default_rng(2).integers(0, 100, (2, 16, 20)).astype(np.uint16)
+    tiff_movie("Movies/x.tif", tif_frames)
+    before = Path("Movies/x.tif").read_bytes()
+    y = int16_movie("Movies/y.mrc", 3)
+    for order in (["Movies/x.mrc", "Movies/x.tif"], ["Movies/x.tif", "Movies/x.mrc"]):
+        assert main(["--i", *order, "Movies/y.mrc", "--o", "./"]) == 1
+        captured = capsys.readouterr()
+        assert Path("Movies/x.tif").read_bytes() == before, order
+        errors = errors_of(captured.err)
+        assert any("Movies/x.mrc" in e and "input" in e for e in errors), errors
+        assert "Traceback" not in captured.err
+        np.testing.assert_array_equal(read_tiff_frames(Path("Movies/y.tif")), y)  # the others go on
+
+
+def test_an_input_reached_through_a_symlinked_directory_is_never_overwritten(in_tmp: Path, capsys) -> None:
+    """The output directory holds a symlink to the movie directory: ``out/Movies -> ../Movies``.
+    x.mrc's output ``out/Movies/x.tif`` is then the input ``Movies/x.tif``."""
+    int16_movie("Movies/x.mrc", 1)
+    tiff_movie("Movies/x.tif", np.ones((2, 16, 20), np.uint16))
+    before = Path("Movies/x.tif").read_bytes()
+    Path("out").mkdir()
+    Path("out/Movies").symlink_to("../Movies")
+    assert main(["--i", "Movies/x.mrc", "Movies/x.tif", "--o", "out"]) == 1
+    assert Path("Movies/x.tif").read_bytes() == before
+    errors = errors_of(capsys.readouterr().err)
+    assert any("Movies/x.mrc" in e and "is an input" in e for e in errors), errors
+
+
+def test_an_input_hard_linked_at_the_output_name_is_refused(in_tmp: Path, capsys) -> None:
+    int16_movie("Movies/x.mrc", 1)
+    tiff_movie("Raw/x.tif", np.ones((2, 16, 20), np.uint16))
+    Path("out/Movies").mkdir(parents=True)
+    os.link("Raw/x.tif", "out/Movies/x.tif")  # the same file under the output's name
+    before = Path("Raw/x.tif").read_bytes()
+    assert main(["--i", "Movies/x.mrc", "Raw/x.tif", "--o", "out"]) == 1
+    assert Path("Raw/x.tif").read_bytes() == before
+    assert os.path.samefile("Raw/x.tif", "out/Movies/x.tif")
+    assert any("Movies/x.mrc" in e and "is an input" in e for e in errors_of(capsys.readouterr().err))
+
+
+# --------------------------------------------------------------------------- collisions on the real file
+
+
+def test_two_movies_for_one_real_output_through_a_symlinked_directory(in_tmp: Path, capsys) -> None:
+    """``out/b/A -> B``: b/A/x.mrc and b/B/x.mrc would both be written to out/b/B/x.tif."""
+    a = int16_movie("b/A/x.mrc", 1)
+    int16_movie("b/B/x.mrc", 2)
+    Path("out/b/B").mkdir(parents=True)
+    Path("out/b/A").symlink_to("B")
+    assert main(["--i", "b/A/x.mrc", "b/B/x.mrc", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    errors = errors_of(captured.err)
+    assert len(errors) == 1 and "b/B/x.mrc" in errors[0] and "b/A/x.mrc" in errors[0], errors
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/b/B/x.tif")), a)
+    assert "Movies converted: 1, skipped: 0, failed: 1" in captured.out
+
+
+# --------------------------------------------------------------------------- never through a symlink
+
+
+def test_a_symlink_at_the_old_temporary_name_is_never_written_through(in_tmp: Path) -> None:
+    frames = int16_movie("c/Movies/x.mrc", 1)
+    victim = in_tmp / "victim.dat"
+    victim.write_bytes(b"precious")
+    Path("out/c/Movies").mkdir(parents=True)
+    Path("out/c/Movies/x.tif.tmp").symlink_to(victim)
+    assert main(["--i", "c/Movies/x.mrc", "--o", "out"]) == 0
+    assert victim.read_bytes() == b"precious"
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/c/Movies/x.tif")), frames)
+
+
+def test_a_symlink_at_the_temporary_name_is_never_written_through(in_tmp: Path, monkeypatch) -> None:
+    """Whatever name the temporary file gets, a link planted there is not followed: the
+    writer takes another fresh name."""
+    from cryotiff.io import atomic
+
+    frames = int16_movie("x.mrc", 1)
+    victim = in_tmp / "victim.dat"
+    victim.write_bytes(b"precious")
+    Path("out").mkdir()
+    tokens = iter(["00000000", "00000000", "11111111"])
+    monkeypatch.setattr(atomic, "_random_token", lambda: next(tokens))
+    planted = Path("out") / atomic.temporary_name("x.tif", token="00000000")
+    planted.symlink_to(victim)
+    assert main(["--i", "x.mrc", "--o", "out"]) == 0
+    assert victim.read_bytes() == b"precious" and planted.is_symlink()
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/x.tif")), frames)
+
+
+def test_a_symlinked_output_is_replaced_not_written_through(in_tmp: Path) -> None:
+    frames = int16_movie("x.mrc", 1)
+    victim = in_tmp / "victim.dat"
+    victim.write_bytes(b"precious")
+    Path("out").mkdir()
+    Path("out/x.tif").symlink_to(victim)
+    assert main(["--i", "x.mrc", "--o", "out"]) == 0
+    assert victim.read_bytes() == b"precious"
+    assert not Path("out/x.tif").is_symlink()
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/x.tif")), frames)
+
+
+# --------------------------------------------------------------------------- concurrent runs, stale files
+
+#: A movie that takes a good part of a second to write at deflate level 12.
+SLOW_SHAPE = (16, 768, 768)
+SLOW_CODEC = ("--compression", "deflate", "--deflate_level", "12")
+
+
+def slow_movie(path: str, seed: int = 7) -> np.ndarray:
+    frames = np.random.default_rng(seed).integers(0, 16, SLOW_SHAPE, dtype=np.int16)
+    write_mrc_movie(Path(path), frames, 1)
+    return frames
+
+
+def test_two_runs_into_one_output_directory_at_once_do_not_disturb_each_other(in_tmp: Path) -> None:
+    big = slow_movie("big.mrc")
+    small = int16_movie("small.mrc", 3)
+    first = start_cli("--i", "big.mrc", "small.mrc", "--o", "out", *SLOW_CODEC)
+    wait_until_half_written(first, Path("out/big.tif"), min_nbytes=1 << 16)
+    second = start_cli("--i", "big.mrc", "small.mrc", "--o", "out", *SLOW_CODEC)
+    out1, err1 = first.communicate(timeout=300)
+    out2, err2 = second.communicate(timeout=300)
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, err2
+    assert "Traceback" not in err1 + err2
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/big.tif")), big)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/small.tif")), small)
+    assert temporary_files(Path("out")) == []
+
+
+def stale_temporary(directory: Path, output_name: str, token: str = "12345-0badcafe") -> Path:
+    """A temporary file as a ``kill -9`` leaves it: cryotiff's name, some bytes, no lock."""
+    from cryotiff.io import atomic
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / atomic.temporary_name(output_name, token=token)
+    path.write_bytes(b"II*\x00" + bytes(1000))
+    return path
+
+
+def test_a_stale_temporary_file_is_removed_and_reported(in_tmp: Path, capsys) -> None:
+    a = int16_movie("a.mrc", 1)
+    int16_movie("b.mrc", 2)
+    assert main(["--i", "b.mrc", "--o", "out"]) == 0
+    stale_a = stale_temporary(Path("out"), "a.tif")
+    stale_b = stale_temporary(Path("out"), "b.tif")  # b is finished: skipped, its stale file removed too
+    other = stale_temporary(Path("out"), "c.tif")  # no movie of this run: left alone
+    capsys.readouterr()
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert not stale_a.exists() and not stale_b.exists() and other.exists()
+    assert f"Removed {stale_a}" in out and f"Removed {stale_b}" in out, out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+
+
+def test_a_locked_temporary_file_is_never_removed(in_tmp: Path) -> None:
+    """A temporary file whose lock is held (here by another process) belongs to a live run."""
+    a = int16_movie("a.mrc", 1)
+    held = stale_temporary(Path("out"), "a.tif")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(held)!r}, os.O_RDWR)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["--i", "a.mrc", "--o", "out"]) == 0
+        assert held.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+
+
+def test_a_foreign_x_tif_tmp_is_left_alone(in_tmp: Path) -> None:
+    """RELION's own ``X.tif.tmp`` carries no lock: it may belong to a RELION run writing now."""
+    int16_movie("a.mrc", 1)
+    Path("out").mkdir()
+    Path("out/a.tif.tmp").write_bytes(b"RELION at work")
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    assert Path("out/a.tif.tmp").read_bytes() == b"RELION at work"
+
+
+def test_mpi_removes_stale_temporary_files_too(in_tmp: Path) -> None:
+    from .test_mpi import MPIRUN, run_mpi
+
+    if not MPIRUN.exists():
+        pytest.skip("no mpirun next to the interpreter")
+    a = int16_movie("a.mrc", 1)
+    b = int16_movie("b.mrc", 2)
+    stale = stale_temporary(Path("out"), "a.tif")
+    completed = run_mpi(["--i", "a.mrc", "b.mrc", "--o", "out"], in_tmp)
+    assert completed.returncode == 0, completed.stderr
+    assert not stale.exists() and f"Removed {stale}" in completed.stdout
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)
