@@ -248,3 +248,17 @@ def test_mpi_removes_stale_temporary_files_too(in_tmp: Path) -> None:
     assert not stale.exists() and f"Removed {stale}" in completed.stdout
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
     np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_a_dot_or_root_line_in_a_list_fails_that_line_only(in_tmp: Path, capsys) -> None:
+    a = int16_movie("a.mrc", 1)
+    Path("movies.lst").write_text("a.mrc\n.\n/\n")
+    assert main(["--i", "movies.lst", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    errors = errors_of(captured.err)
+    assert len(errors) == 2 and all("not a movie file name" in e for e in errors), errors
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+    assert "Movies converted: 1, skipped: 0, failed: 2" in captured.out
