@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--dry_run", action="store_true",
                        help="List what would be converted or skipped and the expected output size (estimated by "
                             "encoding the first frame of a sample of movies); writes nothing")
+    other.add_argument("--check_gain", action="store_true",
+                       help="Find the orientation and convention of the --gain reference from the --i movies: "
+                            "scores its 8 rotations/flips, multiplied and divided, prints the RELION "
+                            "(--gain_rot/--gain_flip) and MotionCor2/3 (-RotGain/-FlipGain/-InvGain) flags and "
+                            "writes <o>/gain-reference.mrc in the movies' orientation, multiplicative, to be used "
+                            "with no flags; exit status 1 when the movies cannot tell. Converts nothing "
+                            "(docs/gain-orientation.md)")
     other.add_argument("--report", metavar="FILE.json",
                        help="Also write a JSON report: per-movie results, totals, options and version")
     other.add_argument("--pipeline_control", "--pipeline-control", dest="pipeline_control", metavar="DIR",
@@ -418,6 +425,69 @@ def run_dry_run(
     return status
 
 
+#: Modes that cannot go with --check_gain: argparse dest -> option name.
+CHECK_GAIN_CONFLICTS = {
+    "estimate_gain": "--estimate_gain",
+    "dry_run": "--dry_run",
+    "demo": "--demo",
+    "benchmark": "--benchmark",
+    "pipeline_control": "--pipeline_control",
+}
+
+
+def check_gain_conflict(args: argparse.Namespace) -> str | None:
+    """Why ``--check_gain`` cannot run with these options, or None. The TIFF writing options
+    (--compression, --j, ...) are accepted and have no effect: it converts nothing."""
+    for name, option in CHECK_GAIN_CONFLICTS.items():
+        if getattr(args, name, None) not in (None, False):
+            return f"--check_gain converts nothing and cannot be combined with {option}"
+    if not args.gain:
+        return "--check_gain needs --gain: the gain reference to check"
+    return None
+
+
+def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: TerminalReporter,
+                   report_path: Path | None = None) -> int:
+    """``--check_gain``: print the score table and the answer, write ``<o>/gain-reference.mrc``
+    when the movies tell, and the ``--report``. Exit status 0 with an answer, 1 when the movies
+    cannot tell or a movie could not be read."""
+    from .gain_check.check import check_gain, check_gain_report, write_check_gain_report, write_gain_reference
+    from .gain_check.text import format_result
+
+    try:
+        result = check_gain(inputs, options, reporter)
+    except CryotiffError as exc:
+        if report_path is not None:
+            status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
+            with contextlib.suppress(CryotiffError):
+                write_check_gain_report(report_path, check_gain_report(None, options, inputs, status, error=str(exc)))
+        raise
+    for movie, message in result.failed:
+        print(f"ERROR: {message}", file=reporter.err, flush=True)
+    for text in result.warnings:
+        reporter.warning(text)
+    status = EXIT_OK if result.decided and not result.failed else EXIT_FAILED
+    reference, error = None, None
+    if result.decided:
+        try:
+            reference = write_gain_reference(result, options.output_dir)
+        except CryotiffError as exc:
+            error, status = str(exc), EXIT_FAILED
+    print("", file=reporter.out)
+    for line in format_result(result, reference):
+        print(line, file=reporter.out)
+    reporter.out.flush()
+    if error:
+        print(f"ERROR: {error}", file=reporter.err, flush=True)
+    if report_path is not None:
+        try:
+            write_check_gain_report(report_path, check_gain_report(result, options, inputs, status, reference, error))
+        except CryotiffError as exc:
+            print(f"ERROR: {exc}", file=reporter.err, flush=True)
+            status = EXIT_FAILED
+    return status
+
+
 def run_benchmark(inputs: Sequence[str] | None, options: ConvertOptions, reporter: TerminalReporter) -> int:
     """``--benchmark``: the codec table for the given movies, or for the demo movies."""
     import tempfile
@@ -482,6 +552,13 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     reporter = TerminalReporter()
     try:
         options = options_from_args(args)
+        if args.check_gain:
+            problem = check_gain_conflict(args)
+            if problem:
+                raise OptionError(problem)
+            if not args.i:
+                parser.error("the following arguments are required: --i")
+            return run_check_gain(args.i, options, reporter, Path(args.report) if args.report else None)
         codec_warning = opt_in_warning(options.compression)  # once per run, before any movie
         if codec_warning:
             reporter.warning(codec_warning)

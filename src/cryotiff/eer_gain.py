@@ -212,15 +212,12 @@ def resize_gain(gain: np.ndarray, out: int) -> tuple[np.ndarray, str]:
     return mean.astype(np.float32), f"{b}x{b} block mean"
 
 
-def convert_eer_gain(
+def read_resized_eer_gain(
     path: str | os.PathLike[str], detector_size: int, upsampling: int
-) -> EerGainConversion:
-    """Read an EER gain file and convert it to the multiplicative gain of the output grid.
-
-    Args:
-        path: the gain file (``--gain``).
-        detector_size: side of the EER detector (4096 or 2048; TIFF tags 256/257 of the movie).
-        upsampling: ``--eer_upsampling`` (-1, 1, 2 or 3).
+) -> tuple[np.ndarray, bool, int, int, str]:
+    """Read an EER gain file (:func:`read_gain_file`) and resize it to the output grid
+    (:func:`resize_gain`), not yet inverted: ``(gain, multiplicative, input_nx, input_ny,
+    resampling)``.
 
     Raises GainError (naming the file, the size found and the sizes accepted) when the size does
     not fit, OptionError for an invalid upsampling.
@@ -242,25 +239,49 @@ def convert_eer_gain(
             "which are resized."
         )
     result, how = resize_gain(gain, out)
+    return result, multiplicative, nx, ny, how
+
+
+def invert_divisive_gain(gain: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Turn a divisive (EER convention) float32 gain into a multiplicative one, in place, as
+    RELION does: the mean in double over all pixels (zeros = defects included), then
+    ``mean / G`` in double stored as float where ``G != 0``; zeros stay 0.
+
+    Raises GainError (naming ``path``) for a gain that is zero everywhere.
+    """
+    mean = float(gain.sum(dtype=np.float64)) / gain.size
+    if mean == 0.0 or not math.isfinite(mean):
+        raise GainError(f"{path}: the gain is zero everywhere; it cannot be inverted.")
+    for row in range(0, gain.shape[0], 1024):  # row blocks keep the float64 copy small (8K, 16K)
+        block = gain[row : row + 1024]
+        inverse = block.astype(np.float64)
+        np.divide(mean, inverse, out=inverse, where=block != 0)
+        block[...] = inverse
+
+
+def convert_eer_gain(
+    path: str | os.PathLike[str], detector_size: int, upsampling: int
+) -> EerGainConversion:
+    """Read an EER gain file and convert it to the multiplicative gain of the output grid.
+
+    Args:
+        path: the gain file (``--gain``).
+        detector_size: side of the EER detector (4096 or 2048; TIFF tags 256/257 of the movie).
+        upsampling: ``--eer_upsampling`` (-1, 1, 2 or 3).
+
+    Raises GainError (naming the file, the size found and the sizes accepted) when the size does
+    not fit, OptionError for an invalid upsampling.
+    """
+    result, multiplicative, nx, ny, how = read_resized_eer_gain(path, detector_size, upsampling)
     if not multiplicative:
-        # As RELION: the mean in double over all pixels (zeros = defects included), then
-        # mean / G in double stored as float where G != 0; zeros stay 0.
-        mean = float(result.sum(dtype=np.float64)) / (out * out)
-        if mean == 0.0 or not math.isfinite(mean):
-            raise GainError(f"{path}: the gain is zero everywhere; it cannot be inverted.")
-        for row in range(0, out, 1024):  # row blocks keep the float64 copy small (8K, 16K)
-            block = result[row : row + 1024]
-            inverse = block.astype(np.float64)
-            np.divide(mean, inverse, out=inverse, where=block != 0)
-            block[...] = inverse
+        invert_divisive_gain(result, path)
     return EerGainConversion(
         gain=result,
         path=os.fspath(path),
         input_nx=nx,
         input_ny=ny,
-        output_size=out,
+        output_size=result.shape[0],
         multiplicative_input=multiplicative,
         resampling=how,
         n_defects=int(np.count_nonzero(result == 0)),
     )
-

@@ -87,6 +87,8 @@ IDLE_POLL_SECONDS = 0.02
 MPI_UNSUPPORTED = {
     "demo": "--demo is not available in convert-to-tiff-mpi; run convert-to-tiff --demo",
     "benchmark": "--benchmark is not available in convert-to-tiff-mpi; run convert-to-tiff --benchmark",
+    "check_gain": "--check_gain is not available in convert-to-tiff-mpi; run convert-to-tiff --check_gain (it reads "
+                  "only the frames it needs, on one node, in seconds to minutes)",
     "pipeline_control": "--pipeline_control is not yet available in convert-to-tiff-mpi; run convert-to-tiff "
                         "(with --j for threads) in a RELION External job",
 }
