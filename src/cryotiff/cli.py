@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Threads per movie: frames are read, transformed and encoded concurrently (default: 1)")
     general.add_argument("--gain", metavar="FILE",
                          help="Estimated gain map and its reliablity map (read) for float (mode 2) movies; "
-                              "the EER gain reference to convert for EER movies")
+                              "the EER gain reference to convert for EER movies; with --check_gain, the gain "
+                              "reference (MRC, TIFF or TFS .gain) to check")
     general.add_argument("--thresh", type=int, default=50, metavar="N",
                          help="Number of observations needed before a pixel's gain is reliable (default: 50)")
     general.add_argument("--estimate_gain", action="store_true",

@@ -42,7 +42,7 @@ def format_result(result: GainCheckResult, gain_reference: Path | None = None) -
         for operation in ("multiply", "divide"):
             candidate = by_key.get((orientation, operation))
             if candidate is not None:
-                cells.append(f"{candidate.score:8.3f}")
+                cells.append(f"{candidate.score:8.3f}".replace("-0.000", " 0.000"))
             elif orientation in scores.not_fitting:
                 cells.append(f"{'(shape)':>8}")
             else:
@@ -50,13 +50,16 @@ def format_result(result: GainCheckResult, gain_reference: Path | None = None) -
         mark = "  <-" if result.decided and orientation == result.orientation else ""
         lines.append(f"{orientation.description:<38}  {orientation.relion_flags:<26}  {motioncor:<22}  "
                      f"{cells[0]}  {cells[1]}{mark}")
-    lines.append(f"(score: correlation of the frames' fine pattern with the gain's; standard error "
-                 f"{scores.standard_error:.3g}; (shape): the turned gain does not have the movies' shape; "
-                 "(same): the gain is the same image as in the orientation marked)")
+    lines.append(f"Score: correlation of the frames' fine pattern with the gain's (standard error "
+                 f"{scores.standard_error:.3g}).")
+    if scores.not_fitting:
+        lines.append("(shape): the turned gain does not have the movies' shape.")
+    if any(c.same_as for c in scores.candidates):
+        lines.append("(same): the gain is the same image as in the orientation marked.")
     lines.append("")
     if not result.decided:
         lines.append(f"Answer: cannot tell. {result.reason[0].upper()}{result.reason[1:]}.")
-        lines.append(f"No gain-reference.mrc written.")
+        lines.append("No gain-reference.mrc written.")
         return lines
     best = result.best
     verb = "multiply the frames by" if best.operation == "multiply" else "divide the frames by"
