@@ -373,9 +373,12 @@ def test_digital_micrograph_gain_is_refused_with_the_remedy(tmp_path: Path, coun
                                                             capsys: pytest.CaptureFixture) -> None:
     gain = tmp_path / f"gain.{extension}"
     gain.write_bytes(b"\0" * 64)
-    assert cli.main(["--check_gain", "--i", str(counting_movie), "--gain", str(gain)]) == 1
+    report = tmp_path / "r.json"
+    assert cli.main(["--check_gain", "--i", str(counting_movie), "--gain", str(gain), "--report", str(report)]) == 1
     err = capsys.readouterr().err
     assert f"Digital Micrograph format (.{extension})" in err and "dm2mrc" in err
+    document = json.loads(report.read_text())
+    assert document["state"] == "error" and "dm2mrc" in document["error"] and document["check_gain"] is None
 
 
 @pytest.mark.parametrize("extra, message", [

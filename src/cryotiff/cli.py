@@ -452,8 +452,9 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
     """``--check_gain``: print the score table and the answer, write ``<o>/gain-reference.mrc``
     when the movies tell, and the ``--report``. Exit status 0 with an answer, 1 when the movies
     cannot tell or a movie could not be read."""
-    from .gain_check.check import check_gain, check_gain_report, write_check_gain_report, write_gain_reference
+    from .gain_check.check import check_gain, write_gain_reference
     from .gain_check.text import format_result
+    from .report import write_check_gain_report
 
     try:
         result = check_gain(inputs, options, reporter)
@@ -461,7 +462,7 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
         if report_path is not None:
             status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
             with contextlib.suppress(CryotiffError):
-                write_check_gain_report(report_path, check_gain_report(None, options, inputs, status, error=str(exc)))
+                write_check_gain_report(report_path, None, options, inputs, status, error=str(exc))
         raise
     for movie, message in result.failed:
         print(f"ERROR: {message}", file=reporter.err, flush=True)
@@ -482,7 +483,7 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
         print(f"ERROR: {error}", file=reporter.err, flush=True)
     if report_path is not None:
         try:
-            write_check_gain_report(report_path, check_gain_report(result, options, inputs, status, reference, error))
+            write_check_gain_report(report_path, result.report_section(reference), options, inputs, status, error)
         except CryotiffError as exc:
             print(f"ERROR: {exc}", file=reporter.err, flush=True)
             status = EXIT_FAILED

@@ -356,6 +356,30 @@ def write_dry_run_report(
     _write_json(Path(path), document)
 
 
+def write_check_gain_report(
+    path: Path, check_gain: dict[str, Any] | None, options: ConvertOptions, inputs: Sequence[str],
+    exit_status: int, error: str | None = None,
+) -> None:
+    """``--report`` with ``--check_gain``: ``state`` is ``check_gain`` (``error`` when the check
+    stopped before an answer, with the message in ``error``); ``check_gain`` holds
+    :meth:`cryotiff.gain_check.check.GainCheckResult.report_section` (None after an error).
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    document = {
+        "cryotiff_version": __version__,
+        "state": "check_gain" if check_gain is not None else "error",
+        "exit_status": exit_status,
+        "error": error,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": list(inputs),
+        "options": _jsonable(dataclasses.asdict(options)),
+        "check_gain": check_gain,
+    }
+    _write_json(Path(path), document)
+
+
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:

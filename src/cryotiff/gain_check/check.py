@@ -37,7 +37,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .. import __version__
 from ..convert import ConvertOptions, PageSource, WiderTypeNeeded, gain_size_hint, movie_kind, open_page_source
 from ..eer_gain import invert_divisive_gain, read_gain_file, read_resized_eer_gain
 from ..errors import CryotiffError, GainError, InputError, OutputError
@@ -515,32 +514,3 @@ def write_gain_reference(result: GainCheckResult, output_dir: Path) -> Path:
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the gain reference ({exc.strerror or exc})") from None
     return path
-
-
-def check_gain_report(result: GainCheckResult | None, options: ConvertOptions, inputs: Sequence[str],
-                      exit_status: int, gain_reference: Path | None = None, error: str | None = None) -> dict[str, Any]:
-    """The ``--report`` document of a ``--check_gain`` run (``state`` ``check_gain``, or
-    ``error`` when it stopped before an answer)."""
-    from ..relion_pipeline import _jsonable
-
-    return {
-        "cryotiff_version": __version__,
-        "state": "check_gain" if result is not None else "error",
-        "exit_status": exit_status,
-        "error": error,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "inputs": list(inputs),
-        "options": _jsonable(dataclasses.asdict(options)),
-        "check_gain": result.report_section(gain_reference) if result is not None else None,
-    }
-
-
-def write_check_gain_report(path: Path, document: dict[str, Any]) -> None:
-    """Write the report atomically (the project's JSON report writer).
-
-    Raises:
-        OutputError: the file cannot be written.
-    """
-    from ..relion_pipeline import _write_json
-
-    _write_json(Path(path), document)
