@@ -17,59 +17,22 @@ from cryotiff.io import Movie
 from cryotiff.io import eer as E
 from cryotiff.simulate import eer as S
 
-# --------------------------------------------------------------------------------------------
-# Reference decoders: RELION's loop (spec 11.3) bit by bit, stopping at the end of the data.
+from .eer_reference import ref_decode
 
 
-def _bits(data: bytes) -> list[int]:
-    return np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").tolist()
-
-
-def ref_decode(
-    data: bytes,
-    total: int,
-    rle: int,
-    sym_bits: int,
-    waste_after_overflow: bool,
-    last_pixel_ends: bool = True,
-):
-    """``[(pixel, symbol), ...]`` or None when the runs do not end at exactly ``total``.
-
-    ``last_pixel_ends``: cryotiff's one change to RELION's loop: an event on the last pixel ends
-    the frame (its events account for every pixel), whatever follows. False is RELION's loop as
-    it is, which reads one more run field and keeps the frame only when that field is 0.
-    """
-    bits = _bits(data)
-
-    def take(p: int, n: int) -> int | None:
-        if p + n > len(bits):
-            return None
-        return sum(bits[p + i] << i for i in range(n))
-
-    max_run = (1 << rle) - 1
-    n = p = 0
-    events = []
-    while True:
-        run = take(p, rle)
-        if run is None:
-            return None
-        p += rle
-        n += run
-        if n >= total:
-            break
-        if run == max_run:
-            if waste_after_overflow:  # 65000: a symbol field follows even an overflow code
-                p += sym_bits
-            continue
-        sym = take(p, sym_bits)
-        if sym is None:
-            return None
-        p += sym_bits
-        events.append((n, sym))
-        n += 1
-        if last_pixel_ends and n == total:
-            break
-    return events if n == total else None
+def required_bits(positions: np.ndarray, n_pixels: int, rle_bits: int, symbol_bits: int) -> int:
+    """Bits the shortest valid variable-length stream with these events needs: before each event
+    ``gap // maxrun`` overflow codes and one ``run + symbol`` code; after the last event
+    ``ceil(tail / maxrun)`` run-only codes (none after an event on the last pixel)."""
+    max_run = (1 << rle_bits) - 1
+    n = int(positions.size)
+    if n:
+        gaps = np.diff(positions, prepend=-1) - 1
+        n_overflow = int((gaps // max_run).sum())
+        tail = n_pixels - 1 - int(positions[-1])
+    else:
+        n_overflow, tail = 0, n_pixels
+    return n * (rle_bits + symbol_bits) + rle_bits * (n_overflow + -(-tail // max_run))
 
 
 def _as_pairs(decoded):
@@ -151,7 +114,7 @@ def test_variable_decoder_matches_reference_and_imagecodecs_subpixels(
         assert _as_pairs(decoded) == ref
         np.testing.assert_array_equal(decoded[0], fr.positions)
         # The symbol gather gives the same sub-pixels as imagecodecs' superres decoding.
-        xs, ys = E._subpixels(decoded[1], bits, bits)
+        xs, ys = E.subpixels(decoded[1], bits, bits)
         np.testing.assert_array_equal(xs, fr.sub_x)
         np.testing.assert_array_equal(ys, fr.sub_y)
         sr = imagecodecs.eer_decode(
@@ -167,15 +130,15 @@ def test_8bit_decoder_matches_reference() -> None:
     frames += S.random_events(rng, size, 3, 0.002)  # many 255 overflow codes
     for fr in frames:
         stream = S.encode_frame(fr, size, 65000)
-        got = E.decode_eer_8bit(stream, size * size)
+        got = E.decode_eer_frame(stream, (size, size), ENC_65000, need_symbols=True)
         assert _as_pairs(got) == ref_decode(stream, size * size, 8, 4, True)
         np.testing.assert_array_equal(got[0], fr.positions)
-        xs, ys = E._subpixels(got[1], 2, 2)
+        xs, ys = E.subpixels(got[1], 2, 2)
         np.testing.assert_array_equal(xs, fr.sub_x)
         np.testing.assert_array_equal(ys, fr.sub_y)
         # Truncations: the reference and the vectorised decoder agree on every prefix.
         for cut in range(0, len(stream), 3):
-            assert _as_pairs(E.decode_eer_8bit(stream[:cut], size * size)) == ref_decode(
+            assert _as_pairs(E.decode_eer_frame(stream[:cut], (size, size), ENC_65000, need_symbols=True)) == ref_decode(
                 stream[:cut], size * size, 8, 4, True
             )
 
@@ -184,9 +147,9 @@ def test_8bit_overflow_wastes_symbol_bits() -> None:
     """After a 255 run RELION skips 4 bits; imagecodecs does not (the reason for our decoder)."""
     fr = S.events_from_positions([300], [1], [2])
     stream = S.encode_frame(fr, 32, 65000)
-    pos, sym = E.decode_eer_8bit(stream, 32 * 32)
+    pos, sym = E.decode_eer_frame(stream, (32, 32), ENC_65000, need_symbols=True)
     assert pos.tolist() == [300]
-    xs, ys = E._subpixels(sym, 2, 2)
+    xs, ys = E.subpixels(sym, 2, 2)
     assert (xs.tolist(), ys.tolist()) == ([1], [2])
     try:  # imagecodecs reads the wasted bits as the next run: wrong events or an overshoot
         theirs = np.flatnonzero(imagecodecs.eer_decode(stream, (32, 32), 8, 2, 2)).tolist()
@@ -253,36 +216,32 @@ def test_variable_streams_agree_with_relions_loop(
     ref = ref_decode(data, total, rle, symbol_bits, False)
     got = E.decode_eer_frame(data, shape, encoding, need_symbols=True)
     assert _as_pairs(got) == ref
-    buffer = np.zeros(shape, dtype=np.bool_)
-    plain = E.decode_eer_frame(data, shape, encoding, buffer=buffer)
-    assert not buffer.any()  # the scratch image is clean again, whatever the stream was
+    plain = E.decode_eer_frame(data, shape, encoding)
     assert (plain is None) == (ref is None)
     if plain is not None:
         assert plain[1] is None
         assert plain[0].tolist() == [pixel for pixel, _ in ref]
 
 
-def test_scratch_image_is_reused_clean_across_frames() -> None:
-    """One bool scratch image for many frames (as each thread keeps one), valid and corrupt."""
+def test_valid_and_damaged_frames_in_turn() -> None:
+    """Valid, cut and garbage frames decoded one after the other: each on its own."""
     rng = np.random.default_rng(3)
     size = 256
-    buffer = np.zeros((size, size), dtype=np.bool_)
     frames = S.random_events(rng, size, 6, 0.03)
     for fr in frames:
         stream = S.encode_frame(fr, size, 65001)
         for data, valid in ((stream, True), (stream[: len(stream) // 2], False), (b"\xff" * 64, False)):
-            got = E.decode_eer_frame(data, (size, size), ENC_65001, buffer=buffer)
+            got = E.decode_eer_frame(data, (size, size), ENC_65001)
             assert (got is not None) == valid
             if valid:
                 np.testing.assert_array_equal(got[0], fr.positions)
-            assert not buffer.any()
 
 
 @pytest.mark.parametrize("rle,subpixel_bits", [(7, 1), (9, 1), (14, 1), (5, 2), (7, 2), (12, 2)])
 def test_variable_decoder_on_encoded_frames(rle: int, subpixel_bits: int) -> None:
     """Valid streams of several run widths, sparse (long overflow chains) to dense, with and
     without the closing run code after an event on the last pixel; the shortest of each needs
-    exactly the bits :func:`required_bits` counts: one byte less is corrupt."""
+    exactly the bits the grammar needs (:func:`required_bits`): one byte less is corrupt."""
     rng = np.random.default_rng(rle)
     size = 64
     bits = subpixel_bits
@@ -298,12 +257,12 @@ def test_variable_decoder_on_encoded_frames(rle: int, subpixel_bits: int) -> Non
         got = E.decode_eer_frame(stream, (size, size), encoding, need_symbols=True)
         assert got is not None
         np.testing.assert_array_equal(got[0], fr.positions)
-        xs, ys = E._subpixels(got[1], bits, bits)
+        xs, ys = E.subpixels(got[1], bits, bits)
         np.testing.assert_array_equal(xs, fr.sub_x)
         np.testing.assert_array_equal(ys, fr.sub_y)
         if closing and fr.positions.size and fr.positions[-1] == size * size - 1:
             continue  # one code longer than needed
-        needed = E.required_bits(fr.positions, size * size, rle, 2 * bits)
+        needed = required_bits(fr.positions, size * size, rle, 2 * bits)
         assert len(stream) == -(-needed // 8)
         assert E.decode_eer_frame(stream[:-1], (size, size), encoding) is None
 
@@ -391,51 +350,51 @@ def test_render_16k_from_65002_722(movies) -> None:
         _check_render(movie.render(0, 1, 3), frames[:1], 4096, 3, 2)
 
 
-def test_executor_gives_the_same_counts(movies) -> None:
+def test_renders_on_a_thread_pool_give_the_same_counts(movies) -> None:
     path, frames = movies["4k_65001"]
     with E.EerMovie(path) as movie, ThreadPoolExecutor(2) as pool:
         for up in (1, 2):
             serial = movie.render(0, 4, up)
-            parallel = movie.render(0, 4, up, executor=pool)
+            parallel = pool.submit(movie.render, 0, 4, up).result()
             np.testing.assert_array_equal(serial.counts, parallel.counts)
             _check_render(parallel, frames, 4096, up, 2)
 
 
 @pytest.mark.parametrize("name,bits,ups", [("4k_65001", 2, (1, 2, -1)), ("2k_711", 1, (1, 2))])
-def test_render_in_small_batches_and_bands(
+def test_render_in_small_calls_and_bands(
     movies, monkeypatch: pytest.MonkeyPatch, name: str, bits: int, ups: tuple[int, ...]
 ) -> None:
-    """Events are added a batch of frames at a time, band by band: the same counts with batches
-    of 1 and 3 frames (several batches, a partial last one) and bands from 8 rows to all rows."""
+    """The frames of a page are added a few at a time, band by band: the same counts with calls
+    of 1 and 3 frames (several calls, a partial last one), calls cut by their data size, and bands
+    from 2 physical rows (the least: binning adds row pairs) to all rows; in every sample type
+    that holds the sums."""
+    from cryotiff.io.eer import render as R
+
     path, frames = movies[name]
     with E.EerMovie(path) as movie:
         det = movie.detector_size
-        for batch, band_bytes in ((1, 1 << 16), (3, 4096 * 24), (3, 1 << 40)):
-            monkeypatch.setattr(E, "_FRAMES_PER_BATCH", batch)
-            monkeypatch.setattr(E, "_BAND_BYTES", band_bytes)
-            for up in ups:
-                _check_render(movie.render(0, len(frames), up), frames, det, up, bits)
+        for per_call, data_bytes, band_bytes in ((1, 1 << 40, 1 << 16), (3, 1 << 40, 1), (3, 1, 4096 * 24), (3, 1 << 40, 1 << 40)):
+            monkeypatch.setattr(R, "_FRAMES_PER_CALL", per_call)
+            monkeypatch.setattr(R, "_DATA_BYTES_PER_CALL", data_bytes)
+            monkeypatch.setattr(R, "_BAND_BYTES", band_bytes)
+            for k, up in enumerate(ups):
+                dtype = (np.uint8, np.uint16, np.uint32)[(k + per_call + band_bytes) % 3]
+                result = movie.render(0, len(frames), up, dtype=dtype)
+                assert result.counts.dtype == dtype
+                _check_render(result, frames, det, up, bits)
 
 
-def test_banded_sum_in_uint32_counts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The uint32 counts of very long groups take the same path (bands are counted in bytes);
-    bands down to 2 physical rows (the least: binning adds row pairs)."""
-    monkeypatch.setattr(E, "_FRAMES_PER_BATCH", 2)
-    rng = np.random.default_rng(9)
-    size = 64
-    frames = S.random_events(rng, size, 5, 0.3)
-    encoding = E.EerEncoding(65001, 7, 2, 2)
-    for up, band_bytes in ((1, 1536), (2, 1536), (-1, 1536), (1, 1), (2, 1), (-1, 1)):
-        monkeypatch.setattr(E, "_BAND_BYTES", band_bytes)
-        out = E.output_size(size, up)
-        counts = np.zeros((out, out), np.uint32)
-        bands = E._BandedSum(counts, size, up, encoding)
-        assert bands.n_bands > 1
-        for fr in frames:
-            symbols = ((fr.sub_y.astype(np.uint8) ^ 2) << 2) | (fr.sub_x.astype(np.uint8) ^ 2)
-            bands.add(fr.positions, symbols)
-        bands.flush()
-        np.testing.assert_array_equal(counts, S.expected_render(frames, size, up, 2))
+def test_render_refuses_a_type_the_sums_could_overflow(movies) -> None:
+    path, _ = movies["4k_65001"]
+    with E.EerMovie(path) as movie:
+        assert E.max_count(4, -1) == 16 and E.max_count(300, 1) == 300
+        with pytest.raises(OptionError, match="cannot be summed in int16"):
+            movie.render(0, 4, 1, dtype=np.int16)
+    # A group of 256 raw frames needs uint16 (RELION's uint8 would wrap), binned from 64 on.
+    with pytest.raises(OptionError, match="256 raw frames cannot be summed in uint8"):
+        frames = S.random_events(np.random.default_rng(2), 2048, 1, 0.0)
+        with E.EerMovie(S.write_eer(Path(path).with_name("empty.eer"), frames * 256, 2048, 65001)) as movie:
+            movie.render(0, 256, 1, dtype=np.uint8)
 
 
 def test_concurrent_renders_are_independent(movies) -> None:
@@ -521,8 +480,8 @@ def test_corrupt_frames_are_skipped_and_reported(tmp_path: Path) -> None:
     path = S.write_eer(tmp_path / "bad.eer", streams, det, 65001, strips_per_frame=2)
     with E.EerMovie(path) as movie, ThreadPoolExecutor(2) as pool:
         assert movie.info.n_frames == 7
-        for executor in (None, pool):
-            result = movie.render(0, 7, 1, executor=executor)
+        for render in (movie.render, lambda *args: pool.submit(movie.render, *args).result()):
+            result = render(0, 7, 1)
             assert result.corrupt_frames == [1, 3, 4, 5]
             _check_render(result, [frames[0], frames[2], frames[5]], det, 1, 2)
         assert result.corrupt_frame_warnings("Movies/bad.eer") == [
@@ -674,20 +633,6 @@ def test_files_are_closed(movies) -> None:
     assert _open_fds() == before
 
 
-@pytest.mark.parametrize("dense", [True, False])
-@pytest.mark.parametrize("size", [64, 63])
-def test_take_events_finds_every_event_and_clears(dense: bool, size: int) -> None:
-    """Both scans of the bool image (8 pixels at a time, and numpy's flatnonzero, which also
-    serves images whose size is not a multiple of 8) give the sorted events and leave it clear."""
-    rng = np.random.default_rng(size)
-    for density in (0.0, 0.01, 0.3, 1.0):
-        image = rng.random(size * size) < density
-        expected = np.flatnonzero(image)
-        got = E._take_events(image, dense=dense)
-        np.testing.assert_array_equal(got, expected)
-        assert not image.any()
-
-
 # --------------------------------------------------------------------------------------------
 # An event on the detector's last pixel
 
@@ -735,7 +680,7 @@ def test_event_on_last_pixel_without_closing_code_is_kept(tmp_path: Path, encodi
         assert ref is not None and [p for p, _ in ref] == fr.positions.tolist()
         got = E.decode_eer_frame(stream, (size, size), encoding, need_symbols=True)
         assert _as_pairs(got) == ref, expected
-        xs, ys = E._subpixels(got[1], bits, bits)
+        xs, ys = E.subpixels(got[1], bits, bits)
         np.testing.assert_array_equal(xs, fr.sub_x)
         np.testing.assert_array_equal(ys, fr.sub_y)
         # Whatever bits follow the last event (padding, the next frame's bytes) are not read.

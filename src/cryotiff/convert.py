@@ -439,15 +439,16 @@ class EerPages(PageSource):
 
     def page(self, index: int) -> np.ndarray:
         from .errors import RenderOverflowError
+        from .io.eer import max_count
 
         start, stop = self.pages[index]
+        if max_count(stop - start, self.upsampling) <= np.iinfo(self.dtype).max:
+            # The sums cannot overflow the page's type: render straight into it (no copy, no max).
+            rendered = self.movie.render(start, stop, self.upsampling, dtype=self.dtype)
+            self._note_corrupt(rendered)
+            return rendered.counts
         rendered = self.movie.render(start, stop, self.upsampling)
-        # A damaged raw frame is left out with RELION's warning, as RELION does and as issue #4
-        # asks; unlike RELION the run's summary counts such frames and, without --ignore_error,
-        # the exit status is 1 (cli.finish_run), so a TIFF never lacks electrons unnoticed.
-        if rendered.corrupt_frames:
-            with self._lock:
-                self.corrupt_warnings.extend(rendered.corrupt_frame_warnings(str(self.path)))
+        self._note_corrupt(rendered)
         if rendered.max_count > np.iinfo(self.dtype).max:
             if self.dtype == np.uint8:
                 raise WiderTypeNeeded(
@@ -460,6 +461,14 @@ class EerPages(PageSource):
                 "use a smaller --eer_grouping"
             )
         return rendered.counts.astype(self.dtype)
+
+    def _note_corrupt(self, rendered) -> None:
+        # A damaged raw frame is left out with RELION's warning, as RELION does; unlike RELION
+        # the run's summary counts such frames and, without --ignore_error, the exit status is 1
+        # (cli.finish_run), so a TIFF never lacks electrons unnoticed.
+        if rendered.corrupt_frames:
+            with self._lock:
+                self.corrupt_warnings.extend(rendered.corrupt_frame_warnings(str(self.path)))
 
     def finish(self, result: MovieResult) -> None:
         result.notes.extend(self.notes)

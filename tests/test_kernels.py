@@ -1,0 +1,169 @@
+"""The compiled kernels (cryotiff.kernels) against independent references on random inputs:
+RELION's EER loop and rendering table in plain Python and imagecodecs.eer_decode for the EER
+kernels, the earlier vectorised numpy code (kept here as the oracle) for the gain kernels."""
+
+from __future__ import annotations
+
+import imagecodecs
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cryotiff import kernels as K
+from cryotiff.io import eer as E
+from cryotiff.simulate import eer as S
+
+from .eer_reference import ref_decode, ref_render
+
+# --------------------------------------------------------------------------------------------
+# EER
+
+
+def _placement(upsampling: int) -> int:
+    return {1: K.EER_ADD_PHYSICAL, 2: K.EER_ADD_UPSAMPLED, 3: K.EER_ADD_UPSAMPLED, -1: K.EER_ADD_BINNED}[upsampling]
+
+
+def add_frames(streams, width, encoding, upsampling, dtype, band_rows):
+    """``kernels.eer_add_frames`` over ``streams`` (bytes) of a ``width``-wide detector."""
+    out = E.output_size(width, upsampling)
+    counts = np.zeros((out, out), dtype)
+    data = np.frombuffer(b"".join(streams) or b"\0", np.uint8)
+    n_bytes = np.array([len(s) for s in streams], np.int64)
+    starts = np.concatenate(([0], np.cumsum(n_bytes)[:-1])).astype(np.int64)
+    complete = np.zeros(len(streams), np.bool_)
+    factor = out // width if upsampling in (2, 3) else 1
+    K.eer_add_frames(
+        data, starts, n_bytes, width * width, encoding.rle_bits, encoding.symbol_bits,
+        encoding.overflow_skip_bits, _placement(upsampling), width.bit_length() - 1, factor,
+        E.symbol_offsets(encoding, upsampling, out), counts.reshape(-1), band_rows * width, complete,
+    )
+    return counts, complete
+
+
+def reference_counts(streams, width, encoding, upsampling, dtype):
+    out = E.output_size(width, upsampling)
+    counts = np.zeros((out, out), np.int64)
+    complete = []
+    for stream in streams:
+        events = ref_decode(stream, width * width, encoding.rle_bits, encoding.symbol_bits,
+                            encoding.compression == 65000)
+        complete.append(events is not None)
+        if events is not None:
+            ref_render(events, width, upsampling, encoding.horizontal_bits, counts)
+    return counts.astype(dtype), np.array(complete)
+
+
+ENCODINGS = {
+    "65000": E.EerEncoding(65000, 8, 2, 2),
+    "65001": E.EerEncoding(65001, 7, 2, 2),
+    "65002-711": E.EerEncoding(65002, 7, 1, 1),
+    "65002-722": E.EerEncoding(65002, 7, 2, 2),
+}
+
+
+def _frame_streams(rng: np.random.Generator, width: int, encoding: E.EerEncoding, n: int) -> list[bytes]:
+    """Valid frames of several densities, some ending on the last pixel without a closing code,
+    some cut short, some with a run that overshoots, some garbage."""
+    bits = encoding.horizontal_bits
+    sb = None if encoding.compression in (65000, 65001) else bits
+    rle = encoding.rle_bits if encoding.compression == 65002 else None
+    streams = []
+    for k in range(n):
+        fr = S.random_events(rng, width, 1, float(rng.choice([0.0, 0.01, 0.1, 0.5, 0.9])), subpixel_bits=bits)[0]
+        kind = rng.integers(0, 6)
+        stream = S.encode_frame(fr, width, encoding.compression, rle_bits=rle, subpixel_bits=sb,
+                                align=int(rng.choice([1, 8])), close_after_last_pixel=bool(kind != 1))
+        if kind == 2 and len(stream) > 1:
+            stream = stream[: int(rng.integers(0, len(stream)))]
+        elif kind == 3:
+            stream = S.encode_frame(fr, width + 1, encoding.compression, rle_bits=rle, subpixel_bits=sb)
+        elif kind == 4:
+            stream = rng.integers(0, 256, int(rng.integers(0, 40)), dtype=np.uint8).tobytes()
+        streams.append(stream)
+    return streams
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), width_shift=st.sampled_from([2, 3, 4, 5]),
+       band_rows=st.sampled_from([2, 4, 6, 64]), dtype=st.sampled_from([np.uint8, np.uint16, np.uint32]))
+def test_eer_add_frames_equals_relions_loop_and_table(name: str, seed: int, width_shift: int, band_rows: int, dtype) -> None:
+    """Frames added band by band into a page equal RELION's loop and rendering table applied
+    frame by frame, at every upsampling the bits allow; corrupt frames add nothing."""
+    encoding = ENCODINGS[name]
+    rng = np.random.default_rng(seed)
+    width = 1 << width_shift
+    streams = _frame_streams(rng, width, encoding, int(rng.integers(1, 7)))
+    ups = (1, 2, -1, 3) if encoding.horizontal_bits == 2 else (1, 2)
+    for up in ups:
+        got, complete = add_frames(streams, width, encoding, up, dtype, band_rows)
+        expected, expected_complete = reference_counts(streams, width, encoding, up, dtype)
+        np.testing.assert_array_equal(complete, expected_complete)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["65001", "65002-711", "65002-722"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), width_shift=st.sampled_from([3, 4, 6]), band_rows=st.sampled_from([2, 8, 64]))
+def test_eer_add_frames_equals_imagecodecs(name: str, seed: int, width_shift: int, band_rows: int) -> None:
+    """Valid 65001/65002 frames: the page equals the sum of imagecodecs.eer_decode's images at the
+    same super-resolution (0, 1 and, for 2+2 bits, 2)."""
+    encoding = ENCODINGS[name]
+    rng = np.random.default_rng(seed)
+    width = 1 << width_shift
+    bits = encoding.horizontal_bits
+    sb = None if encoding.compression == 65001 else bits
+    frames = S.random_events(rng, width, int(rng.integers(1, 5)), float(rng.choice([0.01, 0.2, 0.7])), subpixel_bits=bits)
+    streams = [S.encode_frame(f, width, encoding.compression, subpixel_bits=sb) for f in frames]
+    for superres in ((0, 1, 2) if bits == 2 else (0, 1)):
+        up = {0: 1, 1: 2, 2: 3}[superres]
+        got, complete = add_frames(streams, width, encoding, up, np.uint16, band_rows)
+        assert complete.all()
+        side = width << superres
+        theirs = sum(
+            imagecodecs.eer_decode(s + b"\0" * (2 + len(s) % 2), (side, side), 7, bits, bits, superres=superres).astype(np.uint16)
+            for s in streams
+        )
+        np.testing.assert_array_equal(got, theirs)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=64), rle=st.integers(4, 14), symbol_bits=st.sampled_from([2, 4]),
+       skip=st.booleans(), n_pixels=st.integers(1, 300))
+def test_eer_place_events_records_what_relions_loop_reads(data: bytes, rle: int, symbol_bits: int, skip: bool, n_pixels: int) -> None:
+    """Arbitrary bytes, every run width: the recorded events, and whether the frame is complete,
+    are those of RELION's loop (with the last-pixel rule), also for frame sizes that are not a
+    detector's."""
+    positions = np.empty(8 * len(data) + 1, np.int64)
+    symbols = np.empty(8 * len(data) + 1, np.uint8)
+    placed = K.eer_place_events(
+        np.frombuffer(data, np.uint8), 8 * len(data), n_pixels, rle, symbol_bits, symbol_bits if skip else 0,
+        K.EER_RECORD, 0, 1, np.zeros(16, np.int64), np.zeros(1, np.uint16), 1, positions, symbols,
+    )
+    ref = ref_decode(data, n_pixels, rle, symbol_bits, skip)
+    if ref is None:
+        assert placed < 0
+    else:
+        assert list(zip(positions[:placed].tolist(), symbols[:placed].tolist())) == ref
+
+
+def test_a_corrupt_frame_is_taken_back_exactly_also_when_counts_wrap() -> None:
+    """Taking back a corrupt frame's events restores the page bit for bit, even in a type whose
+    sums wrapped (RELION's uint8 pages wrap; the kernel's arithmetic is modular)."""
+    encoding = ENCODINGS["65001"]
+    width = 16
+    rng = np.random.default_rng(1)
+    dense = S.random_events(rng, width, 1, 0.9)[0]
+    good = S.encode_frame(dense, width, 65001)
+    bad = good[: len(good) // 2]
+    counts = np.full((width, width), 255, np.uint8)
+    data = np.frombuffer(good + bad, np.uint8)
+    n_bytes = np.array([len(good), len(bad)], np.int64)
+    complete = np.zeros(2, np.bool_)
+    K.eer_add_frames(data, np.array([0, len(good)], np.int64), n_bytes, width * width, 7, 4, 0,
+                     K.EER_ADD_PHYSICAL, 4, 1, np.zeros(16, np.int64), counts.reshape(-1), 2 * width, complete)
+    assert complete.tolist() == [True, False]
+    expected = np.full(width * width, 255, np.uint8)
+    expected[dense.positions] = 0  # 255 + 1 wrapped; the corrupt frame left no trace
+    np.testing.assert_array_equal(counts.reshape(-1), expected)
