@@ -11,6 +11,7 @@ import pytest
 
 from cryotiff import __version__
 from cryotiff.cli import build_parser, main
+from cryotiff.simulate.eer import random_events
 
 from .helpers import read_tiff_frames
 
@@ -80,20 +81,52 @@ def test_invalid_values_fail_before_any_file_is_touched(in_tmp: Path, args, mess
     assert not Path("out").exists()
 
 
-def test_demo_converts_every_kind_exactly(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cryotiff.io.mrc import open_mrc
+def test_demo_converts_every_kind_exactly_without_warnings(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kind through its user-guide recipe (the float movies through the gain path, the EER
+    with its .gain), no warning, every movie listed at the end."""
+    import mrcfile
 
+    from cryotiff import demo
+    from cryotiff.io.mrc import open_mrc
+    from cryotiff.simulate.eer import expected_render
+
+    events = []
+    monkeypatch.setattr(demo, "random_events", lambda *args: events.extend(random_events(*args)) or events)
     assert main(["--demo", "--o", "Demo"]) == 0
-    out = capsys.readouterr().out
-    assert "Movies converted:" in out and "failed: 0" in out
-    movies = sorted(Path("Demo/demo_movies").iterdir())
-    assert movies
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    out = captured.out
+    assert "WARNING" not in out and out.count("failed: 0") == 4  # three conversions, one estimation
+    movies = sorted(Path("Demo/demo_movies").glob("*.*"))
+    assert {p.suffix for p in movies} == {".mrc", ".eer", ".gain"}
+    listing = out[out.index("The demo movies"):]
     for path in movies:
-        if path.suffix not in (".mrc", ".mrcs"):
+        if path.suffix != ".gain":
+            assert f"  {path.name} " in listing
+    with mrcfile.open("Demo/converted/gain_normalised/gain-reference.mrc") as mrc:
+        gain_reference = np.array(mrc.data)
+    for path in movies:
+        if path.suffix != ".mrc":
             continue
         with open_mrc(path) as mrc:
             frames = np.stack(list(mrc.iter_frames()))
-        np.testing.assert_array_equal(read_tiff_frames(Path("Demo/converted") / (path.stem + ".tif")), frames)
+        if "gain_normalised" in path.name:
+            stored = read_tiff_frames(Path("Demo/converted/gain_normalised") / (path.stem + ".tif"))
+            np.testing.assert_array_equal(stored * gain_reference, frames)  # TIFF x gain = original
+            assert (stored == np.rint(stored)).mean() > 0.5  # the gain path recovered counts
+        else:
+            np.testing.assert_array_equal(read_tiff_frames(Path("Demo/converted/counting") / (path.stem + ".tif")), frames)
+    page = read_tiff_frames(Path("Demo/converted/eer/falcon4.tif"))
+    np.testing.assert_array_equal(page[0], expected_render(events, 4096, 1))
+    assert Path("Demo/converted/eer/gain-reference.mrc").is_file()
+
+
+def test_demo_refuses_options_it_would_not_use(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--demo", "--o", "Demo", "--gain", "g.bin", "--dry_run"]) == 2
+    assert "--demo runs its own recipes on its own movies; it does not take --gain, --dry_run" in capsys.readouterr().err
+    assert not Path("Demo").exists()
 
 
 def test_python_dash_m_runs_the_cli() -> None:

@@ -407,6 +407,40 @@ def finish_estimation(
     return _with_report(report_path, results, options, inputs, summary, status, reporter, error=save_error)
 
 
+def run_demo(options: ConvertOptions, reporter: TerminalReporter) -> int:
+    """``--demo``: write the synthetic movies into ``<o>/demo_movies``, convert each kind with its
+    user-guide recipe into ``<o>/converted/<kind>/``, then list every movie and its output."""
+    import dataclasses
+
+    from .demo import demo_recipes
+
+    demo_dir = options.output_dir / "demo_movies"
+    reporter.message(f"Writing synthetic demo movies into {demo_dir}")
+    recipes = demo_recipes(demo_dir, options.output_dir / "converted")
+    status = EXIT_OK
+    for recipe in recipes:
+        inputs = [str(movie.path) for movie in recipe.movies]
+        step = dataclasses.replace(options, output_dir=recipe.output_dir, gain=recipe.gain, estimate_gain=False)
+        reporter.message(f"\n=== {recipe.title}")
+        if recipe.estimate_gain:
+            status = max(status, run_estimation(inputs, dataclasses.replace(step, estimate_gain=True), reporter, demo_dir))
+            step = dataclasses.replace(step, gain=recipe.output_dir / "gain_estimate.bin")
+        status = max(status, run_conversion(inputs, step, reporter, demo_dir))
+    lines = ["", f"The demo movies (in {demo_dir}) and their conversions:"]
+    for recipe in recipes:
+        for movie in recipe.movies:
+            given = f" with {recipe.gain.name}" if recipe.gain is not None else ""
+            gain_note = (f"gain reference {recipe.output_dir / 'gain-reference.mrc'}"
+                         if recipe.writes_gain_reference else movie.gain_note)
+            lines.append(f"  {movie.path.name}{given} ({movie.description})")
+            lines.append(f"      -> {recipe.output_dir / movie.path.with_suffix('.tif').name}; {gain_note}")
+    lines.append("Which gain file and flags to use in RELION, MotionCor2/3, cryoSPARC and Warp: "
+                 "docs/after-conversion.md")
+    for line in lines:
+        reporter.message(line)
+    return status
+
+
 def run_dry_run(
     inputs: Sequence[str],
     options: ConvertOptions,
@@ -567,18 +601,16 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         if args.benchmark:
             return run_benchmark(args.i, options, reporter)
         if args.demo:
-            from .demo import make_demo_movies
-
-            demo_dir = options.output_dir / "demo_movies"
-            reporter.message(f"Writing synthetic demo movies into {demo_dir}")
-            inputs = [str(path) for path in make_demo_movies(demo_dir)]
-            relative_to = demo_dir
-            options.output_dir = options.output_dir / "converted"
-        else:
-            relative_to = None
-            if not args.i:
-                parser.error("the following arguments are required: --i")
-            inputs = args.i
+            given = [name for name, value in (("--i", args.i), ("--gain", args.gain), ("--estimate_gain", args.estimate_gain),
+                                              ("--dry_run", args.dry_run), ("--report", args.report),
+                                              ("--pipeline_control", args.pipeline_control is not None)) if value]
+            if given:
+                raise OptionError(f"--demo runs its own recipes on its own movies; it does not take {', '.join(given)}")
+            return run_demo(options, reporter)
+        relative_to = None
+        if not args.i:
+            parser.error("the following arguments are required: --i")
+        inputs = args.i
         problem = option_conflicts(options)
         if problem:
             raise OptionError(problem)
