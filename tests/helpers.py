@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+#: Real EPU images for the few tests that use them: the directory named by CRYOTIFF_REAL_DATA, else
+#: ../shared/data/real beside the repository. Without them those tests are skipped (see real_data).
+REAL_DATA = Path(os.environ.get("CRYOTIFF_REAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "real")
+
+#: The real images, by the name the tests use, and their name in tests/test_data/ of mrcfile's
+#: source distribution (mrcfile 1.5.4, BSD licence), where they come from.
+REAL_DATA_SOURCES = {
+    "falcon_epu2.9_single_frame.mrc": "epu2.9_example.mrc",
+    "k2_epu1.2_single_frame.mrc": "fei-extended.mrc",
+}
+
+
+def real_data(name: str) -> Path:
+    """The path of the real image ``name``; skips the test, saying how to provide it, if it is
+    not there."""
+    import pytest
+
+    path = REAL_DATA / name
+    if not path.is_file():
+        pytest.skip(
+            f"{path} is not available. To run this test, take {REAL_DATA_SOURCES[name]} from tests/test_data/ "
+            "of mrcfile's source distribution (pip download --no-deps --no-binary :all: mrcfile==1.5.4), "
+            f"save it as {name} in a directory and set CRYOTIFF_REAL_DATA to that directory"
+        )
+    return path
 
 
 def read_tiff_frames(path: Path) -> np.ndarray:

@@ -42,7 +42,7 @@ from cryotiff.simulate.gain_reference import (
 )
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import REAL_DATA
+from .helpers import real_data
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SHAPE = (192, 256)  # ny, nx: a non-square detector, so odd rotations transpose the gain
@@ -296,9 +296,7 @@ def test_hot_pixels_and_gain_outliers_do_not_count() -> None:
 def test_specimen_from_a_real_image_does_not_fool_it(tmp_path: Path) -> None:
     """A real K2 image (EPU) as the specimen's dose: its structure is the specimen's, not the
     synthetic gain's, and must not change the answer."""
-    real = REAL_DATA / "k2_epu1.2_single_frame.mrc"
-    if not real.exists():
-        pytest.skip(f"{real} is not available")
+    real = real_data("k2_epu1.2_single_frame.mrc")
     with mrcfile.open(real, permissive=True) as mrc:
         image = np.asarray(mrc.data[1000:1000 + SHAPE[0], 1000:1000 + SHAPE[1]], dtype=np.float64)
     dose = image / image.mean()

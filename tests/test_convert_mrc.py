@@ -12,7 +12,7 @@ from cryotiff.cli import main
 from cryotiff.convert import ConvertOptions, convert_movie
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import REAL_DATA, libtiff_decodes, read_tiff_frames, temporary_files_of, tiff_tags
+from .helpers import libtiff_decodes, read_tiff_frames, real_data, temporary_files_of, tiff_tags
 
 #: MRC mode -> (TIFF sample type RELION writes, BitsPerSample, SampleFormat)
 RELION_TYPES = {
@@ -121,9 +121,7 @@ def test_odd_width_4bit_movie(tmp_path: Path) -> None:
 def test_real_epu_images_round_trip(tmp_path: Path, name: str) -> None:
     import mrcfile
 
-    path = REAL_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+    path = real_data(name)
     with mrcfile.open(path, permissive=True) as mrc:
         original = np.array(mrc.data)
         pixel_size = float(mrc.voxel_size.x)

@@ -111,3 +111,26 @@ def test_the_link_checker_finds_broken_links(tmp_path: Path) -> None:
     assert relative_links(page) == ["other.md#a-section-with-commas", "other.md#nowhere", "missing.md"]
     assert "a-section-with-commas" in anchors(tmp_path / "other.md")
     assert "nowhere" not in anchors(tmp_path / "other.md")
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120, 200])
+def test_help_wraps_at_one_width(columns: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The description and every option's help wrap at the terminal's width, at most
+    HELP_MAX_WIDTH columns (a pre-wrapped description would stick out on a narrow terminal)."""
+    from cryotiff.cli import DESCRIPTION, HELP_MAX_WIDTH
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    text = build_parser().format_help()
+    width = min(columns, HELP_MAX_WIDTH) - 2
+    too_long = [line for line in text.splitlines() if len(line) > width]
+    assert not too_long, too_long
+    first_words = " ".join(DESCRIPTION.split()[:6])
+    description = text[text.index(first_words):].split("\n\n")[0].splitlines()
+    assert len(description) > 1 and max(len(line) for line in description) > width - 15  # wrapped, not raw
+
+
+def test_help_spells_reliability_right() -> None:
+    """Only the file name keeps RELION's spelling (gain_estimate_reliablity.bin)."""
+    for action in build_parser()._actions:
+        text = action.help or ""
+        assert "reliablity" not in text.replace("_reliablity", ""), action.option_strings

@@ -28,11 +28,26 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-DESCRIPTION = """\
-Convert cryo-EM movies (MRC, TIFF, EER) into losslessly compressed multi-page TIFF that RELION,
-MotionCor2/3, cryoSPARC and Warp read directly. A drop-in for relion_convert_to_tiff: the same
-options, output names, pixels and orientation (TIFF rows are stored bottom-up, the Y flip that
-RELION, IMOD, SerialEM and MotionCor2 apply on every TIFF read and write)."""
+DESCRIPTION = (
+    "Convert cryo-EM movies (MRC, TIFF, EER) into losslessly compressed multi-page TIFF that RELION, "
+    "MotionCor2/3, cryoSPARC and Warp read directly. A drop-in for relion_convert_to_tiff: the same "
+    "options, output names, pixels and orientation (TIFF rows are stored bottom-up, the Y flip that "
+    "RELION, IMOD, SerialEM and MotionCor2 apply on every TIFF read and write)."
+)
+
+#: ``--help`` is wrapped at the terminal's width, but never wider than this.
+HELP_MAX_WIDTH = 100
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps the description and every option's help at one width: the terminal's, at most
+    :data:`HELP_MAX_WIDTH` columns."""
+
+    def __init__(self, prog: str) -> None:
+        import shutil
+
+        width = min(shutil.get_terminal_size().columns, HELP_MAX_WIDTH) - 2
+        super().__init__(prog, width=width, max_help_position=min(24, width // 3))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="convert-to-tiff",
         description=DESCRIPTION,
         allow_abbrev=False,  # "--o" must never be taken as a prefix of "--only_do_unfinished"
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     general = parser.add_argument_group("General Options")
     general.add_argument("--i", "--in_movies", dest="i", nargs="+", metavar="INPUT",
@@ -54,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     general.add_argument("--j", type=int, default=1, metavar="N",
                          help="Threads per movie: frames are read, transformed and encoded concurrently (default: 1)")
     general.add_argument("--gain", metavar="FILE",
-                         help="Estimated gain map and its reliablity map (read) for float (mode 2) movies; "
+                         help="Estimated gain map and its reliability map (read) for float (mode 2) movies; "
                               "the EER gain reference to convert for EER movies; with --check_gain, the gain "
                               "reference (MRC, TIFF or TFS .gain) to check")
     general.add_argument("--thresh", type=int, default=50, metavar="N",
@@ -87,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Do not decode every strip and compare it with its frame before writing it")
     other = parser.add_argument_group("Other options")
     other.add_argument("--demo", action="store_true",
-                       help="Synthesise a small movie of each detector kind into <o>/demo_movies and convert them")
+                       help="Synthesise a small movie of each detector kind into <o>/demo_movies and convert each "
+                            "with its user-guide recipe into <o>/converted/<kind>/")
     other.add_argument("--benchmark", action="store_true",
                        help="Try every codec on the first frames of the --i movies (or of the demo movies) and "
                             "print size %%, encode and decode MB/s, and which TIFF readers decode each; converts nothing")
