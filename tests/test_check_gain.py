@@ -196,7 +196,9 @@ def test_cli_writes_table_answer_reference_and_report(tmp_path: Path, counting_m
     assert section["gain_reference"] == str(out / "gain-reference.mrc")
     assert not list(out.glob("*.tif"))  # converts nothing
     # A second check of the same session gives the same file: accepted.
+    capsys.readouterr()
     assert cli.main(["--check_gain", "--i", str(counting_movie), "--gain", str(gain_path), "--o", str(out)]) == 0
+    assert f"Kept (identical) {out / 'gain-reference.mrc'}" in capsys.readouterr().out
 
 
 def test_divisive_gain_for_tiff_movies_needs_the_reference(tmp_path: Path, counting_movie: Path, detector,

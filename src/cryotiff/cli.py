@@ -519,14 +519,14 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
     for text in result.warnings:
         reporter.warning(text)
     status = EXIT_OK if result.decided and not result.failed else EXIT_FAILED
-    reference, error = None, None
+    reference, written, error = None, False, None
     if result.decided:
         try:
-            reference = write_gain_reference(result, options.output_dir)
+            reference, written = write_gain_reference(result, options.output_dir)
         except CryotiffError as exc:
             error, status = str(exc), EXIT_FAILED
     print("", file=reporter.out)
-    for line in format_result(result, reference):
+    for line in format_result(result, reference, written):
         print(line, file=reporter.out)
     reporter.out.flush()
     if error:

@@ -206,7 +206,7 @@ class FrameSum:
         return float(self.total.mean(dtype=np.float64)) / (self.binning * self.binning)
 
     def add(self, frame: np.ndarray) -> None:
-        np.add(self.total, bin_sum(frame, self.binning), out=self.total)
+        np.add(self.total, frame if self.binning == 1 else bin_sum(frame, self.binning), out=self.total)
         self.n_frames += 1
 
 
@@ -481,13 +481,14 @@ def check_gain(
 # --------------------------------------------------------------------------- outputs
 
 
-def write_gain_reference(result: GainCheckResult, output_dir: Path) -> Path:
+def write_gain_reference(result: GainCheckResult, output_dir: Path) -> tuple[Path, bool]:
     """Write ``<output_dir>/gain-reference.mrc`` (float32 MRC, pixel size 1.0 A as RELION
-    writes it) with :meth:`GainCheckResult.gain_reference`, atomically.
+    writes it) with :meth:`GainCheckResult.gain_reference`, atomically; ``(path, written)``.
 
-    An existing ``gain-reference.mrc`` is replaced only when it holds the same image already
-    (so a second check of the same session is harmless), never when it differs: it may be the
-    gain that the TIFFs of a gain-normalised conversion need, or another session's answer.
+    An existing ``gain-reference.mrc`` that holds the same image already is kept (``written``
+    False: a second check of the same session is harmless); one that differs is never replaced:
+    it may be the gain that the TIFFs of a gain-normalised conversion need, or another session's
+    answer.
 
     Raises:
         GainError: nothing was decided.
@@ -503,7 +504,7 @@ def write_gain_reference(result: GainCheckResult, output_dir: Path) -> Path:
         except GainError:
             existing = None
         if existing is not None and existing.shape == reference.shape and np.array_equal(existing, reference):
-            return path
+            return path, False
         raise OutputError(
             f"{path}: exists and holds another gain (perhaps the one the TIFFs of an earlier conversion need); "
             "it is not replaced: give another --o, or move it away first"
@@ -513,4 +514,4 @@ def write_gain_reference(result: GainCheckResult, output_dir: Path) -> Path:
         write_float_mrc(path, reference)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the gain reference ({exc.strerror or exc})") from None
-    return path
+    return path, True

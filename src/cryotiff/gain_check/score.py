@@ -110,7 +110,12 @@ def _window_sum(values: np.ndarray, radius: int, axis: int) -> np.ndarray:
 def _contrast(image: np.ndarray, valid: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(contrast, valid & has a background, background)``; contrast is 0 where not valid."""
     background = box_sum(np.where(valid, image, np.float32(0)), radius)
-    count = box_sum(valid, radius)
+    if valid.all():  # the usual case for a sum: the box sizes, cut at the edges, are known
+        rows = _window_sum(np.ones((valid.shape[0], 1), np.float32), radius, 0)
+        columns = _window_sum(np.ones((1, valid.shape[1]), np.float32), radius, 1)
+        count = rows * columns
+    else:
+        count = box_sum(valid, radius)
     with np.errstate(invalid="ignore", divide="ignore"):
         background /= count
     ok = valid & (count > 0) & (background > 0)

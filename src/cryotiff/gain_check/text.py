@@ -20,8 +20,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("s" if n != 1 else "")
 
 
-def format_result(result: GainCheckResult, gain_reference: Path | None = None) -> list[str]:
-    """The lines ``convert-to-tiff --check_gain`` prints after checking."""
+def format_result(result: GainCheckResult, gain_reference: Path | None = None, written: bool = True) -> list[str]:
+    """The lines ``convert-to-tiff --check_gain`` prints after checking (``written``: the
+    gain reference was written now, not found identical from an earlier check)."""
     gain, frames, scores = result.gain, result.frames, result.scores
     ny, nx = gain.file_shape_yx
     lines = [f"Gain {gain.path}: {nx} x {ny} (nx x ny), read as {gain.read_as}"
@@ -84,7 +85,8 @@ def format_result(result: GainCheckResult, gain_reference: Path | None = None) -
         lines.append(f"  RELION {how} these movies by this file, which is the wrong way round: no flag fixes that; "
                      "use gain-reference.mrc.")
     if gain_reference is not None:
-        lines.append(f"Written {gain_reference}: the gain in the movies' orientation, multiplicative, 0 at defects.")
+        lines.append(f"{'Written' if written else 'Kept (identical)'} {gain_reference}: the gain in the movies' "
+                     "orientation, multiplicative, 0 at defects.")
         lines.append("  Use it with no --gain_rot/--gain_flip (MotionCor2/3: no -RotGain/-FlipGain/-InvGain) for "
                      + ("the TIFFs cryotiff converts from these EER movies."
                         if frames.kind == "eer" else "these movies and for the TIFFs cryotiff converts from them."))
