@@ -29,9 +29,9 @@ from cryotiff.gain_check.score import (
     MARGIN_STANDARD_ERRORS,
     box_sum,
     gain_contrast,
-    score_orientations,
     sum_contrast,
 )
+from cryotiff.simulate.detectors import falcon_frames
 from cryotiff.simulate.eer import write_eer
 from cryotiff.simulate.gain_reference import (
     asymmetric_sensitivity,
@@ -257,6 +257,22 @@ def test_gain_corrected_movies_cannot_tell(tmp_path: Path, detector) -> None:
     assert not result.decided and "already gain-corrected" in result.reason
 
 
+def test_falcon_mrc_movies(tmp_path: Path, detector) -> None:
+    """Falcon MRC: electrons as blobs of about 100 counts. EPU's movies are gain-corrected (no
+    pattern: cannot tell); raw ones recorded through the gain are answered."""
+    blobs = falcon_frames(6, SHAPE, mean_per_pixel=200.0, seed=13)
+    corrected = write_mrc_movie(tmp_path / "epu.mrc", blobs, 6)
+    truth = Orientation(3, 0)
+    given = file_gain(detector["multiply"], truth)
+    gain = write_mrc_gain(tmp_path / "g.mrc", given)
+    result = check_gain([str(corrected)], ConvertOptions(gain=gain))
+    assert not result.decided and "already gain-corrected" in result.reason
+    raw = write_mrc_movie(tmp_path / "raw.mrc", np.rint(blobs * detector["divide"]).astype(np.uint16), 6)
+    result = check_gain([str(raw)], ConvertOptions(gain=gain))
+    assert result.decided and result.operation == "multiply"
+    assert np.array_equal(apply_relion_flags(given, *reported_flags(result)), detector["multiply"])
+
+
 def test_nearly_symmetric_gain_cannot_tell(tmp_path: Path) -> None:
     """A gain that looks almost the same flipped left to right: the movies cannot tell."""
     base = asymmetric_sensitivity(SHAPE, pixel_spread=0.0, n_dead_pixels=0)
@@ -397,11 +413,18 @@ def test_gain_is_required(capsys: pytest.CaptureFixture) -> None:
     assert "--check_gain needs --gain" in capsys.readouterr().err
 
 
-def test_mpi_refuses_check_gain() -> None:
+def test_mpi_refuses_check_gain(tmp_path: Path) -> None:
     from cryotiff.mpi import mpi_problem
+
+    from .test_mpi import MPIRUN, run_mpi
 
     args = cli.build_parser().parse_args(["--check_gain", "--i", "m.mrc", "--gain", "g.mrc"])
     assert "--check_gain is not available in convert-to-tiff-mpi" in mpi_problem(args, cli.options_from_args(args))
+    if not MPIRUN.exists():
+        pytest.skip("no mpirun next to the interpreter")
+    completed = run_mpi(["--check_gain", "--i", "m.mrc", "--gain", "g.mrc"], tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr.count("--check_gain is not available in convert-to-tiff-mpi") == 1
 
 
 # --------------------------------------------------------------------------- EER movies
@@ -452,6 +475,18 @@ def test_eer_movie(tmp_path: Path, eer_movie: Path, eer_detector, truth: Orienta
     with mrcfile.open(out / "gain-reference.mrc") as mrc:
         np.testing.assert_allclose(mrc.data, eer_detector["multiply"], rtol=1e-6)
     assert "Convert the EER movies into this --o without --gain" in printed
+
+
+def test_eer_reference_is_the_conversions_when_no_turn_is_needed(tmp_path: Path, eer_movie: Path,
+                                                                  eer_detector) -> None:
+    """A gain already in the movies' orientation and convention gives the gain-reference.mrc
+    the EER conversion with --gain writes (MRC row 0 = EER raster row 0, inverted as RELION)."""
+    from cryotiff.eer_gain import convert_eer_gain
+
+    path = write_mrc_gain(tmp_path / "gain.mrc", eer_detector["divide"])
+    result = check_gain([str(eer_movie)], ConvertOptions(gain=path))
+    assert result.decided and result.orientation == IDENTITY and result.relion_flags_suffice
+    assert np.array_equal(result.gain_reference(), convert_eer_gain(path, EER_DETECTOR, 1).gain)
 
 
 def test_eer_gain_at_the_upsampled_grid(tmp_path: Path, eer_movie: Path, eer_detector,
