@@ -136,3 +136,143 @@ def test_an_input_list_that_is_a_named_pipe_is_refused(tmp_path: Path, isolated,
     assert outcome.kind == "ok", outcome.describe()
     status, _, err = eval(outcome.value)
     assert status != 0 and f"{name}: is a named pipe (FIFO), not a regular file" in err, err
+
+
+# --------------------------------------------------------------------------- TIFF tags
+
+
+def tiff_movie(path: Path, n_pages: int = 3, compression: str | None = "zlib", dtype=np.uint16, **kwargs) -> np.ndarray:
+    frames = np.random.default_rng(5).integers(0, 9, (n_pages, 32, 40)).astype(dtype)
+    tifffile.imwrite(path, frames, compression=compression, photometric="minisblack", metadata=None, **kwargs)
+    return frames
+
+
+def patch_tag(path: Path, page: int, code: int, *, count: int | None = None, value: int | None = None,
+              dtype: int | None = None) -> None:
+    """Rewrite one IFD entry of a little-endian classic TIFF in place: its type, count, and the
+    4-byte value field (an inline value, or the offset of the values)."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages[page].tags[code].offset
+    if dtype is not None:
+        struct.pack_into("<H", data, entry + 2, dtype)
+    if count is not None:
+        struct.pack_into("<I", data, entry + 4, count)
+    if value is not None:
+        struct.pack_into("<I", data, entry + 8, value)
+    path.write_bytes(bytes(data))
+
+
+def cli_with_neighbours(tmp_path: Path, bad: str, *extra: str) -> tuple[int, str, str]:
+    """``convert-to-tiff --i first.mrc <bad> last.mrc --o out <extra>`` in ``tmp_path``."""
+    from cryotiff.cli import main
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(["--i", "first.mrc", bad, "last.mrc", "--o", "out", *extra])
+    finally:
+        os.chdir(previous)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["convert", "--dry_run", "--benchmark"])
+def test_a_tiff_whose_image_width_has_two_values_is_one_clear_error(tmp_path: Path, mode: str) -> None:
+    first = good_movie(tmp_path / "first.mrc", 1)
+    last = good_movie(tmp_path / "last.mrc", 2)
+    tiff_movie(tmp_path / "wide.tif")
+    patch_tag(tmp_path / "wide.tif", 0, 256, count=2, dtype=3)  # two SHORTs: 40 and 0
+    status, out, err = cli_with_neighbours(tmp_path, "wide.tif", *([] if mode == "convert" else [mode]))
+    assert "Traceback" not in out + err
+    text = out + err
+    assert "wide.tif: page 1 has a malformed ImageWidth tag (256): count 2, value (40, 0)" in text, text
+    if mode == "convert":
+        assert status == 1
+        assert "Movies converted: 2, skipped: 0, failed: 1" in out
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/first.tif"), first)
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/last.tif"), last)
+        assert not (tmp_path / "out/wide.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "page, patches, fragment",
+    [
+        (1, {257: dict(value=1_358_954_502)}, "page 2: ImageLength is 1358954502, which is not a plausible frame size"),
+        (0, {256: dict(value=0)}, "page 1: ImageWidth is 0"),
+        (2, {258: dict(value=12)}, "page 3: sample type of 12 bits is not one"),
+        (1, {277: dict(value=3)}, "page 2: pages of shape"),
+        (2, {273: dict(count=2), 279: dict(count=2)}, "page 3: 2 strip offsets and 2 byte counts, but its size needs 4"),
+        (1, {279: dict(value=0)}, "page 2: strip 1 is empty"),
+        (2, {279: dict(value=10**6)}, "page 3: strip 1 (1000000 bytes at offset"),
+        (0, {339: dict(value=9)}, "page 1: sample type"),
+        (1, {339: dict(value=1)}, "page 2 is (32, 40) uint16, page 1 is (32, 40) int16"),
+    ],
+    ids=["huge-length", "zero-width", "bits", "samples", "strip-count", "empty-strip", "strip-beyond",
+         "sampleformat", "other-type"],
+)
+def test_damaged_tiff_tags_are_refused_before_decoding(tmp_path: Path, isolated, page, patches, fragment) -> None:
+    path = tmp_path / "bad.tif"
+    tiff_movie(path, dtype=np.int16, rowsperstrip=8 if 273 in patches else None)
+    for code, patch in patches.items():
+        patch_tag(path, page, code, **patch)
+    outcome = isolated.call("tests.isolated:read_movie", str(path))
+    assert outcome.kind == "error" and outcome.is_cryotiff_error, outcome.describe()
+    assert "bad.tif" in outcome.message and fragment in outcome.message, outcome.message
+
+
+def test_a_tiny_tiff_claiming_a_huge_page_stays_within_memory(tmp_path: Path, isolated) -> None:
+    """An 857-byte TIFF whose page 3 claims ImageLength 1,358,954,502 (and width 40) once took
+    24 GB; every page is now checked against page 1 and against the file before decoding."""
+    path = tmp_path / "claim.tif"
+    frames = np.zeros((3, 32, 40), np.uint16)
+    tifffile.imwrite(path, frames, compression="zlib", photometric="minisblack", metadata=None)
+    patch_tag(path, 2, 257, value=1_358_954_502)
+    assert path.stat().st_size < 1000
+    outcome = isolated.call("tests.isolated:read_movie", str(path))
+    assert outcome.kind == "error" and outcome.is_cryotiff_error, outcome.describe()
+    assert "page 3: ImageLength is 1358954502" in outcome.message
+
+
+def test_a_tiff_whose_pages_all_claim_more_pixels_than_their_data_hold_is_refused(tmp_path: Path, isolated) -> None:
+    """Every page of a 32 x 40 deflate movie claims 8192 x 131072 pixels: 2 GiB from about 100
+    bytes of data, more than Deflate can expand. The pages agree with each other, so only the
+    expansion bound stops the reader from allocating the claimed size."""
+    path = tmp_path / "all.tif"
+    tifffile.imwrite(path, np.zeros((3, 32, 40), np.uint16), compression="zlib", photometric="minisblack",
+                     metadata=None)
+    for page in range(3):
+        patch_tag(path, page, 256, value=8192)
+        patch_tag(path, page, 257, value=131072)
+        patch_tag(path, page, 278, value=131072)
+    outcome = isolated.call("tests.isolated:read_movie", str(path))
+    assert outcome.kind == "error" and outcome.is_cryotiff_error, outcome.describe()
+    assert "cannot come from its" in outcome.message and "size tags are damaged" in outcome.message, outcome.message
+
+
+@pytest.mark.parametrize("compression", [None, "zlib", "lzw", "zstd", "lzma", "packbits"])
+def test_good_tiff_movies_pass_the_checks_bit_exactly(tmp_path: Path, compression) -> None:
+    from cryotiff.io.tiff import open_tiff
+
+    path = tmp_path / "good.tif"
+    frames = tiff_movie(path, compression=compression, rowsperstrip=7)
+    with open_tiff(path) as movie:
+        np.testing.assert_array_equal(np.stack([movie.read_frame(k) for k in range(3)]), frames[:, ::-1])
+    zeros = tmp_path / "zeros.tif"  # the most compressible frame there is
+    tifffile.imwrite(zeros, np.zeros((2, 1024, 1024), np.uint16), compression=compression,
+                     photometric="minisblack", metadata=None)
+    with open_tiff(zeros) as movie:
+        assert not movie.read_frame(1).any()
+
+
+def test_a_tiled_tiff_movie_is_read(tmp_path: Path) -> None:
+    from cryotiff.io.tiff import open_tiff
+
+    path = tmp_path / "tiled.tif"
+    frames = np.random.default_rng(2).integers(0, 900, (2, 40, 48)).astype(np.int16)
+    tifffile.imwrite(path, frames, tile=(16, 16), compression="zlib", photometric="minisblack", metadata=None)
+    with open_tiff(path) as movie:
+        np.testing.assert_array_equal(np.stack([movie.read_frame(k) for k in range(2)]), frames[:, ::-1])

@@ -101,6 +101,8 @@ class MovieInfo:
         frame_nbytes: bytes one frame occupies in the input file (before any unpacking); used for
             throughput figures.
         extra: reader-specific facts (for example the EER bit widths).
+        warnings: what the reader tolerated and the user should know (data after the last
+            frame, malformed resolution tags), complete sentences naming the file.
     """
 
     path: Path
@@ -112,6 +114,7 @@ class MovieInfo:
     pixel_size_angstrom: float | None = None
     frame_nbytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 class Movie:

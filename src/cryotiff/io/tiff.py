@@ -8,6 +8,7 @@ frame read from a TIFF movie is in the same raster order as one read from the MR
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -17,7 +18,7 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import InputError, OutputError, TiffFormatError, VerificationError
+from ..errors import OutputError, TiffFormatError, VerificationError
 from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file
 from .atomic import AtomicFile
 
@@ -35,35 +36,184 @@ def flip_rows(frame: np.ndarray) -> np.ndarray:
     return frame[::-1]
 
 
-def _resolution_to_pixel_size_angstrom(page) -> float | None:
+#: Largest ImageWidth or ImageLength accepted (as MRC's NX and NY); more is a damaged tag.
+MAX_SIDE_PIXELS = 1 << 17
+#: Largest frame accepted, in bytes (a 16K x 16K float32 frame is 1 GiB); more is a damaged tag.
+MAX_FRAME_NBYTES = 1 << 32
+#: At most how many bytes one byte of a page's stored data can decode to, per Compression tag,
+#: with a margin of 2: PackBits 2 -> 128 bytes; LZW a 9-bit code -> a 4096-byte string;
+#: Deflate 1032 (258 bytes from 2 bits); ZSTD 32768 (a 4-byte RLE block -> 128 KiB); LZMA about
+#: 56000 (a long repeated match from a few well-predicted bits). A page that claims more pixels
+#: than its data can hold has damaged size tags, and decoding it would allocate the claimed size.
+MAX_EXPANSION = {1: 1, 32773: 128, 5: 8192, 8: 2064, 32946: 2064, 50000: 65536, 34925: 131072}
+#: For the other compressions tifffile decodes.
+DEFAULT_MAX_EXPANSION = 131072
+#: Largest XResolution in pixels per centimetre a TIFF RATIONAL holds (2**32 - 1 over 1).
+MAX_PIXELS_PER_CM = 2**32 - 1
+
+_TAG_NAMES = {
+    256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 259: "Compression",
+    277: "SamplesPerPixel", 278: "RowsPerStrip", 317: "Predictor", 339: "SampleFormat",
+}
+
+
+def pixel_size_fits_tiff(pixel_size_angstrom: float) -> bool:
+    """Whether ``1e8 / pixel size`` pixels per cm (how RELION writes the pixel size) can be
+    written as a TIFF RATIONAL and read back: from about 0.0233 A (2**32 - 1 pixels per cm) up to
+    1e11 A (1e-3 pixels per cm, still resolved by a 32-bit denominator)."""
+    if not (math.isfinite(pixel_size_angstrom) and pixel_size_angstrom > 0):
+        return False
+    return 1e-3 <= 1e8 / pixel_size_angstrom <= MAX_PIXELS_PER_CM
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _single_integer(page, code: int, default: int | None, where: str) -> int:
+    """The value of an integer tag that must hold one value (or several equal ones: BitsPerSample
+    and SampleFormat hold one per sample)."""
+    tag = page.tags.get(code)
+    if tag is None:
+        if default is None:
+            raise TiffFormatError(f"{where} lacks the {_TAG_NAMES[code]} tag ({code})")
+        return default
+    value = tag.value
+    values = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value,)
+    if not values or not all(_is_integer(v) for v in values) or len({int(v) for v in values}) != 1:
+        shown = repr(value) if len(repr(value)) < 60 else f"{len(values)} values"
+        raise TiffFormatError(
+            f"{where} has a malformed {_TAG_NAMES[code]} tag ({code}): count {tag.count}, value {shown}"
+        )
+    return int(values[0])
+
+
+@dataclass(frozen=True)
+class _PageFacts:
+    shape_yx: tuple[int, int]
+    dtype: np.dtype
+    compression: int
+
+
+def _check_page(page, number: int, file_nbytes: int, path: Path) -> _PageFacts:
+    """Check one page's tags against each other and against the file, without decoding it.
+
+    ``number`` is 1-based. Raises TiffFormatError naming the page and the tag: a malformed size
+    or sample tag, strips outside the file, empty or missing strips (tifffile would fill them
+    with zeros), or more pixels than the page's data can hold.
+    """
+    where = f"{path}: page {number}"
+    width = _single_integer(page, 256, None, where)
+    length = _single_integer(page, 257, None, where)
+    for name, side in (("ImageWidth", width), ("ImageLength", length)):
+        if not 0 < side <= MAX_SIDE_PIXELS:
+            raise TiffFormatError(
+                f"{where}: {name} is {side}, which is not a plausible frame size (1 to "
+                f"{MAX_SIDE_PIXELS}); the file is damaged"
+            )
+    samples = _single_integer(page, 277, 1, where)
+    bits = _single_integer(page, 258, 1, where)
+    _single_integer(page, 339, 1, where)
+    compression = _single_integer(page, 259, 1, where)
+    for code in (278, 317):
+        if code in page.tags:
+            _single_integer(page, code, None, where)
+    if samples != 1 or int(getattr(page, "imagedepth", 1)) != 1 or page.shape != (length, width):
+        raise TiffFormatError(
+            f"{where}: pages of shape {page.shape} ({samples} samples per pixel) are not "
+            "single-sample 2D frames"
+        )
+    dtype = np.dtype(page.dtype) if page.dtype is not None else None
+    # Packed samples (12 bits, say) are refused too: RELION's and MotionCor's readers take whole
+    # bytes, and a damaged BitsPerSample would otherwise unpack a strip into other values.
+    if dtype is None or dtype.type not in TIFF_SAMPLE_TYPES or bits != 8 * dtype.itemsize:
+        shown = dtype if dtype is not None and bits == 8 * dtype.itemsize else f"of {bits} bits"
+        raise TiffFormatError(f"{where}: sample type {shown} is not one that movie readers accept")
+    frame_nbytes = length * width * dtype.itemsize
+    if frame_nbytes > MAX_FRAME_NBYTES:
+        raise TiffFormatError(
+            f"{where}: {width} x {length} pixels of {dtype} ({frame_nbytes} bytes) is not a "
+            "plausible frame; the file is damaged"
+        )
+    offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
+    n_segments = int(np.prod(page.chunked)) if page.chunked else 0
+    unit = "tile" if page.is_tiled else "strip"
+    if len(offsets) != len(counts) or len(offsets) != n_segments:
+        raise TiffFormatError(
+            f"{where}: {len(offsets)} {unit} offsets and {len(counts)} byte counts, but its size "
+            f"needs {n_segments} {unit}s; the file is damaged"
+        )
+    for index, (offset, count) in enumerate(zip(offsets, counts), start=1):
+        if count <= 0:
+            raise TiffFormatError(f"{where}: {unit} {index} is empty (byte count {count}); the file is damaged")
+        if offset < 8 or offset + count > file_nbytes:
+            raise TiffFormatError(
+                f"{where}: {unit} {index} ({count} bytes at offset {offset}) lies outside the file "
+                f"({file_nbytes} bytes); the file is truncated or damaged"
+            )
+    stored = sum(int(count) for count in counts)
+    if compression == 1:
+        needed = -(-width * bits // 8) * length
+        if stored < needed:
+            raise TiffFormatError(
+                f"{where}: the page holds {stored} bytes, but {width} x {length} uncompressed pixels of "
+                f"{bits} bits need {needed}; the file is truncated or damaged"
+            )
+    elif frame_nbytes > stored * MAX_EXPANSION.get(compression, DEFAULT_MAX_EXPANSION):
+        raise TiffFormatError(
+            f"{where}: {width} x {length} pixels ({frame_nbytes} bytes) cannot come from its "
+            f"{stored} bytes of compressed data (compression {compression}); its size tags are damaged"
+        )
+    return _PageFacts((length, width), dtype, compression)
+
+
+def _resolution_pixel_size(page, path: Path) -> tuple[float | None, str | None]:
+    """``(pixel size in A, warning)`` from the XResolution and ResolutionUnit tags of a page.
+
+    No XResolution, a zero one, or ResolutionUnit 1 (none) state no pixel size: ``(None, None)``.
+    Malformed tags (not one RATIONAL, an unknown unit) give no pixel size and a warning: the
+    pixels are still read.
+    """
     tags = page.tags
     if "XResolution" not in tags:
-        return None
-    numerator, denominator = tags["XResolution"].value
+        return None, None
+    value = tags["XResolution"].value
+    unit_tag = tags.get("ResolutionUnit")
+    unit = unit_tag.value if unit_tag is not None else 2  # TIFF's default: inch
+    malformed = f"{path}: the resolution tags are malformed"
+    if not (isinstance(value, tuple) and len(value) == 2 and all(_is_integer(v) for v in value)):
+        return None, f"{malformed} (XResolution {value!r}); its pixel size is not used"
+    numerator, denominator = (int(v) for v in value)
     if numerator == 0 or denominator == 0:
-        return None
+        return None, None
+    if not _is_integer(unit) or int(unit) not in (1, 2, 3):
+        return None, f"{malformed} (ResolutionUnit {unit!r}); its pixel size is not used"
     pixels_per_unit = numerator / denominator
-    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-    if unit == 3:  # centimetre: RELION writes 1e8 / pixel size (A)
-        return 1e8 / pixels_per_unit
-    if unit == 2:  # inch, which RELION also reads back
-        return 2.54e8 / pixels_per_unit
-    return None
+    if int(unit) == 3:  # centimetre: RELION writes 1e8 / pixel size (A)
+        return 1e8 / pixels_per_unit, None
+    if int(unit) == 2:  # inch, which RELION also reads back
+        return 2.54e8 / pixels_per_unit, None
+    return None, None
 
 
 class TiffMovie(Movie):
     """A multi-page TIFF movie, one frame per page, read through tifffile.
 
-    Frames are returned flipped back to raster order (see the module docstring). Pages are
-    decoded one at a time; ``read_frame`` is serialised by a lock because tifffile shares one
-    file handle.
+    Frames are returned flipped back to raster order (see the module docstring). Every page's
+    tags are checked when the movie is opened, before anything is decoded: its size, sample type
+    and strips must agree with page 1 and with the file (:func:`_check_page`), so that memory
+    stays a few frames deep whatever the tags claim. Pages are decoded one at a time;
+    ``read_frame`` is serialised by a lock because tifffile shares one file handle.
+    ``info.warnings`` holds what was tolerated (malformed resolution tags).
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         import tifffile
 
         self._path = Path(path)
-        if check_regular_file(self._path, "a TIFF movie") == 0:
+        self._tif = None
+        file_nbytes = check_regular_file(self._path, "a TIFF movie")
+        if file_nbytes == 0:
             raise TiffFormatError(f"{self._path}: the file is empty")
         self._lock = threading.Lock()
         try:
@@ -71,40 +221,38 @@ class TiffMovie(Movie):
                 self._tif = tifffile.TiffFile(self._path)
                 pages = self._tif.pages
                 n_pages = len(pages)  # reads every IFD
-            if log.errors:  # a damaged IFD: tifffile reports fewer pages instead of raising
-                raise TiffFormatError(f"{self._path}: damaged TIFF structure ({log.errors[0]})")
-            if n_pages == 0:
-                raise TiffFormatError(f"{self._path}: the TIFF file has no image")
-            first = pages.first
-            shape = first.shape
-            dtype = np.dtype(first.dtype)
-            pixel_size = _resolution_to_pixel_size_angstrom(first)
-            compression = int(first.compression)
+                if log.errors:  # a damaged IFD: tifffile reports fewer pages instead of raising
+                    raise TiffFormatError(f"{self._path}: damaged TIFF structure ({log.errors[0]})")
+                if n_pages == 0:
+                    raise TiffFormatError(f"{self._path}: the TIFF file has no image")
+                first = pages.first
+                facts = _check_page(first, 1, file_nbytes, self._path)
+                for index in range(1, n_pages):
+                    page_facts = _check_page(pages[index], index + 1, file_nbytes, self._path)
+                    if (page_facts.shape_yx, page_facts.dtype) != (facts.shape_yx, facts.dtype):
+                        raise TiffFormatError(
+                            f"{self._path}: page {index + 1} is {page_facts.shape_yx} {page_facts.dtype}, "
+                            f"page 1 is {facts.shape_yx} {facts.dtype}"
+                        )
+                if log.errors:
+                    raise TiffFormatError(f"{self._path}: damaged TIFF structure ({log.errors[0]})")
+                pixel_size, resolution_warning = _resolution_pixel_size(first, self._path)
         except TiffFormatError:
             self.close()
             raise
         except Exception as exc:  # tifffile raises many types on damaged files
             self.close()
             raise TiffFormatError(f"{self._path}: not a readable TIFF file ({exc})") from None
-        if len(shape) != 2:
-            self.close()
-            raise TiffFormatError(
-                f"{self._path}: pages of shape {shape} are not single-sample 2D frames"
-            )
-        if dtype.type not in TIFF_SAMPLE_TYPES:
-            self.close()
-            raise TiffFormatError(
-                f"{self._path}: sample type {dtype} is not one that movie readers accept"
-            )
         self.info = MovieInfo(
             path=self._path,
             kind="tiff",
             n_frames=n_pages,
-            shape_yx=(int(shape[0]), int(shape[1])),
-            dtype=dtype,
+            shape_yx=facts.shape_yx,
+            dtype=facts.dtype,
             pixel_size_angstrom=pixel_size,
-            frame_nbytes=int(np.prod(shape)) * dtype.itemsize,
-            extra={"compression": compression},
+            frame_nbytes=int(np.prod(facts.shape_yx)) * facts.dtype.itemsize,
+            extra={"compression": facts.compression},
+            warnings=(resolution_warning,) if resolution_warning else (),
         )
 
     def read_frame(self, index: int) -> np.ndarray:
