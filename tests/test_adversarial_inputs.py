@@ -276,3 +276,118 @@ def test_a_tiled_tiff_movie_is_read(tmp_path: Path) -> None:
     tifffile.imwrite(path, frames, tile=(16, 16), compression="zlib", photometric="minisblack", metadata=None)
     with open_tiff(path) as movie:
         np.testing.assert_array_equal(np.stack([movie.read_frame(k) for k in range(2)]), frames[:, ::-1])
+
+
+# --------------------------------------------------------------------------- pixel sizes
+
+
+def states_no_pixel_size(page) -> bool:
+    """No resolution tags, or tifffile's placeholder 1/1 without a unit (ResolutionUnit 1), which
+    RELION and other readers take as no pixel size."""
+    tags = page.tags
+    return "XResolution" not in tags or int(tags["ResolutionUnit"].value) == 1
+
+
+def mrc_with_cella(path: Path, cella_x: float, seed: int = 4) -> np.ndarray:
+    frames = good_movie(path, seed)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<f", data, 40, cella_x)  # CELLA.X; MX = NX = 32
+    path.write_bytes(bytes(data))
+    return frames
+
+
+@pytest.mark.parametrize(
+    "cella_x, fragment",
+    [
+        (32 * 1.05e-10, "is 1.05e-10 A, which is too small to be written as TIFF resolution"),  # metres
+        (32 * 0.02, "is 0.02 A, which is too small"),  # 5e9 pixels per cm: tifffile's ValueError
+        (32 * -10.0, "is -10 A, which is negative; as RELION does, the TIFF gets no resolution tags"),
+        (float("nan"), "is nan A, which is not a number"),
+    ],
+    ids=["metres", "0.02A", "negative", "nan"],
+)
+def test_a_pixel_size_that_cannot_be_written_leaves_the_tags_out_with_a_warning(
+    tmp_path: Path, cella_x: float, fragment: str
+) -> None:
+    """RELION writes the resolution tags only for a positive pixel size (a negative one, as Direct
+    Electron writes, gives none); one that TIFF cannot hold ended the whole run with tifffile's
+    ``max_denominator`` error. No tags are written, the movie converts and the warning says so."""
+    first = good_movie(tmp_path / "first.mrc", 1)
+    odd = mrc_with_cella(tmp_path / "odd.mrc", cella_x)
+    last = good_movie(tmp_path / "last.mrc", 2)
+    status, out, err = cli_with_neighbours(tmp_path, "odd.mrc")
+    assert status == 0, out + err
+    assert "Movies converted: 3, skipped: 0, failed: 0" in out
+    assert f"odd.mrc: the header's pixel size (CELLA.X / MX = {cella_x:g} / 32) {fragment}" in err, err
+    for name, frames in (("first", first), ("odd", odd), ("last", last)):
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / f"out/{name}.tif"), frames)
+    with tifffile.TiffFile(tmp_path / "out/odd.tif") as tif:
+        assert all(states_no_pixel_size(page) for page in tif.pages)
+    with tifffile.TiffFile(tmp_path / "out/first.tif") as tif:  # RELION's 1.0 A default for no pixel size
+        numerator, denominator = tif.pages[0].tags["XResolution"].value
+        assert numerator / denominator == pytest.approx(1e8)
+
+
+def test_a_tiff_pixel_size_too_large_for_tiff_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    from cryotiff.convert import ConvertOptions, convert_movie
+
+    frames = tiff_movie(tmp_path / "in.tif", resolution=((1, 4294967295), (1, 4294967295)), resolutionunit=3)
+    result = convert_movie(tmp_path / "in.tif", tmp_path / "out.tif", ConvertOptions(output_dir=tmp_path))
+    assert any("pixel size of its resolution tags is 4.29497e+17 A, which is too large" in w for w in result.warnings)
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert states_no_pixel_size(tif.pages[0])
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out.tif"), frames[:, ::-1])  # file rows kept
+
+
+def test_malformed_resolution_tags_are_a_warning_and_the_pixels_are_kept(tmp_path: Path) -> None:
+    from cryotiff.convert import ConvertOptions, convert_movie
+
+    path = tmp_path / "res.tif"
+    frames = tiff_movie(path, resolution=(20000, 20000), resolutionunit=3)
+    patch_tag(path, 0, 282, count=2)  # two RATIONALs
+    result = convert_movie(path, tmp_path / "out.tif", ConvertOptions(output_dir=tmp_path))
+    assert any("res.tif: the resolution tags are malformed" in w for w in result.warnings), result.warnings
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert states_no_pixel_size(tif.pages[0])
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out.tif"), frames[:, ::-1])  # file rows kept
+
+
+def test_an_mrc_with_more_data_than_nz_says_is_converted_with_a_warning(tmp_path: Path) -> None:
+    """A writer that did not update NZ leaves frames after the ones the header announces: the
+    conversion converts NZ frames, and says how much it left behind."""
+    first = good_movie(tmp_path / "first.mrc", 1)
+    frames = np.random.default_rng(8).integers(0, 9, (5, 24, 32)).astype(np.int16)
+    write_mrc_movie(tmp_path / "more.mrc", frames, 1)
+    data = bytearray((tmp_path / "more.mrc").read_bytes())
+    struct.pack_into("<i", data, 8, 3)  # NZ = 3 of 5 frames
+    (tmp_path / "more.mrc").write_bytes(bytes(data + b"\0" * 10))
+    good_movie(tmp_path / "last.mrc", 2)
+    status, out, err = cli_with_neighbours(tmp_path, "more.mrc")
+    assert status == 0
+    assert ("more.mrc: 3082 bytes follow the 3 frames that the header's NZ announces (room for 2 more frames "
+            "and 10 bytes); only the 3 are converted.") in err, err
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/more.tif"), frames[:3])
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/first.tif"), first)
+    assert "first.mrc: " not in err  # no warning for a file without trailing data
+
+
+def test_float32_tiff_inputs_follow_the_float_rule_as_documented(tmp_path: Path) -> None:
+    """An integer-valued float32 TIFF is written as the smallest integer type, as a float MRC is
+    (4x smaller before compression, the same values); conventions.md says so."""
+    from cryotiff.convert import ConvertOptions, convert_movie
+
+    counts = np.random.default_rng(6).integers(0, 300, (3, 32, 40)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "counts.tif", counts, photometric="minisblack", metadata=None)
+    result = convert_movie(tmp_path / "counts.tif", tmp_path / "out.tif", ConvertOptions(output_dir=tmp_path))
+    assert result.dtype == "uint16"
+    decoded = read_tiff_frames(tmp_path / "out.tif")
+    assert decoded.dtype == np.uint16
+    np.testing.assert_array_equal(decoded.astype(np.float32), counts[:, ::-1])
+    values = counts + np.float32(0.25)
+    tifffile.imwrite(tmp_path / "values.tif", values, photometric="minisblack", metadata=None)
+    result = convert_movie(tmp_path / "values.tif", tmp_path / "out2.tif", ConvertOptions(output_dir=tmp_path))
+    assert result.dtype == "float32"
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out2.tif"), values[:, ::-1])
+    conventions = (Path(__file__).resolve().parents[1] / "docs" / "conventions.md").read_text()
+    assert "`float32` TIFF\ninputs follow the rule for float movies below" in conventions
+    assert "TIFF inputs keep their sample type (`uint8`, `int8`, `uint16`, `int16` or `float32`)" not in conventions

@@ -9,6 +9,7 @@ pages per thread whatever the movie length.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -22,12 +23,49 @@ import numpy as np
 from . import __version__
 from .codecs import StripCodec, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
-from .io import Movie, check_regular_file
-from .io.tiff import TiffLayout, flip_rows, write_movie
+from .io import Movie, MovieInfo, check_regular_file
+from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, write_movie
 
 #: MRC inputs without a pixel size get 1.0 A in the TIFF resolution tags, as in RELION
 #: (``samplingRateX`` default).
 RELION_DEFAULT_PIXEL_SIZE_ANGSTROM = 1.0
+
+
+def tiff_pixel_size(info: MovieInfo, default_pixel_size_angstrom: float | None) -> tuple[float | None, str | None]:
+    """``(pixel size for the TIFF resolution tags, warning)`` of an MRC or TIFF movie.
+
+    MRC, RELION's rule (``src/tiff_converter.cpp``): ``CELLA.X / MX`` when both are non-zero, else
+    ``default_pixel_size_angstrom`` (RELION's 1.0 A); the tags are written only for a positive
+    value. So a negative pixel size (Direct Electron writes -10 A) gives no tags, as in RELION.
+    Beyond RELION, a pixel size that a TIFF RATIONAL cannot hold (below about 0.023 A: CELLA in
+    metres; or not a number) also gives no tags, where RELION would write a meaningless value.
+    TIFF inputs keep the pixel size of their resolution tags. Never is a value written that the
+    input did not state, other than RELION's default for a header without one; every left-out
+    pixel size comes with a warning naming the value.
+    """
+    if info.kind == "mrc":
+        mx, cella_x = info.extra.get("mx", 0), info.extra.get("cella_x_angstrom", 0.0)
+        if not mx or not cella_x:
+            return default_pixel_size_angstrom, None
+        stated = cella_x / mx
+        source = f"the header's pixel size (CELLA.X / MX = {cella_x:g} / {mx})"
+    else:
+        stated = info.pixel_size_angstrom
+        if stated is None:
+            return None, None
+        source = "the pixel size of its resolution tags"
+    if stated > 0 and pixel_size_fits_tiff(stated):
+        return stated, None
+    if stated < 0:
+        reason = "is negative; as RELION does, the TIFF gets no resolution tags"
+    elif not math.isfinite(stated):
+        reason = "is not a number; the TIFF gets no resolution tags"
+    elif stated > 1:
+        reason = "is too large to be written as TIFF resolution; the TIFF gets no resolution tags"
+    else:
+        reason = ("is too small to be written as TIFF resolution (more than 2**32 - 1 pixels per "
+                  "centimetre; was CELLA written in metres?); the TIFF gets no resolution tags")
+    return None, f"{info.path}: {source} is {stated:g} A, which {reason}"
 
 MOVIE_SUFFIXES = {".mrc": "mrc", ".mrcs": "mrc", ".eer": "eer", ".ecc": "eer", ".tif": "tiff", ".tiff": "tiff"}
 
@@ -121,6 +159,8 @@ class PageSource:
         pixel_size_angstrom: goes to the TIFF resolution tags (None: no tags).
         is_eer: the pages are rendered EER (matters for RELION's auto compression rule).
         input_bytes: bytes of the input read to make all pages.
+        input_warnings: what the reader tolerated and the user should know (a pixel size left
+            out, data after the last frame); :meth:`finish` adds them to the result.
     """
 
     path: Path
@@ -130,12 +170,15 @@ class PageSource:
     pixel_size_angstrom: float | None
     is_eer: bool = False
     input_bytes: int = 0
+    input_warnings: tuple[str, ...] = ()
 
     def page(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
     def finish(self, result: MovieResult) -> None:
-        """Add path-specific figures and warnings to the movie's result (called after writing)."""
+        """Add path-specific figures and warnings to the movie's result (called after writing);
+        subclasses call this one too."""
+        result.warnings.extend(self.input_warnings)
 
     def close(self) -> None:
         pass
@@ -154,8 +197,8 @@ class PlainPages(PageSource):
         self.n_pages = info.n_frames
         self.shape_yx = info.shape_yx
         self.dtype = np.dtype(np.float32) if info.dtype == np.float16 else np.dtype(info.dtype)
-        pixel_size = info.pixel_size_angstrom
-        self.pixel_size_angstrom = pixel_size if pixel_size else default_pixel_size_angstrom
+        self.pixel_size_angstrom, pixel_size_warning = tiff_pixel_size(info, default_pixel_size_angstrom)
+        self.input_warnings = tuple(info.warnings) + ((pixel_size_warning,) if pixel_size_warning else ())
         self.input_bytes = info.frame_nbytes * info.n_frames
 
     def page(self, index: int) -> np.ndarray:
@@ -252,6 +295,7 @@ class FloatPages(IntegerWidening, PlainPages):
             self.warning = MODE2_WITHOUT_GAIN_WARNING
 
     def finish(self, result: MovieResult) -> None:
+        super().finish(result)
         if self.warning:
             result.warnings.append(self.warning)
         elif self.dtype.kind != "f":
@@ -367,6 +411,7 @@ class GainPages(IntegerWidening, PlainPages):
                 self.mismatch_lines.extend(result.mismatch_lines(room))
 
     def finish(self, result: MovieResult) -> None:
+        super().finish(result)
         if self.n_errors:
             result.warnings.extend(self.mismatch_lines)
             result.warnings.append(
@@ -471,6 +516,7 @@ class EerPages(PageSource):
                 self.corrupt_warnings.extend(rendered.corrupt_frame_warnings(str(self.path)))
 
     def finish(self, result: MovieResult) -> None:
+        super().finish(result)
         result.notes.extend(self.notes)
         result.warnings.extend(sorted(set(self.corrupt_warnings), key=self.corrupt_warnings.index))
         result.details.update(

@@ -344,6 +344,20 @@ def _frame_nbytes(header: MrcHeader) -> int:
     return header.nx * header.ny * MODE_DTYPES[header.mode].itemsize
 
 
+def _trailing_data_warnings(path: Path, header: MrcHeader, frame_nbytes: int, trailing_nbytes: int) -> tuple[str, ...]:
+    """A warning when data follow the ``NZ`` frames: often more frames than the header says (a
+    writer that did not update NZ), which a conversion of ``NZ`` frames would leave behind."""
+    if trailing_nbytes <= 0:
+        return ()
+    whole, rest = divmod(trailing_nbytes, frame_nbytes)
+    room = f"room for {whole} more frame{'s' if whole != 1 else ''}" + (f" and {rest} bytes" if rest else "")
+    return (
+        f"{path}: {trailing_nbytes} bytes follow the {header.nz} frame{'s' if header.nz != 1 else ''} "
+        f"that the header's NZ announces ({room}); only the {header.nz} are converted. If the file "
+        "holds more frames than NZ says, fix its header and convert it again.",
+    )
+
+
 class MrcMovie(Movie):
     """An MRC/MRCS movie opened for reading; see :func:`open_mrc`.
 
@@ -362,6 +376,7 @@ class MrcMovie(Movie):
             self._file_dtype.itemsize > 1
         )
         expected_end = self._data_offset + header.nz * self._frame_nbytes
+        trailing_nbytes = file_nbytes - expected_end
         self.info = MovieInfo(
             path=path,
             kind="mrc",
@@ -378,9 +393,12 @@ class MrcMovie(Movie):
                 "ispg": header.ispg,
                 "nversion": header.nversion,
                 "data_offset_bytes": self._data_offset,
-                "trailing_bytes": file_nbytes - expected_end,
+                "trailing_bytes": trailing_nbytes,
                 "header_warnings": header.warnings,
+                "mx": header.mx,
+                "cella_x_angstrom": header.cella_x_angstrom,
             },
+            warnings=_trailing_data_warnings(path, header, self._frame_nbytes, trailing_nbytes),
         )
         self._condition = threading.Condition()
         self._active_reads = 0
@@ -479,7 +497,9 @@ def open_mrc(path: PathLike) -> MrcMovie:
     pipeline applies RELION's 1.0 A default); ``info.frame_nbytes`` = bytes of one frame in the
     file (``NY * (NX + 1) // 2`` for mode 101). ``info.extra`` holds ``byte_order``, ``nsymbt``,
     ``exttyp``, ``ispg``, ``nversion``, ``data_offset_bytes`` (``1024 + NSYMBT``),
-    ``trailing_bytes`` (bytes after the last frame, ignored) and ``header_warnings``.
+    ``trailing_bytes`` (bytes after the last frame, not converted; ``info.warnings`` says so),
+    ``header_warnings``, and the header fields ``mx`` and ``cella_x_angstrom`` as found (the
+    pipeline applies RELION's pixel size rule to them).
 
     Raises:
         InputError: missing file, directory, unreadable file.
