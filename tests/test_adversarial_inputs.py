@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +392,135 @@ def test_float32_tiff_inputs_follow_the_float_rule_as_documented(tmp_path: Path)
     conventions = (Path(__file__).resolve().parents[1] / "docs" / "conventions.md").read_text()
     assert "`float32` TIFF\ninputs follow the rule for float movies below" in conventions
     assert "TIFF inputs keep their sample type (`uint8`, `int8`, `uint16`, `int16` or `float32`)" not in conventions
+
+
+# --------------------------------------------------------------------------- gains
+
+
+@pytest.fixture
+def k2_estimate(tmp_path: Path):
+    """Two gain-normalised float movies and the gain estimated from both (in ``tmp_path/Est``)."""
+    from cryotiff.simulate.gain_normalised import make_detector
+
+    rng = np.random.default_rng(7)
+    detector = make_detector((48, 40), rng, defect_fraction=0.002, cold_fraction=0.001)
+    frames = {}
+    for name in ("m1.mrc", "m2.mrc"):
+        frames[name] = detector.movie(40, rng).frames
+        write_mrc_movie(tmp_path / name, frames[name], 2, pixel_size_angstrom=1.05)
+    status, out, err = run_in(tmp_path, ["--i", "m1.mrc", "m2.mrc", "--o", "Est", "--estimate_gain", "--thresh", "20"])
+    assert status == 0, err
+    return frames
+
+
+def run_in(directory: Path, argv: list[str]) -> tuple[int, str, str]:
+    from cryotiff.cli import main
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(directory)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(argv)
+    finally:
+        os.chdir(previous)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_unusable_gain_values_are_unreliable_and_the_tiff_times_the_reference_is_exact(tmp_path: Path, k2_estimate) -> None:
+    """NaN, infinite, zero and negative gains at reliable pixels wrote NaN, inf, -2147483648 and
+    negative counts (exit 0 with --ignore_error). They are treated as unreliable now: written
+    unchanged, with gain 1.0 in gain-reference.mrc, so TIFF x reference = the input, bit for bit."""
+    import mrcfile
+
+    from cryotiff.gain import GainEstimate
+
+    estimate = GainEstimate.load(tmp_path / "Est/gain_estimate.bin")
+    reliable = np.argwhere(estimate.reliability >= 20)
+    bad = [tuple(reliable[k]) for k in (0, 7, 21, 50)]
+    for (row, column), value in zip(bad, (np.nan, np.inf, 0.0, -estimate.gain[tuple(reliable[50])])):
+        estimate.gain[row, column] = value
+    with mrcfile.new(tmp_path / "bad.bin", overwrite=True) as mrc, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile: the header statistics are NaN
+        mrc.set_data(estimate.gain)
+    with mrcfile.new(tmp_path / "bad_reliablity.bin", overwrite=True) as mrc:
+        mrc.set_data(estimate.reliability)
+    status, out, err = run_in(tmp_path, ["--i", "m1.mrc", "m2.mrc", "--o", "Conv", "--gain", "bad.bin",
+                                         "--thresh", "20", "--ignore_error"])
+    assert status == 0, err
+    assert ("WARNING: 4 of the" in err and "bad.bin marks reliable have a gain that is not a positive number "
+            "(1 NaN, 1 infinite, 1 zero, 1 negative); they are treated as unreliable") in err, err
+    with mrcfile.open(tmp_path / "Conv/gain-reference.mrc") as mrc:
+        reference = np.array(mrc.data)
+    assert all(reference[pixel] == 1.0 for pixel in bad)
+    for name, original in k2_estimate.items():
+        stored = read_tiff_frames(tmp_path / "Conv" / name.replace(".mrc", ".tif"))
+        assert np.isfinite(stored).all()
+        np.testing.assert_array_equal(stored * reference, original)
+        for pixel in bad:
+            np.testing.assert_array_equal(stored[(slice(None), *pixel)], original[(slice(None), *pixel)])
+
+
+def test_a_gain_without_any_usable_reliable_value_is_refused(tmp_path: Path, k2_estimate) -> None:
+    import mrcfile
+
+    from cryotiff.gain import GainEstimate
+
+    estimate = GainEstimate.load(tmp_path / "Est/gain_estimate.bin")
+    with mrcfile.new(tmp_path / "zero.bin", overwrite=True) as mrc:
+        mrc.set_data(np.zeros_like(estimate.gain))
+    with mrcfile.new(tmp_path / "zero_reliablity.bin", overwrite=True) as mrc:
+        mrc.set_data(estimate.reliability)
+    status, out, err = run_in(tmp_path, ["--i", "m1.mrc", "--o", "Conv", "--gain", "zero.bin", "--thresh", "20"])
+    assert status != 0
+    assert "The gain zero.bin holds no usable value: all" in err and "zero)" in err, err
+    assert not (tmp_path / "Conv/m1.tif").exists()
+
+
+def test_resuming_an_estimate_says_that_movies_in_it_are_counted_again(tmp_path: Path, k2_estimate) -> None:
+    status, out, err = run_in(tmp_path, ["--i", "m1.mrc", "--o", "Est", "--estimate_gain", "--thresh", "20",
+                                         "--gain", "Est/gain_estimate.bin"])
+    assert status == 0
+    assert ("WARNING: --estimate_gain resumes from Est/gain_estimate.bin: every movie given is added to that "
+            "estimate, and one that is already in it is counted twice") in err, err
+
+
+@pytest.mark.parametrize("eer", [False, True])
+def test_a_gain_that_is_a_directory_says_so(tmp_path: Path, eer: bool) -> None:
+    movie = small_eer(tmp_path / "m.eer") if eer else tmp_path / "m.mrc"
+    if not eer:
+        write_mrc_movie(movie, np.ones((2, 16, 16), np.float32) * 1.5, 2)
+    (tmp_path / "gains.gain").mkdir()
+    status, out, err = run_in(tmp_path, ["--i", movie.name, "--o", "out", "--gain", "gains.gain"])
+    assert status != 0
+    assert "gains.gain: is a directory, not a gain" in err, err
+    assert "does not exist" not in err
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        (np.zeros((2048, 2048), np.float32), "the gain is zero everywhere"),
+        (np.where(np.arange(2048 * 2048).reshape(2048, 2048) % 1000 == 0, -1.0, 1.0).astype(np.float32),
+         "4195 of the 4194304 pixels of the gain are not usable values (4195 negative)"),
+        (np.where(np.arange(2048 * 2048).reshape(2048, 2048) == 5, np.inf, 1.0).astype(np.float32),
+         "1 of the 4194304 pixels of the gain are not usable values (1 infinite)"),
+    ],
+    ids=["all-zero", "negative", "inf"],
+)
+def test_eer_gains_with_unusable_values_are_refused(tmp_path: Path, values: np.ndarray, fragment: str) -> None:
+    """A multiplicative .gain of zeros was accepted (every pixel a defect) although the docs say
+    it is refused; negative values became negative gains in gain-reference.mrc. 0 at single
+    pixels stays a defect, as in RELION."""
+    from cryotiff.eer_gain import convert_eer_gain
+    from cryotiff.errors import GainError
+
+    tifffile.imwrite(tmp_path / "g.gain", values)
+    with pytest.raises(GainError, match=r"g\.gain: " + fragment.replace("(", r"\(").replace(")", r"\)")):
+        convert_eer_gain(tmp_path / "g.gain", 2048, 1)
+    defects = np.ones((2048, 2048), np.float32)
+    defects[3, 4] = 0
+    tifffile.imwrite(tmp_path / "d.gain", defects)
+    assert convert_eer_gain(tmp_path / "d.gain", 2048, 1).n_defects == 1

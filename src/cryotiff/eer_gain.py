@@ -137,9 +137,27 @@ def read_gain_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise GainError(f"{path}: unsupported sample type {data.dtype} for a gain.")
     gain = np.ascontiguousarray(data, dtype=np.float32)
-    if not np.isfinite(gain).all():
-        raise GainError(f"{path}: the gain contains NaN or infinite values.")
+    check_gain_values(gain, path)
     return gain, multiplicative
+
+
+def check_gain_values(gain: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Refuse an EER gain that holds NaN, infinite or negative values, or only zeros, naming how
+    many pixels are bad. 0 is a defect (kept as 0, as RELION does); the other values have no
+    meaning as a sensitivity or a gain, and RELION would turn them into NaN or negative gains in
+    ``gain-reference.mrc``."""
+    with np.errstate(invalid="ignore"):
+        n_nan = int(np.count_nonzero(np.isnan(gain)))
+        n_inf = int(np.count_nonzero(np.isinf(gain)))
+        n_negative = int(np.count_nonzero(gain < 0))
+    bad = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "infinite"), (n_negative, "negative")) if n]
+    if bad:
+        raise GainError(
+            f"{path}: {n_nan + n_inf + n_negative} of the {gain.size} pixels of the gain are not usable "
+            f"values ({', '.join(bad)}); only positive values and 0 (a defect) are. The gain file is damaged."
+        )
+    if not gain.any():
+        raise GainError(f"{path}: the gain is zero everywhere (every pixel a defect); it is not a gain reference.")
 
 
 def _read_tiff_first_page(path: str | os.PathLike[str]) -> np.ndarray:

@@ -24,7 +24,11 @@ Deliberate differences from RELION 5.0.1 (each is marked ``DIFFERENCE`` where it
   not count as the extension);
 * with ``ignore_error``, a non-finite value at a reliable pixel is copied unchanged, and a finite
   one whose quotient does not fit an int is rounded without the int cast (RELION writes
-  -2147483648 in both cases).
+  -2147483648 in both cases);
+* a pixel marked reliable whose gain is NaN, infinite, zero or negative (a damaged or hand-made
+  gain file; estimation never makes one) is treated as unreliable, with a warning
+  (:meth:`GainEstimate.unusable_gain_warning`); a file in which no reliable pixel has a usable
+  gain is refused.
 
 Estimates made in separate processes over disjoint movie sets can be combined with
 :func:`merge` (RELION refuses ``--estimate_gain`` under MPI).
@@ -113,6 +117,18 @@ def updated_message(out_dir: str | os.PathLike[str]) -> str:
     Print it, then an empty line (``print(msg); print()``)."""
     out = _out_prefix(out_dir)
     return f"\nUpdated {out}{GAIN_ESTIMATE_NAME} and {out}{RELIABILITY_ESTIMATE_NAME}"
+
+
+def resume_warning(gain_path: str | os.PathLike[str]) -> str:
+    """The warning of ``--estimate_gain --gain X`` (DIFFERENCE: RELION says nothing). A saved
+    estimate does not record which movies went into it, so each movie given is added again; a
+    movie counted twice makes its pixels reach ``--thresh`` on repeated evidence."""
+    return (
+        f"WARNING: --estimate_gain resumes from {os.fspath(gain_path)}: every movie given is added to that "
+        "estimate, and one that is already in it is counted twice (its pixels then become reliable on "
+        "repeated evidence). Give only movies that are not in it yet; the --report of the earlier run "
+        "lists those that are."
+    )
 
 
 def written_gain_reference_message(out_dir: str | os.PathLike[str]) -> str:
@@ -341,8 +357,44 @@ class GainEstimate:
         return self.n_observations is not None
 
     def reliable_mask(self, thresh: int) -> np.ndarray:
-        """Pixels RELION considers reliable: ``reliability >= thresh``."""
-        return self.reliability >= thresh
+        """Pixels used as reliable: ``reliability >= thresh`` (RELION's rule) and, DIFFERENCE, a
+        gain that is a positive finite number (:func:`usable_gain`). An estimate never makes
+        another gain, but a damaged or hand-made file can hold one; RELION would divide by it
+        and write NaN, infinite, -2147483648 or negative counts."""
+        return (self.reliability >= thresh) & usable_gain(self.gain)
+
+    def unusable_gain_warning(self, thresh: int, gain_path: str | os.PathLike[str]) -> str | None:
+        """The warning for pixels marked reliable whose gain is NaN, infinite, zero or negative
+        (treated as unreliable by :meth:`reliable_mask`), or None when there are none.
+
+        Raises:
+            GainError: every pixel marked reliable has such a gain: the file is no gain estimate.
+        """
+        marked = self.reliability >= thresh
+        bad = marked & ~usable_gain(self.gain)
+        n_bad = int(np.count_nonzero(bad))
+        if n_bad == 0:
+            return None
+        values = self.gain[bad]
+        with np.errstate(invalid="ignore"):
+            kinds = (
+                ("NaN", int(np.count_nonzero(np.isnan(values)))),
+                ("infinite", int(np.count_nonzero(np.isinf(values)))),
+                ("zero", int(np.count_nonzero(values == 0))),
+                ("negative", int(np.count_nonzero(np.isfinite(values) & (values < 0)))),
+            )
+        counted = ", ".join(f"{count} {kind}" for kind, count in kinds if count)
+        if n_bad == int(np.count_nonzero(marked)):
+            raise GainError(
+                f"The gain {os.fspath(gain_path)} holds no usable value: all {n_bad} pixels its reliability map "
+                f"marks reliable (reliability >= --thresh {thresh}) have a gain that is not a positive number "
+                f"({counted}). It is not a gain estimate; estimate the gain again with --estimate_gain."
+            )
+        return (
+            f"WARNING: {n_bad} of the {int(np.count_nonzero(marked))} pixels that the reliability map of "
+            f"{os.fspath(gain_path)} marks reliable have a gain that is not a positive number ({counted}); "
+            "they are treated as unreliable: written unchanged, with gain 1.0 in gain-reference.mrc."
+        )
 
     def n_unreliable(self, thresh: int) -> int:
         return int(self.gain.size - np.count_nonzero(self.reliable_mask(thresh)))
@@ -713,6 +765,13 @@ def write_float_mrc(
 # ---------------------------------------------------------------------------------------------
 # Using a gain: integerisation (--gain), lossy integerisation (--lossy)
 # ---------------------------------------------------------------------------------------------
+
+
+def usable_gain(gain: np.ndarray) -> np.ndarray:
+    """Where a gain can divide a value and give it back by multiplication: a positive finite
+    number (not NaN, infinite, zero or negative)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(gain) & (gain > 0)
 
 
 def gain_reference(estimate: GainEstimate, thresh: int = DEFAULT_THRESH) -> np.ndarray:
@@ -1087,9 +1146,11 @@ __all__ = [
     "reconstruct",
     "relion_int_round",
     "reliability_path_candidates",
+    "resume_warning",
     "round_half_away_from_zero",
     "smallest_integer_dtype",
     "updated_message",
+    "usable_gain",
     "write_float_mrc",
     "written_gain_reference_message",
 ]

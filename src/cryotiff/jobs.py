@@ -408,6 +408,9 @@ def prepare(
     estimate = gain_module.GainEstimate.load(options.gain)
     say(gain_module.read_message(options.gain))
     say(gain_module.read_message(gain_module.find_reliability_path(options.gain)) + "\n")
+    unusable = estimate.unusable_gain_warning(options.thresh, options.gain)
+    if unusable:
+        warn(unusable)
     context.gain_estimate = estimate
     context.gain_reference = gain_module.gain_reference(estimate, options.thresh)
     context.reliable_mask = estimate.reliable_mask(options.thresh)
@@ -478,7 +481,7 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
     as ``<o>/gain_estimate.bin`` and ``<o>/gain_estimate_reliablity.bin``, so Ctrl-C at any moment
     leaves the last saved pair intact. No TIFF is written.
     """
-    from .gain import GainEstimate, find_reliability_path, read_message, updated_message
+    from .gain import GainEstimate, find_reliability_path, read_message, resume_warning, updated_message
 
     reporter = reporter or Reporter()
     state = None
@@ -486,6 +489,7 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
         state = GainEstimate.load(options.gain)
         reporter.message(read_message(options.gain))
         reporter.message(read_message(find_reliability_path(options.gain)) + "\n")
+        reporter.warning(resume_warning(options.gain))
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = []
     with thread_pool(options.threads) as executor:

@@ -675,7 +675,7 @@ def starting_state(comm: Any, jobs: Sequence[Job], options: ConvertOptions, repo
     float movie's size; None when there is no float movie."""
     from mpi4py.util import pkl5
 
-    from .gain import GainEstimate, find_reliability_path, read_message
+    from .gain import GainEstimate, find_reliability_path, read_message, resume_warning
 
     start, error = None, None
     if comm.rank == 0:
@@ -684,6 +684,7 @@ def starting_state(comm: Any, jobs: Sequence[Job], options: ConvertOptions, repo
                 start = GainEstimate.load(options.gain)
                 reporter.message(read_message(options.gain))
                 reporter.message(read_message(find_reliability_path(options.gain)) + "\n")
+                reporter.warning(resume_warning(options.gain))
             else:
                 shape = first_float_shape(jobs)
                 start = GainEstimate.new(shape) if shape is not None else None
