@@ -408,6 +408,20 @@ def test_conflicting_modes_are_refused(in_tmp: Path, extra: list[str], message: 
     assert message in capsys.readouterr().err
 
 
+def test_ctrl_c_writes_nothing(tmp_path: Path, counting_movie: Path, detector, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture) -> None:
+    from cryotiff.gain_check import check as check_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check_module.GainPattern, "score", interrupted)
+    gain = write_mrc_gain(tmp_path / "g.mrc", detector["multiply"])
+    assert cli.main(["--check_gain", "--i", str(counting_movie), "--gain", str(gain), "--o", str(tmp_path / "o")]) == 130
+    assert "Interrupted; nothing was written." in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_gain_is_required(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["--check_gain", "--i", "m.mrc"]) == 2
     assert "--check_gain needs --gain" in capsys.readouterr().err

@@ -508,6 +508,9 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
 
     try:
         result = check_gain(inputs, options, reporter)
+    except KeyboardInterrupt:  # nothing is written before the answer
+        print("\nInterrupted; nothing was written.", file=reporter.err, flush=True)
+        return EXIT_INTERRUPTED
     except CryotiffError as exc:
         if report_path is not None:
             status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
