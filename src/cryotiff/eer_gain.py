@@ -1,5 +1,6 @@
 """Conversion of an EER gain reference into the multiplicative gain written as
-``gain-reference.mrc`` (RELION ``EERRenderer::loadEERGain``; spec 11.9). Arrays in, arrays out:
+``gain-reference.mrc`` (RELION ``EERRenderer::loadEERGain`` in ``src/renderEER.h``; docs/relion-behaviour.md,
+"EER gain conversion"). Arrays in, arrays out:
 this module reads the gain file but writes nothing and prints nothing.
 
 Rules (RELION 5.0.1 unless marked *beyond RELION*):

@@ -8,9 +8,11 @@ compress well, and copies unreliable pixels (Digital Micrograph's defect-correct
 cold pixels) unchanged with a gain of 1.0.
 
 This module reproduces that arithmetic exactly (float32 division, C ``round`` = half away from
-zero, float32 multiply and subtraction, absolute tolerance 1e-4, the rule order of the spec
-section 9.2), vectorised over whole frames. It never prints: the message texts RELION prints
-are returned by the ``*_message`` / ``format_*`` functions for the caller to print.
+zero, float32 multiply and subtraction, absolute tolerance 1e-4, the rule order of RELION's
+``TIFFConverter::estimate`` in ``src/tiff_converter.cpp``, written out in docs/relion-behaviour.md,
+"Gain estimation of float movies"), vectorised over whole frames. It never prints: the message
+texts RELION prints are returned by the ``*_message`` / ``format_*`` functions for the caller to
+print.
 
 Deliberate differences from RELION 5.0.1 (each is marked ``DIFFERENCE`` where it is made):
 
@@ -76,7 +78,8 @@ GAIN_REFERENCE_NAME = "gain-reference.mrc"
 RELIABILITY_SUFFIX_RELION = "_reliablity"
 RELIABILITY_SUFFIX_DOCUMENTED = "_reliability"
 
-#: RELION's message texts (spec sections 8-10). Errors carry them as the first sentence.
+#: RELION's message texts (``src/tiff_converter.cpp``; docs/relion-behaviour.md). Errors carry them
+#: as the first sentence.
 GAIN_WRONG_SIZE = "The input gain has a wrong size."
 RELIABILITY_WRONG_SIZE = "The input reliability map has a wrong size."
 ESTIMATE_NEEDS_MODE2 = "The input movie is not in mode 2 MRC(S) file. Gain estimation does not make sense."
@@ -251,7 +254,8 @@ def _run_blocks(
 
 
 class GainEstimate:
-    """Per-pixel gain estimate and reliability counter (spec 9.1), plus optional merge tracking.
+    """Per-pixel gain estimate and reliability counter (RELION's ``gain`` and ``defects`` arrays in
+    ``src/tiff_converter.cpp``; docs/relion-behaviour.md), plus optional merge tracking.
 
     Attributes:
         gain: float32 ``(ny, nx)``; written to MRC mode 2 (``gain_estimate.bin``).
@@ -409,7 +413,8 @@ class GainEstimate:
         executor: Executor | None = None,
         block_rows: int = _DEFAULT_BLOCK_ROWS,
     ) -> FrameStats:
-        """Feed one frame (spec 9.2) and return RELION's figures for it.
+        """Feed one frame (one frame of RELION's ``TIFFConverter::estimate``) and return RELION's
+        figures for it.
 
         Args:
             frame: ``(ny, nx)`` frame; converted to float32 as RELION reads it.
@@ -487,7 +492,8 @@ def _update_block(
     n_obs: np.ndarray | None,
     divisor: np.ndarray | None,
 ) -> tuple[int, int, int, int]:
-    """Spec 9.2 on one row block, in place. Returns (changed, mismatch, negative, stable)."""
+    """RELION's per-pixel estimation rule on one row block, in place (docs/relion-behaviour.md,
+    "Gain estimation of float movies"). Returns (changed, mismatch, negative, stable)."""
     with np.errstate(all="ignore"):
         negative = v < 0
         # Rule order: zero -> nothing; negative; smaller positive value -> new gain; otherwise
@@ -775,7 +781,8 @@ def usable_gain(gain: np.ndarray) -> np.ndarray:
 
 
 def gain_reference(estimate: GainEstimate, thresh: int = DEFAULT_THRESH) -> np.ndarray:
-    """The multiplicative gain reference for the converted movies (spec 10.3): the estimated
+    """The multiplicative gain reference for the converted movies (RELION's ``gain-reference.mrc``,
+    written in ``TIFFConverter::initialise``): the estimated
     gain, 1.0 where ``reliability < thresh``. float32; write it with :func:`write_float_mrc`."""
     return np.where(estimate.reliable_mask(thresh), estimate.gain, np.float32(1.0)).astype(np.float32)
 
@@ -915,7 +922,7 @@ def integerise(
     executor: Executor | None = None,
     block_rows: int = _DEFAULT_BLOCK_ROWS,
 ) -> IntegeriseResult:
-    """RELION's ``unnormalise`` of one frame (spec 10.1).
+    """RELION's ``unnormalise`` of one frame (``src/tiff_converter.cpp``; docs/relion-behaviour.md).
 
     Reliable pixels become ``(int)round(v / g)`` (float32 arithmetic), provided ``|g x iv - v|``
     is within ``tolerance_abs`` (RELION: 1e-4; 0 demands bit-exact reconstruction). Other
@@ -1081,9 +1088,9 @@ def integer_range(frame: np.ndarray, *, keep_negative_zero: bool = True) -> tupl
     return False, float(lo), float(hi)
 
 
-#: Integer TIFF sample types RELION reads back (spec 7), smallest first.
+#: Integer TIFF sample types RELION reads back (``src/rwTIFF.h``), smallest first.
 _INTEGER_TYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16))
-#: Frame sizes (w x h) at which RELION unpacks an 8-bit TIFF as IMOD 4-bit (spec 7).
+#: Frame sizes (w x h) at which RELION unpacks an 8-bit TIFF as IMOD 4-bit (``src/rwTIFF.h``).
 IMOD_4BIT_SIZES_WH = frozenset(
     {(5760, 8184), (8184, 5760), (4092, 11520), (11520, 4092), (3710, 7676), (7676, 3710), (3838, 7420), (7420, 3838)}
 )

@@ -8,12 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 #: A Falcon renders each electron as a blob of about 3x3 pixels whose values sum to about 100
-#: (seed page, "Falcon3 / Falcon4").
+#: (RELION's movie-compression page, relion.readthedocs.io Reference/MovieCompression, section
+#: "Falcon3 / Falcon4").
 FALCON_COUNTS_PER_ELECTRON = 100
 
 #: Blob width and the spread of each electron's total. Chosen so that the simulated movie
-#: reproduces the seed page's published sizes for the EMPIAR-10309 Falcon 3 movie: zlib level 6
-#: gives 53.3 % (published: RELION's deflate-6 53.2 %) and bzip2 -9 42.6 % (published 42.4 %).
+#: reproduces RELION's published sizes (its movie-compression page) for the EMPIAR-10309 Falcon 3
+#: movie: zlib level 6 gives 53.3 % (published: RELION's deflate-6 53.2 %) and bzip2 -9 42.6 %
+#: (published 42.4 %).
 BLOB_SIGMA_PX = 0.5
 ELECTRON_TOTAL_SPREAD = 0.1
 
@@ -34,7 +36,7 @@ def falcon_frames(
     Args:
         n_frames: number of frames.
         shape_yx: ``(ny, nx)`` of a frame.
-        mean_per_pixel: mean pixel value per frame (the seed page's EMPIAR-10309 movie: 36.6,
+        mean_per_pixel: mean pixel value per frame (RELION's movie-compression page, EMPIAR-10309: 36.6,
             i.e. 0.366 electrons per pixel per frame).
         seed: seed or numpy Generator.
     """
@@ -86,7 +88,7 @@ def counting_frames(
     Args:
         n_frames: number of frames.
         shape_yx: ``(ny, nx)``; K2 is 3838 x 3710, K3 4092 x 5760.
-        electrons_per_pixel: mean count per pixel per frame (the seed page's EMPIAR-10340 movie: 0.96).
+        electrons_per_pixel: mean count per pixel per frame (RELION's movie-compression page, EMPIAR-10340: 0.96).
         dtype: sample type (``np.int8`` for MRC mode 0 as RELION reads it, ``np.uint8`` otherwise).
         seed: seed or numpy Generator.
     """

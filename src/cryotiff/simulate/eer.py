@@ -379,7 +379,8 @@ def expected_render_sparse(
     upsampling: int,
     subpixel_bits: int = 2,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sum of the events of ``frames`` rendered as RELION's table (spec 11.4) says, computed
+    """Sum of the events of ``frames`` rendered as RELION's ``EERRenderer::render*`` functions do
+    (``src/renderEER.cpp``; the table in docs/relion-behaviour.md, "EER rendering"), computed
     directly from the event coordinates: ``(flat output indices, counts, output size)`` of the
     non-zero output pixels (sorted), EER raster orientation. Sparse, so that 16K stays small.
 

@@ -3,7 +3,8 @@
 A detector has a fixed per-pixel gain (float32, around 1.0), a few defect pixels, which Digital
 Micrograph replaces in every frame by the mean of their 8 neighbours, and a few cold pixels
 that almost never count. A frame is ``float32(count) * gain`` in float32, with Poisson counts
-(default 1.45 electrons per pixel per frame, the seed page's EMPIAR-10317 example).
+(default 1.45 electrons per pixel per frame, the EMPIAR-10317 example of RELION's
+movie-compression page, relion.readthedocs.io Reference/MovieCompression).
 
 Everything is vectorised and driven by a numpy Generator, so tests and benchmarks can regenerate
 the same detector and movies. Tests use small shapes; the benchmark uses 3838 x 3710 (K2).
@@ -18,7 +19,7 @@ import numpy as np
 
 #: K2 counting-mode frame (ny, nx).
 K2_SHAPE_YX = (3710, 3838)
-#: Seed page, EMPIAR-10317: about 1.45 electrons per pixel per frame.
+#: RELION's movie-compression page, EMPIAR-10317: about 1.45 electrons per pixel per frame.
 DEFAULT_MEAN_COUNTS_PER_PIXEL = 1.45
 
 
