@@ -1,6 +1,7 @@
 """Codec sizes and speeds against RELION's published figures, and the speed table of ``auto``.
 
-The seed page ("Examples") gives RELION's sizes for three movies. This script simulates each
+RELION's movie-compression page (https://relion.readthedocs.io/en/latest/Reference/MovieCompression.html),
+section "Examples", gives RELION's sizes for three movies. This script simulates each
 (`cryotiff.simulate`), checks that RELION's own codec gives RELION's size on the simulation, and
 measures every codec and the end-to-end conversion with default options:
 
@@ -69,7 +70,8 @@ def relion_encoder_only(frames: np.ndarray, label: str, repeats: int) -> tuple[f
     return 100.0 * size / frames.nbytes, frames.nbytes / 1e6 / best
 
 
-# libtiff tags RELION sets (spec section 5) and the one that picks zlib over libdeflate.
+# libtiff tags RELION sets (write_tiff_one_page in RELION's src/tiff_converter.h; docs/relion-behaviour.md)
+# and the one that picks zlib over libdeflate.
 _TAG_WIDTH, _TAG_LENGTH, _TAG_BITS, _TAG_COMPRESSION, _TAG_PHOTOMETRIC = 256, 257, 258, 259, 262
 _TAG_SAMPLES, _TAG_ROWS_PER_STRIP, _TAG_SAMPLE_FORMAT = 277, 278, 339
 _TAG_ZIPQUALITY, _TAG_DEFLATE_SUBCODEC = 65557, 65570

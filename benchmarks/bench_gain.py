@@ -1,6 +1,7 @@
 """Size of a gain-normalised K2 movie: original float32, plain deflate, RELION's gain path, --lossy.
 
-The seed page's example (EMPIAR-10317): 3838 x 3710, 40 frames, float32 from EPU, mean 1.45;
+The example of RELION's movie-compression page (https://relion.readthedocs.io/en/latest/Reference/MovieCompression.html)
+(EMPIAR-10317): 3838 x 3710, 40 frames, float32 from EPU, mean 1.45;
 IMOD deflate-6 55.9 %, RELION after gain estimation 11.9 %, 1502 unreliable pixels. This script
 simulates such a movie (Poisson counts x a per-pixel gain, 0.1 % defect pixels replaced by the
 mean of their neighbours as Digital Micrograph does, a few cold pixels), estimates the gain over

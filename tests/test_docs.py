@@ -134,3 +134,41 @@ def test_help_spells_reliability_right() -> None:
     for action in build_parser()._actions:
         text = action.help or ""
         assert "reliablity" not in text.replace("_reliablity", ""), action.option_strings
+
+
+#: Citations a maintainer cannot open: the project's internal reference material, its sections and
+#: its private words. Code and docs cite RELION's source files and docs pages, and the project's
+#: docs (docs/relion-behaviour.md holds the RELION facts) instead.
+UNOPENABLE_CITATIONS = {
+    "a numbered section of a specification": r"(?i)\bspec(ification)?\s*(\(\s*)?(sections?\s*)?\d",
+    "'the spec'": r"(?i)\bthe spec\b",
+    "'the seed page'": r"(?i)\bseed page",
+    "'the issue's ...'": r"(?i)\bthe issue'?s\b",
+    "a file outside the repository": r"/work/|\bshared/(reference|design)\b",
+}
+
+
+def citation_sources() -> list[Path]:
+    files = [REPOSITORY / "README.md"]
+    for folder in ("src", "docs", "benchmarks", "scripts", "tests"):
+        files += [p for p in (REPOSITORY / folder).rglob("*") if p.suffix in (".py", ".md")]
+    return sorted(p for p in files if p != Path(__file__).resolve() and ".egg-info" not in str(p))
+
+
+def test_code_and_docs_cite_only_what_a_maintainer_can_open() -> None:
+    found = []
+    for path in citation_sources():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            for what, pattern in UNOPENABLE_CITATIONS.items():
+                if re.search(pattern, line):
+                    found.append(f"{path.relative_to(REPOSITORY)}:{number}: {what}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+def test_the_citation_check_finds_them() -> None:
+    for line in ("the table (spec 11.4) says", "see spec section 5", "the seed page's example", "the issue's goals",
+                 "(`/work/shared/reference/x.md`)", "# The checked example of the specification (section 14.5)"):
+        assert any(re.search(p, line) for p in UNOPENABLE_CITATIONS.values()), line
+    for line in ("EER specification", "importlib.util.module_from_spec(spec)", "the specimen", "RELION issue #1107",
+                 ". /shared/cryotiff/.venv/bin/activate"):
+        assert not any(re.search(p, line) for p in UNOPENABLE_CITATIONS.values()), line

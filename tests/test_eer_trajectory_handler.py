@@ -172,7 +172,7 @@ def expected_regrouped(values, scale, new_nz):
 
 
 # ----------------------------------------------------------------------------------------
-# The checked example of the specification (section 14.5)
+# RELION's script on its checked example (docs/relion-behaviour.md, "The EER trajectory script")
 # ----------------------------------------------------------------------------------------
 
 def test_checked_example_regroup_and_resample(tmp_path):

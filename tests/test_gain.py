@@ -23,7 +23,8 @@ F32 = np.float32
 INT_MIN = -(2**31)
 
 # ---------------------------------------------------------------------------------------------
-# A plain per-pixel reference of spec 9.2 (cryotiff's two deliberate differences marked)
+# A plain per-pixel reference of RELION's TIFFConverter::estimate (src/tiff_converter.cpp; the rule in
+# docs/relion-behaviour.md), with cryotiff's two deliberate differences marked
 # ---------------------------------------------------------------------------------------------
 
 

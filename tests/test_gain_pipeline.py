@@ -149,7 +149,7 @@ def test_lossy_needs_a_gain(in_tmp: Path, capsys) -> None:
 
 def relion_mrc_bytes(data: np.ndarray, mode: int) -> bytes:
     """An MRC file laid out byte for byte as RELION 5.0.1 writes gain_estimate.bin and its
-    reliability map (spec 9.3): 1024-byte header, no extended header, nversion 0, machine stamp
+    reliability map (RELION's src/tiff_converter.cpp and src/rwMRC.h): 1024-byte header, no extended header, nversion 0, machine stamp
     0x44 0x41 0 0, one "Relion" label."""
     import struct
 

@@ -28,9 +28,10 @@ from cryotiff.io.mrc import (
 )
 from cryotiff.simulate.write import pack_mode101, write_mrc_movie
 
-REAL_DIR = Path("/work/shared/data/real")
-FALCON = REAL_DIR / "falcon_epu2.9_single_frame.mrc"
-K2 = REAL_DIR / "k2_epu1.2_single_frame.mrc"
+from .helpers import real_data
+
+FALCON = "falcon_epu2.9_single_frame.mrc"
+K2 = "k2_epu1.2_single_frame.mrc"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,16 +553,15 @@ def test_unmodified_fuzz_base_is_read() -> None:
 # real EPU files
 
 @pytest.mark.parametrize(
-    ("path", "shape_yx", "pixel_size", "exttyp", "nsymbt"),
+    ("name", "shape_yx", "pixel_size", "exttyp", "nsymbt"),
     [
         (FALCON, (4096, 4096), 0.6666, "FEI2", 909312),
         (K2, (3838, 3710), 0.8538, "FEI1", 786432),
     ],
     ids=["falcon", "k2"],
 )
-def test_real_epu_files(path: Path, shape_yx: tuple[int, int], pixel_size: float, exttyp: str, nsymbt: int) -> None:
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+def test_real_epu_files(name: str, shape_yx: tuple[int, int], pixel_size: float, exttyp: str, nsymbt: int) -> None:
+    path = real_data(name)
     with open_mrc(path) as movie:
         info = movie.info
         assert info.mrc_mode == 6
