@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
@@ -186,8 +189,10 @@ class TerminalReporter(Reporter):
         self.progress = self.out.isatty()
         self._bar_shown = False
         self._warned: set[str] = set()  # a warning that names no movie is printed once per run
+        self.in_progress: dict[Path, Job] = {}  # source -> job: started, not yet finished
 
     def movie_started(self, job: Job, index: int, total: int) -> None:
+        self.in_progress[job.source] = job
         print(f"Processing {job.source} into {job.destination}", file=self.out, flush=True)
 
     def page_done(self, job: Job, done: int, total: int) -> None:
@@ -206,6 +211,7 @@ class TerminalReporter(Reporter):
             self._bar_shown = False
 
     def movie_finished(self, result: MovieResult) -> None:
+        self.in_progress.pop(result.source, None)
         self._end_bar()
         for text in result.notes:
             print(text, file=self.out, flush=True)
@@ -278,19 +284,102 @@ def run_conversion(
     control: PipelineControl | None = None,
 ) -> int:
     """Convert, then write ``<o>/movies.star`` (and, for RELION, ``RELION_OUTPUT_NODES.star``)
-    and the ``--report``. An interrupted or failed run still writes its report."""
+    and the ``--report``. A failed run still writes its report; one interrupted by Ctrl-C,
+    SIGTERM or RELION's abort also the summary and ``movies.star`` of the movies that finished
+    (:func:`finish_interrupted`)."""
     started = time.perf_counter()
     collector = PipelineReporter(reporter, control)
-    with _report_if_unfinished(report_path, options, inputs, lambda: collector.results):
-        jobs, failures = plan(inputs, options, relative_to)
-        for failure in failures:
-            collector.movie_finished(failure)
+    n_movies: int | None = None
+    with _report_if_failed(report_path, options, inputs, lambda: collector.results):
         try:
-            options.output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
-        results = failures + run(jobs, options, collector)
+            jobs, failures = plan(inputs, options, relative_to)
+            n_movies = len(jobs) + len(failures)
+            for failure in failures:
+                collector.movie_finished(failure)
+            try:
+                options.output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+            results = failures + run(jobs, options, collector)
+        except (KeyboardInterrupt, JobAborted) as stop:
+            interruption = Interruption.of(stop, list(reporter.in_progress.values()), n_movies, len(collector.results))
+            status = finish_interrupted(
+                lambda: finish_run(inputs, collector.results, options, reporter, time.perf_counter() - started,
+                                   report_path, control, interruption=interruption))
+            if isinstance(stop, JobAborted):
+                raise  # main() writes RELION_JOB_EXIT_ABORTED
+            return status
     return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, control)
+
+
+@dataclass
+class Interruption:
+    """A run stopped before its end: by Ctrl-C or SIGTERM, by RELION's abort, or (under MPI)
+    because a rank died.
+
+    Attributes:
+        state: the ``--report``'s ``state``: ``interrupted``, ``aborted`` or ``error``.
+        exit_status: 130 after Ctrl-C or SIGTERM; 1 otherwise.
+        removed: the movies being written when it stopped; their partial files were removed.
+        left_behind: movies being written by a rank that died: no ``.tif``, but a partial file
+            may remain.
+        n_left: movies neither converted, skipped nor failed (None: stopped before the inputs
+            were listed).
+        reason: the first line to print (and the report's ``error``), when it was not Ctrl-C.
+        reason_printed: the reason was printed already (by rank 0's service thread, at once).
+        urgent: print these lines before the summary, not after it: under MPI the ranks may be
+            killed a fraction of a second after the signal.
+    """
+
+    state: str
+    exit_status: int
+    removed: list[Job]
+    n_left: int | None
+    reason: str = ""
+    left_behind: list[Job] = field(default_factory=list)
+    reason_printed: bool = False
+    urgent: bool = False
+
+    @classmethod
+    def of(cls, stop: BaseException, removed: Sequence[Job], n_movies: int | None, n_done: int) -> Interruption:
+        """After KeyboardInterrupt (Ctrl-C, SIGTERM) or RELION's abort."""
+        n_left = None if n_movies is None else max(n_movies - n_done, 0)
+        if isinstance(stop, JobAborted):
+            return cls("aborted", EXIT_FAILED, list(removed), n_left, f"Aborted: {stop}.")
+        return cls("interrupted", EXIT_INTERRUPTED, list(removed), n_left)
+
+    def lines(self) -> list[str]:
+        """What the user reads last: why, what was removed and how to go on."""
+        lines = [self.reason] if self.reason and not self.reason_printed else []
+        prefix = "" if self.reason else "Interrupted: "
+        lines += [f"{prefix}{job.source} was being converted; its partial {job.destination} was removed."
+                  for job in self.removed]
+        lines += [f"{job.source} was being converted by that rank; {job.destination} was not written (a partial "
+                  "file may remain until the movie is converted again)." for job in self.left_behind]
+        if not self.removed and not self.left_behind:
+            lines.append(("Stopped" if self.reason else "Interrupted") + " between movies: no file was half-written.")
+        if self.n_left is None:
+            lines.append("Run the same command again with --only_do_unfinished to convert the movies.")
+        elif self.n_left:
+            lines.append(f"{self.n_left} movie" + "s were" * (self.n_left != 1) + " was" * (self.n_left == 1)
+                         + " not converted: run the same command again with --only_do_unfinished to convert "
+                         + ("them" if self.n_left != 1 else "it") + " (the complete ones are skipped).")
+        return lines
+
+
+def finish_interrupted(finish: Callable[[], int]) -> int:
+    """Run ``finish`` (the summary, ``movies.star``, the report of an interrupted run) with
+    Ctrl-C and SIGTERM held back, so that pressing Ctrl-C again does not cut them short; they
+    take well under a second. Returns what ``finish`` returns."""
+    if threading.current_thread() is not threading.main_thread():
+        return finish()
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in held}
+    try:
+        return finish()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def finish_run(
@@ -302,13 +391,21 @@ def finish_run(
     report_path: Path | None = None,
     control: PipelineControl | None = None,
     extra_lines: Sequence[str] = (),
+    interruption: Interruption | None = None,
 ) -> int:
-    """After a conversion run (also rank 0 of ``convert-to-tiff-mpi``): ``<o>/movies.star``
-    (and RELION_OUTPUT_NODES.star for a pipeline job), the summary, ``extra_lines``, the
+    """After a conversion run (also rank 0 of ``convert-to-tiff-mpi``), also one that was
+    interrupted (``interruption``): what was interrupted, ``<o>/movies.star`` (and
+    RELION_OUTPUT_NODES.star for a pipeline job), the summary, ``extra_lines``, the
     ``--report``. Returns the exit status."""
     summary = summarise(results, wall_seconds)
     damaged_unaccepted = summary.damaged_eer_frames and not options.ignore_error
     status = EXIT_FAILED if summary.failed or damaged_unaccepted else EXIT_OK
+    fields: dict = {}
+    if interruption is not None:
+        status = interruption.exit_status
+        fields.update(state=interruption.state, error=interruption.reason or None)
+        if interruption.urgent:
+            _print_lines(interruption.lines(), reporter.err)
     movies_star = None
     try:
         outcome = write_movies_star(inputs, results, options.output_dir, options.eer_upsampling)
@@ -323,11 +420,19 @@ def finish_run(
                 control.write_output_nodes(movies_star)
     except CryotiffError as exc:
         print(f"ERROR: {exc}", file=reporter.err, flush=True)
-        status = EXIT_FAILED
+        status = EXIT_FAILED if interruption is None else status
     print_summary(results, summary, reporter.out, damaged_accepted=options.ignore_error)
-    for line in extra_lines:
-        print(line, file=reporter.out, flush=True)
-    return _with_report(report_path, results, options, inputs, summary, status, reporter, movies_star=movies_star)
+    _print_lines(extra_lines, reporter.out)
+    if interruption is not None and not interruption.urgent:
+        _print_lines(interruption.lines(), reporter.err)
+    return _with_report(report_path, results, options, inputs, summary, status, reporter, movies_star=movies_star,
+                        **fields)
+
+
+def _print_lines(lines: Sequence[str], stream: TextIO) -> None:
+    for line in lines:
+        print(line, file=stream)
+    stream.flush()
 
 
 def _with_report(report_path: Path | None, results, options, inputs, summary, status: int,
@@ -343,34 +448,23 @@ def _with_report(report_path: Path | None, results, options, inputs, summary, st
 
 
 @contextlib.contextmanager
-def _report_if_unfinished(
+def _report_if_failed(
     report_path: Path | None, options: ConvertOptions, inputs: Sequence[str],
     results_so_far: Callable[[], Sequence[MovieResult]],
 ) -> Iterator[None]:
-    """Around a run: if it stops early (an error, Ctrl-C, a RELION abort), write the
-    ``--report`` with ``state`` ``error``, ``interrupted`` or ``aborted`` and the movies done so
-    far, then let the exception go on. Writing it must not hide the reason, so its own failure
-    is only printed."""
-    state, error, status, finished = "error", None, EXIT_FAILED, False
+    """Around a run: if an error stops it, write the ``--report`` with ``state`` ``error`` and
+    the movies done so far, then let the exception go on. Writing it must not hide the reason,
+    so its own failure is only printed. (An interrupted run writes its own, with its summary.)"""
     try:
         yield
-        finished = True
     except CryotiffError as exc:
-        error = str(exc)
-        status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
-        raise
-    except KeyboardInterrupt:
-        state, status = "interrupted", EXIT_INTERRUPTED
-        raise
-    except JobAborted:
-        state = "aborted"
-        raise
-    finally:
-        if not finished and report_path is not None:
+        if report_path is not None:
+            status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
             try:
-                write_report(report_path, results_so_far(), options, inputs, None, status, state=state, error=error)
-            except CryotiffError as exc:
-                print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+                write_report(report_path, results_so_far(), options, inputs, None, status, state="error", error=str(exc))
+            except CryotiffError as report_error:
+                print(f"ERROR: {report_error}", file=sys.stderr, flush=True)
+        raise
 
 
 def run_estimation(
@@ -380,17 +474,25 @@ def run_estimation(
     relative_to: Path | None = None,
     report_path: Path | None = None,
 ) -> int:
-    """``--estimate_gain``: update the gain estimate over every movie; writes no TIFF. An
-    interrupted or failed run still writes its ``--report``."""
+    """``--estimate_gain``: update the gain estimate over every movie; writes no TIFF. A failed
+    run still writes its ``--report``; an interrupted one also its summary."""
     from .jobs import estimate
 
     started = time.perf_counter()
-    failures: list[MovieResult] = []
-    with _report_if_unfinished(report_path, options, inputs, lambda: failures):
-        jobs, failures = plan(inputs, options, relative_to)
-        for failure in failures:
-            reporter.movie_finished(failure)
-        results = failures + estimate(jobs, options, reporter)
+    collector = PipelineReporter(reporter)
+    with _report_if_failed(report_path, options, inputs, lambda: collector.results):
+        try:
+            jobs, failures = plan(inputs, options, relative_to)
+            for failure in failures:
+                collector.movie_finished(failure)
+            results = failures + estimate(jobs, options, collector)
+        except KeyboardInterrupt:
+            lines = [f"Interrupted: the estimate of the movies that finished is in {options.output_dir} "
+                     "(gain_estimate.bin); to go on, run --estimate_gain on the other movies with "
+                     f"--gain {options.output_dir / 'gain_estimate.bin'}."]
+            return finish_interrupted(
+                lambda: finish_estimation(inputs, collector.results, options, reporter, time.perf_counter() - started,
+                                          report_path, interrupted_lines=lines))
     return finish_estimation(inputs, results, options, reporter, time.perf_counter() - started, report_path)
 
 
@@ -403,11 +505,13 @@ def finish_estimation(
     report_path: Path | None = None,
     extra_lines: Sequence[str] = (),
     save_error: str | None = None,
+    interrupted_lines: Sequence[str] | None = None,
 ) -> int:
     """After ``--estimate_gain`` (also rank 0 of ``convert-to-tiff-mpi``): the summary,
     ``extra_lines``, the ``--report`` (its ``totals.converted`` counts the movies whose frames
-    went into the estimate). ``save_error``: the estimate could not be saved. Returns the exit
-    status."""
+    went into the estimate). ``save_error``: the estimate could not be saved.
+    ``interrupted_lines``: the run was interrupted (exit status 130); printed last. Returns the
+    exit status."""
     summary = summarise(results, wall_seconds)
     out = reporter.out
     print(f"\nMovies estimated: {summary.converted}, failed: {summary.failed}; "
@@ -420,7 +524,12 @@ def finish_estimation(
         print(line, file=out)
     out.flush()
     status = EXIT_FAILED if summary.failed or save_error else EXIT_OK
-    return _with_report(report_path, results, options, inputs, summary, status, reporter, error=save_error)
+    fields: dict = {"error": save_error}
+    if interrupted_lines is not None:
+        for line in interrupted_lines:
+            print(line, file=reporter.err, flush=True)
+        status, fields["state"] = EXIT_INTERRUPTED, "interrupted"
+    return _with_report(report_path, results, options, inputs, summary, status, reporter, **fields)
 
 
 def run_demo(options: ConvertOptions, reporter: TerminalReporter) -> int:
@@ -581,8 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help and --version (0), a rejected command line (2)
         status = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         raise
-    except JobAborted as exc:
-        print(f"\nAborted: {exc}; the movie being written was removed.", file=sys.stderr)
+    except JobAborted:  # run_conversion has printed what was removed and written the summary
         aborted = True
     finally:
         control.finish(status, aborted=aborted)
@@ -597,9 +705,6 @@ def _terminate_like_ctrl_c(signum, frame) -> None:
 
 def run_command(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run it; returns the exit status."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
     parser = build_parser()
@@ -648,8 +753,8 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     except CryotiffError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\nInterrupted; the movie being written was removed.", file=sys.stderr)
+    except KeyboardInterrupt:  # outside a conversion (which says what it removed)
+        print("\nInterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into "head" and the like
         sys.stderr.close()

@@ -57,9 +57,11 @@ from .cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    Interruption,
     TerminalReporter,
     build_parser,
     finish_estimation,
+    finish_interrupted,
     format_bytes,
     option_conflicts,
     options_from_args,
@@ -115,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:  # argparse (--help, --version, a rejected command line): the same on every rank
         raise
     except KeyboardInterrupt:
+        if comm.rank != 0:
+            # Rank 0, interrupted too (or told by this rank), writes what finished and ends the job.
+            ignore_interrupts()
+            time.sleep(INTERRUPTED_RANK_WAIT_SECONDS)
         abort(comm, EXIT_INTERRUPTED, f"\nInterrupted (MPI rank {comm.rank}); the movies being written were removed.")
     except BrokenPipeError:  # output piped into "head" and the like
         abort(comm, EXIT_FAILED, "")
@@ -331,19 +337,70 @@ class MpiReporter(TerminalReporter):
 
 
 class WorkQueue:
-    """Indices handed out in a fixed order, each once; thread-safe."""
+    """Indices handed out in a fixed order, each once, and which rank works on which;
+    thread-safe."""
 
     def __init__(self, order: Sequence[int]):
         self._order = list(order)
         self._next = 0
+        self._working: dict[int, int] = {}  # index -> rank, handed out and not yet done
+        self._closed = False
         self._lock = threading.Lock()
 
-    def take(self) -> int | None:
+    def take(self, rank: int = 0) -> int | None:
+        """The next index for ``rank``; None when all are handed out or the queue is closed."""
         with self._lock:
-            if self._next >= len(self._order):
+            if self._closed or self._next >= len(self._order):
                 return None
             self._next += 1
-            return self._order[self._next - 1]
+            index = self._order[self._next - 1]
+            self._working[index] = rank
+            return index
+
+    def done(self, index: int) -> None:
+        with self._lock:
+            self._working.pop(index, None)
+
+    def close(self) -> None:
+        """Hand out nothing more (the run is stopping)."""
+        with self._lock:
+            self._closed = True
+
+    def working(self) -> dict[int, int]:
+        """``{index: rank}`` of the work handed out and not yet done."""
+        with self._lock:
+            return dict(self._working)
+
+
+#: A rank's request that says it was interrupted (Ctrl-C, SIGTERM) instead of asking for work.
+INTERRUPTED = "interrupted"
+#: How long a rank that was interrupted waits for rank 0 to end the job before ending it itself.
+INTERRUPTED_RANK_WAIT_SECONDS = 30.0
+
+
+class WorkStopped(KeyboardInterrupt):
+    """Rank 0: the run was stopped before all work was done (Ctrl-C or SIGTERM on any rank, or a
+    rank died). A KeyboardInterrupt, so that every cleanup on the way out runs.
+
+    Attributes:
+        working: ``{index: rank}`` of the work handed out and not done when it stopped.
+        reason: why, when it was not an interrupt (a rank died); "" otherwise.
+        dead_ranks: the ranks that died.
+    """
+
+    def __init__(self, working: dict[int, int], reason: str = "", dead_ranks: Sequence[int] = ()):
+        super().__init__(reason)
+        self.working = working
+        self.reason = reason
+        self.dead_ranks = list(dead_ranks)
+
+
+class _StopRequest:
+    """Why rank 0's service thread stopped the run; read by its main thread."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self.dead_ranks: list[int] = []
 
 
 def share_work(
@@ -361,6 +418,11 @@ def share_work(
     be large (a gain estimate is 14 bytes per pixel): they travel as pickle-5 messages, which
     have no 2 GiB limit. ``describe(index)`` names an item in the message that ends the job
     when a rank dies.
+
+    Raises:
+        WorkStopped: on rank 0, when Ctrl-C or SIGTERM reaches any rank or a rank dies; nothing
+            more is handed out. (A rank other than 0 that is interrupted tells rank 0 and waits
+            for it to end the job.)
     """
     from mpi4py.util import pkl5
 
@@ -371,33 +433,47 @@ def share_work(
         return
     queue = WorkQueue(order)
     collect_lock = threading.Lock()
+    stop = _StopRequest()
 
     def collect_one(rank: int, index: int, result: Any) -> None:
         with collect_lock:
             collect(rank, index, result)
+            queue.done(index)
 
     service = None
-    if comm.size > 1:
-        service = threading.Thread(
-            target=_serve, args=(messages, queue, collect_one, describe, hosts), name="cryotiff-mpi-service",
-            daemon=True,
-        )
-        service.start()
-    while (index := queue.take()) is not None:
-        collect_one(0, index, work(index))
-    if service is not None:
-        # The main thread may not call MPI while the service thread does (THREAD_SERIALIZED).
-        while service.is_alive():
-            service.join(IDLE_POLL_SECONDS)
+    try:
+        if comm.size > 1:
+            service = threading.Thread(
+                target=_serve, args=(messages, queue, collect_one, stop, describe, hosts),
+                name="cryotiff-mpi-service", daemon=True,
+            )
+            service.start()
+        while (index := queue.take(0)) is not None:
+            collect_one(0, index, work(index))
+        if service is not None:
+            # The main thread may not call MPI while the service thread does (THREAD_SERIALIZED).
+            while service.is_alive():
+                service.join(IDLE_POLL_SECONDS)
+    except KeyboardInterrupt:
+        queue.close()
+        with collect_lock:  # a result being collected now is counted as done
+            working = queue.working()
+        raise WorkStopped(working, stop.reason, stop.dead_ranks) from None
 
 
-def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], None],
+def _interrupt_main_thread() -> None:
+    """Stop rank 0's main thread as SIGTERM does (it becomes KeyboardInterrupt there)."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+
+def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], None], stop: _StopRequest,
            describe: Callable[[int], str] = str, hosts: Sequence[str] = ()) -> None:
     """Rank 0's service thread: answer every request until each other rank has been told that
-    the work is done."""
+    the work is done. A rank that reports an interrupt, or one that dies, stops the run: the
+    main thread is interrupted and writes what finished (see :class:`WorkStopped`); if it does
+    not end the job within a while, this thread does."""
     from mpi4py import MPI
 
-    given: dict[int, int] = {}  # rank -> the index it works on
     try:
         status = MPI.Status()
         ranks_working = messages.size - 1
@@ -407,36 +483,59 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
                 continue
             rank = status.Get_source()
             finished = messages.recv(source=rank, tag=TAG_REQUEST)
-            index = queue.take()
+            if finished == INTERRUPTED:
+                queue.close()
+                _interrupt_main_thread()
+                return
+            index = queue.take(rank)
             messages.send(index, dest=rank, tag=TAG_REPLY)  # first, so that the rank starts at once
             if index is None:
                 ranks_working -= 1
-                given.pop(rank, None)
-            else:
-                given[rank] = index
             if finished is not None:
                 collect(rank, *finished)
     except BaseException as exc:
-        if is_rank_failure(exc):
-            converting = {rank: describe(index) for rank, index in given.items()}
-            abort(messages, EXIT_FAILED, f"MPI rank 0: {lost_ranks_message(messages, converting, hosts)}; "
-                                         f"{STOPPING_AFTER_FAILURE}")
-        abort(messages, EXIT_FAILED, f"MPI rank 0: unexpected error while sharing the work; stopping every rank.\n"
-                                     f"{traceback.format_exc()}")
+        if not is_rank_failure(exc):
+            abort(messages, EXIT_FAILED, f"MPI rank 0: unexpected error while sharing the work; stopping every "
+                                         f"rank.\n{traceback.format_exc()}")
+        queue.close()
+        working = queue.working()
+        dead = failed_ranks(messages)
+        converting = {rank: describe(index) for index, rank in working.items()}
+        stop.reason = f"ERROR: {lost_ranks_message(messages, converting, hosts)}; every rank is stopped."
+        stop.dead_ranks = dead
+        with contextlib.suppress(Exception):  # at once: mpirun may kill this rank any moment
+            print(stop.reason, file=sys.stderr, flush=True)
+        _interrupt_main_thread()
+        time.sleep(INTERRUPTED_RANK_WAIT_SECONDS)  # the main thread ends the job long before
+        abort(messages, EXIT_FAILED, f"MPI rank 0: {stop.reason}")
 
 
 def _ask_for_work(messages: Any, work: Callable[[int], Any]) -> None:
-    """A rank other than 0: ask for a movie, do it, send the result with the next request."""
+    """A rank other than 0: ask for a movie, do it, send the result with the next request.
+    Interrupted (Ctrl-C, SIGTERM), it tells rank 0, which ends the job after writing what
+    finished, and waits for that."""
     finished = None
-    while True:
-        messages.send(finished, dest=0, tag=TAG_REQUEST)
-        finished = None  # a large result is not kept while the next movie is worked on
-        while not messages.iprobe(source=0, tag=TAG_REPLY):
-            time.sleep(POLL_SECONDS)
-        index = messages.recv(source=0, tag=TAG_REPLY)
-        if index is None:
-            return
-        finished = (index, work(index))
+    try:
+        while True:
+            messages.send(finished, dest=0, tag=TAG_REQUEST)
+            finished = None  # a large result is not kept while the next movie is worked on
+            while not messages.iprobe(source=0, tag=TAG_REPLY):
+                time.sleep(POLL_SECONDS)
+            index = messages.recv(source=0, tag=TAG_REPLY)
+            if index is None:
+                return
+            finished = (index, work(index))
+    except KeyboardInterrupt:
+        ignore_interrupts()
+        messages.send(INTERRUPTED, dest=0, tag=TAG_REQUEST)
+        raise
+
+
+def ignore_interrupts() -> None:
+    """From now on, Ctrl-C and SIGTERM do nothing (mpirun's own SIGTERM after the first
+    signal, a second Ctrl-C): the run is already stopping."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def find_finished(comm: Any, jobs: Sequence[Job], options: ConvertOptions, context: RunContext | None) -> set[int]:
@@ -586,6 +685,8 @@ def run_conversion(
 
     position = {index: place for place, index in enumerate(order, start=1)}
     host = processor_name()
+    if rank == 0:
+        preload_run_writers()
     executor = responsive_executor(options.threads)
     converted: dict[int, MovieResult] = {}
 
@@ -606,6 +707,16 @@ def run_conversion(
 
     try:
         share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source))
+    except WorkStopped as stop:
+        # Quickly: after Ctrl-C on mpirun, Open MPI kills the ranks about 0.2 s after SIGTERM.
+        executor.shutdown(wait=False, cancel_futures=True)
+        by_index = {**skipped, **converted}
+        results = failures + [by_index[index] for index in range(len(jobs)) if index in by_index]
+        interruption = stopped_run(stop, jobs, len(jobs) + len(failures), len(results))
+        status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
+                                                       time.perf_counter() - started, report_path, comm.size,
+                                                       interruption))
+        abort(comm, status, "")
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -617,6 +728,32 @@ def run_conversion(
     return broadcast_status(comm, status)
 
 
+def preload_run_writers() -> None:
+    """Rank 0: import, in the background, what writes ``movies.star`` (pandas and starfile take
+    about a second to import). After Ctrl-C on mpirun, Open MPI leaves the ranks about 0.2 s
+    between SIGTERM and SIGKILL: enough to write ``movies.star`` and the report, not to import
+    pandas first."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import pandas  # noqa: F401
+            import starfile  # noqa: F401
+
+    threading.Thread(target=load, name="cryotiff-preload", daemon=True).start()
+
+
+def stopped_run(stop: WorkStopped, jobs: Sequence[Job], n_movies: int, n_done: int) -> Interruption:
+    """What rank 0 reports when the run stopped early: the movies being converted, those of
+    ranks that died apart (their partial files were not removed)."""
+    removed = [jobs[index] for index, rank in sorted(stop.working.items()) if rank not in stop.dead_ranks]
+    left_behind = [jobs[index] for index, rank in sorted(stop.working.items()) if rank in stop.dead_ranks]
+    n_left = max(n_movies - n_done, 0)
+    if stop.reason:
+        return Interruption("error", EXIT_FAILED, removed, n_left, stop.reason, left_behind, reason_printed=True,
+                            urgent=True)
+    return Interruption("interrupted", EXIT_INTERRUPTED, removed, n_left, urgent=True)
+
+
 def report_run(
     inputs: Sequence[str],
     results: list[MovieResult],
@@ -625,13 +762,14 @@ def report_run(
     wall_seconds: float,
     report_path: Path | None,
     n_ranks: int,
+    interruption: Interruption | None = None,
 ) -> int:
-    """Rank 0, after the run: ``movies.star``, the summary, the work per rank, the ``--report``
-    (as ``convert-to-tiff`` does). Returns the exit status."""
+    """Rank 0, after the run (also one that stopped early): ``movies.star``, the summary, the
+    work per rank, the ``--report`` (as ``convert-to-tiff`` does). Returns the exit status."""
     from .cli import finish_run
 
     return finish_run(inputs, results, options, reporter, wall_seconds, report_path,
-                      extra_lines=[format_rank_line(results, n_ranks)])
+                      extra_lines=[format_rank_line(results, n_ranks)], interruption=interruption)
 
 
 def format_rank_line(results: Sequence[MovieResult], n_ranks: int) -> str:
@@ -756,6 +894,23 @@ def run_estimation(
 
     try:
         share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source))
+    except WorkStopped as stop:
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        done = failures + [results[index] for index in range(len(jobs)) if index in results]
+        lines = [stop.reason] if stop.reason else []
+        lines.append(f"{'Stopped' if stop.reason else 'Interrupted'}: the estimate of the movies that finished is "
+                     f"in {options.output_dir} (gain_estimate.bin); to go on, run --estimate_gain on the other "
+                     f"movies with --gain {options.output_dir / 'gain_estimate.bin'}.")
+
+        def finish() -> int:
+            if merged["unsaved"]:
+                save()
+            status = finish_estimation(inputs, done, options, reporter, time.perf_counter() - started, report_path,
+                                       [format_rank_line(done, comm.size)], merged["error"], interrupted_lines=lines)
+            return EXIT_FAILED if stop.reason else status
+
+        abort(comm, finish_interrupted(finish), "")
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)

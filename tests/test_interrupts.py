@@ -1,0 +1,244 @@
+"""Ctrl-C and SIGTERM in the middle of a run: the summary of what finished, ``movies.star`` and
+the ``--report`` for those movies, the movie that was removed named, the hint to rerun with
+``--only_do_unfinished``, exit status 130. From ``convert-to-tiff`` and from
+``convert-to-tiff-mpi`` under a real ``mpirun``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryotiff.simulate.write import write_mrc_movie
+
+from .helpers import read_tiff_frames
+
+BIN_DIR = Path(sys.executable).parent
+MPIRUN = BIN_DIR / "mpirun"
+TIMEOUT_SECONDS = 120
+#: Slow enough (deflate level 12 on 2 x 1024 x 1024 int16 pages per second or so) that the run
+#: is surely in the middle of the movie when the signal comes.
+SLOW_CODEC = ("--compression", "deflate", "--deflate_level", "12")
+
+
+def small_movie(path: Path, seed: int) -> np.ndarray:
+    frames = np.random.default_rng(seed).integers(-3, 9, (3, 16, 20)).astype(np.int16)
+    write_mrc_movie(path, frames, 1)
+    return frames
+
+
+def slow_movie(path: Path, seed: int = 7) -> np.ndarray:
+    frames = np.random.default_rng(seed).integers(0, 16, (40, 1024, 1024), dtype=np.int16)
+    write_mrc_movie(path, frames, 1)
+    return frames
+
+
+def wait_until_writing(process: subprocess.Popen, directory: Path, stem: str) -> None:
+    """Wait until the partial output of ``stem`` (whatever its temporary name) holds a few pages."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        partial = [p for p in directory.glob(f"{stem}.*") if p.name != f"{stem}.tif"] if directory.is_dir() else []
+        if any(p.stat().st_size >= 1 << 20 for p in partial if p.exists()):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before {stem} was half written: {process.communicate()}")
+        time.sleep(0.005)
+    raise AssertionError(f"{directory}/{stem}: no partial output appeared")
+
+
+def listed_in_movies_star(path: Path) -> list[str]:
+    from cryotiff.io.star import read_movie_names
+
+    return list(read_movie_names(path))
+
+
+def assert_interrupted_after_the_first_movie(out: Path, stdout: str, stderr: str, first: np.ndarray,
+                                             report: Path | None = None) -> None:
+    """``a.mrc`` finished, ``big.mrc`` was being written when the signal came."""
+    assert "Movies converted: 1, skipped: 0, failed: 0" in stdout, stdout
+    assert listed_in_movies_star(out / "movies.star") == [str(out / "a.tif")]
+    np.testing.assert_array_equal(read_tiff_frames(out / "a.tif"), first)
+    assert f"big.mrc was being converted; its partial {out / 'big.tif'} was removed" in stderr, stderr
+    assert "1 movie was not converted: run the same command again with --only_do_unfinished" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("big")) == []
+    if report is not None:
+        document = json.loads(report.read_text())
+        assert (document["state"], document["exit_status"]) == ("interrupted", 130)
+        assert [(m["source"], m["status"]) for m in document["movies"]] == [("a.mrc", "converted")]
+        assert document["movies_star"] == str(out / "movies.star")
+
+
+# --------------------------------------------------------------------------- convert-to-tiff
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_during_the_second_movie(in_tmp: Path, signum: int) -> None:
+    first = small_movie(in_tmp / "a.mrc", 1)
+    big = slow_movie(in_tmp / "big.mrc")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cryotiff", "--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
+         "--report", "report.json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_until_writing(process, in_tmp / "out", "big")
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert_interrupted_after_the_first_movie(Path("out"), stdout, stderr, first, in_tmp / "report.json")
+
+    # The hint works: the rerun converts the rest exactly and keeps the finished movie.
+    completed = subprocess.run([sys.executable, "-m", "cryotiff", "--i", "a.mrc", "big.mrc", "--o", "out",
+                                "--only_do_unfinished", "--j", "2"], capture_output=True, text=True,
+                               timeout=TIMEOUT_SECONDS)
+    assert completed.returncode == 0, completed.stderr
+    assert "Skipping already processed a.mrc" in completed.stdout
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/big.tif")), big)
+    assert listed_in_movies_star(Path("out/movies.star")) == ["out/a.tif", "out/big.tif"]
+
+
+def test_interrupt_between_movies_says_nothing_was_half_written(in_tmp: Path, monkeypatch, capsys) -> None:
+    import cryotiff.jobs
+    from cryotiff.cli import main
+
+    first = small_movie(in_tmp / "a.mrc", 1)
+    small_movie(in_tmp / "b.mrc", 2)
+    real_is_finished = cryotiff.jobs.is_finished
+
+    def interrupt_before_b(job, *args):
+        if job.source.name == "b.mrc":
+            raise KeyboardInterrupt
+        return real_is_finished(job, *args)
+
+    monkeypatch.setattr(cryotiff.jobs, "is_finished", interrupt_before_b)
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "out", "--only_do_unfinished"]) == 130
+    captured = capsys.readouterr()
+    assert "Movies converted: 1, skipped: 0, failed: 0" in captured.out
+    assert "Interrupted between movies: no file was half-written." in captured.err
+    assert "1 movie was not converted" in captured.err
+    assert listed_in_movies_star(Path("out/movies.star")) == ["out/a.tif"]
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), first)
+
+
+def test_interrupted_gain_estimation_prints_its_summary(in_tmp: Path, monkeypatch, capsys) -> None:
+    import cryotiff.jobs
+    from cryotiff.cli import main
+
+    rng = np.random.default_rng(3)
+    for name in ("a.mrc", "b.mrc"):
+        write_mrc_movie(Path(name), rng.poisson(2.0, (2, 8, 8)).astype(np.float32), 2)
+    real = cryotiff.jobs.estimate_movie
+
+    def interrupt_on_b(path, *args):
+        if path.name == "b.mrc":
+            raise KeyboardInterrupt
+        return real(path, *args)
+
+    monkeypatch.setattr(cryotiff.jobs, "estimate_movie", interrupt_on_b)
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "Est", "--estimate_gain", "--report", "est.json"]) == 130
+    captured = capsys.readouterr()
+    assert "Movies estimated: 1, failed: 0" in captured.out
+    assert "--gain Est/gain_estimate.bin" in captured.err
+    report = json.loads(Path("est.json").read_text())
+    assert (report["state"], report["exit_status"]) == ("interrupted", 130)
+    assert [m["source"] for m in report["movies"]] == ["a.mrc"]
+
+
+# --------------------------------------------------------------------------- convert-to-tiff-mpi
+
+
+def start_mpirun(arguments: list[str], cwd: Path, n_ranks: int = 2) -> subprocess.Popen:
+    command = [str(MPIRUN), "-np", str(n_ranks), "--oversubscribe"]
+    if os.geteuid() == 0:
+        command.append("--allow-run-as-root")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(command + [sys.executable, "-m", "cryotiff.mpi", *arguments], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def rank_pids(mpirun_pid: int) -> list[int]:
+    """The ranks: the ``cryotiff.mpi`` processes among mpirun's children."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command_line = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == mpirun_pid and b"cryotiff.mpi" in command_line:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_sigterm_to_the_ranks_during_the_second_movie(in_tmp: Path) -> None:
+    """As a batch system stops a job (SIGTERM to every process): rank 0 prints the summary,
+    writes movies.star and the report of the finished movie, names the removed one, and
+    mpirun passes the exit status 130 on."""
+    first = small_movie(in_tmp / "a.mrc", 1)
+    slow_movie(in_tmp / "big.mrc")
+    process = start_mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
+                            "--report", "report.json"], in_tmp)
+    try:
+        wait_until_writing(process, in_tmp / "out", "big")
+        deadline = time.monotonic() + 10
+        while not (out := in_tmp / "out" / "a.tif").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the other rank converts a.mrc at the same time
+        time.sleep(0.3)  # and hands in its result
+        for pid in rank_pids(process.pid):
+            os.kill(pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert out.exists()
+    assert process.returncode == 130, stdout + stderr
+    assert_interrupted_after_the_first_movie(Path("out"), stdout, stderr, first, in_tmp / "report.json")
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_ctrl_c_on_mpirun_ends_cleanly(in_tmp: Path) -> None:
+    """Ctrl-C on mpirun: Open MPI sends SIGTERM to the ranks, SIGKILL a fraction of a second
+    later, and exits with its own status (1, not 130). The partial file is removed, the finished
+    movie is intact, and whatever rank 0 managed to write in that time is right."""
+    first = small_movie(in_tmp / "a.mrc", 1)
+    slow_movie(in_tmp / "big.mrc")
+    process = start_mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
+                            "--report", "report.json"], in_tmp)
+    try:
+        wait_until_writing(process, in_tmp / "out", "big")
+        deadline = time.monotonic() + 10
+        while not (in_tmp / "out" / "a.tif").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode != 0
+    np.testing.assert_array_equal(read_tiff_frames(in_tmp / "out" / "a.tif"), first)
+    assert [p.name for p in (in_tmp / "out").iterdir() if p.name.startswith("big")] == []
+    if (in_tmp / "out" / "movies.star").exists():
+        assert listed_in_movies_star(in_tmp / "out" / "movies.star") == ["out/a.tif"]
+    if (in_tmp / "report.json").exists():
+        document = json.loads((in_tmp / "report.json").read_text())
+        assert document["state"] == "interrupted"
+        assert [m["source"] for m in document["movies"]] == ["a.mrc"]
