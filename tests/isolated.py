@@ -73,6 +73,7 @@ def _worker(connection, headroom_bytes: int) -> None:
     import cryotiff.io.star  # noqa: F401
     import cryotiff.io.tiff  # noqa: F401
     import cryotiff.jobs  # noqa: F401
+    import starfile  # noqa: F401  (pandas: a large import)
     from cryotiff.errors import CryotiffError
 
     limit = _virtual_memory_bytes() + headroom_bytes
@@ -202,3 +203,12 @@ def run_cli(argv: list[str], cwd: str) -> tuple[int, str, str]:
     finally:
         os.chdir(previous)
     return status, out.getvalue(), err.getvalue()
+
+
+def expand_list(path: str) -> list[str]:
+    """The movies a STAR or ``.lst`` file names, as ``--i`` expands it."""
+    from pathlib import Path
+
+    from cryotiff.jobs import expand_inputs
+
+    return [str(movie) for movie in expand_inputs([path], Path(path).parent / "out")]

@@ -21,6 +21,12 @@ from cryotiff.simulate.write import write_mrc_movie
 
 from .helpers import read_tiff_frames
 from .isolated import IsolatedRunner
+from .isolated import run_cli as _run_cli
+
+
+def run_in(directory: Path, argv: list[str]) -> tuple[int, str, str]:
+    """``convert-to-tiff argv`` in ``directory`` (in this process): ``(status, stdout, stderr)``."""
+    return _run_cli(argv, str(directory))
 
 
 @pytest.fixture(scope="module")
@@ -166,19 +172,7 @@ def patch_tag(path: Path, page: int, code: int, *, count: int | None = None, val
 
 def cli_with_neighbours(tmp_path: Path, bad: str, *extra: str) -> tuple[int, str, str]:
     """``convert-to-tiff --i first.mrc <bad> last.mrc --o out <extra>`` in ``tmp_path``."""
-    from cryotiff.cli import main
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    previous = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = main(["--i", "first.mrc", bad, "last.mrc", "--o", "out", *extra])
-    finally:
-        os.chdir(previous)
-    return status, out.getvalue(), err.getvalue()
+    return run_in(tmp_path, ["--i", "first.mrc", bad, "last.mrc", "--o", "out", *extra])
 
 
 @pytest.mark.parametrize("mode", ["convert", "--dry_run", "--benchmark"])
@@ -413,22 +407,6 @@ def k2_estimate(tmp_path: Path):
     return frames
 
 
-def run_in(directory: Path, argv: list[str]) -> tuple[int, str, str]:
-    from cryotiff.cli import main
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    previous = os.getcwd()
-    os.chdir(directory)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = main(argv)
-    finally:
-        os.chdir(previous)
-    return status, out.getvalue(), err.getvalue()
-
-
 def test_unusable_gain_values_are_unreliable_and_the_tiff_times_the_reference_is_exact(tmp_path: Path, k2_estimate) -> None:
     """NaN, infinite, zero and negative gains at reliable pixels wrote NaN, inf, -2147483648 and
     negative counts (exit 0 with --ignore_error). They are treated as unreliable now: written
@@ -524,3 +502,130 @@ def test_eer_gains_with_unusable_values_are_refused(tmp_path: Path, values: np.n
     defects[3, 4] = 0
     tifffile.imwrite(tmp_path / "d.gain", defects)
     assert convert_eer_gain(tmp_path / "d.gain", 2048, 1).n_defects == 1
+
+
+# --------------------------------------------------------------------------- fuzzing
+#
+# Mutated TIFF, EER and STAR/list files go through the readers in the isolated worker (a memory
+# limit of its imports plus 768 MB, and a time limit per file): each must be read, or refused
+# with one of cryotiff's own errors. The MRC header and EER bitstreams are fuzzed in
+# test_mrc_reader.py and test_eer.py; here the TIFF containers (IFD entries: type, count, value)
+# and the list files.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _seed_files() -> dict[str, tuple[bytes, list[tuple[int, int]]]]:
+    """Small valid movies, with the byte offset and entry size of every IFD entry in them."""
+    import tempfile
+
+    seeds = {}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        rng = np.random.default_rng(12)
+        movies = {
+            "deflate.tif": dict(data=rng.integers(0, 9, (3, 24, 20)).astype(np.uint16), compression="zlib", rowsperstrip=8),
+            "plain.tif": dict(data=rng.integers(-5, 9, (2, 16, 12)).astype(np.int8)),
+            "lzw.tif": dict(data=rng.random((2, 16, 16)).astype(np.float32), compression="lzw", predictor=True),
+            "zstd.tif": dict(data=rng.integers(0, 9, (2, 20, 16)).astype(np.int16), compression="zstd", resolution=(1e7, 1e7)),
+            "tiled.tif": dict(data=rng.integers(0, 9, (2, 32, 32)).astype(np.uint8), compression="zlib", tile=(16, 16)),
+            "big.tif": dict(data=rng.integers(0, 9, (2, 12, 10)).astype(np.uint16), compression="zlib", bigtiff=True),
+        }
+        for name, kwargs in movies.items():
+            data = kwargs.pop("data")
+            tifffile.imwrite(folder / name, data, photometric="minisblack", metadata=None, **kwargs)
+        small_eer(folder / "m.eer", n_frames=2)
+        for path in sorted(folder.iterdir()):
+            with tifffile.TiffFile(path) as tif:
+                entry_size = 20 if tif.is_bigtiff else 12
+                entries = [(tag.offset, entry_size) for page in tif.pages for tag in page.tags.values()]
+            seeds[path.name] = (path.read_bytes(), entries)
+    return seeds
+
+
+_SEEDS = _seed_files()
+#: Values that break TIFF readers: zero, one, small, sign bits, sizes near 2**32, the file size.
+_NASTY = st.one_of(st.integers(0, 70), st.sampled_from([2**15, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1, 1_358_954_502]),
+                   st.integers(0, 2**32 - 1))
+
+
+@st.composite
+def mutated_movies(draw) -> tuple[str, bytes]:
+    name = draw(st.sampled_from(sorted(_SEEDS)))
+    original, entries = _SEEDS[name]
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 4))):
+        offset, size = draw(st.sampled_from(entries))
+        field = draw(st.sampled_from(["type", "count", "value", "code"]))
+        value = draw(_NASTY)
+        if field == "type":
+            struct.pack_into("<H", data, offset + 2, value % 20)
+        elif field == "code":
+            struct.pack_into("<H", data, offset, draw(st.sampled_from([256, 257, 258, 259, 273, 277, 278, 279,
+                                                                       282, 296, 317, 322, 323, 324, 325, 339])))
+        elif size == 12:
+            struct.pack_into("<I", data, offset + (4 if field == "count" else 8), value)
+        else:
+            struct.pack_into("<Q", data, offset + (4 if field == "count" else 12), value * draw(st.sampled_from([1, 2**32])))
+    for _ in range(draw(st.integers(0, 3))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return name, bytes(data)
+
+
+@settings(max_examples=250, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(movie=mutated_movies())
+def test_fuzzed_tiff_and_eer_containers_fail_cleanly(tmp_path_factory, isolated, movie) -> None:
+    name, data = movie
+    path = tmp_path_factory.mktemp("fuzz") / name
+    path.write_bytes(data)
+    outcome = isolated.call("tests.isolated:read_movie", str(path), timeout=30)
+    assert outcome.clean, outcome.describe()
+    if outcome.kind == "error":
+        assert name in outcome.message and "\n" not in outcome.message.strip(), outcome.message
+    path.unlink()
+
+
+_STAR_WORDS = ["data_", "data_movies", "data_optics", "loop_", "_rlnMicrographMovieName", "_rlnOpticsGroup",
+               "_rlnMicrographMovieName #1", "_rlnImageSize", "Movies/a.mrc", "b.tif", "'c d.eer'", '"e.mrc"',
+               "#", "# version 30001", "1", "0.83", "-", "", "\t", "\ufeff", "\r", "/", ".", "..", "*", "**/*.mrc",
+               "data_movies_extra", "_rln", "loop_ loop_", "\x00", "é", "\\"]
+
+
+@st.composite
+def list_files(draw) -> tuple[str, bytes]:
+    suffix = draw(st.sampled_from([".star", ".lst"]))
+    if draw(st.integers(0, 4)) == 0:
+        return suffix, draw(st.binary(max_size=300))
+    lines = draw(st.lists(st.lists(st.sampled_from(_STAR_WORDS), max_size=4).map(" ".join), max_size=14))
+    ending = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    encoding = draw(st.sampled_from(["utf-8", "utf-8-sig", "latin-1", "utf-16"]))
+    return suffix, ending.join(lines).encode(encoding, errors="replace")
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(listing=list_files())
+def test_fuzzed_star_and_list_files_fail_cleanly(tmp_path_factory, isolated, listing) -> None:
+    suffix, data = listing
+    path = tmp_path_factory.mktemp("fuzz") / f"movies{suffix}"
+    path.write_bytes(data)
+    outcome = isolated.call("tests.isolated:expand_list", str(path), timeout=30)
+    assert outcome.clean, outcome.describe()
+    if outcome.kind == "error":
+        assert f"movies{suffix}" in outcome.message, outcome.message
+
+
+def test_a_star_file_rewritten_after_a_failed_read_is_read_afresh(tmp_path: Path) -> None:
+    """starfile reads lines through linecache and clears it only after a successful parse: a STAR
+    file that failed once was read with its old lines ever after in the same process."""
+    from cryotiff.errors import StarFormatError
+    from cryotiff.io.star import read_movie_names
+
+    path = tmp_path / "movies.star"
+    path.write_text("data_\n")
+    with pytest.raises(StarFormatError, match=r"movies\.star: not a readable STAR file \(a data_ block holds no table\)"):
+        read_movie_names(path)
+    path.write_text("data_movies\nloop_\n_rlnMicrographMovieName #1\nMovies/a.mrc\nMovies/b.mrc\n")
+    assert read_movie_names(path) == ["Movies/a.mrc", "Movies/b.mrc"]

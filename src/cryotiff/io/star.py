@@ -27,14 +27,26 @@ def read_star_blocks(path: Path) -> dict[str, Any]:
     """
     if check_regular_file(path, "a STAR file", StarFormatError) == 0:
         raise StarFormatError(f"{path}: the STAR file is empty")
+    import linecache
+
     import starfile
 
+    # starfile reads lines through linecache and clears it only after a successful parse: after a
+    # failed one, a later read of the same file name would get the old lines.
+    linecache.clearcache()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
+    except TypeError as exc:
+        if "NoneType" not in str(exc):
+            raise StarFormatError(f"{path}: not a readable STAR file ({exc})") from None
+        # starfile's parse of a data_ line that no loop_ or _name line follows
+        raise StarFormatError(f"{path}: not a readable STAR file (a data_ block holds no table)") from None
     except Exception as exc:
         raise StarFormatError(f"{path}: not a readable STAR file ({exc})") from None
+    finally:
+        linecache.clearcache()
     if not blocks:
         raise StarFormatError(f"{path}: the STAR file holds no data block")
     return blocks
