@@ -24,6 +24,7 @@ from .errors import CryotiffError, OptionError
 from .jobs import Job, Reporter, Summary, plan, run, summarise
 from .movies_star import write_movies_star
 from .pipeline import JobAborted, PipelineControl, PipelineReporter, pipeline_control_from_argv
+from .progress import RunProgress
 from .report import format_bytes, format_dry_run, plan_dry_run, write_dry_run_report, write_report
 
 EXIT_OK = 0
@@ -181,57 +182,130 @@ unsupported_yet = option_conflicts
 
 
 class TerminalReporter(Reporter):
-    """Prints RELION's per-movie line, a progress bar on a terminal, warnings and errors."""
+    """Prints RELION's per-movie lines, warnings and errors, and the run's progress.
 
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None):
+    On a terminal the progress is two bars (tqdm) under the scrolling lines: the run (movies done
+    of N, input bytes, MB/s, time left) and the current movie's pages. In a log (not a
+    terminal) it is a plain line after each movie converted or failed (:meth:`RunProgress.line`).
+    The caller announces the movies with :meth:`start_run` and ends with :meth:`end_run`.
+
+    Attributes:
+        interactive: draw bars (``out`` is a terminal) instead of writing lines.
+        page_bars: also draw the current movie's pages (not under MPI, where several ranks
+            convert at once).
+    """
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, interactive: bool | None = None):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.progress = self.out.isatty()
-        self._bar_shown = False
+        self.interactive = self.out.isatty() if interactive is None else interactive
+        self.page_bars = True
         self._warned: set[str] = set()  # a warning that names no movie is printed once per run
         self.in_progress: dict[Path, Job] = {}  # source -> job: started, not yet finished
+        self.run_progress: RunProgress | None = None
+        self._run_bar = None  # tqdm bars while they are shown
+        self._page_bar = None
+
+    # -- the run's progress ----------------------------------------------------------------------
+
+    def start_run(self, sources: Sequence[Path]) -> None:
+        """The movies this run will handle, in any order (their sizes are read now)."""
+        self.end_run()
+        self.run_progress = RunProgress.of(sources)
+        if self.interactive and self.run_progress.n_movies:
+            from tqdm import tqdm
+
+            self._run_bar = tqdm(
+                total=self.run_progress.total_bytes, unit="B", unit_scale=True, unit_divisor=1000,
+                file=self.out, position=0, leave=False, dynamic_ncols=True, mininterval=0.2,
+                desc=f"movies 0/{self.run_progress.n_movies}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B of {total_fmt}B, {rate_fmt}, {remaining} left",
+            )
+
+    def end_run(self) -> None:
+        """Remove the bars (before the summary)."""
+        self._close_page_bar()
+        if self._run_bar is not None:
+            self._run_bar.close()
+            self._run_bar = None
+
+    def _describe_run(self) -> None:
+        progress = self.run_progress
+        self._run_bar.set_description_str(f"movies {progress.done_movies}/{progress.n_movies}", refresh=False)
+
+    def _close_page_bar(self) -> None:
+        if self._page_bar is not None:
+            self._page_bar.close()
+            self._page_bar = None
+
+    def _run_advanced(self, source: Path, added_bytes: int, finished: bool, skipped: bool = False) -> None:
+        if self._run_bar is not None:
+            if skipped:
+                self._run_bar.total = self.run_progress.total_bytes
+            if finished:
+                self._describe_run()
+            self._run_bar.update(added_bytes)
+        elif finished and not skipped and self.run_progress is not None:
+            self._emit(self.run_progress.line(), self.out)
+
+    def movie_done(self, result: MovieResult) -> None:
+        """Count a finished movie in the run's progress."""
+        if self.run_progress is None or result.source not in self.run_progress.nbytes_of:
+            return
+        skipped = result.status == "skipped"
+        added = self.run_progress.movie_done(result.source, skipped=skipped)
+        self._run_advanced(result.source, added, finished=True, skipped=skipped)
+
+    def _emit(self, text: str, stream: TextIO) -> None:
+        """Print a line; with bars shown, above them."""
+        if self._run_bar is not None or self._page_bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=stream)
+            stream.flush()
+        else:
+            print(text, file=stream, flush=True)
+
+    # -- Reporter ------------------------------------------------------------------------------
 
     def movie_started(self, job: Job, index: int, total: int) -> None:
         self.in_progress[job.source] = job
-        print(f"Processing {job.source} into {job.destination}", file=self.out, flush=True)
+        self._emit(f"Processing {job.source} into {job.destination}", self.out)
 
     def page_done(self, job: Job, done: int, total: int) -> None:
-        if not self.progress:
+        if self.run_progress is not None:
+            self._run_advanced(job.source, self.run_progress.pages_done(job.source, done, total), finished=False)
+        if not (self.interactive and self.page_bars):
             return
-        width = 30
-        filled = width * done // max(total, 1)
-        self.out.write(f"\r  [{'#' * filled}{' ' * (width - filled)}] {done}/{total} frames")
-        self.out.flush()
-        self._bar_shown = True
+        if self._page_bar is None:
+            from tqdm import tqdm
 
-    def _end_bar(self) -> None:
-        if self._bar_shown:
-            self.out.write("\r" + " " * 60 + "\r")
-            self.out.flush()
-            self._bar_shown = False
+            self._page_bar = tqdm(total=total, unit="page", file=self.out, position=1, leave=False,
+                                  dynamic_ncols=True, mininterval=0.2, desc=f"  {job.source.name}",
+                                  bar_format="{desc}: {n_fmt}/{total_fmt} pages |{bar}|")
+        self._page_bar.update(done - self._page_bar.n)
 
     def movie_finished(self, result: MovieResult) -> None:
         self.in_progress.pop(result.source, None)
-        self._end_bar()
+        self._close_page_bar()
         for text in result.notes:
-            print(text, file=self.out, flush=True)
+            self._emit(text, self.out)
         for text in result.warnings:
             self.warning(text)
         if result.status == "skipped":
-            print(f"Skipping already processed {result.source}", file=self.out, flush=True)
+            self._emit(f"Skipping already processed {result.source}", self.out)
         elif result.status == "failed":
-            print(f"ERROR: {result.message}", file=self.err, flush=True)
+            self._emit(f"ERROR: {result.message}", self.err)
+        self.movie_done(result)
 
     def message(self, text: str) -> None:
-        self._end_bar()
-        print(text, file=self.out, flush=True)
+        self._emit(text, self.out)
 
     def warning(self, text: str) -> None:
         if text in self._warned:
             return
         self._warned.add(text)
-        self._end_bar()
-        print(text, file=self.err, flush=True)
+        self._emit(text, self.err)
 
 
 def print_summary(
@@ -294,6 +368,7 @@ def run_conversion(
         try:
             jobs, failures = plan(inputs, options, relative_to)
             n_movies = len(jobs) + len(failures)
+            reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
             for failure in failures:
                 collector.movie_finished(failure)
             try:
@@ -397,6 +472,7 @@ def finish_run(
     interrupted (``interruption``): what was interrupted, ``<o>/movies.star`` (and
     RELION_OUTPUT_NODES.star for a pipeline job), the summary, ``extra_lines``, the
     ``--report``. Returns the exit status."""
+    reporter.end_run()
     summary = summarise(results, wall_seconds)
     damaged_unaccepted = summary.damaged_eer_frames and not options.ignore_error
     status = EXIT_FAILED if summary.failed or damaged_unaccepted else EXIT_OK
@@ -483,6 +559,7 @@ def run_estimation(
     with _report_if_failed(report_path, options, inputs, lambda: collector.results):
         try:
             jobs, failures = plan(inputs, options, relative_to)
+            reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
             for failure in failures:
                 collector.movie_finished(failure)
             results = failures + estimate(jobs, options, collector)
@@ -493,7 +570,44 @@ def run_estimation(
             return finish_interrupted(
                 lambda: finish_estimation(inputs, collector.results, options, reporter, time.perf_counter() - started,
                                           report_path, interrupted_lines=lines))
-    return finish_estimation(inputs, results, options, reporter, time.perf_counter() - started, report_path)
+    return finish_estimation(inputs, results, options, reporter, time.perf_counter() - started, report_path,
+                             estimate_lines(inputs, options, saved_estimate(options)))
+
+
+def saved_estimate(options: ConvertOptions):
+    """The gain estimate a finished ``--estimate_gain`` saved in ``--o`` (None if none was)."""
+    from .gain import GAIN_ESTIMATE_NAME, GainEstimate
+
+    path = options.output_dir / GAIN_ESTIMATE_NAME
+    try:
+        return GainEstimate.load(path) if path.is_file() else None
+    except CryotiffError:
+        return None
+
+
+def estimate_lines(inputs: Sequence[str], options: ConvertOptions, estimate, program: str = "convert-to-tiff") -> list[str]:
+    """After ``--estimate_gain``: how many pixels are still unreliable and the command that
+    converts the movies with the estimate (RELION prints neither)."""
+    import shlex
+
+    if estimate is None:
+        return []
+    from .gain import GAIN_ESTIMATE_NAME
+
+    n_unreliable, n_pixels = estimate.n_unreliable(options.thresh), int(estimate.gain.size)
+    command = [program, "--i", *inputs, "--o", str(options.output_dir),
+               "--gain", str(options.output_dir / GAIN_ESTIMATE_NAME)]
+    if options.thresh != 50:
+        command += ["--thresh", str(options.thresh)]
+    if options.threads > 1:
+        command += ["--j", str(options.threads)]
+    return [
+        f"Unreliable pixels: {n_unreliable} of {n_pixels} ({100.0 * n_unreliable / n_pixels:.3g} %) have fewer than "
+        f"{options.thresh} consistent observations (--thresh); converting copies their values as float. "
+        "Estimating on more movies makes more of them reliable.",
+        "Next, convert the movies with the estimate:",
+        "  " + shlex.join(command),
+    ]
 
 
 def finish_estimation(
@@ -512,6 +626,7 @@ def finish_estimation(
     went into the estimate). ``save_error``: the estimate could not be saved.
     ``interrupted_lines``: the run was interrupted (exit status 130); printed last. Returns the
     exit status."""
+    reporter.end_run()
     summary = summarise(results, wall_seconds)
     out = reporter.out
     print(f"\nMovies estimated: {summary.converted}, failed: {summary.failed}; "

@@ -60,6 +60,7 @@ from .cli import (
     Interruption,
     TerminalReporter,
     build_parser,
+    estimate_lines,
     finish_estimation,
     finish_interrupted,
     format_bytes,
@@ -307,14 +308,19 @@ def wait_quietly(request: Any, poll_seconds: float = POLL_SECONDS) -> None:
 
 class MpiReporter(TerminalReporter):
     """What a rank prints: its own ``Processing X into Y`` lines. Results, warnings and errors
-    reach rank 0 with the results and are printed there once (:meth:`report_result`). No
-    progress bar: the bars of several ranks would overwrite each other."""
+    reach rank 0 with the results and are printed there once (:meth:`report_result`), with the
+    progress of the whole run: a line after each movie, never a bar (under ``mpirun`` a rank's
+    output is a pseudo-terminal of Open MPI's, whatever ``mpirun``'s own output is, and several
+    ranks print). No page progress: several ranks convert at once."""
 
     def __init__(self, rank: int):
-        super().__init__()
+        super().__init__(interactive=False)
         self.rank = rank
-        self.progress = False
-        self._lock = threading.Lock()  # rank 0's service thread and main thread both print
+        self.page_bars = False
+        self._lock = threading.RLock()  # rank 0's service thread and main thread both print; re-entered by warning()
+
+    def page_done(self, job: Job, done: int, total: int) -> None:
+        """Nothing: the run's progress counts whole movies, from every rank alike."""
 
     def movie_finished(self, result: MovieResult) -> None:
         """Nothing on the converting rank: rank 0 reports the result when it collects it."""
@@ -545,18 +551,11 @@ def find_finished(comm: Any, jobs: Sequence[Job], options: ConvertOptions, conte
     return {index for part in comm.allgather(mine) for index in part}
 
 
-def input_nbytes(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0  # a missing movie fails quickly whatever its place
-
-
 def largest_first(jobs: Sequence[Job], indices: Sequence[int]) -> list[int]:
     """The order movies are handed out in: largest input first (a stable sort, so equal sizes
     keep the list order). A large movie started last would keep one rank busy while the others
     have finished."""
-    return sorted(indices, key=lambda index: -input_nbytes(jobs[index].source))
+    return sorted(indices, key=lambda index: -file_nbytes(jobs[index].source))  # a missing movie: 0, fails fast
 
 
 class RunStopped(Exception):
@@ -677,6 +676,7 @@ def run_conversion(
         for index in sorted(finished)
     }
     if rank == 0:
+        reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
         for failure in failures:
             reporter.report_result(failure)
         for result in skipped.values():
@@ -846,6 +846,7 @@ def run_estimation(
     except RunStopped as stop:
         return stop.status
     if rank == 0:
+        reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
         for failure in failures:
             reporter.report_result(failure)
     order = largest_first(jobs, range(len(jobs)))
@@ -920,8 +921,10 @@ def run_estimation(
         if merged["unsaved"]:
             save()
         all_results = failures + [results[index] for index in range(len(jobs))]
+        lines = [format_rank_line(all_results, comm.size),
+                 *estimate_lines(inputs, options, merged["state"], program="convert-to-tiff-mpi")]
         status = finish_estimation(inputs, all_results, options, reporter, time.perf_counter() - started,
-                                   report_path, [format_rank_line(all_results, comm.size)], merged["error"])
+                                   report_path, lines, merged["error"])
     return broadcast_status(comm, status)
 
 
