@@ -70,6 +70,7 @@ from .cli import (
 from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
 from .jobs import Job, StaleTemporaries, estimate_movie, is_finished, make_executor, plan, prepare, run_job
+from .progress import file_nbytes
 
 #: Message tags of the work-sharing protocol.
 TAG_REQUEST = 17  # rank -> rank 0: the result of its last movie (or None), and "give me the next"
