@@ -167,3 +167,88 @@ def test_a_corrupt_frame_is_taken_back_exactly_also_when_counts_wrap() -> None:
     expected = np.full(width * width, 255, np.uint8)
     expected[dense.positions] = 0  # 255 + 1 wrapped; the corrupt frame left no trace
     np.testing.assert_array_equal(counts.reshape(-1), expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Gain arithmetic against the numpy code it replaced (tests/gain_oracle.py)
+
+from cryotiff import gain as G  # noqa: E402
+
+from . import gain_oracle as O  # noqa: E402
+from .test_gain import SPECIAL_VALUES, same_bits, states_and_frames  # noqa: E402
+
+F32 = np.float32
+
+
+def _gain_normalised(rng: np.random.Generator, shape, n_special: int):
+    """A gain-normalised frame (Poisson counts x gain) with special values sprinkled in, its
+    gain and a reliable mask."""
+    gain = (1 + 0.1 * rng.standard_normal(shape)).astype(F32)
+    frame = (rng.poisson(1.4, shape).astype(F32) * gain).astype(F32)
+    flat = frame.reshape(-1)
+    where = rng.integers(0, flat.size, n_special)
+    flat[where] = rng.choice(np.array(SPECIAL_VALUES, F32), n_special)
+    frame.reshape(-1)[rng.integers(0, flat.size, n_special)] += F32(0.3)  # not multiples
+    return frame, gain, rng.random(shape) < 0.9
+
+
+@settings(max_examples=300, deadline=None)
+@given(states_and_frames(), st.sampled_from([0, 1, 2, 50]))
+def test_gain_update_kernel_equals_numpy(case, thresh) -> None:
+    gain, rel, frames = case
+    estimate = G.GainEstimate(gain.copy(), rel.copy())
+    ref_gain, ref_rel = gain.copy(), rel.copy()
+    for frame in frames:
+        stats = estimate.update(frame, thresh)
+        changed, mismatch, negative, stable = O.update(ref_gain, ref_rel, frame, thresh)
+        assert (stats.changed, stats.mismatch, stats.negative, stats.unreliable) == (changed, mismatch, negative, rel.size - stable)
+        assert same_bits(estimate.gain, ref_gain)
+        assert np.array_equal(estimate.reliability, ref_rel)
+
+
+def _check_integerise(frame, gain, reliable) -> None:
+    result = G.integerise(frame, gain, reliable, ignore_error=True)
+    values, expected, errors, inexact = O.integerise(frame, gain, reliable)
+    assert same_bits(result.values, values)
+    rows, cols = np.nonzero(errors)
+    assert result.n_errors == rows.size and result.n_inexact == int(np.count_nonzero(inexact))
+    np.testing.assert_array_equal(result.error_rows, rows)
+    np.testing.assert_array_equal(result.error_columns, cols)
+    assert same_bits(result.expected, expected[rows, cols])
+    assert same_bits(result.observed, frame[rows, cols]) and same_bits(result.gain, gain[rows, cols])
+    lossy = G.lossy_integerise(frame, gain, reliable, ignore_error=True)
+    counts, n_pixels, n_changed, max_change, sum_change, n_nonfinite, n_clipped = O.lossy_counts(frame, reliable, values)
+    np.testing.assert_array_equal(lossy.counts, counts)
+    s = lossy.stats
+    assert (s.n_pixels, s.n_changed, s.max_abs_change, s.n_nonfinite, s.n_clipped) == (n_pixels, n_changed, max_change, n_nonfinite, n_clipped)
+    assert s.sum_abs_change == pytest.approx(sum_change, rel=1e-12, abs=1e-300)  # summed in another order
+    assert (lossy.minimum, lossy.maximum) == (int(counts.min()), int(counts.max()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(states_and_frames(), st.integers(0, 2**32 - 1))
+def test_integerise_and_lossy_kernels_equal_numpy(case, seed) -> None:
+    gain, _, frames = case
+    rng = np.random.default_rng(seed)
+    for frame in frames:
+        _check_integerise(frame, gain, rng.random(frame.shape) < 0.7)
+
+
+def test_gain_kernels_on_whole_frames() -> None:
+    """Realistic frames with thousands of errors (more than the first pass records) and of special
+    values; the update in row blocks on a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    for n_special in (0, 50, 3000):
+        frame, gain, reliable = _gain_normalised(rng, (97, 131), n_special)
+        _check_integerise(frame, gain, reliable)
+    estimate = G.GainEstimate.new((97, 131))
+    ref_gain, ref_rel = estimate.gain.copy(), estimate.reliability.copy()
+    with ThreadPoolExecutor(2) as pool:
+        for k in range(6):
+            frame, _, _ = _gain_normalised(rng, (97, 131), 20)
+            stats = estimate.update(frame, 3, executor=pool, block_rows=7)
+            changed, mismatch, negative, stable = O.update(ref_gain, ref_rel, frame, 3)
+            assert (stats.changed, stats.mismatch, stats.negative, stats.unreliable) == (changed, mismatch, negative, frame.size - stable)
+    assert same_bits(estimate.gain, ref_gain) and np.array_equal(estimate.reliability, ref_rel)

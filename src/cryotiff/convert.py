@@ -393,7 +393,7 @@ class GainPages(IntegerWidening, PlainPages):
         lossy = lossy_integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, **common)
         self._count_errors(lossy.integer)
         counts = lossy.counts
-        self._fit(index, float(counts.min()), float(counts.max()))
+        self._fit(index, float(lossy.minimum), float(lossy.maximum))
         with self._lock:
             self.n_changed += lossy.stats.n_changed
             self.max_abs_change = max(self.max_abs_change, lossy.stats.max_abs_change)

@@ -10,9 +10,11 @@ cold pixels) unchanged with a gain of 1.0.
 This module reproduces that arithmetic exactly (float32 division, C ``round`` = half away from
 zero, float32 multiply and subtraction, absolute tolerance 1e-4, the rule order of RELION's
 ``TIFFConverter::estimate`` in ``src/tiff_converter.cpp``, written out in docs/relion-behaviour.md,
-"Gain estimation of float movies"), vectorised over whole frames. It never prints: the message
-texts RELION prints are returned by the ``*_message`` / ``format_*`` functions for the caller to
-print.
+"Gain estimation of float movies"), pixel by pixel in compiled loops without the GIL
+(:mod:`cryotiff.kernels`: the estimation update, integerisation, ``--lossy`` rounding); the merge
+of estimates made in parallel, and its tracking, stay vectorised numpy. It never prints: the
+message texts RELION prints are returned by the ``*_message`` / ``format_*`` functions for the
+caller to print.
 
 Deliberate differences from RELION 5.0.1 (each is marked ``DIFFERENCE`` where it is made):
 
@@ -49,6 +51,7 @@ from typing import Callable, Iterator, Sequence
 import mrcfile
 import numpy as np
 
+from cryotiff import kernels
 from cryotiff.errors import CryotiffError, GainError, UnexpectedPixelValueError
 from cryotiff.io import check_regular_file
 from cryotiff.io.mrc import open_mrc
@@ -91,9 +94,8 @@ UNEXPECTED_PIXEL_VALUE = "Unexpected pixel value in a pixel that was considered 
 
 # RELION's snprintf buffer for the mismatch line holds 256 bytes including the NUL.
 _MISMATCH_BUFFER_CHARS = 255
-_INT_MIN = -(2**31)
 _TWO_POW_31_F32 = np.float32(2.0**31)
-_INT_MIN_F32 = np.float32(_INT_MIN)
+_INT_MIN_F32 = np.float32(-(2.0**31))
 _DEFAULT_BLOCK_ROWS = 256
 # Euclid on float values: a few steps suffice for real multiples of one gain (small counts);
 # values that need more steps, or end far below the values themselves, are defect values and
@@ -433,15 +435,16 @@ class GainEstimate:
                 f"{self.gain.shape[1]} x {self.gain.shape[0]} pixels."
             )
 
+        v_all = np.ascontiguousarray(v_all)
+        tolerance = _float32_tolerance(RELION_TOLERANCE_ABS)
+
         def work(rows: slice) -> tuple[int, ...]:
-            return _update_block(
-                self.gain[rows],
-                self.reliability[rows],
-                v_all[rows],
-                thresh,
-                None if self.n_observations is None else self.n_observations[rows],
-                None if self.common_divisor is None else self.common_divisor[rows],
+            counts = kernels.gain_update(
+                self.gain[rows].reshape(-1), self.reliability[rows].reshape(-1), v_all[rows].reshape(-1), thresh, tolerance
             )
+            if self.n_observations is not None and self.common_divisor is not None:
+                _track_block(v_all[rows], self.n_observations[rows], self.common_divisor[rows])
+            return counts
 
         sums = np.sum(np.array(_run_blocks(work, v_all.shape[0], executor, block_rows), dtype=np.int64), axis=0)
         changed, mismatch, negative, stable = (int(x) for x in sums)
@@ -482,43 +485,6 @@ class GainEstimate:
         _atomic_write_mrc(gain_path, self.gain, voxel_size_angstrom=1.0, fsync=fsync)
         _atomic_write_mrc(rel_path, self.reliability, voxel_size_angstrom=1.0, fsync=fsync)
         return gain_path, rel_path
-
-
-def _update_block(
-    gain: np.ndarray,
-    rel: np.ndarray,
-    v: np.ndarray,
-    thresh: int,
-    n_obs: np.ndarray | None,
-    divisor: np.ndarray | None,
-) -> tuple[int, int, int, int]:
-    """RELION's per-pixel estimation rule on one row block, in place (docs/relion-behaviour.md,
-    "Gain estimation of float movies"). Returns (changed, mismatch, negative, stable)."""
-    with np.errstate(all="ignore"):
-        negative = v < 0
-        # Rule order: zero -> nothing; negative; smaller positive value -> new gain; otherwise
-        # the multiple test. "v > 0" excludes zeros and negatives (and NaN) from "smaller".
-        smaller = (v > 0) & (gain > v)
-        rest = (v != 0) & ~negative & ~smaller  # includes NaN values
-        _, _, diff = expected_value(v, gain)
-        matches = diff <= np.float32(_float32_tolerance(RELION_TOLERANCE_ABS))
-        # DIFFERENCE: a NaN difference (NaN value or gain) is a mismatch; RELION's "> 1e-4" is
-        # false for NaN, so it counts NaN as consistent.
-        mismatch = rest & ~matches
-        match = rest & matches
-
-        counts = (int(np.count_nonzero(smaller)), int(np.count_nonzero(mismatch)), int(np.count_nonzero(negative)))
-        # DIFFERENCE: the counter saturates at 32767; RELION's int16 wraps to -32768 and the
-        # pixel becomes unreliable for good after 32767 consistent frames.
-        grow = match & (rel >= 0) & (rel < RELIABILITY_MAX)
-        np.copyto(gain, v, where=smaller)
-        np.copyto(rel, np.int16(0), where=smaller)
-        np.copyto(rel, np.int16(INCONSISTENT), where=negative | mismatch)
-        np.add(rel, np.int16(1), out=rel, where=grow)
-
-        if n_obs is not None and divisor is not None:
-            _track_block(v, n_obs, divisor)
-    return counts + (int(np.count_nonzero(rel >= thresh)),)
 
 
 def _track_block(v: np.ndarray, n_obs: np.ndarray, divisor: np.ndarray) -> None:
@@ -869,44 +835,8 @@ def _check_frame_and_gain(frame: np.ndarray, gain: np.ndarray, reliable_mask: np
     return v, g, mask
 
 
-def _integerise_core(
-    v: np.ndarray,
-    g: np.ndarray,
-    mask: np.ndarray,
-    tolerance_abs: float,
-    executor: Executor | None,
-    block_rows: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(values, expected, error mask, inexact mask) over the frame, in row blocks."""
-    values = np.empty_like(v)
-    expected = np.empty_like(v)
-    errors = np.empty(v.shape, bool)
-    inexact = np.empty(v.shape, bool)
-    tol = _float32_tolerance(tolerance_abs)
-
-    def work(rows: slice) -> tuple[int, ...]:
-        vb, gb, mb = v[rows], g[rows], mask[rows]
-        iv, e, diff = expected_value(vb, gb)
-        ok = diff <= tol
-        accepted = mb & ok
-        err = mb & ~ok
-        out = np.where(accepted, iv, vb)
-        bad = np.flatnonzero(err)
-        if bad.size:
-            # With ignore_error a finite error is rounded without the int cast (RELION writes
-            # -2147483648 when the quotient overflows); a non-finite value is copied (DIFFERENCE).
-            vf, gf = vb.reshape(-1)[bad], gb.reshape(-1)[bad]
-            with np.errstate(all="ignore"):
-                rounded = round_half_away_from_zero(np.divide(vf, gf, dtype=np.float32)) + np.float32(0.0)
-            out.reshape(-1)[bad] = np.where(np.isfinite(vf), rounded, vf)
-        values[rows] = out
-        expected[rows] = e
-        errors[rows] = err
-        inexact[rows] = accepted & (e != vb)
-        return (0,)
-
-    _run_blocks(work, v.shape[0], executor, block_rows)
-    return values, expected, errors, inexact
+#: Errors whose positions :func:`integerise` records on a first pass; more take a second pass.
+_ERRORS_FIRST_PASS = 1024
 
 
 def integerise(
@@ -919,8 +849,6 @@ def integerise(
     frame_index_0based: int = 0,
     reliability: np.ndarray | None = None,
     tolerance_abs: float = RELION_TOLERANCE_ABS,
-    executor: Executor | None = None,
-    block_rows: int = _DEFAULT_BLOCK_ROWS,
 ) -> IntegeriseResult:
     """RELION's ``unnormalise`` of one frame (``src/tiff_converter.cpp``; docs/relion-behaviour.md).
 
@@ -942,19 +870,30 @@ def integerise(
             (row-major order). Its ``mismatch_line`` attribute holds RELION's stderr line.
     """
     v, g, mask = _check_frame_and_gain(frame, gain, reliable_mask)
-    values, expected, errors, inexact = _integerise_core(v, g, mask, tolerance_abs, executor, block_rows)
-    rows, cols = np.nonzero(errors)
+    values = np.empty_like(v)
+    tolerance = _float32_tolerance(tolerance_abs)
+    room = _ERRORS_FIRST_PASS
+    while True:
+        errors, expected = np.empty(room, np.int64), np.empty(room, np.float32)
+        n_errors, n_inexact = kernels.gain_integerise(
+            v.reshape(-1), g.reshape(-1), mask.reshape(-1), tolerance, values.reshape(-1), expected, errors
+        )
+        if n_errors <= room:
+            break
+        room = n_errors  # with --ignore_error: a second pass records them all
+    errors, expected = errors[:n_errors], expected[:n_errors]
+    rows, cols = np.divmod(errors, v.shape[1])
     status_map = mask.astype(np.int16) if reliability is None else np.asarray(reliability)
     result = IntegeriseResult(
         values=values,
-        n_errors=int(rows.size),
-        n_inexact=int(np.count_nonzero(inexact)),
+        n_errors=int(n_errors),
+        n_inexact=int(n_inexact),
         error_rows=rows,
         error_columns=cols,
-        observed=v[rows, cols],
-        expected=expected[rows, cols],
-        gain=g[rows, cols],
-        status=status_map[rows, cols],
+        observed=v.reshape(-1)[errors],
+        expected=expected,
+        gain=g.reshape(-1)[errors],
+        status=status_map.reshape(-1)[errors],
         movie=movie,
         frame_index_0based=frame_index_0based,
     )
@@ -998,12 +937,15 @@ class LossyStats:
 
 @dataclass
 class LossyResult:
-    """Result of :func:`lossy_integerise`: int32 ``counts``, the lossy ``stats``, and the
-    reliable-pixel check (``integer`` holds the :class:`IntegeriseResult` of reliable pixels)."""
+    """Result of :func:`lossy_integerise`: int32 ``counts``, the lossy ``stats``, the
+    reliable-pixel check (``integer`` holds the :class:`IntegeriseResult` of reliable pixels),
+    and the smallest and largest count (to choose or check the sample type)."""
 
     counts: np.ndarray
     stats: LossyStats
     integer: IntegeriseResult
+    minimum: int = 0
+    maximum: int = 0
 
 
 def lossy_integerise(
@@ -1016,8 +958,6 @@ def lossy_integerise(
     frame_index_0based: int = 0,
     reliability: np.ndarray | None = None,
     tolerance_abs: float = RELION_TOLERANCE_ABS,
-    executor: Executor | None = None,
-    block_rows: int = _DEFAULT_BLOCK_ROWS,
 ) -> LossyResult:
     """``--lossy`` (RELION's never-shipped idea): the whole frame as integer counts.
 
@@ -1030,33 +970,21 @@ def lossy_integerise(
     v, g, mask = _check_frame_and_gain(frame, gain, reliable_mask)
     exact = integerise(
         v, g, mask, ignore_error, movie=movie, frame_index_0based=frame_index_0based,
-        reliability=reliability, tolerance_abs=tolerance_abs, executor=executor, block_rows=block_rows,
+        reliability=reliability, tolerance_abs=tolerance_abs,
     )
-    unreliable = ~mask
-    raw = v[unreliable].astype(np.float64)
-    finite = np.isfinite(raw)
-    rounded = np.copysign(np.floor(np.abs(raw) + 0.5), raw)  # exact for float32 inputs
-    rounded[~finite] = 0.0
-    clipped = np.clip(rounded, _INT_MIN, 2**31 - 1)
-    change = np.abs(clipped[finite] - raw[finite])
-    values = exact.values  # whole numbers within int32 except at errors kept with ignore_error
-    outside = ~(np.abs(values) < _TWO_POW_31_F32) & mask
-    if outside.any():
-        values = values.copy()
-        values[outside & ~np.isfinite(values)] = 0
-        np.clip(values, _INT_MIN_F32, np.float32(2**31 - 128), out=values, where=outside)
-    counts = np.zeros(v.shape, np.int32)
-    np.copyto(counts, values, casting="unsafe", where=mask)
-    counts[unreliable] = clipped.astype(np.int32)
+    counts = np.empty(v.shape, np.int32)
+    n_pixels, n_changed, max_change, sum_change, n_nonfinite, n_clipped, minimum, maximum = kernels.gain_lossy_counts(
+        exact.values.reshape(-1), v.reshape(-1), mask.reshape(-1), counts.reshape(-1)
+    )
     stats = LossyStats(
-        n_pixels=int(raw.size),
-        n_changed=int(np.count_nonzero(change > 0) + np.count_nonzero(~finite)),
-        max_abs_change=float(change.max()) if change.size else 0.0,
-        sum_abs_change=float(change.sum()),
-        n_nonfinite=int(np.count_nonzero(~finite)),
-        n_clipped=int(np.count_nonzero(clipped != rounded)),
+        n_pixels=int(n_pixels),
+        n_changed=int(n_changed),
+        max_abs_change=float(max_change),
+        sum_abs_change=float(sum_change),
+        n_nonfinite=int(n_nonfinite),
+        n_clipped=int(n_clipped),
     )
-    return LossyResult(counts=counts, stats=stats, integer=exact)
+    return LossyResult(counts=counts, stats=stats, integer=exact, minimum=int(minimum), maximum=int(maximum))
 
 
 # ---------------------------------------------------------------------------------------------
