@@ -51,7 +51,6 @@ from typing import Callable, Iterator, Sequence
 import mrcfile
 import numpy as np
 
-from cryotiff import kernels
 from cryotiff.errors import CryotiffError, GainError, UnexpectedPixelValueError
 from cryotiff.io import check_regular_file
 from cryotiff.io.mrc import open_mrc
@@ -434,6 +433,8 @@ class GainEstimate:
                 f"A frame of {v_all.shape[1]} x {v_all.shape[0]} pixels does not match the gain estimate of "
                 f"{self.gain.shape[1]} x {self.gain.shape[0]} pixels."
             )
+
+        from cryotiff import kernels  # numba: imported by the runs that need it
 
         v_all = np.ascontiguousarray(v_all)
         tolerance = _float32_tolerance(RELION_TOLERANCE_ABS)
@@ -869,6 +870,8 @@ def integerise(
         UnexpectedPixelValueError: without ``ignore_error``, at the first non-conforming pixel
             (row-major order). Its ``mismatch_line`` attribute holds RELION's stderr line.
     """
+    from cryotiff import kernels  # numba: imported by the runs that need it
+
     v, g, mask = _check_frame_and_gain(frame, gain, reliable_mask)
     values = np.empty_like(v)
     tolerance = _float32_tolerance(tolerance_abs)
@@ -972,6 +975,8 @@ def lossy_integerise(
         v, g, mask, ignore_error, movie=movie, frame_index_0based=frame_index_0based,
         reliability=reliability, tolerance_abs=tolerance_abs,
     )
+    from cryotiff import kernels
+
     counts = np.empty(v.shape, np.int32)
     n_pixels, n_changed, max_change, sum_change, n_nonfinite, n_clipped, minimum, maximum = kernels.gain_lossy_counts(
         exact.values.reshape(-1), v.reshape(-1), mask.reshape(-1), counts.reshape(-1)

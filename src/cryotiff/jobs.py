@@ -25,6 +25,7 @@ from .convert import (
     movie_kind,
     open_movie,
     open_page_source,
+    ordered_map,
 )
 from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
 from .io import check_regular_file
@@ -462,8 +463,12 @@ def estimate_movie(
                 estimate = GainEstimate.new(info.shape_yx)
             if tuple(estimate.shape_yx) != tuple(info.shape_yx):
                 raise GainError(f"{path}: {different_size_message(str(path))}")
-            for index in range(info.n_frames):
-                frame = movie.read_frame(index).astype("float32", copy=False)
+            # With --j N the next frame is read while this one updates the estimate (in row blocks
+            # on the same threads); the window bounds the frames in memory to two.
+            frames = ordered_map(
+                lambda k: movie.read_frame(k).astype("float32", copy=False), info.n_frames, executor, window=2
+            )
+            for index, frame in enumerate(frames):
                 stats = estimate.update(frame, options.thresh, executor=executor)
                 reporter.message(format_estimate_line(str(path), index, stats))
             result.n_pages = info.n_frames

@@ -1,0 +1,263 @@
+"""cryotiff against RELION's ``relion_convert_to_tiff`` on the same files, in the same run.
+
+    python benchmarks/bench_vs_relion.py [--relion PATH] [--baseline SRC] [--repeats N]
+                                         [--workdir DIR] [--cases eer,eer-up2,...] [--first-run]
+
+Generates the cases (once, cached in ``--workdir``), then runs each case's command with
+cryotiff at ``--j 1`` and ``--j 2``, and with ``--relion`` (RELION 5.0.1's relion_convert_to_tiff
+built from its public source) on the same inputs, interleaved (one run of each in turn, ``--repeats``
+rounds), and prints one table: best-of-N wall seconds of the whole command, ratios to RELION,
+output sizes and peak resident memory. ``--baseline SRC`` adds a column for another cryotiff
+(a ``src`` directory, put first on PYTHONPATH), e.g. an export of an older commit, so that
+ratios can be given against it when RELION is not at hand. The outputs of every program are
+decoded and compared: the same pixels (TIFF pages), the same gain estimate. ``--first-run``
+also times cryotiff once with an empty numba cache (the JIT compile a fresh install pays once).
+
+The cases (the table of the speed issue):
+
+* ``eer``: a simulated Falcon 4 EER, 4096x4096, compression 65001, 400 raw frames at 0.025
+  e/pixel/raw frame (240 MB), ``--eer_grouping 20``; ``eer-up2``: the same at ``--eer_upsampling 2``;
+* ``estimate``: ``--estimate_gain`` over two gain-normalised K2 movies (float32 MRC, 3710 x 3838
+  pixels, ``--k2gain-frames`` each, 40 by default: long enough for nearly every pixel to become
+  reliable at ``--thresh 50``), listed in a ``.lst`` (RELION's ``--i`` takes one file);
+* ``gain``: ``--gain`` with that estimate over the same two movies;
+* ``k2``: K2 counts, MRC mode 0, 3838 x 3710, 10 frames at 0.96 e/pixel/frame;
+* ``falcon``: Falcon 16-bit, MRC mode 6, 4096 x 4096, 8 frames.
+
+Wall time is of the whole process (start-up, imports, reading, writing). Peak memory is the
+child's ``ru_maxrss``; this script imports nothing beyond the standard library in the process
+that starts the programs (a child's ``ru_maxrss`` starts at its parent's peak on Linux), and
+makes and compares data in child processes of its own. The machine may be shared: other jobs
+slow all programs alike only when the runs are interleaved, so read the ratios, and repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+CASES = ("eer", "eer-up2", "estimate", "gain", "k2", "falcon")
+K2_SHAPE_YX = (3710, 3838)
+
+
+# --------------------------------------------------------------------------------------------
+# Data (made in a child process: python bench_vs_relion.py --make WORKDIR FRAMES)
+
+
+def make_data(workdir: Path, k2gain_frames: int) -> None:
+    import numpy as np
+
+    sys.path.insert(0, str(HERE.parent))
+    import bench_eer
+    from cryotiff.simulate.detectors import counting_frames, falcon_frames
+    from cryotiff.simulate.gain_normalised import make_detector
+    from cryotiff.simulate.write import write_mrc_movie
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench_eer.make_movie(workdir / "eer400.eer", 400, 0.025)
+    if not (workdir / "k2.mrc").exists():
+        write_mrc_movie(workdir / "k2.partial.mrc", counting_frames(10, (3838, 3710), 0.96, np.int8, seed=1), 0,
+                        pixel_size_angstrom=1.05)
+        os.replace(workdir / "k2.partial.mrc", workdir / "k2.mrc")
+    if not (workdir / "falcon.mrc").exists():
+        write_mrc_movie(workdir / "falcon.partial.mrc", falcon_frames(8, (4096, 4096), seed=2), 6, pixel_size_angstrom=0.83)
+        os.replace(workdir / "falcon.partial.mrc", workdir / "falcon.mrc")
+    import mrcfile
+
+    names = [f"k2gain_{k}.mrc" for k in range(2)]
+    if not all((workdir / name).exists() for name in names):
+        rng = np.random.default_rng(3)
+        detector = make_detector(K2_SHAPE_YX, rng)
+        for name in names:
+            partial = workdir / (name + ".partial")
+            with mrcfile.new_mmap(partial, shape=(k2gain_frames, *K2_SHAPE_YX), mrc_mode=2, overwrite=True) as mrc:
+                for first in range(0, k2gain_frames, 8):
+                    count = min(8, k2gain_frames - first)
+                    mrc.data[first : first + count] = detector.movie(count, rng).frames
+                mrc.voxel_size = 1.05
+            os.replace(partial, workdir / name)
+    (workdir / "k2gain.lst").write_text("".join(f"{workdir / name}\n" for name in names))
+
+
+def compare_outputs(reference: Path, other: Path) -> str:
+    """``same`` when every TIFF page and gain file in ``reference`` has the same pixels in
+    ``other`` (found under the same name), else what differs."""
+    import numpy as np
+    import tifffile
+
+    sys.path.insert(0, str(HERE.parents[1] / "src"))
+    from cryotiff.gain import read_mrc_image
+
+    problems = []
+    found = 0
+    for path in sorted(reference.rglob("*")):
+        if path.suffix not in (".tif", ".bin", ".mrc") or not path.is_file():
+            continue
+        twins = list(other.rglob(path.name))
+        if not twins:
+            problems.append(f"{path.name} missing")
+            continue
+        found += 1
+        if path.suffix == ".tif":
+            with tifffile.TiffFile(path) as a, tifffile.TiffFile(twins[0]) as b:
+                if len(a.pages) != len(b.pages):
+                    problems.append(f"{path.name}: {len(a.pages)} against {len(b.pages)} pages")
+                    continue
+                for k, (pa, pb) in enumerate(zip(a.pages, b.pages)):
+                    x, y = pa.asarray(), pb.asarray()
+                    # RELION writes the gain path's integers as float32 (cryotiff too, except --lossy)
+                    if x.shape != y.shape or not np.array_equal(x.astype(np.float64), y.astype(np.float64)):
+                        problems.append(f"{path.name} page {k + 1} differs")
+                        break
+        elif "reliab" not in path.name:  # the counters depend on the movies' order (RELION shuffles)
+            x, y = read_mrc_image(path), read_mrc_image(twins[0])
+            if not np.array_equal(x, y, equal_nan=True):
+                problems.append(f"{path.name} differs")
+    if not found:
+        return "nothing to compare"
+    return "same" if not problems else "; ".join(problems[:3])
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def run(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, float, int]:
+    """``(wall seconds, peak RSS MiB, exit status)`` of one command (its output discarded)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return seconds, usage.ru_maxrss / 1024, process.returncode
+
+
+def case_arguments(case: str, workdir: Path, estimate_dir: Path) -> list[str]:
+    if case in ("eer", "eer-up2"):
+        args = ["--i", str(workdir / "eer400.eer"), "--eer_grouping", "20"]
+        return args + (["--eer_upsampling", "2"] if case == "eer-up2" else [])
+    if case == "estimate":
+        return ["--i", str(workdir / "k2gain.lst"), "--estimate_gain"]
+    if case == "gain":
+        return ["--i", str(workdir / "k2gain.lst"), "--gain", str(estimate_dir / "gain_estimate.bin")]
+    return ["--i", str(workdir / f"{case}.mrc")]
+
+
+def tree_bytes(directory: Path, suffixes=(".tif",)) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and p.suffix in suffixes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--relion", type=Path, help="RELION's relion_convert_to_tiff")
+    parser.add_argument("--baseline", type=Path, help="the src directory of another cryotiff to time alongside")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best is reported (default 3)")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cryotiff-bench-vs-relion")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--k2gain-frames", type=int, default=40, help="frames of each gain-normalised movie (default 40)")
+    parser.add_argument("--first-run", action="store_true", help="also time cryotiff once with an empty numba cache")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--make", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--compare", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.make:
+        make_data(args.make, args.k2gain_frames)
+        return 0
+    if args.compare:
+        print(compare_outputs(*args.compare))
+        return 0
+
+    workdir = args.workdir.resolve()
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    subprocess.run([sys.executable, str(HERE), "--make", str(workdir), "--k2gain-frames", str(args.k2gain_frames)], check=True)
+    src = HERE.parents[1] / "src"
+    cryotiff_env = dict(os.environ, PYTHONPATH=str(src))
+    programs: dict[str, tuple[list[str], dict[str, str]]] = {}
+    if args.relion:
+        programs["RELION"] = ([str(args.relion.resolve())], dict(os.environ, OMP_NUM_THREADS="1"))
+    if args.baseline:
+        programs["baseline --j 1"] = ([sys.executable, "-m", "cryotiff", "--j", "1"], dict(os.environ, PYTHONPATH=str(args.baseline.resolve())))
+    programs["cryotiff --j 1"] = ([sys.executable, "-m", "cryotiff", "--j", "1"], cryotiff_env)
+    programs["cryotiff --j 2"] = ([sys.executable, "-m", "cryotiff", "--j", "2"], cryotiff_env)
+
+    out_root = workdir / "out"
+    estimate_dir = workdir / "estimate-for-gain"
+    if "gain" in cases and not (estimate_dir / "gain_estimate.bin").exists():
+        command, env = programs["cryotiff --j 1"]
+        subprocess.run(command + case_arguments("estimate", workdir, estimate_dir) + ["--o", str(estimate_dir) + "/"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+    figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    same: dict[tuple[str, str], str] = {}
+    first_run: dict[str, float] = {}
+    for case in cases:
+        for round_ in range(args.repeats):
+            for name, (command, env) in programs.items():
+                out = out_root / case / name.replace(" ", "_")
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                seconds, rss, status = run(command + case_arguments(case, workdir, estimate_dir) + ["--o", str(out) + "/"], env)
+                if status != 0:
+                    print(f"{case}: {name} exited with {status}", file=sys.stderr)
+                figures.setdefault((case, name), []).append((seconds, rss))
+                sizes[(case, name)] = tree_bytes(out, (".bin",) if case == "estimate" else (".tif",))
+        reference = "RELION" if args.relion else "cryotiff --j 1"
+        for name in programs:
+            if name != reference:
+                result = subprocess.run([sys.executable, str(HERE), "--compare", str(out_root / case / reference.replace(" ", "_")),
+                                         str(out_root / case / name.replace(" ", "_"))],
+                                        capture_output=True, text=True, env=cryotiff_env)
+                same[(case, name)] = (result.stdout.strip() or result.stderr.strip()[-200:])
+        if args.first_run:
+            command, env = programs["cryotiff --j 1"]
+            with tempfile.TemporaryDirectory() as cache:
+                out = out_root / case / "first_run"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                first_run[case] = run(command + case_arguments(case, workdir, estimate_dir) + ["--o", str(out) + "/"],
+                                      dict(env, NUMBA_CACHE_DIR=cache))[0]
+        print_table(cases[: cases.index(case) + 1], programs, figures, sizes, same, first_run, args)
+    if args.json:
+        args.json.write_text(json.dumps({f"{c}|{n}": v for (c, n), v in figures.items()}, indent=1))
+    return 0
+
+
+def print_table(cases, programs, figures, sizes, same, first_run, args) -> None:
+    names = list(programs)
+    reference = "RELION" if "RELION" in programs else ("baseline --j 1" if "baseline --j 1" in programs else None)
+    lines = [f"best of {args.repeats} interleaved runs, wall seconds of the whole command (median in brackets)", ""]
+    header = "| case | " + " | ".join(names) + (f" | ratio to {reference} (--j 1 / --j 2)" if reference else "")
+    header += " | output MB (" + ", ".join(names) + ") | peak RSS MiB (" + ", ".join(names) + ") | same pixels |"
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for case in cases:
+        best = {n: min(s for s, _ in figures[(case, n)]) for n in names}
+        median = {n: statistics.median(s for s, _ in figures[(case, n)]) for n in names}
+        rss = {n: max(r for _, r in figures[(case, n)]) for n in names}
+        cells = [f"{best[n]:.2f} ({median[n]:.2f})" for n in names]
+        row = f"| {case} | " + " | ".join(cells)
+        if reference:
+            row += f" | {best[reference] / best['cryotiff --j 1']:.2f}x / {best[reference] / best['cryotiff --j 2']:.2f}x"
+        row += " | " + ", ".join(f"{sizes[(case, n)] / 1e6:.1f}" for n in names)
+        row += " | " + ", ".join(f"{rss[n]:.0f}" for n in names)
+        row += " | " + "; ".join(f"{n}: {same[(case, n)]}" for n in names if (case, n) in same) + " |"
+        lines.append(row)
+    if first_run:
+        lines += ["", "first run with an empty numba cache (cryotiff --j 1, once): "
+                  + ", ".join(f"{c} {s:.2f} s" for c, s in first_run.items())]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
