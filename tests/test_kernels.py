@@ -28,7 +28,7 @@ def add_frames(streams, width, encoding, upsampling, dtype, band_rows):
     """``kernels.eer_add_frames`` over ``streams`` (bytes) of a ``width``-wide detector."""
     out = E.output_size(width, upsampling)
     counts = np.zeros((out, out), dtype)
-    data = np.frombuffer(b"".join(streams) or b"\0", np.uint8)
+    data = np.frombuffer(b"".join(streams) or b"\0", np.uint8).copy()
     n_bytes = np.array([len(s) for s in streams], np.int64)
     starts = np.concatenate(([0], np.cumsum(n_bytes)[:-1])).astype(np.int64)
     complete = np.zeros(len(streams), np.bool_)
@@ -138,7 +138,7 @@ def test_eer_place_events_records_what_relions_loop_reads(data: bytes, rle: int,
     positions = np.empty(8 * len(data) + 1, np.int64)
     symbols = np.empty(8 * len(data) + 1, np.uint8)
     placed = K.eer_place_events(
-        np.frombuffer(data, np.uint8), 8 * len(data), n_pixels, rle, symbol_bits, symbol_bits if skip else 0,
+        np.frombuffer(data, np.uint8).copy(), 8 * len(data), n_pixels, rle, symbol_bits, symbol_bits if skip else 0,
         K.EER_RECORD, 0, 1, np.zeros(16, np.int64), np.zeros(1, np.uint16), 1, positions, symbols,
     )
     ref = ref_decode(data, n_pixels, rle, symbol_bits, skip)
@@ -158,7 +158,7 @@ def test_a_corrupt_frame_is_taken_back_exactly_also_when_counts_wrap() -> None:
     good = S.encode_frame(dense, width, 65001)
     bad = good[: len(good) // 2]
     counts = np.full((width, width), 255, np.uint8)
-    data = np.frombuffer(good + bad, np.uint8)
+    data = np.frombuffer(good + bad, np.uint8).copy()
     n_bytes = np.array([len(good), len(bad)], np.int64)
     complete = np.zeros(2, np.bool_)
     K.eer_add_frames(data, np.array([0, len(good)], np.int64), n_bytes, width * width, 7, 4, 0,

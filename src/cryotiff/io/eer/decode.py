@@ -40,8 +40,10 @@ def subpixels(
 
 
 def as_stream(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """A frame's data as the uint8 array the kernels read."""
-    return np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
+    """A frame's data as the writable uint8 array the kernels read (a read-only array would be
+    another compiled specialisation of each kernel)."""
+    stream = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
+    return stream if stream.flags.writeable else stream.copy()
 
 
 def decode_eer_frame(
