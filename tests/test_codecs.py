@@ -430,3 +430,33 @@ def test_zlib_ng_writes_the_bytes_zlib_writes(label: str, strategy_name: str) ->
         assert codec.encode(data) == _zlib_strategy(data, strategy)
 
     random_bytes()
+
+
+@pytest.mark.parametrize("label", ["deflate-huffman", "deflate-rle", "lzw", "deflate-1"])
+def test_strips_from_rows_anywhere_in_memory(label: str) -> None:
+    """encode_rows takes the flipped view of a page (no contiguous copy for the streaming
+    encoders) and gives encode's bytes; decodes_to accepts exactly the strip's bytes and refuses
+    another strip, a cut stream and trailing data, and raises on a damaged stream."""
+    import zlib
+
+    codec = make_codec_from_label(label)
+    frame = counting_frames(1, (700, 517), 0.96, np.uint16, seed=8)[0]
+    rows = frame[::-1].view(np.uint8)
+    assert not rows.flags.c_contiguous
+    contiguous = np.ascontiguousarray(rows)
+    encoded = codec.encode_rows(rows)
+    assert encoded == codec.encode(contiguous)
+    assert codec.decodes_to(encoded, rows) and codec.decodes_to(encoded, contiguous)
+    other = contiguous.copy()
+    other[350, 17] ^= 1
+    assert not codec.decodes_to(encoded, other)
+    assert not codec.decodes_to(codec.encode(contiguous[:-1]), rows)  # one row short
+    assert not codec.decodes_to(encoded, rows[:-1])  # one row too many
+    damaged = bytearray(encoded)
+    damaged[len(damaged) // 2] ^= 0x55
+    trailing = [encoded + b"\0\0"] if codec.encoder == "zlib-ng" else []  # LZW stops at its end code
+    for bad in [encoded[: len(encoded) // 2], bytes(damaged), *trailing]:
+        try:
+            assert not codec.decodes_to(bad, rows)
+        except (zlib.error, RuntimeError, ValueError):  # imagecodecs' and zlib-ng's errors
+            pass

@@ -14,6 +14,7 @@ the data only decide through the compressed sizes.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ class StripCodec:
     #: lets it write straight into a buffer of the right size (about twice as fast as letting it
     #: grow one; all strips of a movie but the last row strip have the same size).
     _largest_strip: list = field(default_factory=lambda: [0], compare=False, repr=False)
+    #: For the streaming encoders (zlib-ng): ``_compressor()`` gives a fresh compress object.
+    _compressor: Callable[[], object] | None = field(default=None, compare=False, repr=False)
 
     def encode(self, data: bytes | memoryview | np.ndarray) -> bytes:
         """Compress one strip (any C-contiguous buffer)."""
@@ -125,6 +128,52 @@ class StripCodec:
         if size > self._largest_strip[0]:
             self._largest_strip[0] = size
         return self._encode(data)
+
+    def encode_rows(self, rows: np.ndarray) -> bytes:
+        """Compress one strip given as its rows: a 2-D uint8 array of row bytes whose rows may lie
+        anywhere in memory (the flipped view of a page). The streaming encoders take it a few rows
+        at a time, so no contiguous copy of the strip is made; their bytes are those of
+        :meth:`encode` of the contiguous strip (the same input, fed in pieces)."""
+        if self._compressor is None:
+            return self.encode(np.ascontiguousarray(rows))
+        if rows.nbytes > self._largest_strip[0]:
+            self._largest_strip[0] = rows.nbytes
+        compressor = self._compressor()
+        step = _rows_per_piece(rows)
+        parts = [compressor.compress(np.ascontiguousarray(rows[first : first + step])) for first in range(0, rows.shape[0], step)]
+        parts.append(compressor.flush())
+        return b"".join(parts)
+
+    def decodes_to(self, data: bytes, rows: np.ndarray) -> bool:
+        """Whether ``data`` decodes to exactly the bytes of ``rows`` (as :meth:`encode_rows`
+        takes them). Raises what the decoder raises for a stream it cannot decode. The streaming
+        decoder (zlib-ng, for the zlib-ng encoders) compares a few rows at a time and never holds
+        the whole decoded strip; the others decode the strip whole."""
+        row_bytes = rows.shape[1]
+        step = _rows_per_piece(rows)
+        if self._compressor is None:
+            decoded = np.frombuffer(self.decode(data), dtype=np.uint8)  # sized by the largest strip
+            if decoded.size != rows.size:
+                return False
+            decoded = decoded.reshape(rows.shape)
+            # Piece by piece: a whole-strip comparison would make a strip-sized temporary.
+            return all(
+                np.array_equal(decoded[first : first + step], rows[first : first + step])
+                for first in range(0, rows.shape[0], step)
+            )
+        inflater = zlib_ng.decompressobj()
+        done = 0
+        while done < rows.shape[0]:
+            piece = inflater.decompress(data, step * row_bytes)
+            data = inflater.unconsumed_tail
+            n_rows, rest = divmod(len(piece), row_bytes)
+            if not piece or rest or done + n_rows > rows.shape[0]:
+                return False
+            if not np.array_equal(np.frombuffer(piece, np.uint8).reshape(n_rows, row_bytes), rows[done : done + n_rows]):
+                return False
+            done += n_rows
+        # Every row matched: the stream must end here (its checksum is checked on the way).
+        return not inflater.decompress(data, 1) and inflater.eof and not inflater.unused_data
 
     def decode(self, data: bytes, nbytes: int | None = None) -> bytes:
         """Decompress one strip; ``nbytes`` is its decoded size when known (otherwise the size
@@ -167,6 +216,14 @@ _ENCODER_LIBRARIES = {
 }
 
 
+#: Bytes of rows the streaming encoder and decoder take at a time (they stay in the cache).
+_PIECE_BYTES = 1 << 18
+
+
+def _rows_per_piece(rows: np.ndarray) -> int:
+    return max(1, _PIECE_BYTES // max(rows.shape[1], 1))
+
+
 def _identity(data, nbytes: int | None = None) -> bytes:
     return bytes(data)
 
@@ -206,6 +263,10 @@ def _decode_sized(decoder: Callable[..., bytes], data: bytes, nbytes: int | None
 _DEFLATE_DECODER = imagecodecs.deflate_decode
 
 
+def _zlib_ng_compressor(strategy: int) -> Callable[[], object]:
+    return lambda: zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, strategy)
+
+
 def _zlib_strategy_encoder(strategy: int) -> Callable[[bytes], bytes]:
     """zlib-ng with ``Z_HUFFMAN_ONLY`` or ``Z_RLE``: plain Deflate streams, fast on counting data.
 
@@ -217,8 +278,10 @@ def _zlib_strategy_encoder(strategy: int) -> Callable[[bytes], bytes]:
     while it compresses.
     """
 
+    new_compressor = _zlib_ng_compressor(strategy)
+
     def encode(data) -> bytes:
-        compressor = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, strategy)
+        compressor = new_compressor()
         return compressor.compress(data) + compressor.flush()
 
     return encode
@@ -261,9 +324,10 @@ def make_codec(name: str, level: int | None = None) -> StripCodec:
     if name in ("deflate-huffman", "deflate-rle"):
         variant = name.split("-")[1]
         strategy = zlib_ng.Z_HUFFMAN_ONLY if variant == "huffman" else zlib_ng.Z_RLE
-        return _sized(
+        codec = _sized(
             "deflate", COMPRESSION_DEFLATE, None, _zlib_strategy_encoder(strategy), _DEFLATE_DECODER, variant
         )
+        return dataclasses.replace(codec, _compressor=_zlib_ng_compressor(strategy))
     if name == "zlib":
         level = DEFAULT_LEVELS["deflate"] if level is None else level
         _check_level("zlib", level, range(1, 10))

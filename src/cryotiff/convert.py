@@ -617,24 +617,26 @@ def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, ver
             f"{source.path}: page {index + 1} is {page.shape} {page.dtype}, "
             f"expected {source.shape_yx} {source.dtype}"
         )
-    rows = np.ascontiguousarray(flip_rows(page))
-    row_bytes = rows.view(np.uint8).reshape(rows.shape[0], -1)
+    # TIFF scanline order as a view: the streaming encoders read it a few rows at a time, the
+    # others copy each strip (codecs.StripCodec.encode_rows).
+    rows = flip_rows(page if page.flags.c_contiguous else np.ascontiguousarray(page))
+    row_bytes = rows.view(np.uint8)
     strips = []
     for first_row in range(0, rows.shape[0], rows_per_strip):
         raw = row_bytes[first_row : first_row + rows_per_strip]
         try:
-            encoded = codec.encode(raw)
+            encoded = codec.encode_rows(raw)
         except Exception as exc:  # imagecodecs raises its own RuntimeError subclasses
             raise OutputError(f"{source.path}: frame {index + 1}: the {codec.label} encoder failed ({exc})") from None
         if verify:
             try:
-                decoded = np.frombuffer(codec.decode(encoded), dtype=np.uint8)
+                same = codec.decodes_to(encoded, raw)
             except Exception as exc:  # a strip that cannot be decoded is a failed check, not a crash
                 raise VerificationError(
                     f"{source.path}: frame {index + 1}, rows {first_row}..: the {codec.label} strip "
                     f"cannot be decoded again ({exc})"
                 ) from None
-            if decoded.size != raw.size or not np.array_equal(decoded, raw.ravel()):
+            if not same:
                 raise VerificationError(
                     f"{source.path}: frame {index + 1}, rows {first_row}..: the {codec.label} "
                     "strip does not decode to the frame it was made from"
