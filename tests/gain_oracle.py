@@ -21,7 +21,8 @@ def _update_block(
     n_obs: np.ndarray | None,
     divisor: np.ndarray | None,
 ) -> tuple[int, int, int, int]:
-    """Spec 9.2 on one row block, in place. Returns (changed, mismatch, negative, stable)."""
+    """RELION's per-pixel estimation rule on one row block, in place (docs/relion-behaviour.md,
+    "Gain estimation of float movies"). Returns (changed, mismatch, negative, stable)."""
     with np.errstate(all="ignore"):
         negative = v < 0
         # Rule order: zero -> nothing; negative; smaller positive value -> new gain; otherwise
