@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vs_relion.py [--relion PATH] [--baseline SRC] [--repeats N]
                                          [--workdir DIR] [--cases eer,eer-up2,...] [--first-run]
+    python benchmarks/bench_vs_relion.py --kernels [--baseline SRC]   # numba and zlib-ng figures
 
 Generates the cases (once, cached in ``--workdir``), then runs each case's command with
 cryotiff at ``--j 1`` and ``--j 2``, and with ``--relion`` (RELION 5.0.1's relion_convert_to_tiff
@@ -128,6 +129,85 @@ def compare_outputs(reference: Path, other: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# The measurements behind the choice of numba and zlib-ng (python bench_vs_relion.py --kernels)
+
+
+def kernel_figures(workdir: Path) -> None:
+    """CPU seconds of one thread (``time.thread_time``, less disturbed by other jobs than wall
+    time) of each compiled kernel against the numpy code it replaced, and of zlib-ng against
+    zlib for Huffman-only and RLE Deflate (and whether the bytes are the same). The EER
+    figure of the code before the kernels comes from ``--baseline``'s ``EerMovie.render``."""
+    import zlib
+
+    import numpy as np
+    from zlib_ng import zlib_ng
+
+    sys.path.insert(0, str(HERE.parents[1] / "tests"))
+    import gain_oracle
+    from cryotiff import gain as G
+    from cryotiff.io.eer import EerMovie
+    from cryotiff.simulate.detectors import counting_frames, falcon_frames
+
+    def best(function, repeats=3):
+        times = []
+        for _ in range(repeats):
+            started = time.thread_time()
+            function()
+            times.append(time.thread_time() - started)
+        return min(times)
+
+    print("| what | before | now | speed-up |\n|---|---:|---:|---:|")
+    for name, frame in (("K2 counts frame", counting_frames(1, (3838, 3710), 0.96, np.uint8, seed=1)[0]),
+                        ("Falcon frame", falcon_frames(1, (4096, 4096), seed=2)[0])):
+        data = frame.tobytes()
+        for strategy in ("Z_HUFFMAN_ONLY", "Z_RLE"):
+            def encode(module):
+                compressor = module.compressobj(1, module.DEFLATED, 15, 9, getattr(module, strategy))
+                return compressor.compress(data) + compressor.flush()
+            same = encode(zlib) == encode(zlib_ng)
+            old, new = best(lambda: encode(zlib)), best(lambda: encode(zlib_ng))
+            print(f"| {name}, {strategy}: zlib -> zlib-ng MB/s (same bytes: {same}) | {len(data) / old / 1e6:.0f} | "
+                  f"{len(data) / new / 1e6:.0f} | {old / new:.2f}x |")
+    rng = np.random.default_rng(0)
+    shape = K2_SHAPE_YX
+    gain = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    frame = (rng.poisson(1.45, shape).astype(np.float32) * gain).astype(np.float32)
+    estimate = G.GainEstimate.new(shape)
+    estimate.update(frame)
+    oracle_gain, oracle_rel = estimate.gain.copy(), estimate.reliability.copy()
+    reliable = rng.random(shape) < 0.999
+    rows = [
+        ("--estimate_gain update", lambda: gain_oracle.update(oracle_gain, oracle_rel, frame, 50), lambda: estimate.update(frame)),
+        ("--gain integerisation", lambda: gain_oracle.integerise(frame, gain, reliable), lambda: G.integerise(frame, gain, reliable)),
+        ("--lossy", lambda: gain_oracle.lossy_counts(frame, reliable, gain_oracle.integerise(frame, gain, reliable)[0]),
+         lambda: G.lossy_integerise(frame, gain, reliable)),
+    ]
+    for name, old, new in rows:
+        old_s, new_s = best(old), best(new)
+        print(f"| {name}, ms per K2 frame | {old_s * 1e3:.0f} | {new_s * 1e3:.0f} | {old_s / new_s:.1f}x |")
+    with EerMovie(workdir / "eer400.eer") as movie:
+        for up in (1, 2):
+            movie.render(0, 2, up, dtype=np.uint8)
+            new_s = best(lambda: movie.render(0, 20, up, dtype=np.uint8)) / 20
+            print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms | see below | {new_s * 1e3:.2f} | |")
+
+
+def baseline_eer_figure(workdir: Path) -> None:
+    """ms per raw frame of ``EerMovie.render`` of the cryotiff on PYTHONPATH (the code before)."""
+    from cryotiff.io.eer import EerMovie
+
+    with EerMovie(workdir / "eer400.eer") as movie:
+        for up in (1, 2):
+            movie.render(0, 2, up)
+            times = []
+            for _ in range(3):
+                started = time.thread_time()
+                movie.render(0, 20, up)
+                times.append(time.thread_time() - started)
+            print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms, before | {min(times) / 20 * 1e3:.2f} | | |")
+
+
+# --------------------------------------------------------------------------------------------
 # Running
 
 
@@ -166,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k2gain-frames", type=int, default=40, help="frames of each gain-normalised movie (default 40)")
     parser.add_argument("--first-run", action="store_true", help="also time cryotiff once with an empty numba cache")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--kernels", action="store_true",
+                        help="print the kernel and encoder measurements (numba, zlib-ng) instead")
     parser.add_argument("--make", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-eer", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compare", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.make:
@@ -174,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.compare:
         print(compare_outputs(*args.compare))
+        return 0
+    if args.baseline_eer:
+        baseline_eer_figure(args.baseline_eer)
+        return 0
+    if args.kernels:
+        workdir = args.workdir.resolve()
+        subprocess.run([sys.executable, str(HERE), "--make", str(workdir), "--k2gain-frames", str(args.k2gain_frames)], check=True)
+        kernel_figures(workdir)
+        if args.baseline:
+            subprocess.run([sys.executable, str(HERE), "--baseline-eer", str(workdir)],
+                           env=dict(os.environ, PYTHONPATH=str(args.baseline.resolve())), check=True)
         return 0
 
     workdir = args.workdir.resolve()
