@@ -4,7 +4,9 @@ Every reader returns a :class:`Movie`: header facts in :class:`MovieInfo` plus r
 frames. Frames are numpy arrays of shape ``(ny, nx)`` in the file's own raster order (MRC row 0
 first, EER raster row 0 first); only the TIFF reader and writer know about TIFF's vertical flip.
 
-This package imports nothing from the rest of cryotiff except :mod:`cryotiff.errors`.
+This package imports nothing from the rest of cryotiff except :mod:`cryotiff.errors` and, for
+the EER decoder, :mod:`cryotiff.kernels` (the compiled loops; a leaf that imports only numpy and
+numba).
 """
 
 from __future__ import annotations
