@@ -72,3 +72,18 @@ def libtiff_decodes(path: Path) -> None:
     completed = subprocess.run([tiffinfo, "-D", str(path)], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     assert "error" not in completed.stderr.lower(), completed.stderr
+
+
+def wait_until(condition, what: str, process, timeout: float = 60.0) -> None:
+    """Poll ``condition()`` until it is true; fail if ``process`` (a Popen) ends first or after
+    ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {process.communicate()}")
+        time.sleep(0.005)
+    raise AssertionError(f"{what}: not within {timeout:g} s")

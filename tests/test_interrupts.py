@@ -18,7 +18,7 @@ import pytest
 
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import read_tiff_frames, wait_until
 
 BIN_DIR = Path(sys.executable).parent
 MPIRUN = BIN_DIR / "mpirun"
@@ -42,15 +42,16 @@ def slow_movie(path: Path, seed: int = 7) -> np.ndarray:
 
 def wait_until_writing(process: subprocess.Popen, directory: Path, stem: str) -> None:
     """Wait until the partial output of ``stem`` (whatever its temporary name) holds a few pages."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        partial = [p for p in directory.glob(f"{stem}.*") if p.name != f"{stem}.tif"] if directory.is_dir() else []
-        if any(p.stat().st_size >= 1 << 20 for p in partial if p.exists()):
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before {stem} was half written: {process.communicate()}")
-        time.sleep(0.005)
-    raise AssertionError(f"{directory}/{stem}: no partial output appeared")
+    def writing() -> bool:
+        for path in directory.glob(f"{stem}.*") if directory.is_dir() else []:
+            try:
+                if path.name != f"{stem}.tif" and path.stat().st_size >= 1 << 20:
+                    return True
+            except FileNotFoundError:  # renamed or removed meanwhile
+                continue
+        return False
+
+    wait_until(writing, f"{stem} half written", process)
 
 
 def listed_in_movies_star(path: Path) -> list[str]:

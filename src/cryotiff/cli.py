@@ -25,6 +25,7 @@ from .jobs import Job, Reporter, Summary, plan, run, summarise
 from .movies_star import write_movies_star
 from .pipeline import JobAborted, PipelineControl, PipelineReporter, pipeline_control_from_argv
 from .progress import RunProgress
+from .watch import DEFAULT_SETTLE_SECONDS, WatchOptions
 from .report import format_bytes, format_dry_run, plan_dry_run, write_dry_run_report, write_report
 
 EXIT_OK = 0
@@ -123,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "(docs/gain-orientation.md)")
     other.add_argument("--report", metavar="FILE.json",
                        help="Also write a JSON report: per-movie results, totals, options and version")
+    other.add_argument("--watch", action="store_true",
+                       help="After converting what the inputs name now, keep looking at them (directories and "
+                            "patterns expanded again, STAR and list files read again) and convert each new movie "
+                            "once it is complete; movies.star and the --report are rewritten after every movie. "
+                            "Ends after --watch_timeout, or with Ctrl-C")
+    other.add_argument("--settle_seconds", type=float, default=None, metavar="S",
+                       help="With --watch: a movie is complete when its size and modification time have not "
+                            "changed for S seconds and it reads to its end (MRC: the size its header gives; "
+                            f"TIFF, EER: the last IFD) (default: {DEFAULT_SETTLE_SECONDS:g})")
+    other.add_argument("--watch_timeout", type=float, default=None, metavar="S",
+                       help="With --watch: stop after S seconds in which no movie appeared or changed "
+                            "(default: watch until Ctrl-C or SIGTERM)")
     other.add_argument("--pipeline_control", "--pipeline-control", dest="pipeline_control", metavar="DIR",
                        nargs="?", const="",
                        help="RELION External job: write RELION_JOB_EXIT_SUCCESS/FAILURE/ABORTED and "
@@ -163,6 +176,40 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         lossy=args.lossy,
         verify=not args.no_verify,
     )
+
+
+#: Modes that cannot go with --watch: argparse dest -> option name.
+WATCH_CONFLICTS = {
+    "estimate_gain": "--estimate_gain",
+    "dry_run": "--dry_run",
+    "demo": "--demo",
+    "benchmark": "--benchmark",
+    "check_gain": "--check_gain",
+    "pipeline_control": "--pipeline_control",
+}
+
+
+def watch_from_args(args: argparse.Namespace) -> WatchOptions | None:
+    """``--watch`` and its settings, checked (None without ``--watch``).
+
+    Raises:
+        OptionError: a setting without ``--watch``, a negative time, or a mode that converts
+            nothing (or runs as a RELION job) with ``--watch``.
+    """
+    if not args.watch:
+        for name in ("settle_seconds", "watch_timeout"):
+            if getattr(args, name) is not None:
+                raise OptionError(f"--{name} needs --watch")
+        return None
+    for name, option in WATCH_CONFLICTS.items():
+        if getattr(args, name, None) not in (None, False):
+            raise OptionError(f"--watch converts movies as they arrive and cannot be combined with {option}")
+    settle = DEFAULT_SETTLE_SECONDS if args.settle_seconds is None else args.settle_seconds
+    if not settle >= 0:
+        raise OptionError(f"--settle_seconds must be 0 or more; got {args.settle_seconds}")
+    if args.watch_timeout is not None and not args.watch_timeout > 0:
+        raise OptionError(f"--watch_timeout must be more than 0; got {args.watch_timeout}")
+    return WatchOptions(settle_seconds=settle, timeout_seconds=args.watch_timeout)
 
 
 def option_conflicts(options: ConvertOptions) -> str | None:
@@ -213,14 +260,30 @@ class TerminalReporter(Reporter):
         self.end_run()
         self.run_progress = RunProgress.of(sources)
         if self.interactive and self.run_progress.n_movies:
-            from tqdm import tqdm
+            self._open_run_bar()
 
-            self._run_bar = tqdm(
-                total=self.run_progress.total_bytes, unit="B", unit_scale=True, unit_divisor=1000,
-                file=self.out, position=0, leave=False, dynamic_ncols=True, mininterval=0.2,
-                desc=f"movies 0/{self.run_progress.n_movies}",
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B of {total_fmt}B, {rate_fmt}, {remaining} left",
-            )
+    def _open_run_bar(self) -> None:
+        from tqdm import tqdm
+
+        progress = self.run_progress
+        self._run_bar = tqdm(
+            total=progress.total_bytes, initial=progress.bytes_so_far, unit="B", unit_scale=True,
+            unit_divisor=1000, file=self.out, position=0, leave=False, dynamic_ncols=True, mininterval=0.2,
+            desc=f"movies {progress.done_movies}/{progress.n_movies}",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B of {total_fmt}B, {rate_fmt}, {remaining} left",
+        )
+
+    def more_movies(self, sources: Sequence[Path]) -> None:
+        """Movies found after :meth:`start_run` (``--watch``)."""
+        if self.run_progress is None:
+            self.run_progress = RunProgress.of([])
+        self.run_progress.add(sources)
+        if self.interactive and self._run_bar is None and self.run_progress.n_movies:
+            self._open_run_bar()
+        if self._run_bar is not None:
+            self._run_bar.total = self.run_progress.total_bytes
+            self._describe_run()
+            self._run_bar.refresh()
 
     def end_run(self) -> None:
         """Remove the bars (before the summary)."""
@@ -356,25 +419,34 @@ def run_conversion(
     relative_to: Path | None = None,
     report_path: Path | None = None,
     control: PipelineControl | None = None,
+    watch: WatchOptions | None = None,
 ) -> int:
     """Convert, then write ``<o>/movies.star`` (and, for RELION, ``RELION_OUTPUT_NODES.star``)
     and the ``--report``. A failed run still writes its report; one interrupted by Ctrl-C,
     SIGTERM or RELION's abort also the summary and ``movies.star`` of the movies that finished
-    (:func:`finish_interrupted`)."""
+    (:func:`finish_interrupted`). With ``watch`` (``--watch``), new movies are converted as
+    they become complete, and ``movies.star`` and the report are rewritten after every movie."""
     started = time.perf_counter()
     collector = PipelineReporter(reporter, control)
     n_movies: int | None = None
     with _report_if_failed(report_path, options, inputs, lambda: collector.results):
         try:
+            if watch is not None:
+                _make_output_dir(options)
+                reporter.start_run([])
+                from .watch import watch_and_convert
+
+                results = watch_and_convert(
+                    inputs, options, watch, collector,
+                    on_result=lambda so_far: record_so_far(inputs, so_far, options, reporter, report_path))
+                return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path,
+                                  control)
             jobs, failures = plan(inputs, options, relative_to)
             n_movies = len(jobs) + len(failures)
             reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
             for failure in failures:
                 collector.movie_finished(failure)
-            try:
-                options.output_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+            _make_output_dir(options)
             results = failures + run(jobs, options, collector)
         except (KeyboardInterrupt, JobAborted) as stop:
             interruption = Interruption.of(stop, list(reporter.in_progress.values()), n_movies, len(collector.results))
@@ -385,6 +457,27 @@ def run_conversion(
                 raise  # main() writes RELION_JOB_EXIT_ABORTED
             return status
     return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, control)
+
+
+def _make_output_dir(options: ConvertOptions) -> None:
+    try:
+        options.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+
+
+def record_so_far(inputs: Sequence[str], results: Sequence[MovieResult], options: ConvertOptions,
+                  reporter: TerminalReporter, report_path: Path | None) -> None:
+    """During a ``--watch`` run, after every movie: ``<o>/movies.star`` and the ``--report``
+    (``state`` ``watching``) of the movies so far, so that the next step of a pipeline can
+    start on them. A failure to write them is a warning (once); the run goes on."""
+    try:
+        outcome = write_movies_star(inputs, list(results), options.output_dir, options.eer_upsampling)
+        if report_path is not None:
+            write_report(report_path, list(results), options, inputs, None, EXIT_OK, state="watching",
+                         movies_star=outcome.path)
+    except CryotiffError as exc:
+        reporter.warning(f"WARNING: {exc}")
 
 
 @dataclass
@@ -827,6 +920,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     reporter = TerminalReporter()
     try:
         options = options_from_args(args)
+        watch = watch_from_args(args)
         if args.check_gain:
             problem = check_gain_conflict(args)
             if problem:
@@ -861,7 +955,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         control = None
         if args.pipeline_control is not None:  # "" (given without a directory): the job directory --o
             control = PipelineControl(Path(args.pipeline_control or args.o))
-        return run_conversion(inputs, options, reporter, relative_to, report_path, control)
+        return run_conversion(inputs, options, reporter, relative_to, report_path, control, watch)
     except OptionError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -623,13 +623,28 @@ def run(
     stale = StaleTemporaries()
     with thread_pool(options.threads) as executor:
         for index, job in enumerate(jobs, start=1):
-            for line in stale.clean(job.destination):
-                reporter.message(line)
-            if options.only_do_unfinished and is_finished(job, options, context):
-                result = MovieResult(job.source, job.destination, "skipped", "already converted")
-            else:
-                reporter.movie_started(job, index, len(jobs))
-                result = run_job(job, options, executor, reporter, context)
-            results.append(result)
-            reporter.movie_finished(result)
+            results.append(handle_job(job, index, len(jobs), options, executor, reporter, context, stale))
     return results
+
+
+def handle_job(
+    job: Job,
+    index: int,
+    total: int,
+    options: ConvertOptions,
+    executor: Executor | None,
+    reporter: Reporter,
+    context: RunContext | None,
+    stale: StaleTemporaries,
+) -> MovieResult:
+    """One movie of a run (``index`` of ``total``, 1-based): its stale temporary files removed,
+    skipped if finished (``--only_do_unfinished``), else converted; reported either way."""
+    for line in stale.clean(job.destination):
+        reporter.message(line)
+    if options.only_do_unfinished and is_finished(job, options, context):
+        result = MovieResult(job.source, job.destination, "skipped", "already converted")
+    else:
+        reporter.movie_started(job, index, total)
+        result = run_job(job, options, executor, reporter, context)
+    reporter.movie_finished(result)
+    return result

@@ -66,11 +66,24 @@ from .cli import (
     format_bytes,
     option_conflicts,
     options_from_args,
+    record_so_far,
+    watch_from_args,
 )
 from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
-from .jobs import Job, StaleTemporaries, estimate_movie, is_finished, make_executor, plan, prepare, run_job
+from .jobs import (
+    Job,
+    StaleTemporaries,
+    estimate_movie,
+    handle_job,
+    is_finished,
+    make_executor,
+    plan,
+    prepare,
+    run_job,
+)
 from .progress import file_nbytes
+from .watch import WatchOptions
 
 #: Message tags of the work-sharing protocol.
 TAG_REQUEST = 17  # rank -> rank 0: the result of its last movie (or None), and "give me the next"
@@ -221,6 +234,7 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
         problem = mpi_problem(args, options)
         if problem:
             raise OptionError(problem)
+        watch = watch_from_args(args)
         check_launch(comm)
         check_thread_support(comm)
     except OptionError as exc:  # every rank gets the same verdict; rank 0 says it
@@ -228,6 +242,8 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
             print(f"ERROR: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     report_path = Path(args.report) if args.report else None
+    if watch is not None:
+        return run_watch(comm, args.i, options, reporter, report_path, watch)
     if args.dry_run:
         return run_on_rank_zero(comm, lambda: _dry_run(args.i, options, reporter, report_path))
     if options.estimate_gain:
@@ -343,26 +359,48 @@ class MpiReporter(TerminalReporter):
 # --------------------------------------------------------------------------- work sharing
 
 
-class WorkQueue:
-    """Indices handed out in a fixed order, each once, and which rank works on which;
-    thread-safe."""
+#: What rank 0 answers when no work is ready yet but more may come (``--watch``).
+WAIT = "wait"
+#: How long a rank told to wait sleeps before it asks again.
+WAIT_POLL_SECONDS = 0.25
 
-    def __init__(self, order: Sequence[int]):
+
+class WorkQueue:
+    """Indices handed out in order, each once, and which rank works on which; thread-safe.
+
+    A queue made with ``complete=False`` grows (:meth:`add`, from another thread) until
+    :meth:`finish`; until then, an empty queue answers :data:`WAIT` instead of None.
+    """
+
+    def __init__(self, order: Sequence[int] = (), complete: bool = True):
         self._order = list(order)
         self._next = 0
         self._working: dict[int, int] = {}  # index -> rank, handed out and not yet done
+        self._complete = complete
         self._closed = False
         self._lock = threading.Lock()
 
-    def take(self, rank: int = 0) -> int | None:
-        """The next index for ``rank``; None when all are handed out or the queue is closed."""
+    def take(self, rank: int = 0) -> int | str | None:
+        """The next index for ``rank``; :data:`WAIT` when none is ready but more may come;
+        None when all are handed out (or the queue is closed)."""
         with self._lock:
-            if self._closed or self._next >= len(self._order):
+            if self._closed:
                 return None
+            if self._next >= len(self._order):
+                return None if self._complete else WAIT
             self._next += 1
             index = self._order[self._next - 1]
             self._working[index] = rank
             return index
+
+    def add(self, indices: Sequence[int]) -> None:
+        with self._lock:
+            self._order.extend(indices)
+
+    def finish(self) -> None:
+        """Nothing more will be added."""
+        with self._lock:
+            self._complete = True
 
     def done(self, index: int) -> None:
         with self._lock:
@@ -377,6 +415,11 @@ class WorkQueue:
         """``{index: rank}`` of the work handed out and not yet done."""
         with self._lock:
             return dict(self._working)
+
+    def busy(self) -> bool:
+        """Work waits to be handed out or is being done."""
+        with self._lock:
+            return bool(self._working) or self._next < len(self._order)
 
 
 #: A rank's request that says it was interrupted (Ctrl-C, SIGTERM) instead of asking for work.
@@ -413,11 +456,13 @@ class _StopRequest:
 def share_work(
     comm: Any,
     order: Sequence[int],
-    work: Callable[[int], Any],
+    work: Callable[[int, Any], Any],
     collect: Callable[[int, int, Any], None],
     describe: Callable[[int], str] = str,
+    queue: WorkQueue | None = None,
+    data_of: Callable[[int], Any] | None = None,
 ) -> None:
-    """Run ``work(index)`` once for every index in ``order`` on whichever rank is free.
+    """Run ``work(index, data)`` once for every index in ``order`` on whichever rank is free.
 
     Every rank must call this (with the same ``order``). On rank 0, ``collect(rank, index,
     result)`` receives every result, one call at a time (from rank 0's main thread or its
@@ -425,6 +470,11 @@ def share_work(
     be large (a gain estimate is 14 bytes per pixel): they travel as pickle-5 messages, which
     have no 2 GiB limit. ``describe(index)`` names an item in the message that ends the job
     when a rank dies.
+
+    ``queue`` (rank 0): a growing :class:`WorkQueue` that another thread of rank 0 fills, in
+    place of ``order`` (``--watch``); ranks with nothing to do wait until it is finished.
+    ``data_of(index)`` (rank 0): what travels with the index, for work the other ranks do not
+    know (the job of a movie found by ``--watch``); ``data`` is None without it.
 
     Raises:
         WorkStopped: on rank 0, when Ctrl-C or SIGTERM reaches any rank or a rank dies; nothing
@@ -438,7 +488,8 @@ def share_work(
     if comm.rank != 0:
         _ask_for_work(messages, work)
         return
-    queue = WorkQueue(order)
+    queue = queue if queue is not None else WorkQueue(order)
+    data_of = data_of or (lambda index: None)
     collect_lock = threading.Lock()
     stop = _StopRequest()
 
@@ -451,12 +502,15 @@ def share_work(
     try:
         if comm.size > 1:
             service = threading.Thread(
-                target=_serve, args=(messages, queue, collect_one, stop, describe, hosts),
+                target=_serve, args=(messages, queue, collect_one, stop, describe, hosts, data_of),
                 name="cryotiff-mpi-service", daemon=True,
             )
             service.start()
         while (index := queue.take(0)) is not None:
-            collect_one(0, index, work(index))
+            if index == WAIT:
+                time.sleep(WAIT_POLL_SECONDS)
+                continue
+            collect_one(0, index, work(index, data_of(index)))
         if service is not None:
             # The main thread may not call MPI while the service thread does (THREAD_SERIALIZED).
             while service.is_alive():
@@ -474,7 +528,8 @@ def _interrupt_main_thread() -> None:
 
 
 def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], None], stop: _StopRequest,
-           describe: Callable[[int], str] = str, hosts: Sequence[str] = ()) -> None:
+           describe: Callable[[int], str] = str, hosts: Sequence[str] = (),
+           data_of: Callable[[int], Any] = lambda index: None) -> None:
     """Rank 0's service thread: answer every request until each other rank has been told that
     the work is done. A rank that reports an interrupt, or one that dies, stops the run: the
     main thread is interrupted and writes what finished (see :class:`WorkStopped`); if it does
@@ -495,7 +550,8 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
                 _interrupt_main_thread()
                 return
             index = queue.take(rank)
-            messages.send(index, dest=rank, tag=TAG_REPLY)  # first, so that the rank starts at once
+            reply = index if index is None or index == WAIT else (index, data_of(index))
+            messages.send(reply, dest=rank, tag=TAG_REPLY)  # first, so that the rank starts at once
             if index is None:
                 ranks_working -= 1
             if finished is not None:
@@ -517,7 +573,7 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
         abort(messages, EXIT_FAILED, f"MPI rank 0: {stop.reason}")
 
 
-def _ask_for_work(messages: Any, work: Callable[[int], Any]) -> None:
+def _ask_for_work(messages: Any, work: Callable[[int, Any], Any]) -> None:
     """A rank other than 0: ask for a movie, do it, send the result with the next request.
     Interrupted (Ctrl-C, SIGTERM), it tells rank 0, which ends the job after writing what
     finished, and waits for that."""
@@ -528,10 +584,14 @@ def _ask_for_work(messages: Any, work: Callable[[int], Any]) -> None:
             finished = None  # a large result is not kept while the next movie is worked on
             while not messages.iprobe(source=0, tag=TAG_REPLY):
                 time.sleep(POLL_SECONDS)
-            index = messages.recv(source=0, tag=TAG_REPLY)
-            if index is None:
+            reply = messages.recv(source=0, tag=TAG_REPLY)
+            if reply is None:
                 return
-            finished = (index, work(index))
+            if reply == WAIT:
+                time.sleep(WAIT_POLL_SECONDS)
+                continue
+            index, data = reply
+            finished = (index, work(index, data))
     except KeyboardInterrupt:
         ignore_interrupts()
         messages.send(INTERRUPTED, dest=0, tag=TAG_REQUEST)
@@ -638,6 +698,18 @@ def responsive_executor(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cryotiff")
 
 
+def converted_here(job: Job, rank: int, host: str, convert: Callable[[], MovieResult]) -> MovieResult:
+    """``convert()`` for ``job`` on this rank: a bug becomes the movie's failure
+    (:func:`unexpected_failure`); the result says which rank and node converted it."""
+    try:
+        result = convert()
+    except Exception as exc:
+        result = unexpected_failure(job, rank, exc, "converting")
+    result.details["mpi_rank"] = rank
+    result.details["mpi_host"] = host
+    return result
+
+
 def unexpected_failure(job: Job, rank: int, exc: Exception, what: str) -> MovieResult:
     """A bug while handling one movie becomes that movie's failure (the traceback goes to
     stderr for the bug report) and the run goes on."""
@@ -691,16 +763,10 @@ def run_conversion(
     executor = responsive_executor(options.threads)
     converted: dict[int, MovieResult] = {}
 
-    def work(index: int) -> MovieResult:
+    def work(index: int, data: Any = None) -> MovieResult:
         job = jobs[index]
         reporter.movie_started(job, position[index], len(order))
-        try:
-            result = run_job(job, options, executor, reporter, context)
-        except Exception as exc:
-            result = unexpected_failure(job, rank, exc, "converting")
-        result.details["mpi_rank"] = rank
-        result.details["mpi_host"] = host
-        return result
+        return converted_here(job, rank, host, lambda: run_job(job, options, executor, reporter, context))
 
     def collect(worker: int, index: int, result: MovieResult) -> None:
         converted[index] = result
@@ -725,6 +791,130 @@ def run_conversion(
     if rank == 0:
         by_index = {**skipped, **converted}
         results = failures + [by_index[index] for index in range(len(jobs))]
+        status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
+    return broadcast_status(comm, status)
+
+
+def run_watch(
+    comm: Any,
+    inputs: Sequence[str],
+    options: ConvertOptions,
+    reporter: MpiReporter,
+    report_path: Path | None,
+    watch: WatchOptions,
+) -> int:
+    """``--watch`` over every rank: a thread of rank 0 looks at the inputs (:mod:`cryotiff.watch`)
+    and queues each movie once it is complete; the ranks take them as for a fixed list (rank 0
+    converts too); rank 0 rewrites ``movies.star`` and the report after every movie. Ends when
+    the watch ends (``--watch_timeout``) and every queued movie is done."""
+    from .watch import ContextKeeper, MovieWatch
+
+    started = time.perf_counter()
+    rank = comm.rank
+    error = None
+    if rank == 0:
+        try:
+            options.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            error = (f"{options.output_dir}: cannot create the output directory ({exc.strerror})", EXIT_USAGE)
+    try:
+        agree(comm, error)
+    except RunStopped as stop:
+        return stop.status
+    host = processor_name()
+    keeper = ContextKeeper(options, reporter, write_files=rank == 0)
+    stale = StaleTemporaries()
+    executor = responsive_executor(options.threads)
+    jobs: list[Job] = []  # rank 0: every movie found, by index
+    found_failures: list[MovieResult] = []  # rank 0: movies that cannot be planned
+    converted: dict[int, MovieResult] = {}
+    queue = WorkQueue(complete=False) if rank == 0 else None
+    finder = MovieWatch(inputs, options, watch) if rank == 0 else None
+    stop_watching = threading.Event()
+    record_lock = threading.Lock()
+
+    def record() -> None:
+        with record_lock:
+            so_far = found_failures + [converted[index] for index in sorted(converted)]
+            record_so_far(inputs, so_far, options, reporter, report_path)
+
+    def look_until_quiet() -> None:
+        """Rank 0's watcher thread (no MPI calls)."""
+        try:
+            last_activity, idle_said = time.monotonic(), False
+            while not stop_watching.is_set():
+                found = finder.look()
+                if found.new_sources:
+                    with reporter._lock:
+                        reporter.more_movies(found.new_sources)
+                for note in found.notes:
+                    reporter.message(note)
+                for failure in found.failures:
+                    with record_lock:
+                        found_failures.append(failure)
+                    reporter.report_result(failure)
+                if found.failures:
+                    record()
+                for job in found.ready:
+                    jobs.append(job)
+                queue.add(range(len(jobs) - len(found.ready), len(jobs)))
+                if found.ready or queue.busy():
+                    idle_said = False
+                if found.changed or found.ready or found.failures or queue.busy():
+                    last_activity = time.monotonic()
+                elif watch.timeout_seconds is not None and time.monotonic() - last_activity >= watch.timeout_seconds:
+                    break
+                if not queue.busy() and not idle_said:
+                    reporter.message("Watching for new movies" + (
+                        f"; stopping after {watch.timeout_seconds:g} s without any"
+                        if watch.timeout_seconds is not None else "; Ctrl-C stops"))
+                    idle_said = True
+                stop_watching.wait(watch.poll_seconds)
+        except BaseException:
+            abort(comm, EXIT_FAILED, f"MPI rank 0: unexpected error while watching the inputs; stopping every "
+                                     f"rank.\n{traceback.format_exc()}")
+        finally:
+            queue.finish()
+
+    def work(index: int, job: Job) -> MovieResult:
+        return converted_here(job, rank, host, lambda: handle_job(
+            job, index + 1, index + 1, options, executor, reporter, keeper.for_jobs([job]), stale))
+
+    def collect(worker: int, index: int, result: MovieResult) -> None:
+        converted[index] = result
+        reporter.report_result(result)
+        record()
+
+    watcher = None
+    if rank == 0:
+        preload_run_writers()
+        reporter.start_run([])
+        watcher = threading.Thread(target=look_until_quiet, name="cryotiff-watch", daemon=True)
+        watcher.start()
+    try:
+        share_work(comm, [], work, collect, describe=lambda index: str(jobs[index].source), queue=queue,
+                   data_of=lambda index: jobs[index])
+    except WorkStopped as stop:
+        stop_watching.set()
+        executor.shutdown(wait=False, cancel_futures=True)
+        results = found_failures + [converted[index] for index in sorted(converted)]
+        n_movies = len(jobs) + len(found_failures) + len(finder.waiting())
+        interruption = stopped_run(stop, jobs, n_movies, len(results))
+        status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
+                                                       time.perf_counter() - started, report_path, comm.size,
+                                                       interruption))
+        abort(comm, status, "")
+    finally:
+        stop_watching.set()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    status = EXIT_OK
+    if rank == 0:
+        watcher.join()
+        unfinished = finder.unfinished_results()
+        for result in unfinished:
+            reporter.report_result(result)
+        results = found_failures + [converted[index] for index in sorted(converted)] + unfinished
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
     return broadcast_status(comm, status)
 
@@ -854,7 +1044,7 @@ def run_estimation(
     host = processor_name()
     executor = make_executor(options.threads)
 
-    def work(index: int) -> tuple[MovieResult, Any]:
+    def work(index: int, data: Any = None) -> tuple[MovieResult, Any]:
         job = jobs[index]
         reporter.message(f"Processing {job.source}")
         own = None

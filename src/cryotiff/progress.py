@@ -63,6 +63,15 @@ class RunProgress:
         sizes = {Path(source): file_nbytes(Path(source)) for source in sources}
         return cls(n_movies=len(sizes), total_bytes=sum(sizes.values()), nbytes_of=sizes, clock=clock)
 
+    def add(self, sources: Iterable[Path]) -> None:
+        """More movies for the run (``--watch`` finds them as they arrive)."""
+        for source in sources:
+            source = Path(source)
+            if source not in self.nbytes_of:
+                self.nbytes_of[source] = file_nbytes(source)
+                self.n_movies += 1
+                self.total_bytes += self.nbytes_of[source]
+
     def pages_done(self, source: Path, done: int, total: int) -> int:
         """``done`` of ``total`` pages of ``source`` are written; returns the bytes this adds."""
         size = self.nbytes_of.get(source, 0)

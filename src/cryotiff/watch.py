@@ -1,0 +1,299 @@
+"""``--watch``: convert the movies of a session while the microscope is still writing them.
+
+After converting what the inputs name now, cryotiff looks at the inputs again every few seconds
+(directories and glob patterns expanded again, STAR and list files read again) and converts each
+new movie once it is complete:
+
+* its size and modification time have not changed for ``--settle_seconds``: watched on this
+  machine's clock, or credited at first sight from the age of its modification time (so the
+  clocks of the file server and of this machine must agree to well within that time);
+* it opens with cryotiff's own reader, the one that converts it: an MRC file's size matches its
+  header, a TIFF or EER file is readable to its last IFD.
+
+A movie that is still growing, or not yet complete, waits; it never counts as a failure while
+the watch goes on. Each movie is converted once: a file that changes after its conversion is not
+converted again. The watch ends after ``--watch_timeout`` seconds in which nothing new appeared
+and nothing changed, or with Ctrl-C / SIGTERM; movies still incomplete at its end are failures
+then, with the reader's reason.
+
+This module finds the movies and decides when each is ready; converting one is
+:func:`cryotiff.jobs.handle_job`, the same as without ``--watch``. It never prints: it reports
+through the :class:`cryotiff.jobs.Reporter`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .convert import ConvertOptions, MovieResult, RunContext, movie_kind, open_movie
+from .errors import CryotiffError
+from .jobs import Job, Reporter, StaleTemporaries, expand_inputs, handle_job, plan, prepare, thread_pool
+
+#: Default of ``--settle_seconds``: how long a movie's size and time must stay unchanged.
+DEFAULT_SETTLE_SECONDS = 60.0
+#: The longest pause between two looks at the inputs.
+MAX_POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """``--watch`` and its settings.
+
+    Attributes:
+        settle_seconds: ``--settle_seconds``.
+        timeout_seconds: ``--watch_timeout`` (None: until Ctrl-C or SIGTERM).
+    """
+
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    timeout_seconds: float | None = None
+
+    @property
+    def poll_seconds(self) -> float:
+        """Time between two looks at the inputs: a quarter of the settle time, at most 5 s."""
+        return min(max(self.settle_seconds / 4, 0.05), MAX_POLL_SECONDS)
+
+
+def why_incomplete(path: Path) -> str | None:
+    """None if the movie opens with its reader (an MRC file's size matches its header, a TIFF
+    or EER file reads to its last IFD) and, for TIFF and EER, every page's data lies inside the
+    file; else why not."""
+    try:
+        with open_movie(path):
+            pass
+        if movie_kind(path) in ("tiff", "eer"):
+            return _data_past_the_end(path)
+        return None
+    except CryotiffError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+
+
+def _data_past_the_end(path: Path) -> str | None:
+    """The first page of a TIFF container whose IFD, tag values or strips reach past the end of
+    the file: a file whose IFDs are all there but whose last bytes are still being written."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        file_nbytes = tif.filehandle.size
+        layout = tif.tiff
+        for number, page in enumerate(tif.pages, start=1):
+            tags = list(page.tags.values())
+            ends = [page.offset + layout.tagnosize + len(tags) * layout.tagsize + layout.offsetsize]
+            ends += [tag.valueoffset + tag.valuebytecount for tag in tags]
+            ends += [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts)]
+            if max(ends) > file_nbytes:
+                return (f"{path}: page {number} (its IFD, tag values or data) ends at byte {max(ends)}, but the "
+                        f"file has {file_nbytes} bytes")
+    return None
+
+
+def available_movies(inputs: Sequence[str], output_dir: Path) -> list[str]:
+    """The movies the inputs name now, as paths: like :func:`cryotiff.jobs.expand_inputs`, but
+    an input that names nothing yet (an empty directory, a pattern without matches, a STAR or
+    list file not written yet or being rewritten) adds nothing instead of failing."""
+    movies: dict[str, None] = {}
+    for argument in inputs:
+        try:
+            found = expand_inputs([argument], output_dir)
+        except CryotiffError:
+            continue
+        movies.update((str(movie), None) for movie in found)
+    return list(movies)
+
+
+@dataclass
+class _Sighting:
+    size: int
+    mtime_ns: int
+    unchanged_since: float  # on the watch's clock
+
+
+@dataclass
+class WatchRound:
+    """What one look at the inputs found.
+
+    Attributes:
+        ready: new movies that are complete, in input order.
+        failures: new movies that cannot be converted at all (two for one output, ...).
+        new_sources: movies seen for the first time (ready or not).
+        changed: something appeared or changed (the ``--watch_timeout`` clock starts again).
+        notes: one-time remarks for the user (a movie settled but still incomplete).
+    """
+
+    ready: list[Job] = field(default_factory=list)
+    failures: list[MovieResult] = field(default_factory=list)
+    new_sources: list[Path] = field(default_factory=list)
+    changed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class MovieWatch:
+    """Finds the new movies of the inputs and tells which are complete (see the module
+    docstring). Not thread-safe: one caller looks."""
+
+    def __init__(self, inputs: Sequence[str], options: ConvertOptions, watch: WatchOptions,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+        self.inputs = list(inputs)
+        self.options = options
+        self.watch = watch
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.handed_out: set[Path] = set()  # sources given to a conversion (or failed in planning)
+        self._waiting: dict[Path, _Sighting] = {}
+        self._jobs: dict[Path, Job] = {}
+        self._noted: dict[Path, str] = {}  # sources settled but incomplete -> reason
+
+    def look(self) -> WatchRound:
+        """Look at the inputs once."""
+        found = WatchRound()
+        movies = available_movies(self.inputs, self.options.output_dir)
+        if not movies:
+            return found
+        jobs, failures = plan(movies, self.options)
+        for failure in failures:
+            if failure.source not in self.handed_out:
+                self.handed_out.add(failure.source)
+                found.failures.append(failure)
+                found.changed = True
+        for job in jobs:
+            if job.source in self.handed_out:
+                continue
+            if job.source not in self._jobs:
+                self._jobs[job.source] = job
+                found.new_sources.append(job.source)
+            if self._is_ready(job.source, found):
+                self.handed_out.add(job.source)
+                self._waiting.pop(job.source, None)
+                self._noted.pop(job.source, None)
+                found.ready.append(job)
+        return found
+
+    def _is_ready(self, source: Path, found: WatchRound) -> bool:
+        try:
+            status = os.stat(source)
+        except OSError:
+            return False  # named in a STAR or list file, not there yet
+        now = self.clock()
+        sighting = self._waiting.get(source)
+        if sighting is None or (sighting.size, sighting.mtime_ns) != (status.st_size, status.st_mtime_ns):
+            if sighting is None:  # credit the time it has been unchanged already
+                age = max(self.wall_clock() - status.st_mtime_ns / 1e9, 0.0)
+                unchanged_since = now - age
+            else:
+                unchanged_since = now
+            self._waiting[source] = _Sighting(status.st_size, status.st_mtime_ns, unchanged_since)
+            found.changed = True
+            if sighting is not None:
+                self._noted.pop(source, None)  # growing again: say it again if it stops incomplete
+        if now - self._waiting[source].unchanged_since < self.watch.settle_seconds:
+            return False
+        reason = why_incomplete(source)
+        if reason is None:
+            return True
+        if source not in self._noted:
+            self._noted[source] = reason
+            found.notes.append(f"{source}: unchanged for {self.watch.settle_seconds:g} s but not complete; "
+                               f"waiting for it ({reason})")
+        return False
+
+    def waiting(self) -> list[Job]:
+        """The movies seen but not converted yet."""
+        return [job for source, job in self._jobs.items() if source not in self.handed_out]
+
+    def unfinished_results(self) -> list[MovieResult]:
+        """At the end of the watch: a failed result for every movie that never became complete."""
+        results = []
+        for job in self.waiting():
+            reason = why_incomplete(job.source) if job.source.exists() else f"{job.source}: no such file"
+            if reason is None:
+                reason = (f"{job.source}: still changing (unchanged for less than "
+                          f"{self.watch.settle_seconds:g} s)")
+            results.append(MovieResult(job.source, job.destination, "failed",
+                                       f"not converted: incomplete when the watch ended: {reason}"))
+        return results
+
+
+class ContextKeeper:
+    """The run's gain state (:func:`cryotiff.jobs.prepare`) for movies that arrive over time:
+    prepared with the first movies, and again when ``--gain`` is given and nothing is loaded
+    yet (the first movies were neither float nor EER movies)."""
+
+    def __init__(self, options: ConvertOptions, reporter: Reporter, write_files: bool = True):
+        self.options = options
+        self.reporter = reporter
+        self.write_files = write_files
+        self.context: RunContext | None = None
+
+    def for_jobs(self, jobs: Sequence[Job]) -> RunContext:
+        context = self.context
+        nothing_loaded = context is None or (
+            self.options.gain is not None and context.gain_reference is None and context.eer_gain_reference is None
+        )
+        if nothing_loaded and jobs:
+            self.context = prepare(jobs, self.options, self.reporter, write_files=self.write_files)
+        return self.context if self.context is not None else RunContext()
+
+
+def watch_and_convert(
+    inputs: Sequence[str],
+    options: ConvertOptions,
+    watch: WatchOptions,
+    reporter: Reporter,
+    on_result: Callable[[list[MovieResult]], None] = lambda results: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[MovieResult]:
+    """Convert what the inputs name now, then each new movie once it is complete, until
+    ``watch.timeout_seconds`` pass without anything new (or KeyboardInterrupt).
+
+    ``reporter`` gets the usual calls, and ``more_movies(sources)`` (if it has it) when new
+    movies are seen; ``on_result(results_so_far)`` is called after every movie (the CLI
+    rewrites ``movies.star`` and the report there). Returns every movie's result, including a
+    failure for each movie still incomplete at the end.
+    """
+    finder = MovieWatch(inputs, options, watch, clock=clock)
+    keeper = ContextKeeper(options, reporter)
+    stale = StaleTemporaries()
+    results: list[MovieResult] = []
+    announce = getattr(reporter, "more_movies", None)
+    last_activity = clock()
+    idle_said = False
+    with thread_pool(options.threads) as executor:
+        while True:
+            found = finder.look()
+            if found.new_sources and announce is not None:
+                announce(found.new_sources)
+            for note in found.notes:
+                reporter.message(note)
+            for failure in found.failures:
+                results.append(failure)
+                reporter.movie_finished(failure)
+            context = keeper.for_jobs(found.ready)
+            for job in found.ready:
+                results.append(handle_job(job, len(results) + 1, len(results) + len(finder.waiting()) + 1,
+                                          options, executor, reporter, context, stale))
+                on_result(results)
+                idle_said = False
+            if found.failures:
+                on_result(results)
+            if found.changed or found.ready or found.failures:
+                last_activity = clock()
+            elif watch.timeout_seconds is not None and clock() - last_activity >= watch.timeout_seconds:
+                break
+            if not found.ready and not idle_said:
+                waiting = len(finder.waiting())
+                reporter.message("Watching for new movies" + (f" ({waiting} not complete yet)" if waiting else "")
+                                 + (f"; stopping after {watch.timeout_seconds:g} s without any"
+                                    if watch.timeout_seconds is not None else "; Ctrl-C stops"))
+                idle_said = True
+            if not found.ready:
+                sleep(watch.poll_seconds)
+    unfinished = finder.unfinished_results()
+    for result in unfinished:
+        reporter.movie_finished(result)
+    return results + unfinished
