@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C on mpirun reaches the ranks as SIGTERM (then SIGKILL): turned into KeyboardInterrupt,
     # it lets the movie being written remove its temporary file, as Ctrl-C does in convert-to-tiff.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return _run_command(comm, argv)
     except SystemExit:  # argparse (--help, --version, a rejected command line): the same on every rank
@@ -148,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM and SIGINT: the first stops the run (as KeyboardInterrupt); the ones that follow
+    (mpirun's own SIGTERM after the one rank 0's service thread sent, a second Ctrl-C) are
+    ignored, so that they cannot cut short the cleanup and the summary."""
+    ignore_interrupts()
     raise KeyboardInterrupt
 
 
