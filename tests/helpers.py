@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import shutil
 import subprocess
 import os
@@ -46,17 +47,16 @@ def read_tiff_frames(path: Path) -> np.ndarray:
 
 
 def temporary_files_of(destination: Path) -> list[Path]:
-    """cryotiff's temporary files of ``destination`` (``X.tif.cryotiff-<pid>-<hex>.tmp``)."""
-    from cryotiff.io.atomic import temporaries_of
-
-    return temporaries_of(Path(destination))
+    """Temporary files of ``destination``: cryotiff's ``X.tif.cryotiff-<pid>-<hex>.tmp``, and
+    ``X.tif.tmp`` (RELION's name, which cryotiff used too before it locked its files)."""
+    destination = Path(destination)
+    return sorted(destination.parent.glob(glob.escape(destination.name) + "*.tmp"))
 
 
 def is_temporary_of(path: str | Path, output_name: str) -> bool:
     """``path`` is a temporary file of the output named ``output_name`` (``a.tif``)."""
-    from cryotiff.io.atomic import destination_of_temporary
-
-    return destination_of_temporary(Path(path).name) == output_name
+    name = Path(path).name
+    return name.startswith(output_name + ".") and name.endswith(".tmp")
 
 
 def tiff_tags(path: Path, page: int = 0) -> dict[str, object]:

@@ -153,7 +153,7 @@ def test_a_symlinked_output_is_replaced_not_written_through(in_tmp: Path) -> Non
 # --------------------------------------------------------------------------- concurrent runs, stale files
 
 #: A movie that takes a good part of a second to write at deflate level 12.
-SLOW_SHAPE = (16, 768, 768)
+SLOW_SHAPE = (12, 512, 512)
 SLOW_CODEC = ("--compression", "deflate", "--deflate_level", "12")
 
 
@@ -235,21 +235,6 @@ def test_a_foreign_x_tif_tmp_is_left_alone(in_tmp: Path) -> None:
     assert Path("out/a.tif.tmp").read_bytes() == b"RELION at work"
 
 
-def test_mpi_removes_stale_temporary_files_too(in_tmp: Path) -> None:
-    from .test_mpi import MPIRUN, run_mpi
-
-    if not MPIRUN.exists():
-        pytest.skip("no mpirun next to the interpreter")
-    a = int16_movie("a.mrc", 1)
-    b = int16_movie("b.mrc", 2)
-    stale = stale_temporary(Path("out"), "a.tif")
-    completed = run_mpi(["--i", "a.mrc", "b.mrc", "--o", "out"], in_tmp)
-    assert completed.returncode == 0, completed.stderr
-    assert not stale.exists() and f"Removed {stale}" in completed.stdout
-    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
-    np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)
-
-
 # --------------------------------------------------------------------------- planning
 
 
@@ -262,3 +247,244 @@ def test_a_dot_or_root_line_in_a_list_fails_that_line_only(in_tmp: Path, capsys)
     assert len(errors) == 2 and all("not a movie file name" in e for e in errors), errors
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
     assert "Movies converted: 1, skipped: 0, failed: 2" in captured.out
+
+
+# --------------------------------------------------------------------------- --only_do_unfinished: complete?
+
+
+def deflate_output(movie: str, frames_seed: int, n_frames: int = 4) -> tuple[np.ndarray, Path]:
+    frames = int16_movie(movie, frames_seed, n_frames=n_frames, shape_yx=(48, 40))
+    assert main(["--i", movie, "--o", "out", "--compression", "deflate"]) == 0
+    return frames, Path("out") / Path(movie).with_suffix(".tif")
+
+
+def last_strip(path: Path) -> tuple[int, int, int]:
+    """``(offset, byte count, IFD offset)`` of the last page's last strip."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[-1]
+        return page.dataoffsets[-1], page.databytecounts[-1], page.offset
+
+
+def rerun_unfinished(capsys, movie: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    status = main(["--i", movie, "--o", "out", "--only_do_unfinished", "--compression", "deflate"])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_a_tif_cut_inside_its_last_strip_is_converted_again(in_tmp: Path, capsys) -> None:
+    frames, tif = deflate_output("a.mrc", 1)
+    offset, count, ifd = last_strip(tif)
+    assert ifd < offset  # the last IFD is intact, only the pixels are cut
+    os.truncate(tif, offset + count // 2)
+    status, out, err = rerun_unfinished(capsys, "a.mrc")
+    assert status == 0, err
+    assert "Skipping" not in out
+    assert "out/a.tif: incomplete (page 4 of 4 ends beyond the end of the file); converting again" in out, out
+    np.testing.assert_array_equal(read_tiff_frames(tif), frames)
+
+
+def test_a_tif_cut_inside_an_ifd_says_incomplete_not_tifffiles_message(in_tmp: Path, capsys) -> None:
+    frames, tif = deflate_output("a.mrc", 1)
+    with tifffile.TiffFile(tif) as handle:
+        third_ifd = handle.pages[2].offset
+    os.truncate(tif, third_ifd + 5)
+    status, out, err = rerun_unfinished(capsys, "a.mrc")
+    assert status == 0, err
+    assert "out/a.tif: incomplete" in out and "converting again" in out, out
+    assert "tifffile" not in out + err and "invalid page offset" not in out + err
+    np.testing.assert_array_equal(read_tiff_frames(tif), frames)
+
+
+def test_a_last_strip_damaged_in_place_is_converted_again(in_tmp: Path, capsys) -> None:
+    frames, tif = deflate_output("a.mrc", 1)
+    offset, count, _ = last_strip(tif)
+    with open(tif, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(bytes(count))
+    status, out, err = rerun_unfinished(capsys, "a.mrc")
+    assert status == 0, err
+    assert "out/a.tif: incomplete (page 4 cannot be decoded" in out, out
+    np.testing.assert_array_equal(read_tiff_frames(tif), frames)
+
+
+def test_a_tif_of_another_frame_size_or_type_is_converted_again(in_tmp: Path, capsys) -> None:
+    frames = int16_movie("a.mrc", 1, n_frames=4, shape_yx=(48, 40))
+    Path("out").mkdir()
+    tifffile.imwrite("out/a.tif", np.zeros((4, 40, 48), np.int16), photometric="minisblack", metadata=None)
+    status, out, _ = rerun_unfinished(capsys, "a.mrc")
+    assert status == 0 and "out/a.tif: page 1 holds 48 x 40 int16, 40 x 48 int16 expected; converting again" in out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)
+    tifffile.imwrite("out/a.tif", np.zeros((4, 48, 40), np.uint16), photometric="minisblack", metadata=None)
+    status, out, _ = rerun_unfinished(capsys, "a.mrc")
+    assert status == 0 and "out/a.tif: page 1 holds 40 x 48 uint16, 40 x 48 int16 expected; converting again" in out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)
+
+
+def test_a_complete_tif_made_with_the_same_options_is_skipped(in_tmp: Path, capsys) -> None:
+    frames, tif = deflate_output("a.mrc", 1)
+    written = tif.stat().st_mtime_ns
+    status, out, _ = rerun_unfinished(capsys, "a.mrc")
+    assert status == 0 and "Skipping already processed a.mrc" in out and "converting again" not in out
+    assert tif.stat().st_mtime_ns == written
+    np.testing.assert_array_equal(read_tiff_frames(tif), frames)
+
+
+# --------------------------------------------------------------------------- --only_do_unfinished: same options?
+
+EER_DETECTOR = 2048
+
+
+def eer_movie(path: str, n_frames: int, seed: int = 3):
+    from cryotiff.simulate.eer import random_events, write_eer
+
+    events = random_events(np.random.default_rng(seed), EER_DETECTOR, n_frames, 0.004)
+    write_eer(Path(path), events, EER_DETECTOR)
+    return events
+
+
+def test_eer_converted_at_another_upsampling_is_converted_again(in_tmp: Path, capsys) -> None:
+    from cryotiff.simulate.eer import expected_render
+
+    events = eer_movie("m.eer", 4)
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "2"]) == 0
+    capsys.readouterr()
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "2", "--eer_upsampling", "2",
+                 "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert ("out/m.tif: made with --eer_upsampling 1, this run asks for --eer_upsampling 2; converting again"
+            in out), out
+    pages = read_tiff_frames(Path("out/m.tif"))
+    assert pages.shape == (2, 2 * EER_DETECTOR, 2 * EER_DETECTOR)
+    np.testing.assert_array_equal(pages[1], expected_render(events[2:4], EER_DETECTOR, 2))
+
+
+def test_eer_converted_with_another_grouping_of_the_same_page_count_is_converted_again(in_tmp: Path, capsys) -> None:
+    """8 raw frames give 2 pages with a grouping of 4 and of 3: the pages alone cannot tell."""
+    from cryotiff.simulate.eer import expected_render
+
+    events = eer_movie("m.eer", 8)
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "4"]) == 0
+    capsys.readouterr()
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "3", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert "out/m.tif: made with --eer_grouping 4, this run asks for --eer_grouping 3; converting again" in out
+    pages = read_tiff_frames(Path("out/m.tif"))
+    np.testing.assert_array_equal(pages[1], expected_render(events[3:6], EER_DETECTOR, 1))
+    capsys.readouterr()
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "3", "--only_do_unfinished"]) == 0
+    assert "Skipping already processed m.eer" in capsys.readouterr().out
+
+
+def test_a_float_movie_converted_without_the_gain_is_converted_again_with_it(in_tmp: Path, capsys) -> None:
+    import mrcfile
+
+    from cryotiff.simulate.gain_normalised import make_detector
+
+    rng = np.random.default_rng(7)
+    detector = make_detector((96, 80), rng, defect_fraction=0.002, cold_fraction=0.001)
+    frames = detector.movie(40, rng).frames
+    write_mrc_movie(Path("m.mrc"), frames, 2, pixel_size_angstrom=1.05)
+    assert main(["--i", "m.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    assert main(["--i", "m.mrc", "--o", "out"]) == 0  # no gain: float32 as they are
+    capsys.readouterr()
+    assert main(["--i", "m.mrc", "--o", "out", "--gain", "Est/gain_estimate.bin", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert "out/m.tif: made with no --gain, this run asks for --gain Est/gain_estimate.bin (SHA-256 " in out, out
+    with mrcfile.open("out/gain-reference.mrc") as mrc:
+        gain_reference = np.array(mrc.data)
+    stored = read_tiff_frames(Path("out/m.tif"))
+    np.testing.assert_array_equal(stored * gain_reference, frames)  # TIFF x gain = the original
+    assert main(["--i", "m.mrc", "--o", "out", "--gain", "Est/gain_estimate.bin", "--only_do_unfinished",
+                 "--thresh", "20"]) == 0
+    assert "made with --thresh 50, this run asks for --thresh 20; converting again" in capsys.readouterr().out
+    assert main(["--i", "m.mrc", "--o", "out", "--only_do_unfinished"]) == 0  # and back without
+    assert "made with --gain Est/gain_estimate.bin (SHA-256 " in capsys.readouterr().out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/m.tif")), frames)
+
+
+def test_an_output_of_another_input_file_is_converted_again(in_tmp: Path, capsys) -> None:
+    first = int16_movie("a.mrcs", 1)
+    assert main(["--i", "a.mrcs", "--o", "out"]) == 0
+    os.remove("a.mrcs")
+    second = int16_movie("a.mrc", 2)
+    capsys.readouterr()
+    assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    assert "out/a.tif: made from a.mrcs, not from a.mrc; converting again" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), second)
+    del first
+
+
+def test_an_output_of_an_input_that_changed_since_is_converted_again(in_tmp: Path, capsys) -> None:
+    frames = np.random.default_rng(1).integers(0, 9, (3, 32, 24)).astype(np.uint16)
+    tiff_movie("x.tiff", frames)
+    assert main(["--i", "x.tiff", "--o", "out"]) == 0
+    size = Path("x.tiff").stat().st_size
+    tifffile.imwrite("x.tiff", frames[:, ::-1, :], photometric="minisblack", metadata=None, compression="zlib")
+    capsys.readouterr()
+    assert main(["--i", "x.tiff", "--o", "out", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert f"out/x.tif: made from x.tiff when it had {size} bytes; it now has {Path('x.tiff').stat().st_size}" in out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/x.tif")), frames)
+
+
+def relion_tiff(path: str, pages: np.ndarray) -> None:
+    """A TIFF as RELION writes it: no ImageDescription, rows flipped."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, pages[:, ::-1, :], photometric="minisblack", metadata=None, software="RELION")
+
+
+def test_an_output_without_a_record_is_kept_only_where_no_option_changes_pixels(in_tmp: Path, capsys) -> None:
+    frames = int16_movie("a.mrc", 1)
+    relion_tiff("out/a.tif", frames)
+    eer_movie("m.eer", 4)
+    relion_tiff("out/m.tif", np.zeros((1, EER_DETECTOR, EER_DETECTOR), np.uint8))
+    written = Path("out/a.tif").stat().st_mtime_ns
+    assert main(["--i", "a.mrc", "m.eer", "--o", "out", "--only_do_unfinished", "--eer_grouping", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "Skipping already processed a.mrc" in out
+    assert "out/a.tif: carries no record of the options that made it (written by RELION or an older cryotiff); kept" in out
+    assert Path("out/a.tif").stat().st_mtime_ns == written
+    assert ("out/m.tif: carries no record of the options that made it (written by RELION or an older cryotiff), "
+            "and the pixels of m.eer depend on --eer_grouping, --eer_upsampling, --short; converting again") in out
+    assert read_tiff_frames(Path("out/m.tif")).any()
+
+
+def test_the_record_leaves_the_tiff_a_plain_page_by_page_movie(in_tmp: Path) -> None:
+    """tifffile must not take the record for its own "shaped" metadata, and libtiff reads it."""
+    from cryotiff.recorded_options import read_record
+
+    from .helpers import libtiff_decodes
+
+    frames = int16_movie("a.mrc", 1, n_frames=5)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    with tifffile.TiffFile("out/a.tif") as tif:
+        assert not tif.is_shaped and not tif.is_imagej
+        assert len(tif.series) == 1 and tif.series[0].shape == frames.shape
+        assert len(tif.pages) == 5
+        for k, page in enumerate(tif.pages):
+            np.testing.assert_array_equal(page.asarray()[::-1], frames[k])
+    np.testing.assert_array_equal(tifffile.imread("out/a.tif")[:, ::-1], frames)
+    record = read_record(Path("out/a.tif"))
+    assert record is not None and record.made_with == {} and record.input_name == "a.mrc"
+    assert record.n_pages == 5 and record.sample_type == "int16" and record.verified
+    libtiff_decodes(Path("out/a.tif"))
+
+
+def test_mpi_removes_stale_files_and_says_why_an_output_is_converted_again(in_tmp: Path) -> None:
+    from .test_mpi import MPIRUN, run_mpi
+
+    if not MPIRUN.exists():
+        pytest.skip("no mpirun next to the interpreter")
+    frames, tif = deflate_output("a.mrc", 1)
+    b = int16_movie("b.mrc", 2)
+    offset, count, _ = last_strip(tif)
+    os.truncate(tif, offset + count // 2)
+    stale = stale_temporary(Path("out"), "b.tif")
+    completed = run_mpi(["--i", "a.mrc", "b.mrc", "--o", "out", "--only_do_unfinished"], in_tmp)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.count("out/a.tif: incomplete (page 4 of 4 ends beyond the end of the file); "
+                                  "converting again") == 1, completed.stdout
+    assert not stale.exists() and completed.stdout.count(f"Removed {stale}") == 1
+    np.testing.assert_array_equal(read_tiff_frames(tif), frames)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)

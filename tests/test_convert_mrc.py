@@ -10,6 +10,7 @@ import tifffile
 
 from cryotiff.cli import main
 from cryotiff.convert import ConvertOptions, convert_movie
+from cryotiff.recorded_options import OutputRecord
 from cryotiff.simulate.write import write_mrc_movie
 
 from .helpers import libtiff_decodes, read_tiff_frames, real_data, temporary_files_of, tiff_tags
@@ -71,7 +72,12 @@ def test_every_mode_round_trips(tmp_path: Path, mode: int, compression: str, lin
     numerator, denominator = tags["XResolution"]
     assert numerator / denominator == pytest.approx(1e8 / 1.05, rel=1e-6)
     assert tags["Software"].startswith("cryotiff")
-    assert "ImageDescription" not in tags
+    # The only description is cryotiff's record on page 1 (no tifffile or ImageJ metadata)
+    record = OutputRecord.from_description(tags["ImageDescription"])
+    assert record is not None and record.n_pages == frames.shape[0] and record.sample_type == np.dtype(dtype).name
+    assert "ImageDescription" not in tiff_tags(destination, page=1)
+    with tifffile.TiffFile(destination) as tif:
+        assert not tif.is_shaped and not tif.is_imagej
     libtiff_decodes(destination)
 
 

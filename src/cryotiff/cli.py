@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "--in_movies is the name a RELION External job passes")
     general.add_argument("--o", default="./", metavar="DIR", help="Output directory (default: ./)")
     general.add_argument("--only_do_unfinished", action="store_true",
-                         help="Skip movies whose .tif exists and is complete")
+                         help="Skip movies whose .tif exists, is complete and was made from the same input "
+                              "with the same options (those that change its pixels); convert the others again "
+                              "and say why")
     general.add_argument("--j", type=int, default=1, metavar="N",
                          help="Threads per movie: frames are read, transformed and encoded concurrently (default: 1)")
     general.add_argument("--gain", metavar="FILE",

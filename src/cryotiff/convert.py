@@ -25,6 +25,7 @@ from .codecs import StripCodec, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
 from .io import Movie, MovieInfo, check_regular_file
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, write_movie
+from .recorded_options import OutputRecord
 
 #: MRC inputs without a pixel size get 1.0 A in the TIFF resolution tags, as in RELION
 #: (``samplingRateX`` default).
@@ -175,6 +176,16 @@ class PageSource:
     def page(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
+    def possible_dtypes(self) -> tuple[np.dtype, ...]:
+        """The sample types a complete TIFF of this movie can have with these options (more than
+        one where a movie is written again wider when a page does not fit)."""
+        return (np.dtype(self.dtype),)
+
+    def pixel_options(self) -> dict[str, object]:
+        """The options that change this movie's pixels, as recorded in its TIFF
+        (:mod:`cryotiff.recorded_options`); ``{}`` when none does."""
+        return {}
+
     def finish(self, result: MovieResult) -> None:
         """Add path-specific figures and warnings to the movie's result (called after writing);
         subclasses call this one too."""
@@ -251,6 +262,15 @@ class IntegerWidening:
     shape_yx: tuple[int, int]
     dtype: np.dtype
 
+    def possible_dtypes(self) -> tuple[np.dtype, ...]:
+        """The type chosen now, any integer type holding its range, and float32."""
+        if self.dtype.kind == "f":
+            return (np.dtype(np.float32),)
+        chosen = np.iinfo(self.dtype)
+        wider = [np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16)
+                 if np.iinfo(t).min <= chosen.min and chosen.max <= np.iinfo(t).max]
+        return (*wider, np.dtype(np.float32))
+
     def _fit(self, index: int, minimum: float, maximum: float) -> None:
         info = np.iinfo(self.dtype)
         if info.min <= minimum and maximum <= info.max:
@@ -294,6 +314,9 @@ class FloatPages(IntegerWidening, PlainPages):
         if self.dtype.kind == "f":
             self.warning = MODE2_WITHOUT_GAIN_WARNING
 
+    def pixel_options(self) -> dict[str, object]:
+        return {"gain": None}  # a --gain would have divided them
+
     def finish(self, result: MovieResult) -> None:
         super().finish(result)
         if self.warning:
@@ -312,12 +335,16 @@ class RunContext:
             ``<o>/gain-reference.mrc`` holds.
         reliable_mask: ``reliability >= --thresh``.
         eer_gain_reference: the converted EER gain (multiplicative, EER raster orientation).
+        gain_identity: the ``--gain`` file of float movies and the checksums of it and its
+            reliability map (:func:`cryotiff.recorded_options.gain_identity`), as recorded in
+            their TIFFs.
     """
 
     gain_estimate: object | None = None
     gain_reference: np.ndarray | None = None
     reliable_mask: np.ndarray | None = None
     eer_gain_reference: np.ndarray | None = None
+    gain_identity: dict[str, str] | None = None
 
 
 #: How many of RELION's mismatch lines are kept per movie with --ignore_error (RELION prints all).
@@ -361,6 +388,8 @@ class GainPages(IntegerWidening, PlainPages):
         self.gain_reference = context.gain_reference
         self.reliable_mask = context.reliable_mask
         self.reliability = getattr(estimate, "reliability", None)
+        self.gain_identity = context.gain_identity
+        self.thresh = options.thresh
         self.ignore_error = options.ignore_error
         self.lossy = options.lossy
         self.dtype = np.dtype(np.uint8 if self.lossy else np.float32)
@@ -380,6 +409,10 @@ class GainPages(IntegerWidening, PlainPages):
     def retype(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self._reset_counts()
+
+    def pixel_options(self) -> dict[str, object]:
+        return {"gain": self.gain_identity, "thresh": self.thresh, "lossy": self.lossy,
+                "ignore_error": self.ignore_error}
 
     def page(self, index: int) -> np.ndarray:
         from .gain import integerise, lossy_integerise
@@ -481,6 +514,14 @@ class EerPages(PageSource):
     def retype(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self.corrupt_warnings = []
+
+    def possible_dtypes(self) -> tuple[np.dtype, ...]:
+        if self.short:
+            return (np.dtype(np.uint16),)
+        return (np.dtype(np.uint8), np.dtype(np.uint16))  # uint8, or written again as uint16
+
+    def pixel_options(self) -> dict[str, object]:
+        return {"eer_grouping": self.grouping, "eer_upsampling": self.upsampling, "short": self.short}
 
     def page(self, index: int) -> np.ndarray:
         from .errors import RenderOverflowError
@@ -606,6 +647,26 @@ def page_count(path: Path, options: ConvertOptions) -> int:
         return source.n_pages
     finally:
         source.close()
+
+
+def output_record(source: PageSource, codec: str = "", verified: bool = True) -> OutputRecord:
+    """What a TIFF of ``source`` written now records (its page 1 ImageDescription): the options
+    that change its pixels, the input's name and size (0 if it cannot be read: such a record
+    matches no later run), the sample type and page count."""
+    try:
+        input_bytes = source.path.stat().st_size
+    except OSError:
+        input_bytes = 0
+    return OutputRecord(
+        made_with=source.pixel_options(),
+        input_name=source.path.name,
+        input_bytes=input_bytes,
+        sample_type=str(np.dtype(source.dtype)),
+        n_pages=source.n_pages,
+        codec=codec,
+        verified=verified,
+        software=f"cryotiff {__version__}",
+    )
 
 
 def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, verify: bool, index: int) -> list[bytes]:
@@ -739,6 +800,7 @@ def _write_pages(
         software=f"cryotiff {__version__}",
     )
     window = 2 * max(1, options.threads)
+    record = output_record(source, codec=codec.label, verified=options.verify)
 
     def strips() -> Iterator[bytes]:
         pages = ordered_map(
@@ -752,7 +814,7 @@ def _write_pages(
             if on_page is not None:
                 on_page(done, source.n_pages)
 
-    write_movie(destination, layout, strips())
+    write_movie(destination, layout, strips(), description=record.to_description())
     return MovieResult(
         source=source_path,
         destination=destination,

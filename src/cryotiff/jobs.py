@@ -26,12 +26,14 @@ from .convert import (
     open_movie,
     open_page_source,
     ordered_map,
+    output_record,
 )
 from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
 from .io import check_regular_file
 from .io.star import read_movie_names
 from .io.atomic import remove_if_stale, temporaries_of
-from .io.tiff import is_complete
+from .io.tiff import check_output
+from .recorded_options import OutputRecord, gain_identity, mismatch
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -273,20 +275,80 @@ def plan(
     return jobs, failures
 
 
-def is_finished(job: Job, options: ConvertOptions, context: RunContext | None = None) -> bool:
-    """The ``--only_do_unfinished`` test: the ``.tif`` exists, opens, and has the page count this
-    movie gives with these options. A ``.tif.tmp`` never counts (RELION only tests existence)."""
-    if not job.destination.is_file():
-        return False
+@dataclass(frozen=True)
+class FinishedCheck:
+    """The ``--only_do_unfinished`` verdict on one movie's existing output.
+
+    Attributes:
+        finished: the output is complete and made with this run's options: skip the movie.
+        reason: when not finished but an output exists, why it is converted again
+            (``out/x.tif: incomplete (...)``); "" otherwise.
+        notes: lines to show with the skipped movie (an output without a record).
+    """
+
+    finished: bool
+    reason: str = ""
+    notes: tuple[str, ...] = ()
+
+
+#: Said of an output that carries no record of the options that made it.
+NO_RECORD = "carries no record of the options that made it (written by RELION or an older cryotiff)"
+
+
+def check_finished(job: Job, options: ConvertOptions, context: RunContext | None = None) -> FinishedCheck:
+    """The ``--only_do_unfinished`` test (RELION only tests that the ``.tif`` exists).
+
+    Finished means: the ``.tif`` is complete (:func:`cryotiff.io.tiff.check_output`: the page
+    count, frame size and sample type this movie gives with these options, every strip inside
+    the file, the last page decodes) and its record (:mod:`cryotiff.recorded_options`) says it
+    was made from this input with the options that change its pixels as in this run. An output
+    without a record counts as finished only when no option changes the movie's pixels
+    (integer MRC or TIFF); EER and float movies are converted again. A temporary file never
+    counts.
+    """
+    if not os.path.lexists(job.destination):
+        return FinishedCheck(False)
     try:
         source = open_page_source(job.source, options, context)
-    except CryotiffError:
-        return False  # the input is broken: let the conversion report it
+    except (CryotiffError, OSError):
+        return FinishedCheck(False)  # the input is broken: let the conversion report it
     try:
-        expected = source.n_pages
+        n_pages, shape_yx, dtypes = source.n_pages, source.shape_yx, source.possible_dtypes()
+        expected = output_record(source)
+    except OSError:
+        return FinishedCheck(False)
     finally:
         source.close()
-    return is_complete(job.destination, expected)
+    found = check_output(job.destination, n_pages, shape_yx, dtypes)
+    record = OutputRecord.from_description(found.description)
+    why = mismatch(record, expected) if record is not None else None
+    if why is not None:  # the more telling reason, where a file is also of another size
+        return FinishedCheck(False, f"{job.destination}: {why}")
+    if found.problem is not None:
+        return FinishedCheck(False, f"{job.destination}: {found.problem}")
+    if record is None:
+        if expected.made_with:
+            options_that_matter = ", ".join(f"--{name}" for name in expected.made_with)
+            return FinishedCheck(False, f"{job.destination}: {NO_RECORD}, and the pixels of {job.source} depend on "
+                                        f"{options_that_matter}")
+        return FinishedCheck(True, notes=(f"{job.destination}: {NO_RECORD}; kept, as its pages, frame size and "
+                                          "sample type are right and no option changes this movie's pixels",))
+    return FinishedCheck(True)
+
+
+def is_finished(job: Job, options: ConvertOptions, context: RunContext | None = None) -> bool:
+    """:func:`check_finished`, as a yes or no."""
+    return check_finished(job, options, context).finished
+
+
+def skipped_result(job: Job, check: FinishedCheck) -> MovieResult:
+    """The result of a movie ``--only_do_unfinished`` skips."""
+    return MovieResult(job.source, job.destination, "skipped", "already converted", notes=list(check.notes))
+
+
+def converting_again(check: FinishedCheck) -> str | None:
+    """The line saying why an existing output is converted again, or None."""
+    return f"{check.reason}; converting again" if check.reason else None
 
 
 # --------------------------------------------------------------------------- stale temporary files
@@ -407,11 +469,16 @@ def prepare(
         warn(gain_module.GAIN_IRRELEVANT_WARNING)
         return context
     estimate = gain_module.GainEstimate.load(options.gain)
+    reliability_path = gain_module.find_reliability_path(options.gain)
     say(gain_module.read_message(options.gain))
-    say(gain_module.read_message(gain_module.find_reliability_path(options.gain)) + "\n")
+    say(gain_module.read_message(reliability_path) + "\n")
     unusable = estimate.unusable_gain_warning(options.thresh, options.gain)
     if unusable:
         warn(unusable)
+    try:
+        context.gain_identity = gain_identity(options.gain, reliability_path)
+    except OSError as exc:
+        raise GainError(f"{options.gain}: cannot be read ({exc.strerror or exc})") from None
     context.gain_estimate = estimate
     context.gain_reference = gain_module.gain_reference(estimate, options.thresh)
     context.reliable_mask = estimate.reliable_mask(options.thresh)
@@ -641,9 +708,13 @@ def handle_job(
     skipped if finished (``--only_do_unfinished``), else converted; reported either way."""
     for line in stale.clean(job.destination):
         reporter.message(line)
-    if options.only_do_unfinished and is_finished(job, options, context):
-        result = MovieResult(job.source, job.destination, "skipped", "already converted")
+    check = check_finished(job, options, context) if options.only_do_unfinished else FinishedCheck(False)
+    if check.finished:
+        result = skipped_result(job, check)
     else:
+        again = converting_again(check)
+        if again:
+            reporter.message(again)
         reporter.movie_started(job, index, total)
         result = run_job(job, options, executor, reporter, context)
     reporter.movie_finished(result)

@@ -72,15 +72,18 @@ from .cli import (
 from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
 from .jobs import (
+    FinishedCheck,
     Job,
     StaleTemporaries,
+    check_finished,
+    converting_again,
     estimate_movie,
     handle_job,
-    is_finished,
     make_executor,
     plan,
     prepare,
     run_job,
+    skipped_result,
 )
 from .progress import file_nbytes
 from .watch import WatchOptions
@@ -610,11 +613,18 @@ def ignore_interrupts() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def find_finished(comm: Any, jobs: Sequence[Job], options: ConvertOptions, context: RunContext | None) -> set[int]:
-    """Indices of the jobs whose TIFF is complete (``--only_do_unfinished``). Each rank checks
-    every ``size``-th job, since on a network file system opening thousands of files is slow."""
-    mine = [index for index in range(comm.rank, len(jobs), comm.size) if is_finished(jobs[index], options, context)]
-    return {index for part in comm.allgather(mine) for index in part}
+def find_finished(
+    comm: Any, jobs: Sequence[Job], options: ConvertOptions, context: RunContext | None
+) -> dict[int, FinishedCheck]:
+    """The ``--only_do_unfinished`` verdict on every job whose output exists (by index; see
+    :func:`cryotiff.jobs.check_finished`). Each rank checks every ``size``-th job, since on a
+    network file system opening thousands of files is slow."""
+    mine = {}
+    for index in range(comm.rank, len(jobs), comm.size):
+        check = check_finished(jobs[index], options, context)
+        if check.finished or check.reason:
+            mine[index] = check
+    return {index: check for part in comm.allgather(mine) for index, check in part.items()}
 
 
 def largest_first(jobs: Sequence[Job], indices: Sequence[int]) -> list[int]:
@@ -748,17 +758,17 @@ def run_conversion(
         for job in jobs:
             for line in stale.clean(job.destination):
                 reporter.message(line)
-    finished = find_finished(comm, jobs, options, context) if options.only_do_unfinished else set()
-    skipped = {
-        index: MovieResult(jobs[index].source, jobs[index].destination, "skipped", "already converted")
-        for index in sorted(finished)
-    }
+    checks = find_finished(comm, jobs, options, context) if options.only_do_unfinished else {}
+    finished = {index for index, check in checks.items() if check.finished}
+    skipped = {index: skipped_result(jobs[index], checks[index]) for index in sorted(finished)}
     if rank == 0:
         reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
         for failure in failures:
             reporter.report_result(failure)
         for result in skipped.values():
             reporter.report_result(result)
+        for index in sorted(set(checks) - finished):
+            reporter.message(converting_again(checks[index]))
     order = largest_first(jobs, [index for index in range(len(jobs)) if index not in finished])
 
     position = {index: place for place, index in enumerate(order, start=1)}

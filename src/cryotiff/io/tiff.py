@@ -420,7 +420,7 @@ class OutputCheck:
 
     Attributes:
         problem: why the file is not a complete movie of the expected pages, frame size and
-            sample type (``incomplete: page 3 of 3 ends beyond the end of the file``); None when
+            sample type (``incomplete (page 3 of 3 ends beyond the end of the file)``); None when
             it is one.
         description: page 1's ImageDescription ("" when it has none; None when unreadable).
         dtype: the sample type of its pages (None when unreadable).
@@ -451,9 +451,10 @@ def check_output(
             pages = tif.pages
             found = len(pages)
             if log.errors:
-                return OutputCheck(f"incomplete: damaged TIFF structure after page {found} ({_plain(log.errors[0])})")
+                return OutputCheck(f"incomplete (the TIFF structure is cut or damaged after page {found}: "
+                                   f"{_plain(log.errors[0])})")
             if found == 0:
-                return OutputCheck("incomplete: the TIFF file has no page")
+                return OutputCheck("incomplete (no page)")
             first = pages.first
             description = first.description or ""
             dtype = np.dtype(first.dtype)
@@ -461,29 +462,32 @@ def check_output(
                 return OutputCheck(f"has {found} pages, {n_pages} expected", description, dtype)
             for number in range(1, found + 1):
                 page = pages[number - 1]
-                if tuple(page.shape) != tuple(shape_yx) or np.dtype(page.dtype) not in wanted:
+                page_dtype = np.dtype(page.dtype)
+                if tuple(page.shape) != tuple(shape_yx) or page_dtype not in wanted:
                     kinds = " or ".join(str(d) for d in wanted)
                     return OutputCheck(
-                        f"page {number} holds {page.shape[-1]} x {page.shape[0]} {np.dtype(page.dtype)}, "
-                        f"{shape_yx[1]} x {shape_yx[0]} {kinds} expected",
-                        description, dtype)
-                if np.dtype(page.dtype) != dtype:
-                    return OutputCheck(f"page {number} is {np.dtype(page.dtype)}, page 1 {dtype}", description, dtype)
+                        f"page {number} holds {page.shape[-1]} x {page.shape[0]} {page_dtype}, "
+                        f"{shape_yx[1]} x {shape_yx[0]} {kinds} expected", description, dtype)
+                if page_dtype != dtype:
+                    return OutputCheck(f"page {number} holds {page_dtype}, page 1 {dtype}", description, dtype)
                 for offset, count in zip(page.dataoffsets, page.databytecounts):
-                    if count == 0 or offset + count > size:
-                        return OutputCheck(
-                            f"incomplete: page {number} of {found} ends beyond the end of the file"
-                            if count else f"incomplete: page {number} of {found} has an empty strip",
-                            description, dtype)
-            last = pages[found - 1]
-            last.asarray()
-            if log.errors:
-                return OutputCheck(f"incomplete: page {found} cannot be decoded ({_plain(log.errors[0])})",
-                                   description, dtype)
+                    if count == 0:
+                        return OutputCheck(f"incomplete (page {number} of {found} has an empty strip)",
+                                           description, dtype)
+                    if offset + count > size:
+                        return OutputCheck(f"incomplete (page {number} of {found} ends beyond the end of the file)",
+                                           description, dtype)
+            try:
+                pages[found - 1].asarray()
+                problem = _plain(log.errors[0]) if log.errors else None
+            except Exception as exc:  # the codecs raise their own types
+                problem = _plain(str(exc))
+            if problem is not None:
+                return OutputCheck(f"incomplete (page {found} cannot be decoded: {problem})", description, dtype)
     except FileNotFoundError:
         return OutputCheck("does not exist")
     except Exception as exc:  # tifffile raises many types on damaged files
-        return OutputCheck(f"incomplete or damaged: not a readable TIFF file ({_plain(str(exc))})")
+        return OutputCheck(f"damaged (not a readable TIFF file: {_plain(str(exc))})")
     return OutputCheck(None, description, dtype)
 
 
@@ -491,21 +495,6 @@ def _plain(message: str) -> str:
     """tifffile's messages start with the object that logged them (``<tifffile.TiffPages @8>``):
     of no use to a user."""
     return re.sub(r"^<tifffile\.[^>]*>\s*", "", message)
-
-
-def is_complete(path: Path, n_pages: int) -> bool:
-    """True if ``path`` is a readable TIFF with exactly ``n_pages`` pages whose strips all lie
-    inside the file and whose last page decodes (see :func:`check_output`), of any frame size
-    and movie sample type."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            first = tif.pages.first
-            shape, dtype = first.shape, first.dtype
-    except Exception:
-        return False
-    return check_output(path, n_pages, tuple(shape), [dtype]).problem is None
 
 
 def read_tiff_pages(path: Path) -> Iterator[np.ndarray]:
