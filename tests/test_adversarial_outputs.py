@@ -129,8 +129,9 @@ def test_a_symlink_at_the_temporary_name_is_never_written_through(in_tmp: Path, 
     victim = in_tmp / "victim.dat"
     victim.write_bytes(b"precious")
     Path("out").mkdir()
-    tokens = iter(["00000000", "00000000", "11111111"])
-    monkeypatch.setattr(atomic, "_random_token", lambda: next(tokens))
+    real_token = atomic._random_token
+    tokens = iter(["00000000", "00000000"])  # the first two names tried are the planted one
+    monkeypatch.setattr(atomic, "_random_token", lambda: next(tokens, None) or real_token())
     planted = Path("out") / atomic.temporary_name("x.tif", token="00000000")
     planted.symlink_to(victim)
     assert main(["--i", "x.mrc", "--o", "out"]) == 0
@@ -488,3 +489,189 @@ def test_mpi_removes_stale_files_and_says_why_an_output_is_converted_again(in_tm
     assert not stale.exists() and completed.stdout.count(f"Removed {stale}") == 1
     np.testing.assert_array_equal(read_tiff_frames(tif), frames)
     np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def gain_normalised_movie(path: str, seed: int = 7, n_frames: int = 40) -> np.ndarray:
+    from cryotiff.simulate.gain_normalised import make_detector
+
+    rng = np.random.default_rng(seed)
+    detector = make_detector((48, 40), rng, defect_fraction=0.002, cold_fraction=0.001)
+    frames = detector.movie(n_frames, rng).frames
+    write_mrc_movie(Path(path), frames, 2, pixel_size_angstrom=1.05)
+    return frames
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_every_file_written_has_the_permissions_open_gives_under_the_umask(in_tmp: Path, umask: int) -> None:
+    gain_normalised_movie("m.mrc")
+    previous = os.umask(umask)
+    try:
+        assert main(["--i", "m.mrc", "--o", "Est", "--estimate_gain", "--report", "Est/report.json"]) == 0
+        assert main(["--i", "m.mrc", "--o", "out", "--gain", "Est/gain_estimate.bin", "--report", "out/report.json",
+                     "--pipeline_control"]) == 0
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    written = ["Est/gain_estimate.bin", "Est/gain_estimate_reliablity.bin", "Est/report.json", "out/m.tif",
+               "out/gain-reference.mrc", "out/movies.star", "out/report.json", "out/RELION_OUTPUT_NODES.star"]
+    modes = {name: oct(Path(name).stat().st_mode & 0o777) for name in written}
+    assert modes == {name: oct(expected) for name in written}
+
+
+# --------------------------------------------------------------------------- gain files that cannot be written
+
+
+def refuse_temporary_files(monkeypatch, name_part: str, error_number: int) -> None:
+    """The file system refuses to create files whose name holds ``name_part`` (a read-only or
+    full ``--o``; root ignores chmod, so the refusal is simulated where files are created)."""
+    import errno as errnos
+
+    real_open = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if name_part in os.fspath(path) and flags & os.O_CREAT:
+            raise OSError(error_number, os.strerror(error_number), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    assert errnos
+
+
+def test_a_gain_estimate_that_cannot_be_saved_is_a_clear_error(in_tmp: Path, capsys, monkeypatch) -> None:
+    import errno
+
+    gain_normalised_movie("m.mrc")
+    refuse_temporary_files(monkeypatch, "gain_estimate", errno.EROFS)
+    assert main(["--i", "m.mrc", "--o", "Est", "--estimate_gain"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = errors_of(err)
+    assert len(errors) == 1 and "Est/gain_estimate" in errors[0] and "Read-only file system" in errors[0], errors
+    assert not list(Path("Est").glob("gain_estimate*"))
+
+
+def test_a_full_disk_while_saving_the_estimate_keeps_the_previous_pair(in_tmp: Path, capsys, monkeypatch) -> None:
+    """The second of the files written during a save fails: the pair on disk must be the one
+    saved before, byte for byte (not a new reliability map beside the old gain)."""
+    import errno
+
+    from mrcfile.mrcinterpreter import MrcInterpreter
+
+    from cryotiff.gain import GainEstimate
+
+    gain_normalised_movie("m1.mrc", seed=7)
+    gain_normalised_movie("m2.mrc", seed=8)
+    assert main(["--i", "m1.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Control", "--estimate_gain"]) == 0
+    before = {name: Path("Est", name).read_bytes() for name in ("gain_estimate.bin", "gain_estimate_reliablity.bin")}
+    after = GainEstimate.load(Path("Control/gain_estimate.bin"))
+    assert not np.array_equal(after.gain, GainEstimate.load(Path("Est/gain_estimate.bin")).gain)  # gains change
+    capsys.readouterr()
+    real_flush = MrcInterpreter.flush
+    flushes = []
+
+    def flush(self) -> None:
+        flushes.append(self._read_only)
+        if flushes.count(False) == 2:  # the second file written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_flush(self)
+
+    monkeypatch.setattr(MrcInterpreter, "flush", flush)
+    assert main(["--i", "m2.mrc", "--o", "Est", "--estimate_gain", "--gain", "Est/gain_estimate.bin"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = errors_of(err)
+    assert len(errors) == 1 and "No space left on device" in errors[0], errors
+    assert "unchanged" in errors[0]
+    assert {name: Path("Est", name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in Path("Est").iterdir()) == sorted(before)  # no temporary file left
+
+
+def test_a_gain_reference_that_cannot_be_written_is_a_clear_error(in_tmp: Path, capsys, monkeypatch) -> None:
+    import errno
+
+    gain_normalised_movie("m.mrc")
+    assert main(["--i", "m.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    capsys.readouterr()
+    refuse_temporary_files(monkeypatch, "gain-reference.mrc", errno.EACCES)
+    assert main(["--i", "m.mrc", "--o", "out", "--gain", "Est/gain_estimate.bin"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert errors_of(err) == ["ERROR: out/gain-reference.mrc: cannot write (Permission denied)"]
+
+
+# --------------------------------------------------------------------------- inputs that name nothing, or one movie many times
+
+
+def test_a_list_file_with_a_byte_order_mark(in_tmp: Path) -> None:
+    a = int16_movie("a.mrc", 1)
+    Path("movies.lst").write_bytes(b"\xef\xbb\xbfa.mrc\r\n")
+    assert main(["--i", "movies.lst", "--o", "out"]) == 0
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+
+
+def test_an_empty_list_file_is_an_error(in_tmp: Path, capsys) -> None:
+    Path("movies.lst").write_text("# nothing yet\n\n")
+    assert main(["--i", "movies.lst", "--o", "out"]) == 1
+    assert errors_of(capsys.readouterr().err) == ["ERROR: movies.lst: the list names no movie"]
+
+
+def test_a_star_file_with_an_empty_movies_table(in_tmp: Path, capsys) -> None:
+    Path("movies.star").write_text(
+        "\ndata_optics\n\nloop_\n_rlnOpticsGroupName #1\n_rlnOpticsGroup #2\n_rlnMicrographOriginalPixelSize #3\n"
+        "opticsGroup1 1 0.83\n\n\ndata_movies\n\nloop_\n_rlnMicrographMovieName #1\n_rlnOpticsGroup #2\n\n")
+    assert main(["--i", "movies.star", "--o", "out"]) == 1
+    err = capsys.readouterr().err
+    assert errors_of(err) == ["ERROR: movies.star: the movies table lists no movie"], err
+
+
+def test_a_recursive_pattern_through_a_symlink_loop_converts_each_movie_once(in_tmp: Path, capsys) -> None:
+    a = int16_movie("Movies/a.mrc", 1)
+    Path("Movies/loop").symlink_to(".")
+    assert main(["--i", "Movies/**/*.mrc", "--o", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "Movies converted: 1, skipped: 0, failed: 0" in out
+    assert sorted(str(p) for p in Path("out").rglob("*.tif")) == ["out/Movies/a.tif"]
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+
+
+def test_a_benchmark_where_every_movie_failed_exits_1(in_tmp: Path, capsys) -> None:
+    Path("broken.mrc").write_bytes(b"not an MRC file" * 100)
+    assert main(["--benchmark", "--i", "broken.mrc"]) == 1
+    assert "broken.mrc" in capsys.readouterr().out
+
+
+def test_a_dry_run_of_one_movie_says_movie(in_tmp: Path, capsys) -> None:
+    int16_movie("a.mrc", 1)
+    assert main(["--i", "a.mrc", "--o", "out", "--dry_run"]) == 0
+    assert "Dry run: 1 movie would be converted, 0 skipped, 0 cannot be converted." in capsys.readouterr().out
+
+
+def test_a_stale_temporary_gain_file_is_removed_by_the_next_estimation(in_tmp: Path, capsys) -> None:
+    gain_normalised_movie("m.mrc")
+    stale = stale_temporary(Path("Est"), "gain_estimate.bin")
+    assert main(["--i", "m.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    assert not stale.exists()
+    assert f"Removed {stale}: a temporary file left by an interrupted run" in capsys.readouterr().out
+    assert sorted(p.name for p in Path("Est").iterdir()) == ["gain_estimate.bin", "gain_estimate_reliablity.bin"]
+
+
+def test_the_gain_reference_never_replaces_the_gain_given(in_tmp: Path, capsys) -> None:
+    """``--gain out/gain-reference.mrc --o out`` (an EER gain kept under that name): the run
+    would write its converted gain over the gain it reads."""
+    import mrcfile
+
+    eer_movie("m.eer", 4)
+    Path("out").mkdir()
+    gain = np.random.default_rng(4).uniform(0.5, 2.0, (EER_DETECTOR, EER_DETECTOR)).astype(np.float32)
+    with mrcfile.new("out/gain-reference.mrc") as mrc:
+        mrc.set_data(gain)
+    before = Path("out/gain-reference.mrc").read_bytes()
+    assert main(["--i", "m.eer", "--o", "out", "--gain", "out/gain-reference.mrc", "--eer_grouping", "2"]) == 2
+    assert errors_of(capsys.readouterr().err) == [
+        "ERROR: --gain out/gain-reference.mrc: this run would write out/gain-reference.mrc over it; "
+        "choose another --o (or rename the gain file)"]
+    assert Path("out/gain-reference.mrc").read_bytes() == before

@@ -879,7 +879,7 @@ def run_benchmark(inputs: Sequence[str] | None, options: ConvertOptions, reporte
             movies = make_demo_movies(Path(scratch))
         rows = benchmark_codecs(movies, options)
         print(format_benchmark_table(rows), file=reporter.out)
-    return EXIT_OK
+    return EXIT_FAILED if any(row.error for row in rows) else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

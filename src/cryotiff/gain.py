@@ -21,8 +21,10 @@ Deliberate differences from RELION 5.0.1 (each is marked ``DIFFERENCE`` where it
 * the int16 reliability counter saturates at 32767 instead of wrapping to -32768;
 * a NaN pixel value is a mismatch (RELION counts it as consistent, and ``--gain`` then writes
   -2147483648 for it);
-* gain files are written atomically (temporary file + ``os.replace``), in an order that never
-  leaves a pixel reliable on evidence that does not exist (see :meth:`GainEstimate.save`);
+* gain files are written atomically (temporary file + ``os.replace``, with the permissions
+  ``open()`` gives under the umask), in an order that never leaves a pixel reliable on evidence
+  that does not exist; a save that fails (full disk, read-only directory) leaves the previous
+  pair as it was (see :meth:`GainEstimate.save`);
 * the reliability map is also found under the documented spelling ``_reliability``;
 * the reliability map name is derived from the file name only (a dot in a directory name does
   not count as the extension);
@@ -41,7 +43,6 @@ Estimates made in separate processes over disjoint movie sets can be combined wi
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ from typing import Callable, Iterator, Sequence
 import mrcfile
 import numpy as np
 
-from cryotiff.errors import CryotiffError, GainError, UnexpectedPixelValueError
+from cryotiff.errors import CryotiffError, GainError, OutputError, UnexpectedPixelValueError
 from cryotiff.io import check_regular_file
+from cryotiff.io.atomic import AtomicFile
 from cryotiff.io.mrc import open_mrc
 
 # ---------------------------------------------------------------------------------------------
@@ -467,7 +469,15 @@ class GainEstimate:
         previous pair, the new pair, or a pair in which every pixel whose gain changed has a
         counter of 0 or -1, which is a state RELION itself passes through (the gain was just set).
         No pixel is then reliable on evidence it does not have, and a resumed estimation goes on
-        normally. Temporary files are removed on exceptions (including KeyboardInterrupt).
+        normally.
+
+        Every temporary file is written (and ``fsync``-ed) before the first replacement, so a
+        save that cannot be written (full disk, quota, read-only directory) changes nothing: the
+        previous pair stays as it was, the temporary files are removed, and the error says so.
+        Temporary files are also removed on KeyboardInterrupt.
+
+        Raises:
+            OutputError: a file cannot be written or renamed.
         """
         out = Path(out_dir)
         gain_path = out / GAIN_ESTIMATE_NAME
@@ -476,15 +486,25 @@ class GainEstimate:
         if old_gain is None:
             # No readable previous gain: a pair with it cannot be loaded anyway, so write the
             # reliability map first and the gain last.
-            _atomic_write_mrc(rel_path, self.reliability, voxel_size_angstrom=1.0, fsync=fsync)
-            _atomic_write_mrc(gain_path, self.gain, voxel_size_angstrom=1.0, fsync=fsync)
-            return gain_path, rel_path
-        changed = ~((old_gain == self.gain) | (np.isnan(old_gain) & np.isnan(self.gain)))
-        if changed.any():
-            interim = np.where(changed, np.minimum(self.reliability, 0), self.reliability).astype(np.int16)
-            _atomic_write_mrc(rel_path, interim, voxel_size_angstrom=1.0, fsync=fsync)
-        _atomic_write_mrc(gain_path, self.gain, voxel_size_angstrom=1.0, fsync=fsync)
-        _atomic_write_mrc(rel_path, self.reliability, voxel_size_angstrom=1.0, fsync=fsync)
+            replacements = [(rel_path, self.reliability), (gain_path, self.gain)]
+        else:
+            changed = ~((old_gain == self.gain) | (np.isnan(old_gain) & np.isnan(self.gain)))
+            replacements = [(gain_path, self.gain), (rel_path, self.reliability)]
+            if changed.any():
+                interim = np.where(changed, np.minimum(self.reliability, 0), self.reliability).astype(np.int16)
+                replacements.insert(0, (rel_path, interim))
+        written: list[AtomicFile] = []
+        try:
+            try:
+                for path, data in replacements:
+                    written.append(_write_mrc_temporary(path, data, voxel_size_angstrom=1.0, fsync=fsync))
+            except OutputError as exc:
+                raise OutputError(f"{exc}; the saved {gain_path} and {rel_path.name} are unchanged") from None
+            for target in written:
+                target.commit()
+        finally:
+            for target in written:
+                target.discard()  # those not renamed (after an error)
         return gain_path, rel_path
 
 
@@ -691,28 +711,51 @@ def _read_gain_if_same_shape(path: Path, shape: tuple[int, ...]) -> np.ndarray |
     return gain if gain.shape == shape else None
 
 
-def _atomic_write_mrc(path: Path, data: np.ndarray, *, voxel_size_angstrom: float, fsync: bool) -> None:
-    """Write ``data`` as an MRC file via a temporary file in the same directory and os.replace."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _write_mrc_temporary(path: Path, data: np.ndarray, *, voxel_size_angstrom: float, fsync: bool) -> AtomicFile:
+    """Write ``data`` as an MRC file into a fresh temporary file beside ``path``
+    (:class:`cryotiff.io.atomic.AtomicFile`); the caller renames it with ``commit()``.
+
+    Raises:
+        OutputError: the file cannot be created or written (its temporary file is removed).
+    """
+    from mrcfile.mrcinterpreter import MrcInterpreter
+
+    target = AtomicFile(path)
     try:
-        with mrcfile.new(tmp_name, overwrite=True) as mrc, warnings.catch_warnings():
+        with warnings.catch_warnings():
             # mrcfile warns when the data hold NaN (the header statistics become NaN); the
             # library never prints.
             warnings.simplefilter("ignore", RuntimeWarning)
+            # mrcfile's documented way to write a stream it did not open
+            mrc = MrcInterpreter()
+            mrc._iostream = target.handle
+            mrc._create_default_attributes()
             mrc.set_data(data)  # mode from dtype; nx, ny; nz = 1; amin/amax/amean/rms
             mrc.voxel_size = voxel_size_angstrom  # cella = n * pixel size
+            mrc.close()  # writes it all; also keeps its __del__ from writing it again
+        target.handle.flush()
         if fsync:
-            with open(tmp_name, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+            os.fsync(target.handle.fileno())
+    except OSError as exc:
+        target.discard()
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        target.discard()
         raise
+    return target
+
+
+def _atomic_write_mrc(path: Path, data: np.ndarray, *, voxel_size_angstrom: float, fsync: bool) -> None:
+    """Write ``data`` as the MRC file ``path``, atomically (a temporary file, then a rename).
+
+    Raises:
+        OutputError: the file cannot be written or renamed.
+    """
+    target = _write_mrc_temporary(Path(path), data, voxel_size_angstrom=voxel_size_angstrom, fsync=fsync)
+    try:
+        target.commit()
+    finally:
+        target.discard()
 
 
 def write_float_mrc(

@@ -74,15 +74,16 @@ class Reporter:
 
 
 def read_list_file(path: Path) -> list[str]:
-    """Movie names from a ``.lst`` file: one per line, whitespace trimmed, blank lines and ``#``
-    comments skipped (RELION keeps whitespace and crashes on a blank line).
+    """Movie names from a ``.lst`` file (UTF-8, with or without a byte order mark): one per
+    line, whitespace trimmed, blank lines and ``#`` comments skipped (RELION keeps whitespace and
+    crashes on a blank line).
 
     Raises:
-        InputError: the file is missing or unreadable.
+        InputError: the file is missing, unreadable or names no movie.
     """
     check_regular_file(path, "a list file")  # reading a named pipe would block
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
@@ -92,6 +93,8 @@ def read_list_file(path: Path) -> list[str]:
         line = line.strip()
         if line and not line.startswith("#"):
             names.append(line)
+    if not names:
+        raise InputError(f"{path}: the list names no movie")
     return names
 
 
@@ -106,9 +109,13 @@ def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list
     for .mrc, .mrcs, .tif, .tiff, .eer and .ecc files, in sorted order, leaving out anything inside
     ``output_dir``) or a quoted glob pattern (``'Movies/*.eer'``; ``**`` recurses).
 
+    A file that one pattern or directory reaches under several names (``**`` through a symlink
+    loop, a symlink beside the movie) is one movie, kept under its first name (judged by its
+    inode). Names given one by one are kept as given.
+
     Raises:
         InputError: an argument names nothing (no such file, a pattern that matches nothing, a
-            directory without movies).
+            directory without movies, a list or STAR file without movies).
     """
     movies: list[Path] = []
     output_resolved = output_dir.resolve() if output_dir is not None else None
@@ -119,17 +126,17 @@ def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list
         elif path.suffix == ".lst" and not path.is_dir():
             movies.extend(Path(name) for name in read_list_file(path))
         elif path.is_dir():
-            found = sorted(
+            found = _one_name_per_file(sorted(
                 p
                 for p in path.rglob("*")
                 if _is_movie_file(p)
                 and not (output_resolved and output_resolved in p.resolve().parents)
-            )
+            ))
             if not found:
                 raise InputError(f"{path}: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie")
             movies.extend(found)
         elif GLOB_CHARACTERS & set(argument) and not path.exists():
-            found = sorted(Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file())
+            found = _one_name_per_file(sorted(Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file()))
             if not found:
                 raise InputError(f"{argument}: no file matches this pattern")
             movies.extend(found)
@@ -137,6 +144,19 @@ def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list
             movies.append(path)
     unique: dict[Path, None] = dict.fromkeys(movies)
     return list(unique)
+
+
+def _one_name_per_file(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` without later names of a file already named (by inode), in order."""
+    unique: dict[object, Path] = {}
+    for path in paths:
+        try:
+            status = path.stat()
+            key: object = (status.st_dev, status.st_ino)
+        except (OSError, ValueError):
+            key = path
+        unique.setdefault(key, path)
+    return list(unique.values())
 
 
 # --------------------------------------------------------------------------- outputs
@@ -375,13 +395,14 @@ class StaleTemporaries:
                 self._listings[directory] = []
         return self._listings[directory]
 
-    def clean(self, destination: Path) -> list[str]:
-        """Remove the stale temporary files of ``destination``; the lines saying what was done."""
+    def clean(self, destination: Path, movie: bool = True) -> list[str]:
+        """Remove the stale temporary files of ``destination`` (a movie's TIFF, or another file
+        cryotiff writes); the lines saying what was done."""
         names = self._names_in(destination.parent)
-        lines = [f"Removed {path}: a temporary file left by an interrupted conversion"
+        lines = [f"Removed {path}: a temporary file left by an interrupted " + ("conversion" if movie else "run")
                  for path in temporaries_of(destination, names) if remove_if_stale(path)]
         relion_name = destination.name + RELION_TEMPORARY_SUFFIX
-        if relion_name in names:
+        if movie and relion_name in names:
             lines.append(f"{destination.parent / relion_name}: left alone (RELION's name for a movie it is writing; "
                          "delete it if no RELION run is writing there)")
         return lines
@@ -461,7 +482,7 @@ def prepare(
             say(line)
         context.eer_gain_reference = conversion.gain
         if write_files:
-            options.output_dir.mkdir(parents=True, exist_ok=True)
+            _prepare_to_write(reference_path, options, say)
             gain_module.write_float_mrc(reference_path, conversion.gain)
             say(gain_written_message(str(reference_path)))
         return context
@@ -490,10 +511,29 @@ def prepare(
              f"the float movies; {reference_path} is not written")
         return context
     if write_files:
-        options.output_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_to_write(reference_path, options, say)
         gain_module.write_float_mrc(reference_path, context.gain_reference)
         say(gain_module.written_gain_reference_message(options.output_dir) + "\n")
     return context
+
+
+def _prepare_to_write(path: Path, options: ConvertOptions, say: Callable[[str], None]) -> None:
+    """Before writing ``path`` (a gain file in ``--o``): refuse if it is the ``--gain`` file
+    itself (``--gain <o>/gain-reference.mrc``), create ``--o``, remove stale temporary files.
+
+    Raises:
+        OptionError: ``path`` is the ``--gain`` file.
+        OutputError: ``--o`` cannot be created.
+    """
+    if options.gain is not None and InputFiles([options.gain]).input_at(path) is not None:
+        raise OptionError(f"--gain {options.gain}: this run would write {path} over it; choose another --o "
+                          "(or rename the gain file)")
+    try:
+        options.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+    for line in StaleTemporaries().clean(path, movie=False):
+        say(line)
 
 
 # --------------------------------------------------------------------------- gain estimation
@@ -553,7 +593,15 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
     as ``<o>/gain_estimate.bin`` and ``<o>/gain_estimate_reliablity.bin``, so Ctrl-C at any moment
     leaves the last saved pair intact. No TIFF is written.
     """
-    from .gain import GainEstimate, find_reliability_path, read_message, resume_warning, updated_message
+    from .gain import (
+        GAIN_ESTIMATE_NAME,
+        RELIABILITY_ESTIMATE_NAME,
+        GainEstimate,
+        find_reliability_path,
+        read_message,
+        resume_warning,
+        updated_message,
+    )
 
     reporter = reporter or Reporter()
     state = None
@@ -562,7 +610,14 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
         reporter.message(read_message(options.gain))
         reporter.message(read_message(find_reliability_path(options.gain)) + "\n")
         reporter.warning(resume_warning(options.gain))
-    options.output_dir.mkdir(parents=True, exist_ok=True)
+    stale = StaleTemporaries()
+    try:
+        options.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+    for name in (GAIN_ESTIMATE_NAME, RELIABILITY_ESTIMATE_NAME):
+        for line in stale.clean(options.output_dir / name, movie=False):
+            reporter.message(line)
     results = []
     with thread_pool(options.threads) as executor:
         for job in jobs:

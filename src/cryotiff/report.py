@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ from . import __version__
 from .codecs import resolve_codec
 from .convert import ConvertOptions, MovieResult, open_page_source
 from .errors import CryotiffError, OptionError, OutputError
-from .io.tiff import flip_rows, remove_quietly
+from .io.atomic import write_bytes_atomically
+from .io.tiff import flip_rows
 from .jobs import Job, Reporter, Summary, is_finished, plan, prepare
 
 #: Movies whose first page is encoded to estimate the output size in a dry run.
@@ -310,7 +310,7 @@ def format_dry_run(dry_run: DryRunPlan) -> list[str]:
     n_convert = dry_run.count("convert")
     lines.append("")
     lines.append(
-        f"Dry run: {n_convert} movies would be converted, {dry_run.count('skip')} skipped, "
+        f"Dry run: {n_convert} movie{'s' * (n_convert != 1)} would be converted, {dry_run.count('skip')} skipped, "
         f"{dry_run.count('fail')} cannot be converted. Nothing was written."
     )
     if n_convert:
@@ -381,12 +381,9 @@ def write_check_gain_report(
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     try:
         if path.parent != Path(""):
             path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_bytes_atomically(path, (json.dumps(document, indent=2) + "\n").encode())
     except OSError as exc:
-        remove_quietly(tmp)
         raise OutputError(f"{path}: cannot write the report ({exc.strerror or exc})") from None

@@ -202,6 +202,9 @@ def remove_if_stale(path: Path, now: float | None = None) -> bool:
     Stale means: a regular file (not a link) whose lock can be taken, and which holds data or
     is older than :data:`EMPTY_STALE_SECONDS`. A file whose lock is held is never touched.
 
+    Never call it on a file this process is writing: where ``flock`` is emulated with POSIX
+    record locks (NFS), closing the checking descriptor would release the writer's own lock.
+
     Returns:
         True if it was removed.
     """

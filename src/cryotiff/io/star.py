@@ -7,14 +7,13 @@ accepted (RELION rejects them).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import OutputError, StarFormatError
+from ..errors import StarFormatError
 from . import check_regular_file
+from .atomic import write_bytes_atomically
 
 MOVIE_NAME_COLUMN = "rlnMicrographMovieName"
 
@@ -68,9 +67,12 @@ def read_movie_names(path: Path) -> list[str]:
     as in RELION).
 
     Raises:
-        StarFormatError: no ``rlnMicrographMovieName`` column (RELION's message).
+        StarFormatError: no ``rlnMicrographMovieName`` column (RELION's message); a movies table
+            without rows (RELION then looks in the first table and gives the column message).
     """
     blocks = read_star_blocks(path)
+    if "movies" in blocks and _n_rows(blocks["movies"]) == 0:
+        raise StarFormatError(f"{path}: the movies table lists no movie")
     table = blocks[movie_table_name(blocks)]
     if hasattr(table, "columns"):
         if MOVIE_NAME_COLUMN not in table.columns:
@@ -84,12 +86,15 @@ def read_movie_names(path: Path) -> list[str]:
                 f"{path}: the input STAR file does not contain the {MOVIE_NAME_COLUMN} column"
             )
         names = [str(table[MOVIE_NAME_COLUMN]).strip()]
-    return [name for name in names if name]
+    names = [name for name in names if name]
+    if not names:
+        raise StarFormatError(f"{path}: the movies table lists no movie")
+    return names
 
 
 def write_star_atomically(path: Path, blocks: dict[str, Any], header_lines: Sequence[str] | None = None) -> None:
-    """Write ``blocks`` as a STAR file via a temporary file (``X.tmp``) and a rename, as the
-    movies are written.
+    """Write ``blocks`` as a STAR file atomically, as the movies are written
+    (:func:`cryotiff.io.atomic.write_bytes_atomically`).
 
     ``header_lines`` (comment lines, each starting with ``#``) open the file instead of
     starfile's "Created by" line. RELION takes any line holding ``data_`` for the start of a block
@@ -104,17 +109,4 @@ def write_star_atomically(path: Path, blocks: dict[str, Any], header_lines: Sequ
     writer = StarWriter(blocks)
     lines = list(header_lines) if header_lines is not None else [next(iter(writer.lines()))]
     text = "".join(line + "\n" for line in [*lines, "", "", *writer.data_block_generator()])
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # starfile's own deprecation and resource warnings
-            tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_bytes_atomically(path, text.encode())
