@@ -116,14 +116,14 @@ def test_interrupt_between_movies_says_nothing_was_half_written(in_tmp: Path, mo
 
     first = small_movie(in_tmp / "a.mrc", 1)
     small_movie(in_tmp / "b.mrc", 2)
-    real_is_finished = cryotiff.jobs.is_finished
+    real_check_finished = cryotiff.jobs.check_finished
 
     def interrupt_before_b(job, *args):
         if job.source.name == "b.mrc":
             raise KeyboardInterrupt
-        return real_is_finished(job, *args)
+        return real_check_finished(job, *args)
 
-    monkeypatch.setattr(cryotiff.jobs, "is_finished", interrupt_before_b)
+    monkeypatch.setattr(cryotiff.jobs, "check_finished", interrupt_before_b)
     assert main(["--i", "a.mrc", "b.mrc", "--o", "out", "--only_do_unfinished"]) == 130
     captured = capsys.readouterr()
     assert "Movies converted: 1, skipped: 0, failed: 0" in captured.out
