@@ -405,7 +405,7 @@ def test_a_float_movie_converted_without_the_gain_is_converted_again_with_it(in_
 
 
 def test_an_output_of_another_input_file_is_converted_again(in_tmp: Path, capsys) -> None:
-    first = int16_movie("a.mrcs", 1)
+    int16_movie("a.mrcs", 1)
     assert main(["--i", "a.mrcs", "--o", "out"]) == 0
     os.remove("a.mrcs")
     second = int16_movie("a.mrc", 2)
@@ -413,7 +413,6 @@ def test_an_output_of_another_input_file_is_converted_again(in_tmp: Path, capsys
     assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
     assert "out/a.tif: made from a.mrcs, not from a.mrc; converting again" in capsys.readouterr().out
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), second)
-    del first
 
 
 def test_an_output_of_an_input_that_changed_since_is_converted_again(in_tmp: Path, capsys) -> None:
@@ -527,8 +526,6 @@ def test_every_file_written_has_the_permissions_open_gives_under_the_umask(in_tm
 def refuse_temporary_files(monkeypatch, name_part: str, error_number: int) -> None:
     """The file system refuses to create files whose name holds ``name_part`` (a read-only or
     full ``--o``; root ignores chmod, so the refusal is simulated where files are created)."""
-    import errno as errnos
-
     real_open = os.open
 
     def open_(path, flags, *args, **kwargs):
@@ -537,7 +534,6 @@ def refuse_temporary_files(monkeypatch, name_part: str, error_number: int) -> No
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_)
-    assert errnos
 
 
 def test_a_gain_estimate_that_cannot_be_saved_is_a_clear_error(in_tmp: Path, capsys, monkeypatch) -> None:
