@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(docs/gain-orientation.md)")
     other.add_argument("--report", metavar="FILE.json",
                        help="Also write a JSON report: per-movie results, totals, options and version")
+    other.add_argument("--verify_only", action="store_true",
+                       help="Convert nothing: decode every page of each output and compare it with its original "
+                            "(--i; EER rendered again and float movies integerised again with the options the "
+                            "TIFF records) or, without --i, with the manifest of --o (cryotiff-manifest.jsonl, "
+                            "written at conversion); one line per output and a summary; exit status 0 only if "
+                            "every output is exact")
     other.add_argument("--watch", action="store_true",
                        help="After converting what the inputs name now, keep looking at them (directories and "
                             "patterns expanded again, STAR and list files read again) and convert each new movie "
@@ -178,6 +184,92 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         lossy=args.lossy,
         verify=not args.no_verify,
     )
+
+
+#: Modes that cannot go with --verify_only: argparse dest -> option name.
+VERIFY_CONFLICTS = {
+    "estimate_gain": "--estimate_gain",
+    "dry_run": "--dry_run",
+    "demo": "--demo",
+    "benchmark": "--benchmark",
+    "check_gain": "--check_gain",
+    "pipeline_control": "--pipeline_control",
+    "watch": "--watch",
+    "report": "--report",
+    "only_do_unfinished": "--only_do_unfinished",
+}
+
+
+def verify_conflict(args: argparse.Namespace) -> str | None:
+    """Why ``--verify_only`` cannot run with these options, or None."""
+    for name, option in VERIFY_CONFLICTS.items():
+        if getattr(args, name, None) not in (None, False):
+            return f"--verify_only converts nothing and cannot be combined with {option}"
+    return None
+
+
+def run_verify(inputs: Sequence[str] | None, options: ConvertOptions, reporter: TerminalReporter) -> int:
+    """``--verify_only``: each output checked against its original (``inputs``) or, without
+    inputs, against the manifest of ``--o`` (:mod:`cryotiff.verify`). Exit status 0 only if
+    every output is exact."""
+    from .jobs import thread_pool
+    from .manifest import MANIFEST_NAME, read_manifest
+    from .verify import GainContexts, verify_with_manifest, verify_with_original
+
+    started = time.perf_counter()
+    manifest = read_manifest(options.output_dir)
+    verdicts = []
+    with thread_pool(options.threads) as executor:
+        if inputs:
+            jobs, failures = plan(inputs, options)
+            verdicts += [unplanned_verdict(failure) for failure in failures]
+            for verdict in verdicts:
+                reporter.message(verdict.line())
+            contexts = GainContexts()
+            for job in jobs:
+                entry = manifest.get(manifest_key(job.destination, options.output_dir))
+                verdicts.append(verify_with_original(job, options, executor, contexts, entry))
+                reporter.message(verdicts[-1].line())
+        else:
+            if not manifest:
+                raise OptionError(f"{options.output_dir / MANIFEST_NAME}: no manifest to check the outputs against; "
+                                  "give the originals with --i")
+            for entry in manifest.values():
+                verdicts.append(verify_with_manifest(options.output_dir, entry, executor, options.threads))
+                reporter.message(verdicts[-1].line())
+    return finish_verify(verdicts, time.perf_counter() - started, reporter, against_originals=bool(inputs))
+
+
+def manifest_key(destination: Path, output_dir: Path) -> str:
+    """How the manifest names an output: its path relative to ``--o``."""
+    import os
+
+    return os.path.relpath(destination, output_dir)
+
+
+def unplanned_verdict(failure: MovieResult):
+    """A movie of the inputs that has no output to check (two movies for one name, ...)."""
+    from .verify import Verdict
+
+    return Verdict(failure.destination or failure.source, failure.source, "unchecked", failure.message)
+
+
+def finish_verify(verdicts, wall_seconds: float, reporter: TerminalReporter, against_originals: bool,
+                  extra_lines: Sequence[str] = ()) -> int:
+    """The summary of ``--verify_only`` (also rank 0 of ``convert-to-tiff-mpi``); the exit status."""
+    from .verify import VerifySummary
+
+    summary = VerifySummary.of(verdicts, wall_seconds)
+    rate = summary.output_bytes / 1e6 / wall_seconds if wall_seconds > 0 else 0.0
+    lines = ["", f"Verified {len(verdicts)} output" + "s" * (len(verdicts) != 1) + f": {summary.ok} OK, "
+             f"{summary.differs} differ, {summary.missing} missing, {summary.unchecked} could not be checked",
+             f"Pages decoded: {summary.pages} ({format_bytes(summary.output_bytes)} of TIFF) in {wall_seconds:.1f} s "
+             f"({rate:.1f} MB/s)"]
+    if summary.all_ok and verdicts:
+        lines.append("Every page of every output is exact: " + (
+            "it equals its original." if against_originals else "it decodes to the pixels written at conversion."))
+    _print_lines([*lines, *extra_lines], reporter.out)
+    return EXIT_OK if summary.all_ok else EXIT_FAILED
 
 
 #: Modes that cannot go with --watch: argparse dest -> option name.
@@ -923,6 +1015,11 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     try:
         options = options_from_args(args)
         watch = watch_from_args(args)
+        if args.verify_only:
+            problem = verify_conflict(args)
+            if problem:
+                raise OptionError(problem)
+            return run_verify(args.i, options, reporter)
         if args.check_gain:
             problem = check_gain_conflict(args)
             if problem:

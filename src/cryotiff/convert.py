@@ -338,6 +338,8 @@ class RunContext:
         gain_identity: the ``--gain`` file of float movies and the checksums of it and its
             reliability map (:func:`cryotiff.recorded_options.gain_identity`), as recorded in
             their TIFFs.
+        manifest: the :class:`cryotiff.manifest.Manifest` of ``--o`` that every TIFF written is
+            added to (None: none is kept, as for a library caller).
     """
 
     gain_estimate: object | None = None
@@ -345,6 +347,7 @@ class RunContext:
     reliable_mask: np.ndarray | None = None
     eer_gain_reference: np.ndarray | None = None
     gain_identity: dict[str, str] | None = None
+    manifest: object | None = None
 
 
 #: How many of RELION's mismatch lines are kept per movie with --ignore_error (RELION prints all).
@@ -669,9 +672,12 @@ def output_record(source: PageSource, codec: str = "", verified: bool = True) ->
     )
 
 
-def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, verify: bool, index: int) -> list[bytes]:
+def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, verify: bool, index: int,
+                 digest: bool = False) -> tuple[list[bytes], bytes | None]:
     """Make page ``index``, flip it to TIFF scanline order, encode its strips and (``verify``)
-    decode each strip again and compare it byte for byte with the rows it was made from."""
+    decode each strip again and compare it byte for byte with the rows it was made from.
+    Returns the strips and (``digest``) the page's digest for the manifest
+    (:func:`cryotiff.manifest.page_digest`)."""
     page = source.page(index)
     if page.shape != source.shape_yx or page.dtype != source.dtype:
         raise VerificationError(
@@ -703,7 +709,11 @@ def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, ver
                     "strip does not decode to the frame it was made from"
                 )
         strips.append(encoded)
-    return strips
+    if digest:
+        from .manifest import page_digest
+
+        return strips, page_digest(page)
+    return strips, None
 
 
 def ordered_map(
@@ -757,10 +767,13 @@ def convert_movie(
     started = time.perf_counter()
     source = source or open_page_source(source_path, options, context)
     retype_warnings: list[str] = []
+    manifest = getattr(context, "manifest", None)
+    page_digests: list[bytes] | None = None
     try:
         while True:
             try:
-                result = _write_pages(source, source_path, destination, options, executor, on_page)
+                page_digests = [] if manifest is not None else None
+                result = _write_pages(source, source_path, destination, options, executor, on_page, page_digests)
                 break
             except WiderTypeNeeded as retry:
                 # Only a page source that can change its type raises this; redo the whole movie.
@@ -770,10 +783,26 @@ def convert_movie(
                 source.retype(retry.dtype)  # type: ignore[attr-defined]
         result.warnings.extend(retype_warnings)
         source.finish(result)
+        if manifest is not None:
+            _add_to_manifest(manifest, source, source_path, destination, page_digests, result)
         result.seconds = time.perf_counter() - started
         return result
     finally:
         source.close()
+
+
+def _add_to_manifest(manifest, source: PageSource, source_path: Path, destination: Path,
+                     page_digests: list[bytes], result: MovieResult) -> None:
+    """Describe the written TIFF in ``<o>``'s manifest (:mod:`cryotiff.manifest`); the TIFF is
+    complete and checked already, so a manifest that cannot be written is a warning."""
+    try:
+        entry = manifest.entry_for(source_path, destination, page_digests, source.shape_yx, str(source.dtype))
+        manifest.add(entry)
+    except (CryotiffError, OSError) as exc:
+        result.warnings.append(f"WARNING: {destination} is complete but not in the manifest: {exc}")
+        return
+    result.details["output_sha256"] = entry.output_sha256
+    result.details["pixels_sha256"] = entry.pixels_sha256
 
 
 def _write_pages(
@@ -783,8 +812,10 @@ def _write_pages(
     options: ConvertOptions,
     executor: Executor | None,
     on_page: Callable[[int, int], None] | None,
+    page_digests: list[bytes] | None = None,
 ) -> MovieResult:
-    """Encode and write all pages of ``source`` once, with its current sample type."""
+    """Encode and write all pages of ``source`` once, with its current sample type; with
+    ``page_digests``, append each page's digest to it, in page order."""
     codec = resolve_codec(  # auto measures candidates on page 0, made once (handed on to the encoder)
         options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
         sample=source, rows_per_strip=1 if options.line_by_line else None,
@@ -804,12 +835,14 @@ def _write_pages(
 
     def strips() -> Iterator[bytes]:
         pages = ordered_map(
-            lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k),
+            lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k, page_digests is not None),
             source.n_pages,
             executor,
             window,
         )
-        for done, page_strips in enumerate(pages, start=1):
+        for done, (page_strips, digest) in enumerate(pages, start=1):
+            if page_digests is not None:  # before the strips: the writer stops asking after the last one
+                page_digests.append(digest)
             yield from page_strips
             if on_page is not None:
                 on_page(done, source.n_pages)

@@ -30,9 +30,10 @@ from .convert import (
 )
 from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
 from .io import check_regular_file
-from .io.star import read_movie_names
 from .io.atomic import remove_if_stale, temporaries_of
+from .io.star import read_movie_names
 from .io.tiff import check_output
+from .manifest import Manifest
 from .recorded_options import OutputRecord, gain_identity, mismatch
 
 GLOB_CHARACTERS = set("*?[")
@@ -742,6 +743,7 @@ def run(
     reporter = reporter or Reporter()
     results: list[MovieResult] = []
     context = prepare(jobs, options, reporter)
+    context.manifest = Manifest(options.output_dir)
     stale = StaleTemporaries()
     with thread_pool(options.threads) as executor:
         for index, job in enumerate(jobs, start=1):

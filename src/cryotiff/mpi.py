@@ -66,7 +66,11 @@ from .cli import (
     format_bytes,
     option_conflicts,
     options_from_args,
+    finish_verify,
+    manifest_key,
     record_so_far,
+    unplanned_verdict,
+    verify_conflict,
     watch_from_args,
 )
 from .convert import ConvertOptions, MovieResult, RunContext
@@ -84,7 +88,9 @@ from .jobs import (
     prepare,
     run_job,
     skipped_result,
+    thread_pool,
 )
+from .manifest import Manifest
 from .progress import file_nbytes
 from .watch import WatchOptions
 
@@ -221,7 +227,7 @@ def parse_arguments(comm: Any, argv: Sequence[str] | None) -> argparse.Namespace
             stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
             stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
         args = parser.parse_args(argv)
-        if not args.i and not (args.demo or args.benchmark):
+        if not args.i and not (args.demo or args.benchmark or args.verify_only):
             parser.error("the following arguments are required: --i")
     return args
 
@@ -243,6 +249,9 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
         if problem:
             raise OptionError(problem)
         watch = watch_from_args(args)
+        problem = verify_conflict(args) if args.verify_only else None
+        if problem:
+            raise OptionError(problem)
         check_launch(comm)
         check_thread_support(comm)
     except OptionError as exc:  # every rank gets the same verdict; rank 0 says it
@@ -250,6 +259,8 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
             print(f"ERROR: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     report_path = Path(args.report) if args.report else None
+    if args.verify_only:
+        return run_verify(comm, args.i, options, reporter)
     if watch is not None:
         return run_watch(comm, args.i, options, reporter, report_path, watch)
     if args.dry_run:
@@ -693,6 +704,7 @@ def prepare_everywhere(comm: Any, jobs: Sequence[Job], options: ConvertOptions, 
         except CryotiffError as exc:
             error = (f"MPI rank {comm.rank}: {exc}", _error_status(exc))
     agree(comm, error)
+    context.manifest = Manifest(options.output_dir)  # every rank adds the TIFFs it writes
     return context
 
 
@@ -932,6 +944,67 @@ def run_watch(
         results = found_failures + [converted[index] for index in sorted(converted)] + unfinished
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
     return broadcast_status(comm, status)
+
+
+def run_verify(comm: Any, inputs: Sequence[str] | None, options: ConvertOptions, reporter: MpiReporter) -> int:
+    """``--verify_only`` over every rank: rank 0 lists the outputs (from the inputs, or from the
+    manifest of ``--o``), the ranks check them one movie at a time, rank 0 prints each verdict
+    as it comes and the summary (the verdicts are those of ``convert-to-tiff --verify_only``)."""
+    from .manifest import MANIFEST_NAME, read_manifest
+    from .verify import GainContexts, verify_with_manifest, verify_with_original
+
+    started = time.perf_counter()
+    planned, error = None, None
+    if comm.rank == 0:
+        try:
+            manifest = read_manifest(options.output_dir)
+            if inputs:
+                jobs, failures = plan(inputs, options)
+                entries = [manifest.get(manifest_key(job.destination, options.output_dir)) for job in jobs]
+                planned = (jobs, entries, [unplanned_verdict(failure) for failure in failures])
+            elif manifest:
+                planned = (None, list(manifest.values()), [])
+            else:
+                raise OptionError(f"{options.output_dir / MANIFEST_NAME}: no manifest to check the outputs "
+                                  "against; give the originals with --i")
+        except CryotiffError as exc:
+            error = (str(exc), _error_status(exc))
+    planned = pkl5_bcast(comm, planned)
+    try:
+        agree(comm, error)
+    except RunStopped as stop:
+        return stop.status
+    jobs, entries, unplanned = planned
+    verdicts: dict[int, Any] = {}
+    contexts = GainContexts()
+    if comm.rank == 0:
+        for verdict in unplanned:
+            reporter.message(verdict.line())
+
+    with thread_pool(options.threads) as executor:
+        def work(index: int, data: Any = None):
+            if jobs is not None:
+                return verify_with_original(jobs[index], options, executor, contexts, entries[index])
+            return verify_with_manifest(options.output_dir, entries[index], executor, options.threads)
+
+        def collect(worker: int, index: int, verdict: Any) -> None:
+            verdicts[index] = verdict
+            reporter.message(verdict.line())
+
+        share_work(comm, range(len(entries)), work, collect,
+                   describe=lambda index: str(jobs[index].source if jobs is not None else entries[index].output))
+    status = EXIT_OK
+    if comm.rank == 0:
+        ordered = unplanned + [verdicts[index] for index in range(len(entries))]
+        status = finish_verify(ordered, time.perf_counter() - started, reporter, against_originals=jobs is not None)
+    return broadcast_status(comm, status)
+
+
+def pkl5_bcast(comm: Any, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank, as a pickle-5 message (no 2 GiB limit)."""
+    from mpi4py.util import pkl5
+
+    return pkl5.Intracomm(comm).bcast(value, root=0)
 
 
 def preload_run_writers() -> None:

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 from .convert import ConvertOptions, MovieResult, RunContext, movie_kind, open_movie
 from .errors import CryotiffError
 from .jobs import Job, Reporter, StaleTemporaries, expand_inputs, handle_job, plan, prepare, thread_pool
+from .manifest import Manifest
 
 #: Default of ``--settle_seconds``: how long a movie's size and time must stay unchanged.
 DEFAULT_SETTLE_SECONDS = 60.0
@@ -236,6 +237,7 @@ class ContextKeeper:
         )
         if nothing_loaded and jobs:
             self.context = prepare(jobs, self.options, self.reporter, write_files=self.write_files)
+            self.context.manifest = Manifest(self.options.output_dir)
         return self.context if self.context is not None else RunContext()
 
 

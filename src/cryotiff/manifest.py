@@ -1,0 +1,215 @@
+"""``<o>/cryotiff-manifest.jsonl``: what every output of an output directory must contain, so
+that it can be checked after the originals are gone (``--verify_only``).
+
+At conversion, one line of JSON is appended per TIFF written, under a lock (``flock`` on
+``<o>/.cryotiff-manifest.lock``), so that runs into the same ``--o``, one after the other or at
+the same time (MPI ranks, a ``--watch`` beside a rerun), all keep their entries. A later line for
+the same output replaces an earlier one when the manifest is read. A line holds:
+
+* ``output``: the TIFF's path relative to ``--o``; ``output_bytes`` and ``output_sha256``: its
+  size and the SHA-256 of its bytes (``sha256sum`` gives the same);
+* ``pages``, ``shape_yx`` (rows, columns), ``sample_type``, and the pixels: ``page_sha256``, the
+  first 16 hexadecimal digits of the SHA-256 of each page's samples (raster order, row 0 of the
+  movie first, little-endian), and ``pixels_sha256``, the SHA-256 of the full page digests one
+  after the other, so that a page that decodes differently is found and named without the
+  original;
+* ``source``: the movie as named in the input, ``source_bytes`` and ``source_sha256``;
+* ``record``: what made it, as recorded in the TIFF's own ImageDescription
+  (:class:`cryotiff.recorded_options.OutputRecord`: the options that change its pixels, the
+  codec, whether every strip was verified, the version);
+* ``written``: local time, ISO 8601.
+
+The manifest is written by :meth:`Manifest.add` (called by :func:`cryotiff.convert.convert_movie`
+when the run's context carries a manifest) and read by :func:`read_manifest`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import OutputError
+
+MANIFEST_NAME = "cryotiff-manifest.jsonl"
+LOCK_NAME = ".cryotiff-manifest.lock"
+#: Layout version of a line; lines of another version are ignored by this version.
+MANIFEST_FORMAT = 1
+#: How long to wait for another run that holds the lock.
+LOCK_TIMEOUT_SECONDS = 300.0
+#: Hexadecimal digits kept per page digest (64 bits: a changed page is never missed by chance).
+PAGE_DIGEST_DIGITS = 16
+
+
+def page_digest(page: np.ndarray) -> bytes:
+    """SHA-256 of a page's samples in raster order, little-endian (see the module docstring)."""
+    samples = np.ascontiguousarray(page, dtype=page.dtype.newbyteorder("<"))
+    return hashlib.sha256(samples.view(np.uint8)).digest()
+
+
+def pixels_digest(page_digests: Sequence[bytes]) -> str:
+    """``pixels_sha256``: the SHA-256 of the pages' full digests, in page order."""
+    return hashlib.sha256(b"".join(page_digests)).hexdigest()
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One output as the manifest describes it (see the module docstring for the fields)."""
+
+    output: str
+    output_bytes: int
+    output_sha256: str
+    pages: int
+    shape_yx: tuple[int, int]
+    sample_type: str
+    page_sha256: tuple[str, ...]
+    pixels_sha256: str
+    source: str
+    source_bytes: int
+    source_sha256: str
+    record: dict[str, Any]
+    written: str
+
+    def to_line(self) -> str:
+        return json.dumps({"cryotiff_manifest": MANIFEST_FORMAT, "output": self.output,
+                           "output_bytes": self.output_bytes, "output_sha256": self.output_sha256,
+                           "pages": self.pages, "shape_yx": list(self.shape_yx), "sample_type": self.sample_type,
+                           "page_sha256": list(self.page_sha256), "pixels_sha256": self.pixels_sha256,
+                           "source": self.source, "source_bytes": self.source_bytes,
+                           "source_sha256": self.source_sha256, "record": self.record, "written": self.written},
+                          ensure_ascii=True, separators=(",", ":"))
+
+    @classmethod
+    def from_line(cls, line: str) -> ManifestEntry | None:
+        """The entry of one line, or None (another format version, or damaged)."""
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict) or data.get("cryotiff_manifest") != MANIFEST_FORMAT:
+                return None
+            ny, nx = data["shape_yx"]
+            return cls(
+                output=str(data["output"]), output_bytes=int(data["output_bytes"]),
+                output_sha256=str(data["output_sha256"]), pages=int(data["pages"]), shape_yx=(int(ny), int(nx)),
+                sample_type=str(data["sample_type"]), page_sha256=tuple(str(d) for d in data["page_sha256"]),
+                pixels_sha256=str(data["pixels_sha256"]), source=str(data["source"]),
+                source_bytes=int(data["source_bytes"]), source_sha256=str(data["source_sha256"]),
+                record=dict(data.get("record") or {}), written=str(data.get("written", "")),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@contextlib.contextmanager
+def _locked(output_dir: Path) -> Iterator[None]:
+    """Hold ``<o>/.cryotiff-manifest.lock`` (``flock``). The lock file stays (it is empty), so
+    every run locks the same file. A file system without locks: written anyway, one line per
+    ``write`` call in append mode, which local file systems keep whole."""
+    path = output_dir / LOCK_NAME
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot open the manifest's lock file ({exc.strerror or exc})") from None
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OutputError(f"{path}: another run has held this lock for {LOCK_TIMEOUT_SECONDS:.0f} s; "
+                                      "the manifest entry was not written") from None
+                time.sleep(0.02)
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    break
+                raise OutputError(f"{path}: cannot lock ({exc.strerror or exc})") from None
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+class Manifest:
+    """The manifest of one output directory, for adding entries; thread-safe.
+
+    Attributes:
+        output_dir: ``--o``.
+        path: ``<o>/cryotiff-manifest.jsonl``.
+    """
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / MANIFEST_NAME
+        self._lock = threading.Lock()
+
+    def entry_for(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
+                  sample_type: str) -> ManifestEntry:
+        """Hash the written TIFF and its source (reading both files) and describe them."""
+        from .recorded_options import file_sha256, read_record
+
+        record = read_record(destination)
+        record_fields = json.loads(record.to_description()) if record is not None else {}
+        record_fields.pop("cryotiff_record", None)
+        return ManifestEntry(
+            output=os.path.relpath(destination, self.output_dir),
+            output_bytes=destination.stat().st_size,
+            output_sha256=file_sha256(destination),
+            pages=len(page_digests),
+            shape_yx=(int(shape_yx[0]), int(shape_yx[1])),
+            sample_type=sample_type,
+            page_sha256=tuple(digest.hex()[:PAGE_DIGEST_DIGITS] for digest in page_digests),
+            pixels_sha256=pixels_digest(page_digests),
+            source=str(source),
+            source_bytes=source.stat().st_size,
+            source_sha256=file_sha256(source),
+            record=record_fields,
+            written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+
+    def add(self, entry: ManifestEntry) -> None:
+        """Append ``entry`` under the lock.
+
+        Raises:
+            OutputError: the manifest cannot be written.
+        """
+        line = entry.to_line() + "\n"
+        with self._lock, _locked(self.output_dir):
+            try:
+                with open(self.path, "a", encoding="ascii") as handle:
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot add to the manifest ({exc.strerror or exc})") from None
+
+
+def read_manifest(output_dir: Path) -> dict[str, ManifestEntry]:
+    """The entries of ``<o>/cryotiff-manifest.jsonl`` by output path (relative to ``output_dir``),
+    the last line for an output winning; ``{}`` when there is no manifest.
+
+    Raises:
+        OutputError: the manifest exists but cannot be read.
+    """
+    path = Path(output_dir) / MANIFEST_NAME
+    entries: dict[str, ManifestEntry] = {}
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                entry = ManifestEntry.from_line(line)
+                if entry is not None:
+                    entries[entry.output] = entry
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    return entries
