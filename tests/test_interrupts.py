@@ -99,6 +99,9 @@ def test_interrupt_during_the_second_movie(in_tmp: Path, signum: int) -> None:
             process.communicate()
     assert process.returncode == 130, stderr
     assert_interrupted_after_the_first_movie(Path("out"), stdout, stderr, first, in_tmp / "report.json")
+    from cryotiff.manifest import read_manifest
+
+    assert list(read_manifest(Path("out"))) == ["a.tif"]  # the manifest holds the finished movie
 
     # The hint works: the rerun converts the rest exactly and keeps the finished movie.
     completed = subprocess.run([sys.executable, "-m", "cryotiff", "--i", "a.mrc", "big.mrc", "--o", "out",

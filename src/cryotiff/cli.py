@@ -186,26 +186,30 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     )
 
 
-#: Modes that cannot go with --verify_only: argparse dest -> option name.
-VERIFY_CONFLICTS = {
+#: Modes other than a conversion run (and a RELION job's control): argparse dest -> option name.
+#: None of them goes with --watch or --verify_only.
+OTHER_MODES = {
     "estimate_gain": "--estimate_gain",
     "dry_run": "--dry_run",
     "demo": "--demo",
     "benchmark": "--benchmark",
     "check_gain": "--check_gain",
     "pipeline_control": "--pipeline_control",
-    "watch": "--watch",
-    "report": "--report",
-    "only_do_unfinished": "--only_do_unfinished",
 }
+#: Options that cannot go with --verify_only: argparse dest -> option name.
+VERIFY_CONFLICTS = {**OTHER_MODES, "watch": "--watch", "report": "--report",
+                    "only_do_unfinished": "--only_do_unfinished"}
+
+
+def first_given(args: argparse.Namespace, options: dict[str, str]) -> str | None:
+    """The first of ``options`` (argparse dest -> option name) given on the command line."""
+    return next((option for name, option in options.items() if getattr(args, name, None) not in (None, False)), None)
 
 
 def verify_conflict(args: argparse.Namespace) -> str | None:
     """Why ``--verify_only`` cannot run with these options, or None."""
-    for name, option in VERIFY_CONFLICTS.items():
-        if getattr(args, name, None) not in (None, False):
-            return f"--verify_only converts nothing and cannot be combined with {option}"
-    return None
+    option = first_given(args, VERIFY_CONFLICTS)
+    return f"--verify_only converts nothing and cannot be combined with {option}" if option else None
 
 
 def run_verify(inputs: Sequence[str] | None, options: ConvertOptions, reporter: TerminalReporter) -> int:
@@ -272,17 +276,6 @@ def finish_verify(verdicts, wall_seconds: float, reporter: TerminalReporter, aga
     return EXIT_OK if summary.all_ok else EXIT_FAILED
 
 
-#: Modes that cannot go with --watch: argparse dest -> option name.
-WATCH_CONFLICTS = {
-    "estimate_gain": "--estimate_gain",
-    "dry_run": "--dry_run",
-    "demo": "--demo",
-    "benchmark": "--benchmark",
-    "check_gain": "--check_gain",
-    "pipeline_control": "--pipeline_control",
-}
-
-
 def watch_from_args(args: argparse.Namespace) -> WatchOptions | None:
     """``--watch`` and its settings, checked (None without ``--watch``).
 
@@ -295,9 +288,9 @@ def watch_from_args(args: argparse.Namespace) -> WatchOptions | None:
             if getattr(args, name) is not None:
                 raise OptionError(f"--{name} needs --watch")
         return None
-    for name, option in WATCH_CONFLICTS.items():
-        if getattr(args, name, None) not in (None, False):
-            raise OptionError(f"--watch converts movies as they arrive and cannot be combined with {option}")
+    option = first_given(args, OTHER_MODES)
+    if option:
+        raise OptionError(f"--watch converts movies as they arrive and cannot be combined with {option}")
     settle = DEFAULT_SETTLE_SECONDS if args.settle_seconds is None else args.settle_seconds
     if not settle >= 0:
         raise OptionError(f"--settle_seconds must be 0 or more; got {args.settle_seconds}")

@@ -793,16 +793,13 @@ def convert_movie(
 
 def _add_to_manifest(manifest, source: PageSource, source_path: Path, destination: Path,
                      page_digests: list[bytes], result: MovieResult) -> None:
-    """Describe the written TIFF in ``<o>``'s manifest (:mod:`cryotiff.manifest`); the TIFF is
-    complete and checked already, so a manifest that cannot be written is a warning."""
-    try:
-        entry = manifest.entry_for(source_path, destination, page_digests, source.shape_yx, str(source.dtype))
-        manifest.add(entry)
-    except (CryotiffError, OSError) as exc:
-        result.warnings.append(f"WARNING: {destination} is complete but not in the manifest: {exc}")
-        return
-    result.details["output_sha256"] = entry.output_sha256
-    result.details["pixels_sha256"] = entry.pixels_sha256
+    """Describe the written TIFF in ``<o>``'s manifest (:mod:`cryotiff.manifest`), hashing the
+    files in the background; the TIFF is complete and checked already, so a manifest that cannot
+    be written is a warning (:meth:`cryotiff.manifest.Manifest.wait`)."""
+    from .manifest import pixels_digest
+
+    manifest.add_later(source_path, destination, page_digests, source.shape_yx, str(source.dtype))
+    result.details["pixels_sha256"] = pixels_digest(page_digests)
 
 
 def _write_pages(

@@ -745,10 +745,22 @@ def run(
     context = prepare(jobs, options, reporter)
     context.manifest = Manifest(options.output_dir)
     stale = StaleTemporaries()
-    with thread_pool(options.threads) as executor:
+    with manifest_waited(context.manifest, reporter), thread_pool(options.threads) as executor:
         for index, job in enumerate(jobs, start=1):
             results.append(handle_job(job, index, len(jobs), options, executor, reporter, context, stale))
     return results
+
+
+@contextlib.contextmanager
+def manifest_waited(manifest: Manifest | None, reporter: Reporter) -> Iterator[None]:
+    """Around a run's movies: on the way out (also after Ctrl-C), wait until the manifest holds
+    every TIFF written, and pass on what could not be added as warnings."""
+    try:
+        yield
+    finally:
+        if manifest is not None:
+            for problem in manifest.wait():
+                reporter.warning(problem)
 
 
 def handle_job(

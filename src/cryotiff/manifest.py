@@ -19,8 +19,9 @@ the same output replaces an earlier one when the manifest is read. A line holds:
   codec, whether every strip was verified, the version);
 * ``written``: local time, ISO 8601.
 
-The manifest is written by :meth:`Manifest.add` (called by :func:`cryotiff.convert.convert_movie`
-when the run's context carries a manifest) and read by :func:`read_manifest`.
+The manifest is written by :meth:`Manifest.add_later` (called by
+:func:`cryotiff.convert.convert_movie` when the run's context carries a manifest; the run waits
+for it with :meth:`Manifest.wait` at its end) and read by :func:`read_manifest`.
 """
 
 from __future__ import annotations
@@ -151,6 +152,41 @@ class Manifest:
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / MANIFEST_NAME
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        self._hasher = None  # one background thread, made on first use
+        self._pending: list = []
+        self._problems: list[str] = []
+
+    def add_later(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
+                  sample_type: str) -> None:
+        """Hash the files and add their entry in a background thread, so that reading and
+        hashing the original and the TIFF (about a second per GB) overlaps the next movie;
+        :meth:`wait` collects what could not be added."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def hash_and_add() -> None:
+            try:
+                self.add(self.entry_for(source, destination, page_digests, shape_yx, sample_type))
+            except (OutputError, OSError) as exc:
+                with self._lock:
+                    self._problems.append(f"WARNING: {destination} is complete but not in the manifest: {exc}")
+
+        with self._lock:
+            if self._hasher is None:
+                self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryotiff-manifest")
+            self._pending = [future for future in self._pending if not future.done()]
+            self._pending.append(self._hasher.submit(hash_and_add))
+
+    def wait(self) -> list[str]:
+        """Wait until every entry given to :meth:`add_later` is written; the warnings about
+        those that could not be (each once)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        with self._lock:
+            problems, self._problems = self._problems, []
+        return problems
 
     def entry_for(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
                   sample_type: str) -> ManifestEntry:
@@ -177,13 +213,13 @@ class Manifest:
         )
 
     def add(self, entry: ManifestEntry) -> None:
-        """Append ``entry`` under the lock.
+        """Append ``entry`` under the lock (at once; :meth:`add_later` hashes in the background).
 
         Raises:
             OutputError: the manifest cannot be written.
         """
         line = entry.to_line() + "\n"
-        with self._lock, _locked(self.output_dir):
+        with self._writing, _locked(self.output_dir):
             try:
                 with open(self.path, "a", encoding="ascii") as handle:
                     handle.write(line)

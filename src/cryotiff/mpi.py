@@ -813,6 +813,8 @@ def run_conversion(
         abort(comm, status, "")
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+    for problem in context.manifest.wait():  # this rank's TIFFs are all in the manifest
+        reporter.warning(problem)
 
     status = EXIT_OK
     if rank == 0:
@@ -934,6 +936,8 @@ def run_watch(
     finally:
         stop_watching.set()
         executor.shutdown(wait=True, cancel_futures=True)
+    for problem in keeper.manifest.wait():  # this rank's TIFFs are all in the manifest
+        reporter.warning(problem)
 
     status = EXIT_OK
     if rank == 0:

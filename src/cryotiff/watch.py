@@ -31,7 +31,17 @@ from typing import Callable, Sequence
 
 from .convert import ConvertOptions, MovieResult, RunContext, movie_kind, open_movie
 from .errors import CryotiffError
-from .jobs import Job, Reporter, StaleTemporaries, expand_inputs, handle_job, plan, prepare, thread_pool
+from .jobs import (
+    Job,
+    Reporter,
+    StaleTemporaries,
+    expand_inputs,
+    handle_job,
+    manifest_waited,
+    plan,
+    prepare,
+    thread_pool,
+)
 from .manifest import Manifest
 
 #: Default of ``--settle_seconds``: how long a movie's size and time must stay unchanged.
@@ -229,6 +239,7 @@ class ContextKeeper:
         self.reporter = reporter
         self.write_files = write_files
         self.context: RunContext | None = None
+        self.manifest = Manifest(options.output_dir)  # every context made here adds to it
 
     def for_jobs(self, jobs: Sequence[Job]) -> RunContext:
         context = self.context
@@ -237,7 +248,7 @@ class ContextKeeper:
         )
         if nothing_loaded and jobs:
             self.context = prepare(jobs, self.options, self.reporter, write_files=self.write_files)
-            self.context.manifest = Manifest(self.options.output_dir)
+            self.context.manifest = self.manifest
         return self.context if self.context is not None else RunContext()
 
 
@@ -265,7 +276,7 @@ def watch_and_convert(
     announce = getattr(reporter, "more_movies", None)
     last_activity = clock()
     idle_said = False
-    with thread_pool(options.threads) as executor:
+    with manifest_waited(keeper.manifest, reporter), thread_pool(options.threads) as executor:
         while True:
             found = finder.look()
             if found.new_sources and announce is not None:
