@@ -182,7 +182,7 @@ def test_corrupt_movie_is_reported_once_and_the_rest_complete(tmp_path: Path) ->
     for name in names:
         assert (tmp_path / "out" / name.replace(".mrc", ".tif")).exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [name.replace(".mrc", ".tif") for name in names] + ["movies.star"]
+        [name.replace(".mrc", ".tif") for name in names] + ["cryotiff-manifest.jsonl", "movies.star"]
     )
 
 

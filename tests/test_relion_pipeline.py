@@ -176,7 +176,8 @@ def test_dry_run_lists_and_estimates_without_writing(in_tmp: Path, capsys) -> No
     assert "Cannot convert: Movies/bad.mrc:" in out
     assert "4 movies would be converted, 1 skipped, 1 cannot be converted. Nothing was written." in out
     assert "Estimated by encoding the first frame of 4 of 4 movies" in out
-    assert sorted(p.name for p in Path("out").rglob("*")) == ["Movies", "m0.tif", "movies.star"]
+    assert sorted(p.name for p in Path("out").rglob("*")) == ["Movies", "cryotiff-manifest.jsonl", "m0.tif",
+                                                              "movies.star"]
 
     plan = json.loads(Path("plan.json").read_text())
     assert plan["state"] == "dry_run" and plan["totals"]["would_convert"] == 4

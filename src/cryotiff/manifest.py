@@ -1,9 +1,9 @@
 """``<o>/cryotiff-manifest.jsonl``: what every output of an output directory must contain, so
 that it can be checked after the originals are gone (``--verify_only``).
 
-At conversion, one line of JSON is appended per TIFF written, under a lock (``flock`` on
-``<o>/.cryotiff-manifest.lock``), so that runs into the same ``--o``, one after the other or at
-the same time (MPI ranks, a ``--watch`` beside a rerun), all keep their entries. A later line for
+At conversion, one line of JSON is appended per TIFF written, under a lock (``flock`` on the
+manifest itself), so that runs into the same ``--o``, one after the other or at the same time
+(MPI ranks, a ``--watch`` beside a rerun), all keep their entries. A later line for
 the same output replaces an earlier one when the manifest is read. A line holds:
 
 * ``output``: the TIFF's path relative to ``--o``; ``output_bytes`` and ``output_sha256``: its
@@ -26,7 +26,6 @@ for it with :meth:`Manifest.wait` at its end) and read by :func:`read_manifest`.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -36,14 +35,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import OutputError
 
 MANIFEST_NAME = "cryotiff-manifest.jsonl"
-LOCK_NAME = ".cryotiff-manifest.lock"
 #: Layout version of a line; lines of another version are ignored by this version.
 MANIFEST_FORMAT = 1
 #: How long to wait for another run that holds the lock.
@@ -110,16 +108,19 @@ class ManifestEntry:
             return None
 
 
-@contextlib.contextmanager
-def _locked(output_dir: Path) -> Iterator[None]:
-    """Hold ``<o>/.cryotiff-manifest.lock`` (``flock``). The lock file stays (it is empty), so
-    every run locks the same file. A file system without locks: written anyway, one line per
-    ``write`` call in append mode, which local file systems keep whole."""
-    path = output_dir / LOCK_NAME
+def _append_locked(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` holding an exclusive ``flock`` on the file itself, so that
+    runs writing at the same time never mix or lose lines. A file system without locks: written
+    anyway, with one ``write`` of the whole line in append mode, which local file systems keep
+    whole.
+
+    Raises:
+        OutputError: the file cannot be opened, locked or written.
+    """
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot open the manifest's lock file ({exc.strerror or exc})") from None
+        raise OutputError(f"{path}: cannot add to the manifest ({exc.strerror or exc})") from None
     try:
         deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
         while True:
@@ -128,14 +129,20 @@ def _locked(output_dir: Path) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise OutputError(f"{path}: another run has held this lock for {LOCK_TIMEOUT_SECONDS:.0f} s; "
-                                      "the manifest entry was not written") from None
+                    raise OutputError(f"{path}: another run has held its lock for {LOCK_TIMEOUT_SECONDS:.0f} s; "
+                                      "the entry was not added") from None
                 time.sleep(0.02)
             except OSError as exc:
                 if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                     break
                 raise OutputError(f"{path}: cannot lock ({exc.strerror or exc})") from None
-        yield
+        data = line.encode("ascii")
+        try:
+            if os.write(descriptor, data) != len(data):
+                raise OutputError(f"{path}: the entry was written only in part (a full disk?)")
+            os.fsync(descriptor)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot add to the manifest ({exc.strerror or exc})") from None
     finally:
         os.close(descriptor)  # releases the lock
 
@@ -218,15 +225,8 @@ class Manifest:
         Raises:
             OutputError: the manifest cannot be written.
         """
-        line = entry.to_line() + "\n"
-        with self._writing, _locked(self.output_dir):
-            try:
-                with open(self.path, "a", encoding="ascii") as handle:
-                    handle.write(line)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except OSError as exc:
-                raise OutputError(f"{self.path}: cannot add to the manifest ({exc.strerror or exc})") from None
+        with self._writing:
+            _append_locked(self.path, entry.to_line() + "\n")
 
 
 def read_manifest(output_dir: Path) -> dict[str, ManifestEntry]:

@@ -157,12 +157,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_FAILED  # not reached: abort does not return
 
 
+#: Set once the run must stop (a signal, or rank 0's service thread). A KeyboardInterrupt that
+#: a signal handler raises while Python runs a callback (a weakref's, during an import) is
+#: printed and dropped, so the main thread also looks at this flag after every page and between
+#: movies (:func:`stop_if_asked`).
+STOP = threading.Event()
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     """SIGTERM and SIGINT: the first stops the run (as KeyboardInterrupt); the ones that follow
     (mpirun's own SIGTERM after the one rank 0's service thread sent, a second Ctrl-C) are
     ignored, so that they cannot cut short the cleanup and the summary."""
     ignore_interrupts()
+    STOP.set()
     raise KeyboardInterrupt
+
+
+def stop_if_asked() -> None:
+    """Raise KeyboardInterrupt in the main thread once the run must stop (see :data:`STOP`)."""
+    if STOP.is_set() and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt
 
 
 def abort(comm: Any, status: int, message: str) -> None:
@@ -356,7 +370,9 @@ class MpiReporter(TerminalReporter):
         self._lock = threading.RLock()  # rank 0's service thread and main thread both print; re-entered by warning()
 
     def page_done(self, job: Job, done: int, total: int) -> None:
-        """Nothing: the run's progress counts whole movies, from every rank alike."""
+        """Only :func:`stop_if_asked`: the run's progress counts whole movies, from every rank
+        alike."""
+        stop_if_asked()
 
     def movie_finished(self, result: MovieResult) -> None:
         """Nothing on the converting rank: rank 0 reports the result when it collects it."""
@@ -526,6 +542,7 @@ def share_work(
             )
             service.start()
         while (index := queue.take(0)) is not None:
+            stop_if_asked()
             if index == WAIT:
                 time.sleep(WAIT_POLL_SECONDS)
                 continue
@@ -533,7 +550,9 @@ def share_work(
         if service is not None:
             # The main thread may not call MPI while the service thread does (THREAD_SERIALIZED).
             while service.is_alive():
+                stop_if_asked()
                 service.join(IDLE_POLL_SECONDS)
+        stop_if_asked()
     except KeyboardInterrupt:
         queue.close()
         with collect_lock:  # a result being collected now is counted as done
@@ -543,6 +562,7 @@ def share_work(
 
 def _interrupt_main_thread() -> None:
     """Stop rank 0's main thread as SIGTERM does (it becomes KeyboardInterrupt there)."""
+    STOP.set()
     signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
 
@@ -606,6 +626,7 @@ def _ask_for_work(messages: Any, work: Callable[[int, Any], Any]) -> None:
             reply = messages.recv(source=0, tag=TAG_REPLY)
             if reply is None:
                 return
+            stop_if_asked()
             if reply == WAIT:
                 time.sleep(WAIT_POLL_SECONDS)
                 continue
