@@ -215,6 +215,10 @@ def test_two_hosts_convert_every_movie_exactly(two_hosts: TwoHosts, tmp_path: Pa
         assert written.read_bytes() == (tmp_path / "one_process" / "Movies" / f"{name}.tif").read_bytes()
     star = (tmp_path / "two_hosts" / "movies.star").read_text()
     assert all(f"two_hosts/Movies/{name}.tif" in star for name in expected)
+    # Both hosts added their TIFFs to the one manifest of --o (appended under a lock).
+    from cryotiff.manifest import read_manifest
+
+    assert sorted(read_manifest(tmp_path / "two_hosts")) == sorted(f"Movies/{name}.tif" for name in expected)
 
 
 def test_a_rank_killed_on_one_host_ends_the_job_with_a_clear_error(two_hosts: TwoHosts, tmp_path: Path) -> None:

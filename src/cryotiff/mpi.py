@@ -905,6 +905,13 @@ def run_watch(
                     reporter.report_result(failure)
                 if found.failures:
                     record()
+                if found.ready:
+                    # Here, so that rank 0 writes gain-reference.mrc and says what it loaded,
+                    # whichever rank converts the first movie that needs the gain.
+                    try:
+                        keeper.for_jobs(found.ready)
+                    except CryotiffError as exc:
+                        abort(comm, EXIT_FAILED, f"ERROR: {exc}")
                 for job in found.ready:
                     jobs.append(job)
                 queue.add(range(len(jobs) - len(found.ready), len(jobs)))
@@ -927,8 +934,14 @@ def run_watch(
             queue.finish()
 
     def work(index: int, job: Job) -> MovieResult:
-        return converted_here(job, rank, host, lambda: handle_job(
-            job, index + 1, index + 1, options, executor, reporter, keeper.for_jobs([job]), stale))
+        def convert() -> MovieResult:
+            try:
+                context = keeper.for_jobs([job])  # rank 0 has prepared it already (the watcher)
+            except CryotiffError as exc:
+                return MovieResult(job.source, job.destination, "failed", str(exc))
+            return handle_job(job, index + 1, index + 1, options, executor, reporter, context, stale)
+
+        return converted_here(job, rank, host, convert)
 
     def collect(worker: int, index: int, result: MovieResult) -> None:
         converted[index] = result

@@ -24,6 +24,7 @@ through the :class:`cryotiff.jobs.Reporter`.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,24 +233,33 @@ class MovieWatch:
 class ContextKeeper:
     """The run's gain state (:func:`cryotiff.jobs.prepare`) for movies that arrive over time:
     prepared with the first movies, and again when ``--gain`` is given and nothing is loaded
-    yet (the first movies were neither float nor EER movies)."""
+    yet (the first movies were neither float nor EER movies). Thread-safe."""
 
     def __init__(self, options: ConvertOptions, reporter: Reporter, write_files: bool = True):
         self.options = options
         self.reporter = reporter
         self.write_files = write_files
-        self.context: RunContext | None = None
         self.manifest = Manifest(options.output_dir)  # every context made here adds to it
+        self.context: RunContext = RunContext(manifest=self.manifest)
+        self._prepared = False
+        self._lock = threading.Lock()
 
     def for_jobs(self, jobs: Sequence[Job]) -> RunContext:
-        context = self.context
-        nothing_loaded = context is None or (
-            self.options.gain is not None and context.gain_reference is None and context.eer_gain_reference is None
-        )
-        if nothing_loaded and jobs:
-            self.context = prepare(jobs, self.options, self.reporter, write_files=self.write_files)
-            self.context.manifest = self.manifest
-        return self.context if self.context is not None else RunContext()
+        """The context for ``jobs``, prepared with them if needed.
+
+        Raises:
+            CryotiffError: as :func:`cryotiff.jobs.prepare` (the gain cannot be read, ...).
+        """
+        with self._lock:
+            context = self.context
+            nothing_loaded = not self._prepared or (
+                self.options.gain is not None and context.gain_reference is None and context.eer_gain_reference is None
+            )
+            if nothing_loaded and jobs:
+                self.context = prepare(jobs, self.options, self.reporter, write_files=self.write_files)
+                self.context.manifest = self.manifest
+                self._prepared = True
+            return self.context
 
 
 def watch_and_convert(
