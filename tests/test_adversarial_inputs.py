@@ -35,10 +35,10 @@ def isolated():
         yield runner
 
 
-def good_movie(path: Path, seed: int) -> np.ndarray:
+def good_movie(path: Path, seed: int, pixel_size_angstrom: float | None = 1.05) -> np.ndarray:
     frames = np.random.default_rng(seed).integers(0, 9, (3, 24, 32)).astype(np.int16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_mrc_movie(path, frames, 1)
+    write_mrc_movie(path, frames, 1, pixel_size_angstrom=pixel_size_angstrom)
     return frames
 
 
@@ -277,10 +277,8 @@ def test_a_tiled_tiff_movie_is_read(tmp_path: Path) -> None:
 
 
 def states_no_pixel_size(page) -> bool:
-    """No resolution tags, or tifffile's placeholder 1/1 without a unit (ResolutionUnit 1), which
-    RELION and other readers take as no pixel size."""
-    tags = page.tags
-    return "XResolution" not in tags or int(tags["ResolutionUnit"].value) == 1
+    """No resolution tags at all (not even tifffile's placeholder 1/1 without a unit)."""
+    return not {282, 283, 296} & set(page.tags.keys())
 
 
 def mrc_with_cella(path: Path, cella_x: float, seed: int = 4) -> np.ndarray:
@@ -307,7 +305,7 @@ def test_a_pixel_size_that_cannot_be_written_leaves_the_tags_out_with_a_warning(
     """RELION writes the resolution tags only for a positive pixel size (a negative one, as Direct
     Electron writes, gives none); one that TIFF cannot hold ended the whole run with tifffile's
     ``max_denominator`` error. No tags are written, the movie converts and the warning says so."""
-    first = good_movie(tmp_path / "first.mrc", 1)
+    first = good_movie(tmp_path / "first.mrc", 1, pixel_size_angstrom=None)
     odd = mrc_with_cella(tmp_path / "odd.mrc", cella_x)
     last = good_movie(tmp_path / "last.mrc", 2)
     status, out, err = cli_with_neighbours(tmp_path, "odd.mrc")
@@ -318,9 +316,9 @@ def test_a_pixel_size_that_cannot_be_written_leaves_the_tags_out_with_a_warning(
         np.testing.assert_array_equal(read_tiff_frames(tmp_path / f"out/{name}.tif"), frames)
     with tifffile.TiffFile(tmp_path / "out/odd.tif") as tif:
         assert all(states_no_pixel_size(page) for page in tif.pages)
-    with tifffile.TiffFile(tmp_path / "out/first.tif") as tif:  # RELION's 1.0 A default for no pixel size
-        numerator, denominator = tif.pages[0].tags["XResolution"].value
-        assert numerator / denominator == pytest.approx(1e8)
+    with tifffile.TiffFile(tmp_path / "out/first.tif") as tif:  # no pixel size stated: none written
+        assert all(states_no_pixel_size(page) for page in tif.pages)
+    assert "first.mrc: the header states no pixel size (CELLA.X = 0, MX = 32)" in err
 
 
 def test_a_tiff_pixel_size_too_large_for_tiff_is_left_out_with_a_warning(tmp_path: Path) -> None:
@@ -352,7 +350,7 @@ def test_an_mrc_with_more_data_than_nz_says_is_converted_with_a_warning(tmp_path
     conversion converts NZ frames, and says how much it left behind."""
     first = good_movie(tmp_path / "first.mrc", 1)
     frames = np.random.default_rng(8).integers(0, 9, (5, 24, 32)).astype(np.int16)
-    write_mrc_movie(tmp_path / "more.mrc", frames, 1)
+    write_mrc_movie(tmp_path / "more.mrc", frames, 1, pixel_size_angstrom=1.05)
     data = bytearray((tmp_path / "more.mrc").read_bytes())
     struct.pack_into("<i", data, 8, 3)  # NZ = 3 of 5 frames
     (tmp_path / "more.mrc").write_bytes(bytes(data + b"\0" * 10))

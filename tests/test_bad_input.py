@@ -26,7 +26,7 @@ from .helpers import is_temporary_of, read_tiff_frames
 def good_movie(path: str, seed: int) -> np.ndarray:
     frames = np.random.default_rng(seed).integers(0, 9, (3, 24, 32)).astype(np.int16)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_mrc_movie(Path(path), frames, 1)
+    write_mrc_movie(Path(path), frames, 1, pixel_size_angstrom=1.05)  # no pixel-size warning
     return frames
 
 

@@ -91,11 +91,14 @@ def test_rows_are_stored_bottom_up(tmp_path: Path) -> None:
     np.testing.assert_array_equal(stored[1, 3], frames[1, 0])
 
 
-def test_missing_pixel_size_gets_relions_one_angstrom(tmp_path: Path) -> None:
-    source = write_mrc_movie(tmp_path / "m.mrc", make_frames(6), 6)
-    convert_movie(source, tmp_path / "m.tif", ConvertOptions(output_dir=tmp_path))
-    numerator, denominator = tiff_tags(tmp_path / "m.tif")["XResolution"]
-    assert numerator / denominator == pytest.approx(1e8)
+def test_a_missing_pixel_size_gives_no_resolution_tags_and_a_warning(tmp_path: Path) -> None:
+    """RELION writes its default 1.0 A; cryotiff writes no pixel size that the header did not state."""
+    frames = make_frames(6)
+    source = write_mrc_movie(tmp_path / "m.mrc", frames, 6)
+    result = convert_movie(source, tmp_path / "m.tif", ConvertOptions(output_dir=tmp_path))
+    assert not {"XResolution", "YResolution", "ResolutionUnit"} & set(tiff_tags(tmp_path / "m.tif"))
+    assert any("m.mrc: the header states no pixel size" in warning for warning in result.warnings)
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "m.tif"), frames)
 
 
 def test_explicit_deflate_uses_deflate_level_and_standard_code_8(tmp_path: Path) -> None:
@@ -209,7 +212,7 @@ def test_bigtiff_only_when_the_file_could_pass_4_gib() -> None:
 )
 def test_integer_valued_float_movies_become_the_smallest_integer_type(tmp_path, values, expected_type) -> None:
     frames = np.resize(np.array(values, np.float32), (3, 6, 5))
-    source = write_mrc_movie(tmp_path / "m.mrc", frames, 2)
+    source = write_mrc_movie(tmp_path / "m.mrc", frames, 2, pixel_size_angstrom=1.0)  # no pixel-size warning
     result = convert_movie(source, tmp_path / "m.tif", ConvertOptions(output_dir=tmp_path))
     decoded = read_tiff_frames(tmp_path / "m.tif")
     assert decoded.dtype == expected_type

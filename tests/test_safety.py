@@ -26,7 +26,7 @@ from .helpers import is_temporary_of, read_tiff_frames, temporary_files_of
 
 def small_movie(path: str, seed: int, n_frames: int = 3) -> np.ndarray:
     frames = np.random.default_rng(seed).integers(-3, 9, (n_frames, 16, 20)).astype(np.int16)
-    write_mrc_movie(Path(path), frames, 1)
+    write_mrc_movie(Path(path), frames, 1, pixel_size_angstrom=1.05)  # no pixel-size warning
     return frames
 
 
@@ -167,7 +167,7 @@ SLOW_CODEC = ("--compression", "deflate", "--deflate_level", "12")
 
 def slow_movie(path: str) -> np.ndarray:
     frames = np.random.default_rng(7).integers(0, 16, SLOW_MOVIE_SHAPE, dtype=np.int16)
-    write_mrc_movie(Path(path), frames, 1)
+    write_mrc_movie(Path(path), frames, 1, pixel_size_angstrom=1.05)
     return frames
 
 

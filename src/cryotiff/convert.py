@@ -27,27 +27,24 @@ from .io import Movie, MovieInfo, check_regular_file
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, write_movie
 from .recorded_options import OutputRecord
 
-#: MRC inputs without a pixel size get 1.0 A in the TIFF resolution tags, as in RELION
-#: (``samplingRateX`` default).
-RELION_DEFAULT_PIXEL_SIZE_ANGSTROM = 1.0
-
-
-def tiff_pixel_size(info: MovieInfo, default_pixel_size_angstrom: float | None) -> tuple[float | None, str | None]:
+def tiff_pixel_size(info: MovieInfo) -> tuple[float | None, str | None]:
     """``(pixel size for the TIFF resolution tags, warning)`` of an MRC or TIFF movie.
 
-    MRC, RELION's rule (``src/tiff_converter.cpp``): ``CELLA.X / MX`` when both are non-zero, else
-    ``default_pixel_size_angstrom`` (RELION's 1.0 A); the tags are written only for a positive
-    value. So a negative pixel size (Direct Electron writes -10 A) gives no tags, as in RELION.
-    Beyond RELION, a pixel size that a TIFF RATIONAL cannot hold (below about 0.023 A: CELLA in
-    metres; or not a number) also gives no tags, where RELION would write a meaningless value.
-    TIFF inputs keep the pixel size of their resolution tags. Never is a value written that the
-    input did not state, other than RELION's default for a header without one; every left-out
-    pixel size comes with a warning naming the value.
+    MRC: ``CELLA.X / MX``, as RELION computes it (``src/tiff_converter.cpp``); the tags are
+    written only for a positive value, so a negative pixel size (Direct Electron writes -10 A)
+    gives no tags, as in RELION. Beyond RELION, a header without a pixel size (CELLA.X or MX is
+    0) gives no tags either, where RELION writes its default of 1.0 A, and so does a pixel size
+    that a TIFF RATIONAL cannot hold (below about 0.023 A: CELLA in metres; or not a number),
+    where RELION would write a meaningless value. TIFF inputs keep the pixel size of their
+    resolution tags. Never is a value written that the input did not state; every pixel size
+    left out comes with a warning naming the value (an MRC header without one included).
     """
     if info.kind == "mrc":
         mx, cella_x = info.extra.get("mx", 0), info.extra.get("cella_x_angstrom", 0.0)
         if not mx or not cella_x:
-            return default_pixel_size_angstrom, None
+            return None, (f"{info.path}: the header states no pixel size (CELLA.X = {cella_x:g}, MX = {mx}); the "
+                          "TIFF gets no resolution tags (RELION writes 1.0 A there); give the pixel size to "
+                          "motion correction")
         stated = cella_x / mx
         source = f"the header's pixel size (CELLA.X / MX = {cella_x:g} / {mx})"
     else:
@@ -201,14 +198,14 @@ class PlainPages(PageSource):
     Mode 12 (float16) is widened to float32, which every TIFF reader of movies accepts.
     """
 
-    def __init__(self, movie: Movie, default_pixel_size_angstrom: float | None):
+    def __init__(self, movie: Movie):
         info = movie.info
         self.movie = movie
         self.path = info.path
         self.n_pages = info.n_frames
         self.shape_yx = info.shape_yx
         self.dtype = np.dtype(np.float32) if info.dtype == np.float16 else np.dtype(info.dtype)
-        self.pixel_size_angstrom, pixel_size_warning = tiff_pixel_size(info, default_pixel_size_angstrom)
+        self.pixel_size_angstrom, pixel_size_warning = tiff_pixel_size(info)
         self.input_warnings = tuple(info.warnings) + ((pixel_size_warning,) if pixel_size_warning else ())
         self.input_bytes = info.frame_nbytes * info.n_frames
 
@@ -291,8 +288,8 @@ class FloatPages(IntegerWidening, PlainPages):
     and the movie is written again with a wider type (or float32).
     """
 
-    def __init__(self, movie: Movie, default_pixel_size_angstrom: float | None):
-        super().__init__(movie, default_pixel_size_angstrom)
+    def __init__(self, movie: Movie):
+        super().__init__(movie)
         self.dtype = np.dtype(np.float32)
         value_range = integer_valued_range(self.movie.read_frame(0)) if self.n_pages else None
         integer_type = smallest_integer_type(*value_range, self.shape_yx) if value_range else None
@@ -375,12 +372,11 @@ class GainPages(IntegerWidening, PlainPages):
     pixels rounded, so the whole movie is stored as integers (uint8 unless a value needs more).
     """
 
-    def __init__(self, movie: Movie, default_pixel_size_angstrom: float | None, context: RunContext,
-                 options: ConvertOptions):
+    def __init__(self, movie: Movie, context: RunContext, options: ConvertOptions):
         from .errors import GainError
         from .gain import different_size_message
 
-        super().__init__(movie, default_pixel_size_angstrom)
+        super().__init__(movie)
         estimate = context.gain_estimate
         # Only built when the run has a gain (open_page_source checks context.gain_reference).
         if context.gain_reference.shape != self.shape_yx:
@@ -631,13 +627,12 @@ def open_page_source(path: Path, options: ConvertOptions, context: RunContext | 
         except BaseException:
             movie.close()
             raise
-    default_pixel_size = RELION_DEFAULT_PIXEL_SIZE_ANGSTROM if kind == "mrc" else None
     try:
         if movie.info.dtype.kind == "f":
             if context is not None and context.gain_reference is not None:
-                return GainPages(movie, default_pixel_size, context, options)
-            return FloatPages(movie, default_pixel_size)
-        return PlainPages(movie, default_pixel_size)
+                return GainPages(movie, context, options)
+            return FloatPages(movie)
+        return PlainPages(movie)
     except BaseException:
         movie.close()
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,10 +365,56 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
                     description=description,
                     metadata=None,  # no tifffile "shaped" JSON: plain TIFF, as RELION writes it
                 )
+            if resolution is None:
+                # tifffile always writes XResolution/YResolution (its placeholder 1/1, "no unit"):
+                # a movie without a pixel size must state none.
+                remove_ifd_entries(target.handle, RESOLUTION_TAG_CODES)
         except OSError as exc:
             raise OutputError(f"{destination}: cannot write ({exc.strerror or exc})") from None
         check_complete(target.handle, layout.n_pages, layout.shape_yx, layout.dtype, label=destination)
         target.commit()
+
+
+#: XResolution, YResolution, ResolutionUnit: the tags that state a pixel size.
+RESOLUTION_TAG_CODES = frozenset({282, 283, 296})
+
+
+def remove_ifd_entries(handle: BinaryIO, codes: frozenset[int]) -> int:
+    """Remove the entries of the tags ``codes`` from every IFD of the little-endian TIFF or
+    BigTIFF open in ``handle`` (read and write), in place; returns how many were removed.
+
+    Each IFD keeps its place: its entry count goes down, the remaining entries (in their order,
+    values inline or at their offsets untouched) move up, the offset of the next IFD follows
+    them, and the bytes freed at its end are zeroed. Values stored outside the IFD (a
+    RATIONAL's 8 bytes) are left where they are, unreferenced, as any TIFF may have.
+    """
+    handle.flush()
+    handle.seek(0)
+    header = handle.read(16)
+    if header[:2] != b"II":
+        raise ValueError("remove_ifd_entries() reads little-endian TIFF only")
+    bigtiff = struct.unpack_from("<H", header, 2)[0] == 43
+    count_format, entry_nbytes, offset_format = ("<Q", 20, "<Q") if bigtiff else ("<H", 12, "<I")
+    count_nbytes, offset_nbytes = struct.calcsize(count_format), struct.calcsize(offset_format)
+    offset = struct.unpack_from(offset_format, header, 8 if bigtiff else 4)[0]
+    removed, seen = 0, set()
+    while offset and offset not in seen:
+        seen.add(offset)
+        handle.seek(offset)
+        (n_entries,) = struct.unpack(count_format, handle.read(count_nbytes))
+        entries = handle.read(n_entries * entry_nbytes)
+        next_offset_bytes = handle.read(offset_nbytes)
+        kept = [entries[i:i + entry_nbytes] for i in range(0, len(entries), entry_nbytes)
+                if struct.unpack_from("<H", entries, i)[0] not in codes]
+        dropped = n_entries - len(kept)
+        if dropped:
+            handle.seek(offset)
+            handle.write(struct.pack(count_format, len(kept)) + b"".join(kept) + next_offset_bytes
+                         + bytes(dropped * entry_nbytes))
+            removed += dropped
+        (offset,) = struct.unpack(offset_format, next_offset_bytes)
+    handle.flush()
+    return removed
 
 
 def remove_quietly(path: Path) -> None:
