@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import glob
-import shutil
-import subprocess
 import os
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,24 @@ def wait_until(condition, what: str, process, timeout: float = 60.0) -> None:
             raise AssertionError(f"the run ended before {what}: {process.communicate()}")
         time.sleep(0.005)
     raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+def start_process(command: list[str], **popen_arguments) -> subprocess.Popen:
+    """``subprocess.Popen(command, **popen_arguments)`` with SIGINT at its default action in the
+    child, also when this process ignores it.
+
+    A shell without job control (``python -m pytest &`` in a script, a CI runner) starts pytest
+    with SIGINT ignored, and an ignored signal stays ignored across ``exec``: the child would
+    ignore the Ctrl-C a test sends it (Python installs its KeyboardInterrupt handler only where
+    SIGINT was not ignored). A caught signal is reset to its default by ``exec``, so SIGINT is
+    caught here while the child starts (no ``preexec_fn``, which is unsafe with threads).
+    Call it from the main thread, as tests run.
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, **popen_arguments)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -129,3 +129,64 @@ def _force_bigtiff(layout):
             return True
 
     return Big(*(getattr(layout, name) for name in layout.__dataclass_fields__))
+
+
+# --------------------------------------------------------------------------- signals in background runs
+
+
+@pytest.fixture
+def sigint_ignored():
+    """This process ignores SIGINT, as pytest does when a shell without job control (a script's
+    ``&``, a CI runner) starts it."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_test_children_take_ctrl_c_when_the_suite_ignores_it(sigint_ignored) -> None:
+    """The helper that starts the children of the Ctrl-C tests gives them SIGINT at its default,
+    so that Python installs its KeyboardInterrupt handler there."""
+    import sys
+
+    from .helpers import start_process
+
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT))"]
+    process = start_process(probe, stdout=subprocess.PIPE, text=True)
+    assert "default_int_handler" in process.communicate(timeout=60)[0]
+    plain = subprocess.run(probe, capture_output=True, text=True, timeout=60).stdout  # what it would inherit
+    assert plain.strip() in ("1", "Handlers.SIG_IGN")  # SIG_IGN
+
+
+def test_a_run_started_ignoring_sigint_keeps_ignoring_it_and_sigterm_still_cleans_up(in_tmp: Path,
+                                                                                      sigint_ignored) -> None:
+    """POSIX convention: a job started in the background (``&`` without job control, ``nohup``)
+    ignores Ctrl-C, and convert-to-tiff leaves it so; SIGTERM (``kill``, a batch system) still
+    removes the movie being written and exits 130."""
+    import signal
+    import sys
+    import time
+
+    from .test_safety import SLOW_CODEC, slow_movie, wait_until_half_written
+
+    slow_movie("big.mrc")
+    process = subprocess.Popen([sys.executable, "-m", "cryotiff", "--i", "big.mrc", "--o", "out", *SLOW_CODEC],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # inherits SIG_IGN
+    try:
+        wait_until_half_written(process, Path("out/big.tif"))
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert process.poll() is None, process.communicate()  # ignored
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    assert not Path("out/big.tif").exists()
+    assert not [p.name for p in Path("out").iterdir() if p.name.startswith("big.tif")]

@@ -18,7 +18,7 @@ import pytest
 
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames, wait_until
+from .helpers import read_tiff_frames, start_process, wait_until
 
 BIN_DIR = Path(sys.executable).parent
 MPIRUN = BIN_DIR / "mpirun"
@@ -84,7 +84,7 @@ def assert_interrupted_after_the_first_movie(out: Path, stdout: str, stderr: str
 def test_interrupt_during_the_second_movie(in_tmp: Path, signum: int) -> None:
     first = small_movie(in_tmp / "a.mrc", 1)
     big = slow_movie(in_tmp / "big.mrc")
-    process = subprocess.Popen(
+    process = start_process(
         [sys.executable, "-m", "cryotiff", "--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
          "--report", "report.json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -168,8 +168,8 @@ def start_mpirun(arguments: list[str], cwd: Path, n_ranks: int = 2) -> subproces
     if os.geteuid() == 0:
         command.append("--allow-run-as-root")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(command + [sys.executable, "-m", "cryotiff.mpi", *arguments], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return start_process(command + [sys.executable, "-m", "cryotiff.mpi", *arguments], cwd=cwd, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def rank_pids(mpirun_pid: int) -> list[int]:

@@ -24,7 +24,7 @@ from cryotiff import cli
 from cryotiff.simulate.detectors import counting_frames, falcon_frames
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import read_tiff_frames, start_process
 
 BIN_DIR = Path(sys.executable).parent  # not resolved: a venv's python is a symlink to the base one
 MPIRUN = BIN_DIR / "mpirun"
@@ -456,7 +456,7 @@ def test_ctrl_c_on_mpirun_leaves_no_partial_file(tmp_path: Path) -> None:
     for k in range(2):
         write_k2(tmp_path / f"m{k}.mrc", 40, seed=k, shape_yx=(1024, 1024))
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
+    process = start_process(
         mpirun_command(2) + [sys.executable, "-m", "cryotiff.mpi", "--i", "m0.mrc", "m1.mrc", "--o", "out",
                              "--compression", "deflate", "--deflate_level", "12"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,

@@ -21,7 +21,7 @@ from cryotiff import convert
 from cryotiff.cli import main
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import is_temporary_of, read_tiff_frames, temporary_files_of
+from .helpers import is_temporary_of, read_tiff_frames, start_process, temporary_files_of
 
 
 def small_movie(path: str, seed: int, n_frames: int = 3) -> np.ndarray:
@@ -172,7 +172,7 @@ def slow_movie(path: str) -> np.ndarray:
 
 
 def start_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    return start_process(
         [sys.executable, "-m", "cryotiff", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
