@@ -190,3 +190,178 @@ def test_a_run_started_ignoring_sigint_keeps_ignoring_it_and_sigterm_still_clean
     assert "Interrupted" in err and "Traceback" not in err
     assert not Path("out/big.tif").exists()
     assert not [p.name for p in Path("out").iterdir() if p.name.startswith("big.tif")]
+
+
+# --------------------------------------------------------------------------- gain references of earlier runs
+
+
+def gain_normalised_movies(names: list[str], seed: int = 7, n_frames: int = 30) -> list[np.ndarray]:
+    """Gain-normalised float movies of one simulated K2 detector (so that every estimate of its
+    gain fits every movie)."""
+    from cryotiff.simulate.gain_normalised import make_detector
+
+    rng = np.random.default_rng(seed)
+    detector = make_detector((48, 40), rng, defect_fraction=0.002, cold_fraction=0.001)
+    movies = []
+    for name in names:
+        frames = detector.movie(n_frames, rng).frames
+        write_mrc_movie(Path(name), frames, 2, pixel_size_angstrom=1.05)
+        movies.append(frames)
+    return movies
+
+
+def gain_reference_of(directory: str) -> np.ndarray:
+    import mrcfile
+
+    with mrcfile.open(Path(directory) / "gain-reference.mrc") as mrc:
+        return np.array(mrc.data)
+
+
+def test_a_gain_reference_of_an_earlier_run_is_never_replaced_by_another(in_tmp: Path, capsys) -> None:
+    """The TIFFs of gain-normalised movies are right only with their gain reference (TIFF x gain
+    reference = the movie). A second run into the same --o with another gain refuses before
+    converting anything, naming both, and the earlier TIFFs stay right."""
+    a, b = gain_normalised_movies(["a.mrc", "b.mrc"])
+    assert main(["--i", "a.mrc", "--o", "Est1", "--estimate_gain"]) == 0
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "Est2", "--estimate_gain"]) == 0
+    assert main(["--i", "a.mrc", "--o", "out", "--gain", "Est1/gain_estimate.bin"]) == 0
+    first_reference = Path("out/gain-reference.mrc").read_bytes()
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")) * gain_reference_of("out"), a)
+    capsys.readouterr()
+
+    assert main(["--i", "b.mrc", "--o", "out", "--gain", "Est2/gain_estimate.bin"]) == 2
+    captured = capsys.readouterr()
+    errors = errors_of(captured.err)
+    assert len(errors) == 1, captured.err
+    assert errors[0].startswith("ERROR: out/gain-reference.mrc exists and holds another gain reference than the "
+                                "one --gain Est2/gain_estimate.bin gives"), errors
+    assert "out/a.tif" not in errors[0]  # not an output of this run: not looked at
+    assert "Give another --o, or remove out/gain-reference.mrc yourself" in errors[0]
+    assert "Processing" not in captured.out and not Path("out/b.tif").exists()
+    assert Path("out/gain-reference.mrc").read_bytes() == first_reference
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")) * gain_reference_of("out"), a)
+
+    # Redoing a.mrc with the other gain: the refusal names the output made with the first one.
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "out", "--gain", "Est2/gain_estimate.bin"]) == 2
+    error = errors_of(capsys.readouterr().err)[0]
+    assert "; out/a.tif was made with --gain Est1/gain_estimate.bin (SHA-256 " in error, error
+    assert Path("out/gain-reference.mrc").read_bytes() == first_reference
+
+    # Into another --o, the other gain is written, and TIFF x its reference is the movie there too.
+    assert main(["--i", "b.mrc", "--o", "out2", "--gain", "Est2/gain_estimate.bin"]) == 0
+    np.testing.assert_array_equal(read_tiff_frames(Path("out2/b.tif")) * gain_reference_of("out2"), b)
+
+
+def test_the_same_gain_reference_is_kept_not_rewritten(in_tmp: Path, capsys) -> None:
+    a, b = gain_normalised_movies(["a.mrc", "b.mrc"])
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    assert main(["--i", "a.mrc", "--o", "out", "--gain", "Est/gain_estimate.bin"]) == 0
+    before = Path("out/gain-reference.mrc").stat()
+    capsys.readouterr()
+    assert main(["--i", "b.mrc", "--o", "out", "--gain", "Est/gain_estimate.bin"]) == 0
+    out = capsys.readouterr().out
+    assert ("Kept (identical) out/gain-reference.mrc. Please use this file as a gain reference when processing the "
+            "converted movies.") in out
+    after = Path("out/gain-reference.mrc").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    for name, frames in (("a", a), ("b", b)):
+        np.testing.assert_array_equal(read_tiff_frames(Path(f"out/{name}.tif")) * gain_reference_of("out"), frames)
+
+
+def eer_gain_file(path: str, seed: int, size: int = 2048) -> None:
+    import mrcfile
+
+    gain = np.random.default_rng(seed).uniform(0.5, 2.0, (size, size)).astype(np.float32)
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(gain)
+
+
+def test_an_eer_gain_reference_of_an_earlier_run_is_never_replaced(in_tmp: Path, capsys) -> None:
+    events = S.random_events(np.random.default_rng(3), 2048, 4, 0.002)
+    S.write_eer(Path("a.eer"), events, 2048, 65001)
+    S.write_eer(Path("b.eer"), events, 2048, 65001)
+    eer_gain_file("g1.mrc", 1)
+    eer_gain_file("g2.mrc", 2)
+    assert main(["--i", "a.eer", "--o", "out", "--eer_grouping", "2", "--gain", "g1.mrc"]) == 0
+    first_reference = Path("out/gain-reference.mrc").read_bytes()
+    capsys.readouterr()
+    assert main(["--i", "b.eer", "--o", "out", "--eer_grouping", "2", "--gain", "g2.mrc"]) == 2
+    captured = capsys.readouterr()
+    assert ("ERROR: out/gain-reference.mrc exists and holds another gain reference than the one --gain g2.mrc "
+            "gives") in captured.err
+    assert not Path("out/b.tif").exists() and Path("out/gain-reference.mrc").read_bytes() == first_reference
+    assert main(["--i", "b.eer", "--o", "out", "--eer_grouping", "2", "--gain", "g1.mrc"]) == 0  # the same: kept
+    assert "Kept (identical) out/gain-reference.mrc" in capsys.readouterr().out
+    assert Path("out/gain-reference.mrc").read_bytes() == first_reference
+
+
+def test_dry_run_says_the_run_would_refuse_the_gain(in_tmp: Path, capsys) -> None:
+    events = S.random_events(np.random.default_rng(3), 2048, 4, 0.002)
+    S.write_eer(Path("a.eer"), events, 2048, 65001)
+    eer_gain_file("g1.mrc", 1)
+    eer_gain_file("g2.mrc", 2)
+    assert main(["--i", "a.eer", "--o", "out", "--eer_grouping", "2", "--gain", "g1.mrc"]) == 0
+    capsys.readouterr()
+    assert main(["--i", "a.eer", "--o", "out", "--eer_grouping", "2", "--gain", "g2.mrc", "--dry_run"]) == 2
+    assert "ERROR: out/gain-reference.mrc exists and holds another gain reference" in capsys.readouterr().err
+    assert main(["--i", "a.eer", "--o", "out", "--eer_grouping", "2", "--gain", "g1.mrc", "--dry_run"]) == 0
+
+
+def test_a_gain_reference_written_meanwhile_by_another_run_is_never_replaced(tmp_path: Path, monkeypatch) -> None:
+    """Two runs into one --o at once: the file is linked into place, which fails where the other
+    run's file has appeared since the check; that one is kept, or refused if it differs."""
+    from cryotiff import gain as G
+    from cryotiff.errors import ExistingOutputError
+
+    path = tmp_path / "gain-reference.mrc"
+    ours, theirs = np.full((4, 6), 2.0, np.float32), np.full((4, 6), 3.0, np.float32)
+    real_temporary = G._write_mrc_temporary
+
+    def other_run_first(destination, data, **kwargs):
+        target = real_temporary(destination, data, **kwargs)
+        real_temporary(destination, other, **kwargs).commit()  # the other run's file appears now
+        return target
+
+    monkeypatch.setattr(G, "_write_mrc_temporary", other_run_first)
+    other = ours
+    assert G.keep_or_write_gain_reference(path, ours, made_from="--gain g") is False  # identical: kept
+    path.unlink()
+    other = theirs
+    with pytest.raises(ExistingOutputError, match="holds another gain reference than the one --gain g gives"):
+        G.keep_or_write_gain_reference(path, ours, made_from="--gain g")
+    monkeypatch.undo()
+    assert np.all(gain_reference_of(str(tmp_path)) == 3.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gain-reference.mrc"]  # no temporary file left
+
+
+def test_mpi_refuses_another_gain_reference_on_every_rank(in_tmp: Path) -> None:
+    from .test_mpi import MPIRUN, run_mpi
+
+    if not MPIRUN.exists():
+        pytest.skip("no mpirun next to the interpreter (pip install .[mpi])")
+    events = S.random_events(np.random.default_rng(3), 2048, 4, 0.002)
+    S.write_eer(Path("a.eer"), events, 2048, 65001)
+    eer_gain_file("g1.mrc", 1)
+    eer_gain_file("g2.mrc", 2)
+    assert main(["--i", "a.eer", "--o", "out", "--eer_grouping", "2", "--gain", "g1.mrc"]) == 0
+    first_reference = Path("out/gain-reference.mrc").read_bytes()
+    Path("out/a.tif").unlink()
+    completed = run_mpi(["--i", "a.eer", "--o", "out", "--eer_grouping", "2", "--gain", "g2.mrc"], in_tmp)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert completed.stderr.count("ERROR: out/gain-reference.mrc exists and holds another gain reference") == 1
+    assert not Path("out/a.tif").exists() and Path("out/gain-reference.mrc").read_bytes() == first_reference
+
+
+def test_a_fresh_estimate_into_an_output_holding_one_says_it_replaces_it(in_tmp: Path, capsys) -> None:
+    """--estimate_gain without --gain into an --o that holds an estimate replaces it (as RELION
+    does) after the first movie: said, with the way to add to it instead. Resuming says nothing
+    of the kind."""
+    gain_normalised_movies(["a.mrc", "b.mrc"])
+    assert main(["--i", "a.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    assert "is replaced" not in capsys.readouterr().err
+    assert main(["--i", "b.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    assert ("WARNING: Est/gain_estimate.bin exists; after the first movie it is replaced by a new estimate with the "
+            "movies given, without the movies in it now. To add the movies to it instead, give --gain "
+            "Est/gain_estimate.bin.") in capsys.readouterr().err
+    assert main(["--i", "a.mrc", "--o", "Est", "--estimate_gain", "--gain", "Est/gain_estimate.bin"]) == 0
+    assert "is replaced" not in capsys.readouterr().err

@@ -396,8 +396,15 @@ def test_a_float_movie_converted_without_the_gain_is_converted_again_with_it(in_
         gain_reference = np.array(mrc.data)
     stored = read_tiff_frames(Path("out/m.tif"))
     np.testing.assert_array_equal(stored * gain_reference, frames)  # TIFF x gain = the original
-    assert main(["--i", "m.mrc", "--o", "out", "--gain", "Est/gain_estimate.bin", "--only_do_unfinished",
-                 "--thresh", "20"]) == 0
+    # Another --thresh makes another gain reference: the one out/m.tif needs is not replaced ...
+    rerun = ["--i", "m.mrc", "--o", "out", "--gain", "Est/gain_estimate.bin", "--only_do_unfinished", "--thresh", "20"]
+    assert main(rerun) == 2
+    assert "out/gain-reference.mrc exists and holds another gain reference" in capsys.readouterr().err
+    with mrcfile.open("out/gain-reference.mrc") as mrc:
+        np.testing.assert_array_equal(read_tiff_frames(Path("out/m.tif")) * np.array(mrc.data), frames)
+    # ... unless it is removed knowingly.
+    os.remove("out/gain-reference.mrc")
+    assert main(rerun) == 0
     assert "made with --thresh 50, this run asks for --thresh 20; converting again" in capsys.readouterr().out
     assert main(["--i", "m.mrc", "--o", "out", "--only_do_unfinished"]) == 0  # and back without
     assert "made with --gain Est/gain_estimate.bin (SHA-256 " in capsys.readouterr().out

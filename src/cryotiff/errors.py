@@ -44,6 +44,11 @@ class OptionError(CryotiffError):
     """The command-line options are invalid or contradict each other."""
 
 
+class ExistingOutputError(OptionError):
+    """A file of ``--o`` that an earlier run wrote, and that other outputs may need, would be
+    replaced by a different one: the run refuses (give another ``--o``)."""
+
+
 class NotYetSupportedError(OptionError):
     """An option that exists in the interface but is not implemented yet."""
 

@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Sequence
 import mrcfile
 import numpy as np
 
-from cryotiff.errors import CryotiffError, GainError, OutputError, UnexpectedPixelValueError
+from cryotiff.errors import CryotiffError, ExistingOutputError, GainError, OutputError, UnexpectedPixelValueError
 from cryotiff.io import check_regular_file
 from cryotiff.io.atomic import AtomicFile
 from cryotiff.io.mrc import open_mrc
@@ -135,6 +135,21 @@ def resume_warning(gain_path: str | os.PathLike[str]) -> str:
         "repeated evidence). Give only movies that are not in it yet; the --report of the earlier run "
         "lists those that are."
     )
+
+
+def replaced_estimate_warning(out_dir: str | os.PathLike[str], gain_path: str | os.PathLike[str] | None) -> str | None:
+    """The warning of an ``--estimate_gain`` run whose ``<o>/gain_estimate.bin`` exists and is not
+    the ``--gain`` it resumes from (DIFFERENCE: RELION replaces it silently): the saved estimate,
+    perhaps of many movies, is replaced after the first movie by one without them. None when
+    there is none, or it is resumed."""
+    existing = Path(out_dir) / GAIN_ESTIMATE_NAME
+    if not existing.exists():
+        return None
+    if gain_path is not None and os.path.exists(gain_path) and os.path.samefile(existing, gain_path):
+        return None
+    start = f"the estimate of {os.fspath(gain_path)}" if gain_path is not None else "a new estimate"
+    return (f"WARNING: {existing} exists; after the first movie it is replaced by {start} with the movies given, "
+            f"without the movies in it now. To add the movies to it instead, give --gain {existing}.")
 
 
 def written_gain_reference_message(out_dir: str | os.PathLike[str]) -> str:
@@ -758,6 +773,94 @@ def _atomic_write_mrc(path: Path, data: np.ndarray, *, voxel_size_angstrom: floa
         target.discard()
 
 
+def kept_gain_reference_message(path: str | os.PathLike[str]) -> str:
+    """The line for a ``gain-reference.mrc`` that already held the gain reference of this run
+    (kept, not written again); print it, then an empty line."""
+    return (f"Kept (identical) {os.fspath(path)}. Please use this file as a gain reference when processing the "
+            "converted movies.")
+
+
+def _same_image(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit for bit (NaN and -0.0 included)."""
+    a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
+    return a.shape == b.shape and bool(np.array_equal(a.view(np.uint32), b.view(np.uint32)))
+
+
+def keep_or_write_gain_reference(
+    path: str | os.PathLike[str],
+    reference: np.ndarray,
+    *,
+    made_from: str,
+    gain_path: str | os.PathLike[str] | None = None,
+    dependents: Callable[[], str] | None = None,
+) -> bool:
+    """Write ``reference`` as ``path`` (``<o>/gain-reference.mrc``, float32 MRC, pixel size 1.0 A
+    as RELION writes it), unless it is there already; True if written.
+
+    A ``gain-reference.mrc`` that exists is never replaced: TIFFs of gain-normalised movies are
+    only right together with it (TIFF x gain reference = the movie), and the TIFFs converted
+    into the same ``--o`` by an earlier run may be those. One that holds this very image (bit for
+    bit) is kept, not rewritten (False); any other (another gain, another ``--thresh``, a file
+    that cannot be read) is an :class:`~cryotiff.errors.ExistingOutputError`, before anything
+    is converted. The file appears complete or not at all, and never replaces one that another
+    run wrote meanwhile (it is linked into place, which fails where a file exists).
+
+    Args:
+        made_from: what ``reference`` comes from, for the message (``--gain g.bin`` ...).
+        gain_path: the gain file given (``--gain``): refused if it is ``path`` itself.
+        dependents: called only for the refusal: a sentence naming outputs that need the
+            existing file ("" if none is known).
+
+    Raises:
+        ExistingOutputError: ``path`` holds something else, or is the ``--gain`` file.
+        OutputError: it cannot be written.
+    """
+    path = Path(path)
+    if gain_path is not None and os.path.exists(gain_path) and path.exists() and os.path.samefile(path, gain_path):
+        raise ExistingOutputError(f"{path}: is the --gain file itself, which this run would write over; give "
+                                  "another --o (or rename the gain file)")
+    reference = np.ascontiguousarray(reference, dtype=np.float32)
+    if os.path.lexists(path):
+        refuse_another_gain_reference(path, reference, made_from=made_from, dependents=dependents)
+        return False
+    target = _write_mrc_temporary(path, reference, voxel_size_angstrom=1.0, fsync=True)
+    try:
+        if target.commit_unless_exists():
+            return True
+    finally:
+        target.discard()
+    # another run wrote one meanwhile
+    refuse_another_gain_reference(path, reference, made_from=made_from, dependents=dependents)
+    return False
+
+
+def refuse_another_gain_reference(path: str | os.PathLike[str], reference: np.ndarray, *, made_from: str,
+                                  dependents: Callable[[], str] | None = None) -> None:
+    """Nothing if ``path`` does not exist or holds ``reference`` bit for bit; otherwise the
+    refusal of :func:`keep_or_write_gain_reference` (``--dry_run`` asks this without writing).
+
+    Raises:
+        ExistingOutputError: ``path`` holds another image, or cannot be read.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    try:
+        existing = read_mrc_image(path, "gain reference")
+        problem = f"holds another gain reference than the one {made_from} gives"
+    except GainError as exc:
+        existing = None
+        problem = f"cannot be compared with the gain reference {made_from} gives ({exc})"
+    if existing is not None and _same_image(existing, reference):
+        return
+    needed_by = dependents() if dependents is not None else ""
+    raise ExistingOutputError(
+        f"{path} exists and {problem}. It is not replaced: it may be the gain reference of TIFFs converted into "
+        f"{path.parent} earlier, which are right only with the gain reference they were made with{needed_by}. "
+        f"Give another --o, or remove {path} yourself once nothing needs it, and run again."
+    )
+
+
 def write_float_mrc(
     path: str | os.PathLike[str],
     array: np.ndarray,
@@ -1121,6 +1224,9 @@ __all__ = [
     "gain_reference",
     "integer_range",
     "integerise",
+    "keep_or_write_gain_reference",
+    "refuse_another_gain_reference",
+    "kept_gain_reference_message",
     "lossy_integerise",
     "merge",
     "merge_all",
@@ -1128,6 +1234,7 @@ __all__ = [
     "read_mrc_image",
     "reconstruct",
     "relion_int_round",
+    "replaced_estimate_warning",
     "reliability_path_candidates",
     "resume_warning",
     "round_half_away_from_zero",

@@ -435,7 +435,8 @@ def _is_float_movie(job: Job) -> bool:
 
 
 def prepare(
-    jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter, write_files: bool = True
+    jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter, write_files: bool = True,
+    check_existing: bool = False,
 ) -> RunContext:
     """Load and convert the run's gain once, before any movie, as RELION's ``initialise`` does.
 
@@ -445,10 +446,15 @@ def prepare(
       output grid and written as ``<o>/gain-reference.mrc``.
     * EER movies without ``--gain``: RELION's warning about the inverse convention.
 
-    ``write_files=False`` (MPI ranks other than 0) loads the same state silently.
+    An existing ``gain-reference.mrc`` is kept when it holds the same reference, and never
+    replaced when it holds another (:func:`cryotiff.gain.keep_or_write_gain_reference`).
+
+    ``write_files=False`` (MPI ranks other than 0) loads the same state silently;
+    ``check_existing`` (``--dry_run``) then still refuses what the real run would refuse.
 
     Raises:
         OptionError: one ``--gain`` for both EER and MRC/TIFF movies.
+        ExistingOutputError: ``<o>/gain-reference.mrc`` holds another gain reference.
         GainError: the gain cannot be read or converted.
     """
     from . import gain as gain_module
@@ -484,8 +490,12 @@ def prepare(
         context.eer_gain_reference = conversion.gain
         if write_files:
             _prepare_to_write(reference_path, options, say)
-            gain_module.write_float_mrc(reference_path, conversion.gain)
-            say(gain_written_message(str(reference_path)))
+            if _keep_or_write_reference(reference_path, conversion.gain, jobs, options):
+                say(gain_written_message(str(reference_path)))
+            else:
+                say(gain_module.kept_gain_reference_message(reference_path) + "\n")
+        elif check_existing:
+            _refuse_another_reference(reference_path, conversion.gain, jobs, options)
         return context
     if _first_movie_with(jobs, _is_float_movie) is None:
         warn(gain_module.GAIN_IRRELEVANT_WARNING)
@@ -513,9 +523,62 @@ def prepare(
         return context
     if write_files:
         _prepare_to_write(reference_path, options, say)
-        gain_module.write_float_mrc(reference_path, context.gain_reference)
-        say(gain_module.written_gain_reference_message(options.output_dir) + "\n")
+        if _keep_or_write_reference(reference_path, context.gain_reference, jobs, options):
+            say(gain_module.written_gain_reference_message(options.output_dir) + "\n")
+        else:
+            say(gain_module.kept_gain_reference_message(reference_path) + "\n")
+    elif check_existing:
+        _refuse_another_reference(reference_path, context.gain_reference, jobs, options)
     return context
+
+
+def _keep_or_write_reference(path: Path, reference, jobs: Sequence[Job], options: ConvertOptions) -> bool:
+    """``<o>/gain-reference.mrc`` written, or kept where it holds this run's reference already
+    (:func:`cryotiff.gain.keep_or_write_gain_reference`); True if written.
+
+    Raises:
+        ExistingOutputError: it holds another reference (before any movie is converted).
+    """
+    from .gain import keep_or_write_gain_reference
+
+    return keep_or_write_gain_reference(path, reference, made_from=f"--gain {options.gain}", gain_path=options.gain,
+                                        dependents=lambda: outputs_made_with_a_gain(jobs))
+
+
+def _refuse_another_reference(path: Path, reference, jobs: Sequence[Job], options: ConvertOptions) -> None:
+    """What :func:`_keep_or_write_reference` refuses, without writing anything."""
+    from .gain import refuse_another_gain_reference
+
+    refuse_another_gain_reference(path, reference, made_from=f"--gain {options.gain}",
+                                  dependents=lambda: outputs_made_with_a_gain(jobs))
+
+
+#: At most how many existing outputs :func:`outputs_made_with_a_gain` opens.
+_DEPENDENTS_LOOKED_AT = 1000
+
+
+def outputs_made_with_a_gain(jobs: Sequence[Job]) -> str:
+    """The outputs of ``jobs`` that exist and record a ``--gain`` (:mod:`cryotiff.recorded_options`),
+    as the end of a sentence (", for example out/a.tif (made with --gain g.bin (SHA-256 ...))");
+    "" if none. Opens at most :data:`_DEPENDENTS_LOOKED_AT` of them."""
+    from .recorded_options import describe_option, read_record
+
+    found: list[tuple[Path, str]] = []
+    looked_at = 0
+    for job in jobs:
+        if looked_at >= _DEPENDENTS_LOOKED_AT:
+            break
+        if not job.destination.is_file():
+            continue
+        looked_at += 1
+        record = read_record(job.destination)
+        if record is not None and record.made_with.get("gain"):
+            found.append((job.destination, describe_option("gain", record.made_with["gain"])))
+    if not found:
+        return ""
+    first, how = found[0]
+    more = f" and {len(found) - 1} more of this run's outputs" if len(found) > 1 else ""
+    return f"; {first}{more} {'were' if more else 'was'} made with {how}"
 
 
 def _prepare_to_write(path: Path, options: ConvertOptions, say: Callable[[str], None]) -> None:
@@ -600,6 +663,7 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
         GainEstimate,
         find_reliability_path,
         read_message,
+        replaced_estimate_warning,
         resume_warning,
         updated_message,
     )
@@ -611,6 +675,9 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
         reporter.message(read_message(options.gain))
         reporter.message(read_message(find_reliability_path(options.gain)) + "\n")
         reporter.warning(resume_warning(options.gain))
+    replacing = replaced_estimate_warning(options.output_dir, options.gain)
+    if replacing:
+        reporter.warning(replacing)
     stale = StaleTemporaries()
     try:
         options.output_dir.mkdir(parents=True, exist_ok=True)

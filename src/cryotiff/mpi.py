@@ -1130,7 +1130,7 @@ def starting_state(comm: Any, jobs: Sequence[Job], options: ConvertOptions, repo
     float movie's size; None when there is no float movie."""
     from mpi4py.util import pkl5
 
-    from .gain import GainEstimate, find_reliability_path, read_message, resume_warning
+    from .gain import GainEstimate, find_reliability_path, read_message, replaced_estimate_warning, resume_warning
 
     start, error = None, None
     if comm.rank == 0:
@@ -1143,6 +1143,9 @@ def starting_state(comm: Any, jobs: Sequence[Job], options: ConvertOptions, repo
             else:
                 shape = first_float_shape(jobs)
                 start = GainEstimate.new(shape) if shape is not None else None
+            replacing = replaced_estimate_warning(options.output_dir, options.gain)
+            if replacing:
+                reporter.warning(replacing)
         except CryotiffError as exc:
             error = (str(exc), _error_status(exc))
     agree(comm, error)

@@ -167,7 +167,7 @@ def _same_option(name: str, recorded: Any, expected: Any) -> bool:
     return recorded == expected
 
 
-def _describe(name: str, value: Any) -> str:
+def describe_option(name: str, value: Any) -> str:
     """An option as it was given: ``--eer_upsampling 2``, ``--short``, ``no --lossy``."""
     if name == "gain":
         if not value:
@@ -199,5 +199,5 @@ def mismatch(recorded: OutputRecord, expected: OutputRecord) -> str | None:
     for name in ordered:
         old, new = recorded.made_with.get(name), expected.made_with.get(name)
         if not _same_option(name, old, new):
-            return f"made with {_describe(name, old)}, this run asks for {_describe(name, new)}"
+            return f"made with {describe_option(name, old)}, this run asks for {describe_option(name, new)}"
     return None

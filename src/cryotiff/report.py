@@ -206,7 +206,8 @@ def plan_dry_run(
     if options.estimate_gain:
         raise OptionError("--dry_run lists TIFFs to write; --estimate_gain writes none")
     jobs, failures = plan(inputs, options, relative_to)
-    context = prepare(jobs, options, Reporter(), write_files=False)  # the --gain, loaded but not written
+    # the --gain loaded, not written; a gain-reference.mrc the run would refuse to replace is refused
+    context = prepare(jobs, options, Reporter(), write_files=False, check_existing=True)
     entries = [DryRunEntry(f.source, f.destination, "fail", f.message) for f in failures]
     to_convert: list[tuple[DryRunEntry, Job]] = []
     for job in jobs:

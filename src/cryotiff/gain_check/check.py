@@ -40,7 +40,7 @@ import numpy as np
 from ..convert import ConvertOptions, PageSource, WiderTypeNeeded, gain_size_hint, movie_kind, open_page_source
 from ..eer_gain import invert_divisive_gain, read_gain_file, read_resized_eer_gain
 from ..errors import CryotiffError, GainError, InputError, OutputError
-from ..gain import GAIN_REFERENCE_NAME, read_mrc_image, write_float_mrc
+from ..gain import GAIN_REFERENCE_NAME, keep_or_write_gain_reference, read_mrc_image
 from .orientation import Orientation, motioncor_orientation
 from .score import DETECTION_STANDARD_ERRORS, MARGIN_STANDARD_ERRORS, Candidate, GainPattern, Scores
 
@@ -488,30 +488,19 @@ def write_gain_reference(result: GainCheckResult, output_dir: Path) -> tuple[Pat
     An existing ``gain-reference.mrc`` that holds the same image already is kept (``written``
     False: a second check of the same session is harmless); one that differs is never replaced:
     it may be the gain that the TIFFs of a gain-normalised conversion need, or another session's
-    answer.
+    answer (:func:`cryotiff.gain.keep_or_write_gain_reference`, the rule of the conversions too).
 
     Raises:
         GainError: nothing was decided.
-        OutputError: the file exists and differs, is the ``--gain`` file itself, or cannot be written.
+        ExistingOutputError: the file exists and differs, or is the ``--gain`` file itself.
+        OutputError: it cannot be written.
     """
     reference = result.gain_reference()
     path = Path(output_dir) / GAIN_REFERENCE_NAME
-    if path.exists() or path.is_symlink():
-        if os.path.exists(result.gain.path) and path.exists() and os.path.samefile(path, result.gain.path):
-            raise OutputError(f"{path}: is the --gain file itself; give another --o")
-        try:
-            existing = read_mrc_image(path, "gain reference")
-        except GainError:
-            existing = None
-        if existing is not None and existing.shape == reference.shape and np.array_equal(existing, reference):
-            return path, False
-        raise OutputError(
-            f"{path}: exists and holds another gain (perhaps the one the TIFFs of an earlier conversion need); "
-            "it is not replaced: give another --o, or move it away first"
-        )
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        write_float_mrc(path, reference)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write the gain reference ({exc.strerror or exc})") from None
-    return path, True
+        raise OutputError(f"{output_dir}: cannot create the output directory ({exc.strerror or exc})") from None
+    written = keep_or_write_gain_reference(path, reference, made_from=f"this check of --gain {result.gain.path}",
+                                           gain_path=result.gain.path)
+    return path, written

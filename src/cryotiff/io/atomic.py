@@ -127,13 +127,8 @@ class AtomicFile:
         except OSError:
             return False
 
-    def commit(self, fsync: bool = False) -> None:
-        """Flush (and ``fsync``), check the name and rename the file to its destination.
-
-        Raises:
-            OutputError: the data or the rename cannot be written, or the temporary name was
-                replaced meanwhile (then nothing is renamed).
-        """
+    def _ready_to_rename(self, fsync: bool) -> None:
+        """Flush (and ``fsync``) and check that the temporary name is still the file written."""
         try:
             self.handle.flush()
             if fsync:
@@ -145,6 +140,15 @@ class AtomicFile:
             self.discard()
             raise OutputError(f"{self.destination}: its temporary file {self.path} was removed or replaced "
                               "while it was being written; not renamed")
+
+    def commit(self, fsync: bool = False) -> None:
+        """Flush (and ``fsync``), check the name and rename the file to its destination.
+
+        Raises:
+            OutputError: the data or the rename cannot be written, or the temporary name was
+                replaced meanwhile (then nothing is renamed).
+        """
+        self._ready_to_rename(fsync)
         try:
             os.replace(self.path, self.destination)
         except OSError as exc:
@@ -152,6 +156,33 @@ class AtomicFile:
             raise OutputError(f"{self.destination}: cannot rename the finished file ({exc.strerror or exc})") from None
         self._done = True
         self.handle.close()  # releases the lock, after the rename
+
+    def commit_unless_exists(self, fsync: bool = False) -> bool:
+        """:meth:`commit`, except that a file (or link) at the destination is never replaced:
+        the file is hard-linked into place, which fails where one exists (False; the temporary
+        file is removed). Where the file system has no hard links, a destination that does not
+        exist is renamed into place as :meth:`commit` does.
+
+        Raises:
+            OutputError: as :meth:`commit`.
+        """
+        self._ready_to_rename(fsync)
+        try:
+            os.link(self.path, self.destination, follow_symlinks=False)
+        except FileExistsError:
+            self.discard()
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
+                self.discard()
+                raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
+            if os.path.lexists(self.destination):  # no hard links here: the check, then the rename
+                self.discard()
+                return False
+            self.commit()
+            return True
+        self.discard()  # the temporary name; the file stays under its destination
+        return True
 
     def discard(self) -> None:
         """Remove the temporary file (if it is still ours) and close it; idempotent."""
