@@ -365,3 +365,137 @@ def test_a_fresh_estimate_into_an_output_holding_one_says_it_replaces_it(in_tmp:
             "Est/gain_estimate.bin.") in capsys.readouterr().err
     assert main(["--i", "a.mrc", "--o", "Est", "--estimate_gain", "--gain", "Est/gain_estimate.bin"]) == 0
     assert "is replaced" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --dry_run says why
+
+
+def test_dry_run_says_why_an_existing_output_would_be_converted_again(in_tmp: Path, capsys) -> None:
+    """The reasons are those --only_do_unfinished prints when it converts again (one check for
+    both); without --only_do_unfinished, that the existing file would be replaced."""
+    import json
+
+    int16_movie("done.mrc", 1, 1.05)
+    int16_movie("cut.mrc", 2, 1.05)
+    int16_movie("changed.mrc", 3, 1.05)
+    int16_movie("new.mrc", 4, 1.05)
+    assert main(["--i", "done.mrc", "cut.mrc", "changed.mrc", "--o", "out"]) == 0
+    data = Path("out/cut.tif").read_bytes()
+    Path("out/cut.tif").write_bytes(data[: len(data) - 20])
+    int16_movie("changed.mrc", 5, 1.05)
+    with open("changed.mrc", "ab") as handle:
+        handle.write(bytes(24 * 32 * 2))  # another size (a frame the header does not count)
+    capsys.readouterr()
+
+    movies = ["done.mrc", "cut.mrc", "changed.mrc", "new.mrc"]
+    assert main(["--i", *movies, "--o", "out", "--only_do_unfinished", "--dry_run", "--report", "plan.json"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "Would skip done.mrc: out/done.tif is complete" in lines
+    cut = lines.index(next(line for line in lines if line.startswith("Would convert cut.mrc into out/cut.tif")))
+    assert lines[cut + 1].startswith("  out/cut.tif: incomplete (") and lines[cut + 1].endswith("; converting again")
+    changed = lines.index(next(line for line in lines if line.startswith("Would convert changed.mrc")))
+    assert lines[changed + 1] == (f"  out/changed.tif: made from changed.mrc when it had {3 * 24 * 32 * 2 + 1024} "
+                                  f"bytes; it now has {4 * 24 * 32 * 2 + 1024}; converting again")
+    new = lines.index(next(line for line in lines if line.startswith("Would convert new.mrc")))
+    assert not lines[new + 1].startswith("  ")
+    plan = {Path(m["source"]).name: m for m in json.loads(Path("plan.json").read_text())["movies"]}
+    assert plan["cut.mrc"]["reason"] == lines[cut + 1].strip() and plan["new.mrc"]["reason"] == ""
+
+    # The real run gives the same reasons.
+    assert main(["--i", *movies, "--o", "out", "--only_do_unfinished"]) == 0
+    real = capsys.readouterr().out.splitlines()
+    assert lines[cut + 1].strip() in real and lines[changed + 1].strip() in real
+
+    # Without --only_do_unfinished every existing output is replaced: said so.
+    assert main(["--i", "done.mrc", "new.mrc", "--o", "out2", "--dry_run"]) == 0
+    assert "  out2/done.tif" not in capsys.readouterr().out
+    assert main(["--i", "done.mrc", "--o", "out", "--dry_run"]) == 0
+    assert ("  out/done.tif exists and would be replaced (without --only_do_unfinished every movie is converted)"
+            in capsys.readouterr().out.splitlines())
+
+
+# --------------------------------------------------------------------------- TIFF refusals in plain words
+
+
+def damaged_tiff(path: Path, damage: str) -> None:
+    """A 3-page deflate TIFF movie, damaged one way."""
+    from .test_adversarial_inputs import patch_tag, tiff_movie
+
+    tiff_movie(path, software="a writer")
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        first_ifd, second = tif.pages[0].offset, tif.pages[1]
+        n_tags = len(tif.pages[0].tags)
+        strip = (second.dataoffsets[0], second.databytecounts[0])
+    if damage == "value-offset":
+        patch_tag(path, 0, 305, value=10**9)  # the Software text beyond the end
+    elif damage == "data-type":
+        patch_tag(path, 0, 282, dtype=19)
+    elif damage == "next-ifd":
+        struct.pack_into("<I", data, first_ifd + 2 + 12 * n_tags, len(data) + 5000)
+        path.write_bytes(bytes(data))
+    elif damage == "text-counts":
+        patch_tag(path, 0, 279, dtype=2)  # StripByteCounts as ASCII: tifffile compares text with numbers
+    elif damage == "rational-rows":
+        patch_tag(path, 0, 278, dtype=5)
+    elif damage == "two-widths":
+        patch_tag(path, 0, 256, count=2, dtype=3)
+    elif damage == "strip-data":
+        for index in range(strip[0] + 2, strip[0] + strip[1] - 4):
+            data[index] ^= 0x5A
+        path.write_bytes(bytes(data))
+    elif damage == "header":
+        path.write_bytes(b"HI" + bytes(data[2:]))
+    elif damage == "first-ifd":
+        struct.pack_into("<I", data, 4, 10**6)
+        path.write_bytes(bytes(data))
+    else:
+        raise ValueError(damage)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("value-offset", "the value of tag 305 (Software) lies outside the file; the file is truncated or damaged"),
+    ("data-type", "tag 282 (XResolution) has an invalid data type (19); the file is damaged"),
+    ("next-ifd", "points outside the file; the file is truncated or damaged"),
+    ("text-counts", "page 1: the StripByteCounts tag (279) is of type ASCII, where whole numbers are needed; "
+                    "the file is damaged"),
+    ("rational-rows", "page 1: the RowsPerStrip tag (278) is of type RATIONAL, where whole numbers are needed"),
+    ("two-widths", "page 1: the ImageWidth tag (256) holds 2 different values (40, 0) where one is needed"),
+    ("strip-data", "page 2 cannot be decoded: its deflate compressed data are damaged"),
+    ("header", "its first bytes are no TIFF header (not a TIFF file, or its start is damaged)"),
+    ("first-ifd", "the TIFF file has no readable image: its header puts the first page (IFD) at byte 1000000, "
+                  "beyond the end of the file"),
+])
+def test_a_damaged_tiff_is_refused_in_plain_words(in_tmp: Path, capsys, damage: str, message: str) -> None:
+    """tifffile's own words (``<tifffile.TiffPages @8> invalid page offset``, ``'<' not supported
+    between instances of 'str' and 'int'``) say nothing to a user: the refusal names the file,
+    the page and the tag, and what is wrong with them."""
+    from .test_adversarial_inputs import RAW_TIFFFILE_TEXT
+
+    damaged_tiff(Path("bad.tif"), damage)
+    good = int16_movie("good.mrc", 1, 1.05)
+    assert main(["--i", "bad.tif", "good.mrc", "--o", "out"]) == 1
+    errors = errors_of(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith("ERROR: bad.tif: "), errors
+    assert message in errors[0], errors
+    assert not any(raw in errors[0] for raw in RAW_TIFFFILE_TEXT), errors
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/good.tif")), good)
+
+
+def test_an_output_damaged_in_its_structure_is_converted_again_saying_why(in_tmp: Path, capsys) -> None:
+    """--only_do_unfinished meets a .tif whose IFD chain is damaged: the same plain words."""
+    frames = int16_movie("m.mrc", 1, 1.05)
+    assert main(["--i", "m.mrc", "--o", "out"]) == 0
+    data = bytearray(Path("out/m.tif").read_bytes())
+    with tifffile.TiffFile("out/m.tif") as tif:
+        first, n_tags = tif.pages[0].offset, len(tif.pages[0].tags)
+    struct.pack_into("<I", data, first + 2 + 12 * n_tags, len(data) + 100)  # the next IFD beyond the end
+    Path("out/m.tif").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["--i", "m.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert (f"out/m.tif: incomplete (the TIFF structure is cut or damaged after page 1: the IFD offset of a page "
+            f"({len(data) + 100}) points outside the file; the file is truncated or damaged); converting again"
+            in out), out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/m.tif")), frames)

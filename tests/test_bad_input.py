@@ -140,7 +140,8 @@ def test_a_damaged_tiff_gives_exactly_one_line_outside_pytest(in_tmp: Path) -> N
                                capture_output=True, text=True)
     assert completed.returncode == 1
     assert [line for line in completed.stderr.splitlines() if line.strip()] == [
-        "ERROR: ifd0.tif: the TIFF file has no image"
+        "ERROR: ifd0.tif: the TIFF file has no readable image: its header puts the first page (IFD) at byte "
+        f"{len(data) + 1000}, beyond the end of the file ({len(data)} bytes); the file is truncated or damaged"
     ]
 
 

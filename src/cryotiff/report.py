@@ -22,7 +22,10 @@ from .convert import ConvertOptions, MovieResult, open_page_source
 from .errors import CryotiffError, OptionError, OutputError
 from .io.atomic import write_bytes_atomically
 from .io.tiff import flip_rows
-from .jobs import Job, Reporter, Summary, is_finished, plan, prepare
+from .jobs import FinishedCheck, Job, Reporter, Summary, check_finished, converting_again, plan, prepare
+
+#: Said of an existing output that a run without ``--only_do_unfinished`` converts again.
+_REPLACED = "{} exists and would be replaced (without --only_do_unfinished every movie is converted)"
 
 #: Movies whose first page is encoded to estimate the output size in a dry run.
 DRY_RUN_SAMPLED_MOVIES = 8
@@ -123,6 +126,10 @@ class DryRunEntry:
         source, destination: as in a real run.
         action: ``convert``, ``skip`` (complete ``.tif`` found with ``--only_do_unfinished``) or
             ``fail`` (the movie cannot be converted; ``message`` says why).
+        reason: for ``convert`` where the ``.tif`` exists: why it would be converted again, in
+            the words of ``--only_do_unfinished`` (``out/a.tif: incomplete (...); converting
+            again``), or that it would be replaced; "" otherwise.
+        notes: for ``skip``: what the check noted (an output without a record).
         n_pages, dtype, codec, shape_yx: what would be written.
         input_bytes: frame data read from the input.
         uncompressed_bytes: pages x rows x columns x bytes per sample of the output.
@@ -134,6 +141,8 @@ class DryRunEntry:
     destination: Path | None
     action: str
     message: str = ""
+    reason: str = ""
+    notes: tuple[str, ...] = ()
     n_pages: int = 0
     dtype: str = ""
     codec: str = ""
@@ -211,9 +220,12 @@ def plan_dry_run(
     entries = [DryRunEntry(f.source, f.destination, "fail", f.message) for f in failures]
     to_convert: list[tuple[DryRunEntry, Job]] = []
     for job in jobs:
-        if options.only_do_unfinished and is_finished(job, options, context):
-            entries.append(DryRunEntry(job.source, job.destination, "skip", "already converted"))
+        check = check_finished(job, options, context) if options.only_do_unfinished else FinishedCheck(False)
+        if check.finished:
+            entries.append(DryRunEntry(job.source, job.destination, "skip", "already converted", notes=check.notes))
             continue
+        reason = converting_again(check) or (_REPLACED.format(job.destination)
+                                             if not options.only_do_unfinished and job.destination.exists() else "")
         try:
             source = open_page_source(job.source, options, context)
         except CryotiffError as exc:
@@ -228,6 +240,7 @@ def plan_dry_run(
                 job.source,
                 job.destination,
                 "convert",
+                reason=reason,
                 n_pages=source.n_pages,
                 dtype=str(source.dtype),
                 shape_yx=tuple(source.shape_yx),
@@ -304,8 +317,11 @@ def format_dry_run(dry_run: DryRunPlan) -> list[str]:
                 f"{entry.shape_yx[1]} x {entry.shape_yx[0]} {entry.dtype}, {entry.codec}; about "
                 f"{format_bytes(entry.estimated_output_bytes)})"
             )
+            if entry.reason:
+                lines.append(f"  {entry.reason}")
         elif entry.action == "skip":
             lines.append(f"Would skip {entry.source}: {entry.destination} is complete")
+            lines.extend(f"  {note}" for note in entry.notes)
         else:
             lines.append(f"Cannot convert: {entry.message}")
     n_convert = dry_run.count("convert")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 from ..errors import OutputError, TiffFormatError, VerificationError
 from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file
 from .atomic import AtomicFile
+from .tiff_errors import problem_of_file, tifffile_problem, why_no_page
+from .tiff_ifd import RESOLUTION_TAG_CODES, TYPE_NAMES, remove_ifd_entries
 
 #: Sample types every reader of movie TIFFs accepts (RELION's TIFF reader: u8, i8, u16, i16, f32).
 TIFF_SAMPLE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.float32)
@@ -81,11 +82,16 @@ def _single_integer(page, code: int, default: int | None, where: str) -> int:
         return default
     value = tag.value
     values = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value,)
-    if not values or not all(_is_integer(v) for v in values) or len({int(v) for v in values}) != 1:
-        shown = repr(value) if len(repr(value)) < 60 else f"{len(values)} values"
-        raise TiffFormatError(
-            f"{where} has a malformed {_TAG_NAMES[code]} tag ({code}): count {tag.count}, value {shown}"
-        )
+    what = f"{where}: the {_TAG_NAMES[code]} tag ({code})"
+    if not all(_is_integer(v) for v in values):
+        kind = TYPE_NAMES.get(int(tag.dtype), str(tag.dtype))
+        raise TiffFormatError(f"{what} is of type {kind}, where a whole number is needed; the file is damaged")
+    if not values:
+        raise TiffFormatError(f"{what} holds no value; the file is damaged")
+    if len({int(v) for v in values}) != 1:
+        shown = f" {tuple(int(v) for v in values)}" if len(values) <= 8 else ""
+        raise TiffFormatError(f"{what} holds {len(values)} different values{shown} where one is needed; "
+                              "the file is damaged")
     return int(values[0])
 
 
@@ -223,9 +229,9 @@ class TiffMovie(Movie):
                 pages = self._tif.pages
                 n_pages = len(pages)  # reads every IFD
                 if log.errors:  # a damaged IFD: tifffile reports fewer pages instead of raising
-                    raise TiffFormatError(f"{self._path}: damaged TIFF structure ({log.errors[0]})")
+                    raise TiffFormatError(f"{self._path}: {tifffile_problem(log.errors[0])}")
                 if n_pages == 0:
-                    raise TiffFormatError(f"{self._path}: the TIFF file has no image")
+                    raise TiffFormatError(f"{self._path}: {why_no_page(self._path, file_nbytes)}")
                 first = pages.first
                 facts = _check_page(first, 1, file_nbytes, self._path)
                 for index in range(1, n_pages):
@@ -236,14 +242,14 @@ class TiffMovie(Movie):
                             f"page 1 is {facts.shape_yx} {facts.dtype}"
                         )
                 if log.errors:
-                    raise TiffFormatError(f"{self._path}: damaged TIFF structure ({log.errors[0]})")
+                    raise TiffFormatError(f"{self._path}: {tifffile_problem(log.errors[0])}")
                 pixel_size, resolution_warning = _resolution_pixel_size(first, self._path)
         except TiffFormatError:
             self.close()
             raise
         except Exception as exc:  # tifffile raises many types on damaged files
             self.close()
-            raise TiffFormatError(f"{self._path}: not a readable TIFF file ({exc})") from None
+            raise TiffFormatError(f"{self._path}: {problem_of_file(self._path, exc)}") from None
         self.info = MovieInfo(
             path=self._path,
             kind="tiff",
@@ -264,11 +270,11 @@ class TiffMovie(Movie):
                 page = self._tif.pages[index]
                 data = page.asarray()
             if log.errors:
-                raise TiffFormatError(f"{self._path}: page {index + 1} is damaged ({log.errors[0]})")
+                raise TiffFormatError(f"{self._path}: page {index + 1} is damaged: {tifffile_problem(log.errors[0])}")
         except TiffFormatError:
             raise
         except Exception as exc:
-            raise TiffFormatError(f"{self._path}: page {index + 1} cannot be decoded ({exc})") from None
+            raise TiffFormatError(f"{self._path}: page {index + 1} cannot be decoded: {tifffile_problem(exc)}") from None
         if data.shape != self.info.shape_yx or data.dtype != self.info.dtype:
             raise TiffFormatError(
                 f"{self._path}: page {index + 1} is {data.shape} {data.dtype}, "
@@ -375,48 +381,6 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
         target.commit()
 
 
-#: XResolution, YResolution, ResolutionUnit: the tags that state a pixel size.
-RESOLUTION_TAG_CODES = frozenset({282, 283, 296})
-
-
-def remove_ifd_entries(handle: BinaryIO, codes: frozenset[int]) -> int:
-    """Remove the entries of the tags ``codes`` from every IFD of the little-endian TIFF or
-    BigTIFF open in ``handle`` (read and write), in place; returns how many were removed.
-
-    Each IFD keeps its place: its entry count goes down, the remaining entries (in their order,
-    values inline or at their offsets untouched) move up, the offset of the next IFD follows
-    them, and the bytes freed at its end are zeroed. Values stored outside the IFD (a
-    RATIONAL's 8 bytes) are left where they are, unreferenced, as any TIFF may have.
-    """
-    handle.flush()
-    handle.seek(0)
-    header = handle.read(16)
-    if header[:2] != b"II":
-        raise ValueError("remove_ifd_entries() reads little-endian TIFF only")
-    bigtiff = struct.unpack_from("<H", header, 2)[0] == 43
-    count_format, entry_nbytes, offset_format = ("<Q", 20, "<Q") if bigtiff else ("<H", 12, "<I")
-    count_nbytes, offset_nbytes = struct.calcsize(count_format), struct.calcsize(offset_format)
-    offset = struct.unpack_from(offset_format, header, 8 if bigtiff else 4)[0]
-    removed, seen = 0, set()
-    while offset and offset not in seen:
-        seen.add(offset)
-        handle.seek(offset)
-        (n_entries,) = struct.unpack(count_format, handle.read(count_nbytes))
-        entries = handle.read(n_entries * entry_nbytes)
-        next_offset_bytes = handle.read(offset_nbytes)
-        kept = [entries[i:i + entry_nbytes] for i in range(0, len(entries), entry_nbytes)
-                if struct.unpack_from("<H", entries, i)[0] not in codes]
-        dropped = n_entries - len(kept)
-        if dropped:
-            handle.seek(offset)
-            handle.write(struct.pack(count_format, len(kept)) + b"".join(kept) + next_offset_bytes
-                         + bytes(dropped * entry_nbytes))
-            removed += dropped
-        (offset,) = struct.unpack(offset_format, next_offset_bytes)
-    handle.flush()
-    return removed
-
-
 def remove_quietly(path: Path) -> None:
     """Remove a file if it exists; used for partial outputs."""
     try:
@@ -451,7 +415,7 @@ def check_complete(
             first = pages.first
             found_shape, found_dtype = first.shape, np.dtype(first.dtype)
     except Exception as exc:
-        raise VerificationError(f"{label}: the written file cannot be reopened ({exc})") from None
+        raise VerificationError(f"{label}: the written file cannot be reopened ({tifffile_problem(exc)})") from None
     if found != n_pages:
         raise VerificationError(f"{label}: the written file has {found} pages, expected {n_pages}")
     if tuple(found_shape) != tuple(shape_yx) or found_dtype != np.dtype(dtype):
@@ -499,7 +463,7 @@ def check_output(
             found = len(pages)
             if log.errors:
                 return OutputCheck(f"incomplete (the TIFF structure is cut or damaged after page {found}: "
-                                   f"{_plain(log.errors[0])})")
+                                   f"{tifffile_problem(log.errors[0])})")
             if found == 0:
                 return OutputCheck("incomplete (no page)")
             first = pages.first
@@ -526,22 +490,16 @@ def check_output(
                                            description, dtype)
             try:
                 pages[found - 1].asarray()
-                problem = _plain(log.errors[0]) if log.errors else None
+                problem = tifffile_problem(log.errors[0]) if log.errors else None
             except Exception as exc:  # the codecs raise their own types
-                problem = _plain(str(exc))
+                problem = tifffile_problem(exc)
             if problem is not None:
                 return OutputCheck(f"incomplete (page {found} cannot be decoded: {problem})", description, dtype)
     except FileNotFoundError:
         return OutputCheck("does not exist")
     except Exception as exc:  # tifffile raises many types on damaged files
-        return OutputCheck(f"damaged (not a readable TIFF file: {_plain(str(exc))})")
+        return OutputCheck(f"damaged ({tifffile_problem(exc)})")
     return OutputCheck(None, description, dtype)
-
-
-def _plain(message: str) -> str:
-    """tifffile's messages start with the object that logged them (``<tifffile.TiffPages @8>``):
-    of no use to a user."""
-    return re.sub(r"^<tifffile\.[^>]*>\s*", "", message)
 
 
 def read_tiff_pages(path: Path) -> Iterator[np.ndarray]:

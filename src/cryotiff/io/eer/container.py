@@ -25,6 +25,7 @@ import tifffile
 
 from cryotiff.errors import CryotiffError, EerFormatError
 from cryotiff.io import Movie, MovieInfo, capture_tifffile_log, check_regular_file
+from cryotiff.io.tiff_errors import problem_of_file, tifffile_problem, why_no_page
 
 COMPRESSION_EER_8BIT = 65000
 COMPRESSION_EER_7BIT = 65001
@@ -202,13 +203,11 @@ class EerContainer(Movie):
                     raise EerFormatError(
                         f"{self.path}: legacy (headerless, non-TIFF) EER files are not supported."
                     ) from None
-                detail = "; ".join(log.messages[-2:]) or f"{type(exc).__name__}: {exc}"
-                raise EerFormatError(
-                    f"{self.path}: not a readable EER (TIFF) file ({detail})."
-                ) from None
+                detail = tifffile_problem(log.messages[-1]) if log.messages else problem_of_file(self.path, exc)
+                raise EerFormatError(f"{self.path}: {detail}.") from None
         self.log_messages = log.messages
         if log.errors:  # a damaged IFD: tifffile would silently report fewer frames
-            raise EerFormatError(f"{self.path}: damaged EER (TIFF) structure ({log.errors[0]}).")
+            raise EerFormatError(f"{self.path}: {tifffile_problem(log.errors[0])}.")
         first_ifd = 2 if structure.final_image else 1
         limit = max_frame_nbytes(structure.size * structure.size, structure.encoding)
         for k, strips in enumerate(structure.strips):
@@ -244,7 +243,7 @@ class EerContainer(Movie):
         pages = tif.pages
         n_pages = len(pages)
         if n_pages == 0:
-            raise EerFormatError(f"{self.path}: the TIFF file has no IFD.")
+            raise EerFormatError(f"{self.path}: {why_no_page(self.path, os.path.getsize(self.path))}.")
         first = pages[0]
         # TIA can write a leading "final image" (a sum, compression 1); RELION fails on it.
         final_image = int(first.compression) == 1
