@@ -202,3 +202,28 @@ def test_a_movie_failing_part_way_leaves_no_frames_in_the_estimate(k2_movies, mo
     without, with_failed = estimate_files("Without"), estimate_files("With")
     np.testing.assert_array_equal(without.gain, with_failed.gain)
     np.testing.assert_array_equal(without.reliability, with_failed.reliability)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_movie_failing_part_way_first_or_after_a_resume(k2_movies, monkeypatch, threads) -> None:
+    """The state before the failed movie is the fresh one (it came first) or the --gain one
+    (nothing saved yet in this run), read back, whatever --j."""
+    from cryotiff.errors import MrcFormatError
+    from cryotiff.io.mrc import MrcMovie
+
+    read_frame = MrcMovie.read_frame
+
+    def failing_read_frame(self, index):
+        if self.info.path.name == "m2.mrc" and index == 5:
+            raise MrcFormatError(f"{self.info.path}: frame 6 cannot be read")
+        return read_frame(self, index)
+
+    assert main(["--i", "m1.mrc", "--o", "One", "--estimate_gain"]) == 0
+    assert main(["--i", "m1.mrc", "m3.mrc", "--o", "Two", "--estimate_gain"]) == 0
+    monkeypatch.setattr(MrcMovie, "read_frame", failing_read_frame)
+    assert main(["--i", "m2.mrc", "m1.mrc", "--o", "First", "--estimate_gain", "--j", threads]) == 1
+    assert main(["--i", "m2.mrc", "m3.mrc", "--o", "Resumed", "--estimate_gain", "--j", threads,
+                 "--gain", "One/gain_estimate.bin"]) == 1
+    for expected, found in (("One", "First"), ("Two", "Resumed")):
+        np.testing.assert_array_equal(estimate_files(expected).gain, estimate_files(found).gain)
+        np.testing.assert_array_equal(estimate_files(expected).reliability, estimate_files(found).reliability)

@@ -236,3 +236,79 @@ def test_no_executor_means_inline(tmp_path: Path) -> None:
     convert_movie(source.path, tmp_path / "fake.tif", ConvertOptions(), executor=None, source=source)
     assert threads_seen == {threading.get_ident()}
 
+
+
+def test_two_threads_make_two_pages_at_once(tmp_path: Path) -> None:
+    """``--j 2``: the next page is made while the one before is still being made or encoded
+    (two page tasks meet at a barrier, which a single thread would never pass)."""
+    meeting = threading.Barrier(2, timeout=60)
+    threads_seen: set[int] = set()
+
+    class Meeting(SlowFirstPages):
+        def page(self, index: int) -> np.ndarray:
+            threads_seen.add(threading.get_ident())
+            if index in (1, 2):
+                meeting.wait()
+            return super().page(index)
+
+    source = Meeting(tmp_path / "fake.mrc", 6)
+    executor = make_executor(2)
+    try:
+        convert_movie(source.path, tmp_path / "fake.tif", ConvertOptions(threads=2), executor=executor, source=source)
+    finally:
+        executor.shutdown(wait=True)
+    assert len(threads_seen - {threading.get_ident()}) == 2
+    expected = np.stack([SlowFirstPages.page(source, k) for k in range(6)])
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "fake.tif"), expected)
+
+
+@pytest.mark.parametrize("threads", THREAD_COUNTS)
+def test_pages_in_memory_stay_within_the_window(threads: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's strips are let go once written, before the next page is asked for: when a page
+    is started, the strips of at most ``threads`` other pages are alive with ``--j threads``
+    (those made ahead and the one being written), none with ``--j 1``, besides the first strip
+    of the movie, which tifffile's writer keeps (it looks at it before writing), whatever the
+    movie length."""
+    import cryotiff.convert as convert_module
+
+    alive: set[int] = set()
+    most_alive = [0]
+    lock = threading.Lock()
+
+    class Strip(bytes):
+        """A strip that says when it is let go."""
+
+        def __del__(self) -> None:
+            with lock:
+                alive.discard(self.page_index)
+
+    encode_page = convert_module._encode_page
+
+    def tracked_encode_page(source, codec, rows_per_strip, verify, index, *args):
+        strips = []
+        for data in encode_page(source, codec, rows_per_strip, verify, index, *args):
+            strip = Strip(data)
+            strip.page_index = index
+            strips.append(strip)
+        with lock:
+            alive.add(index)
+        return strips
+
+    class Counted(SlowFirstPages):
+        def page(self, index: int) -> np.ndarray:
+            with lock:
+                most_alive[0] = max(most_alive[0], len(alive - {0}))
+            return super().page(index)
+
+    monkeypatch.setattr(convert_module, "_encode_page", tracked_encode_page)
+    source = Counted(tmp_path / "fake.mrc", 20)
+    executor = make_executor(threads)
+    try:
+        convert_movie(source.path, tmp_path / "fake.tif", ConvertOptions(threads=threads, compression="none"),
+                      executor=executor, source=source)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
+    assert most_alive[0] <= (threads if threads > 1 else 0)
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "fake.tif"),
+                                  np.stack([SlowFirstPages.page(source, k) for k in range(20)]))

@@ -3,11 +3,8 @@ MotionCor2/3, cryoSPARC and Warp read directly; a drop-in for ``relion_convert_t
 
 from __future__ import annotations
 
-try:
-    from importlib.metadata import PackageNotFoundError, version
-
-    __version__ = version("cryotiff")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.1.0"
+#: The package's version, the one place it is written (pyproject.toml reads it from here): asking
+#: importlib.metadata at every start-up would cost about 60 ms of imports (email, zipfile, ...).
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -327,10 +327,11 @@ class RunContext:
     """State shared by every movie of a run, prepared once (see :func:`cryotiff.jobs.prepare`).
 
     Attributes:
-        gain_estimate: the ``--gain`` estimate for float movies (gain and reliability counters).
-        gain_reference: float32 ``(ny, nx)``: the gain at reliable pixels, 1.0 elsewhere; what
-            ``<o>/gain-reference.mrc`` holds.
-        reliable_mask: ``reliability >= --thresh``.
+        gain_reference: float32 ``(ny, nx)``: the ``--gain`` estimate's gain at reliable pixels,
+            1.0 elsewhere, for float movies; what ``<o>/gain-reference.mrc`` holds.
+        reliable_mask: ``reliability >= --thresh`` (and a usable gain).
+        reliability: int16 ``(ny, nx)``: the estimate's reliability counters (shown in the
+            mismatch lines of ``--ignore_error``).
         eer_gain_reference: the converted EER gain (multiplicative, EER raster orientation).
         gain_identity: the ``--gain`` file of float movies and the checksums of it and its
             reliability map (:func:`cryotiff.recorded_options.gain_identity`), as recorded in
@@ -339,9 +340,9 @@ class RunContext:
             added to (None: none is kept, as for a library caller).
     """
 
-    gain_estimate: object | None = None
     gain_reference: np.ndarray | None = None
     reliable_mask: np.ndarray | None = None
+    reliability: np.ndarray | None = None
     eer_gain_reference: np.ndarray | None = None
     gain_identity: dict[str, str] | None = None
     manifest: object | None = None
@@ -377,7 +378,6 @@ class GainPages(IntegerWidening, PlainPages):
         from .gain import different_size_message
 
         super().__init__(movie)
-        estimate = context.gain_estimate
         # Only built when the run has a gain (open_page_source checks context.gain_reference).
         if context.gain_reference.shape != self.shape_yx:
             raise GainError(f"{self.path}: {different_size_message(str(self.path))} Frames are "
@@ -386,7 +386,7 @@ class GainPages(IntegerWidening, PlainPages):
                             f"{gain_size_hint(context.gain_reference.shape, self.shape_yx)}.")
         self.gain_reference = context.gain_reference
         self.reliable_mask = context.reliable_mask
-        self.reliability = getattr(estimate, "reliability", None)
+        self.reliability = context.reliability
         self.gain_identity = context.gain_identity
         self.thresh = options.thresh
         self.ignore_error = options.ignore_error
@@ -711,6 +711,13 @@ def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, ver
     return strips, None
 
 
+def page_window(threads: int) -> int:
+    """Pages of one movie in memory at a time with ``--j threads``: one being made on each
+    thread and the one being written (the writer's thread takes the next page as soon as it
+    has written one; docs/benchmarks/parallel.md)."""
+    return max(1, threads) + 1
+
+
 def ordered_map(
     function: Callable[[int], object], count: int, executor: Executor | None, window: int
 ) -> Iterator[object]:
@@ -822,7 +829,7 @@ def _write_pages(
         pixel_size_angstrom=source.pixel_size_angstrom,
         software=f"cryotiff {__version__}",
     )
-    window = 2 * max(1, options.threads)
+    window = page_window(options.threads)
     record = output_record(source, codec=codec.label, verified=options.verify)
 
     def strips() -> Iterator[bytes]:
@@ -832,10 +839,12 @@ def _write_pages(
             executor,
             window,
         )
-        for done, (page_strips, digest) in enumerate(pages, start=1):
+        for done in range(1, source.n_pages + 1):
+            page_strips, digest = next(pages)
             if page_digests is not None:  # before the strips: the writer stops asking after the last one
                 page_digests.append(digest)
-            yield from page_strips
+            while page_strips:  # each strip is let go once written, before the next page is asked for
+                yield page_strips.pop(0)
             if on_page is not None:
                 on_page(done, source.n_pages)
 

@@ -503,11 +503,14 @@ class GainEstimate:
             # reliability map first and the gain last.
             replacements = [(rel_path, self.reliability), (gain_path, self.gain)]
         else:
-            changed = ~((old_gain == self.gain) | (np.isnan(old_gain) & np.isnan(self.gain)))
+            changed = _changed_gains(old_gain, self.gain)
+            del old_gain  # before the interim map: the save holds one extra map at a time
             replacements = [(gain_path, self.gain), (rel_path, self.reliability)]
             if changed.any():
-                interim = np.where(changed, np.minimum(self.reliability, 0), self.reliability).astype(np.int16)
+                interim = self.reliability.copy()
+                np.minimum(interim, 0, out=interim, where=changed)
                 replacements.insert(0, (rel_path, interim))
+            del changed
         written: list[AtomicFile] = []
         try:
             try:
@@ -521,6 +524,16 @@ class GainEstimate:
             for target in written:
                 target.discard()  # those not renamed (after an error)
         return gain_path, rel_path
+
+
+def _changed_gains(old_gain: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """Where ``gain`` differs from ``old_gain`` (NaN equals NaN), a row block at a time (no
+    full-size temporaries besides the result)."""
+    changed = np.empty(gain.shape, bool)
+    for rows in _row_blocks(gain.shape[0], _DEFAULT_BLOCK_ROWS):
+        old, new = old_gain[rows], gain[rows]
+        changed[rows] = ~((old == new) | (np.isnan(old) & np.isnan(new)))
+    return changed
 
 
 def _track_block(v: np.ndarray, n_obs: np.ndarray, divisor: np.ndarray) -> None:
@@ -704,18 +717,26 @@ def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float
     if data is None:
         raise GainError(f"The {what} file {path} must hold one 2-D image; it has {n_sections} sections.")
     data = np.asarray(data, dtype=np.float32) if as_float else np.asarray(data)
-    return np.array(data, dtype=data.dtype.newbyteorder("="), order="C")
+    # read_frame gives a fresh array: copy only to make it native-endian and C-ordered
+    return np.asarray(data, dtype=data.dtype.newbyteorder("="), order="C")
 
 
 def _to_int16_counter(raw: np.ndarray, path: Path) -> np.ndarray:
     """Reliability values as int16. Integer data is saturated to the int16 range; float data
-    must be whole numbers (RELION casts whatever it finds)."""
-    if np.issubdtype(raw.dtype, np.integer):
-        return np.clip(raw.astype(np.int64), -32768, RELIABILITY_MAX).astype(np.int16)
-    values = raw.astype(np.float64)
-    if not np.all(np.isfinite(values)) or not np.array_equal(values, np.trunc(values)):
-        raise GainError(f"The reliability map {path} holds values that are not whole numbers.")
-    return np.clip(values, -32768, RELIABILITY_MAX).astype(np.int16)
+    must be whole numbers (RELION casts whatever it finds). Converted a row block at a time, so
+    that no wider copy of the whole map is made (an int64 one would be 8 bytes a pixel)."""
+    if raw.dtype == np.int16:
+        return raw  # already the counters' type and range (RELIABILITY_MAX is int16's maximum)
+    counters = np.empty(raw.shape, np.int16)
+    for rows in _row_blocks(raw.shape[0], _DEFAULT_BLOCK_ROWS):
+        if np.issubdtype(raw.dtype, np.integer):
+            counters[rows] = np.clip(raw[rows].astype(np.int64), -32768, RELIABILITY_MAX)
+            continue
+        values = raw[rows].astype(np.float64)
+        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.trunc(values)):
+            raise GainError(f"The reliability map {path} holds values that are not whole numbers.")
+        counters[rows] = np.clip(values, -32768, RELIABILITY_MAX)
+    return counters
 
 
 def _read_gain_if_same_shape(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -893,11 +914,15 @@ def usable_gain(gain: np.ndarray) -> np.ndarray:
         return np.isfinite(gain) & (gain > 0)
 
 
-def gain_reference(estimate: GainEstimate, thresh: int = DEFAULT_THRESH) -> np.ndarray:
+def gain_reference(
+    estimate: GainEstimate, thresh: int = DEFAULT_THRESH, reliable_mask: np.ndarray | None = None
+) -> np.ndarray:
     """The multiplicative gain reference for the converted movies (RELION's ``gain-reference.mrc``,
     written in ``TIFFConverter::initialise``): the estimated
-    gain, 1.0 where ``reliability < thresh``. float32; write it with :func:`write_float_mrc`."""
-    return np.where(estimate.reliable_mask(thresh), estimate.gain, np.float32(1.0)).astype(np.float32)
+    gain, 1.0 where ``reliability < thresh``. float32; write it with :func:`write_float_mrc`.
+    ``reliable_mask``: ``estimate.reliable_mask(thresh)``, when the caller has it already."""
+    mask = estimate.reliable_mask(thresh) if reliable_mask is None else reliable_mask
+    return np.where(mask, estimate.gain, np.float32(1.0)).astype(np.float32, copy=False)
 
 
 def reconstruct(values: np.ndarray, gain_ref: np.ndarray) -> np.ndarray:

@@ -457,8 +457,6 @@ def prepare(
         ExistingOutputError: ``<o>/gain-reference.mrc`` holds another gain reference.
         GainError: the gain cannot be read or converted.
     """
-    from . import gain as gain_module
-
     context = RunContext()
     say = reporter.message if write_files else (lambda text: None)
     warn = reporter.warning if write_files else (lambda text: None)
@@ -471,6 +469,8 @@ def prepare(
 
             warn(NO_GAIN_WARNING)
         return context
+    from . import gain as gain_module  # only runs with a gain need it
+
     reference_path = options.output_dir / gain_module.GAIN_REFERENCE_NAME
     if first_eer is not None:
         if _first_movie_with(jobs, lambda job: movie_kind(job.source) != "eer") is not None:
@@ -511,9 +511,10 @@ def prepare(
         context.gain_identity = gain_identity(options.gain, reliability_path)
     except OSError as exc:
         raise GainError(f"{options.gain}: cannot be read ({exc.strerror or exc})") from None
-    context.gain_estimate = estimate
-    context.gain_reference = gain_module.gain_reference(estimate, options.thresh)
+    # What the pages need, without the estimate itself (its gain is in the gain reference).
     context.reliable_mask = estimate.reliable_mask(options.thresh)
+    context.gain_reference = gain_module.gain_reference(estimate, options.thresh, context.reliable_mask)
+    context.reliability = estimate.reliability
     fitting = _first_movie_with(jobs, lambda job: _is_float_movie(job) and _shape_yx(job) == estimate.shape_yx)
     if fitting is None:
         # A gain-reference.mrc that fits no movie would only mislead: every float movie fails
@@ -603,6 +604,10 @@ def _prepare_to_write(path: Path, options: ConvertOptions, say: Callable[[str], 
 # --------------------------------------------------------------------------- gain estimation
 
 
+#: ``MovieResult.details`` key: frames of the movie that :func:`estimate_movie` added to the estimate.
+FRAMES_ADDED = "estimate_frames_added"
+
+
 def estimate_movie(
     path: Path,
     estimate,
@@ -618,6 +623,8 @@ def estimate_movie(
 
     Returns:
         ``(estimate, result)``; the result's status is ``converted`` (estimated) or ``failed``.
+        ``result.details["estimate_frames_added"]`` counts the frames that went into the
+        estimate (a movie that fails part-way has added some).
     """
     from .gain import ESTIMATE_NEEDS_MODE2, GainEstimate, different_size_message, format_estimate_line
 
@@ -635,12 +642,17 @@ def estimate_movie(
             if tuple(estimate.shape_yx) != tuple(info.shape_yx):
                 raise GainError(f"{path}: {different_size_message(str(path))}")
             # With --j N the next frame is read while this one updates the estimate (in row blocks
-            # on the same threads); the window bounds the frames in memory to two.
+            # on the same threads); the window bounds the frames in memory to two, as long as the
+            # frame done with is let go before the next is asked for (no enumerate, which keeps
+            # its last item until it has the next).
             frames = ordered_map(
                 lambda k: movie.read_frame(k).astype("float32", copy=False), info.n_frames, executor, window=2
             )
-            for index, frame in enumerate(frames):
+            for index in range(info.n_frames):
+                frame = next(frames)
+                result.details[FRAMES_ADDED] = index + 1  # from here on the estimate holds the frame
                 stats = estimate.update(frame, options.thresh, executor=executor)
+                del frame
                 reporter.message(format_estimate_line(str(path), index, stats))
             result.n_pages = info.n_frames
             result.input_bytes = info.frame_nbytes * info.n_frames
@@ -687,17 +699,24 @@ def estimate(jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter | 
         for line in stale.clean(options.output_dir / name, movie=False):
             reporter.message(line)
     results = []
+    # The state as it was before the current movie, should the movie fail part-way: the pair
+    # saved after the last movie (or the --gain one), read back, rather than a copy of the state
+    # kept in memory all along (the gain and the counters again: 6 bytes a pixel).
+    saved = options.gain
     with thread_pool(options.threads) as executor:
         for job in jobs:
             reporter.message(f"Processing {job.source}")
-            # A movie that fails part-way must not leave its first frames in the estimate.
-            before = state.copy() if state is not None else None
             state, result = estimate_movie(job.source, state, options, executor, reporter)
             if result.status == "converted":
                 state.save(options.output_dir)
+                saved = options.output_dir / GAIN_ESTIMATE_NAME
                 reporter.message(updated_message(options.output_dir) + "\n")
-            else:
-                state = before
+            elif result.details.get(FRAMES_ADDED):
+                # A movie that fails part-way must not leave its first frames in the estimate.
+                state = None
+                state = GainEstimate.load(saved) if saved is not None else None
+            elif saved is None:
+                state = None  # the fresh estimate this movie started holds nothing
             results.append(result)
             reporter.movie_finished(result)
     return results

@@ -482,10 +482,8 @@ def _locked(output_dir: Path, warnings: list[str]) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def _write_list(path: Path, blocks: dict[str, Any]) -> None:
-    import pandas as pd
-
-    write_star_atomically(path, {name: pd.DataFrame(rows) for name, rows in blocks.items()}, _marker_lines())
+def _write_list(path: Path, blocks: dict[str, list[dict[str, Any]]]) -> None:
+    write_star_atomically(path, blocks, _marker_lines())
 
 
 def write_movies_star(

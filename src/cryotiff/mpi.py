@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import signal
 import sys
 import threading
@@ -807,7 +808,7 @@ def run_conversion(
     position = {index: place for place, index in enumerate(order, start=1)}
     host = processor_name()
     if rank == 0:
-        preload_run_writers()
+        preload_run_writers(options.output_dir)
     executor = responsive_executor(options.threads)
     converted: dict[int, MovieResult] = {}
 
@@ -950,7 +951,7 @@ def run_watch(
 
     watcher = None
     if rank == 0:
-        preload_run_writers()
+        preload_run_writers(options.output_dir)
         reporter.start_run([])
         watcher = threading.Thread(target=look_until_quiet, name="cryotiff-watch", daemon=True)
         watcher.start()
@@ -1045,16 +1046,20 @@ def pkl5_bcast(comm: Any, value: Any) -> Any:
     return pkl5.Intracomm(comm).bcast(value, root=0)
 
 
-def preload_run_writers() -> None:
-    """Rank 0: import, in the background, what writes ``movies.star`` (pandas and starfile take
-    about a second to import). After Ctrl-C on mpirun, Open MPI leaves the ranks about 0.2 s
-    between SIGTERM and SIGKILL: enough to write ``movies.star`` and the report, not to import
-    pandas first."""
+def preload_run_writers(output_dir: Path) -> None:
+    """Rank 0: import, in the background, what merges ``movies.star`` with the list an earlier
+    run left in ``output_dir`` (starfile and pandas take about a second to import; a run whose
+    ``--o`` holds no list writes one without them). After Ctrl-C on mpirun, Open MPI leaves the
+    ranks about 0.2 s between SIGTERM and SIGKILL: enough to write ``movies.star`` and the
+    report, not to import pandas first."""
+    from .movies_star import MOVIES_STAR_NAME, UNASSIGNED_STAR_NAME
+
+    if not any(os.path.lexists(output_dir / name) for name in (MOVIES_STAR_NAME, UNASSIGNED_STAR_NAME)):
+        return
 
     def load() -> None:
         with contextlib.suppress(Exception):
-            import pandas  # noqa: F401
-            import starfile  # noqa: F401
+            import starfile  # noqa: F401  (and pandas)
 
     threading.Thread(target=load, name="cryotiff-preload", daemon=True).start()
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import __version__
 from .convert import MovieResult
 from .errors import OutputError
 from .io.star import write_star_atomically
@@ -121,21 +122,17 @@ class PipelineControl:
         Raises:
             OutputError: the file cannot be written.
         """
-        import pandas as pd
-
-        nodes = pd.DataFrame(
-            {
-                "rlnPipeLineNodeName": [str(movies_star)],
-                "rlnPipeLineNodeTypeLabel": [MOVIES_NODE_TYPE_LABEL],
-                "rlnPipeLineNodeType": [MOVIES_NODE_TYPE_NUMBER],
-            }
-        )
+        nodes = [{
+            "rlnPipeLineNodeName": str(movies_star),
+            "rlnPipeLineNodeTypeLabel": MOVIES_NODE_TYPE_LABEL,
+            "rlnPipeLineNodeType": MOVIES_NODE_TYPE_NUMBER,
+        }]
         path = self.directory / OUTPUT_NODES_NAME
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{self.directory}: cannot create the directory ({exc.strerror})") from None
-        write_star_atomically(path, {"output_nodes": nodes})
+        write_star_atomically(path, {"output_nodes": nodes}, [f"# Written by cryotiff {__version__}"])
         return path
 
 

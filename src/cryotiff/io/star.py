@@ -1,17 +1,24 @@
-"""STAR files in and out through starfile (imported lazily: it pulls in pandas).
+"""STAR files: read through starfile, written as starfile writes them.
 
 Input: the ``movies`` table of a RELION 3.1+ movie STAR file, else the first table (RELION 3.0
 files have one unnamed ``data_`` block), column ``rlnMicrographMovieName``. CR+LF line ends are
-accepted (RELION rejects them).
+accepted (RELION rejects them). starfile is imported only when a STAR file is read: it brings in
+pandas and pyarrow (about 70 MiB of memory and 0.5 s of start-up).
+
+Output (``movies.star``, ``RELION_OUTPUT_NODES.star``): tables given as rows of plain values,
+written in starfile's layout and number format (:func:`format_loop_block`; the tests compare it
+with starfile's ``StarWriter``), so that writing a list of converted movies needs no pandas.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from ..errors import StarFormatError
+from ..errors import OutputError, StarFormatError
 from . import check_regular_file
 from .atomic import write_bytes_atomically
 
@@ -92,21 +99,84 @@ def read_movie_names(path: Path) -> list[str]:
     return names
 
 
-def write_star_atomically(path: Path, blocks: dict[str, Any], header_lines: Sequence[str] | None = None) -> None:
-    """Write ``blocks`` as a STAR file atomically, as the movies are written
-    (:func:`cryotiff.io.atomic.write_bytes_atomically`).
+#: How starfile (through pandas' ``to_csv``) writes a missing value and a float column.
+MISSING_VALUE = "<NA>"
+FLOAT_FORMAT = "%.6f"
 
-    ``header_lines`` (comment lines, each starting with ``#``) open the file instead of
-    starfile's "Created by" line. RELION takes any line holding ``data_`` for the start of a block
-    and ``# version N`` for the file's version (``MetaDataTable::readStar`` in RELION's
-    ``src/metadata_table.cpp``), so header lines must hold neither.
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+                             and math.isnan(value))
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy.bool_, without numpy
+
+
+def _quoted(text: str) -> str:
+    return f'"{text}"' if " " in text or not text else text
+
+
+def _column_format(values: Sequence[Any]) -> Callable[[Any], str]:
+    """How one column's values are written: as pandas types the column and starfile prints it.
+    Whole numbers alone: as integers; numbers with a fraction or a missing value among them:
+    ``%.6f`` (pandas makes the column float); true/false alone: ``True``/``False``; anything else
+    (text, mixed kinds): each value as text, quoted when it holds a space or is empty."""
+    present = [v for v in values if not _is_missing(v)]
+    numeric = [v for v in present if isinstance(v, numbers.Real) and not _is_bool(v)]
+    if present and all(_is_bool(v) for v in present):
+        return lambda v: MISSING_VALUE if _is_missing(v) else str(bool(v))
+    if len(numeric) == len(present):
+        if len(present) == len(values) and all(isinstance(v, numbers.Integral) for v in present):
+            return lambda v: str(int(v))
+        return lambda v: MISSING_VALUE if _is_missing(v) else FLOAT_FORMAT % float(v)
+    return lambda v: MISSING_VALUE if _is_missing(v) else (_quoted(v) if isinstance(v, str) else str(v))
+
+
+def format_loop_block(name: str, rows: Sequence[Mapping[str, Any]]) -> Iterator[str]:
+    """The lines of one ``data_<name>`` loop table, as starfile's ``StarWriter`` writes the same
+    table as a DataFrame (columns in order of first appearance, tab-separated, two blank lines
+    after).
 
     Raises:
-        OutputError: the file cannot be written.
+        ValueError: a value holds a tab or a line break, which a STAR line cannot hold.
     """
-    from starfile.writer import StarWriter
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    formats = [_column_format([row.get(column) for row in rows]) for column in columns]
+    yield f"data_{name}"
+    yield ""
+    yield "loop_"
+    for index, column in enumerate(columns, start=1):
+        yield f"_{column} #{index}"
+    for row in rows:
+        cells = [write(row.get(column)) for column, write in zip(columns, formats)]
+        bad = next((cell for cell in cells if "\t" in cell or "\n" in cell or "\r" in cell), None)
+        if bad is not None:
+            raise ValueError(f"the value {bad!r} holds a tab or a line break, which a STAR file cannot hold")
+        yield "\t".join(cells)
+    yield ""
+    yield ""
 
-    writer = StarWriter(blocks)
-    lines = list(header_lines) if header_lines is not None else [next(iter(writer.lines()))]
-    text = "".join(line + "\n" for line in [*lines, "", "", *writer.data_block_generator()])
-    write_bytes_atomically(path, text.encode())
+
+def write_star_atomically(
+    path: Path, blocks: Mapping[str, Sequence[Mapping[str, Any]]], header_lines: Sequence[str]
+) -> None:
+    """Write ``blocks`` (``{block name: rows}``, each row ``{column: value}``) as a STAR file of
+    loop tables, atomically, as the movies are written
+    (:func:`cryotiff.io.atomic.write_bytes_atomically`).
+
+    ``header_lines`` (comment lines, each starting with ``#``) open the file. RELION takes any
+    line holding ``data_`` for the start of a block and ``# version N`` for the file's version
+    (``MetaDataTable::readStar`` in RELION's ``src/metadata_table.cpp``), so header lines must
+    hold neither.
+
+    Raises:
+        OutputError: the file cannot be written, or a value cannot be written in a STAR file.
+    """
+    try:
+        lines = [*header_lines, "", ""]
+        for name, rows in blocks.items():
+            lines.extend(format_loop_block(name, rows))
+    except ValueError as exc:
+        raise OutputError(f"{path}: {exc}") from None
+    write_bytes_atomically(path, "".join(line + "\n" for line in lines).encode())

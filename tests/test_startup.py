@@ -1,0 +1,59 @@
+"""What a run imports: only what its path needs (start-up time and memory are measured in
+benchmarks/; here the structure: which large libraries a fresh interpreter ends up holding)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryotiff.simulate.detectors import counting_frames
+from cryotiff.simulate.write import write_mrc_movie
+
+#: Libraries that cost start-up time or memory and that only some runs need.
+LARGE = ("pandas", "pyarrow", "starfile", "numba", "llvmlite", "mpi4py", "tqdm", "importlib.metadata")
+
+PROBE = """
+import contextlib, io, json, sys
+from cryotiff.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    status = main(sys.argv[1:]) if len(sys.argv) > 1 else 0
+print(json.dumps({"status": status, "loaded": [name for name in %r if name in sys.modules]}))
+""" % (LARGE,)
+
+
+def loaded_by(*argv: str, cwd: Path) -> set[str]:
+    """The large libraries a fresh interpreter holds after ``convert-to-tiff argv`` (none: after
+    importing the command line)."""
+    completed = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=cwd,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    outcome = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == 0, completed.stderr
+    return set(outcome["loaded"])
+
+
+@pytest.fixture
+def counts_movie(in_tmp: Path) -> Path:
+    write_mrc_movie(in_tmp / "k2.mrc", counting_frames(2, shape_yx=(24, 20), dtype=np.int8, seed=5), 0)
+    return in_tmp / "k2.mrc"
+
+
+def test_the_command_line_imports_none_of_them(in_tmp: Path) -> None:
+    assert loaded_by(cwd=in_tmp) == set()
+
+
+def test_converting_an_mrc_movie_needs_none_of_them(counts_movie: Path) -> None:
+    """movies.star is written without pandas; no kernel is needed for integer frames."""
+    assert loaded_by("--i", "k2.mrc", "--o", "out/", "--j", "2", cwd=counts_movie.parent) == set()
+    assert (counts_movie.parent / "out" / "movies.star").is_file()
+
+
+def test_reading_a_star_file_loads_starfile(counts_movie: Path) -> None:
+    """The probe sees an import when there is one: a STAR input is read with starfile."""
+    (counts_movie.parent / "in.star").write_text("data_movies\n\nloop_\n_rlnMicrographMovieName #1\nk2.mrc\n")
+    assert {"starfile", "pandas"} <= loaded_by("--i", "in.star", "--o", "out/", cwd=counts_movie.parent)
