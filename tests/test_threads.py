@@ -286,13 +286,15 @@ def test_pages_in_memory_stay_within_the_window(threads: int, tmp_path: Path, mo
 
     def tracked_encode_page(source, codec, rows_per_strip, verify, index, *args):
         strips = []
-        for data in encode_page(source, codec, rows_per_strip, verify, index, *args):
+        encoded, digest = encode_page(source, codec, rows_per_strip, verify, index, *args)
+        for data in encoded:
             strip = Strip(data)
             strip.page_index = index
             strips.append(strip)
+        del encoded
         with lock:
             alive.add(index)
-        return strips
+        return strips, digest
 
     class Counted(SlowFirstPages):
         def page(self, index: int) -> np.ndarray:
