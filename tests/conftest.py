@@ -43,3 +43,6 @@ def compiled_kernels() -> None:
     K.gain_integerise(frame, frame, np.ones(4, np.bool_), np.float32(1e-4), frame.copy(), np.zeros(4, np.float32),
                       np.zeros(4, np.int64))
     K.gain_lossy_counts(frame, frame, np.ones(4, np.bool_), np.zeros(4, np.int32))
+    from cryotiff.codecs import make_codec
+
+    make_codec("deflate-huffman").encode(b"\0")  # the Huffman-only Deflate encoder

@@ -252,3 +252,170 @@ def test_gain_kernels_on_whole_frames() -> None:
             changed, mismatch, negative, stable = O.update(ref_gain, ref_rel, frame, 3)
             assert (stats.changed, stats.mismatch, stats.negative, stats.unreliable) == (changed, mismatch, negative, frame.size - stable)
     assert same_bits(estimate.gain, ref_gain) and np.array_equal(estimate.reliability, ref_rel)
+
+
+# --------------------------------------------------------------------------------------------
+# Huffman-only Deflate: the kernel's streams against zlib's decoder (and ISA-L's, libdeflate's)
+
+
+def reference_limited_lengths(counts, max_bits: int) -> dict[int, int]:
+    """Optimal code lengths of at most ``max_bits`` by the textbook package-merge, each item
+    carrying the list of its symbols (independent of the kernel's bookkeeping)."""
+    leaves = sorted(((int(c), [s]) for s, c in enumerate(counts) if c > 0), key=lambda item: item[0])
+    if len(leaves) < 2:
+        return {symbols[0]: 1 for _, symbols in leaves}
+    level = list(leaves)
+    for _ in range(max_bits - 1):
+        packages = [(level[i][0] + level[i + 1][0], level[i][1] + level[i + 1][1]) for i in range(0, len(level) - 1, 2)]
+        level = sorted(leaves + packages, key=lambda item: item[0])
+    lengths: dict[int, int] = {}
+    for _, symbols in level[: 2 * len(leaves) - 2]:
+        for s in symbols:
+            lengths[s] = lengths.get(s, 0) + 1
+    return lengths
+
+
+def _check_code(counts: np.ndarray, max_bits: int) -> None:
+    lengths = np.zeros(counts.size, np.int64)
+    total = K.deflate_code_lengths(counts.astype(np.int64), max_bits, lengths)
+    used = counts > 0
+    assert np.array_equal(lengths > 0, used)
+    assert total == int((counts.astype(object) * lengths).sum())
+    if used.sum() >= 2:
+        assert lengths.max() <= max_bits
+        assert sum(2.0 ** -int(n) for n in lengths[used]) == 1.0  # a complete prefix code
+        reference = reference_limited_lengths(counts, max_bits)
+        assert total == sum(int(counts[s]) * n for s, n in reference.items())  # optimal
+    elif used.sum() == 1:
+        assert lengths[used][0] == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 2**40), min_size=0, max_size=286), st.sampled_from([7, 15]))
+def test_code_lengths_are_optimal_within_the_limit(counts: list[int], max_bits: int) -> None:
+    _check_code(np.array(counts[: 2**max_bits - 1], np.int64), max_bits)
+
+
+def test_code_lengths_on_skewed_counts_that_need_the_limit() -> None:
+    """Fibonacci counts make an unlimited Huffman code about as deep as there are symbols."""
+    fibonacci = [1, 1]
+    while len(fibonacci) < 40:
+        fibonacci.append(fibonacci[-1] + fibonacci[-2])
+    for n in (3, 16, 17, 30, 40):
+        _check_code(np.array(fibonacci[:n], np.int64), 15)
+        _check_code(np.array(fibonacci[:n][:19], np.int64), 7)
+    poisson = np.bincount(np.random.default_rng(1).poisson(0.96, 10**6), minlength=257)
+    _check_code(poisson, 15)
+
+
+def huffman_encode(rows: np.ndarray, block_rows: int | None = None) -> bytes:
+    from cryotiff.codecs import _row_span
+
+    data, start, stride = _row_span(rows)
+    n_rows, row_bytes = rows.shape
+    block_rows = block_rows or max(n_rows, 1)
+    n_blocks = max(1, -(-n_rows // block_rows))
+    out = np.empty(K.deflate_huffman_bound(rows.size, n_blocks) // 4, np.uint32)
+    n_bytes = K.deflate_huffman_encode(data, start, stride, n_rows, row_bytes, block_rows, out)
+    assert n_bytes <= out.nbytes - 8
+    return out.view(np.uint8)[:n_bytes].tobytes()
+
+
+def _zlib_huffman_only(data: bytes) -> bytes:
+    import zlib
+
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    return compressor.compress(data) + compressor.flush()
+
+
+def _check_stream(encoded: bytes, expected: bytes) -> None:
+    import zlib
+
+    from isal import isal_zlib
+
+    assert zlib.decompress(encoded) == expected  # zlib checks the Adler-32 too
+    assert int.from_bytes(encoded[-4:], "big") == zlib.adler32(expected)
+    assert encoded[:2] == b"\x78\x01"
+    assert isal_zlib.decompress(encoded) == expected
+    assert imagecodecs.deflate_decode(encoded) == expected
+
+
+@st.composite
+def byte_strips(draw):
+    """Strips of detector-like and adversarial bytes: any bytes, one value, two values, every
+    value, skewed (geometric, Poisson) distributions, of lengths 0 to about 200 kB."""
+    kind = draw(st.sampled_from(["any", "one", "two", "all", "geometric", "poisson"]))
+    n = draw(st.sampled_from([0, 1, 2, 3, 5, 64, 1000, 4097, 65535, 65536, 70001, 200003]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "any":
+        return np.frombuffer(draw(st.binary(max_size=2000)), np.uint8).copy()
+    if kind == "one":
+        return np.full(n, draw(st.integers(0, 255)), np.uint8)
+    if kind == "two":
+        values = np.array(draw(st.lists(st.integers(0, 255), min_size=2, max_size=2)), np.uint8)
+        return values[(rng.random(n) < draw(st.floats(0.0, 1.0))).astype(np.int64)]
+    if kind == "all":
+        return rng.permutation(np.resize(np.arange(256, dtype=np.uint8), max(n, 256)))
+    if kind == "geometric":
+        return np.minimum(rng.geometric(draw(st.floats(0.01, 0.99)), n) - 1, 255).astype(np.uint8)
+    return np.minimum(rng.poisson(draw(st.floats(0.01, 40.0)), n), 255).astype(np.uint8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(byte_strips(), st.integers(1, 600), st.sampled_from(["contiguous", "flipped", "gaps", "odd"]), st.integers(1, 7))
+def test_huffman_only_streams_decode_to_their_bytes(strip: np.ndarray, width: int, layout: str, block_rows: int) -> None:
+    """Any bytes, as rows laid out as the pipeline gives them (the flipped view of a page), with
+    gaps between rows, at odd addresses; one block or several; decoded by zlib, ISA-L and
+    libdeflate, the Adler-32 checked."""
+    n_rows = -(-strip.size // width)
+    rows = np.resize(strip, n_rows * width).reshape(n_rows, width) if strip.size else np.zeros((0, width), np.uint8)
+    if layout == "flipped":
+        rows = np.ascontiguousarray(rows[::-1])[::-1]
+    elif layout == "gaps":
+        padded = np.zeros((n_rows, width + 3), np.uint8)
+        padded[:, 1 : width + 1] = rows
+        rows = padded[:, 1 : width + 1]
+    elif layout == "odd":
+        buffer = np.zeros(rows.size + 1, np.uint8)
+        buffer[1:] = rows.reshape(-1)
+        rows = buffer[1:].reshape(rows.shape)
+    expected = rows.tobytes()
+    encoded = huffman_encode(rows, block_rows)
+    _check_stream(encoded, expected)
+    if block_rows >= n_rows:  # one block: no larger than zlib's Huffman-only stream (which adapts
+        # its blocks) by more than a few header bytes
+        assert len(encoded) <= len(_zlib_huffman_only(expected)) * 1.002 + 40
+
+
+def test_huffman_only_edge_cases() -> None:
+    """No bytes (a fixed block of its end code), one byte, a single value (a two-symbol code:
+    the value and the end of block), every value equally often (incompressible: stored), long
+    strips (several stored blocks of 65535 bytes and the pair tables)."""
+    assert huffman_encode(np.zeros((0, 5), np.uint8)) == bytes.fromhex("78 01 03 00 00 00 00 01")
+    for data in (b"", b"\x00", b"\xff" * 100000, bytes(range(256)) * 1000, np.random.default_rng(2).bytes(300000)):
+        rows = np.frombuffer(data, np.uint8).reshape(1, -1) if data else np.zeros((0, 1), np.uint8)
+        encoded = huffman_encode(rows)
+        _check_stream(encoded, data)
+        assert len(encoded) <= len(data) + 5 * (len(data) // 65535 + 1) + 6
+    assert len(huffman_encode(np.full((1, 100000), 7, np.uint8))) < 12600  # 1 bit per byte
+
+
+def test_huffman_only_detector_frames_are_no_larger_than_zlibs() -> None:
+    """On frames like those it encodes (K2/K3 counts, EER pages, Falcon, integer gain-path
+    frames, float32) the stream is smaller than zlib's Huffman-only one (one optimal code per
+    strip against zlib's heuristic code every 32767 bytes)."""
+    from cryotiff.simulate.detectors import counting_frames, falcon_frames
+
+    rng = np.random.default_rng(4)
+    frames = [
+        counting_frames(1, (300, 517), 0.96, np.uint8, seed=3)[0],
+        rng.poisson(0.5, (256, 256)).astype(np.uint8),
+        falcon_frames(1, (64, 4096), seed=5)[0],
+        (rng.poisson(1.45, (128, 300)) * 3).astype(np.float32),
+        rng.random((64, 300), dtype=np.float32),
+    ]
+    for frame in frames:
+        rows = frame[::-1].view(np.uint8).reshape(frame.shape[0], -1)
+        encoded = huffman_encode(rows)
+        _check_stream(encoded, rows.tobytes())
+        assert len(encoded) <= len(_zlib_huffman_only(rows.tobytes()))

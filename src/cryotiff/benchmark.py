@@ -246,8 +246,8 @@ def format_benchmark_table(rows: list[BenchmarkRow]) -> str:
     lines.append("")
     lines.append(f"all movie readers: {MOVIE_READERS}. TIFF 8 = Deflate (RELION writes the same stream as 32946),")
     lines.append("5 = LZW, 50000 = ZSTD, 34925 = LZMA. zlib-6 is RELION's encoder; deflate-N is libdeflate;")
-    lines.append("deflate-huffman/-rle are zlib-ng's Z_HUFFMAN_ONLY/Z_RLE strategies (the same bytes as zlib's,")
-    lines.append("about twice as fast). MB/s are of uncompressed data.")
+    lines.append("deflate-huffman is cryotiff's compiled Huffman-only encoder (one optimal code per strip);")
+    lines.append("deflate-rle is zlib-ng's Z_RLE strategy. MB/s are of uncompressed data.")
     return "\n".join(lines)
 
 

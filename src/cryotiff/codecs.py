@@ -2,7 +2,8 @@
 
 A :class:`StripCodec` turns the bytes of one TIFF strip into compressed bytes and back. Every
 encoder here releases the GIL except imagecodecs' LZW, so strips of different frames can be
-encoded concurrently in threads.
+encoded concurrently in threads. Every Deflate strip is verified by ISA-L's inflater (the
+``isal`` package), which none of the encoders shares code with.
 
 ``--compression auto`` is a measured policy (:func:`choose_auto_codec`, explained with its
 measurements in ``docs/compression-policy.md``): it tries a few fast encoders that all write
@@ -22,6 +23,8 @@ from typing import Callable
 
 import imagecodecs
 import numpy as np
+from isal import igzip_lib
+from numpy.lib.stride_tricks import as_strided
 from zlib_ng import zlib_ng
 
 from .errors import OptionError
@@ -104,8 +107,9 @@ class StripCodec:
         tiff_code: value of the TIFF Compression tag (259).
         level: compression level, or None where the scheme has none.
         variant: for deflate, the encoder when it is not libdeflate at ``level``:
-            ``huffman`` (zlib-ng ``Z_HUFFMAN_ONLY``), ``rle`` (zlib-ng ``Z_RLE``) or ``zlib``
-            (zlib at ``level``, RELION's encoder). Every variant writes a standard zlib stream.
+            ``huffman`` (cryotiff's Huffman-only encoder, :func:`cryotiff.kernels.deflate_huffman_encode`),
+            ``rle`` (zlib-ng ``Z_RLE``) or ``zlib`` (zlib at ``level``, RELION's encoder). Every
+            variant writes a standard zlib stream.
     """
 
     name: str
@@ -121,6 +125,8 @@ class StripCodec:
     _largest_strip: list = field(default_factory=lambda: [0], compare=False, repr=False)
     #: For the streaming encoders (zlib-ng): ``_compressor()`` gives a fresh compress object.
     _compressor: Callable[[], object] | None = field(default=None, compare=False, repr=False)
+    #: For encoders that read rows where they lie (the Huffman-only kernel): ``_encode_rows(rows)``.
+    _encode_rows: Callable[[np.ndarray], bytes] | None = field(default=None, compare=False, repr=False)
 
     def encode(self, data: bytes | memoryview | np.ndarray) -> bytes:
         """Compress one strip (any C-contiguous buffer)."""
@@ -133,11 +139,14 @@ class StripCodec:
         """Compress one strip given as its rows: a 2-D uint8 array of row bytes whose rows may lie
         anywhere in memory (the flipped view of a page). The streaming encoders take it a few rows
         at a time, so no contiguous copy of the strip is made; their bytes are those of
-        :meth:`encode` of the contiguous strip (the same input, fed in pieces)."""
-        if self._compressor is None:
+        :meth:`encode` of the contiguous strip (the same input, fed in pieces). The Huffman-only
+        encoder reads the rows where they lie."""
+        if self._encode_rows is None and self._compressor is None:
             return self.encode(np.ascontiguousarray(rows))
         if rows.nbytes > self._largest_strip[0]:
             self._largest_strip[0] = rows.nbytes
+        if self._encode_rows is not None:
+            return self._encode_rows(rows)
         compressor = self._compressor()
         step = _rows_per_piece(rows)
         parts = [compressor.compress(np.ascontiguousarray(rows[first : first + step])) for first in range(0, rows.shape[0], step)]
@@ -146,34 +155,22 @@ class StripCodec:
 
     def decodes_to(self, data: bytes, rows: np.ndarray) -> bool:
         """Whether ``data`` decodes to exactly the bytes of ``rows`` (as :meth:`encode_rows`
-        takes them). Raises what the decoder raises for a stream it cannot decode. The streaming
-        decoder (zlib-ng, for the zlib-ng encoders) compares a few rows at a time and never holds
-        the whole decoded strip; the others decode the strip whole."""
-        row_bytes = rows.shape[1]
+        takes them). Raises what the decoder raises for a stream it cannot decode. Deflate
+        strips are inflated by ISA-L a few rows at a time and compared as they come (the
+        decoded strip is never held whole; the zlib stream's Adler-32 is checked at its end);
+        the others are decoded whole."""
+        if self.tiff_code == COMPRESSION_DEFLATE:
+            return _inflates_to(data, rows)
         step = _rows_per_piece(rows)
-        if self._compressor is None:
-            decoded = np.frombuffer(self.decode(data), dtype=np.uint8)  # sized by the largest strip
-            if decoded.size != rows.size:
-                return False
-            decoded = decoded.reshape(rows.shape)
-            # Piece by piece: a whole-strip comparison would make a strip-sized temporary.
-            return all(
-                np.array_equal(decoded[first : first + step], rows[first : first + step])
-                for first in range(0, rows.shape[0], step)
-            )
-        inflater = zlib_ng.decompressobj()
-        done = 0
-        while done < rows.shape[0]:
-            piece = inflater.decompress(data, step * row_bytes)
-            data = inflater.unconsumed_tail
-            n_rows, rest = divmod(len(piece), row_bytes)
-            if not piece or rest or done + n_rows > rows.shape[0]:
-                return False
-            if not np.array_equal(np.frombuffer(piece, np.uint8).reshape(n_rows, row_bytes), rows[done : done + n_rows]):
-                return False
-            done += n_rows
-        # Every row matched: the stream must end here (its checksum is checked on the way).
-        return not inflater.decompress(data, 1) and inflater.eof and not inflater.unused_data
+        decoded = np.frombuffer(self.decode(data), dtype=np.uint8)  # sized by the largest strip
+        if decoded.size != rows.size:
+            return False
+        decoded = decoded.reshape(rows.shape)
+        # Piece by piece: a whole-strip comparison would make a strip-sized temporary.
+        return all(
+            np.array_equal(decoded[first : first + step], rows[first : first + step])
+            for first in range(0, rows.shape[0], step)
+        )
 
     def decode(self, data: bytes, nbytes: int | None = None) -> bytes:
         """Decompress one strip; ``nbytes`` is its decoded size when known (otherwise the size
@@ -192,11 +189,9 @@ class StripCodec:
 
     @property
     def encoder(self) -> str:
-        """The library that encodes: ``imagecodecs`` (LZW), ``libdeflate``, ``zlib-ng``
-        (Huffman-only and RLE Deflate), ``zlib`` (RELION's Deflate), ``libzstd``, ``liblzma``,
-        or ``-`` for none."""
-        if self.variant in ("huffman", "rle"):
-            return "zlib-ng"
+        """The library that encodes: ``imagecodecs`` (LZW), ``libdeflate``, ``cryotiff``
+        (Huffman-only Deflate, compiled with numba), ``zlib-ng`` (RLE Deflate), ``zlib``
+        (RELION's Deflate), ``libzstd``, ``liblzma``, or ``-`` for none."""
         return _ENCODER_LIBRARIES[self.variant or self.name]
 
     @property
@@ -212,7 +207,8 @@ class StripCodec:
 # --------------------------------------------------------------------------- encoders and decoders
 
 _ENCODER_LIBRARIES = {
-    "none": "-", "lzw": "imagecodecs", "deflate": "libdeflate", "zlib": "zlib", "zstd": "libzstd", "lzma": "liblzma",
+    "none": "-", "lzw": "imagecodecs", "deflate": "libdeflate", "huffman": "cryotiff", "rle": "zlib-ng",
+    "zlib": "zlib", "zstd": "libzstd", "lzma": "liblzma",
 }
 
 
@@ -263,12 +259,87 @@ def _decode_sized(decoder: Callable[..., bytes], data: bytes, nbytes: int | None
 _DEFLATE_DECODER = imagecodecs.deflate_decode
 
 
+def _inflates_to(data: bytes, rows: np.ndarray) -> bool:
+    """Whether the zlib stream ``data`` inflates (ISA-L) to exactly the bytes of ``rows``, the
+    stream ending there with a correct Adler-32. A piece of rows at a time is inflated and
+    compared; ISA-L releases the GIL while it inflates. Raises ``isal.igzip_lib.IsalError`` for
+    a stream it cannot decode (a damaged one, a wrong checksum)."""
+    row_bytes = rows.shape[1]
+    if rows.size == 0:
+        return not igzip_lib.decompress(data, igzip_lib.DECOMP_ZLIB, bufsize=1)
+    step = _rows_per_piece(rows)
+    inflater = igzip_lib.IgzipDecompressor(igzip_lib.DECOMP_ZLIB)
+    done = 0
+    pending = b""  # bytes of a row begun in the last piece (when a piece is not whole rows)
+    while done < rows.shape[0]:
+        if inflater.eof:
+            return False  # the stream ends before the rows do
+        piece = inflater.decompress(data, step * row_bytes - len(pending))
+        data = b""  # the inflater keeps what it has not consumed
+        if not piece:
+            return False  # the stream is cut short
+        if pending:
+            piece, pending = pending + piece, b""
+        n_rows, rest = divmod(len(piece), row_bytes)
+        if rest:
+            piece, pending = piece[: n_rows * row_bytes], piece[n_rows * row_bytes :]
+        if done + n_rows > rows.shape[0] or (pending and done + n_rows == rows.shape[0]):
+            return False
+        if n_rows and not np.array_equal(np.frombuffer(piece, np.uint8).reshape(n_rows, row_bytes), rows[done : done + n_rows]):
+            return False
+        done += n_rows
+    # Every row matched: the stream must end here (its checksum is checked on the way).
+    if pending or (not inflater.eof and inflater.decompress(b"", 1)):
+        return False
+    return inflater.eof and not inflater.unused_data
+
+
+def _row_span(rows: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``(data, start, row_stride)``: a read-only 1-D uint8 view of the memory that the rows of
+    a 2-D uint8 array lie in (whose rows are contiguous; their order and spacing may be any),
+    with row ``r`` at ``data[start + r * row_stride :][:row_bytes]``, as the Huffman-only kernel
+    takes them. One read-only type, so that the kernel has one specialisation."""
+    n_rows, row_bytes = rows.shape
+    if rows.size == 0:
+        data = np.zeros(1, np.uint8)
+        data.flags.writeable = False
+        return data, 0, 0
+    if row_bytes > 1 and rows.strides[1] != 1:
+        rows = np.ascontiguousarray(rows)
+    stride = rows.strides[0] if n_rows > 1 else row_bytes
+    lowest = rows[-1] if stride < 0 else rows[0]
+    span = (n_rows - 1) * abs(stride) + row_bytes
+    data = as_strided(lowest, shape=(span,), strides=(1,), writeable=False)
+    return data, (n_rows - 1) * -stride if stride < 0 else 0, stride
+
+
+def _huffman_encode_rows(rows: np.ndarray) -> bytes:
+    """Huffman-only Deflate of a strip given as its rows (see :func:`_row_span`), one block per
+    strip (adaptive blocks of 64 KiB to 4 MiB were no smaller on detector frames, simulated
+    or real; docs/compression-policy.md)."""
+    from . import kernels  # numba: imported by the runs that encode with it
+
+    n_rows, row_bytes = rows.shape
+    data, start, stride = _row_span(rows)
+    out = np.empty(kernels.deflate_huffman_bound(rows.size, 1) // 4, np.uint32)
+    n_bytes = kernels.deflate_huffman_encode(data, start, stride, n_rows, row_bytes, max(n_rows, 1), out)
+    return out.view(np.uint8)[:n_bytes].tobytes()
+
+
+def _huffman_encode(data) -> bytes:
+    """Huffman-only Deflate of one contiguous strip (any buffer)."""
+    flat = np.frombuffer(memoryview(data).cast("B"), np.uint8) if not isinstance(data, np.ndarray) else data
+    flat = np.ascontiguousarray(flat).reshape(-1).view(np.uint8)
+    return _huffman_encode_rows(flat.reshape(1, -1))
+
+
 def _zlib_ng_compressor(strategy: int) -> Callable[[], object]:
     return lambda: zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, strategy)
 
 
 def _zlib_strategy_encoder(strategy: int) -> Callable[[bytes], bytes]:
-    """zlib-ng with ``Z_HUFFMAN_ONLY`` or ``Z_RLE``: plain Deflate streams, fast on counting data.
+    """zlib-ng with ``Z_RLE`` (or ``Z_HUFFMAN_ONLY``, the size reference of the tests): plain
+    Deflate streams.
 
     zlib-ng (the ``zlib-ng`` package, zlib's API) writes byte for byte the stream zlib writes
     with these strategies and parameters, about twice as fast (docs/benchmarks/vs-relion.md;
@@ -321,13 +392,14 @@ def make_codec(name: str, level: int | None = None) -> StripCodec:
             lambda data: imagecodecs.deflate_encode(data, level=level),
             _DEFLATE_DECODER,
         )
-    if name in ("deflate-huffman", "deflate-rle"):
-        variant = name.split("-")[1]
-        strategy = zlib_ng.Z_HUFFMAN_ONLY if variant == "huffman" else zlib_ng.Z_RLE
+    if name == "deflate-huffman":
+        codec = _sized("deflate", COMPRESSION_DEFLATE, None, _huffman_encode, _DEFLATE_DECODER, "huffman")
+        return dataclasses.replace(codec, _encode_rows=_huffman_encode_rows)
+    if name == "deflate-rle":
         codec = _sized(
-            "deflate", COMPRESSION_DEFLATE, None, _zlib_strategy_encoder(strategy), _DEFLATE_DECODER, variant
+            "deflate", COMPRESSION_DEFLATE, None, _zlib_strategy_encoder(zlib_ng.Z_RLE), _DEFLATE_DECODER, "rle"
         )
-        return dataclasses.replace(codec, _compressor=_zlib_ng_compressor(strategy))
+        return dataclasses.replace(codec, _compressor=_zlib_ng_compressor(zlib_ng.Z_RLE))
     if name == "zlib":
         level = DEFAULT_LEVELS["deflate"] if level is None else level
         _check_level("zlib", level, range(1, 10))
