@@ -419,3 +419,14 @@ def test_huffman_only_detector_frames_are_no_larger_than_zlibs() -> None:
         encoded = huffman_encode(rows)
         _check_stream(encoded, rows.tobytes())
         assert len(encoded) <= len(_zlib_huffman_only(rows.tobytes()))
+
+
+def test_huffman_only_encoder_refuses_rows_that_are_not_bytes() -> None:
+    """The kernel reads memory without bounds checks: rows of wider pixels (whose row length in
+    bytes is not their shape's) are refused before it runs, never read out of bounds."""
+    from cryotiff.codecs import make_codec
+
+    codec = make_codec("deflate-huffman")
+    for rows in (np.zeros((4, 8), np.uint16), np.zeros(8, np.uint8), np.zeros((2, 2, 2), np.uint8)):
+        with pytest.raises(TypeError, match="2-D uint8"):
+            codec.encode_rows(rows)

@@ -319,6 +319,10 @@ def _huffman_encode_rows(rows: np.ndarray) -> bytes:
     or real; docs/compression-policy.md)."""
     from . import kernels  # numba: imported by the runs that encode with it
 
+    # The kernel reads raw memory without bounds checks: anything but 2-D uint8 rows is refused
+    # here rather than read out of bounds.
+    if rows.ndim != 2 or rows.dtype != np.uint8:
+        raise TypeError(f"Huffman-only encoder: rows must be 2-D uint8, not {rows.ndim}-D {rows.dtype}")
     n_rows, row_bytes = rows.shape
     data, start, stride = _row_span(rows)
     out = np.empty(kernels.deflate_huffman_bound(rows.size, 1) // 4, np.uint32)
