@@ -45,8 +45,9 @@ def corrupt_decoder(monkeypatch: pytest.MonkeyPatch, bad_strips: set[int] | None
                 decoded[len(decoded) // 2] ^= 0x10
             return bytes(decoded)
 
-        # _compressor=None: the strip is decoded whole by _decode, also for the streaming codecs
-        return dataclasses.replace(codec, _decode=decode, _compressor=None)
+        # No streaming encoder, no row-reading encoder, no streaming check: the strip is encoded
+        # by _encode and decoded whole by _decode, whichever codec it is
+        return dataclasses.replace(codec, _decode=decode, _compressor=None, _encode_rows=None, _rows_check=None)
 
     monkeypatch.setattr(convert, "resolve_codec", resolve)
 
@@ -101,8 +102,9 @@ def test_a_codec_that_raises_fails_its_movie_only(in_tmp: Path, monkeypatch: pyt
         def broken(data: bytes) -> bytes:
             raise imagecodecs.LzwError("lzw_decode", "corrupt stream")
 
-        # _compressor=None: _encode and _decode do all the work, also for the streaming codecs
-        return dataclasses.replace(codec, **{f"_{stage}": broken}, _compressor=None)
+        # _encode and _decode do all the work, whichever codec it is (see corrupt_decoder)
+        return dataclasses.replace(codec, **{f"_{stage}": broken}, _compressor=None, _encode_rows=None,
+                                   _rows_check=None)
 
     real_write_pages = convert._write_pages
 

@@ -48,9 +48,18 @@ def test_the_command_line_imports_none_of_them(in_tmp: Path) -> None:
 
 
 def test_converting_an_mrc_movie_needs_none_of_them(counts_movie: Path) -> None:
-    """movies.star is written without pandas; no kernel is needed for integer frames."""
-    assert loaded_by("--i", "k2.mrc", "--o", "out/", "--j", "2", cwd=counts_movie.parent) == set()
+    """movies.star is written without pandas; with a codec that is not compiled (LZW), no
+    kernel is needed for integer frames."""
+    assert loaded_by("--i", "k2.mrc", "--o", "out/", "--j", "2", "--compression", "lzw",
+                     cwd=counts_movie.parent) == set()
     assert (counts_movie.parent / "out" / "movies.star").is_file()
+
+
+def test_the_auto_codec_loads_only_the_compiled_encoder(counts_movie: Path) -> None:
+    """``auto`` tries the Huffman-only encoder, a numba kernel (numba imports importlib.metadata):
+    numba is the only large library an MRC conversion then holds."""
+    assert loaded_by("--i", "k2.mrc", "--o", "out/", cwd=counts_movie.parent) <= {
+        "numba", "llvmlite", "importlib.metadata"}
 
 
 def test_reading_a_star_file_loads_starfile(counts_movie: Path) -> None:

@@ -127,6 +127,9 @@ class StripCodec:
     _compressor: Callable[[], object] | None = field(default=None, compare=False, repr=False)
     #: For encoders that read rows where they lie (the Huffman-only kernel): ``_encode_rows(rows)``.
     _encode_rows: Callable[[np.ndarray], bytes] | None = field(default=None, compare=False, repr=False)
+    #: For decoders that check a strip against its rows as they decode (Deflate, by ISA-L):
+    #: ``_rows_check(data, rows)``; otherwise the strip is decoded whole by ``_decode``.
+    _rows_check: Callable[[bytes, np.ndarray], bool] | None = field(default=None, compare=False, repr=False)
 
     def encode(self, data: bytes | memoryview | np.ndarray) -> bytes:
         """Compress one strip (any C-contiguous buffer)."""
@@ -159,8 +162,8 @@ class StripCodec:
         strips are inflated by ISA-L a few rows at a time and compared as they come (the
         decoded strip is never held whole; the zlib stream's Adler-32 is checked at its end);
         the others are decoded whole."""
-        if self.tiff_code == COMPRESSION_DEFLATE:
-            return _inflates_to(data, rows)
+        if self._rows_check is not None:
+            return self._rows_check(data, rows)
         step = _rows_per_piece(rows)
         decoded = np.frombuffer(self.decode(data), dtype=np.uint8)  # sized by the largest strip
         if decoded.size != rows.size:
@@ -238,7 +241,8 @@ def _sized(
     def decode(data: bytes, nbytes: int | None = None) -> bytes:
         return _decode_sized(decoder, data, nbytes or largest_strip[0])
 
-    return StripCodec(name, tiff_code, level, encode, decode, variant, largest_strip)
+    rows_check = _inflates_to if tiff_code == COMPRESSION_DEFLATE else None
+    return StripCodec(name, tiff_code, level, encode, decode, variant, largest_strip, _rows_check=rows_check)
 
 
 def _decode_sized(decoder: Callable[..., bytes], data: bytes, nbytes: int | None) -> bytes:
