@@ -310,8 +310,8 @@ def test_dry_run_says_the_run_would_refuse_the_gain(in_tmp: Path, capsys) -> Non
 def test_a_gain_reference_written_meanwhile_by_another_run_is_never_replaced(tmp_path: Path, monkeypatch) -> None:
     """Two runs into one --o at once: the file is linked into place, which fails where the other
     run's file has appeared since the check; that one is kept, or refused if it differs."""
-    from cryotiff import gain as G
     from cryotiff.errors import ExistingOutputError
+    from cryotiff.gain import files as G
 
     path = tmp_path / "gain-reference.mrc"
     ours, theirs = np.full((4, 6), 2.0, np.float32), np.full((4, 6), 3.0, np.float32)

@@ -359,10 +359,10 @@ def test_interrupted_save_leaves_a_safe_pair(tmp_path, movies, monkeypatch, inte
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(G.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         new.save(tmp_path)
-    monkeypatch.setattr(G.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gain_estimate.bin", "gain_estimate_reliablity.bin"]
     disk = G.GainEstimate.load(tmp_path / G.GAIN_ESTIMATE_NAME)
     as_old = (disk.gain == old.gain) & (disk.reliability == old.reliability)
@@ -391,7 +391,7 @@ def test_first_save_interrupted_leaves_nothing_loadable(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(G.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         est.save(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["gain_estimate_reliablity.bin"]

@@ -66,3 +66,14 @@ def test_reading_a_star_file_loads_starfile(counts_movie: Path) -> None:
     """The probe sees an import when there is one: a STAR input is read with starfile."""
     (counts_movie.parent / "in.star").write_text("data_movies\n\nloop_\n_rlnMicrographMovieName #1\nk2.mrc\n")
     assert {"starfile", "pandas"} <= loaded_by("--i", "in.star", "--o", "out/", cwd=counts_movie.parent)
+
+
+def test_the_gain_package_imports_none_of_them() -> None:
+    """cryotiff.gain holds the estimate, the integerisation and the gain files; importing it (a float
+    movie without --gain, --estimate_gain before its first frame) loads no kernel and no tifffile:
+    the calls that need them import them."""
+    probe = ("import json, sys, cryotiff.gain; "
+             f"print(json.dumps([name for name in {LARGE + ('tifffile',)!r} if name in sys.modules]))")
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == []

@@ -1,7 +1,8 @@
 """Conversion of an EER gain reference into the multiplicative gain written as
 ``gain-reference.mrc`` (RELION ``EERRenderer::loadEERGain`` in ``src/renderEER.h``; docs/relion-behaviour.md,
-"EER gain conversion"). Arrays in, arrays out:
-this module reads the gain file but writes nothing and prints nothing.
+"EER gain conversion"). Arrays in, arrays out: the gain file is read by
+:func:`cryotiff.gain.files.read_gain_file` (with the orientation rules below); this module writes
+nothing and prints nothing.
 
 Rules (RELION 5.0.1 unless marked *beyond RELION*):
 
@@ -31,16 +32,27 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass
 
-import mrcfile
 import numpy as np
-import tifffile
 
-from cryotiff.errors import CryotiffError, GainError, OptionError
-from cryotiff.io import check_regular_file
+from cryotiff.errors import GainError, OptionError
+from cryotiff.gain.files import is_multiplicative_gain_path, read_gain_file, written_message
 from cryotiff.io.eer import check_upsampling_value, output_size
+
+__all__ = [
+    "NO_GAIN_WARNING",
+    "TAKING_INVERSE_MESSAGE",
+    "EerGainConversion",
+    "convert_eer_gain",
+    "gain_read_message",
+    "gain_written_message",
+    "invert_divisive_gain",
+    "is_multiplicative_gain_path",  # from cryotiff.gain.files, where every kind of gain file is read
+    "read_gain_file",  # from cryotiff.gain.files
+    "read_resized_eer_gain",
+    "resize_gain",
+]
 
 #: RELION's second stdout line after converting an EER gain (printed only for divisive gains:
 #: RELION also prints it for ``.gain`` files, which are not inverted).
@@ -52,9 +64,6 @@ NO_GAIN_WARNING = (
     "You can convert your gain reference file with --gain option."
 )
 
-MRC_EXTENSIONS = ("mrc", "mrcs")
-TIFF_EXTENSIONS = ("tif", "tiff")
-
 
 def gain_read_message(gain: str, nx: int, ny: int) -> str:
     """RELION's stdout line ``Read an EER gain file <g> NX = <nx> NY = <ny>``. RELION prints the
@@ -65,20 +74,7 @@ def gain_read_message(gain: str, nx: int, ny: int) -> str:
 def gain_written_message(gain_reference: str) -> str:
     """RELION's stdout text after writing ``gain-reference.mrc`` (RELION ends it with a newline
     and then ``endl``, i.e. a blank line follows)."""
-    return (
-        f"Written {gain_reference}. Please use this file as a gain reference when processing the "
-        "converted movies.\n"
-    )
-
-
-def _extension(path: str | os.PathLike[str]) -> str:
-    name = os.path.basename(os.fspath(path))
-    return name.rsplit(".", 1)[1] if "." in name else ""
-
-
-def is_multiplicative_gain_path(path: str | os.PathLike[str]) -> bool:
-    """True for an extension of exactly ``gain`` (RELION's test; case-sensitive)."""
-    return _extension(path) == "gain"
+    return written_message(gain_reference) + "\n"
 
 
 @dataclass(frozen=True)
@@ -113,86 +109,6 @@ class EerGainConversion:
         if not self.multiplicative_input:
             lines.append(TAKING_INVERSE_MESSAGE)
         return lines
-
-
-def read_gain_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
-    """``(gain as float32 (ny, nx), multiplicative)`` of a gain file, oriented as RELION has it in
-    memory (see the module docstring; RELION reads gains as float too). Unreadable files raise
-    GainError naming the file."""
-    ext = _extension(path)
-    multiplicative = ext == "gain"
-    check_regular_file(path, "a gain file", GainError)  # before opening: a named pipe would block
-    if multiplicative or ext in TIFF_EXTENSIONS:
-        data = _read_tiff_first_page(path)
-        if not multiplicative:
-            data = data[::-1]  # RELION's TIFF reader flips rows; only .gain is flipped back
-    elif ext in MRC_EXTENSIONS:
-        data = _read_mrc_first_image(path)
-    else:
-        raise GainError(
-            f"{path}: unsupported EER gain file type {('.' + ext) if ext else '(no extension)'}; "
-            "use a .gain file (multiplicative TIFF), an MRC file or a TIFF file."
-        )
-    if data.ndim != 2 or data.size == 0:
-        raise GainError(f"{path}: the gain is not a single 2D image (shape {data.shape}).")
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise GainError(f"{path}: unsupported sample type {data.dtype} for a gain.")
-    gain = np.ascontiguousarray(data, dtype=np.float32)
-    check_gain_values(gain, path)
-    return gain, multiplicative
-
-
-def check_gain_values(gain: np.ndarray, path: str | os.PathLike[str]) -> None:
-    """Refuse an EER gain that holds NaN, infinite or negative values, or only zeros, naming how
-    many pixels are bad. 0 is a defect (kept as 0, as RELION does); the other values have no
-    meaning as a sensitivity or a gain, and RELION would turn them into NaN or negative gains in
-    ``gain-reference.mrc``."""
-    with np.errstate(invalid="ignore"):
-        n_nan = int(np.count_nonzero(np.isnan(gain)))
-        n_inf = int(np.count_nonzero(np.isinf(gain)))
-        n_negative = int(np.count_nonzero(gain < 0))
-    bad = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "infinite"), (n_negative, "negative")) if n]
-    if bad:
-        raise GainError(
-            f"{path}: {n_nan + n_inf + n_negative} of the {gain.size} pixels of the gain are not usable "
-            f"values ({', '.join(bad)}); only positive values and 0 (a defect) are. The gain file is damaged."
-        )
-    if not gain.any():
-        raise GainError(f"{path}: the gain is zero everywhere (every pixel a defect); it is not a gain reference.")
-
-
-def _read_tiff_first_page(path: str | os.PathLike[str]) -> np.ndarray:
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.pages:
-                raise GainError(f"{path}: the TIFF file has no image.")
-            return np.asarray(tif.pages[0].asarray())
-    except CryotiffError:
-        raise
-    except FileNotFoundError:
-        raise GainError(f"{path}: gain file not found.") from None
-    except Exception as exc:  # tifffile / imagecodecs / OS errors: a damaged or foreign file
-        raise GainError(
-            f"{path}: cannot read the gain as TIFF ({type(exc).__name__}: {exc})."
-        ) from None
-
-
-def _read_mrc_first_image(path: str | os.PathLike[str]) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            # mrcfile warns about odd but readable headers; the data is what matters here.
-            warnings.simplefilter("ignore")
-            with mrcfile.open(path, mode="r", permissive=False) as mrc:
-                data = np.asarray(mrc.data)
-    except FileNotFoundError:
-        raise GainError(f"{path}: gain file not found.") from None
-    except Exception as exc:  # mrcfile raises ValueError for bad headers, OSError etc.
-        raise GainError(
-            f"{path}: cannot read the gain as MRC ({type(exc).__name__}: {exc})."
-        ) from None
-    if data.ndim == 3:
-        data = data[0]  # RELION reads the first image
-    return data
 
 
 def _size_hint(nx: int, ny: int, expected: int, detector_size: int) -> str:

@@ -269,7 +269,7 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
 def _gain_product_difference(page: np.ndarray, source: GainPages, index: int, n_inexact: list[int]) -> str:
     """TIFF page x gain reference against the float original (reliable pixels within RELION's
     tolerance, which the conversion applied, everything else bit for bit); "" if it holds."""
-    from .gain import RELION_TOLERANCE_ABS, _float32_tolerance
+    from .gain.estimate import RELION_TOLERANCE_ABS, _float32_tolerance
 
     original = source.movie.read_frame(index).astype(np.float32, copy=False)
     product = page.astype(np.float32) * source.gain_reference

@@ -3,7 +3,7 @@ conventions (:mod:`.score`), and say which one the movies show.
 
 Orientation. Movies and gain are compared as RELION holds them in memory (row 0 = MRC row 0 =
 EER raster row 0; TIFF movies flipped back, see docs/conventions.md), the gain read with the
-conventions cryotiff applies when converting (:func:`cryotiff.eer_gain.read_gain_file`):
+conventions cryotiff applies when converting (:func:`cryotiff.gain.files.read_gain_file`):
 
 * ``.mrc`` / ``.mrcs``: as stored (first image);
 * ``.tif`` / ``.tiff``: first page, rows flipped as RELION's TIFF reader flips them;
@@ -38,9 +38,15 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..convert import ConvertOptions, PageSource, WiderTypeNeeded, gain_size_hint, movie_kind, open_page_source
-from ..eer_gain import invert_divisive_gain, read_gain_file, read_resized_eer_gain
+from ..eer_gain import invert_divisive_gain, read_resized_eer_gain
 from ..errors import CryotiffError, GainError, InputError, OutputError
-from ..gain import GAIN_REFERENCE_NAME, keep_or_write_gain_reference, read_mrc_image
+from ..gain.files import (
+    GAIN_REFERENCE_NAME,
+    file_extension,
+    keep_or_write_gain_reference,
+    read_gain_file,
+    read_mrc_image,
+)
 from .orientation import Orientation, motioncor_orientation
 from .score import DETECTION_STANDARD_ERRORS, MARGIN_STANDARD_ERRORS, Candidate, GainPattern, Scores
 
@@ -65,10 +71,6 @@ READ_AS = {
 }
 
 
-def _extension(path: Path) -> str:
-    return path.name.rsplit(".", 1)[1] if "." in path.name else ""
-
-
 def check_gain_file_type(path: Path) -> None:
     """Refuse, before any movie is read, a gain cryotiff cannot read (Digital Micrograph files
     with RELION's remedy; unknown types with the list of known ones).
@@ -76,7 +78,7 @@ def check_gain_file_type(path: Path) -> None:
     Raises:
         GainError: naming the file.
     """
-    ext = _extension(path)
+    ext = file_extension(path)
     if ext.lower() in DM_EXTENSIONS:
         raise GainError(
             f"{path}: a gain reference in Digital Micrograph format (.{ext}) cannot be read (RELION cannot "
@@ -123,7 +125,7 @@ def read_gain(path: Path, kind: str, shape_yx: tuple[int, int], eer_detector_siz
         GainError: unreadable, or a size that fits the movies in no orientation.
     """
     check_gain_file_type(path)
-    ext = _extension(path)
+    ext = file_extension(path)
     read_as = READ_AS["gain" if ext == "gain" else "tif" if ext.lower() in ("tif", "tiff") else "mrc"]
     if kind == "eer":
         values, multiplicative, nx, ny, how = read_resized_eer_gain(path, eer_detector_size, eer_upsampling)
