@@ -84,6 +84,33 @@ def test_progress_counts_bytes_rate_and_time_left(tmp_path: Path) -> None:
     assert format_duration(3725) == "1:02:05"
 
 
+def test_failed_movies_and_watch_idle_time_do_not_count_as_throughput(tmp_path: Path) -> None:
+    """A movie that fails (often at once, at its header) leaves the total and adds nothing to
+    the bytes done; the time --watch waits with every known movie done is not in the rate."""
+    now = [0.0]
+    sources = []
+    for name, size in (("a", 4000), ("big", 10**9), ("c", 4000)):
+        (tmp_path / name).write_bytes(b"x" * min(size, 4000))
+        sources.append(tmp_path / name)
+    progress = RunProgress.of(sources[:2], clock=lambda: now[0])
+    progress.nbytes_of[sources[1]] = 10**9  # a 1 GB movie, without writing one
+    progress.total_bytes = 4000 + 10**9
+    now[0] += 1.0
+    assert progress.pages_done(sources[1], 1, 10) == 10**8  # a tenth written, then it fails
+    assert progress.movie_done(sources[1], failed=True) == -(10**8)
+    assert (progress.bytes_so_far, progress.total_bytes, progress.bytes_per_second) == (0, 4000, 0.0)
+    now[0] += 1.0
+    assert progress.movie_done(sources[0]) == 4000
+    assert progress.bytes_per_second == 2000.0  # 4 kB in 2 s, not 1 GB/s
+    now[0] += 1000.0  # --watch waits with nothing to do
+    assert progress.seconds == 2.0 and progress.bytes_per_second == 2000.0
+    progress.add([sources[2]])  # a new movie: the clock runs again
+    now[0] += 2.0
+    assert progress.movie_done(sources[2]) == 4000
+    assert progress.seconds == 4.0 and progress.bytes_per_second == 2000.0
+    assert progress.line() == "Progress: 3 of 3 movies, 8.00 kB of 8.00 kB (100 %), 0.0 MB/s"
+
+
 # --------------------------------------------------------------------------- convert-to-tiff
 
 
@@ -93,7 +120,7 @@ def test_a_terminal_gets_bars_of_the_run_and_of_the_movie(tmp_path: Path) -> Non
                                  "--deflate_level", "9"], tmp_path)
     assert status == 0, screen
     assert re.search(r"movies [12]/3: +\d+%\|", screen), screen  # the run: movies done of N and a bar
-    assert re.search(r"of 18\.9MB, [\d.]+[kM]?B/s, \d\d:\d\d left", screen), screen  # bytes, MB/s, time left
+    assert re.search(r"of 18\.9MB, [\d.]+ MB/s, about \d+:\d\d:\d\d left", screen), screen  # bytes, MB/s, time left
     assert re.search(r"[abc]\.mrc: \d+/12 pages", screen), screen  # the current movie's pages
     assert "Progress:" not in screen  # no log lines on a terminal
     assert "Processing c.mrc into out/c.tif" in screen and "Movies converted: 3" in screen

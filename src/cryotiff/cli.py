@@ -357,8 +357,11 @@ class TerminalReporter(Reporter):
             total=progress.total_bytes, initial=progress.bytes_so_far, unit="B", unit_scale=True,
             unit_divisor=1000, file=self.out, position=0, leave=False, dynamic_ncols=True, mininterval=0.2,
             desc=f"movies {progress.done_movies}/{progress.n_movies}",
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B of {total_fmt}B, {rate_fmt}, {remaining} left",
+            # The rate and time left are RunProgress's (converted bytes over the time with work),
+            # not tqdm's, which would count failed movies and --watch's waiting.
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B of {total_fmt}B{postfix}",
         )
+        self._run_bar.set_postfix_str(progress.rate_and_time_left(), refresh=False)
 
     def more_movies(self, sources: Sequence[Path]) -> None:
         """Movies found after :meth:`start_run` (``--watch``)."""
@@ -390,10 +393,10 @@ class TerminalReporter(Reporter):
 
     def _run_advanced(self, source: Path, added_bytes: int, finished: bool, skipped: bool = False) -> None:
         if self._run_bar is not None:
-            if skipped:
-                self._run_bar.total = self.run_progress.total_bytes
             if finished:
+                self._run_bar.total = self.run_progress.total_bytes  # a skipped or failed movie leaves it
                 self._describe_run()
+            self._run_bar.set_postfix_str(self.run_progress.rate_and_time_left(), refresh=False)
             self._run_bar.update(added_bytes)
         elif finished and not skipped and self.run_progress is not None:
             self._emit(self.run_progress.line(), self.out)
@@ -403,7 +406,7 @@ class TerminalReporter(Reporter):
         if self.run_progress is None or result.source not in self.run_progress.nbytes_of:
             return
         skipped = result.status == "skipped"
-        added = self.run_progress.movie_done(result.source, skipped=skipped)
+        added = self.run_progress.movie_done(result.source, skipped=skipped, failed=result.status == "failed")
         self._run_advanced(result.source, added, finished=True, skipped=skipped)
 
     def _emit(self, text: str, stream: TextIO) -> None:

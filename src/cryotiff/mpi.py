@@ -858,7 +858,7 @@ def run_watch(
     and queues each movie once it is complete; the ranks take them as for a fixed list (rank 0
     converts too); rank 0 rewrites ``movies.star`` and the report after every movie. Ends when
     the watch ends (``--watch_timeout``) and every queued movie is done."""
-    from .watch import ContextKeeper, MovieWatch
+    from .watch import ContextKeeper, MovieWatch, ready_sources
 
     started = time.perf_counter()
     rank = comm.rank
@@ -895,9 +895,9 @@ def run_watch(
             last_activity, idle_said = time.monotonic(), False
             while not stop_watching.is_set():
                 found = finder.look()
-                if found.new_sources:
+                if found.ready or found.failures:  # counted once ready (see watch.ready_sources)
                     with reporter._lock:
-                        reporter.more_movies(found.new_sources)
+                        reporter.more_movies(ready_sources(found))
                 for note in found.notes:
                     reporter.message(note)
                 for failure in found.failures:

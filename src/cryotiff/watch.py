@@ -132,16 +132,20 @@ class WatchRound:
     Attributes:
         ready: new movies that are complete, in input order.
         failures: new movies that cannot be converted at all (two for one output, ...).
-        new_sources: movies seen for the first time (ready or not).
         changed: something appeared or changed (the ``--watch_timeout`` clock starts again).
         notes: one-time remarks for the user (a movie settled but still incomplete).
     """
 
     ready: list[Job] = field(default_factory=list)
     failures: list[MovieResult] = field(default_factory=list)
-    new_sources: list[Path] = field(default_factory=list)
     changed: bool = False
     notes: list[str] = field(default_factory=list)
+
+
+def ready_sources(found: WatchRound) -> list[Path]:
+    """The movies of ``found`` that are handled now (ready to convert, or failed at once): what
+    the run's progress counts (a movie still being written is counted once it is complete)."""
+    return [job.source for job in found.ready] + [failure.source for failure in found.failures]
 
 
 class MovieWatch:
@@ -177,7 +181,6 @@ class MovieWatch:
                 continue
             if job.source not in self._jobs:
                 self._jobs[job.source] = job
-                found.new_sources.append(job.source)
             if self._is_ready(job.source, found):
                 self.handed_out.add(job.source)
                 self._waiting.pop(job.source, None)
@@ -289,8 +292,9 @@ def watch_and_convert(
     with manifest_waited(keeper.manifest, reporter), thread_pool(options.threads) as executor:
         while True:
             found = finder.look()
-            if found.new_sources and announce is not None:
-                announce(found.new_sources)
+            # Counted once ready: a movie still being written has no final size yet.
+            if announce is not None and (found.ready or found.failures):
+                announce(ready_sources(found))
             for note in found.notes:
                 reporter.message(note)
             for failure in found.failures:
