@@ -259,6 +259,37 @@ def test_auto_output_of_a_falcon_movie_is_smaller_than_relions_deflate(tmp_path:
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "falcon.tif"), frames)
 
 
+def test_huffman_only_encoder_is_the_kernel_only_where_numba_pays() -> None:
+    """Short movies of plain integer frames do not load numba for the encoder; EER and gain
+    movies (numba loaded for their pages) and long movies use the compiled kernel."""
+    threshold = codecs.COMPILED_HUFFMAN_MIN_MOVIE_BYTES
+    assert codecs.huffman_encoder_for(threshold - 1, loads_kernels=False) == "zlib-ng"
+    assert codecs.huffman_encoder_for(threshold, loads_kernels=False) == "cryotiff"
+    assert codecs.huffman_encoder_for(1, loads_kernels=True) == "cryotiff"
+    assert make_codec("deflate-huffman", huffman_encoder="zlib-ng").encoder == "zlib-ng"
+    assert make_codec("deflate-huffman").encoder == "cryotiff"
+    with pytest.raises(ValueError):
+        make_codec("deflate-huffman", huffman_encoder="zlib")
+
+
+@pytest.mark.parametrize("encoder", codecs.HUFFMAN_ENCODERS)
+def test_both_huffman_only_encoders_write_the_same_pixels_at_about_the_same_size(tmp_path: Path, encoder: str,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = counting_frames(3, (512, 768), 0.96, np.int8, seed=8)
+    source = write_mrc_movie(tmp_path / "k2.mrc", frames, 0)
+    if encoder == "cryotiff":
+        monkeypatch.setattr(codecs, "COMPILED_HUFFMAN_MIN_MOVIE_BYTES", 0)
+    result = convert_movie(source, tmp_path / "k2.tif", ConvertOptions(output_dir=tmp_path))
+    assert result.codec == "deflate-huffman"
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "k2.tif"), frames)
+    other = make_codec("deflate-huffman", huffman_encoder=[e for e in codecs.HUFFMAN_ENCODERS if e != encoder][0])
+    other_bytes = sum(len(other.encode(np.ascontiguousarray(f[::-1]))) for f in frames)
+    written = sum(len(make_codec("deflate-huffman", huffman_encoder=encoder).encode(np.ascontiguousarray(f[::-1])))
+                  for f in frames)
+    assert abs(written - other_bytes) < 0.01 * other_bytes
+    libtiff_decodes(tmp_path / "k2.tif")
+
+
 @pytest.mark.skipif(TIFFINFO is None, reason="libtiff's tiffinfo is not installed (apt-get install libtiff-tools)")
 @pytest.mark.parametrize("label", ["lzw", "deflate-huffman", "deflate-rle", "deflate-1", "deflate-6", "deflate-12"])
 def test_libtiff_decodes_every_auto_encoding(tmp_path: Path, label: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,9 +313,11 @@ def test_libtiff_decodes_every_auto_encoding(tmp_path: Path, label: str, monkeyp
 # --------------------------------------------------------------------------- codecs, levels, options
 
 
-@pytest.mark.parametrize("label", ["lzw", "deflate-huffman", "deflate-rle", "deflate-1", "deflate-12", "zlib-6", "zstd-3", "lzma-1", "none"])
+@pytest.mark.parametrize("label", ["lzw", "deflate-huffman", "deflate-huffman/zlib-ng", "deflate-rle", "deflate-1",
+                                   "deflate-12", "zlib-6", "zstd-3", "lzma-1", "none"])
 def test_decoders_with_and_without_size_hints(label: str) -> None:
-    codec = make_codec_from_label(label)
+    label, _, huffman_encoder = label.partition("/")
+    codec = make_codec_from_label(label, huffman_encoder=huffman_encoder or "cryotiff")
     small, large = bytes(range(256)) * 4, np.arange(20000, dtype=np.uint16).tobytes()
     small_encoded = codec.encode(small)
     assert codec.decode(small_encoded) == small

@@ -55,11 +55,13 @@ def test_converting_an_mrc_movie_needs_none_of_them(counts_movie: Path) -> None:
     assert (counts_movie.parent / "out" / "movies.star").is_file()
 
 
-def test_the_auto_codec_loads_only_the_compiled_encoder(counts_movie: Path) -> None:
-    """``auto`` tries the Huffman-only encoder, a numba kernel (numba imports importlib.metadata):
-    numba is the only large library an MRC conversion then holds."""
-    assert loaded_by("--i", "k2.mrc", "--o", "out/", cwd=counts_movie.parent) <= {
-        "numba", "llvmlite", "importlib.metadata"}
+def test_a_short_counts_movie_in_huffman_only_deflate_needs_no_numba(in_tmp: Path) -> None:
+    """The Huffman-only encoder of a short movie of integer frames is zlib-ng's, not the compiled
+    kernel (numba would cost more to load than it saves; codecs.huffman_encoder_for)."""
+    write_mrc_movie(in_tmp / "k2.mrc", counting_frames(2, shape_yx=(512, 768), dtype=np.int8, seed=5), 0)
+    assert loaded_by("--i", "k2.mrc", "--o", "out/", "--report", "r.json", cwd=in_tmp) == set()
+    report = json.loads((in_tmp / "r.json").read_text())
+    assert [movie["codec"] for movie in report["movies"]] == ["deflate-huffman"]
 
 
 def test_reading_a_star_file_loads_starfile(counts_movie: Path) -> None:

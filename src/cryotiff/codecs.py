@@ -107,9 +107,12 @@ class StripCodec:
         tiff_code: value of the TIFF Compression tag (259).
         level: compression level, or None where the scheme has none.
         variant: for deflate, the encoder when it is not libdeflate at ``level``:
-            ``huffman`` (cryotiff's Huffman-only encoder, :func:`cryotiff.kernels.deflate_huffman_encode`),
-            ``rle`` (zlib-ng ``Z_RLE``) or ``zlib`` (zlib at ``level``, RELION's encoder). Every
-            variant writes a standard zlib stream.
+            ``huffman`` (Huffman-only: cryotiff's compiled encoder,
+            :func:`cryotiff.kernels.deflate_huffman_encode`, or zlib-ng's ``Z_HUFFMAN_ONLY``, see
+            :func:`huffman_encoder_for`), ``rle`` (zlib-ng ``Z_RLE``) or ``zlib`` (zlib at
+            ``level``, RELION's encoder). Every variant writes a standard zlib stream.
+        library: the library that encodes, where the variant does not say
+            (:data:`HUFFMAN_ENCODERS`); None for the variant's own.
     """
 
     name: str
@@ -130,6 +133,7 @@ class StripCodec:
     #: For decoders that check a strip against its rows as they decode (Deflate, by ISA-L):
     #: ``_rows_check(data, rows)``; otherwise the strip is decoded whole by ``_decode``.
     _rows_check: Callable[[bytes, np.ndarray], bool] | None = field(default=None, compare=False, repr=False)
+    library: str | None = None
 
     def encode(self, data: bytes | memoryview | np.ndarray) -> bytes:
         """Compress one strip (any C-contiguous buffer)."""
@@ -193,9 +197,10 @@ class StripCodec:
     @property
     def encoder(self) -> str:
         """The library that encodes: ``imagecodecs`` (LZW), ``libdeflate``, ``cryotiff``
-        (Huffman-only Deflate, compiled with numba), ``zlib-ng`` (RLE Deflate), ``zlib``
+        (Huffman-only Deflate, compiled with numba), ``zlib-ng`` (RLE Deflate, and Huffman-only
+        Deflate of movies that load no compiled kernel), ``zlib``
         (RELION's Deflate), ``libzstd``, ``liblzma``, or ``-`` for none."""
-        return _ENCODER_LIBRARIES[self.variant or self.name]
+        return self.library or _ENCODER_LIBRARIES[self.variant or self.name]
 
     @property
     def is_baseline(self) -> bool:
@@ -371,13 +376,14 @@ def _check_level(name: str, level: int, allowed: range) -> None:
         raise OptionError(f"{name} level must be {allowed.start}..{allowed.stop - 1}; got {level}")
 
 
-def make_codec(name: str, level: int | None = None) -> StripCodec:
+def make_codec(name: str, level: int | None = None, *, huffman_encoder: str = "cryotiff") -> StripCodec:
     """Return the codec called ``name`` at ``level``.
 
     ``name`` is a ``--compression`` name (``zip`` = ``deflate``, libdeflate at ``level``) or one
     of the deflate encoders of the ``auto`` policy and the benchmark: ``deflate-huffman``,
     ``deflate-rle``, ``zlib`` (zlib at ``level``, RELION's encoder). The TIFF Compression tag is
     1 (none), 5 (lzw), 8 (all deflate encoders), 50000 (zstd) or 34925 (lzma).
+    ``huffman_encoder`` (one of :data:`HUFFMAN_ENCODERS`) encodes ``deflate-huffman``.
 
     Raises:
         OptionError: unknown name or a level outside the codec's range.
@@ -401,6 +407,12 @@ def make_codec(name: str, level: int | None = None) -> StripCodec:
             _DEFLATE_DECODER,
         )
     if name == "deflate-huffman":
+        if huffman_encoder == "zlib-ng":
+            codec = _sized("deflate", COMPRESSION_DEFLATE, None, _zlib_strategy_encoder(zlib_ng.Z_HUFFMAN_ONLY),
+                           _DEFLATE_DECODER, "huffman")
+            return dataclasses.replace(codec, _compressor=_zlib_ng_compressor(zlib_ng.Z_HUFFMAN_ONLY), library="zlib-ng")
+        if huffman_encoder != "cryotiff":
+            raise ValueError(f"unknown Huffman-only encoder {huffman_encoder!r}")
         codec = _sized("deflate", COMPRESSION_DEFLATE, None, _huffman_encode, _DEFLATE_DECODER, "huffman")
         return dataclasses.replace(codec, _encode_rows=_huffman_encode_rows)
     if name == "deflate-rle":
@@ -442,11 +454,11 @@ def make_codec(name: str, level: int | None = None) -> StripCodec:
     raise OptionError(f"--compression must be one of {', '.join(COMPRESSION_NAMES)}; got '{name}'")
 
 
-def make_codec_from_label(label: str) -> StripCodec:
+def make_codec_from_label(label: str, *, huffman_encoder: str = "cryotiff") -> StripCodec:
     """The codec whose :attr:`StripCodec.label` is ``label`` (``deflate-12``, ``zlib-6``,
-    ``deflate-huffman``, ``zstd-3``, ``lzw``...)."""
+    ``deflate-huffman``, ``zstd-3``, ``lzw``...); ``huffman_encoder`` as in :func:`make_codec`."""
     if label in ("deflate-huffman", "deflate-rle", "none", "lzw"):
-        return make_codec(label)
+        return make_codec(label, huffman_encoder=huffman_encoder)
     name, _, level = label.rpartition("-")
     if not name or not level.isdigit():
         raise OptionError(f"unknown codec '{label}'")
@@ -624,7 +636,8 @@ def policy_sample(page: np.ndarray, rows_per_strip: int | None = None) -> list[n
 
 
 def choose_auto_codec(
-    page: np.ndarray, width: int, is_eer: bool, rows_per_strip: int | None = None
+    page: np.ndarray, width: int, is_eer: bool, rows_per_strip: int | None = None, *,
+    huffman_encoder: str = "cryotiff",
 ) -> AutoDecision:
     """The ``auto`` policy for one movie, decided on its first page.
 
@@ -637,13 +650,15 @@ def choose_auto_codec(
        RELION's codec itself when it is LZW, compresses the same sample; the smallest wins
        (ties: earlier in the list).
 
-    The same page always gives the same codec.
+    ``huffman_encoder`` encodes ``deflate-huffman`` (:func:`huffman_encoder_for`; the two write
+    streams of the same size within 0.3 % on detector frames, so the choice does not depend on
+    it). The same page always gives the same codec.
     """
     strips = policy_sample(page, rows_per_strip)
     sample_bytes = sum(strip.nbytes for strip in strips)
 
     def compressed_size(label: str) -> int:
-        codec = make_codec_from_label(label)
+        codec = make_codec_from_label(label, huffman_encoder=huffman_encoder)
         return sum(len(codec.encode(strip)) for strip in strips)
 
     sizes = {"lzw": compressed_size("lzw")}
@@ -663,7 +678,7 @@ def choose_auto_codec(
         sizes[fastest] = compressed_size(fastest)
     best = min(sizes, key=lambda label: (sizes[label], AUTO_CANDIDATES.index(label)))
     return AutoDecision(
-        codec=make_codec_from_label(best),
+        codec=make_codec_from_label(best, huffman_encoder=huffman_encoder),
         sample_bytes=sample_bytes,
         sizes=sizes,
         speeds_mb_per_s=speeds,
@@ -671,6 +686,28 @@ def choose_auto_codec(
         relion_codec=relion_codec,
         lzw_bits_per_byte=lzw_bits_per_byte,
     )
+
+
+#: The encoders of ``deflate-huffman``: cryotiff's compiled kernel and zlib-ng's ``Z_HUFFMAN_ONLY``.
+HUFFMAN_ENCODERS = ("cryotiff", "zlib-ng")
+
+#: Movies with at least this many bytes of frames have their Huffman-only Deflate encoded by the
+#: compiled kernel even when nothing else of theirs needs numba. Loading numba and the kernel
+#: costs about 0.5 s of CPU and 110 MiB of memory once per process; the kernel then saves
+#: 3.1 ms per MB of K2 counts (encode 464 against zlib-ng's 181 MB/s, ISA-L's check of zlib-ng's
+#: streams 720 against 583 MB/s) and 6.3 ms per MB of Falcon frames (452 against 127 MB/s): it
+#: pays from about 160 MB (K2) or 80 MB (Falcon), measured in docs/benchmarks/vs-relion.md.
+COMPILED_HUFFMAN_MIN_MOVIE_BYTES = 200_000_000
+
+
+def huffman_encoder_for(movie_bytes: int, loads_kernels: bool) -> str:
+    """``cryotiff`` (the compiled kernel) or ``zlib-ng``: what encodes a movie's Huffman-only
+    Deflate. The kernel where the movie's pages need numba anyway (``loads_kernels``: EER
+    rendering, the gain arithmetic) or where it is long enough for the kernel to repay loading
+    numba (:data:`COMPILED_HUFFMAN_MIN_MOVIE_BYTES`); zlib-ng otherwise, so that a short movie of
+    plain integer frames never loads numba. Both write standard Deflate of the same size within
+    0.3 %; decided from the movie alone, so the same movie always gets the same bytes."""
+    return "cryotiff" if loads_kernels or movie_bytes >= COMPILED_HUFFMAN_MIN_MOVIE_BYTES else "zlib-ng"
 
 
 def _first_page(source) -> np.ndarray:
@@ -712,6 +749,7 @@ def resolve_codec(
     *,
     sample=None,
     rows_per_strip: int | None = None,
+    huffman_encoder: str = "cryotiff",
 ) -> StripCodec:
     """The codec for one movie from ``--compression`` and ``--deflate_level``.
 
@@ -726,6 +764,7 @@ def resolve_codec(
             ``auto`` falls back to RELION's width rule (:func:`relion_auto_codec`).
         rows_per_strip: 1 for ``--line_by_line`` (the sample is then encoded row by row);
             None for one strip per frame.
+        huffman_encoder: what encodes ``deflate-huffman`` (:func:`huffman_encoder_for`).
 
     The result's ``tiff_code`` is the TIFF Compression tag (259).
     """
@@ -734,7 +773,7 @@ def resolve_codec(
         if sample is None or getattr(sample, "n_pages", 1) == 0:
             return relion_auto_codec(width, is_eer, deflate_level)
         page = _first_page(sample) if hasattr(sample, "page") else np.asarray(sample)
-        return choose_auto_codec(page, width, is_eer, rows_per_strip).codec
+        return choose_auto_codec(page, width, is_eer, rows_per_strip, huffman_encoder=huffman_encoder).codec
     if name in ("deflate", "zip"):
         return make_codec("deflate", deflate_level)
     return make_codec(name, level)

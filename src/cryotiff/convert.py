@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import __version__
-from .codecs import StripCodec, resolve_codec
+from .codecs import StripCodec, huffman_encoder_for, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
 from .io import Movie, MovieInfo, check_regular_file
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, write_movie
@@ -159,6 +159,9 @@ class PageSource:
         input_bytes: bytes of the input read to make all pages.
         input_warnings: what the reader tolerated and the user should know (a pixel size left
             out, data after the last frame); :meth:`finish` adds them to the result.
+        loads_kernels: making the pages runs numba-compiled kernels (:mod:`cryotiff.kernels`),
+            so the compiled Huffman-only encoder costs nothing more to load
+            (:func:`cryotiff.codecs.huffman_encoder_for`).
     """
 
     path: Path
@@ -169,9 +172,15 @@ class PageSource:
     is_eer: bool = False
     input_bytes: int = 0
     input_warnings: tuple[str, ...] = ()
+    loads_kernels: bool = False
 
     def page(self, index: int) -> np.ndarray:
         raise NotImplementedError
+
+    @property
+    def huffman_encoder(self) -> str:
+        """What encodes this movie's Huffman-only Deflate (:func:`cryotiff.codecs.huffman_encoder_for`)."""
+        return huffman_encoder_for(self.input_bytes, self.loads_kernels)
 
     def possible_dtypes(self) -> tuple[np.dtype, ...]:
         """The sample types a complete TIFF of this movie can have with these options (more than
@@ -373,6 +382,8 @@ class GainPages(IntegerWidening, PlainPages):
     pixels rounded, so the whole movie is stored as integers (uint8 unless a value needs more).
     """
 
+    loads_kernels = True  # the gain arithmetic (cryotiff.kernels)
+
     def __init__(self, movie: Movie, context: RunContext, options: ConvertOptions):
         from .errors import GainError
         from .gain import different_size_message
@@ -475,6 +486,7 @@ class EerPages(PageSource):
     """
 
     is_eer = True
+    loads_kernels = True  # EER decoding (cryotiff.kernels)
 
     def __init__(self, movie, options: ConvertOptions):
         from .io.eer import grouping_for_dose, plan_groups
@@ -817,7 +829,7 @@ def _write_pages(
     ``page_digests``, append each page's digest to it, in page order."""
     codec = resolve_codec(  # auto measures candidates on page 0, made once (handed on to the encoder)
         options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
-        sample=source, rows_per_strip=1 if options.line_by_line else None,
+        sample=source, rows_per_strip=1 if options.line_by_line else None, huffman_encoder=source.huffman_encoder,
     )
     rows_per_strip = 1 if options.line_by_line else source.shape_yx[0]
     layout = TiffLayout(
