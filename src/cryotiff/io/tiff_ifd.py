@@ -71,8 +71,11 @@ def _ifds(handle: BinaryIO, max_ifds: int) -> Iterator[tuple[_Layout, int, list[
     if layout is None:
         return
     (offset,) = struct.unpack_from(layout.offset_format, header, 8 if layout.entry_nbytes == 20 else 4)
+    file_nbytes = handle.seek(0, 2)
     seen: set[int] = set()
     while offset and offset not in seen and len(seen) < max_ifds:
+        if offset >= file_nbytes:  # beyond the file (a BigTIFF offset may not even fit a seek)
+            return
         seen.add(offset)
         handle.seek(offset)
         raw_count = handle.read(layout.count_nbytes)
