@@ -5,6 +5,7 @@ one ``--o`` keep every manifest entry."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -81,7 +82,6 @@ def test_the_manifest_records_every_output(converted_set, in_tmp: Path) -> None:
     k2 = entries["k2.tif"]
     assert (k2.source, k2.pages, k2.shape_yx, k2.sample_type) == ("k2.mrc", 5, (64, 48), "int8")
     assert k2.source_bytes == Path("k2.mrc").stat().st_size
-    import hashlib
 
     assert k2.output_sha256 == hashlib.sha256(Path("out/k2.tif").read_bytes()).hexdigest()
     assert k2.source_sha256 == hashlib.sha256(Path("k2.mrc").read_bytes()).hexdigest()
@@ -199,3 +199,28 @@ def test_under_mpirun_the_verdicts_are_those_of_one_process(converted_set, in_tm
         assert "Verified 6 outputs: 5 OK, 1 differ" in completed.stdout
     report = json.dumps(serial)
     assert "k2.tif" in report
+
+
+def test_file_sha256_reads_files_of_several_blocks(tmp_path: Path) -> None:
+    from cryotiff.recorded_options import file_sha256
+
+    for n_bytes in (0, 1, (1 << 20) - 1, 1 << 20, 3 * (1 << 20) + 17):
+        data = np.random.default_rng(n_bytes).integers(0, 256, n_bytes, dtype=np.uint8).tobytes()
+        (tmp_path / "f").write_bytes(data)
+        assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_a_failed_movie_cancels_its_source_hash_and_adds_no_entry(tmp_path: Path) -> None:
+    """The original is hashed while the movie converts; a movie that fails leaves no entry."""
+    from cryotiff.manifest import Manifest, read_manifest
+
+    manifest = Manifest(tmp_path)
+    (tmp_path / "m.mrc").write_bytes(b"x" * 100)
+    future = manifest.hash_source_later(tmp_path / "m.mrc")
+    assert future.result() == (100, hashlib.sha256(b"x" * 100).hexdigest())
+    missing = manifest.hash_source_later(tmp_path / "missing.mrc")
+    assert isinstance(missing.result(), OSError)
+    manifest.add_later(tmp_path / "missing.mrc", tmp_path / "m.tif", [], (1, 1), "uint8", missing)
+    problems = manifest.wait()
+    assert len(problems) == 1 and "not in the manifest" in problems[0]
+    assert read_manifest(tmp_path) == {}

@@ -783,6 +783,8 @@ def convert_movie(
     retype_warnings: list[str] = []
     manifest = getattr(context, "manifest", None)
     page_digests: list[bytes] | None = None
+    # The original is hashed for the manifest while its pages are made, not after.
+    source_hash = manifest.hash_source_later(source_path) if manifest is not None else None
     try:
         while True:
             try:
@@ -798,21 +800,24 @@ def convert_movie(
         result.warnings.extend(retype_warnings)
         source.finish(result)
         if manifest is not None:
-            _add_to_manifest(manifest, source, source_path, destination, page_digests, result)
+            _add_to_manifest(manifest, source, source_path, destination, page_digests, result, source_hash)
+            source_hash = None
         result.seconds = time.perf_counter() - started
         return result
     finally:
+        if source_hash is not None:
+            source_hash.cancel()  # the movie failed: no entry (a hash already begun runs out)
         source.close()
 
 
 def _add_to_manifest(manifest, source: PageSource, source_path: Path, destination: Path,
-                     page_digests: list[bytes], result: MovieResult) -> None:
+                     page_digests: list[bytes], result: MovieResult, source_hash=None) -> None:
     """Describe the written TIFF in ``<o>``'s manifest (:mod:`cryotiff.manifest`), hashing the
     files in the background; the TIFF is complete and checked already, so a manifest that cannot
     be written is a warning (:meth:`cryotiff.manifest.Manifest.wait`)."""
     from .manifest import pixels_digest
 
-    manifest.add_later(source_path, destination, page_digests, source.shape_yx, str(source.dtype))
+    manifest.add_later(source_path, destination, page_digests, source.shape_yx, str(source.dtype), source_hash)
     result.details["pixels_sha256"] = pixels_digest(page_digests)
 
 

@@ -146,11 +146,17 @@ def read_record(path: str | os.PathLike[str]) -> OutputRecord | None:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes, in hexadecimal (read in 1 MiB blocks)."""
+    """SHA-256 of a file's bytes, in hexadecimal (read into one 1 MiB buffer, block by block;
+    hashlib releases the GIL while it hashes a block)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            n_bytes = handle.readinto(buffer)
+            if not n_bytes:
+                break
+            digest.update(view[:n_bytes])
     return digest.hexdigest()
 
 
