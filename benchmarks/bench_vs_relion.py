@@ -168,6 +168,7 @@ def kernel_figures(workdir: Path) -> None:
             old, new = best(lambda: encode(zlib)), best(lambda: encode(zlib_ng))
             print(f"| {name}, {strategy}: zlib -> zlib-ng MB/s (same bytes: {same}) | {len(data) / old / 1e6:.0f} | "
                   f"{len(data) / new / 1e6:.0f} | {old / new:.2f}x |")
+        huffman_figures(name, frame, best)
     rng = np.random.default_rng(0)
     shape = K2_SHAPE_YX
     gain = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
@@ -190,6 +191,47 @@ def kernel_figures(workdir: Path) -> None:
             movie.render(0, 2, up, dtype=np.uint8)
             new_s = best(lambda: movie.render(0, 20, up, dtype=np.uint8)) / 20
             print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms | see below | {new_s * 1e3:.2f} | |")
+        huffman_figures("EER page of 20 raw frames", movie.render(0, 20, 1, dtype=np.uint8).counts, best)
+    start_up_figures()
+
+
+def huffman_figures(name: str, frame, best) -> None:
+    """Rows of the Huffman-only encoders (zlib-ng against cryotiff's compiled kernel: speed and
+    size) and of the inflaters that verify them (zlib-ng against ISA-L, on the kernel's stream
+    and on zlib-ng's), for one frame in TIFF row order."""
+    import numpy as np
+    from isal import isal_zlib
+    from zlib_ng import zlib_ng
+
+    from cryotiff.codecs import make_codec
+
+    rows = np.ascontiguousarray(frame[::-1]).view(np.uint8).reshape(frame.shape[0], -1)
+    mb = rows.nbytes / 1e6
+    kernel, zlib_ng_codec = make_codec("deflate-huffman"), make_codec("deflate-huffman", huffman_encoder="zlib-ng")
+    kernel.encode_rows(rows)  # loaded once
+    by_kernel, by_zlib_ng = kernel.encode_rows(rows), zlib_ng_codec.encode_rows(rows)
+    old, new = best(lambda: zlib_ng_codec.encode_rows(rows)), best(lambda: kernel.encode_rows(rows))
+    print(f"| {name}, Huffman-only Deflate: zlib-ng -> cryotiff kernel, MB/s (size {len(by_zlib_ng) / rows.nbytes:.2%} "
+          f"-> {len(by_kernel) / rows.nbytes:.2%}) | {mb / old:.0f} | {mb / new:.0f} | {old / new:.2f}x |")
+    for stream, whose in ((by_kernel, "the kernel's"), (by_zlib_ng, "zlib-ng's")):
+        old, new = best(lambda: zlib_ng.decompress(stream)), best(lambda: isal_zlib.decompress(stream))
+        print(f"| {name}, verification inflate of {whose} stream: zlib-ng -> ISA-L, MB/s | {mb / old:.0f} | "
+              f"{mb / new:.0f} | {old / new:.2f}x |")
+
+
+def start_up_figures() -> None:
+    """CPU seconds of a fresh interpreter importing numba and loading the cached Huffman-only
+    kernel, and of compiling it with an empty cache (what a fresh install pays once)."""
+    probe = ("import time, resource; t = time.process_time(); import numpy as np; from cryotiff.codecs import make_codec; "
+             "t0 = time.process_time(); make_codec('deflate-huffman').encode(np.zeros(4096, np.uint8)); "
+             "print(time.process_time() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    with tempfile.TemporaryDirectory() as cache:
+        for what, env in (("compile (empty numba cache)", {"NUMBA_CACHE_DIR": cache}),
+                          ("load from the cache", {"NUMBA_CACHE_DIR": cache})):
+            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                 env={**os.environ, **env}).stdout.split()
+            print(f"| Huffman-only kernel: numba import + {what}, CPU s (peak RSS {float(out[1]):.0f} MiB) | | "
+                  f"{float(out[0]):.2f} | |")
 
 
 def baseline_eer_figure(workdir: Path) -> None:
