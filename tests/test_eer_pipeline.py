@@ -74,6 +74,17 @@ def test_counts_that_overflow_uint8_are_written_as_uint16(in_tmp: Path, capsys) 
     assert read_tiff_frames(Path("short/hot.tif")).dtype == np.uint16
 
 
+def test_eer_gain_written_line_is_relions_also_for_the_current_directory(in_tmp: Path, eer_events, capsys) -> None:
+    """RELION prints ``Written ./gain-reference.mrc.`` for ``--o .`` (its output prefix ends in
+    a slash), as cryotiff's float-movie path does."""
+    write_movie(Path("movie.eer"), eer_events[:2])
+    with mrcfile.new("gain.mrc") as mrc:
+        mrc.set_data(np.ones((DETECTOR, DETECTOR), np.float32))
+    assert main(["--i", "movie.eer", "--o", ".", "--eer_grouping", "2", "--gain", "gain.mrc"]) == 0
+    assert "Written ./gain-reference.mrc. Please use this file as a gain reference" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_tiff_frames(Path("movie.tif"))[0], expected_render(eer_events[:2], DETECTOR, 1))
+
+
 def test_eer_gain_is_inverted_and_written_as_gain_reference(in_tmp: Path, eer_events, capsys) -> None:
     write_movie(Path("movie.eer"), eer_events[:4])
     rng = np.random.default_rng(0)

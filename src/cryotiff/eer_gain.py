@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryotiff.errors import GainError, OptionError
-from cryotiff.gain.files import is_multiplicative_gain_path, read_gain_file, written_message
+from cryotiff.gain.files import is_multiplicative_gain_path, read_gain_file
 from cryotiff.io.eer import check_upsampling_value, output_size
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "EerGainConversion",
     "convert_eer_gain",
     "gain_read_message",
-    "gain_written_message",
     "invert_divisive_gain",
     "is_multiplicative_gain_path",  # from cryotiff.gain.files, where every kind of gain file is read
     "read_gain_file",  # from cryotiff.gain.files
@@ -69,12 +68,6 @@ def gain_read_message(gain: str, nx: int, ny: int) -> str:
     """RELION's stdout line ``Read an EER gain file <g> NX = <nx> NY = <ny>``. RELION prints the
     size of the *converted* gain (the output grid), not of the file."""
     return f"Read an EER gain file {gain} NX = {nx} NY = {ny}"
-
-
-def gain_written_message(gain_reference: str) -> str:
-    """RELION's stdout text after writing ``gain-reference.mrc`` (RELION ends it with a newline
-    and then ``endl``, i.e. a blank line follows)."""
-    return written_message(gain_reference) + "\n"
 
 
 @dataclass(frozen=True)

@@ -478,7 +478,7 @@ def prepare(
                 "--gain names one gain, but the input mixes EER movies (whose gain is converted) with "
                 "MRC/TIFF movies (whose gain is an estimate): convert them in separate runs"
             )
-        from .eer_gain import convert_eer_gain, gain_written_message
+        from .eer_gain import convert_eer_gain
         from .io.eer import EerMovie
 
         with EerMovie(first_eer.source) as eer:
@@ -491,7 +491,7 @@ def prepare(
         if write_files:
             _prepare_to_write(reference_path, options, say)
             if _keep_or_write_reference(reference_path, conversion.gain, jobs, options):
-                say(gain_written_message(str(reference_path)))
+                say(gain_module.written_gain_reference_message(options.output_dir) + "\n")  # RELION's words, also for --o .
             else:
                 say(gain_module.kept_gain_reference_message(reference_path) + "\n")
         elif check_existing:
