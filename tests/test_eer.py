@@ -712,3 +712,26 @@ def test_event_on_last_pixel_without_closing_code_is_kept(tmp_path: Path, encodi
             result = movie.render(0, 3, up)
             assert result.corrupt_frames == []
             _check_render(result, frames, det, up, bits_per_axis)
+
+
+def test_reading_raw_frames_asks_the_system_to_read_the_next_ones_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a group of raw frames is read, as many following frames are advised (WILLNEED),
+    strips one after the other as one range; the rendering is unchanged."""
+    rng = np.random.default_rng(11)
+    size = 2048
+    frames = S.random_events(rng, size, 8, 0.001)
+    path = tmp_path / "m.eer"
+    S.write_eer(path, frames, size, strips_per_frame=2)
+    with E.EerMovie(path) as movie:
+        expected = movie.render(0, 8, 1).counts
+    advised: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, n, advice: advised.append((offset, n)))
+    with E.EerMovie(path) as movie:
+        movie.frame_data(0, 3)
+        strips = [strip for index in range(3, 6) for strip in movie._strips[index]]
+        np.testing.assert_array_equal(movie.render(0, 8, 1).counts, expected)
+    covered = set()
+    for offset, n in advised[:]:
+        covered.update(range(offset, offset + n))
+    assert all(set(range(offset, offset + count)) <= covered for offset, count in strips)
+    assert len(advised) < len(strips) or len(strips) == 1

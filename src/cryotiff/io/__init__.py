@@ -119,6 +119,20 @@ class MovieInfo:
     warnings: tuple[str, ...] = ()
 
 
+def will_need(fd: int, offset: int, n_bytes: int) -> None:
+    """Tell the operating system that ``n_bytes`` at ``offset`` of ``fd`` will be read soon
+    (``posix_fadvise`` ``WILLNEED``: it starts reading them into the page cache without waiting),
+    so that the disk works while the frame before is converted. Only a hint: where it is not
+    available or refused, nothing happens."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None or n_bytes <= 0:
+        return
+    try:
+        advise(fd, offset, n_bytes, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+
+
 class Movie:
     """A movie opened for reading. Use as a context manager; ``read_frame`` is thread-safe."""
 

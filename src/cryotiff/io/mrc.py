@@ -31,7 +31,10 @@ always returned in native byte order.
 
 Frames are read with positional reads (``os.preadv``) straight into a fresh array rather than
 through a memory map: this is thread-safe without a lock, costs one copy, and a file truncated
-or replaced while it is open gives a clean :class:`MrcFormatError` instead of a SIGBUS.
+or replaced while it is open gives a clean :class:`MrcFormatError` instead of a SIGBUS. After each
+frame the operating system is told that the next one will be read (``posix_fadvise``
+``WILLNEED``), so that it reads it from the disk while this one is converted: a frame of a movie
+that is not in the page cache then costs its copy, not the wait for the disk as well.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.mrcinterpreter import MrcInterpreter
 
 from cryotiff.errors import InputError, MrcFormatError
-from cryotiff.io import Movie, MovieInfo, check_regular_file
+from cryotiff.io import Movie, MovieInfo, check_regular_file, will_need
 
 __all__ = [
     "HEADER_NBYTES",
@@ -452,6 +455,8 @@ class MrcMovie(Movie):
                 raise InputError(
                     f"{self._path}: reading frame {index} failed ({err.strerror or err})."
                 ) from None
+            if index + 1 < n_frames:
+                will_need(self._fd, offset + self._frame_nbytes, self._frame_nbytes)
         finally:
             with self._condition:
                 self._active_reads -= 1

@@ -24,7 +24,7 @@ import numpy as np
 import tifffile
 
 from cryotiff.errors import CryotiffError, EerFormatError
-from cryotiff.io import Movie, MovieInfo, capture_tifffile_log, check_regular_file
+from cryotiff.io import Movie, MovieInfo, capture_tifffile_log, check_regular_file, will_need
 from cryotiff.io.tiff_errors import problem_of_file, tifffile_problem, why_no_page
 
 COMPRESSION_EER_8BIT = 65000
@@ -374,6 +374,16 @@ class EerContainer(Movie):
                         f"{self.path}: raw frame {index + 1} is cut short (the file shrank?)."
                     )
                 position += count
+        # The frames that follow (as many as these) are likely read next: let the disk start on
+        # them while these are decoded.
+        span_start = span_end = 0
+        for index in range(stop, min(stop + (stop - start), self.info.n_frames)):
+            for offset, count in self._strips[index]:
+                if offset != span_end:  # strips one after the other are advised as one range
+                    will_need(fd, span_start, span_end - span_start)
+                    span_start = offset
+                span_end = offset + count
+        will_need(fd, span_start, span_end - span_start)
         return buffer[:total], starts, n_bytes
 
     def _check_index(self, index: int) -> None:
