@@ -193,6 +193,7 @@ def kernel_figures(workdir: Path) -> None:
             new_s = best(lambda: movie.render(0, 20, up, dtype=np.uint8)) / 20
             print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms | see below | {new_s * 1e3:.2f} | |")
         huffman_figures("EER page of 20 raw frames", movie.render(0, 20, 1, dtype=np.uint8).counts, best)
+    lzw_thread_figures()
     start_up_figures()
 
 
@@ -218,6 +219,34 @@ def huffman_figures(name: str, frame, best) -> None:
         old, new = best(lambda: zlib_ng.decompress(stream)), best(lambda: isal_zlib.decompress(stream))
         print(f"| {name}, verification inflate of {whose} stream: zlib-ng -> ISA-L, MB/s | {mb / old:.0f} | "
               f"{mb / new:.0f} | {old / new:.2f}x |")
+
+
+def lzw_thread_figures() -> None:
+    """How imagecodecs' LZW scales on two threads (whether it releases the GIL): the wall time
+    of the same work on one thread against twice the work on two, sparse 8-bit counts."""
+    import threading
+
+    import imagecodecs
+    import numpy as np
+
+    data = np.random.default_rng(0).poisson(0.3, (2048, 4096)).astype(np.uint8).tobytes()
+    encoded = imagecodecs.lzw_encode(data)
+
+    def wall(function, n_threads: int) -> float:
+        threads = [threading.Thread(target=lambda: [function() for _ in range(6)]) for _ in range(n_threads)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+    scaling = []
+    for function in (lambda: imagecodecs.lzw_encode(data), lambda: imagecodecs.lzw_decode(encoded, out=len(data) + 1)):
+        one, two = min(wall(function, 1) for _ in range(2)), min(wall(function, 2) for _ in range(2))
+        scaling.append(2 * one / two)
+    print(f"| LZW (imagecodecs) on two threads, sparse 8-bit counts: encode / decode, scaling | | "
+          f"{scaling[0]:.2f}x / {scaling[1]:.2f}x | |")
 
 
 def start_up_figures() -> None:

@@ -1,8 +1,9 @@
 """Every compression decision in one place: codec names, TIFF codes, levels, the ``auto`` policy.
 
 A :class:`StripCodec` turns the bytes of one TIFF strip into compressed bytes and back. Every
-encoder here releases the GIL except imagecodecs' LZW, so strips of different frames can be
-encoded concurrently in threads. Every Deflate strip is verified by ISA-L's inflater (the
+encoder here releases the GIL (imagecodecs' LZW too, since at least imagecodecs 2026.3.6:
+1.99x encoding and 1.90x decoding on two threads, ``benchmarks/bench_vs_relion.py --kernels``),
+so strips of different frames are encoded concurrently in threads. Every Deflate strip is verified by ISA-L's inflater (the
 ``isal`` package), which none of the encoders shares code with.
 
 ``--compression auto`` is a measured policy (:func:`choose_auto_codec`, explained with its
