@@ -46,3 +46,4 @@ def compiled_kernels() -> None:
     from cryotiff.codecs import make_codec
 
     make_codec("deflate-huffman").encode(b"\0")  # the Huffman-only Deflate encoder
+    make_codec("lzw", lzw_encoder="cryotiff").encode(b"\0")  # the LZW encoder

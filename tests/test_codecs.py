@@ -262,7 +262,7 @@ def test_auto_output_of_a_falcon_movie_is_smaller_than_relions_deflate(tmp_path:
 def test_huffman_only_encoder_is_the_kernel_only_where_numba_pays() -> None:
     """Short movies of plain integer frames do not load numba for the encoder; EER and gain
     movies (numba loaded for their pages) and long movies use the compiled kernel."""
-    threshold = codecs.COMPILED_HUFFMAN_MIN_MOVIE_BYTES
+    threshold = codecs.COMPILED_ENCODERS_MIN_MOVIE_BYTES
     assert codecs.huffman_encoder_for(threshold - 1, loads_kernels=False) == "zlib-ng"
     assert codecs.huffman_encoder_for(threshold, loads_kernels=False) == "cryotiff"
     assert codecs.huffman_encoder_for(1, loads_kernels=True) == "cryotiff"
@@ -272,13 +272,81 @@ def test_huffman_only_encoder_is_the_kernel_only_where_numba_pays() -> None:
         make_codec("deflate-huffman", huffman_encoder="zlib")
 
 
+def test_lzw_encoder_is_the_kernel_only_where_numba_pays() -> None:
+    """LZW follows the Huffman-only rule: imagecodecs' encoder for short movies of plain integer
+    frames (no numba loaded), the compiled kernel for EER and gain movies and long movies; the
+    verification decoder is imagecodecs' either way."""
+    threshold = codecs.COMPILED_ENCODERS_MIN_MOVIE_BYTES
+    assert codecs.lzw_encoder_for(threshold - 1, loads_kernels=False) == "imagecodecs"
+    assert codecs.lzw_encoder_for(threshold, loads_kernels=False) == "cryotiff"
+    assert codecs.lzw_encoder_for(1, loads_kernels=True) == "cryotiff"
+    assert make_codec("lzw").encoder == "imagecodecs"
+    kernel = make_codec("lzw", lzw_encoder="cryotiff")
+    assert kernel.encoder == "cryotiff" and kernel.label == "lzw" and kernel.tiff_code == 5
+    assert kernel.decode is not None and make_codec_from_label("lzw", lzw_encoder="cryotiff").encoder == "cryotiff"
+    with pytest.raises(ValueError):
+        make_codec("lzw", lzw_encoder="libtiff")
+
+
+@pytest.mark.parametrize("compression", ["lzw", "auto"])
+def test_an_eer_movie_in_lzw_is_the_same_file_from_either_encoder(in_tmp: Path, compression: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An EER movie at --eer_upsampling 2 (numba loaded for its pages) is encoded by the compiled
+    LZW kernel; the file is byte for byte the one imagecodecs' encoder writes, its pixels are the
+    events rendered, and libtiff decodes every strip."""
+    from cryotiff.simulate import eer as S
+
+    events = S.random_events(np.random.default_rng(21), 2048, 4, 0.02)
+    S.write_eer(Path("m.eer"), events, 2048, 65001)
+    kernel_strips = []
+    kernel_encoder = codecs._lzw_encode_rows
+    monkeypatch.setattr(codecs, "_lzw_encode_rows", lambda rows: kernel_strips.append(rows.shape) or kernel_encoder(rows))
+    options = ["--i", "m.eer", "--eer_upsampling", "2", "--eer_grouping", "2", "--compression", compression,
+               "--report", "r.json"]
+    assert main([*options, "--o", "kernel"]) == 0
+    # Both pages with lzw; auto's sample at least (it measures LZW on every movie).
+    assert len(kernel_strips) >= (2 if compression == "lzw" else 1)
+    monkeypatch.setattr(codecs, "compiled_encoders_pay", lambda movie_bytes, loads_kernels: False)
+    kernel_strips.clear()
+    assert main([*options, "--o", "imagecodecs"]) == 0
+    assert kernel_strips == []
+    assert tiff_tags(Path("kernel/m.tif"))["Compression"] == 5
+    assert Path("kernel/m.tif").read_bytes() == Path("imagecodecs/m.tif").read_bytes()
+    pages = read_tiff_frames(Path("kernel/m.tif"))
+    for index in range(2):
+        indices, counts, size = S.expected_render_sparse(events[2 * index : 2 * index + 2], 2048, 2)
+        page = pages[index].reshape(-1)
+        assert pages[index].shape == (size, size) and int(page.sum()) == int(counts.sum())
+        np.testing.assert_array_equal(page[indices], counts)
+    libtiff_decodes(Path("kernel/m.tif"))
+
+
+def test_auto_measures_the_same_lzw_sizes_with_either_encoder() -> None:
+    """``auto``'s candidate sizes (and so its choice) do not depend on which LZW encoder runs:
+    EER pages at upsampling 2, gain-corrected float32 frames, counts."""
+    from cryotiff.simulate import eer as S
+    from cryotiff.simulate import gain_reference as GR
+
+    rng = np.random.default_rng(22)
+    sensitivity = GR.asymmetric_sensitivity((256, 384), seed=5)
+    pages = [
+        S.expected_render(S.random_events(rng, 512, 8, 0.01), 512, 2).astype(np.uint8).reshape(1024, 1024),
+        (GR.counting_frames_with_gain(sensitivity, 1, 1.2, seed=6)[0] * GR.multiplicative_gain(sensitivity)).astype(np.float32),
+        counting_frames(1, (300, 517), 0.96, np.uint8, seed=3)[0],
+    ]
+    for page in pages:
+        decisions = [choose_auto_codec(page, page.shape[1], True, lzw_encoder=encoder) for encoder in codecs.LZW_ENCODERS]
+        assert decisions[0].sizes == decisions[1].sizes
+        assert decisions[0].codec.label == decisions[1].codec.label
+
+
 @pytest.mark.parametrize("encoder", codecs.HUFFMAN_ENCODERS)
 def test_both_huffman_only_encoders_write_the_same_pixels_at_about_the_same_size(tmp_path: Path, encoder: str,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     frames = counting_frames(3, (512, 768), 0.96, np.int8, seed=8)
     source = write_mrc_movie(tmp_path / "k2.mrc", frames, 0)
     if encoder == "cryotiff":
-        monkeypatch.setattr(codecs, "COMPILED_HUFFMAN_MIN_MOVIE_BYTES", 0)
+        monkeypatch.setattr(codecs, "COMPILED_ENCODERS_MIN_MOVIE_BYTES", 0)
     result = convert_movie(source, tmp_path / "k2.tif", ConvertOptions(output_dir=tmp_path))
     assert result.codec == "deflate-huffman"
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "k2.tif"), frames)

@@ -430,3 +430,144 @@ def test_huffman_only_encoder_refuses_rows_that_are_not_bytes() -> None:
     for rows in (np.zeros((4, 8), np.uint16), np.zeros(8, np.uint8), np.zeros((2, 2, 2), np.uint8)):
         with pytest.raises(TypeError, match="2-D uint8"):
             codec.encode_rows(rows)
+
+
+# --------------------------------------------------------------------------- TIFF LZW
+
+
+def lzw_encode(rows: np.ndarray) -> bytes:
+    from cryotiff.codecs import _row_span
+
+    data, start, stride = _row_span(rows)
+    out = np.empty(K.lzw_bound(rows.size), np.uint8)
+    n_bytes = K.lzw_encode(data, start, stride, rows.shape[0], rows.shape[1], out)
+    assert n_bytes <= out.size
+    return out[:n_bytes].tobytes()
+
+
+def lzw_reference(data: bytes) -> tuple[bytes, list[int]]:
+    """TIFF LZW written from the TIFF 6.0 specification (section 13) in plain Python, with
+    imagecodecs' reset rule (ClearCode once code 4095 is given out) and its zero byte after
+    EndOfInformation where the codes end on a byte boundary: ``(stream, input offsets at which a
+    ClearCode after the first was written)``."""
+    codes: list[tuple[int, int]] = [(256, 9)]
+    resets: list[int] = []
+    width = 9
+    if data:
+        table = {bytes([v]): v for v in range(256)}
+        next_code, phrase = 258, data[:1]
+        for offset in range(1, len(data)):
+            extended = phrase + data[offset : offset + 1]
+            if extended in table:
+                phrase = extended
+                continue
+            table[extended] = next_code
+            next_code += 1
+            codes.append((table[phrase], width))
+            phrase = data[offset : offset + 1]
+            if next_code in (512, 1024, 2048):
+                width += 1
+            elif next_code == 4096:
+                codes.append((256, width))
+                resets.append(offset)
+                table = {bytes([v]): v for v in range(256)}
+                next_code, width = 258, 9
+        codes.append((table[phrase], width))
+        if next_code in (511, 1023, 2047):  # the reader widens after adding that last code's string
+            width += 1
+    codes.append((257, width))
+    bits = "".join(format(code, f"0{n}b") for code, n in codes)
+    bits += "0" * (8 - len(bits) % 8)  # at least one padding bit: a zero byte where they end evenly
+    return int(bits, 2).to_bytes(len(bits) // 8, "big"), resets
+
+
+def _lzw_rows(strip: np.ndarray, width: int, layout: str) -> np.ndarray:
+    """``strip`` as rows of ``width`` bytes laid out as the pipeline may give them."""
+    n_rows = -(-strip.size // width)
+    rows = np.resize(strip, n_rows * width).reshape(n_rows, width) if strip.size else np.zeros((0, width), np.uint8)
+    if layout == "flipped":
+        return np.ascontiguousarray(rows[::-1])[::-1]
+    if layout == "gaps":
+        padded = np.zeros((n_rows, width + 3), np.uint8)
+        padded[:, 1 : width + 1] = rows
+        return padded[:, 1 : width + 1]
+    if layout == "odd":
+        buffer = np.zeros(rows.size + 1, np.uint8)
+        buffer[1:] = rows.reshape(-1)
+        return buffer[1:].reshape(rows.shape)
+    return rows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(byte_strips(), st.integers(1, 600), st.sampled_from(["contiguous", "flipped", "gaps", "odd"]))
+def test_lzw_writes_the_bytes_imagecodecs_writes(strip: np.ndarray, width: int, layout: str) -> None:
+    """Any bytes, as rows laid out as the pipeline gives them (flipped, with gaps between rows, at
+    odd addresses): byte for byte imagecodecs' LZW of the same bytes, which imagecodecs decodes
+    back."""
+    rows = _lzw_rows(strip, width, layout)
+    expected = rows.tobytes()
+    encoded = lzw_encode(rows)
+    assert encoded == imagecodecs.lzw_encode(expected)
+    assert imagecodecs.lzw_decode(encoded) == expected
+
+
+def test_lzw_edge_cases_equal_imagecodecs_and_the_reference() -> None:
+    """No bytes (no rows, rows of no bytes), one byte, two; one value long enough for three
+    table resets; every byte value in turn; random bytes (a reset every few kB); lengths ending
+    on both sides of every code width change and of a reset; the stream ending on a byte
+    boundary (the extra zero byte)."""
+    rng = np.random.default_rng(11)
+    random_bytes = rng.bytes(300000)
+    reference, resets = lzw_reference(random_bytes[:20000])
+    assert reference == imagecodecs.lzw_encode(random_bytes[:20000]) and len(resets) >= 3
+    cases = [b"", b"\x00", b"\xff", b"ab", b"\x07" * 23_000_000, bytes(range(256)) * 1000, random_bytes]
+    for reset in resets[:2]:
+        cases += [random_bytes[: reset + d] for d in range(-3, 4)]
+    for n_codes in (253, 254, 255, 765, 766, 767, 1789, 1790, 1791):  # the widths change near here
+        cases += [random_bytes[: n_codes + d] for d in range(-3, 4)]
+    for data in cases:
+        encoded = lzw_encode(np.frombuffer(data, np.uint8).reshape(1, -1))
+        assert encoded == imagecodecs.lzw_encode(data), len(data)
+        if len(data) < 30000:
+            assert encoded == lzw_reference(data)[0], len(data)
+    assert lzw_encode(np.zeros((0, 5), np.uint8)) == lzw_encode(np.zeros((3, 0), np.uint8)) == imagecodecs.lzw_encode(b"")
+    # EndOfInformation (257) ends in a 1 bit: a last byte of zeros is the extra one.
+    assert any(lzw_encode(np.frombuffer(data, np.uint8).reshape(1, -1))[-1] == 0 for data in cases)
+
+
+def test_lzw_detector_pages_equal_imagecodecs() -> None:
+    """The pages cryotiff writes in LZW: EER rendered at upsampling 2 (sparse counts, uint8 and
+    uint16), counts, gain-corrected float32 frames and random float32 viewed as bytes, each as
+    the flipped view the pipeline encodes; libtiff reads them back (test_codecs.py)."""
+    from cryotiff.simulate import gain_reference as GR
+    from cryotiff.simulate.detectors import counting_frames
+
+    rng = np.random.default_rng(12)
+    events = S.random_events(rng, 256, 8, 0.01)
+    eer_page = S.expected_render(events, 256, 2).reshape(512, 512)
+    sensitivity = GR.asymmetric_sensitivity((192, 256), seed=3)
+    gain = GR.multiplicative_gain(sensitivity)
+    counts = GR.counting_frames_with_gain(sensitivity, 1, 1.2, seed=4)[0]
+    pages = [
+        eer_page.astype(np.uint8),
+        eer_page.astype(np.uint16),
+        counting_frames(1, (300, 517), 0.96, np.uint8, seed=3)[0],
+        (counts * gain).astype(np.float32),
+        rng.random((64, 300), dtype=np.float32),
+    ]
+    for page in pages:
+        rows = page[::-1].view(np.uint8).reshape(page.shape[0], -1)
+        encoded = lzw_encode(rows)
+        assert encoded == imagecodecs.lzw_encode(np.ascontiguousarray(rows).tobytes())
+        assert imagecodecs.lzw_decode(encoded) == rows.tobytes()
+
+
+def test_lzw_encoder_refuses_rows_that_are_not_bytes() -> None:
+    """The kernel reads memory without bounds checks: rows of wider pixels (whose row length in
+    bytes is not their shape's) are refused before it runs, never read out of bounds."""
+    from cryotiff.codecs import make_codec
+
+    codec = make_codec("lzw", lzw_encoder="cryotiff")
+    for rows in (np.zeros((4, 8), np.uint16), np.zeros(8, np.uint8), np.zeros((2, 2, 2), np.uint8)):
+        with pytest.raises(TypeError, match="2-D uint8"):
+            codec.encode_rows(rows)

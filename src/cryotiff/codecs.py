@@ -4,7 +4,8 @@ A :class:`StripCodec` turns the bytes of one TIFF strip into compressed bytes an
 encoder here releases the GIL (imagecodecs' LZW too, since at least imagecodecs 2026.3.6:
 1.99x encoding and 1.90x decoding on two threads, ``benchmarks/bench_vs_relion.py --kernels``),
 so strips of different frames are encoded concurrently in threads. Every Deflate strip is verified by ISA-L's inflater (the
-``isal`` package), which none of the encoders shares code with.
+``isal`` package), which none of the encoders shares code with; every LZW strip by imagecodecs'
+decoder, whichever of the two LZW encoders (imagecodecs' or cryotiff's compiled one) wrote it.
 
 ``--compression auto`` is a measured policy (:func:`choose_auto_codec`, explained with its
 measurements in ``docs/compression-policy.md``): it tries a few fast encoders that all write
@@ -129,7 +130,7 @@ class StripCodec:
     _largest_strip: list = field(default_factory=lambda: [0], compare=False, repr=False)
     #: For the streaming encoders (zlib-ng): ``_compressor()`` gives a fresh compress object.
     _compressor: Callable[[], object] | None = field(default=None, compare=False, repr=False)
-    #: For encoders that read rows where they lie (the Huffman-only kernel): ``_encode_rows(rows)``.
+    #: For encoders that read rows where they lie (the compiled kernels): ``_encode_rows(rows)``.
     _encode_rows: Callable[[np.ndarray], bytes] | None = field(default=None, compare=False, repr=False)
     #: For decoders that check a strip against its rows as they decode (Deflate, by ISA-L):
     #: ``_rows_check(data, rows)``; otherwise the strip is decoded whole by ``_decode``.
@@ -147,8 +148,8 @@ class StripCodec:
         """Compress one strip given as its rows: a 2-D uint8 array of row bytes whose rows may lie
         anywhere in memory (the flipped view of a page). The streaming encoders take it a few rows
         at a time, so no contiguous copy of the strip is made; their bytes are those of
-        :meth:`encode` of the contiguous strip (the same input, fed in pieces). The Huffman-only
-        encoder reads the rows where they lie."""
+        :meth:`encode` of the contiguous strip (the same input, fed in pieces). The compiled
+        encoders (Huffman-only Deflate, LZW) read the rows where they lie."""
         if self._encode_rows is None and self._compressor is None:
             return self.encode(np.ascontiguousarray(rows))
         if rows.nbytes > self._largest_strip[0]:
@@ -197,9 +198,10 @@ class StripCodec:
 
     @property
     def encoder(self) -> str:
-        """The library that encodes: ``imagecodecs`` (LZW), ``libdeflate``, ``cryotiff``
-        (Huffman-only Deflate, compiled with numba), ``zlib-ng`` (RLE Deflate, and Huffman-only
-        Deflate of movies that load no compiled kernel), ``zlib``
+        """The library that encodes: ``imagecodecs`` (LZW of movies that load no compiled kernel),
+        ``libdeflate``, ``cryotiff`` (Huffman-only Deflate and LZW, compiled with numba),
+        ``zlib-ng`` (RLE Deflate, and Huffman-only Deflate of movies that load no compiled
+        kernel), ``zlib``
         (RELION's Deflate), ``libzstd``, ``liblzma``, or ``-`` for none."""
         return self.library or _ENCODER_LIBRARIES[self.variant or self.name]
 
@@ -329,10 +331,7 @@ def _huffman_encode_rows(rows: np.ndarray) -> bytes:
     or real; docs/compression-policy.md)."""
     from . import kernels  # numba: imported by the runs that encode with it
 
-    # The kernel reads raw memory without bounds checks: anything but 2-D uint8 rows is refused
-    # here rather than read out of bounds.
-    if rows.ndim != 2 or rows.dtype != np.uint8:
-        raise TypeError(f"Huffman-only encoder: rows must be 2-D uint8, not {rows.ndim}-D {rows.dtype}")
+    _check_rows("Huffman-only", rows)
     n_rows, row_bytes = rows.shape
     data, start, stride = _row_span(rows)
     out = np.empty(kernels.deflate_huffman_bound(rows.size, 1) // 4, np.uint32)
@@ -340,11 +339,39 @@ def _huffman_encode_rows(rows: np.ndarray) -> bytes:
     return out.view(np.uint8)[:n_bytes].tobytes()
 
 
+def _as_one_row(data) -> np.ndarray:
+    """One contiguous strip (any buffer) as a 1-row 2-D uint8 array, for the row encoders."""
+    flat = np.frombuffer(memoryview(data).cast("B"), np.uint8) if not isinstance(data, np.ndarray) else data
+    return np.ascontiguousarray(flat).reshape(-1).view(np.uint8).reshape(1, -1)
+
+
+def _check_rows(encoder: str, rows: np.ndarray) -> None:
+    """The kernels read raw memory without bounds checks: anything but 2-D uint8 rows is refused
+    here rather than read out of bounds."""
+    if rows.ndim != 2 or rows.dtype != np.uint8:
+        raise TypeError(f"{encoder} encoder: rows must be 2-D uint8, not {rows.ndim}-D {rows.dtype}")
+
+
 def _huffman_encode(data) -> bytes:
     """Huffman-only Deflate of one contiguous strip (any buffer)."""
-    flat = np.frombuffer(memoryview(data).cast("B"), np.uint8) if not isinstance(data, np.ndarray) else data
-    flat = np.ascontiguousarray(flat).reshape(-1).view(np.uint8)
-    return _huffman_encode_rows(flat.reshape(1, -1))
+    return _huffman_encode_rows(_as_one_row(data))
+
+
+def _lzw_encode_rows(rows: np.ndarray) -> bytes:
+    """TIFF LZW of a strip given as its rows (see :func:`_row_span`), by the compiled kernel:
+    byte for byte what ``imagecodecs.lzw_encode`` writes for the same bytes."""
+    from . import kernels  # numba: imported by the runs that encode with it
+
+    _check_rows("LZW", rows)
+    data, start, stride = _row_span(rows)
+    out = np.empty(kernels.lzw_bound(rows.size), np.uint8)
+    n_bytes = kernels.lzw_encode(data, start, stride, rows.shape[0], rows.shape[1], out)
+    return out[:n_bytes].tobytes()
+
+
+def _lzw_encode(data) -> bytes:
+    """TIFF LZW of one contiguous strip (any buffer), by the compiled kernel."""
+    return _lzw_encode_rows(_as_one_row(data))
 
 
 def _zlib_ng_compressor(strategy: int) -> Callable[[], object]:
@@ -377,14 +404,17 @@ def _check_level(name: str, level: int, allowed: range) -> None:
         raise OptionError(f"{name} level must be {allowed.start}..{allowed.stop - 1}; got {level}")
 
 
-def make_codec(name: str, level: int | None = None, *, huffman_encoder: str = "cryotiff") -> StripCodec:
+def make_codec(
+    name: str, level: int | None = None, *, huffman_encoder: str = "cryotiff", lzw_encoder: str = "imagecodecs"
+) -> StripCodec:
     """Return the codec called ``name`` at ``level``.
 
     ``name`` is a ``--compression`` name (``zip`` = ``deflate``, libdeflate at ``level``) or one
     of the deflate encoders of the ``auto`` policy and the benchmark: ``deflate-huffman``,
     ``deflate-rle``, ``zlib`` (zlib at ``level``, RELION's encoder). The TIFF Compression tag is
     1 (none), 5 (lzw), 8 (all deflate encoders), 50000 (zstd) or 34925 (lzma).
-    ``huffman_encoder`` (one of :data:`HUFFMAN_ENCODERS`) encodes ``deflate-huffman``.
+    ``huffman_encoder`` (one of :data:`HUFFMAN_ENCODERS`) encodes ``deflate-huffman``,
+    ``lzw_encoder`` (one of :data:`LZW_ENCODERS`) ``lzw``.
 
     Raises:
         OptionError: unknown name or a level outside the codec's range.
@@ -394,7 +424,14 @@ def make_codec(name: str, level: int | None = None, *, huffman_encoder: str = "c
     if name == "none":
         return StripCodec("none", COMPRESSION_NONE, None, _identity, _identity)
     if name == "lzw":
-        return _sized("lzw", COMPRESSION_LZW, None, imagecodecs.lzw_encode, imagecodecs.lzw_decode)
+        # Either encoder writes the same bytes; imagecodecs' decoder checks both (verification
+        # independent of the compiled encoder).
+        if lzw_encoder == "imagecodecs":
+            return _sized("lzw", COMPRESSION_LZW, None, imagecodecs.lzw_encode, imagecodecs.lzw_decode)
+        if lzw_encoder != "cryotiff":
+            raise ValueError(f"unknown LZW encoder {lzw_encoder!r}")
+        codec = _sized("lzw", COMPRESSION_LZW, None, _lzw_encode, imagecodecs.lzw_decode)
+        return dataclasses.replace(codec, _encode_rows=_lzw_encode_rows, library="cryotiff")
     if name == "deflate":
         level = DEFAULT_LEVELS["deflate"] if level is None else level
         _check_level("deflate", level, DEFLATE_LEVELS)
@@ -455,11 +492,14 @@ def make_codec(name: str, level: int | None = None, *, huffman_encoder: str = "c
     raise OptionError(f"--compression must be one of {', '.join(COMPRESSION_NAMES)}; got '{name}'")
 
 
-def make_codec_from_label(label: str, *, huffman_encoder: str = "cryotiff") -> StripCodec:
+def make_codec_from_label(
+    label: str, *, huffman_encoder: str = "cryotiff", lzw_encoder: str = "imagecodecs"
+) -> StripCodec:
     """The codec whose :attr:`StripCodec.label` is ``label`` (``deflate-12``, ``zlib-6``,
-    ``deflate-huffman``, ``zstd-3``, ``lzw``...); ``huffman_encoder`` as in :func:`make_codec`."""
+    ``deflate-huffman``, ``zstd-3``, ``lzw``...); ``huffman_encoder`` and ``lzw_encoder`` as
+    in :func:`make_codec`."""
     if label in ("deflate-huffman", "deflate-rle", "none", "lzw"):
-        return make_codec(label, huffman_encoder=huffman_encoder)
+        return make_codec(label, huffman_encoder=huffman_encoder, lzw_encoder=lzw_encoder)
     name, _, level = label.rpartition("-")
     if not name or not level.isdigit():
         raise OptionError(f"unknown codec '{label}'")
@@ -519,13 +559,14 @@ def opt_in_warning(compression: str) -> str | None:
 # --------------------------------------------------------------------------- RELION's rule
 
 
-def relion_auto_codec(width: int, is_eer: bool, deflate_level: int = 6) -> StripCodec:
+def relion_auto_codec(width: int, is_eer: bool, deflate_level: int = 6, *, lzw_encoder: str = "imagecodecs") -> StripCodec:
     """RELION's ``auto`` rule (``decide_filter``): deflate for 4096-wide non-EER movies ("likely
     Falcon"), LZW for everything else (K2, K3, EER output). RELION's deflate is zlib at
-    ``deflate_level``; this returns libdeflate at the same level (same ratio, faster)."""
+    ``deflate_level``; this returns libdeflate at the same level (same ratio, faster).
+    ``lzw_encoder`` as in :func:`make_codec`."""
     if width == 4096 and not is_eer:
         return make_codec("deflate", deflate_level)
-    return make_codec("lzw")
+    return make_codec("lzw", lzw_encoder=lzw_encoder)
 
 
 def relion_codec_kind(width: int, is_eer: bool) -> str:
@@ -638,7 +679,7 @@ def policy_sample(page: np.ndarray, rows_per_strip: int | None = None) -> list[n
 
 def choose_auto_codec(
     page: np.ndarray, width: int, is_eer: bool, rows_per_strip: int | None = None, *,
-    huffman_encoder: str = "cryotiff",
+    huffman_encoder: str = "cryotiff", lzw_encoder: str = "imagecodecs",
 ) -> AutoDecision:
     """The ``auto`` policy for one movie, decided on its first page.
 
@@ -653,13 +694,14 @@ def choose_auto_codec(
 
     ``huffman_encoder`` encodes ``deflate-huffman`` (:func:`huffman_encoder_for`; the two write
     streams of the same size within 0.3 % on detector frames, so the choice does not depend on
-    it). The same page always gives the same codec.
+    it); ``lzw_encoder`` encodes ``lzw`` (:func:`lzw_encoder_for`; the two write the same bytes).
+    The same page always gives the same codec.
     """
     strips = policy_sample(page, rows_per_strip)
     sample_bytes = sum(strip.nbytes for strip in strips)
 
     def compressed_size(label: str) -> int:
-        codec = make_codec_from_label(label, huffman_encoder=huffman_encoder)
+        codec = make_codec_from_label(label, huffman_encoder=huffman_encoder, lzw_encoder=lzw_encoder)
         return sum(len(codec.encode(strip)) for strip in strips)
 
     sizes = {"lzw": compressed_size("lzw")}
@@ -679,7 +721,7 @@ def choose_auto_codec(
         sizes[fastest] = compressed_size(fastest)
     best = min(sizes, key=lambda label: (sizes[label], AUTO_CANDIDATES.index(label)))
     return AutoDecision(
-        codec=make_codec_from_label(best, huffman_encoder=huffman_encoder),
+        codec=make_codec_from_label(best, huffman_encoder=huffman_encoder, lzw_encoder=lzw_encoder),
         sample_bytes=sample_bytes,
         sizes=sizes,
         speeds_mb_per_s=speeds,
@@ -692,23 +734,41 @@ def choose_auto_codec(
 #: The encoders of ``deflate-huffman``: cryotiff's compiled kernel and zlib-ng's ``Z_HUFFMAN_ONLY``.
 HUFFMAN_ENCODERS = ("cryotiff", "zlib-ng")
 
-#: Movies with at least this many bytes of frames have their Huffman-only Deflate encoded by the
-#: compiled kernel even when nothing else of theirs needs numba. Loading numba and the kernel
-#: costs about 0.5 s of CPU and 110 MiB of memory once per process; the kernel then saves
-#: 3.1 ms per MB of K2 counts (encode 464 against zlib-ng's 181 MB/s, ISA-L's check of zlib-ng's
-#: streams 720 against 583 MB/s) and 6.3 ms per MB of Falcon frames (452 against 127 MB/s): it
-#: pays from about 160 MB (K2) or 80 MB (Falcon), measured in docs/benchmarks/vs-relion.md.
-COMPILED_HUFFMAN_MIN_MOVIE_BYTES = 200_000_000
+#: Movies with at least this many bytes of frames have their Huffman-only Deflate and their LZW
+#: encoded by the compiled kernels even when nothing else of theirs needs numba. Loading numba
+#: and a kernel costs about 0.5 s of CPU and 110 MiB of memory once per process; the Huffman-only
+#: kernel then saves 3.1 ms per MB of K2 counts (encode 464 against zlib-ng's 181 MB/s, ISA-L's
+#: check of zlib-ng's streams 720 against 583 MB/s) and 6.3 ms per MB of Falcon frames (452
+#: against 127 MB/s): it pays from about 160 MB (K2) or 80 MB (Falcon); the LZW kernel saves
+#: about 5 ms per MB (about 200 against imagecodecs' 100 MB/s), paying from about 100 MB.
+#: Measured in docs/benchmarks/vs-relion.md.
+COMPILED_ENCODERS_MIN_MOVIE_BYTES = 200_000_000
+
+#: The encoders of ``lzw``: cryotiff's compiled kernel and imagecodecs' (the same bytes).
+LZW_ENCODERS = ("cryotiff", "imagecodecs")
+
+
+def compiled_encoders_pay(movie_bytes: int, loads_kernels: bool) -> bool:
+    """Whether a movie's strips are encoded by the compiled kernels (:mod:`cryotiff.kernels`):
+    where the movie's pages need numba anyway (``loads_kernels``: EER rendering, the gain
+    arithmetic) or where it is long enough for a kernel to repay loading numba
+    (:data:`COMPILED_ENCODERS_MIN_MOVIE_BYTES`). Otherwise a short movie of plain integer frames
+    never loads numba. Decided from the movie alone, so the same movie always gets the same
+    bytes."""
+    return loads_kernels or movie_bytes >= COMPILED_ENCODERS_MIN_MOVIE_BYTES
 
 
 def huffman_encoder_for(movie_bytes: int, loads_kernels: bool) -> str:
     """``cryotiff`` (the compiled kernel) or ``zlib-ng``: what encodes a movie's Huffman-only
-    Deflate. The kernel where the movie's pages need numba anyway (``loads_kernels``: EER
-    rendering, the gain arithmetic) or where it is long enough for the kernel to repay loading
-    numba (:data:`COMPILED_HUFFMAN_MIN_MOVIE_BYTES`); zlib-ng otherwise, so that a short movie of
-    plain integer frames never loads numba. Both write standard Deflate of the same size within
-    0.3 %; decided from the movie alone, so the same movie always gets the same bytes."""
-    return "cryotiff" if loads_kernels or movie_bytes >= COMPILED_HUFFMAN_MIN_MOVIE_BYTES else "zlib-ng"
+    Deflate (:func:`compiled_encoders_pay`). Both write standard Deflate of the same size within
+    0.3 %."""
+    return "cryotiff" if compiled_encoders_pay(movie_bytes, loads_kernels) else "zlib-ng"
+
+
+def lzw_encoder_for(movie_bytes: int, loads_kernels: bool) -> str:
+    """``cryotiff`` (the compiled kernel) or ``imagecodecs``: what encodes a movie's LZW
+    (:func:`compiled_encoders_pay`). Both write the same bytes."""
+    return "cryotiff" if compiled_encoders_pay(movie_bytes, loads_kernels) else "imagecodecs"
 
 
 def _first_page(source) -> np.ndarray:
@@ -751,6 +811,7 @@ def resolve_codec(
     sample=None,
     rows_per_strip: int | None = None,
     huffman_encoder: str = "cryotiff",
+    lzw_encoder: str = "imagecodecs",
 ) -> StripCodec:
     """The codec for one movie from ``--compression`` and ``--deflate_level``.
 
@@ -766,15 +827,18 @@ def resolve_codec(
         rows_per_strip: 1 for ``--line_by_line`` (the sample is then encoded row by row);
             None for one strip per frame.
         huffman_encoder: what encodes ``deflate-huffman`` (:func:`huffman_encoder_for`).
+        lzw_encoder: what encodes ``lzw`` (:func:`lzw_encoder_for`).
 
     The result's ``tiff_code`` is the TIFF Compression tag (259).
     """
     name, level = split_compression(compression)
     if name == "auto":
         if sample is None or getattr(sample, "n_pages", 1) == 0:
-            return relion_auto_codec(width, is_eer, deflate_level)
+            return relion_auto_codec(width, is_eer, deflate_level, lzw_encoder=lzw_encoder)
         page = _first_page(sample) if hasattr(sample, "page") else np.asarray(sample)
-        return choose_auto_codec(page, width, is_eer, rows_per_strip, huffman_encoder=huffman_encoder).codec
+        return choose_auto_codec(
+            page, width, is_eer, rows_per_strip, huffman_encoder=huffman_encoder, lzw_encoder=lzw_encoder
+        ).codec
     if name in ("deflate", "zip"):
         return make_codec("deflate", deflate_level)
-    return make_codec(name, level)
+    return make_codec(name, level, lzw_encoder=lzw_encoder)

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import __version__
-from .codecs import StripCodec, huffman_encoder_for, resolve_codec
+from .codecs import StripCodec, huffman_encoder_for, lzw_encoder_for, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
 from .io import Movie, MovieInfo, check_regular_file
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, write_movie
@@ -160,8 +160,8 @@ class PageSource:
         input_warnings: what the reader tolerated and the user should know (a pixel size left
             out, data after the last frame); :meth:`finish` adds them to the result.
         loads_kernels: making the pages runs numba-compiled kernels (:mod:`cryotiff.kernels`),
-            so the compiled Huffman-only encoder costs nothing more to load
-            (:func:`cryotiff.codecs.huffman_encoder_for`).
+            so the compiled Huffman-only and LZW encoders cost nothing more to load
+            (:func:`cryotiff.codecs.compiled_encoders_pay`).
     """
 
     path: Path
@@ -181,6 +181,11 @@ class PageSource:
     def huffman_encoder(self) -> str:
         """What encodes this movie's Huffman-only Deflate (:func:`cryotiff.codecs.huffman_encoder_for`)."""
         return huffman_encoder_for(self.input_bytes, self.loads_kernels)
+
+    @property
+    def lzw_encoder(self) -> str:
+        """What encodes this movie's LZW (:func:`cryotiff.codecs.lzw_encoder_for`)."""
+        return lzw_encoder_for(self.input_bytes, self.loads_kernels)
 
     def possible_dtypes(self) -> tuple[np.dtype, ...]:
         """The sample types a complete TIFF of this movie can have with these options (more than
@@ -835,6 +840,7 @@ def _write_pages(
     codec = resolve_codec(  # auto measures candidates on page 0, made once (handed on to the encoder)
         options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
         sample=source, rows_per_strip=1 if options.line_by_line else None, huffman_encoder=source.huffman_encoder,
+        lzw_encoder=source.lzw_encoder,
     )
     rows_per_strip = 1 if options.line_by_line else source.shape_yx[0]
     layout = TiffLayout(

@@ -178,7 +178,8 @@ def _encode_first_page(source, options: ConvertOptions) -> tuple[str, int]:
     page = source.page(0)
     rows_per_strip = 1 if options.line_by_line else None
     codec = resolve_codec(options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
-                          sample=page, rows_per_strip=rows_per_strip, huffman_encoder=source.huffman_encoder)
+                          sample=page, rows_per_strip=rows_per_strip, huffman_encoder=source.huffman_encoder,
+                          lzw_encoder=source.lzw_encoder)
     step = rows_per_strip or source.shape_yx[0]
     rows = np.ascontiguousarray(flip_rows(page))
     row_bytes = rows.view(np.uint8).reshape(rows.shape[0], -1)
