@@ -170,6 +170,8 @@ def kernel_figures(workdir: Path) -> None:
             print(f"| {name}, {strategy}: zlib -> zlib-ng MB/s (same bytes: {same}) | {len(data) / old / 1e6:.0f} | "
                   f"{len(data) / new / 1e6:.0f} | {old / new:.2f}x |")
         huffman_figures(name, frame, best)
+        if name.startswith("K2"):
+            lzw_figures(name, frame, best)
     rng = np.random.default_rng(0)
     shape = K2_SHAPE_YX
     gain = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
@@ -187,12 +189,14 @@ def kernel_figures(workdir: Path) -> None:
     for name, old, new in rows:
         old_s, new_s = best(old), best(new)
         print(f"| {name}, ms per K2 frame | {old_s * 1e3:.0f} | {new_s * 1e3:.0f} | {old_s / new_s:.1f}x |")
+    lzw_figures("K2 gain-corrected float32 frame (--gain)", frame, best)
     with EerMovie(workdir / "eer400.eer") as movie:
         for up in (1, 2):
             movie.render(0, 2, up, dtype=np.uint8)
             new_s = best(lambda: movie.render(0, 20, up, dtype=np.uint8)) / 20
             print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms | see below | {new_s * 1e3:.2f} | |")
         huffman_figures("EER page of 20 raw frames", movie.render(0, 20, 1, dtype=np.uint8).counts, best)
+        lzw_figures("EER page of 20 raw frames, upsampling 2", movie.render(0, 20, 2, dtype=np.uint8).counts, best)
     lzw_thread_figures()
     start_up_figures()
 
@@ -221,6 +225,27 @@ def huffman_figures(name: str, frame, best) -> None:
               f"{mb / new:.0f} | {old / new:.2f}x |")
 
 
+def lzw_figures(name: str, frame, best) -> None:
+    """Rows of the LZW encoders (imagecodecs against cryotiff's compiled kernel: MB/s of one
+    thread's CPU time, best of 3, and whether the bytes are the same) and of imagecodecs'
+    decoder that verifies either, for one frame in TIFF row order."""
+    import imagecodecs
+    import numpy as np
+
+    from cryotiff.codecs import make_codec
+
+    rows = np.ascontiguousarray(frame[::-1]).view(np.uint8).reshape(frame.shape[0], -1)
+    mb = rows.nbytes / 1e6
+    kernel, library = make_codec("lzw", lzw_encoder="cryotiff"), make_codec("lzw", lzw_encoder="imagecodecs")
+    kernel.encode_rows(rows)  # loaded once
+    by_kernel, by_library = kernel.encode_rows(rows), library.encode_rows(rows)
+    old, new = best(lambda: library.encode_rows(rows)), best(lambda: kernel.encode_rows(rows))
+    print(f"| {name}, LZW: imagecodecs -> cryotiff kernel, MB/s (size {len(by_library) / rows.nbytes:.2%}, "
+          f"same bytes: {by_kernel == by_library}) | {mb / old:.0f} | {mb / new:.0f} | {old / new:.2f}x |")
+    decode = best(lambda: imagecodecs.lzw_decode(by_kernel, out=rows.nbytes + 1))
+    print(f"| {name}, LZW verification decode (imagecodecs), MB/s | | {mb / decode:.0f} | |")
+
+
 def lzw_thread_figures() -> None:
     """How imagecodecs' LZW scales on two threads (whether it releases the GIL): the wall time
     of the same work on one thread against twice the work on two, sparse 8-bit counts."""
@@ -241,26 +266,34 @@ def lzw_thread_figures() -> None:
             thread.join()
         return time.perf_counter() - started
 
+    from cryotiff.codecs import make_codec
+
+    kernel = make_codec("lzw", lzw_encoder="cryotiff")
     scaling = []
-    for function in (lambda: imagecodecs.lzw_encode(data), lambda: imagecodecs.lzw_decode(encoded, out=len(data) + 1)):
+    for function in (lambda: imagecodecs.lzw_encode(data), lambda: imagecodecs.lzw_decode(encoded, out=len(data) + 1),
+                     lambda: kernel.encode(data)):
         one, two = min(wall(function, 1) for _ in range(2)), min(wall(function, 2) for _ in range(2))
         scaling.append(2 * one / two)
     print(f"| LZW (imagecodecs) on two threads, sparse 8-bit counts: encode / decode, scaling | | "
           f"{scaling[0]:.2f}x / {scaling[1]:.2f}x | |")
+    print(f"| LZW (cryotiff kernel) encode on two threads, sparse 8-bit counts, scaling | | {scaling[2]:.2f}x | |")
 
 
 def start_up_figures() -> None:
-    """CPU seconds of a fresh interpreter importing numba and loading the cached Huffman-only
-    kernel, and of compiling it with an empty cache (what a fresh install pays once)."""
-    probe = ("import time; import numpy as np; from cryotiff.codecs import make_codec; "
-             "t0 = time.process_time(); make_codec('deflate-huffman').encode(np.zeros(4096, np.uint8)); "
-             "print(time.process_time() - t0)")
-    with tempfile.TemporaryDirectory() as cache:
-        for what, env in (("compile (empty numba cache)", {"NUMBA_CACHE_DIR": cache}),
-                          ("load from the cache", {"NUMBA_CACHE_DIR": cache})):
-            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                                 env={**os.environ, **env}).stdout.split()
-            print(f"| Huffman-only kernel: numba import + {what}, CPU s | | {float(out[0]):.2f} | |")
+    """CPU seconds of a fresh interpreter importing numba and loading a cached compiled encoder
+    (Huffman-only Deflate, LZW), and of compiling it with an empty cache (what a fresh install
+    pays once)."""
+    for name, codec in (("Huffman-only kernel", "make_codec('deflate-huffman')"),
+                        ("LZW kernel", "make_codec('lzw', lzw_encoder='cryotiff')")):
+        probe = ("import time; import numpy as np; from cryotiff.codecs import make_codec; "
+                 f"t0 = time.process_time(); {codec}.encode(np.zeros(4096, np.uint8)); "
+                 "print(time.process_time() - t0)")
+        with tempfile.TemporaryDirectory() as cache:
+            for what, env in (("compile (empty numba cache)", {"NUMBA_CACHE_DIR": cache}),
+                              ("load from the cache", {"NUMBA_CACHE_DIR": cache})):
+                out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                     env={**os.environ, **env}).stdout.split()
+                print(f"| {name}: numba import + {what}, CPU s | | {float(out[0]):.2f} | |")
 
 
 def baseline_eer_figure(workdir: Path) -> None:

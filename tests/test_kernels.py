@@ -446,7 +446,7 @@ def lzw_encode(rows: np.ndarray) -> bytes:
 
 
 def lzw_reference(data: bytes) -> tuple[bytes, list[int]]:
-    """TIFF LZW written from the TIFF 6.0 specification (section 13) in plain Python, with
+    """TIFF LZW written from the chapter "LZW Compression" of TIFF Revision 6.0 in plain Python, with
     imagecodecs' reset rule (ClearCode once code 4095 is given out) and its zero byte after
     EndOfInformation where the codes end on a byte boundary: ``(stream, input offsets at which a
     ClearCode after the first was written)``."""

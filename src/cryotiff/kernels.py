@@ -899,17 +899,19 @@ def deflate_huffman_bound(n_bytes: int, n_blocks: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# TIFF LZW (Compression 5): the codes of the TIFF 6.0 specification, section 13, as libtiff
-# (``libtiff/tif_lzw.c``) and imagecodecs (``imagecodecs/_lzw`` / ``imcd.c``) write them
+# TIFF LZW (Compression 5): the codes of the chapter "LZW Compression" of the TIFF Revision 6.0
+# document, as libtiff (``libtiff/tif_lzw.c``) and imagecodecs (``imcd.c``) write them
 #
 # Codes are written most significant bit first, 9 to 12 bits wide. The stream starts with
 # ClearCode (256) and ends with EndOfInformation (257); new strings get codes from 258 on. The
 # width grows one code early, as every TIFF reader expects: the code written after the string
 # with code 511 was added is 10 bits wide (1023: 11, 2047: 12). When code 4095 has been given
 # out, ClearCode is written in 12 bits and the table starts again from 258 at 9 bits; this is
-# imagecodecs' rule (libtiff clears one code earlier), so that the bytes here are imagecodecs'
-# byte for byte (``tests/test_kernels.py``). The parse is greedy: the longest string in the
-# table is coded, which makes the output a function of the input and that rule alone.
+# imagecodecs' rule, so that the bytes here are imagecodecs' byte for byte
+# (``tests/test_kernels.py``). (libtiff, and so RELION, clears once code 4093 is given out, and
+# also earlier where its compression ratio falls: its strips differ in bytes, never in what they
+# decode to.) The parse is greedy: the longest string in the table is coded, which makes the
+# output a function of the input and that rule alone.
 #
 # The table is a hash of (prefix code, next byte) -> code with linear probing, 64-bit slots
 # holding ``generation << 32 | key << 12 | code``: a slot of an earlier generation is empty, so
