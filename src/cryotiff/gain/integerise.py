@@ -176,7 +176,9 @@ def integerise(
         room = n_errors  # with --ignore_error: a second pass records them all
     errors, expected = errors[:n_errors], expected[:n_errors]
     rows, cols = np.divmod(errors, v.shape[1])
-    status_map = mask.astype(np.int16) if reliability is None else np.asarray(reliability)
+    # Only the errors' counters are looked up (a conversion of the whole map would cost a pass).
+    status_map = mask if reliability is None else np.asarray(reliability)
+    status = status_map.reshape(-1)[errors].astype(np.int16)
     result = IntegeriseResult(
         values=values,
         n_errors=int(n_errors),
@@ -186,7 +188,7 @@ def integerise(
         observed=v.reshape(-1)[errors],
         expected=expected,
         gain=g.reshape(-1)[errors],
-        status=status_map.reshape(-1)[errors],
+        status=status,
         movie=movie,
         frame_index_0based=frame_index_0based,
     )

@@ -30,6 +30,14 @@ def _round_half_away(q):
 
 
 @_inline
+def _round_half_away_select(q):
+    """:func:`_round_half_away` with a select instead of a branch (the same float32 result)."""
+    whole = np.float32(np.trunc(q))
+    step = _F32_ONE if q > _F32_ZERO else -_F32_ONE
+    return whole + step if abs(q - whole) >= _F32_HALF else whole
+
+
+@_inline
 def _relion_int_round(q):
     """``(int)round(q)`` on x86-64 as a float32: beyond the int range (and NaN, inf) C's
     "integer indefinite" -2147483648; a rounded -0 becomes +0 (an int has no sign of zero)."""
@@ -42,9 +50,7 @@ def _relion_int_round(q):
 @_inline
 def _relion_int_round_select(q):
     """:func:`_relion_int_round` with selects instead of branches (the same float32 result)."""
-    whole = np.float32(np.trunc(q))
-    step = _F32_ONE if q > _F32_ZERO else -_F32_ONE
-    whole = whole + step if abs(q - whole) >= _F32_HALF else whole
+    whole = _round_half_away_select(q)
     whole = whole if abs(whole) < _F32_TWO_POW_31 else _F32_INT_MIN
     return whole + _F32_ZERO
 
@@ -113,27 +119,45 @@ def gain_integerise(frame, gain, reliable, tolerance, values, expected, errors):
         ``(n_errors, n_inexact)``: all errors (also those beyond the room of ``errors``), and the
         reliable pixels accepted within the tolerance whose ``iv * g`` is not ``v`` bit for bit.
     """
+    # Every pixel is computed without branches (a select keeps one case), so that the compiler
+    # vectorises the loop; the errors, rare and normally fatal, are found again by a second,
+    # branching pass only when there are some.
     n_errors = n_inexact = 0
-    room = errors.size
     for i in range(frame.size):
         v = frame[i]
-        if not reliable[i]:
-            values[i] = v
-            continue
         g = gain[i]
-        iv = _relion_int_round(v / g)
+        is_reliable = reliable[i]
+        q = v / g
+        iv = _relion_int_round_select(q)
         e = g * iv
-        if abs(e - v) <= tolerance:
-            values[i] = iv
-            if e != v:
-                n_inexact += 1
-        else:
-            if n_errors < room:
-                errors[n_errors] = i
-                expected[n_errors] = e
-            n_errors += 1
-            values[i] = _round_half_away(v / g) + _F32_ZERO if np.isfinite(v) else v
+        accepted = abs(e - v) <= tolerance
+        rounded = _round_half_away_select(q) + _F32_ZERO
+        error_value = rounded if abs(v) < np.inf else v
+        values[i] = (iv if accepted else error_value) if is_reliable else v
+        n_inexact += is_reliable & accepted & (e != v)
+        n_errors += is_reliable & (not accepted)
+    if n_errors:
+        _record_integerise_errors(frame, gain, reliable, tolerance, expected, errors)
     return n_errors, n_inexact
+
+
+@_jit
+def _record_integerise_errors(frame, gain, reliable, tolerance, expected, errors):
+    """The errors of :func:`gain_integerise` in pixel order, as many as ``errors`` holds."""
+    n_errors = 0
+    room = errors.size
+    for i in range(frame.size):
+        if n_errors == room:
+            return
+        if not reliable[i]:
+            continue
+        v = frame[i]
+        g = gain[i]
+        e = g * _relion_int_round(v / g)
+        if not abs(e - v) <= tolerance:
+            errors[n_errors] = i
+            expected[n_errors] = e
+            n_errors += 1
 
 
 @_jit
