@@ -249,6 +249,28 @@ def test_a_tiff_whose_pages_all_claim_more_pixels_than_their_data_hold_is_refuse
     assert "cannot come from its" in outcome.message and "size tags are damaged" in outcome.message, outcome.message
 
 
+@pytest.mark.parametrize("compression", [None, "zlib", "lzw"])
+@pytest.mark.parametrize("rows_per_strip", [8, 15])
+def test_a_tiff_page_whose_rows_per_strip_was_damaged_is_refused(tmp_path: Path, compression, rows_per_strip) -> None:
+    """Page 2 of a movie written in strips of 16 rows claims strips of fewer rows. tifffile
+    reads such an LZW page without an error, with rows missing or moved (each strip is trimmed
+    to the claimed rows); the conversion must refuse the movie, not write those pixels."""
+    first = good_movie(tmp_path / "first.mrc", 1)
+    last = good_movie(tmp_path / "last.mrc", 2)
+    tiff_movie(tmp_path / "strips.tif", compression=compression, rowsperstrip=16)
+    patch_tag(tmp_path / "strips.tif", 1, 278, value=rows_per_strip)
+    status, out, err = cli_with_neighbours(tmp_path, "strips.tif")
+    text = out + err
+    assert "Traceback" not in text
+    assert status == 1, text
+    assert "strips.tif: page 2: 2 strip offsets and 2 byte counts, but its size needs" in text, text
+    assert "strips; the file is damaged" in text, text
+    assert "Movies converted: 2, skipped: 0, failed: 1" in out
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/first.tif"), first)
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/last.tif"), last)
+    assert not (tmp_path / "out/strips.tif").exists()
+
+
 @pytest.mark.parametrize("compression", [None, "zlib", "lzw", "zstd", "lzma", "packbits"])
 def test_good_tiff_movies_pass_the_checks_bit_exactly(tmp_path: Path, compression) -> None:
     from cryotiff.io.tiff import open_tiff
