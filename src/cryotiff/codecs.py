@@ -4,8 +4,9 @@ A :class:`StripCodec` turns the bytes of one TIFF strip into compressed bytes an
 encoder here releases the GIL (imagecodecs' LZW too, since at least imagecodecs 2026.3.6:
 1.99x encoding and 1.90x decoding on two threads, ``benchmarks/bench_vs_relion.py --kernels``),
 so strips of different frames are encoded concurrently in threads. Every Deflate strip is verified by ISA-L's inflater (the
-``isal`` package), which none of the encoders shares code with; every LZW strip by imagecodecs'
-decoder, whichever of the two LZW encoders (imagecodecs' or cryotiff's compiled one) wrote it.
+``isal`` package), which none of the encoders shares code with; every LZW strip by a decoder
+that shares no code with its encoder: imagecodecs' decoder checks imagecodecs' encoder, and
+cryotiff's compiled decoder (:func:`cryotiff.kernels.lzw_decodes_to`) its compiled encoder.
 
 ``--compression auto`` is a measured policy (:func:`choose_auto_codec`, explained with its
 measurements in ``docs/compression-policy.md``): it tries a few fast encoders that all write
@@ -132,8 +133,9 @@ class StripCodec:
     _compressor: Callable[[], object] | None = field(default=None, compare=False, repr=False)
     #: For encoders that read rows where they lie (the compiled kernels): ``_encode_rows(rows)``.
     _encode_rows: Callable[[np.ndarray], bytes] | None = field(default=None, compare=False, repr=False)
-    #: For decoders that check a strip against its rows as they decode (Deflate, by ISA-L):
-    #: ``_rows_check(data, rows)``; otherwise the strip is decoded whole by ``_decode``.
+    #: For decoders that check a strip against its rows where they lie (Deflate by ISA-L as it
+    #: inflates, the compiled encoder's LZW by the compiled decoder): ``_rows_check(data, rows)``;
+    #: otherwise the strip is decoded whole by ``_decode`` and compared.
     _rows_check: Callable[[bytes, np.ndarray], bool] | None = field(default=None, compare=False, repr=False)
     library: str | None = None
 
@@ -374,6 +376,26 @@ def _lzw_encode(data) -> bytes:
     return _lzw_encode_rows(_as_one_row(data))
 
 
+def _lzw_decodes_to(data: bytes, rows: np.ndarray) -> bool:
+    """Whether the TIFF LZW strip ``data`` decodes to exactly the bytes of ``rows`` (see
+    :func:`_row_span`), by the compiled decoder (:func:`cryotiff.kernels.lzw_decodes_to`, which
+    shares no code with the compiled encoder): it decodes into a buffer of the strip's size and
+    compares it with the rows where they lie. As with imagecodecs' decoder, a stream that ends
+    early or decodes to other bytes (or more of them) is False; one with a code that is not in
+    its table raises ValueError."""
+    from . import kernels  # numba: imported by the runs that encode with it
+
+    _check_rows("LZW", rows)
+    span, start, stride = _row_span(rows)
+    buffer = np.empty(kernels.lzw_decode_buffer_bytes(rows.size), np.uint8)
+    status = kernels.lzw_decodes_to(
+        np.frombuffer(data, np.uint8), span, start, stride, rows.shape[0], rows.shape[1], buffer
+    )
+    if status == kernels.LZW_DECODE_CORRUPT:
+        raise ValueError("a corrupt LZW stream: a code that is not in its table")
+    return status == kernels.LZW_DECODE_SAME
+
+
 def _zlib_ng_compressor(strategy: int) -> Callable[[], object]:
     return lambda: zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, strategy)
 
@@ -424,14 +446,17 @@ def make_codec(
     if name == "none":
         return StripCodec("none", COMPRESSION_NONE, None, _identity, _identity)
     if name == "lzw":
-        # Either encoder writes the same bytes; imagecodecs' decoder checks both (verification
-        # independent of the compiled encoder).
+        # Either encoder writes the same bytes. imagecodecs' decoder checks imagecodecs' strips;
+        # the compiled decoder, written separately from the compiled encoder, checks the
+        # compiled encoder's (numba is loaded for those anyway; it is 2-4x as fast).
         if lzw_encoder == "imagecodecs":
             return _sized("lzw", COMPRESSION_LZW, None, imagecodecs.lzw_encode, imagecodecs.lzw_decode)
         if lzw_encoder != "cryotiff":
             raise ValueError(f"unknown LZW encoder {lzw_encoder!r}")
         codec = _sized("lzw", COMPRESSION_LZW, None, _lzw_encode, imagecodecs.lzw_decode)
-        return dataclasses.replace(codec, _encode_rows=_lzw_encode_rows, library="cryotiff")
+        return dataclasses.replace(
+            codec, _encode_rows=_lzw_encode_rows, _rows_check=_lzw_decodes_to, library="cryotiff"
+        )
     if name == "deflate":
         level = DEFAULT_LEVELS["deflate"] if level is None else level
         _check_level("deflate", level, DEFLATE_LEVELS)

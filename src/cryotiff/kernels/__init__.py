@@ -6,7 +6,9 @@ passes over a frame, each loop written once, compiled by numba. One module per j
 * :mod:`cryotiff.kernels.gain`: RELION's per-pixel gain arithmetic (estimation update,
   integerisation, lossy rounding) in float32;
 * :mod:`cryotiff.kernels.deflate`: the Huffman-only Deflate encoder;
-* :mod:`cryotiff.kernels.lzw`: the TIFF LZW encoder.
+* :mod:`cryotiff.kernels.lzw`: the TIFF LZW encoder;
+* :mod:`cryotiff.kernels.lzw_decode`: the TIFF LZW decoder that verifies that encoder's strips
+  (written separately from it).
 
 Every kernel is ``@njit(nogil=True, cache=True)`` (:mod:`cryotiff.kernels._jit`): it runs
 without the GIL, so the page tasks of ``--j N`` threads run their kernels at the same time, and
@@ -24,7 +26,7 @@ imports numba, so the modules that need a kernel import it where they call it. T
 every kernel against an independent reference on random inputs: RELION's EER loop transcribed
 in plain Python and ``imagecodecs.eer_decode`` for the EER kernel, the earlier vectorised numpy
 code for the gain kernels, zlib, ISA-L and libdeflate for the Deflate encoder, imagecodecs and
-libtiff for the LZW encoder (``tests/test_kernels.py``).
+libtiff for the LZW encoder (``tests/test_kernels.py``) and decoder (``tests/test_lzw_decode.py``).
 """
 
 from cryotiff.kernels.deflate import (
@@ -48,6 +50,17 @@ from cryotiff.kernels.eer import (
 )
 from cryotiff.kernels.gain import gain_integerise, gain_lossy_counts, gain_update
 from cryotiff.kernels.lzw import LZW_CLEAR, LZW_EOI, LZW_FIRST, LZW_LAST, lzw_bound, lzw_encode
+from cryotiff.kernels.lzw_decode import (
+    LZW_DECODE_CORRUPT,
+    LZW_DECODE_DIFFERENT,
+    LZW_DECODE_ORIGIN,
+    LZW_DECODE_OVERFLOW,
+    LZW_DECODE_SAME,
+    LZW_DECODE_TRUNCATED,
+    lzw_decode_buffer_bytes,
+    lzw_decode_into,
+    lzw_decodes_to,
+)
 
 __all__ = [
     "DEFLATE_MAX_BITS",
@@ -60,6 +73,12 @@ __all__ = [
     "EER_RECORD",
     "EER_STATE_FIELDS",
     "LZW_CLEAR",
+    "LZW_DECODE_CORRUPT",
+    "LZW_DECODE_DIFFERENT",
+    "LZW_DECODE_ORIGIN",
+    "LZW_DECODE_OVERFLOW",
+    "LZW_DECODE_SAME",
+    "LZW_DECODE_TRUNCATED",
     "LZW_EOI",
     "LZW_FIRST",
     "LZW_LAST",
@@ -73,5 +92,8 @@ __all__ = [
     "gain_lossy_counts",
     "gain_update",
     "lzw_bound",
+    "lzw_decode_buffer_bytes",
+    "lzw_decode_into",
+    "lzw_decodes_to",
     "lzw_encode",
 ]

@@ -1,0 +1,184 @@
+"""TIFF LZW (Compression 5): the compiled decoder that verifies LZW strips.
+
+It is the check of the compiled encoder (:mod:`cryotiff.kernels.lzw`) and shares no code with
+it: written separately from the chapter "LZW Compression" of the TIFF Revision 6.0 document.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from cryotiff.kernels._jit import _jit
+
+# Codes are read most significant bit first, 9 to 12 bits wide. ClearCode (256) empties the
+# table (new strings get codes from 258 on) and sets the width back to 9 bits, wherever it comes:
+# after code 4095 as imagecodecs writes it, after code 4093 or wherever its compression ratio
+# falls as libtiff (``libtiff/tif_lzw.c``) writes it, or several in a row. EndOfInformation (257)
+# ends the strip; bytes after it (imagecodecs' zero byte) are ignored. The width grows one code
+# early: once the reader has added the string with code 510 (1022, 2046), the next code is 10
+# (11, 12) bits wide. A stream that does not begin with ClearCode is read as if it did.
+#
+# Every string in the table is a run of bytes already in the buffer: the string added after
+# reading a code is the previous code's string followed by the first byte of this code's, which
+# is where the previous string was written and one byte more. So the table holds per code
+# ``(offset in the buffer, length)`` and decoding a code is a copy of earlier bytes, no chain
+# of prefixes. The 256 single-byte strings are the bytes 0..255 written at the start of the
+# buffer (the decoded strip follows them at LZW_DECODE_ORIGIN), so a literal is a copy like any
+# other code. A string of at most 8 bytes that lies 8 or more bytes back is copied as one 8-byte
+# word (the bytes past its end are overwritten by the next strings, or lie past the strip); the
+# one string that overlaps its copy (a code naming the string being added: the previous string
+# and its own first byte) is copied forward a byte at a time, each byte read after it is written.
+#
+# Every index is checked before it is used: a corrupt stream, a code not in the table, more
+# bytes than the buffer holds and a stream that ends before EndOfInformation give a negative
+# status, never a read or write outside the arrays. (The indices are cast to np.uintp where
+# they are known not to be negative: numba then drops its wrap-around of negative indices.)
+
+#: Statuses of :func:`lzw_decode_into` (a negative return) and :func:`lzw_decodes_to`.
+LZW_DECODE_CORRUPT = -1  #: a code not in the table (or a string code right after ClearCode)
+LZW_DECODE_OVERFLOW = -2  #: the strip decodes to more bytes than the buffer (or the rows) hold
+LZW_DECODE_TRUNCATED = -3  #: the data end before EndOfInformation
+#: :func:`lzw_decodes_to`: the strip decodes, but not to the rows' bytes (or not to as many).
+LZW_DECODE_DIFFERENT = 1
+LZW_DECODE_SAME = 0
+#: Where the decoded bytes start in the buffer of :func:`lzw_decode_into`: after the 256 bytes
+#: that are the single-byte strings.
+LZW_DECODE_ORIGIN = 256
+
+_CLEAR_CODE = 256
+_END_OF_INFORMATION = 257
+_FIRST_STRING_CODE = 258
+_TABLE_CODES = 4096
+#: Bytes of one word copy (``_copy_word``).
+_WORD = 8
+
+
+@intrinsic
+def _copy_word(typingctx, buffer, to, from_):
+    """``buffer[to : to + 8] = buffer[from_ : from_ + 8]`` as one unaligned 8-byte load and store
+    (numba does not merge byte accesses into words). Unchecked: the caller keeps both inside
+    ``buffer``."""
+    signature = types.void(buffer, types.intp, types.intp)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        word_pointer = ir.IntType(64).as_pointer()
+        source = builder.bitcast(builder.gep(data, [args[2]]), word_pointer)
+        target = builder.bitcast(builder.gep(data, [args[1]]), word_pointer)
+        builder.store(builder.load(source, align=1), target, align=1)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@_jit
+def lzw_decode_into(src, buffer):
+    """Decode the TIFF LZW strip ``src`` (uint8) into ``buffer`` (uint8): its first 256 bytes
+    become the bytes 0..255 (the single-byte strings), the strip's bytes follow from
+    :data:`LZW_DECODE_ORIGIN` on. Returns the number of the strip's bytes when EndOfInformation
+    is reached, or a negative status (``LZW_DECODE_*``). Bytes of ``buffer`` after the strip's
+    may have been written too."""
+    n_src = src.size
+    n_buffer = buffer.size
+    if n_buffer < LZW_DECODE_ORIGIN:
+        return LZW_DECODE_OVERFLOW
+    string_start = np.empty(_TABLE_CODES, np.int64)
+    string_length = np.empty(_TABLE_CODES, np.int64)
+    for value in range(256):
+        buffer[value] = value
+        string_start[value] = value
+        string_length[value] = 1
+    n_src_bits = n_src * 8
+    bit = np.int64(0)  # the next code's first bit in src
+    width = np.int64(9)
+    next_code = np.int64(_FIRST_STRING_CODE)
+    written = np.int64(LZW_DECODE_ORIGIN)  # buffer[:written] is final
+    previous_start = np.int64(0)
+    previous_length = np.int64(0)  # 0: no string since ClearCode
+    while True:
+        if bit + width > n_src_bits:
+            return LZW_DECODE_TRUNCATED
+        # The code lies in the 3 bytes from bit // 8 (at most 7 + 12 bits); past the end of src
+        # they are read as zeros (the check above keeps the code itself inside src).
+        byte = bit >> 3
+        if byte + 3 <= n_src:
+            three = (np.int64(src[np.uintp(byte)]) << 16) | (np.int64(src[np.uintp(byte + 1)]) << 8) \
+                | np.int64(src[np.uintp(byte + 2)])
+        else:
+            three = np.int64(src[byte]) << 16
+            if byte + 1 < n_src:
+                three |= np.int64(src[byte + 1]) << 8
+        code = (three >> (24 - width - (bit & 7))) & ((np.int64(1) << width) - 1)
+        bit += width
+        if code == _CLEAR_CODE:
+            width = 9
+            next_code = _FIRST_STRING_CODE
+            previous_length = 0
+            continue
+        if code == _END_OF_INFORMATION:
+            return written - LZW_DECODE_ORIGIN
+        if previous_length:
+            if next_code == _TABLE_CODES:
+                return LZW_DECODE_CORRUPT  # a full table must be followed by ClearCode
+            string_start[next_code] = previous_start
+            string_length[next_code] = previous_length + 1
+            next_code += 1
+            if next_code == 511 or next_code == 1023 or next_code == 2047:
+                width += 1
+        if code >= next_code:
+            return LZW_DECODE_CORRUPT  # beyond the table, or a string code right after ClearCode
+        start = string_start[code]
+        length = string_length[code]
+        if length > n_buffer - written:
+            return LZW_DECODE_OVERFLOW
+        if written - start >= _WORD and written + length + _WORD <= n_buffer:
+            # Whole words; each reads bytes already final (8 or more back).
+            for offset in range(0, length, _WORD):
+                _copy_word(buffer, written + offset, start + offset)
+        else:
+            for offset in range(length):
+                buffer[np.uintp(written + offset)] = buffer[np.uintp(start + offset)]
+        previous_start = written
+        previous_length = length
+        written += length
+
+
+def lzw_decode_buffer_bytes(n_bytes: int) -> int:
+    """Bytes of the buffer of :func:`lzw_decodes_to` for a strip of ``n_bytes``: the 256
+    single-byte strings, the strip and one spare byte (which tells a strip that decodes to more
+    bytes from one that decodes to exactly these)."""
+    return LZW_DECODE_ORIGIN + n_bytes + 1
+
+
+@_jit
+def lzw_decodes_to(src, data, start, row_stride, n_rows, row_bytes, buffer):
+    """Whether the TIFF LZW strip ``src`` decodes to exactly the rows' bytes: ``LZW_DECODE_SAME``,
+    ``LZW_DECODE_DIFFERENT`` (other bytes, or fewer or more of them) or the negative status of
+    :func:`lzw_decode_into`.
+
+    Args:
+        src: uint8, the strip.
+        data, start, row_stride, n_rows, row_bytes: the rows, as :func:`cryotiff.kernels.lzw_encode`
+            takes them (row ``r`` is ``data[start + r * row_stride :][:row_bytes]``).
+        buffer: uint8, :func:`lzw_decode_buffer_bytes` of ``n_rows * row_bytes`` (or more).
+    """
+    n_bytes = n_rows * row_bytes
+    if buffer.size < LZW_DECODE_ORIGIN + n_bytes + 1:
+        return LZW_DECODE_OVERFLOW
+    n_decoded = lzw_decode_into(src, buffer[: LZW_DECODE_ORIGIN + n_bytes + 1])
+    if n_decoded < 0:
+        return n_decoded
+    if n_decoded != n_bytes:
+        return LZW_DECODE_DIFFERENT
+    for r in range(n_rows):
+        row = start + r * row_stride
+        decoded = LZW_DECODE_ORIGIN + r * row_bytes
+        differ = np.int64(0)
+        for j in range(row_bytes):  # no early exit within a row, so that the loop vectorises
+            differ |= np.int64(buffer[np.uintp(decoded + j)]) ^ np.int64(data[np.uintp(row + j)])
+        if differ:
+            return LZW_DECODE_DIFFERENT
+    return LZW_DECODE_SAME
