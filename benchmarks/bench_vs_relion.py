@@ -227,8 +227,9 @@ def huffman_figures(name: str, frame, best) -> None:
 
 def lzw_figures(name: str, frame, best) -> None:
     """Rows of the LZW encoders (imagecodecs against cryotiff's compiled kernel: MB/s of one
-    thread's CPU time, best of 3, and whether the bytes are the same) and of imagecodecs'
-    decoder that verifies either, for one frame in TIFF row order."""
+    thread's CPU time, best of 3, and whether the bytes are the same) and of the decoders that
+    verify them (imagecodecs' and cryotiff's compiled one: the decode alone, and the whole check
+    against the rows as the pipeline makes it), for one frame in TIFF row order."""
     import imagecodecs
     import numpy as np
 
@@ -244,6 +245,21 @@ def lzw_figures(name: str, frame, best) -> None:
           f"same bytes: {by_kernel == by_library}) | {mb / old:.0f} | {mb / new:.0f} | {old / new:.2f}x |")
     decode = best(lambda: imagecodecs.lzw_decode(by_kernel, out=rows.nbytes + 1))
     print(f"| {name}, LZW verification decode (imagecodecs), MB/s | | {mb / decode:.0f} | |")
+    from cryotiff import kernels
+
+    stream = np.frombuffer(by_kernel, np.uint8)
+    buffer = np.empty(kernels.lzw_decode_buffer_bytes(rows.nbytes), np.uint8)
+    assert kernels.lzw_decode_into(stream, buffer) == rows.nbytes
+    new = best(lambda: kernels.lzw_decode_into(stream, buffer))
+    print(f"| {name}, LZW decode: imagecodecs -> cryotiff kernel, MB/s | {mb / decode:.0f} | {mb / new:.0f} | "
+          f"{decode / new:.2f}x |")
+    # The whole check as the pipeline runs it, on the flipped view of the frame: imagecodecs'
+    # decode and numpy's comparison against the kernel's decode and comparison.
+    flipped = frame[::-1].view(np.uint8).reshape(frame.shape[0], -1)
+    assert library.decodes_to(by_kernel, flipped) and kernel.decodes_to(by_kernel, flipped)
+    old, new = best(lambda: library.decodes_to(by_kernel, flipped)), best(lambda: kernel.decodes_to(by_kernel, flipped))
+    print(f"| {name}, LZW verification (decode and compare with the rows): imagecodecs -> cryotiff kernel, MB/s | "
+          f"{mb / old:.0f} | {mb / new:.0f} | {old / new:.2f}x |")
 
 
 def lzw_thread_figures() -> None:
@@ -270,13 +286,15 @@ def lzw_thread_figures() -> None:
 
     kernel = make_codec("lzw", lzw_encoder="cryotiff")
     scaling = []
+    rows = np.frombuffer(data, np.uint8).reshape(1, -1)
     for function in (lambda: imagecodecs.lzw_encode(data), lambda: imagecodecs.lzw_decode(encoded, out=len(data) + 1),
-                     lambda: kernel.encode(data)):
+                     lambda: kernel.encode(data), lambda: kernel.decodes_to(encoded, rows)):
         one, two = min(wall(function, 1) for _ in range(2)), min(wall(function, 2) for _ in range(2))
         scaling.append(2 * one / two)
     print(f"| LZW (imagecodecs) on two threads, sparse 8-bit counts: encode / decode, scaling | | "
           f"{scaling[0]:.2f}x / {scaling[1]:.2f}x | |")
     print(f"| LZW (cryotiff kernel) encode on two threads, sparse 8-bit counts, scaling | | {scaling[2]:.2f}x | |")
+    print(f"| LZW (cryotiff kernel) verification on two threads, sparse 8-bit counts, scaling | | {scaling[3]:.2f}x | |")
 
 
 def start_up_figures() -> None:
