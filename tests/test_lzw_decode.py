@@ -200,8 +200,9 @@ def test_broken_streams_give_their_status() -> None:
 
 @pytest.fixture(scope="module")
 def checked_decoder():
-    """The decoder compiled again with numba's bounds checks (every array index but the 8-byte
-    copies, whose bounds the decoder checks itself): an index outside an array raises."""
+    """The decoder compiled again with numba's bounds checks (every array index but those of the
+    8-byte loads and copies, whose bounds the decoder checks itself, and which the guard bytes of
+    :func:`decode` watch): an index outside an array raises."""
     return numba.njit(boundscheck=True)(K.lzw_decode_into.py_func)
 
 

@@ -27,10 +27,11 @@ from cryotiff.kernels._jit import _jit
 # ``(offset in the buffer, length)`` and decoding a code is a copy of earlier bytes, no chain
 # of prefixes. The 256 single-byte strings are the bytes 0..255 written at the start of the
 # buffer (the decoded strip follows them at LZW_DECODE_ORIGIN), so a literal is a copy like any
-# other code. A string of at most 8 bytes that lies 8 or more bytes back is copied as one 8-byte
-# word (the bytes past its end are overwritten by the next strings, or lie past the strip); the
-# one string that overlaps its copy (a code naming the string being added: the previous string
+# other code. A string that lies 8 or more bytes back is copied in 8-byte words, most of them in
+# one (the bytes past its end are overwritten by the next strings, or lie past the strip); a
+# string closer than that (a code naming the string being added, which is the previous string
 # and its own first byte) is copied forward a byte at a time, each byte read after it is written.
+# The codes are read from src with one 8-byte load each where 8 bytes are left.
 #
 # Every index is checked before it is used: a corrupt stream, a code not in the table, more
 # bytes than the buffer holds and a stream that ends before EndOfInformation give a negative
@@ -74,6 +75,22 @@ def _copy_word(typingctx, buffer, to, from_):
     return signature, codegen
 
 
+@intrinsic
+def _three_bytes_at(typingctx, src, byte):
+    """``src[byte] << 16 | src[byte + 1] << 8 | src[byte + 2]``, read as one unaligned 8-byte
+    load. Unchecked: the caller keeps ``byte + 8`` inside ``src``."""
+    signature = types.int64(src, types.intp)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        word = ir.IntType(64)
+        loaded = builder.load(builder.bitcast(builder.gep(data, [args[1]]), word.as_pointer()), align=1)
+        big_endian = builder.call(builder.module.declare_intrinsic("llvm.bswap", [word]), [loaded])
+        return builder.lshr(big_endian, ir.Constant(word, 40))
+
+    return signature, codegen
+
+
 @_jit
 def lzw_decode_into(src, buffer):
     """Decode the TIFF LZW strip ``src`` (uint8) into ``buffer`` (uint8): its first 256 bytes
@@ -94,8 +111,10 @@ def lzw_decode_into(src, buffer):
     n_src_bits = n_src * 8
     bit = np.int64(0)  # the next code's first bit in src
     width = np.int64(9)
+    widen_at = np.int64(511)  # the next code that, once added, makes the codes one bit wider
     next_code = np.int64(_FIRST_STRING_CODE)
     written = np.int64(LZW_DECODE_ORIGIN)  # buffer[:written] is final
+    last_word = n_buffer - _WORD  # the last offset a whole word can be written at
     previous_start = np.int64(0)
     previous_length = np.int64(0)  # 0: no string since ClearCode
     while True:
@@ -104,7 +123,9 @@ def lzw_decode_into(src, buffer):
         # The code lies in the 3 bytes from bit // 8 (at most 7 + 12 bits); past the end of src
         # they are read as zeros (the check above keeps the code itself inside src).
         byte = bit >> 3
-        if byte + 3 <= n_src:
+        if byte + 8 <= n_src:
+            three = _three_bytes_at(src, byte)
+        elif byte + 3 <= n_src:
             three = (np.int64(src[np.uintp(byte)]) << 16) | (np.int64(src[np.uintp(byte + 1)]) << 8) \
                 | np.int64(src[np.uintp(byte + 2)])
         else:
@@ -113,30 +134,33 @@ def lzw_decode_into(src, buffer):
                 three |= np.int64(src[byte + 1]) << 8
         code = (three >> (24 - width - (bit & 7))) & ((np.int64(1) << width) - 1)
         bit += width
-        if code == _CLEAR_CODE:
+        if (code >> 1) == _CLEAR_CODE >> 1:  # ClearCode or EndOfInformation: one test for both
+            if code == _END_OF_INFORMATION:
+                return written - LZW_DECODE_ORIGIN
             width = 9
+            widen_at = 511
             next_code = _FIRST_STRING_CODE
             previous_length = 0
             continue
-        if code == _END_OF_INFORMATION:
-            return written - LZW_DECODE_ORIGIN
         if previous_length:
             if next_code == _TABLE_CODES:
                 return LZW_DECODE_CORRUPT  # a full table must be followed by ClearCode
             string_start[next_code] = previous_start
             string_length[next_code] = previous_length + 1
             next_code += 1
-            if next_code == 511 or next_code == 1023 or next_code == 2047:
+            if next_code == widen_at:  # 511, 1023, 2047
                 width += 1
+                widen_at = 2 * widen_at + 1 if width < 12 else 2 * _TABLE_CODES
         if code >= next_code:
             return LZW_DECODE_CORRUPT  # beyond the table, or a string code right after ClearCode
         start = string_start[code]
         length = string_length[code]
-        if length > n_buffer - written:
+        if written <= last_word and length <= _WORD and written - start >= _WORD:
+            _copy_word(buffer, written, start)  # most strings: one word, bytes already final
+        elif length > n_buffer - written:
             return LZW_DECODE_OVERFLOW
-        if written - start >= _WORD and written + length + _WORD <= n_buffer:
-            # Whole words; each reads bytes already final (8 or more back).
-            for offset in range(0, length, _WORD):
+        elif written - start >= _WORD and written + length + _WORD <= n_buffer:
+            for offset in range(0, length, _WORD):  # each word reads bytes already final
                 _copy_word(buffer, written + offset, start + offset)
         else:
             for offset in range(length):
