@@ -148,6 +148,80 @@ def test_eer_place_events_records_what_relions_loop_reads(data: bytes, rle: int,
         assert list(zip(positions[:placed].tolist(), symbols[:placed].tolist())) == ref
 
 
+def _damaged(rng: np.random.Generator, stream: bytes) -> bytes:
+    """``stream`` with a few bits flipped, cut at any byte, or with bytes appended (the fast
+    stretch of the kernel reads 8 bytes at a time: damage near the end and beyond it)."""
+    data = bytearray(stream)
+    kind = rng.integers(0, 4)
+    if kind == 0 and data:
+        for _ in range(int(rng.integers(1, 4))):
+            bit = int(rng.integers(0, 8 * len(data)))
+            data[bit >> 3] ^= 1 << (bit & 7)
+    elif kind == 1:
+        data = data[: int(rng.integers(0, len(data) + 1))]
+    elif kind == 2:
+        data += rng.integers(0, 256, int(rng.integers(1, 20)), dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), junk=st.integers(0, 16))
+def test_eer_place_events_reads_no_bit_beyond_the_data(name: str, seed: int, junk: int) -> None:
+    """Damaged and intact frames of every encoding, cut anywhere, with the rest of the frame and
+    ``junk`` bytes after the data, which the bit count excludes: the events, and whether the frame
+    is complete, are those RELION's loop reads from the data alone (the kernel's 64-bit loads
+    stay below the bit count's last whole byte)."""
+    encoding = ENCODINGS[name]
+    rng = np.random.default_rng(seed)
+    width = 1 << int(rng.integers(2, 7))
+    whole = _damaged(rng, _frame_streams(rng, width, encoding, 1)[0])
+    cut = int(rng.integers(max(0, len(whole) - 24), len(whole) + 1))
+    data = whole[:cut]
+    stream = np.frombuffer(whole + rng.integers(0, 256, junk, dtype=np.uint8).tobytes(), np.uint8).copy()
+    room = 8 * len(data) + 1
+    positions, symbols = np.empty(room, np.int64), np.empty(room, np.uint8)
+    placed = K.eer_place_events(
+        stream, 8 * len(data), width * width, encoding.rle_bits, encoding.symbol_bits,
+        encoding.overflow_skip_bits, K.EER_RECORD, 0, 1, np.zeros(16, np.int64), np.zeros(1, np.uint16), 1,
+        positions, symbols,
+    )
+    ref = ref_decode(data, width * width, encoding.rle_bits, encoding.symbol_bits, encoding.compression == 65000)
+    if ref is None:
+        assert placed < 0
+    else:
+        assert list(zip(positions[:placed].tolist(), symbols[:placed].tolist())) == ref
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_eer_add_frames_pauses_at_any_pixel(name: str, seed: int) -> None:
+    """Bands that end anywhere (not only at row boundaries, down to one pixel), on damaged and
+    intact frames: the page is RELION's loop and table applied frame by frame."""
+    encoding = ENCODINGS[name]
+    rng = np.random.default_rng(seed)
+    width = 1 << int(rng.integers(3, 7))
+    streams = [_damaged(rng, s) for s in _frame_streams(rng, width, encoding, int(rng.integers(1, 6)))]
+    ups = (1, 2, 3) if encoding.horizontal_bits == 2 else (1, 2)
+    for up in ups:
+        out = E.output_size(width, up)
+        counts = np.zeros(out * out, np.uint16)
+        data = np.frombuffer(b"".join(streams) or b"\0", np.uint8).copy()
+        n_bytes = np.array([len(s) for s in streams], np.int64)
+        starts = np.concatenate(([0], np.cumsum(n_bytes)[:-1])).astype(np.int64)
+        complete = np.zeros(len(streams), np.bool_)
+        band_pixels = int(rng.choice([1, int(rng.integers(1, width * width + 1))]))
+        K.eer_add_frames(
+            data, starts, n_bytes, width * width, encoding.rle_bits, encoding.symbol_bits,
+            encoding.overflow_skip_bits, _placement(up), width.bit_length() - 1, out // width if up > 1 else 1,
+            E.symbol_offsets(encoding, up, out), counts, band_pixels, complete,
+        )
+        expected, expected_complete = reference_counts(streams, width, encoding, up, np.uint16)
+        np.testing.assert_array_equal(complete, expected_complete)
+        np.testing.assert_array_equal(counts.reshape(out, out), expected)
+
+
 def test_a_corrupt_frame_is_taken_back_exactly_also_when_counts_wrap() -> None:
     """Taking back a corrupt frame's events restores the page bit for bit, even in a type whose
     sums wrapped (RELION's uint8 pages wrap; the kernel's arithmetic is modular)."""

@@ -23,6 +23,30 @@ EER_STATE_FIELDS = 7
 
 
 @_inline
+def _load_u64_le(stream, index):
+    """The 8 bytes ``stream[index : index + 8]`` as a little-endian uint64 (one load once compiled)."""
+    i = np.uint64(index)
+    value = np.uint64(0)
+    for k in range(8):
+        value |= np.uint64(stream[i + np.uint64(k)]) << np.uint64(8 * k)
+    return value
+
+
+@_inline
+def _page_index(placement, pixel, offset, width_shift, factor):
+    """Where an adding placement adds an event at physical ``pixel``: its index in the flat page
+    (``offset``: the event's offset inside its output block, :data:`EER_ADD_UPSAMPLED`). Scalars
+    only: arrays handed to an inlined function cost reference counting in the loop."""
+    width_mask = (1 << width_shift) - 1
+    if placement == EER_ADD_PHYSICAL:
+        return pixel
+    if placement == EER_ADD_UPSAMPLED:
+        out_width = (1 << width_shift) * factor
+        return ((pixel >> width_shift) * factor) * out_width + (pixel & width_mask) * factor + offset
+    return ((pixel >> width_shift) >> 1) * ((1 << width_shift) >> 1) + ((pixel & width_mask) >> 1)
+
+
+@_inline
 def _eer_walk(
     stream, start, n_bytes, n_data_bits, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
     placement, width_shift, factor, symbol_offset, counts, increment, positions, symbols,
@@ -33,9 +57,6 @@ def _eer_walk(
     grammar and the arguments are those of :func:`eer_place_events`."""
     max_run = (1 << rle_bits) - 1
     symbol_mask = (1 << symbol_bits) - 1
-    width_mask = (1 << width_shift) - 1
-    out_width = (1 << width_shift) * factor
-    binned_width = (1 << width_shift) >> 1
     end_byte = start + n_bytes
     buffer = bits[0]  # bits not yet consumed, the next one lowest
     n_buffered = state[_BUFFERED]
@@ -45,8 +66,52 @@ def _eer_walk(
     placed = state[_PLACED]
     symbol = state[_PENDING]  # -1: no event waiting to be placed
     status = EER_PAUSED
+    code_bits = rle_bits + symbol_bits
+    overflow_bits = rle_bits + overflow_skip_bits
+    refill_below = max(code_bits, overflow_bits)
+    fast_end_byte = start + min(n_bytes, n_data_bits >> 3)  # the fast stretch loads below it
     while True:
         if symbol < 0:
+            # The fast stretch, nearly all of a frame: while 8 bytes of data lie ahead, no field
+            # can reach beyond the data, so codes are read without the bit-count checks. A
+            # refill ORs in the 8 bytes at next_byte shifted past the buffered bits and counts
+            # the whole bytes that fitted (the buffer then holds 56-63 bits; the bits above
+            # n_buffered are the following bytes' own, which the next refill ORs in again at
+            # the same places, so they change nothing). It stops before a code whose run
+            # reaches the stop pixel: the careful loop below reads that one, and the frame's
+            # last 8 bytes. Indices are unsigned so that the compiler adds no negative-index
+            # wraparound, which also lets it merge the eight byte loads into one.
+            if next_byte + 8 <= fast_end_byte:
+                while next_byte + 8 <= fast_end_byte:
+                    if n_buffered < refill_below:
+                        buffer |= _load_u64_le(stream, next_byte) << np.uint64(n_buffered)
+                        next_byte += (63 - n_buffered) >> 3
+                        n_buffered |= 56
+                    run = np.int64(buffer & np.uint64(max_run))
+                    if pixel + run >= stop_pixel:
+                        break
+                    pixel += run
+                    if run == max_run:  # an overflow code: no event
+                        buffer >>= np.uint64(overflow_bits)
+                        n_buffered -= overflow_bits
+                        continue
+                    symbol = np.int64((buffer >> np.uint64(rle_bits)) & np.uint64(symbol_mask))
+                    buffer >>= np.uint64(code_bits)
+                    n_buffered -= code_bits
+                    if placement == EER_RECORD:
+                        positions[np.uint64(placed)] = pixel
+                        symbols[np.uint64(placed)] = symbol
+                    else:
+                        offset = symbol_offset[np.uint64(symbol)] if placement == EER_ADD_UPSAMPLED else 0
+                        counts[np.uint64(_page_index(placement, pixel, offset, width_shift, factor))] += increment
+                    placed += 1
+                    pixel += 1
+                symbol = -1
+                # Within the fast stretch every buffered bit was read from the data.
+                consumed = 8 * (next_byte - start) - n_buffered
+                if pixel == n_pixels:  # an event on the last pixel ended the frame
+                    status = EER_COMPLETE
+                    break
             if n_buffered < 32:  # refill: a run and a symbol are at most 18 bits together
                 while n_buffered <= 56 and next_byte < end_byte:
                     buffer |= np.uint64(stream[next_byte]) << np.uint64(n_buffered)
@@ -80,16 +145,12 @@ def _eer_walk(
             consumed += symbol_bits
         if pixel >= stop_pixel:
             break  # paused, the event kept for the next band
-        if placement == EER_ADD_PHYSICAL:
-            counts[pixel] += increment
-        elif placement == EER_ADD_UPSAMPLED:
-            index = ((pixel >> width_shift) * factor) * out_width + (pixel & width_mask) * factor
-            counts[index + symbol_offset[symbol]] += increment
-        elif placement == EER_ADD_BINNED:
-            counts[((pixel >> width_shift) >> 1) * binned_width + ((pixel & width_mask) >> 1)] += increment
+        if placement == EER_RECORD:
+            positions[np.uint64(placed)] = pixel
+            symbols[np.uint64(placed)] = symbol
         else:
-            positions[placed] = pixel
-            symbols[placed] = symbol
+            offset = symbol_offset[np.uint64(symbol)] if placement == EER_ADD_UPSAMPLED else 0
+            counts[np.uint64(_page_index(placement, pixel, offset, width_shift, factor))] += increment
         symbol = -1
         placed += 1
         pixel += 1
