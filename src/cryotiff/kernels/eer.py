@@ -169,6 +169,22 @@ def _eer_walk(
 
 
 @_jit
+def _eer_walk_any(
+    stream, start, n_bytes, n_data_bits, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+    placement, width_shift, factor, symbol_offset, counts, increment, positions, symbols,
+    state, bits, stop_pixel,
+):
+    """:func:`_eer_walk` for any placement, compiled once: for :func:`eer_place_events` and for
+    taking back a corrupt frame, where speed matters little (the per-placement adders inline
+    their own walk)."""
+    return _eer_walk(
+        stream, start, n_bytes, n_data_bits, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+        placement, width_shift, factor, symbol_offset, counts, increment, positions, symbols,
+        state, bits, stop_pixel,
+    )
+
+
+@_jit
 def _eer_start(state, bits, start):
     state[:] = 0
     state[_NEXT_BYTE] = start
@@ -219,7 +235,7 @@ def eer_place_events(
     state = np.empty(EER_STATE_FIELDS, np.int64)
     bits = np.empty(1, np.uint64)
     _eer_start(state, bits, 0)
-    status = _eer_walk(
+    status = _eer_walk_any(
         stream, 0, stream.size, n_data_bits, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
         placement, width_shift, factor, symbol_offset, counts, increment, positions, symbols,
         state, bits, n_pixels,
@@ -228,7 +244,6 @@ def eer_place_events(
     return placed if status == EER_COMPLETE else -1 - placed
 
 
-@_jit
 def eer_add_frames(
     stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
     placement, width_shift, factor, symbol_offset, counts, band_pixels, complete,
@@ -250,6 +265,20 @@ def eer_add_frames(
         band_pixels: physical pixels per band (a multiple of two detector rows when binned).
         complete: bool per frame, set on return: the frame's events are in the page.
     """
+    # One compiled function per placement, each compiled (and cached) when first used: the
+    # placement is then a constant and its tests leave the per-event loop (about 10 % faster).
+    _ADD_FRAMES[placement](
+        stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+        width_shift, factor, symbol_offset, counts, band_pixels, complete,
+    )
+
+
+@_inline
+def _add_bands(
+    stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+    placement, width_shift, factor, symbol_offset, counts, band_pixels, complete,
+):
+    """:func:`eer_add_frames` for one placement."""
     n_frames = starts.size
     states = np.empty((n_frames, EER_STATE_FIELDS), np.int64)
     bits = np.empty((n_frames, 1), np.uint64)
@@ -272,8 +301,48 @@ def eer_add_frames(
         complete[k] = states[k, _STATUS] == EER_COMPLETE
         if not complete[k]:
             _eer_start(states[k], bits[k], starts[k])
-            _eer_walk(
+            _eer_walk_any(
                 stream, starts[k], n_bytes[k], 8 * n_bytes[k], n_pixels, rle_bits, symbol_bits,
                 overflow_skip_bits, placement, width_shift, factor, symbol_offset, counts, -1,
                 no_positions, no_symbols, states[k], bits[k], n_pixels,
             )
+
+
+@_jit
+def _add_frames_physical(
+    stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+    width_shift, factor, symbol_offset, counts, band_pixels, complete,
+):
+    _add_bands(
+        stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+        EER_ADD_PHYSICAL, width_shift, factor, symbol_offset, counts, band_pixels, complete,
+    )
+
+
+@_jit
+def _add_frames_upsampled(
+    stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+    width_shift, factor, symbol_offset, counts, band_pixels, complete,
+):
+    _add_bands(
+        stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+        EER_ADD_UPSAMPLED, width_shift, factor, symbol_offset, counts, band_pixels, complete,
+    )
+
+
+@_jit
+def _add_frames_binned(
+    stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+    width_shift, factor, symbol_offset, counts, band_pixels, complete,
+):
+    _add_bands(
+        stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
+        EER_ADD_BINNED, width_shift, factor, symbol_offset, counts, band_pixels, complete,
+    )
+
+
+_ADD_FRAMES = {
+    EER_ADD_PHYSICAL: _add_frames_physical,
+    EER_ADD_UPSAMPLED: _add_frames_upsampled,
+    EER_ADD_BINNED: _add_frames_binned,
+}
