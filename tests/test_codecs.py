@@ -340,6 +340,30 @@ def test_auto_measures_the_same_lzw_sizes_with_either_encoder() -> None:
         assert decisions[0].codec.label == decisions[1].codec.label
 
 
+def test_auto_measures_lzw_with_imagecodecs_and_loads_the_compiled_lzw_encoder_only_to_encode(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two LZW encoders write the same bytes, so ``auto`` sizes LZW with imagecodecs': a
+    movie that ends up in Deflate (Falcon frames) never runs the compiled LZW encoder, a movie
+    that ends up in LZW (a sparse EER page) is encoded by it."""
+    from cryotiff.simulate import eer as S
+
+    def not_here(*args):
+        raise AssertionError("the compiled LZW encoder ran while sizing the sample")
+
+    falcon = falcon_frames(1, (512, 4096), seed=4)[0]
+    eer_page = S.expected_render(S.random_events(np.random.default_rng(3), 512, 8, 0.01), 512, 2)
+    eer_page = eer_page.astype(np.uint8).reshape(1024, 1024)
+    sample = np.ascontiguousarray(eer_page[::-1]).view(np.uint8)
+    kernel_bytes = make_codec("lzw", lzw_encoder="cryotiff").encode_rows(sample)
+    assert kernel_bytes == make_codec("lzw", lzw_encoder="imagecodecs").encode(sample)
+    monkeypatch.setattr(codecs, "_lzw_encode_rows", not_here)
+    monkeypatch.setattr(codecs, "_lzw_encode", not_here)
+    deflate = choose_auto_codec(falcon, falcon.shape[1], False, lzw_encoder="cryotiff")
+    assert deflate.codec.name == "deflate" and "lzw" in deflate.sizes
+    lzw = choose_auto_codec(eer_page, eer_page.shape[1], True, lzw_encoder="cryotiff")
+    assert lzw.codec.label == "lzw" and lzw.codec.encoder == "cryotiff"
+
+
 @pytest.mark.parametrize("encoder", codecs.HUFFMAN_ENCODERS)
 def test_both_huffman_only_encoders_write_the_same_pixels_at_about_the_same_size(tmp_path: Path, encoder: str,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,6 +81,22 @@ def test_every_mode_round_trips(tmp_path: Path, mode: int, compression: str, lin
     libtiff_decodes(destination)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("mode", [0, 6])
+def test_frames_read_into_earlier_frames_keep_every_page_and_its_digest(in_tmp: Path, mode: int, threads: int) -> None:
+    """Pages are read into the memory of pages already encoded (PlainPages.recycle): every page
+    of a movie of distinct frames, big-endian on disk, is still its own frame, and the manifest's
+    page digests (made beside the encoding with --j 1) are those of the source frames."""
+    from cryotiff.manifest import page_digest, read_manifest
+
+    frames = make_frames(mode, shape=(12, 40, 52), seed=7)
+    write_mrc_movie(Path("movie.mrc"), frames, mode, big_endian=True)
+    assert main(["--i", "movie.mrc", "--o", "out/", "--j", str(threads)]) == 0
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/movie.tif")), frames)
+    entry = read_manifest(Path("out"))["movie.tif"]
+    assert list(entry.page_sha256) == [page_digest(frame).hex()[:16] for frame in frames]
+
+
 def test_rows_are_stored_bottom_up(tmp_path: Path) -> None:
     """TIFF scanline 0 holds the last MRC row: the convention of RELION, IMOD and SerialEM."""
     frames = np.arange(2 * 4 * 3, dtype=np.int16).reshape(2, 4, 3)

@@ -191,10 +191,10 @@ def test_a_movie_failing_part_way_leaves_no_frames_in_the_estimate(k2_movies, mo
 
     read_frame = MrcMovie.read_frame
 
-    def failing_read_frame(self, index):
+    def failing_read_frame(self, index, out=None):
         if self.info.path.name == "m2.mrc" and index == 5:
             raise MrcFormatError(f"{self.info.path}: frame 6 cannot be read")
-        return read_frame(self, index)
+        return read_frame(self, index, out)
 
     assert main(["--i", "m1.mrc", "m3.mrc", "--o", "Without", "--estimate_gain"]) == 0
     monkeypatch.setattr(MrcMovie, "read_frame", failing_read_frame)
@@ -213,10 +213,10 @@ def test_a_movie_failing_part_way_first_or_after_a_resume(k2_movies, monkeypatch
 
     read_frame = MrcMovie.read_frame
 
-    def failing_read_frame(self, index):
+    def failing_read_frame(self, index, out=None):
         if self.info.path.name == "m2.mrc" and index == 5:
             raise MrcFormatError(f"{self.info.path}: frame 6 cannot be read")
-        return read_frame(self, index)
+        return read_frame(self, index, out)
 
     assert main(["--i", "m1.mrc", "--o", "One", "--estimate_gain"]) == 0
     assert main(["--i", "m1.mrc", "m3.mrc", "--o", "Two", "--estimate_gain"]) == 0

@@ -289,6 +289,67 @@ def test_read_frame_returns_fresh_writeable_copies(small_movie: tuple[Path, np.n
         np.testing.assert_array_equal(movie.read_frame(0), frames[0])
 
 
+@pytest.mark.parametrize("mode", [0, 1, 2, 6, 12])
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_read_frame_into_an_earlier_frame(tmp_path: Path, mode: int, big_endian: bool) -> None:
+    """``out``: the frame is read into the array given (the same values as a fresh read, swapped
+    to native order), and only into one that fits exactly; the others are left untouched."""
+    frames = _random_frames(mode, (3, 6, 7), seed=mode + 10)
+    path = write_mrc_movie(tmp_path / "m.mrc", frames, mode, big_endian=big_endian)
+    with open_mrc(path) as movie:
+        assert movie.reads_into
+        earlier = movie.read_frame(0)
+        again = movie.read_frame(2, out=earlier)
+        assert again is earlier
+        np.testing.assert_array_equal(again, frames[2])
+        dtype = MODE_DTYPES[mode]
+        unfit = [np.zeros((6, 8), dtype), np.zeros((6, 7), np.float64 if dtype.itemsize != 8 else np.int8),
+                 np.zeros((7, 6), dtype).T, np.zeros((6, 14), dtype)[:, ::2]]
+        read_only = np.zeros((6, 7), dtype)
+        read_only.flags.writeable = False
+        for out in [*unfit, read_only]:
+            before = out.copy()
+            fresh = movie.read_frame(1, out=out)
+            assert fresh is not out
+            np.testing.assert_array_equal(fresh, frames[1])
+            np.testing.assert_array_equal(out, before)
+
+
+def test_packed_4bit_frames_are_never_read_into_a_given_array(tmp_path: Path) -> None:
+    frames = _random_frames(101, (2, 6, 7))
+    path = write_mrc_movie(tmp_path / "m.mrc", frames, 101)
+    with open_mrc(path) as movie:
+        earlier = movie.read_frame(0)
+        second = movie.read_frame(1, out=earlier)
+        assert second is not earlier
+        np.testing.assert_array_equal(second, frames[1])
+        np.testing.assert_array_equal(earlier, frames[0])
+
+
+def test_a_frame_recycler_reads_only_into_frames_given_back(tmp_path: Path) -> None:
+    """Frames still in use are never overwritten: only frames given back are read into, views
+    and frames of another shape or type are not taken, and it keeps at most ``capacity``."""
+    from cryotiff.io import FrameRecycler
+
+    frames = _random_frames(6, (6, 5, 4), seed=3)
+    path = write_mrc_movie(tmp_path / "m.mrc", frames, 6, big_endian=True)
+    with open_mrc(path) as movie:
+        recycler = FrameRecycler(movie, capacity=2)
+        held = [recycler.read(k) for k in range(3)]
+        assert len({id(frame) for frame in held}) == 3
+        recycler.give_back(held[0][1:])  # a view
+        recycler.give_back(held[0].astype(np.int32))  # another type
+        recycler.give_back(np.zeros((4, 5), np.uint16))  # another shape
+        assert recycler.read(3) is not held[0]
+        for frame in held:
+            recycler.give_back(frame)
+        again = [recycler.read(4), recycler.read(5), recycler.read(0)]
+        assert {id(frame) for frame in again[:2]} <= {id(frame) for frame in held}
+        assert all(again[2] is not frame for frame in held)  # only two were kept
+        for index, frame in zip((4, 5, 0), again):
+            np.testing.assert_array_equal(frame, frames[index])
+
+
 def test_read_frame_from_many_threads(tmp_path: Path) -> None:
     frames = _random_frames(6, (40, 16, 16))
     path = write_mrc_movie(tmp_path / "many.mrc", frames, 6, big_endian=True)

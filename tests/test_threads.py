@@ -155,10 +155,10 @@ def test_error_in_a_thread_becomes_a_failed_result(tmp_path: Path, monkeypatch: 
 
     original = mrc.MrcMovie.read_frame
 
-    def read_frame(self, index: int) -> np.ndarray:
+    def read_frame(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
         if index == 4:
             raise InputError(f"{self.info.path}: frame {index} is unreadable")
-        return original(self, index)
+        return original(self, index, out)
 
     monkeypatch.setattr(mrc.MrcMovie, "read_frame", read_frame)
     job = Job(movie, tmp_path / "out" / "m.tif")

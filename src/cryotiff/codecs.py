@@ -726,7 +726,9 @@ def choose_auto_codec(
     sample_bytes = sum(strip.nbytes for strip in strips)
 
     def compressed_size(label: str) -> int:
-        codec = make_codec_from_label(label, huffman_encoder=huffman_encoder, lzw_encoder=lzw_encoder)
+        # LZW is measured with imagecodecs' encoder whichever encodes the movie: the same bytes,
+        # and a movie that ends up in Deflate then never loads the compiled LZW encoder.
+        codec = make_codec_from_label(label, huffman_encoder=huffman_encoder, lzw_encoder="imagecodecs")
         return sum(len(codec.encode(strip)) for strip in strips)
 
     sizes = {"lzw": compressed_size("lzw")}

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections import deque
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .codecs import StripCodec, huffman_encoder_for, lzw_encoder_for, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
-from .io import Movie, MovieInfo, check_regular_file
+from .io import FrameRecycler, Movie, MovieInfo, check_regular_file
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, write_movie
 from .recorded_options import OutputRecord
 
@@ -177,6 +177,10 @@ class PageSource:
     def page(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
+    def recycle(self, page: np.ndarray) -> None:
+        """Take back a page from :meth:`page` that nothing uses any more (neither it nor a view
+        of it), so that a later page may be made in its memory; by default it is let go."""
+
     @property
     def huffman_encoder(self) -> str:
         """What encodes this movie's Huffman-only Deflate (:func:`cryotiff.codecs.huffman_encoder_for`)."""
@@ -222,12 +226,20 @@ class PlainPages(PageSource):
         self.pixel_size_angstrom, pixel_size_warning = tiff_pixel_size(info)
         self.input_warnings = tuple(info.warnings) + ((pixel_size_warning,) if pixel_size_warning else ())
         self.input_bytes = info.frame_nbytes * info.n_frames
+        # Pages handed back by the encoder are read into again: one per thread is alive at a
+        # time (page_window bounds them), so a handful is enough.
+        self._frames = FrameRecycler(movie, capacity=4)
 
     def page(self, index: int) -> np.ndarray:
-        frame = self.movie.read_frame(index)
+        frame = self._frames.read(index)
         if frame.dtype != self.dtype:
-            frame = frame.astype(self.dtype)
+            converted = frame.astype(self.dtype)
+            self._frames.give_back(frame)
+            return converted
         return frame
+
+    def recycle(self, page: np.ndarray) -> None:
+        self._frames.give_back(page)
 
     def close(self) -> None:
         self.movie.close()
@@ -311,14 +323,16 @@ class FloatPages(IntegerWidening, PlainPages):
         self.warning = None if integer_type else MODE2_WITHOUT_GAIN_WARNING
 
     def page(self, index: int) -> np.ndarray:
-        frame = self.movie.read_frame(index)
+        frame = self._frames.read(index)
         if self.dtype.kind == "f":
             return frame.astype(np.float32, copy=False)
         value_range = integer_valued_range(frame)
         if value_range is None:
             raise WiderTypeNeeded(np.float32, f"frame {index + 1} holds non-integer values")
         self._fit(index, *value_range)
-        return frame.astype(self.dtype)
+        page = frame.astype(self.dtype)
+        self._frames.give_back(frame)
+        return page
 
     def retype(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
@@ -424,6 +438,9 @@ class GainPages(IntegerWidening, PlainPages):
     def retype(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self._reset_counts()
+
+    def recycle(self, page: np.ndarray) -> None:
+        """Pages are computed from the frames, not read: none is kept (PlainPages keeps frames)."""
 
     def pixel_options(self) -> dict[str, object]:
         return {"gain": self.gain_identity, "thresh": self.thresh, "lossy": self.lossy,
@@ -685,17 +702,21 @@ def output_record(source: PageSource, codec: str = "", verified: bool = True) ->
 
 
 def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, verify: bool, index: int,
-                 digest: bool = False) -> tuple[list[bytes], bytes | None]:
+                 digest: bool = False, digester: Executor | None = None) -> tuple[list[bytes], bytes | None]:
     """Make page ``index``, flip it to TIFF scanline order, encode its strips and (``verify``)
     decode each strip again and compare it byte for byte with the rows it was made from.
     Returns the strips and (``digest``) the page's digest for the manifest
-    (:func:`cryotiff.manifest.page_digest`)."""
+    (:func:`cryotiff.manifest.page_digest`), made on ``digester`` while the strips are encoded
+    when one is given."""
+    from .manifest import page_digest
+
     page = source.page(index)
     if page.shape != source.shape_yx or page.dtype != source.dtype:
         raise VerificationError(
             f"{source.path}: page {index + 1} is {page.shape} {page.dtype}, "
             f"expected {source.shape_yx} {source.dtype}"
         )
+    digesting = digester.submit(page_digest, page) if digest and digester is not None else None
     # TIFF scanline order as a view: the streaming encoders read it a few rows at a time, the
     # others copy each strip (codecs.StripCodec.encode_rows).
     rows = flip_rows(page if page.flags.c_contiguous else np.ascontiguousarray(page))
@@ -721,11 +742,12 @@ def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, ver
                     "strip does not decode to the frame it was made from"
                 )
         strips.append(encoded)
-    if digest:
-        from .manifest import page_digest
-
-        return strips, page_digest(page)
-    return strips, None
+    if digesting is not None:
+        page_sha256 = digesting.result()
+    else:
+        page_sha256 = page_digest(page) if digest else None
+    source.recycle(page)  # the strips are new bytes: nothing holds the page any more
+    return strips, page_sha256
 
 
 def page_window(threads: int) -> int:
@@ -854,10 +876,15 @@ def _write_pages(
     )
     window = page_window(options.threads)
     record = output_record(source, codec=codec.label, verified=options.verify)
+    # With --j 1 the pages' digests for the manifest are made on a thread of their own while the
+    # page is encoded (SHA-256 releases the GIL), as the source's digest is made beside the
+    # conversion (Manifest.hash_source_later); with more threads the page tasks make them.
+    digester = ThreadPoolExecutor(1, "cryotiff-digest") if executor is None and page_digests is not None else None
 
     def strips() -> Iterator[bytes]:
         pages = ordered_map(
-            lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k, page_digests is not None),
+            lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k, page_digests is not None,
+                                   digester),
             source.n_pages,
             executor,
             window,
@@ -871,7 +898,11 @@ def _write_pages(
             if on_page is not None:
                 on_page(done, source.n_pages)
 
-    write_movie(destination, layout, strips(), description=record.to_description())
+    try:
+        write_movie(destination, layout, strips(), description=record.to_description())
+    finally:
+        if digester is not None:
+            digester.shutdown(wait=True, cancel_futures=True)
     return MovieResult(
         source=source_path,
         destination=destination,

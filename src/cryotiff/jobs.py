@@ -29,7 +29,7 @@ from .convert import (
     output_record,
 )
 from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
-from .io import check_regular_file
+from .io import FrameRecycler, check_regular_file
 from .io.atomic import remove_if_stale, temporaries_of
 from .io.star import read_movie_names
 from .io.tiff import check_output
@@ -644,14 +644,16 @@ def estimate_movie(
             # With --j N the next frame is read while this one updates the estimate (in row blocks
             # on the same threads); the window bounds the frames in memory to two, as long as the
             # frame done with is let go before the next is asked for (no enumerate, which keeps
-            # its last item until it has the next).
+            # its last item until it has the next). A frame done with is read into again.
+            recycler = FrameRecycler(movie, capacity=3)
             frames = ordered_map(
-                lambda k: movie.read_frame(k).astype("float32", copy=False), info.n_frames, executor, window=2
+                lambda k: recycler.read(k).astype("float32", copy=False), info.n_frames, executor, window=2
             )
             for index in range(info.n_frames):
                 frame = next(frames)
                 result.details[FRAMES_ADDED] = index + 1  # from here on the estimate holds the frame
                 stats = estimate.update(frame, options.thresh, executor=executor)
+                recycler.give_back(frame)  # the update keeps no view of it
                 del frame
                 reporter.message(format_estimate_line(str(path), index, stats))
             result.n_pages = info.n_frames

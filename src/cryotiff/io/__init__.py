@@ -137,6 +137,8 @@ class Movie:
     """A movie opened for reading. Use as a context manager; ``read_frame`` is thread-safe."""
 
     info: MovieInfo
+    #: Whether ``read_frame(index, out=frame)`` reads into an earlier frame (MRC).
+    reads_into = False
 
     def read_frame(self, index: int) -> np.ndarray:
         """Return frame ``index`` (0-based) as an array of shape ``info.shape_yx``, raster order."""
@@ -156,3 +158,39 @@ class Movie:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FrameRecycler:
+    """Frames of one movie read into arrays that their users handed back, instead of fresh ones
+    (each fresh frame-sized array costs its page faults again: 10 ms per 57 MB float32 frame,
+    15 ms per 32 MB Falcon frame, about a third of reading it from the page cache).
+
+    Only frames given to :meth:`give_back` are read into again, so a frame that anyone still
+    holds is never overwritten: a user gives a frame back once it has let go of it and of every
+    view of it. Thread-safe. For movies that cannot read into a given array (``reads_into``
+    false) it reads fresh frames and keeps nothing.
+
+    Attributes:
+        movie: the movie read.
+        capacity: frames kept for reuse at most (those given back beyond it are let go).
+    """
+
+    def __init__(self, movie: Movie, capacity: int):
+        self.movie = movie
+        self.capacity = capacity if movie.reads_into else 0
+        self._free: list[np.ndarray] = []
+
+    def read(self, index: int) -> np.ndarray:
+        """Frame ``index``, as ``movie.read_frame(index)`` gives it."""
+        try:
+            spare = self._free.pop()  # list.pop and append are atomic: no lock needed
+        except IndexError:
+            return self.movie.read_frame(index)
+        return self.movie.read_frame(index, out=spare)
+
+    def give_back(self, frame: np.ndarray) -> None:
+        """Hand back a frame from :meth:`read` that nothing uses any more (a frame of another
+        shape or type is ignored: the movie would not read into it)."""
+        if (len(self._free) < self.capacity and frame.base is None and frame.shape == tuple(self.movie.info.shape_yx)
+                and frame.dtype == self.movie.info.dtype):
+            self._free.append(frame)

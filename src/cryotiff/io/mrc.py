@@ -426,8 +426,18 @@ class MrcMovie(Movie):
             total += got
         return total
 
-    def read_frame(self, index: int) -> np.ndarray:
-        """Return frame ``index`` (0-based; MRC section ``index``) as a fresh ``(ny, nx)`` array.
+    #: ``read_frame`` takes ``out`` (see :class:`cryotiff.io.FrameRecycler`).
+    reads_into = True
+
+    def read_frame(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Return frame ``index`` (0-based; MRC section ``index``) as a fresh ``(ny, nx)`` array,
+        or read into ``out`` and return it.
+
+        ``out``: an earlier frame of this movie that its user is done with. Reading into it
+        saves the page faults of a fresh array (a 57 MB float32 frame: 31 ms fresh against 21 ms
+        into an array used before). It is used only when it fits exactly (shape, the file's
+        sample type in native order, C-contiguous, writeable) and the mode is not 101 (packed
+        4-bit); otherwise a fresh array is read.
 
         Raises:
             IndexError: ``index`` outside ``0 .. n_frames - 1``.
@@ -446,6 +456,9 @@ class MrcMovie(Movie):
             ny, nx = self.info.shape_yx
             if self.header.mode == 101:
                 buffer = np.empty((ny, mode101_row_nbytes(nx)), dtype=np.uint8)
+            elif (out is not None and out.shape == (ny, nx) and out.dtype == self._file_dtype
+                  and out.flags.c_contiguous and out.flags.writeable):
+                buffer = out
             else:
                 buffer = np.empty((ny, nx), dtype=self._file_dtype)
             offset = self._data_offset + index * self._frame_nbytes
