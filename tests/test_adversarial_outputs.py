@@ -593,6 +593,39 @@ def test_a_full_disk_while_saving_the_estimate_keeps_the_previous_pair(in_tmp: P
     assert sorted(p.name for p in Path("Est").iterdir()) == sorted(before)  # no temporary file left
 
 
+@pytest.mark.parametrize("failing", [1, 2, 3])
+def test_a_save_whose_fsync_fails_leaves_the_saved_pair_unchanged(in_tmp: Path, capsys, monkeypatch,
+                                                                  failing: int) -> None:
+    """The files of a save go to the disk on threads of their own while the next is written; when
+    one of them cannot (its fsync fails), nothing is renamed: the pair saved before stays, byte
+    for byte, no temporary file is left, and the error names the disk's problem."""
+    import errno
+
+    gain_normalised_movie("m1.mrc", seed=7)
+    gain_normalised_movie("m2.mrc", seed=8)
+    assert main(["--i", "m1.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    before = {name: Path("Est", name).read_bytes() for name in ("gain_estimate.bin", "gain_estimate_reliablity.bin")}
+    capsys.readouterr()
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync(descriptor: int) -> None:
+        calls.append(descriptor)
+        if len(calls) == failing:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main(["--i", "m2.mrc", "--o", "Est", "--estimate_gain", "--gain", "Est/gain_estimate.bin"]) == 1
+    assert len(calls) == 3  # the interim reliability map, the gain, the reliability map
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = errors_of(err)
+    assert len(errors) == 1 and os.strerror(errno.EIO) in errors[0] and "unchanged" in errors[0], errors
+    assert {name: Path("Est", name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in Path("Est").iterdir()) == sorted(before)
+
+
 def test_a_gain_reference_that_cannot_be_written_is_a_clear_error(in_tmp: Path, capsys, monkeypatch) -> None:
     import errno
 

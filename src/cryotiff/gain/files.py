@@ -21,6 +21,7 @@ This module imports nothing from the rest of :mod:`cryotiff.gain`.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -296,18 +297,45 @@ def save_estimate_pair(
             replacements.insert(0, (rel_path, interim))
         del changed
     written: list[AtomicFile] = []
+    # Each file goes to the disk (fsync) on a thread of its own while the next one is made (its
+    # header statistics are most of the work); all of them before the first rename.
+    flushes: list[tuple[AtomicFile, threading.Thread, list[OSError]]] = []
     try:
         try:
             for path, data in replacements:
-                written.append(_write_mrc_temporary(path, data, voxel_size_angstrom=1.0, fsync=fsync))
+                written.append(_write_mrc_temporary(path, data, voxel_size_angstrom=1.0, fsync=False))
+                if fsync:
+                    flushes.append(_fsync_in_background(written[-1]))
+            for target, flush, problems in flushes:
+                flush.join()
+                if problems:
+                    raise OutputError(f"{target.destination}: cannot write ({problems[0].strerror or problems[0]})")
         except OutputError as exc:
             raise OutputError(f"{exc}; the saved {gain_path} and {rel_path.name} are unchanged") from None
         for target in written:
             target.commit()
     finally:
+        for _, flush, _ in flushes:
+            flush.join()  # before a temporary file is removed (after an error or Ctrl-C)
         for target in written:
             target.discard()  # those not renamed (after an error)
     return gain_path, rel_path
+
+
+def _fsync_in_background(target: AtomicFile) -> tuple[AtomicFile, threading.Thread, list[OSError]]:
+    """Start ``fsync`` of a written temporary file on a thread (it releases the GIL); the list
+    receives the OSError it raises, if any, once the thread is joined."""
+    problems: list[OSError] = []
+
+    def flush() -> None:
+        try:
+            os.fsync(target.handle.fileno())
+        except OSError as exc:
+            problems.append(exc)
+
+    thread = threading.Thread(target=flush, name="cryotiff-fsync", daemon=True)
+    thread.start()
+    return target, thread, problems
 
 
 def _changed_gains(old_gain: np.ndarray, gain: np.ndarray) -> np.ndarray:
