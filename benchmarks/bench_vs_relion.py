@@ -334,13 +334,20 @@ def baseline_eer_figure(workdir: Path) -> None:
 
 
 def run(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, float, int]:
-    """``(wall seconds, peak RSS MiB, exit status)`` of one command (its output discarded)."""
+    """``(wall seconds, peak RSS MiB, exit status)`` of one command (its output discarded); its
+    CPU seconds (user + system, all threads) are kept in :data:`LAST_CPU_SECONDS`."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
+    LAST_CPU_SECONDS[0] = usage.ru_utime + usage.ru_stime
     process.returncode = os.waitstatus_to_exitcode(status)
     return seconds, usage.ru_maxrss / 1024, process.returncode
+
+
+#: CPU seconds of the last :func:`run` (a figure that the machine's other jobs move less than
+#: the wall time, for a shared machine).
+LAST_CPU_SECONDS = [0.0]
 
 
 def case_arguments(case: str, workdir: Path, estimate_dir: Path) -> list[str]:
@@ -409,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.relion:
         programs["RELION"] = ([str(args.relion.resolve())], dict(os.environ, OMP_NUM_THREADS="1"))
     if args.baseline:
-        programs["baseline --j 1"] = ([sys.executable, "-m", "cryotiff", "--j", "1"], dict(os.environ, PYTHONPATH=str(args.baseline.resolve())))
+        baseline_env = dict(os.environ, PYTHONPATH=str(args.baseline.resolve()))
+        programs["baseline --j 1"] = ([sys.executable, "-m", "cryotiff", "--j", "1"], baseline_env)
+        programs["baseline --j 2"] = ([sys.executable, "-m", "cryotiff", "--j", "2"], baseline_env)
     programs["cryotiff --j 1"] = ([sys.executable, "-m", "cryotiff", "--j", "1"], cryotiff_env)
     programs["cryotiff --j 2"] = ([sys.executable, "-m", "cryotiff", "--j", "2"], cryotiff_env)
 
@@ -420,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(command + case_arguments("estimate", workdir, estimate_dir) + ["--o", str(estimate_dir) + "/"],
                        env=env, check=True, stdout=subprocess.DEVNULL)
     figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    cpu_seconds: dict[tuple[str, str], list[float]] = {}
     sizes: dict[tuple[str, str], int] = {}
     same: dict[tuple[str, str], str] = {}
     first_run: dict[str, float] = {}
@@ -433,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                 if status != 0:
                     print(f"{case}: {name} exited with {status}", file=sys.stderr)
                 figures.setdefault((case, name), []).append((seconds, rss))
+                cpu_seconds.setdefault((case, name), []).append(LAST_CPU_SECONDS[0])
                 sizes[(case, name)] = tree_bytes(out, (".bin",) if case == "estimate" else (".tif",))
         reference = "RELION" if args.relion else "cryotiff --j 1"
         for name in programs:
@@ -449,17 +460,20 @@ def main(argv: list[str] | None = None) -> int:
                 out.mkdir(parents=True)
                 first_run[case] = run(command + case_arguments(case, workdir, estimate_dir) + ["--o", str(out) + "/"],
                                       dict(env, NUMBA_CACHE_DIR=cache))[0]
-        print_table(cases[: cases.index(case) + 1], programs, figures, sizes, same, first_run, args)
+        print_table(cases[: cases.index(case) + 1], programs, figures, sizes, same, first_run, args, cpu_seconds)
     if args.json:
         args.json.write_text(json.dumps({f"{c}|{n}": v for (c, n), v in figures.items()}, indent=1))
     return 0
 
 
-def print_table(cases, programs, figures, sizes, same, first_run, args) -> None:
+def print_table(cases, programs, figures, sizes, same, first_run, args, cpu_seconds=None) -> None:
     names = list(programs)
     reference = "RELION" if "RELION" in programs else ("baseline --j 1" if "baseline --j 1" in programs else None)
     lines = [f"best of {args.repeats} interleaved runs, wall seconds of the whole command (median in brackets)", ""]
     header = "| case | " + " | ".join(names) + (f" | ratio to {reference} (--j 1 / --j 2)" if reference else "")
+    with_baseline = reference == "RELION" and "baseline --j 1" in programs
+    header += " | baseline's ratio to RELION (--j 1 / --j 2)" if with_baseline else ""
+    header += " | CPU s, best (" + ", ".join(names) + ")" if cpu_seconds else ""
     header += " | output MB (" + ", ".join(names) + ") | peak RSS MiB (" + ", ".join(names) + ") | same pixels |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for case in cases:
@@ -469,7 +483,12 @@ def print_table(cases, programs, figures, sizes, same, first_run, args) -> None:
         cells = [f"{best[n]:.2f} ({median[n]:.2f})" for n in names]
         row = f"| {case} | " + " | ".join(cells)
         if reference:
-            row += f" | {best[reference] / best['cryotiff --j 1']:.2f}x / {best[reference] / best['cryotiff --j 2']:.2f}x"
+            reference_j2 = "baseline --j 2" if reference == "baseline --j 1" else reference  # --j 2 against --j 2
+            row += f" | {best[reference] / best['cryotiff --j 1']:.2f}x / {best[reference_j2] / best['cryotiff --j 2']:.2f}x"
+        if with_baseline:
+            row += f" | {best[reference] / best['baseline --j 1']:.2f}x / {best[reference] / best['baseline --j 2']:.2f}x"
+        if cpu_seconds:
+            row += " | " + ", ".join(f"{min(cpu_seconds[(case, n)]):.2f}" for n in names)
         row += " | " + ", ".join(f"{sizes[(case, n)] / 1e6:.1f}" for n in names)
         row += " | " + ", ".join(f"{rss[n]:.0f}" for n in names)
         row += " | " + "; ".join(f"{n}: {same[(case, n)]}" for n in names if (case, n) in same) + " |"
