@@ -767,7 +767,8 @@ HUFFMAN_ENCODERS = ("cryotiff", "zlib-ng")
 #: kernel then saves 3.1 ms per MB of K2 counts (encode 464 against zlib-ng's 181 MB/s, ISA-L's
 #: check of zlib-ng's streams 720 against 583 MB/s) and 6.3 ms per MB of Falcon frames (452
 #: against 127 MB/s): it pays from about 160 MB (K2) or 80 MB (Falcon); the LZW kernel saves
-#: about 5 ms per MB (about 200 against imagecodecs' 100 MB/s), paying from about 100 MB.
+#: about 5 ms per MB (about 200 against imagecodecs' 100 MB/s) and its compiled verification
+#: about 4 ms more (600-900 against imagecodecs' 150-220 MB/s), paying from about 60 MB.
 #: Measured in docs/benchmarks/vs-relion.md.
 COMPILED_ENCODERS_MIN_MOVIE_BYTES = 200_000_000
 

@@ -19,7 +19,8 @@ plain Python over NumPy arrays; the callers (``cryotiff.io.eer``, ``cryotiff.gai
 ``cryotiff.codecs``) check shapes and types before calling, since a compiled loop does not
 check its indices.
 
-This package is a leaf: it imports only numpy and numba. That is why ``cryotiff.io`` may import
+This package is a leaf: it imports only numpy and numba (and numba's llvmlite, for the LZW
+decoder's word loads). That is why ``cryotiff.io`` may import
 it (the rule that ``io/`` imports nothing from the package but ``errors`` has this one
 exception: the EER reader's decoder lives here with the other compiled loops). Importing it
 imports numba, so the modules that need a kernel import it where they call it. The tests check
