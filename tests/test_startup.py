@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryotiff.simulate.detectors import counting_frames
+from cryotiff.simulate.detectors import counting_frames, falcon_frames
 from cryotiff.simulate.write import write_mrc_movie
 
 #: Libraries that cost start-up time or memory and that only some runs need.
@@ -62,6 +62,29 @@ def test_a_short_counts_movie_in_huffman_only_deflate_needs_no_numba(in_tmp: Pat
     assert loaded_by("--i", "k2.mrc", "--o", "out/", "--report", "r.json", cwd=in_tmp) == set()
     report = json.loads((in_tmp / "r.json").read_text())
     assert [movie["codec"] for movie in report["movies"]] == ["deflate-huffman"]
+
+
+def test_a_long_movie_written_in_deflate_never_loads_the_lzw_kernel(in_tmp: Path) -> None:
+    """A movie long enough for the compiled encoders (here: the threshold lowered to 0) loads the
+    Huffman-only kernel it encodes with, but not the LZW kernel: ``auto`` sizes LZW with
+    imagecodecs' encoder (the same bytes), so loading the LZW kernel is left to movies written in
+    LZW."""
+    write_mrc_movie(in_tmp / "f.mrc", falcon_frames(2, (64, 4096), seed=2), 6)
+    probe = ("import contextlib, io, json, sys\n"
+             "from cryotiff import codecs\n"
+             "codecs.COMPILED_ENCODERS_MIN_MOVIE_BYTES = 0\n"
+             "from cryotiff.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    status = main(['--i', 'f.mrc', '--o', 'out/', '--report', 'r.json'])\n"
+             "from cryotiff import kernels\n"
+             "print(json.dumps({'status': status, 'huffman': len(kernels.deflate_huffman_encode.signatures),\n"
+             "                  'lzw': len(kernels.lzw_encode.signatures)}))\n")
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=in_tmp, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    outcome = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = json.loads((in_tmp / "r.json").read_text())
+    assert [movie["codec"] for movie in report["movies"]] == ["deflate-huffman"]
+    assert outcome == {"status": 0, "huffman": 1, "lzw": 0}
 
 
 def test_reading_a_star_file_loads_starfile(counts_movie: Path) -> None:
