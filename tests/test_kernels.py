@@ -222,6 +222,53 @@ def test_eer_add_frames_pauses_at_any_pixel(name: str, seed: int) -> None:
         np.testing.assert_array_equal(counts.reshape(out, out), expected)
 
 
+@pytest.fixture(scope="module")
+def checked_walk():
+    """The EER walk compiled again with numba's bounds checks (its 64-bit loads included, which
+    are eight byte indices): an index outside an array raises IndexError."""
+    import numba
+
+    from cryotiff.kernels import eer as KE
+
+    return numba.njit(boundscheck=True)(KE._eer_walk.py_func)
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_eer_walk_never_indexes_outside_its_arrays(checked_walk, name: str, seed: int) -> None:
+    """Damaged and intact frames, each in an array of exactly its bytes, walked band by band
+    (bands ending anywhere) into pages and event arrays of exactly the size the callers give:
+    no index outside them, and the frame is complete exactly when RELION's loop says so."""
+    from cryotiff.kernels import eer as KE
+
+    encoding = ENCODINGS[name]
+    rng = np.random.default_rng(seed)
+    width = 1 << int(rng.integers(2, 6))
+    n_pixels = width * width
+    data = _damaged(rng, _frame_streams(rng, width, encoding, 1)[0])
+    stream = np.frombuffer(data, np.uint8).copy()
+    expected = ref_decode(data, n_pixels, encoding.rle_bits, encoding.symbol_bits, encoding.compression == 65000)
+    ups = (1, 2, -1, 3) if encoding.horizontal_bits == 2 else (1, 2)
+    for placement, up in [(K.EER_RECORD, 1)] + [(_placement(up), up) for up in ups]:
+        out = E.output_size(width, up)
+        counts = np.zeros(out * out, np.uint8)
+        room = 8 * len(data) // (encoding.rle_bits + encoding.symbol_bits) + 1
+        positions, symbols = np.empty(room, np.int64), np.empty(room, np.uint8)
+        state, bits = np.zeros(K.EER_STATE_FIELDS, np.int64), np.zeros(1, np.uint64)
+        state[KE._PENDING] = -1
+        band = 2 * width * int(rng.integers(1, width // 2 + 1)) if up == -1 else int(rng.integers(1, n_pixels + 1))
+        stop, status = 0, K.EER_PAUSED
+        while status == K.EER_PAUSED:
+            stop = min(stop + band, n_pixels)
+            status = checked_walk(
+                stream, 0, len(data), 8 * len(data), n_pixels, encoding.rle_bits, encoding.symbol_bits,
+                encoding.overflow_skip_bits, placement, width.bit_length() - 1, out // width if up > 1 else 1,
+                E.symbol_offsets(encoding, up, out), counts, 1, positions, symbols, state, bits, stop,
+            )
+        assert (status == K.EER_COMPLETE) == (expected is not None)
+
+
 def test_a_corrupt_frame_is_taken_back_exactly_also_when_counts_wrap() -> None:
     """Taking back a corrupt frame's events restores the page bit for bit, even in a type whose
     sums wrapped (RELION's uint8 pages wrap; the kernel's arithmetic is modular)."""
