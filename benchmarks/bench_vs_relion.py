@@ -190,11 +190,8 @@ def kernel_figures(workdir: Path) -> None:
         old_s, new_s = best(old), best(new)
         print(f"| {name}, ms per K2 frame | {old_s * 1e3:.0f} | {new_s * 1e3:.0f} | {old_s / new_s:.1f}x |")
     lzw_figures("K2 gain-corrected float32 frame (--gain)", frame, best)
+    eer_render_figures(workdir, "")
     with EerMovie(workdir / "eer400.eer") as movie:
-        for up in (1, 2):
-            movie.render(0, 2, up, dtype=np.uint8)
-            new_s = best(lambda: movie.render(0, 20, up, dtype=np.uint8)) / 20
-            print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms | see below | {new_s * 1e3:.2f} | |")
         huffman_figures("EER page of 20 raw frames", movie.render(0, 20, 1, dtype=np.uint8).counts, best)
         lzw_figures("EER page of 20 raw frames, upsampling 2", movie.render(0, 20, 2, dtype=np.uint8).counts, best)
     lzw_thread_figures()
@@ -298,14 +295,16 @@ def lzw_thread_figures() -> None:
 
 
 def start_up_figures() -> None:
-    """CPU seconds of a fresh interpreter importing numba and loading a cached compiled encoder
-    (Huffman-only Deflate, LZW), and of compiling it with an empty cache (what a fresh install
-    pays once)."""
-    for name, codec in (("Huffman-only kernel", "make_codec('deflate-huffman')"),
-                        ("LZW kernel", "make_codec('lzw', lzw_encoder='cryotiff')")):
-        probe = ("import time; import numpy as np; from cryotiff.codecs import make_codec; "
-                 f"t0 = time.process_time(); {codec}.encode(np.zeros(4096, np.uint8)); "
-                 "print(time.process_time() - t0)")
+    """CPU seconds of a fresh interpreter importing numba and loading a cached compiled kernel
+    (Huffman-only Deflate, LZW, the EER adder at upsampling 1), and of compiling it with an
+    empty cache (what a fresh install pays once)."""
+    eer_adder = ("K.eer_add_frames(np.zeros(8, np.uint8), np.zeros(1, np.int64), np.full(1, 8, np.int64), 16, 7, 4, 0, "
+                 "K.EER_ADD_PHYSICAL, 2, 1, np.zeros(16, np.int64), np.zeros(16, np.uint8), 8, np.zeros(1, np.bool_))")
+    for name, use in (("Huffman-only kernel", "make_codec('deflate-huffman').encode(np.zeros(4096, np.uint8))"),
+                      ("LZW kernel", "make_codec('lzw', lzw_encoder='cryotiff').encode(np.zeros(4096, np.uint8))"),
+                      ("EER adder at upsampling 1 (uint8 pages)", eer_adder)):
+        probe = ("import time; import numpy as np; from cryotiff.codecs import make_codec; from cryotiff import kernels as K; "
+                 f"t0 = time.process_time(); {use}; print(time.process_time() - t0)")
         with tempfile.TemporaryDirectory() as cache:
             for what, env in (("compile (empty numba cache)", {"NUMBA_CACHE_DIR": cache}),
                               ("load from the cache", {"NUMBA_CACHE_DIR": cache})):
@@ -314,19 +313,22 @@ def start_up_figures() -> None:
                 print(f"| {name}: numba import + {what}, CPU s | | {float(out[0]):.2f} | |")
 
 
-def baseline_eer_figure(workdir: Path) -> None:
-    """ms per raw frame of ``EerMovie.render`` of the cryotiff on PYTHONPATH (the code before)."""
+def eer_render_figures(workdir: Path, label: str) -> None:
+    """ms per raw frame (CPU of one thread, best of 5) of ``EerMovie.render`` of the cryotiff on
+    PYTHONPATH into a page of uint8, as a conversion renders it, at upsampling 1, 2 and -1;
+    ``--baseline``'s code prints the same rows with ``label`` ", before"."""
+    import numpy as np
     from cryotiff.io.eer import EerMovie
 
     with EerMovie(workdir / "eer400.eer") as movie:
-        for up in (1, 2):
-            movie.render(0, 2, up)
+        for up in (1, 2, -1):
+            movie.render(0, 2, up, dtype=np.uint8)
             times = []
-            for _ in range(3):
+            for _ in range(5):
                 started = time.thread_time()
-                movie.render(0, 20, up)
+                movie.render(0, 20, up, dtype=np.uint8)
                 times.append(time.thread_time() - started)
-            print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms, before | {min(times) / 20 * 1e3:.2f} | | |")
+            print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms{label} | | {min(times) / 20 * 1e3:.2f} | |")
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         print(compare_outputs(*args.compare))
         return 0
     if args.baseline_eer:
-        baseline_eer_figure(args.baseline_eer)
+        eer_render_figures(args.baseline_eer, ", before")
         return 0
     if args.kernels:
         workdir = args.workdir.resolve()
