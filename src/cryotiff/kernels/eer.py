@@ -310,6 +310,8 @@ def _add_bands(
             )
 
 
+# Three top-level functions rather than closures made by one factory, so that each is compiled
+# and cached on its own, under its own name.
 @_jit
 def _add_frames_physical(
     stream, starts, n_bytes, n_pixels, rle_bits, symbol_bits, overflow_skip_bits,
