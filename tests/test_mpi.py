@@ -7,6 +7,7 @@ timeout and runs in its own process group, so a hang fails the test instead of b
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -477,3 +478,39 @@ def test_ctrl_c_on_mpirun_leaves_no_partial_file(tmp_path: Path) -> None:
     assert process.returncode != 0
     assert not list((tmp_path / "out").rglob("*.tmp"))
     assert not list((tmp_path / "out").rglob("*.tif"))
+
+
+class _RecordingRaw(io.RawIOBase):
+    """A raw stream that keeps every write it is given, as the pipe to Open MPI would see them."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+def test_each_line_of_a_rank_is_one_write_also_when_python_is_unbuffered() -> None:
+    """With ``PYTHONUNBUFFERED`` (or ``-u``) print's text and newline are two writes, and under
+    mpirun another rank's line could come between them; the ranks' streams are set so that every
+    line is one write."""
+    from cryotiff.mpi import whole_lines_per_write
+
+    unbuffered = _RecordingRaw()
+    stream = io.TextIOWrapper(unbuffered, encoding="utf-8", write_through=True)  # what -u makes
+    print("Processing m7.mrc into out/m7.tif", file=stream, flush=True)
+    assert unbuffered.writes == [b"Processing m7.mrc into out/m7.tif", b"\n"]  # the race this prevents
+
+    raw = _RecordingRaw()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    whole_lines_per_write(stream)
+    print("Processing m7.mrc into out/m7.tif", file=stream, flush=True)
+    print("Progress: 1 of 8 movies", file=stream)
+    print("ERROR: m8.mrc: damaged", file=stream, flush=True)
+    assert raw.writes == [b"Processing m7.mrc into out/m7.tif\n", b"Progress: 1 of 8 movies\n",
+                          b"ERROR: m8.mrc: damaged\n"]
+    whole_lines_per_write(io.StringIO())  # a test's capture: left as it is

@@ -51,7 +51,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TextIO
 
 from .cli import (
     EXIT_FAILED,
@@ -124,6 +124,18 @@ MPI_UNSUPPORTED = {
 # --------------------------------------------------------------------------- entry point
 
 
+def whole_lines_per_write(stream: TextIO) -> None:
+    """Make each printed line reach ``stream``'s file in one write. Open MPI forwards every
+    rank's output as it is written, so with unbuffered streams (``PYTHONUNBUFFERED``, ``-u``,
+    common in job scripts) ``print``'s text and its newline, two writes, could be joined by
+    another rank's line in between (``...m7.tifProgress: ...``). Line buffering keeps a line's
+    text until its newline and writes both at once."""
+    try:
+        stream.reconfigure(line_buffering=True, write_through=False)  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass  # not a TextIOWrapper (a test's capture): its writes are whole already
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``convert-to-tiff-mpi``; returns the exit status (the same on every rank)."""
     import os
@@ -134,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    whole_lines_per_write(sys.stdout)
+    whole_lines_per_write(sys.stderr)
     # Ctrl-C on mpirun reaches the ranks as SIGTERM (then SIGKILL): turned into KeyboardInterrupt,
     # it lets the movie being written remove its temporary file, as Ctrl-C does in convert-to-tiff.
     signal.signal(signal.SIGTERM, _interrupt)

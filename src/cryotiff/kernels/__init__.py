@@ -10,7 +10,8 @@ passes over a frame, each loop written once, compiled by numba. One module per j
 * :mod:`cryotiff.kernels.lzw_decode`: the TIFF LZW decoder that verifies that encoder's strips
   (written separately from it).
 
-Every kernel is ``@njit(nogil=True, cache=True)`` (:mod:`cryotiff.kernels._jit`): it runs
+Every kernel is ``@njit(nogil=True, cache=True)`` (:mod:`cryotiff.kernels._jit`; ``eer_add_frames``
+is a plain function that calls the compiled adder of its placement, each compiled when first used): it runs
 without the GIL, so the page tasks of ``--j N`` threads run their kernels at the same time, and
 the machine code is cached next to its file (``__pycache__``, or numba's user cache directory
 where that is not writable) after the first run, so later runs only load it. Float division
