@@ -195,12 +195,18 @@ def test_two_hosts_convert_every_movie_exactly(two_hosts: TwoHosts, tmp_path: Pa
     the one a single process writes."""
     movies = tmp_path / "Movies"
     movies.mkdir()
-    expected = {f"k2_{k}": write_k2(movies / f"k2_{k}.mrc", 30, seed=k, shape_yx=(512, 512)) for k in range(6)}
+    expected = {f"k2_{k}": write_k2(movies / f"k2_{k}.mrc", 10, seed=k, shape_yx=(512, 512)) for k in range(6)}
     falcon = falcon_frames(6, shape_yx=(256, 256), seed=9)
     write_mrc_movie(movies / "falcon.mrc", falcon, 6)
     expected["falcon"] = falcon
+    # A slow codec (about 1 s per movie), so that rank 0, which converts too, cannot finish every
+    # movie while the second host's rank is still starting: with the default codec (0.1 s per
+    # movie) rank 0 once converted all seven before rank 1 had asked for one (a loaded machine,
+    # CI). Making rank 0 wait for the other ranks would slow every real run; the test gives it
+    # enough work instead.
+    options = ["--compression", "deflate", "--deflate_level", "12", "--j", "2"]
 
-    completed = two_hosts.run(["--i", "Movies", "--o", "two_hosts", "--j", "2", "--report", "report.json"], tmp_path)
+    completed = two_hosts.run(["--i", "Movies", "--o", "two_hosts", *options, "--report", "report.json"], tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert f"Movies converted: {len(expected)}, skipped: 0, failed: 0" in completed.stdout
     entries = report_movies(tmp_path / "report.json")
@@ -208,7 +214,7 @@ def test_two_hosts_convert_every_movie_exactly(two_hosts: TwoHosts, tmp_path: Pa
     assert {entry["details"]["mpi_rank"] for entry in entries.values()} == {0, 1}
 
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["--i", "Movies", "--o", "one_process", "--j", "2"]) == 0
+    assert cli.main(["--i", "Movies", "--o", "one_process", *options]) == 0
     for name, frames in expected.items():
         written = tmp_path / "two_hosts" / "Movies" / f"{name}.tif"
         np.testing.assert_array_equal(read_tiff_frames(written), frames)
