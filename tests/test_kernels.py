@@ -656,6 +656,41 @@ def test_lzw_edge_cases_equal_imagecodecs_and_the_reference() -> None:
     assert any(lzw_encode(np.frombuffer(data, np.uint8).reshape(1, -1))[-1] == 0 for data in cases)
 
 
+def test_lzw_bytes_do_not_depend_on_which_values_the_sample_finds_frequent() -> None:
+    """The encoder looks strings up directly for the 8 byte values most frequent in a sample of
+    4096 bytes spread over the strip, and in a hash for the rest. Strips whose sample misleads:
+    the sampled positions hold one value and the others 20 different ones; the sample sees 12
+    values and the rest holds 3 others; one alphabet in the first half and another in the second;
+    the direct values change their meaning across many table resets; each as flipped rows, and
+    as rows of one byte. Byte for byte imagecodecs' stream."""
+    rng = np.random.default_rng(13)
+    n = 4096 * 7 * 9
+    sampled = np.arange(n) % (n // 4096) == 0  # where the sample lands (its step is n // 4096)
+    misleading_one = np.where(sampled, 0, rng.integers(100, 120, n)).astype(np.uint8)
+    misleading_many = np.where(sampled, rng.integers(0, 12, n), rng.integers(200, 203, n)).astype(np.uint8)
+    halves = np.concatenate([rng.poisson(1.0, n // 2), 100 + rng.poisson(2.0, n - n // 2)]).astype(np.uint8)
+    shifting = (rng.poisson(0.7, n) + 16 * (np.arange(n) // 50000)).astype(np.uint8)
+    for strip in (misleading_one, misleading_many, halves, shifting):
+        for width in (strip.size // 63, 1):
+            rows = _lzw_rows(strip, width, "flipped")
+            assert lzw_encode(rows) == imagecodecs.lzw_encode(rows.tobytes())
+        assert lzw_encode(strip.reshape(1, -1)) == imagecodecs.lzw_encode(strip.tobytes())
+    # The same walk with numba's bounds checks (an IndexError instead of reading past an array),
+    # on strips of 1 and 3 bytes and on ones with dozens of table resets.
+    from cryotiff.codecs import _row_span
+
+    import numba
+
+    checked = numba.njit(boundscheck=True)(K.lzw_encode.py_func)
+    for strip in (misleading_one, halves, np.zeros(1, np.uint8), np.arange(3, dtype=np.uint8),
+                  np.frombuffer(rng.bytes(100_000), np.uint8)):
+        rows = _lzw_rows(strip, max(strip.size // 63, 1), "flipped")
+        data, start, stride = _row_span(rows)
+        out = np.empty(K.lzw_bound(rows.size), np.uint8)
+        n_bytes = checked(data, start, stride, rows.shape[0], rows.shape[1], out)
+        assert out[:n_bytes].tobytes() == imagecodecs.lzw_encode(rows.tobytes())
+
+
 def test_lzw_detector_pages_equal_imagecodecs() -> None:
     """The pages cryotiff writes in LZW: EER rendered at upsampling 2 (sparse counts, uint8 and
     uint16), counts, gain-corrected float32 frames and random float32 viewed as bytes, each as
