@@ -260,7 +260,7 @@ def test_the_compiled_encoders_strips_are_checked_by_the_compiled_decoder() -> N
         kernel.decodes_to(codes_to_stream([(256, 9), (65, 9), (300, 9), (257, 9)]), rows)
 
 
-def test_the_decode_buffer_kept_between_strips_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_decode_buffer_kept_between_strips_changes_no_verdict() -> None:
     """Each thread keeps its decode buffer from strip to strip (the largest so far). A strip
     after a larger one is still judged on its own bytes: one that decodes to a row more or a row
     less than the rows, or to bytes the larger strip left in the buffer, is refused; a buffer
@@ -269,7 +269,6 @@ def test_the_decode_buffer_kept_between_strips_changes_no_verdict(monkeypatch: p
 
     from cryotiff import codecs
 
-    monkeypatch.setattr(codecs._lzw_decode_buffers, "buffer", None, raising=False)  # as a new thread has it
     kernel = make_codec("lzw", lzw_encoder="cryotiff")
     rng = np.random.default_rng(5)
     large = rng.integers(0, 4, (400, 90), dtype=np.uint8)
