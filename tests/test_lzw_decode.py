@@ -260,43 +260,6 @@ def test_the_compiled_encoders_strips_are_checked_by_the_compiled_decoder() -> N
         kernel.decodes_to(codes_to_stream([(256, 9), (65, 9), (300, 9), (257, 9)]), rows)
 
 
-def test_the_decode_buffer_kept_between_strips_changes_no_verdict() -> None:
-    """Each thread keeps its decode buffer from strip to strip (the largest so far). A strip
-    after a larger one is still judged on its own bytes: one that decodes to a row more or a row
-    less than the rows, or to bytes the larger strip left in the buffer, is refused; a buffer
-    grows for a larger strip; another thread has a buffer of its own."""
-    import threading
-
-    from cryotiff import codecs
-
-    kernel = make_codec("lzw", lzw_encoder="cryotiff")
-    rng = np.random.default_rng(5)
-    large = rng.integers(0, 4, (400, 90), dtype=np.uint8)
-    small = large[:100].copy()
-    for rows in (large, small, large[:100][::-1], large):
-        assert kernel.decodes_to(kernel.encode_rows(rows), rows)
-    kept = codecs._lzw_decode_buffers.buffer
-    assert kept.size >= large.size
-    assert not kernel.decodes_to(kernel.encode_rows(small), large[:101])  # a row less
-    assert not kernel.decodes_to(kernel.encode_rows(large[:101]), small)  # a row more
-    # The large strip's bytes after the small one's lie in the buffer; a stream cut short must
-    # not read them as its own.
-    assert kernel.decodes_to(kernel.encode_rows(large), large)
-    assert not kernel.decodes_to(kernel.encode_rows(small)[:-8], small)
-    changed = small.copy()
-    changed[-1, -1] ^= 1
-    assert not kernel.decodes_to(kernel.encode_rows(small), changed)
-    bigger = rng.integers(0, 4, (500, 90), dtype=np.uint8)
-    assert kernel.decodes_to(kernel.encode_rows(bigger), bigger)
-    assert codecs._lzw_decode_buffers.buffer.size >= bigger.size > kept.size
-    other: list = []
-    thread = threading.Thread(target=lambda: other.append((kernel.decodes_to(kernel.encode_rows(small), small),
-                                                           codecs._lzw_decode_buffers.buffer)))
-    thread.start()
-    thread.join()
-    assert other[0][0] and other[0][1] is not codecs._lzw_decode_buffers.buffer
-
-
 @pytest.mark.parametrize("damage", ["other bytes", "cut", "corrupt code"])
 def test_a_damaged_lzw_strip_fails_the_conversions_verification(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], damage: str

@@ -376,21 +376,6 @@ def _lzw_encode(data) -> bytes:
     return _lzw_encode_rows(_as_one_row(data))
 
 
-#: Each thread's decode buffer of :func:`_lzw_decodes_to`, kept from page to page: a fresh
-#: one per page (57-67 MB) had its memory faulted in every time, 13 of 96 ms per EER page at
-#: upsampling 2.
-_lzw_decode_buffers = threading.local()
-
-
-def _lzw_decode_buffer(n_bytes: int) -> np.ndarray:
-    """This thread's decode buffer, of at least ``n_bytes`` (the largest asked for so far)."""
-    buffer = getattr(_lzw_decode_buffers, "buffer", None)
-    if buffer is None or buffer.size < n_bytes:
-        buffer = _lzw_decode_buffers.buffer = None  # the old one is freed before the new one is made
-        buffer = _lzw_decode_buffers.buffer = np.empty(n_bytes, np.uint8)
-    return buffer
-
-
 def _lzw_decodes_to(data: bytes, rows: np.ndarray) -> bool:
     """Whether the TIFF LZW strip ``data`` decodes to exactly the bytes of ``rows`` (see
     :func:`_row_span`), by the compiled decoder (:func:`cryotiff.kernels.lzw_decodes_to`, which
@@ -402,7 +387,7 @@ def _lzw_decodes_to(data: bytes, rows: np.ndarray) -> bool:
 
     _check_rows("LZW", rows)
     span, start, stride = _row_span(rows)
-    buffer = _lzw_decode_buffer(kernels.lzw_decode_buffer_bytes(rows.size))
+    buffer = np.empty(kernels.lzw_decode_buffer_bytes(rows.size), np.uint8)
     status = kernels.lzw_decodes_to(
         np.frombuffer(data, np.uint8), span, start, stride, rows.shape[0], rows.shape[1], buffer
     )
