@@ -198,6 +198,22 @@ def test_broken_streams_give_their_status() -> None:
     assert K.lzw_decodes_to(np.frombuffer(stream, np.uint8), *_row_span(rows), 50, 100, short) == K.LZW_DECODE_OVERFLOW
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(byte_strips(), st.integers(1, 600), st.sampled_from(["contiguous", "flipped", "gaps", "odd"]),
+       st.integers(0, 2**31), st.integers(1, 255))
+def test_the_rows_check_finds_any_changed_byte(strip: np.ndarray, width: int, layout: str, position: int,
+                                               flip: int) -> None:
+    """Any one byte of the rows changed, anywhere (the first and last, at row ends, inside long
+    strings), is found by the check of a strip against its rows; the rows as encoded pass."""
+    rows = _lzw_rows(strip, width, layout)
+    stream = lzw_encode(rows)
+    assert decodes_to(stream, rows) == K.LZW_DECODE_SAME
+    if rows.size:
+        changed = rows.copy()
+        changed[np.unravel_index(position % rows.size, rows.shape)] ^= flip
+        assert decodes_to(stream, changed) == K.LZW_DECODE_DIFFERENT
+
+
 @pytest.fixture(scope="module")
 def checked_decoder():
     """The decoder compiled again with numba's bounds checks (every array index but those of the
