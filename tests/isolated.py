@@ -176,12 +176,17 @@ def read_movie(path: str) -> tuple[int, tuple[int, int], str]:
     default options); returns ``(pages, shape, dtype)``."""
     from pathlib import Path
 
-    from cryotiff.convert import ConvertOptions, open_page_source
+    from cryotiff.convert import ConvertOptions, WiderTypeNeeded, open_page_source
 
     source = open_page_source(Path(path), ConvertOptions(eer_grouping=1))
     try:
-        for index in range(source.n_pages):
-            source.page(index)
+        while True:
+            try:
+                for index in range(source.n_pages):
+                    source.page(index)
+                break
+            except WiderTypeNeeded as retry:  # as convert_movie does: every page again, wider
+                source.retype(retry.dtype)
         return source.n_pages, tuple(source.shape_yx), str(source.dtype)
     finally:
         source.close()

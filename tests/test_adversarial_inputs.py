@@ -409,6 +409,25 @@ def test_float32_tiff_inputs_follow_the_float_rule_as_documented(tmp_path: Path)
     assert "TIFF inputs keep their sample type (`uint8`, `int8`, `uint16`, `int16` or `float32`)" not in conventions
 
 
+def test_a_float32_tiff_whose_later_frame_is_not_integer_is_read_and_written_wider(tmp_path: Path, isolated) -> None:
+    """Found by the container fuzzing below (2026-12-01): a float32 TIFF whose first frame holds
+    integers and whose second does not. The first frame picks an integer type; the second makes
+    the movie be read again as float32, both through the pipeline (a warning, the exact values)
+    and through the fuzzing's reader, which had let the internal signal escape."""
+    from cryotiff.convert import ConvertOptions, convert_movie
+
+    frames = np.random.default_rng(8).integers(0, 9, (3, 16, 32)).astype(np.float32)
+    frames[1, 3, 5] += np.float32(0.5)
+    tifffile.imwrite(tmp_path / "mixed.tif", frames, photometric="minisblack", metadata=None)
+    outcome = isolated.call("tests.isolated:read_movie", str(tmp_path / "mixed.tif"), timeout=30)
+    assert outcome.kind == "ok", outcome.describe()
+    assert outcome.value == repr((3, (16, 32), "float32"))
+    result = convert_movie(tmp_path / "mixed.tif", tmp_path / "out.tif", ConvertOptions(output_dir=tmp_path))
+    assert result.dtype == "float32"
+    assert any("frame 2 holds non-integer values" in warning for warning in result.warnings), result.warnings
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out.tif"), frames[:, ::-1])
+
+
 # --------------------------------------------------------------------------- gains
 
 
