@@ -23,11 +23,12 @@ from cryotiff.kernels._jit import _inline, _jit
 # The table, (prefix code, next byte) -> code, is in two parts that share no byte value:
 #
 # * For the strip's 8 most frequent byte values (a histogram of 4096 bytes spread over it), a
-#   direct-indexed child table: 8 uint16 per code (64 KiB in all, mostly in L1), 0 for "no such
-#   string" (codes are >= 258). A code's 8 children are cleared when the code is given out, so a
-#   reset clears only the 256 single-byte codes' rows. On cryo-EM pages nearly every byte is one
-#   of 8 values (counts; the four bytes of integers in float32), and a lookup there is one load
-#   instead of a hash and a probe: 1.4-1.8x the speed of the hash alone (docs/benchmarks/vs-relion.md).
+#   direct-indexed child table: 8 uint16 per code (64 KiB in all, in the L1 and L2 caches), 0 for
+#   "no such string" (codes are >= 258). A code's 8 children are cleared when the code is given
+#   out, so a reset clears only the 256 single-byte codes' rows. On cryo-EM pages nearly every byte
+#   is one of 8 values (counts; the four bytes of integers in float32), and a lookup there is one
+#   load instead of a hash and a probe: 1.1-1.4x the speed of the hash alone on K2 counts, 1.4-1.7x
+#   on EER pages at upsampling 2 and on --gain pages (docs/benchmarks/vs-relion.md).
 # * For every other byte value, a hash with linear probing, 64-bit slots holding
 #   ``generation << 32 | key << 12 | code``: a slot of an earlier generation is empty, so a reset
 #   is one increment of the generation rather than a clear of the table.
