@@ -45,7 +45,7 @@ def decode(stream: bytes, capacity: int) -> tuple[int, bytes]:
 def decodes_to(stream: bytes, rows: np.ndarray) -> int:
     """``kernels.lzw_decodes_to`` of ``stream`` against ``rows`` (2-D uint8, anywhere in memory)."""
     data, start, stride = _row_span(rows)
-    buffer = np.empty(K.lzw_decode_buffer_bytes(rows.size), np.uint8)
+    buffer = np.empty(K.lzw_check_buffer_bytes(rows.size), np.uint8)
     src = np.frombuffer(stream, np.uint8) if stream else np.zeros(0, np.uint8)
     return K.lzw_decodes_to(src, data, start, stride, rows.shape[0], rows.shape[1], buffer)
 
@@ -105,6 +105,35 @@ def test_resets_width_changes_and_long_strings() -> None:
         assert decode(stream + b"\xff\x00\x13", len(data)) == (len(data), data)  # bytes after EndOfInformation
         rows = np.frombuffer(data, np.uint8).reshape(1, -1)
         assert decodes_to(stream, rows) == K.LZW_DECODE_SAME
+
+
+def test_the_check_holds_one_table_of_bytes_at_a_time() -> None:
+    """The check against rows decodes into a buffer of at most one table's bytes
+    (LZW_SEGMENT_MAX_BYTES) and compares them at each ClearCode. One value repeated is the
+    longest table there is (each string one byte longer: 1 + 2 + ... + 3839 bytes, exactly the
+    bound) and passes in it; a byte changed at either side of a ClearCode, in the first or the
+    last table, or a byte more or less, is found."""
+    assert K.LZW_SEGMENT_MAX_BYTES == 3839 * 3840 // 2
+    n = 9_000_000
+    run = np.full((1, n), 7, np.uint8)
+    stream = lzw_encode(run)
+    assert K.lzw_check_buffer_bytes(n) < n // 1.2
+    assert decodes_to(stream, run) == K.LZW_DECODE_SAME
+    first_table = K.LZW_SEGMENT_MAX_BYTES
+    for position in (0, first_table - 1, first_table, first_table + 1, n - 1):
+        changed = run.copy()
+        changed[0, position] = 8
+        assert decodes_to(stream, changed) == K.LZW_DECODE_DIFFERENT, position
+    assert decodes_to(stream, run[:, :-1]) != K.LZW_DECODE_SAME
+    assert decodes_to(lzw_encode(run[:, :-1]), run) == K.LZW_DECODE_DIFFERENT
+    # Rows of 997 bytes: tables end inside rows; every table of random bytes is a few kB.
+    rows = np.frombuffer(np.random.default_rng(9).bytes(997 * 300), np.uint8).reshape(300, 997)[::-1]
+    stream = lzw_encode(rows)
+    assert decodes_to(stream, rows) == K.LZW_DECODE_SAME
+    for row, column in ((0, 0), (150, 996), (151, 0), (299, 996)):
+        changed = rows.copy()
+        changed[row, column] ^= 0x80
+        assert decodes_to(stream, changed) == K.LZW_DECODE_DIFFERENT, (row, column)
 
 
 def test_clear_codes_anywhere_and_a_missing_first_clear() -> None:
@@ -194,7 +223,7 @@ def test_broken_streams_give_their_status() -> None:
     tiny = np.zeros(K.LZW_DECODE_ORIGIN - 1, np.uint8)  # no room for the single-byte strings
     assert K.lzw_decode_into(np.frombuffer(stream, np.uint8), tiny) == K.LZW_DECODE_OVERFLOW
     rows = np.frombuffer(data, np.uint8).reshape(50, 100)
-    short = np.zeros(K.lzw_decode_buffer_bytes(rows.size) - 1, np.uint8)
+    short = np.zeros(K.lzw_check_buffer_bytes(rows.size) - 1, np.uint8)
     assert K.lzw_decodes_to(np.frombuffer(stream, np.uint8), *_row_span(rows), 50, 100, short) == K.LZW_DECODE_OVERFLOW
 
 

@@ -379,15 +379,15 @@ def _lzw_encode(data) -> bytes:
 def _lzw_decodes_to(data: bytes, rows: np.ndarray) -> bool:
     """Whether the TIFF LZW strip ``data`` decodes to exactly the bytes of ``rows`` (see
     :func:`_row_span`), by the compiled decoder (:func:`cryotiff.kernels.lzw_decodes_to`, which
-    shares no code with the compiled encoder): it decodes into a buffer of the strip's size and
-    compares it with the rows where they lie. As with imagecodecs' decoder, a stream that ends
-    early or decodes to other bytes (or more of them) is False; one with a code that is not in
-    its table raises ValueError."""
+    shares no code with the compiled encoder): it decodes into a buffer of one table's bytes at
+    most (7.4 MB) and compares them with the rows where they lie, table by table. As with
+    imagecodecs' decoder, a stream that ends early or decodes to other bytes (or more of them)
+    is False; one with a code that is not in its table raises ValueError."""
     from . import kernels  # numba: imported by the runs that encode with it
 
     _check_rows("LZW", rows)
     span, start, stride = _row_span(rows)
-    buffer = np.empty(kernels.lzw_decode_buffer_bytes(rows.size), np.uint8)
+    buffer = np.empty(kernels.lzw_check_buffer_bytes(rows.size), np.uint8)
     status = kernels.lzw_decodes_to(
         np.frombuffer(data, np.uint8), span, start, stride, rows.shape[0], rows.shape[1], buffer
     )

@@ -59,6 +59,8 @@ from cryotiff.kernels.lzw_decode import (
     LZW_DECODE_OVERFLOW,
     LZW_DECODE_SAME,
     LZW_DECODE_TRUNCATED,
+    LZW_SEGMENT_MAX_BYTES,
+    lzw_check_buffer_bytes,
     lzw_decode_buffer_bytes,
     lzw_decode_into,
     lzw_decodes_to,

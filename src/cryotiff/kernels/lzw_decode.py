@@ -11,7 +11,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from cryotiff.kernels._jit import _jit
+from cryotiff.kernels._jit import _inline, _jit
 
 # Codes are read most significant bit first, 9 to 12 bits wide. ClearCode (256) empties the
 # table (new strings get codes from 258 on) and sets the width back to 9 bits, wherever it comes:
@@ -98,6 +98,52 @@ def lzw_decode_into(src, buffer):
     :data:`LZW_DECODE_ORIGIN` on. Returns the number of the strip's bytes when EndOfInformation
     is reached, or a negative status (``LZW_DECODE_*``). Bytes of ``buffer`` after the strip's
     may have been written too."""
+    return _decode(src, buffer, _NO_ROWS, 0, 0, 0, 0, False)
+
+
+#: Rows for :func:`_decode` when it only decodes.
+_NO_ROWS = np.zeros(1, np.uint8)
+#: The most bytes a strip decodes to between two ClearCodes: at most 3839 codes follow one
+#: (the first a single byte; each adds a string, and once string 4095 is added the next must be
+#: ClearCode), and the i-th names a string of at most i bytes (each string added is one longer
+#: than one before it), so at most 1 + 2 + ... + 3839 bytes.
+LZW_SEGMENT_MAX_BYTES = (_TABLE_CODES - _FIRST_STRING_CODE + 1) * (_TABLE_CODES - _FIRST_STRING_CODE + 2) // 2
+
+
+@_inline
+def _same_as_rows(buffer, n_decoded, data, start, row_stride, row_bytes, done):
+    """Whether ``buffer[LZW_DECODE_ORIGIN:][:n_decoded]`` equals the rows' bytes from the
+    ``done``-th on (row ``r`` at ``data[start + r * row_stride :][:row_bytes]``); the caller has
+    checked that the rows hold that many more."""
+    if n_decoded == 0:
+        return True
+    row = done // row_bytes
+    column = done - row * row_bytes
+    decoded = np.int64(LZW_DECODE_ORIGIN)
+    left = n_decoded
+    while left > 0:
+        n = min(left, row_bytes - column)
+        at = start + row * row_stride + column
+        differ = np.int64(0)
+        for j in range(n):  # no early exit within a piece, so that the loop vectorises
+            differ |= np.int64(buffer[np.uintp(decoded + j)]) ^ np.int64(data[np.uintp(at + j)])
+        if differ:
+            return False
+        decoded += n
+        left -= n
+        row += 1
+        column = 0
+    return True
+
+
+@_inline
+def _decode(src, buffer, data, start, row_stride, n_rows, row_bytes, compare):
+    """:func:`lzw_decode_into`, or with ``compare`` :func:`lzw_decodes_to`: then at each
+    ClearCode (after which no code names an earlier string) and at EndOfInformation the bytes
+    decoded since the last one are compared with the rows where they belong, and the buffer is
+    written from its start again, so that it needs to hold only one table's bytes."""
+    n_bytes = n_rows * row_bytes
+    done = np.int64(0)  # compare: the rows' bytes found equal so far
     n_src = src.size
     n_buffer = buffer.size
     if n_buffer < LZW_DECODE_ORIGIN:
@@ -135,6 +181,16 @@ def lzw_decode_into(src, buffer):
         code = (three >> (24 - width - (bit & 7))) & ((np.int64(1) << width) - 1)
         bit += width
         if (code >> 1) == _CLEAR_CODE >> 1:  # ClearCode or EndOfInformation: one test for both
+            if compare:
+                n_decoded = written - LZW_DECODE_ORIGIN
+                if n_decoded > n_bytes - done:
+                    return LZW_DECODE_DIFFERENT  # more bytes than the rows hold
+                if not _same_as_rows(buffer, n_decoded, data, start, row_stride, row_bytes, done):
+                    return LZW_DECODE_DIFFERENT
+                done += n_decoded
+                written = LZW_DECODE_ORIGIN
+                if code == _END_OF_INFORMATION:
+                    return LZW_DECODE_SAME if done == n_bytes else LZW_DECODE_DIFFERENT
             if code == _END_OF_INFORMATION:
                 return written - LZW_DECODE_ORIGIN
             width = 9
@@ -153,56 +209,55 @@ def lzw_decode_into(src, buffer):
                 widen_at = 2 * widen_at + 1 if width < 12 else 2 * _TABLE_CODES
         if code >= next_code:
             return LZW_DECODE_CORRUPT  # beyond the table, or a string code right after ClearCode
-        start = string_start[code]
+        source = string_start[code]
         length = string_length[code]
-        if written <= last_word and length <= _WORD and written - start >= _WORD:
-            _copy_word(buffer, written, start)  # most strings: one word, bytes already final
+        if written <= last_word and length <= _WORD and written - source >= _WORD:
+            _copy_word(buffer, written, source)  # most strings: one word, bytes already final
         elif length > n_buffer - written:
             return LZW_DECODE_OVERFLOW
-        elif written - start >= _WORD and written + length + _WORD <= n_buffer:
+        elif written - source >= _WORD and written + length + _WORD <= n_buffer:
             for offset in range(0, length, _WORD):  # each word reads bytes already final
-                _copy_word(buffer, written + offset, start + offset)
+                _copy_word(buffer, written + offset, source + offset)
         else:
             for offset in range(length):
-                buffer[np.uintp(written + offset)] = buffer[np.uintp(start + offset)]
+                buffer[np.uintp(written + offset)] = buffer[np.uintp(source + offset)]
         previous_start = written
         previous_length = length
         written += length
 
 
 def lzw_decode_buffer_bytes(n_bytes: int) -> int:
-    """Bytes of the buffer of :func:`lzw_decodes_to` for a strip of ``n_bytes``: the 256
+    """Bytes of a buffer of :func:`lzw_decode_into` for a strip of ``n_bytes``: the 256
     single-byte strings, the strip and one spare byte (which tells a strip that decodes to more
     bytes from one that decodes to exactly these)."""
     return LZW_DECODE_ORIGIN + n_bytes + 1
+
+
+def lzw_check_buffer_bytes(n_bytes: int) -> int:
+    """Bytes of the buffer of :func:`lzw_decodes_to` for a strip of ``n_bytes``: as
+    :func:`lzw_decode_buffer_bytes`, but never more than one table's bytes need
+    (:data:`LZW_SEGMENT_MAX_BYTES`, 7.4 MB): a strip of 57 MB is checked in 7.4 MB."""
+    return LZW_DECODE_ORIGIN + min(n_bytes, LZW_SEGMENT_MAX_BYTES) + 1
 
 
 @_jit
 def lzw_decodes_to(src, data, start, row_stride, n_rows, row_bytes, buffer):
     """Whether the TIFF LZW strip ``src`` decodes to exactly the rows' bytes: ``LZW_DECODE_SAME``,
     ``LZW_DECODE_DIFFERENT`` (other bytes, or fewer or more of them) or the negative status of
-    :func:`lzw_decode_into`.
+    :func:`lzw_decode_into` (``LZW_DECODE_OVERFLOW`` also where the bytes between two ClearCodes
+    do not fit the buffer: more than the rows hold, or than any stream decodes to there).
+
+    The bytes are decoded as :func:`lzw_decode_into` decodes them and compared with the rows one
+    table at a time (from one ClearCode to the next, at most :data:`LZW_SEGMENT_MAX_BYTES`), while
+    they are still in the cache.
 
     Args:
         src: uint8, the strip.
         data, start, row_stride, n_rows, row_bytes: the rows, as :func:`cryotiff.kernels.lzw_encode`
             takes them (row ``r`` is ``data[start + r * row_stride :][:row_bytes]``).
-        buffer: uint8, :func:`lzw_decode_buffer_bytes` of ``n_rows * row_bytes`` (or more).
+        buffer: uint8, :func:`lzw_check_buffer_bytes` of ``n_rows * row_bytes`` (or more).
     """
-    n_bytes = n_rows * row_bytes
-    if buffer.size < LZW_DECODE_ORIGIN + n_bytes + 1:
+    if buffer.size < LZW_DECODE_ORIGIN + min(n_rows * row_bytes, LZW_SEGMENT_MAX_BYTES) + 1:
         return LZW_DECODE_OVERFLOW
-    n_decoded = lzw_decode_into(src, buffer[: LZW_DECODE_ORIGIN + n_bytes + 1])
-    if n_decoded < 0:
-        return n_decoded
-    if n_decoded != n_bytes:
-        return LZW_DECODE_DIFFERENT
-    for r in range(n_rows):
-        row = start + r * row_stride
-        decoded = LZW_DECODE_ORIGIN + r * row_bytes
-        differ = np.int64(0)
-        for j in range(row_bytes):  # no early exit within a row, so that the loop vectorises
-            differ |= np.int64(buffer[np.uintp(decoded + j)]) ^ np.int64(data[np.uintp(row + j)])
-        if differ:
-            return LZW_DECODE_DIFFERENT
-    return LZW_DECODE_SAME
+    n_room = LZW_DECODE_ORIGIN + min(n_rows * row_bytes, LZW_SEGMENT_MAX_BYTES) + 1
+    return _decode(src, buffer[:n_room], data, start, row_stride, n_rows, row_bytes, True)
