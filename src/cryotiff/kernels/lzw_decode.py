@@ -257,7 +257,7 @@ def lzw_decodes_to(src, data, start, row_stride, n_rows, row_bytes, buffer):
             takes them (row ``r`` is ``data[start + r * row_stride :][:row_bytes]``).
         buffer: uint8, :func:`lzw_check_buffer_bytes` of ``n_rows * row_bytes`` (or more).
     """
-    if buffer.size < LZW_DECODE_ORIGIN + min(n_rows * row_bytes, LZW_SEGMENT_MAX_BYTES) + 1:
-        return LZW_DECODE_OVERFLOW
     n_room = LZW_DECODE_ORIGIN + min(n_rows * row_bytes, LZW_SEGMENT_MAX_BYTES) + 1
+    if buffer.size < n_room:
+        return LZW_DECODE_OVERFLOW
     return _decode(src, buffer[:n_room], data, start, row_stride, n_rows, row_bytes, True)
