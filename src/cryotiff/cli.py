@@ -218,7 +218,7 @@ def run_verify(inputs: Sequence[str] | None, options: ConvertOptions, reporter: 
     every output is exact."""
     from .jobs import thread_pool
     from .manifest import MANIFEST_NAME, read_manifest
-    from .verify import GainContexts, verify_with_manifest, verify_with_original
+    from .verify import GainContexts, unlisted_outputs, verify_with_manifest, verify_with_original
 
     started = time.perf_counter()
     manifest = read_manifest(options.output_dir)
@@ -241,6 +241,9 @@ def run_verify(inputs: Sequence[str] | None, options: ConvertOptions, reporter: 
             for entry in manifest.values():
                 verdicts.append(verify_with_manifest(options.output_dir, entry, executor, options.threads))
                 reporter.message(verdicts[-1].line())
+            for verdict in unlisted_outputs(options.output_dir, list(manifest.values())):
+                verdicts.append(verdict)
+                reporter.message(verdict.line())
     return finish_verify(verdicts, time.perf_counter() - started, reporter, against_originals=bool(inputs))
 
 

@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
+
 from .convert import (
     MOVIE_SUFFIXES,
     ConvertOptions,
     MovieResult,
+    PageSource,
     RunContext,
+    WiderTypeNeeded,
     convert_movie,
     movie_kind,
     open_movie,
@@ -32,7 +36,7 @@ from .errors import CryotiffError, GainError, InputError, OptionError, OutputErr
 from .io import FrameRecycler, check_regular_file
 from .io.atomic import remove_if_stale, temporaries_of
 from .io.star import read_movie_names
-from .io.tiff import check_output
+from .io.tiff import OutputCheck, check_output
 from .manifest import Manifest
 from .recorded_options import OutputRecord, gain_identity, mismatch
 
@@ -322,7 +326,9 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
     Finished means: the ``.tif`` is complete (:func:`cryotiff.io.tiff.check_output`: the page
     count, frame size and sample type this movie gives with these options, every strip inside
     the file, the last page decodes) and its record (:mod:`cryotiff.recorded_options`) says it
-    was made from this input with the options that change its pixels as in this run. An output
+    was made from this input with the options that change its pixels as in this run, and its last
+    page equals the last page the movie gives now (the record names the input only by file name
+    and size, which a movie replaced by another of the same shape keeps). An output
     without a record counts as finished only when no option changes the movie's pixels
     (integer MRC or TIFF); EER and float movies are converted again. A temporary file never
     counts.
@@ -336,25 +342,47 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
     try:
         n_pages, shape_yx, dtypes = source.n_pages, source.shape_yx, source.possible_dtypes()
         expected = output_record(source)
-    except OSError:
-        return FinishedCheck(False)
-    finally:
-        source.close()
-    found = check_output(job.destination, n_pages, shape_yx, dtypes)
-    record = OutputRecord.from_description(found.description)
-    why = mismatch(record, expected) if record is not None else None
-    if why is not None:  # the more telling reason, where a file is also of another size
-        return FinishedCheck(False, f"{job.destination}: {why}")
-    if found.problem is not None:
-        return FinishedCheck(False, f"{job.destination}: {found.problem}")
-    if record is None:
-        if expected.made_with:
+        found = check_output(job.destination, n_pages, shape_yx, dtypes)
+        record = OutputRecord.from_description(found.description)
+        why = mismatch(record, expected) if record is not None else None
+        if why is not None:  # the more telling reason, where a file is also of another size
+            return FinishedCheck(False, f"{job.destination}: {why}")
+        if found.problem is not None:
+            return FinishedCheck(False, f"{job.destination}: {found.problem}")
+        if record is None and expected.made_with:
             options_that_matter = ", ".join(f"--{name}" for name in expected.made_with)
             return FinishedCheck(False, f"{job.destination}: {NO_RECORD}, and the pixels of {job.source} depend on "
                                         f"{options_that_matter}")
+        if not _last_page_matches(source, found):
+            return FinishedCheck(False, f"{job.destination}: its last page differs from page {n_pages} of "
+                                        f"{job.source} (made from another movie of the same name and size?)")
+    except (CryotiffError, OSError):
+        return FinishedCheck(False)  # the input cannot be read to its end: let the conversion report it
+    finally:
+        source.close()
+    if record is None:
         return FinishedCheck(True, notes=(f"{job.destination}: {NO_RECORD}; kept, as its pages, frame size and "
                                           "sample type are right and no option changes this movie's pixels",))
     return FinishedCheck(True)
+
+
+def _last_page_matches(source: PageSource, found: OutputCheck) -> bool:
+    """Whether the TIFF's last page equals, bit for bit, the last page the movie gives now: the
+    record names the input by file name and size only, and a movie replaced by another of the
+    same shape (an MRC of the same frame count, say) has both. One page is made again, so the
+    check costs about one page's conversion."""
+    if found.last_page is None:
+        return False
+    if found.dtype is not None and found.dtype != source.dtype and hasattr(source, "retype"):
+        source.retype(found.dtype)  # written again wider, as the conversion would have
+    try:
+        expected = source.page(source.n_pages - 1)
+    except WiderTypeNeeded:
+        return False  # the last page does not fit the TIFF's sample type
+    stored = found.last_page.astype(found.last_page.dtype.newbyteorder("="), copy=False)
+    if stored.dtype != expected.dtype or stored.shape != expected.shape:
+        return False
+    return bool(np.array_equal(stored.view(f"u{stored.dtype.itemsize}"), expected.view(f"u{expected.dtype.itemsize}")))
 
 
 def is_finished(job: Job, options: ConvertOptions, context: RunContext | None = None) -> bool:

@@ -1004,7 +1004,7 @@ def run_verify(comm: Any, inputs: Sequence[str] | None, options: ConvertOptions,
     manifest of ``--o``), the ranks check them one movie at a time, rank 0 prints each verdict
     as it comes and the summary (the verdicts are those of ``convert-to-tiff --verify_only``)."""
     from .manifest import MANIFEST_NAME, read_manifest
-    from .verify import GainContexts, verify_with_manifest, verify_with_original
+    from .verify import GainContexts, unlisted_outputs, verify_with_manifest, verify_with_original
 
     started = time.perf_counter()
     planned, error = None, None
@@ -1016,7 +1016,7 @@ def run_verify(comm: Any, inputs: Sequence[str] | None, options: ConvertOptions,
                 entries = [manifest.get(manifest_key(job.destination, options.output_dir)) for job in jobs]
                 planned = (jobs, entries, [unplanned_verdict(failure) for failure in failures])
             elif manifest:
-                planned = (None, list(manifest.values()), [])
+                planned = (None, list(manifest.values()), unlisted_outputs(options.output_dir, list(manifest.values())))
             else:
                 raise OptionError(f"{options.output_dir / MANIFEST_NAME}: no manifest to check the outputs "
                                   "against; give the originals with --i")

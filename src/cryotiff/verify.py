@@ -21,6 +21,7 @@ one per thread, ``--j`` pages at a time. This module never prints: each movie gi
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from concurrent.futures import Executor
@@ -33,7 +34,7 @@ import numpy as np
 from .convert import ConvertOptions, GainPages, PageSource, WiderTypeNeeded, open_page_source, ordered_map
 from .errors import CryotiffError
 from .jobs import Job, Reporter, prepare
-from .manifest import PAGE_DIGEST_DIGITS, ManifestEntry, page_digest, pixels_digest
+from .manifest import MANIFEST_NAME, PAGE_DIGEST_DIGITS, ManifestEntry, page_digest, pixels_digest
 
 #: The options a TIFF's record can hold that change how its pages are made again.
 RECORDED_OPTIONS = ("eer_grouping", "eer_upsampling", "short", "thresh", "lossy", "ignore_error")
@@ -116,6 +117,38 @@ class _TiffPages:
             movie.close()
 
 
+def _linked_output(output: Path, source: Path | None) -> Verdict | None:
+    """An output that is a symbolic link is never called exact: cryotiff never leaves one at an
+    output's name (it replaces a link there), and the file it points to can change, or go with
+    the originals, without the output's name showing it."""
+    if not output.is_symlink():
+        return None
+    try:
+        target = os.readlink(output)
+    except OSError:
+        target = "?"
+    return Verdict(output, source, "unchecked", f"is a symbolic link to {target}, not the file written at "
+                   "conversion; check the file it points to, or convert again")
+
+
+def unlisted_outputs(output_dir: Path, entries: Sequence[ManifestEntry]) -> list[Verdict]:
+    """The ``.tif`` files under ``output_dir`` that no entry names (RELION's outputs, outputs whose
+    manifest line could not be written, lines removed): ``unchecked``, since without a line
+    nothing says what they must contain. Directories are not followed through links; a file
+    an entry reaches through a linked directory is matched by its real path."""
+    named = {os.path.realpath(output_dir / entry.output) for entry in entries}
+    manifest = output_dir / MANIFEST_NAME
+    verdicts = []
+    for directory, subdirectories, files in os.walk(output_dir):
+        subdirectories.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            if name.endswith(".tif") and os.path.realpath(path) not in named:
+                verdicts.append(Verdict(path, None, "unchecked", f"no line of {manifest} names it; check it "
+                                        "against its original with --i"))
+    return verdicts
+
+
 def _first_difference(stored: np.ndarray, expected: np.ndarray) -> str:
     """``pixel x=12 y=3: 7 in the TIFF, 5 expected (2 pixels of the page differ)``; "" if equal.
     Compared bit for bit (a float's sign of zero and NaN payloads count)."""
@@ -191,6 +224,9 @@ def verify_with_original(job: Job, options: ConvertOptions, executor: Executor |
 
     started = time.perf_counter()
     output = job.destination
+    linked = _linked_output(output, job.source)
+    if linked is not None:
+        return linked
     if not output.is_file():
         return Verdict(output, job.source, "missing", "no such file")
     record = read_record(output)
@@ -294,6 +330,9 @@ def verify_with_manifest(output_dir: Path, entry: ManifestEntry, executor: Execu
 
     started = time.perf_counter()
     output = output_dir / entry.output
+    linked = _linked_output(output, None)
+    if linked is not None:
+        return linked
     if not output.is_file():
         return Verdict(output, None, "missing", f"no such file (the manifest records it, from {entry.source})")
     file_digest = executor.submit(file_sha256, output) if executor is not None else None

@@ -435,11 +435,14 @@ class OutputCheck:
             it is one.
         description: page 1's ImageDescription ("" when it has none; None when unreadable).
         dtype: the sample type of its pages (None when unreadable).
+        last_page: the last page as decoded, in raster order (the rows flipped back), when the
+            file is complete; for comparing it with the movie's last page.
     """
 
     problem: str | None
     description: str | None = None
     dtype: np.dtype | None = None
+    last_page: np.ndarray | None = None
 
 
 def check_output(
@@ -489,7 +492,7 @@ def check_output(
                         return OutputCheck(f"incomplete (page {number} of {found} ends beyond the end of the file)",
                                            description, dtype)
             try:
-                pages[found - 1].asarray()
+                last_page = pages[found - 1].asarray()
                 problem = tifffile_problem(log.errors[0]) if log.errors else None
             except Exception as exc:  # the codecs raise their own types
                 problem = tifffile_problem(exc)
@@ -499,7 +502,7 @@ def check_output(
         return OutputCheck("does not exist")
     except Exception as exc:  # tifffile raises many types on damaged files
         return OutputCheck(f"damaged ({tifffile_problem(exc)})")
-    return OutputCheck(None, description, dtype)
+    return OutputCheck(None, description, dtype, np.ascontiguousarray(flip_rows(last_page)))
 
 
 def read_tiff_pages(path: Path) -> Iterator[np.ndarray]:
