@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,151 @@ def test_an_output_that_is_now_a_symlink_is_not_called_exact(in_tmp: Path, capsy
             f"UNCHECKED out/a.tif: is a symbolic link to {os.path.abspath('elsewhere.tif')}, not the file written "
             "at conversion; check the file it points to, or convert again"], out
         assert "Every page of every output is exact" not in out
+
+
+def tiff_with_a_tag_renamed(path: Path, pages: np.ndarray, code: int, value: int) -> None:
+    """An uncompressed TIFF of ``pages`` as stored, whose IFDs carry tag ``code`` = ``value``
+    (SHORT): written with a private tag, renamed in place (tifffile refuses to write these)."""
+    import struct
+
+    tifffile.imwrite(path, pages, photometric="minisblack", metadata=None, extratags=[(65000, "H", 1, value, True)])
+    data = bytearray(path.read_bytes())
+    entry = struct.pack("<HHI", 65000, 3, 1)
+    while (at := data.find(entry)) >= 0:
+        data[at:at + 2] = struct.pack("<H", code)
+    path.write_bytes(bytes(data))
+
+
+def test_a_predictor_on_uncompressed_pages_is_not_called_exact(in_tmp: Path, capsys) -> None:
+    """libtiff (RELION, MotionCor) applies a Predictor only with the codecs that take one, so an
+    uncompressed page with Predictor 2 holds its differences to RELION, while tifffile undoes
+    them: pages stored as differences read back as the original to tifffile alone (libtiff's
+    ``tiffinfo -d`` shows the differences)."""
+    frames = int16_movie("a.mrc", 1, n_frames=1)
+    stored = frames[:, ::-1, :]
+    # tifffile undoes the differences along the whole strip (one strip per page here)
+    differences = np.diff(stored.reshape(len(stored), -1), axis=1, prepend=np.int16(0)).astype(np.int16)
+    differences = differences.reshape(stored.shape)
+    Path("out").mkdir()
+    tiff_with_a_tag_renamed(Path("out/a.tif"), differences, 317, 2)
+    with tifffile.TiffFile("out/a.tif") as tif:  # how tifffile reads it: the original
+        np.testing.assert_array_equal(tif.pages[0].asarray(), stored[0])
+    capsys.readouterr()
+    assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 1
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [
+        "DIFFERS   out/a.tif: cannot be read (out/a.tif: page 1: the Predictor tag (317) is 2, but compression 1 "
+        "takes none: libtiff-based readers (RELION, MotionCor) ignore it, tifffile would not; the file is damaged)"
+    ], out
+
+
+# --------------------------------------------------------------------------- --watch
+
+
+def tiff_input(path: Path, frames: np.ndarray, seconds_ago: float = 0.0) -> None:
+    """A TIFF movie of ``frames`` (rows flipped, as SerialEM writes them), its modification time
+    ``seconds_ago``."""
+    tifffile.imwrite(path, frames[:, ::-1, :], photometric="minisblack", metadata=None)
+    when = time.time() - seconds_ago
+    os.utime(path, (when, when))
+
+
+class Recorder:
+    """A reporter that keeps the lines and results."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.finished: list = []
+
+    def movie_started(self, job, index, total) -> None:
+        pass
+
+    def page_done(self, job, done, total) -> None:
+        pass
+
+    def movie_finished(self, result) -> None:
+        self.finished.append(result)
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+    warning = message
+
+
+def test_a_movie_that_grows_again_after_its_conversion_is_converted_again(in_tmp: Path) -> None:
+    """A TIFF movie written page by page is a complete TIFF after every page: one whose writer
+    pauses for longer than the settle time is converted with the pages it had then. When it
+    grows again, it is converted again once it settles (the TIFF replaced), and counted once."""
+    from cryotiff.convert import ConvertOptions
+    from cryotiff.watch import WatchOptions, watch_and_convert
+
+    frames = np.random.default_rng(7).integers(0, 50, (5, 24, 32)).astype(np.uint16)
+    Path("Movies").mkdir()
+    movie = Path("Movies/m.tif")
+    tiff_input(movie, frames[:3], seconds_ago=3600)  # 3 of its 5 pages, unchanged for an hour
+    now = [0.0]
+    sleeps = [0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        sleeps[0] += 1
+        if sleeps[0] == 1:  # the writer goes on after the first conversion
+            tiff_input(movie, frames, seconds_ago=0)
+
+    reporter = Recorder()
+    results = watch_and_convert(["Movies"], ConvertOptions(output_dir=Path("out")),
+                                WatchOptions(settle_seconds=10, timeout_seconds=30), reporter,
+                                clock=lambda: now[0], sleep=sleep)
+    assert [(r.source, r.status) for r in results] == [(movie, "converted")], results
+    assert any("Movies/m.tif: changed after its conversion" in line for line in reporter.lines), reporter.lines
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/m.tif")), frames)
+
+
+def grow_after_the_conversion_during_the_watch(tmp_path: Path, program: list[str]) -> None:
+    """``m.tif`` has 3 of its 5 pages and has not changed for an hour when the watch starts;
+    once its TIFF is written, the other 2 pages arrive."""
+    import subprocess
+    import sys
+
+    from .helpers import wait_until
+
+    frames = np.random.default_rng(8).integers(0, 50, (5, 24, 32)).astype(np.uint16)
+    (tmp_path / "Movies").mkdir()
+    movie = tmp_path / "Movies" / "m.tif"
+    tiff_input(movie, frames[:3], seconds_ago=3600)
+    process = subprocess.Popen(program + ["--i", "Movies", "--o", "out", "--watch", "--settle_seconds", "1",
+                                          "--watch_timeout", "4", "--report", "report.json"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (tmp_path / "out" / "movies.star").exists(), "the first conversion", process)
+        tiff_input(movie, frames)
+        stdout, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "Movies/m.tif: changed after its conversion" in stdout, stdout
+    assert stdout.count("Processing Movies/m.tif into out/Movies/m.tif") == 2, stdout
+    assert "Movies converted: 1, skipped: 0, failed: 0" in stdout, stdout
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / "Movies" / "m.tif"), frames)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["totals"]["converted"], report["totals"]["failed"], len(report["movies"])) == (1, 0, 1), report
+
+
+def test_a_movie_that_grows_after_its_conversion_is_converted_again_by_the_command(tmp_path: Path) -> None:
+    import sys
+
+    grow_after_the_conversion_during_the_watch(tmp_path, [sys.executable, "-m", "cryotiff"])
+
+
+def test_the_same_under_mpirun(tmp_path: Path) -> None:
+    import sys
+
+    import pytest
+
+    mpirun = Path(sys.executable).parent / "mpirun"
+    if not mpirun.exists():
+        pytest.skip(f"no mpirun next to {sys.executable} (pip install .[mpi])")
+    prefix = [str(mpirun), "-np", "2", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    grow_after_the_conversion_during_the_watch(tmp_path, prefix + [sys.executable, "-m", "cryotiff.mpi"])

@@ -25,7 +25,7 @@ from .jobs import Job, Reporter, Summary, plan, run, summarise
 from .movies_star import write_movies_star
 from .pipeline import JobAborted, PipelineControl, PipelineReporter, pipeline_control_from_argv
 from .progress import RunProgress
-from .watch import DEFAULT_SETTLE_SECONDS, WatchOptions
+from .watch import DEFAULT_SETTLE_SECONDS, WatchOptions, latest_results
 from .report import format_bytes, format_dry_run, plan_dry_run, write_dry_run_report, write_report
 
 EXIT_OK = 0
@@ -522,7 +522,7 @@ def run_conversion(
     started = time.perf_counter()
     collector = PipelineReporter(reporter, control)
     n_movies: int | None = None
-    with _report_if_failed(report_path, options, inputs, lambda: collector.results):
+    with _report_if_failed(report_path, options, inputs, lambda: latest_results(collector.results)):
         try:
             if watch is not None:
                 _make_output_dir(options)
@@ -542,9 +542,10 @@ def run_conversion(
             _make_output_dir(options)
             results = failures + run(jobs, options, collector)
         except (KeyboardInterrupt, JobAborted) as stop:
-            interruption = Interruption.of(stop, list(reporter.in_progress.values()), n_movies, len(collector.results))
+            so_far = latest_results(collector.results)  # one per movie, also one converted again by --watch
+            interruption = Interruption.of(stop, list(reporter.in_progress.values()), n_movies, len(so_far))
             status = finish_interrupted(
-                lambda: finish_run(inputs, collector.results, options, reporter, time.perf_counter() - started,
+                lambda: finish_run(inputs, so_far, options, reporter, time.perf_counter() - started,
                                    report_path, control, interruption=interruption))
             if isinstance(stop, JobAborted):
                 raise  # main() writes RELION_JOB_EXIT_ABORTED

@@ -872,7 +872,7 @@ def run_watch(
     and queues each movie once it is complete; the ranks take them as for a fixed list (rank 0
     converts too); rank 0 rewrites ``movies.star`` and the report after every movie. Ends when
     the watch ends (``--watch_timeout``) and every queued movie is done."""
-    from .watch import ContextKeeper, MovieWatch, ready_sources
+    from .watch import ContextKeeper, MovieWatch, latest_results, ready_sources
 
     started = time.perf_counter()
     rank = comm.rank
@@ -894,14 +894,24 @@ def run_watch(
     found_failures: list[MovieResult] = []  # rank 0: movies that cannot be planned
     converted: dict[int, MovieResult] = {}
     queue = WorkQueue(complete=False) if rank == 0 else None
-    finder = MovieWatch(inputs, options, watch) if rank == 0 else None
     stop_watching = threading.Event()
     record_lock = threading.Lock()
 
+    def in_progress(source: Path) -> bool:
+        """A movie handed out whose result has not come back (it changed meanwhile: it is handed
+        out again only after that)."""
+        with record_lock:
+            return any(job.source == source and index not in converted for index, job in enumerate(jobs))
+
+    finder = MovieWatch(inputs, options, watch, in_progress=in_progress) if rank == 0 else None
+
+    def results_so_far() -> list[MovieResult]:
+        """One result per movie (one converted again, since it changed, keeps its last)."""
+        return latest_results(found_failures + [converted[index] for index in sorted(converted)])
+
     def record() -> None:
         with record_lock:
-            so_far = found_failures + [converted[index] for index in sorted(converted)]
-            record_so_far(inputs, so_far, options, reporter, report_path)
+            record_so_far(inputs, results_so_far(), options, reporter, report_path)
 
     def look_until_quiet() -> None:
         """Rank 0's watcher thread (no MPI calls)."""
@@ -975,8 +985,8 @@ def run_watch(
     except WorkStopped as stop:
         stop_watching.set()
         executor.shutdown(wait=False, cancel_futures=True)
-        results = found_failures + [converted[index] for index in sorted(converted)]
-        n_movies = len(jobs) + len(found_failures) + len(finder.waiting())
+        results = results_so_far()
+        n_movies = len({job.source for job in [*jobs, *finder.waiting()]}) + len(found_failures)
         interruption = stopped_run(stop, jobs, n_movies, len(results))
         status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
                                                        time.perf_counter() - started, report_path, comm.size,
@@ -994,7 +1004,7 @@ def run_watch(
         unfinished = finder.unfinished_results()
         for result in unfinished:
             reporter.report_result(result)
-        results = found_failures + [converted[index] for index in sorted(converted)] + unfinished
+        results = latest_results(results_so_far() + unfinished)
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
     return broadcast_status(comm, status)
 

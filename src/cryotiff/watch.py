@@ -11,8 +11,11 @@ new movie once it is complete:
   header, a TIFF or EER file is readable to its last IFD.
 
 A movie that is still growing, or not yet complete, waits; it never counts as a failure while
-the watch goes on. Each movie is converted once: a file that changes after its conversion is not
-converted again. The watch ends after ``--watch_timeout`` seconds in which nothing new appeared
+the watch goes on. Each movie is converted once, unless its size or modification time changes
+after it was handed to its conversion: a TIFF written page by page is a complete TIFF after
+every page, so a writer that pauses for longer than ``--settle_seconds`` gets it converted with
+the pages it had then. Such a movie waits again and is converted again once it is complete (the
+TIFF replaced; its result replaces the earlier one). The watch ends after ``--watch_timeout`` seconds in which nothing new appeared
 and nothing changed, or with Ctrl-C / SIGTERM; movies still incomplete at its end are failures
 then, with the reader's reason.
 
@@ -130,22 +133,37 @@ class WatchRound:
     """What one look at the inputs found.
 
     Attributes:
-        ready: new movies that are complete, in input order.
+        ready: new movies that are complete, in input order (also those converted before that
+            changed since: see ``again``).
         failures: new movies that cannot be converted at all (two for one output, ...).
         changed: something appeared or changed (the ``--watch_timeout`` clock starts again).
         notes: one-time remarks for the user (a movie settled but still incomplete).
+        again: the sources of ``ready`` that were converted before and changed since (their
+            new result replaces the earlier one).
     """
 
     ready: list[Job] = field(default_factory=list)
     failures: list[MovieResult] = field(default_factory=list)
     changed: bool = False
     notes: list[str] = field(default_factory=list)
+    again: list[Path] = field(default_factory=list)
 
 
 def ready_sources(found: WatchRound) -> list[Path]:
     """The movies of ``found`` that are handled now (ready to convert, or failed at once): what
-    the run's progress counts (a movie still being written is counted once it is complete)."""
-    return [job.source for job in found.ready] + [failure.source for failure in found.failures]
+    the run's progress counts (a movie still being written is counted once it is complete; one
+    converted again, once)."""
+    return ([job.source for job in found.ready if job.source not in found.again]
+            + [failure.source for failure in found.failures])
+
+
+def latest_results(results: Sequence[MovieResult]) -> list[MovieResult]:
+    """One result per movie: a movie converted again (it changed after its first conversion)
+    keeps its last result, in the place of its first."""
+    latest: dict[tuple[Path, Path | None], MovieResult] = {}
+    for result in results:
+        latest[(result.source, result.destination)] = result
+    return list(latest.values())
 
 
 class MovieWatch:
@@ -153,7 +171,11 @@ class MovieWatch:
     docstring). Not thread-safe: one caller looks."""
 
     def __init__(self, inputs: Sequence[str], options: ConvertOptions, watch: WatchOptions,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 in_progress: Callable[[Path], bool] = lambda source: False):
+        """``in_progress(source)``: whether the movie's conversion is still running (a movie
+        that changed is handed out again only after it, so that two conversions of one movie
+        never race for its TIFF)."""
         self.inputs = list(inputs)
         self.options = options
         self.watch = watch
@@ -163,6 +185,9 @@ class MovieWatch:
         self._waiting: dict[Path, _Sighting] = {}
         self._jobs: dict[Path, Job] = {}
         self._noted: dict[Path, str] = {}  # sources settled but incomplete -> reason
+        self.in_progress = in_progress
+        self._handed_as: dict[Path, tuple[int, int]] = {}  # source -> (size, mtime_ns) when handed out
+        self._converted_before: set[Path] = set()
 
     def look(self) -> WatchRound:
         """Look at the inputs once."""
@@ -177,16 +202,39 @@ class MovieWatch:
                 found.failures.append(failure)
                 found.changed = True
         for job in jobs:
-            if job.source in self.handed_out:
+            if job.source in self.handed_out and not self._changed_since_handed_out(job.source, found):
                 continue
             if job.source not in self._jobs:
                 self._jobs[job.source] = job
             if self._is_ready(job.source, found):
                 self.handed_out.add(job.source)
-                self._waiting.pop(job.source, None)
+                sighting = self._waiting.pop(job.source)
+                self._handed_as[job.source] = (sighting.size, sighting.mtime_ns)
                 self._noted.pop(job.source, None)
                 found.ready.append(job)
+                if job.source in self._converted_before:
+                    found.again.append(job.source)
         return found
+
+    def _changed_since_handed_out(self, source: Path, found: WatchRound) -> bool:
+        """Whether a movie handed out to its conversion has changed since (and that conversion is
+        over): it then waits again, its settle time starting now."""
+        handed_as = self._handed_as.get(source)
+        try:
+            status = os.stat(source)
+        except OSError:
+            return False  # removed after its conversion: nothing to convert again
+        now_as = (status.st_size, status.st_mtime_ns)
+        if handed_as is None or now_as == handed_as or self.in_progress(source):
+            return False
+        self.handed_out.discard(source)
+        del self._handed_as[source]
+        self._converted_before.add(source)
+        self._waiting[source] = _Sighting(status.st_size, status.st_mtime_ns, self.clock())
+        found.changed = True
+        found.notes.append(f"{source}: changed after its conversion ({handed_as[0]} bytes then, {status.st_size} "
+                           "now); converting it again once it is complete")
+        return True
 
     def _is_ready(self, source: Path, found: WatchRound) -> bool:
         try:
@@ -274,13 +322,14 @@ def watch_and_convert(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[MovieResult]:
-    """Convert what the inputs name now, then each new movie once it is complete, until
-    ``watch.timeout_seconds`` pass without anything new (or KeyboardInterrupt).
+    """Convert what the inputs name now, then each new movie once it is complete (and again
+    any that changes after its conversion), until ``watch.timeout_seconds`` pass without
+    anything new (or KeyboardInterrupt).
 
     ``reporter`` gets the usual calls, and ``more_movies(sources)`` (if it has it) when new
     movies are seen; ``on_result(results_so_far)`` is called after every movie (the CLI
     rewrites ``movies.star`` and the report there). Returns every movie's result, including a
-    failure for each movie still incomplete at the end.
+    failure for each movie still incomplete at the end; one result per movie.
     """
     finder = MovieWatch(inputs, options, watch, clock=clock)
     keeper = ContextKeeper(options, reporter)
@@ -304,6 +353,7 @@ def watch_and_convert(
             for job in found.ready:
                 results.append(handle_job(job, len(results) + 1, len(results) + len(finder.waiting()) + 1,
                                           options, executor, reporter, context, stale))
+                results = latest_results(results)
                 on_result(results)
                 idle_said = False
             if found.failures:
@@ -323,4 +373,4 @@ def watch_and_convert(
     unfinished = finder.unfinished_results()
     for result in unfinished:
         reporter.movie_finished(result)
-    return results + unfinished
+    return latest_results(results + unfinished)

@@ -48,6 +48,9 @@ MAX_FRAME_NBYTES = 1 << 32
 #: 56000 (a long repeated match from a few well-predicted bits). A page that claims more pixels
 #: than its data can hold has damaged size tags, and decoding it would allocate the claimed size.
 MAX_EXPANSION = {1: 1, 32773: 128, 5: 8192, 8: 2064, 32946: 2064, 50000: 65536, 34925: 131072}
+#: The compressions whose libtiff codecs apply a Predictor (``tif_predict.c`` users: LZW, Deflate,
+#: LZMA, ZSTD); with any other, libtiff ignores the tag, while tifffile applies it.
+PREDICTOR_COMPRESSIONS = frozenset({5, 8, 32946, 34925, 50000})
 #: For the other compressions tifffile decodes.
 DEFAULT_MAX_EXPANSION = 131072
 #: Largest XResolution in pixels per centimetre a TIFF RATIONAL holds (2**32 - 1 over 1).
@@ -125,6 +128,11 @@ def _check_page(page, number: int, file_nbytes: int, path: Path) -> _PageFacts:
     for code in (278, 317):
         if code in page.tags:
             _single_integer(page, code, None, where)
+    predictor = _single_integer(page, 317, 1, where)
+    if predictor != 1 and compression not in PREDICTOR_COMPRESSIONS:
+        raise TiffFormatError(f"{where}: the Predictor tag (317) is {predictor}, but compression {compression} takes "
+                              "none: libtiff-based readers (RELION, MotionCor) ignore it, tifffile would not; the "
+                              "file is damaged")
     if samples != 1 or int(getattr(page, "imagedepth", 1)) != 1 or page.shape != (length, width):
         raise TiffFormatError(
             f"{where}: pages of shape {page.shape} ({samples} samples per pixel) are not "
