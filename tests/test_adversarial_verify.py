@@ -92,13 +92,31 @@ def test_an_output_the_manifest_does_not_name_is_not_called_exact(in_tmp: Path, 
     out = capsys.readouterr().out
     assert verdict_lines(out) == [
         "OK        out/a.tif (3 pages; compared with the manifest)",
-        "UNCHECKED out/Sub/c.tif: no line of out/cryotiff-manifest.jsonl names it; check it against its original "
-        "with --i",
+        "UNCHECKED out/Sub/c.tif: no readable line of out/cryotiff-manifest.jsonl names it; check it against its "
+        "original with --i",
     ], out
     assert "Verified 2 outputs: 1 OK, 0 differ, 0 missing, 1 could not be checked" in out
     assert "Every page of every output is exact" not in out
     # The originals settle it.
     assert main(["--verify_only", "--i", "a.mrc", "Sub/c.mrc", "--o", "out"]) == 0
+
+
+def test_a_manifest_line_with_a_page_digest_removed_is_not_read(in_tmp: Path, capsys) -> None:
+    """An edited or damaged line whose page digests are fewer than its pages ended the check
+    with an IndexError; such a line is not read, and its output is unchecked."""
+    int16_movie("a.mrc", 1)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    manifest = Path("out", MANIFEST_NAME)
+    line = json.loads(manifest.read_text())
+    line["page_sha256"] = line["page_sha256"][:2]
+    manifest.write_text(json.dumps(line) + "\n")
+    capsys.readouterr()
+    assert main(["--verify_only", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert verdict_lines(captured.out) == [
+        "UNCHECKED out/a.tif: no readable line of out/cryotiff-manifest.jsonl names it; check it against its "
+        "original with --i"], captured.out
 
 
 def test_an_output_that_is_now_a_symlink_is_not_called_exact(in_tmp: Path, capsys) -> None:
@@ -265,3 +283,44 @@ def test_the_same_under_mpirun(tmp_path: Path) -> None:
         pytest.skip(f"no mpirun next to {sys.executable} (pip install .[mpi])")
     prefix = [str(mpirun), "-np", "2", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
     grow_after_the_conversion_during_the_watch(tmp_path, prefix + [sys.executable, "-m", "cryotiff.mpi"])
+
+
+def test_a_gain_normalised_movie_is_exact_only_with_the_gain_reference_beside_it(in_tmp: Path, capsys) -> None:
+    """The TIFF of a float movie gives back the original only times the gain reference it was
+    made with, which users take from ``<o>/gain-reference.mrc``: a TIFF whose ``--o`` lacks
+    that file, or holds another one, is not exact."""
+    from cryotiff.gain.files import write_float_mrc
+    from cryotiff.simulate.gain_normalised import make_detector
+
+    rng = np.random.default_rng(5)
+    detector = make_detector((48, 40), rng, defect_fraction=0.002, cold_fraction=0.001)
+    for name in ("g1.mrc", "g2.mrc"):
+        write_mrc_movie(Path(name), detector.movie(30, rng).frames, 2)
+    assert main(["--i", "g1.mrc", "g2.mrc", "--o", "est", "--estimate_gain"]) == 0
+    assert main(["--i", "g1.mrc", "--o", "out", "--gain", "est/gain_estimate.bin"]) == 0
+    verify = ["--verify_only", "--i", "g1.mrc", "--o", "out"]
+    assert main(verify) == 0
+    reference = Path("out/gain-reference.mrc")
+    written = reference.read_bytes()
+
+    reference.unlink()
+    capsys.readouterr()
+    assert main(verify) == 1
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [
+        "DIFFERS   out/g1.tif: its pages are those of g1.mrc, but out/gain-reference.mrc, which they need (TIFF x "
+        "gain reference = the original), does not exist"], out
+
+    import mrcfile
+
+    with mrcfile.open(Path("est/gain_estimate.bin"), permissive=True) as estimate:
+        other = np.array(estimate.data, np.float32)
+    write_float_mrc(reference, other * np.float32(1.5))
+    assert main(verify) == 1
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [
+        "DIFFERS   out/g1.tif: its pages are those of g1.mrc, but out/gain-reference.mrc, which they need (TIFF x "
+        "gain reference = the original), holds another gain reference than the one they were made with"], out
+
+    reference.write_bytes(written)
+    assert main(verify) == 0

@@ -235,7 +235,8 @@ def run_verify(inputs: Sequence[str] | None, options: ConvertOptions, reporter: 
                 verdicts.append(verify_with_original(job, options, executor, contexts, entry))
                 reporter.message(verdicts[-1].line())
         else:
-            if not manifest:
+            # A manifest without a readable line leaves its TIFFs unchecked (unlisted_outputs).
+            if not manifest and not (options.output_dir / MANIFEST_NAME).exists():
                 raise OptionError(f"{options.output_dir / MANIFEST_NAME}: no manifest to check the outputs against; "
                                   "give the originals with --i")
             for entry in manifest.values():

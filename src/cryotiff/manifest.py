@@ -91,12 +91,15 @@ class ManifestEntry:
 
     @classmethod
     def from_line(cls, line: str) -> ManifestEntry | None:
-        """The entry of one line, or None (another format version, or damaged)."""
+        """The entry of one line, or None (another format version, or damaged: also a line
+        whose page digests are not one per page)."""
         try:
             data = json.loads(line)
             if not isinstance(data, dict) or data.get("cryotiff_manifest") != MANIFEST_FORMAT:
                 return None
             ny, nx = data["shape_yx"]
+            if len(data["page_sha256"]) != int(data["pages"]):  # damaged or edited: one digest per page
+                return None
             return cls(
                 output=str(data["output"]), output_bytes=int(data["output_bytes"]),
                 output_sha256=str(data["output_sha256"]), pages=int(data["pages"]), shape_yx=(int(ny), int(nx)),

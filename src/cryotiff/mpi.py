@@ -1025,7 +1025,7 @@ def run_verify(comm: Any, inputs: Sequence[str] | None, options: ConvertOptions,
                 jobs, failures = plan(inputs, options)
                 entries = [manifest.get(manifest_key(job.destination, options.output_dir)) for job in jobs]
                 planned = (jobs, entries, [unplanned_verdict(failure) for failure in failures])
-            elif manifest:
+            elif manifest or (options.output_dir / MANIFEST_NAME).exists():  # no readable line: TIFFs unchecked
                 planned = (None, list(manifest.values()), unlisted_outputs(options.output_dir, list(manifest.values())))
             else:
                 raise OptionError(f"{options.output_dir / MANIFEST_NAME}: no manifest to check the outputs "

@@ -144,7 +144,7 @@ def unlisted_outputs(output_dir: Path, entries: Sequence[ManifestEntry]) -> list
         for name in sorted(files):
             path = Path(directory) / name
             if name.endswith(".tif") and os.path.realpath(path) not in named:
-                verdicts.append(Verdict(path, None, "unchecked", f"no line of {manifest} names it; check it "
+                verdicts.append(Verdict(path, None, "unchecked", f"no readable line of {manifest} names it; check it "
                                         "against its original with --i"))
     return verdicts
 
@@ -190,6 +190,19 @@ class GainContexts:
     def __init__(self) -> None:
         self._contexts: dict[tuple, object] = {}
         self._checksums: dict[Path, str] = {}
+        self._reference_problems: dict[tuple[Path, int], str | None] = {}
+
+    def reference_problem(self, output_dir: Path, reference: np.ndarray) -> str | None:
+        """Why ``<o>/gain-reference.mrc`` is not ``reference`` bit for bit (missing, unreadable,
+        another image), or None; each file read once per reference."""
+        from .gain import GAIN_REFERENCE_NAME
+
+        path = Path(output_dir) / GAIN_REFERENCE_NAME
+        key = (path, id(reference))
+        if key not in self._reference_problems:
+            self._reference_problems[key] = _gain_reference_problem(path, reference)
+        return self._reference_problems[key]
+
 
     def for_movie(self, job: Job, options: ConvertOptions, record) -> object:
         """The :class:`~cryotiff.convert.RunContext` that makes ``job``'s pages as the record says.
@@ -216,6 +229,23 @@ class GainContexts:
         return self._contexts[key]
 
 
+def _gain_reference_problem(path: Path, reference: np.ndarray) -> str | None:
+    from .errors import GainError
+    from .gain.files import read_mrc_image
+
+    needed = f"{path}, which they need (TIFF x gain reference = the original),"
+    if not os.path.lexists(path):
+        return f"{needed} does not exist"
+    try:
+        existing = np.ascontiguousarray(read_mrc_image(path, "gain reference"), np.float32)
+    except GainError as exc:
+        return f"{needed} cannot be read ({exc})"
+    expected = np.ascontiguousarray(reference, np.float32)
+    if existing.shape != expected.shape or not np.array_equal(existing.view(np.uint32), expected.view(np.uint32)):
+        return f"{needed} holds another gain reference than the one they were made with"
+    return None
+
+
 def verify_with_original(job: Job, options: ConvertOptions, executor: Executor | None,
                          contexts: GainContexts, entry: ManifestEntry | None = None) -> Verdict:
     """Compare every page of ``job.destination`` with the page ``job.source`` gives (see the
@@ -239,7 +269,13 @@ def verify_with_original(job: Job, options: ConvertOptions, executor: Executor |
     except OSError as exc:
         return Verdict(output, job.source, "unchecked", f"cannot read {job.source} ({exc.strerror or exc})")
     try:
-        return _compare(job, output, source, movie_options, executor, entry, started)
+        verdict = _compare(job, output, source, movie_options, executor, entry, started)
+        if verdict.ok and isinstance(source, GainPages):
+            problem = contexts.reference_problem(options.output_dir, source.gain_reference)
+            if problem is not None:
+                verdict = dataclasses.replace(verdict, status="differs",
+                                              message=f"its pages are those of {job.source}, but {problem}")
+        return verdict
     finally:
         source.close()
 
