@@ -324,3 +324,28 @@ def test_a_gain_normalised_movie_is_exact_only_with_the_gain_reference_beside_it
 
     reference.write_bytes(written)
     assert main(verify) == 0
+
+
+def test_an_8_bit_mrc_of_a_size_relion_reads_as_4_bit_packed_is_written_16_bit(in_tmp: Path, capsys) -> None:
+    """RELION reads an 8-bit TIFF of 3710 x 7676 (and the other IMOD 4-bit sizes, ``src/rwTIFF.h``)
+    as 4-bit packed, 7420 x 7676: an 8-bit copy of such an MRC is not what RELION reads, although
+    every value in it is right. The same values are written 16 bits wide; an 8-bit output of an
+    earlier run is not exact and is converted again."""
+    frames = np.zeros((1, 7676, 3710), np.int8)
+    sparse = frames[0, ::97, ::89]
+    sparse[...] = np.random.default_rng(1).integers(-5, 6, sparse.shape)
+    write_mrc_movie(Path("a.mrc"), frames, 0)
+    Path("out").mkdir()
+    tifffile.imwrite("out/a.tif", frames[:, ::-1, :], photometric="minisblack", metadata=None)  # as RELION writes it
+    assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 1
+    assert "DIFFERS   out/a.tif: its sample type is int8; a.mrc gives int16" in capsys.readouterr().out
+
+    assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    captured = capsys.readouterr()
+    assert "out/a.tif: page 1 holds 3710 x 7676 int8, 3710 x 7676 int16 expected; converting again" in captured.out
+    assert ("a.mrc: written as int16, not int8: RELION reads 8-bit TIFFs of 3710 x 7676 pixels as IMOD 4-bit "
+            "packed data") in captured.err
+    with tifffile.TiffFile("out/a.tif") as tif:
+        assert tif.pages[0].dtype == np.int16
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)
+    assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 0

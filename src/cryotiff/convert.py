@@ -225,6 +225,13 @@ class PlainPages(PageSource):
         self.dtype = np.dtype(np.float32) if info.dtype == np.float16 else np.dtype(info.dtype)
         self.pixel_size_angstrom, pixel_size_warning = tiff_pixel_size(info)
         self.input_warnings = tuple(info.warnings) + ((pixel_size_warning,) if pixel_size_warning else ())
+        if self.dtype.itemsize == 1 and info.kind != "tiff" and relion_reads_as_4bit_packed(self.shape_yx):
+            # RELION reads 8-bit TIFFs of these sizes as IMOD 4-bit packed (src/rwTIFF.h): the same values, 16 bits
+            # wide. An 8-bit TIFF input of such a size is copied as it is: RELION reads both alike.
+            wide = np.dtype(np.uint16 if self.dtype == np.uint8 else np.int16)
+            self.input_warnings += (f"{info.path}: written as {wide}, not {self.dtype}: RELION reads 8-bit TIFFs of "
+                                    f"{self.shape_yx[1]} x {self.shape_yx[0]} pixels as IMOD 4-bit packed data",)
+            self.dtype = wide
         self.input_bytes = info.frame_nbytes * info.n_frames
         # Pages handed back by the encoder are read into again: one per thread is alive at a
         # time (page_window bounds them), so a handful is enough.
@@ -259,6 +266,14 @@ class WiderTypeNeeded(Exception):
 MODE2_WITHOUT_GAIN_WARNING = (
     "WARNING: To effectively compress mode 2 MRC files, you should first estimate the gain with --estimate_gain."
 )
+
+
+def relion_reads_as_4bit_packed(shape_yx: tuple[int, int]) -> bool:
+    """Whether RELION reads an 8-bit TIFF of frames ``shape_yx`` as IMOD 4-bit packed data
+    (``src/rwTIFF.h``), each byte two pixels."""
+    from .gain.integerise import IMOD_4BIT_SIZES_WH
+
+    return (int(shape_yx[1]), int(shape_yx[0])) in IMOD_4BIT_SIZES_WH
 
 
 def smallest_integer_type(minimum: float, maximum: float, shape_yx: tuple[int, int]) -> np.dtype | None:
