@@ -349,3 +349,18 @@ def test_an_8_bit_mrc_of_a_size_relion_reads_as_4_bit_packed_is_written_16_bit(i
         assert tif.pages[0].dtype == np.int16
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)
     assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 0
+
+
+def test_the_verdict_on_an_eer_output_says_how_its_pages_were_rendered(in_tmp: Path, capsys) -> None:
+    """The pages are compared with the movie rendered as the TIFF records, whatever the command
+    line says; the OK line names that rendering, since the originals cannot render it again
+    once they are gone (a run asking for --eer_grouping 4 is told that the TIFF holds 2)."""
+    from cryotiff.simulate.eer import random_events, write_eer
+
+    write_eer(Path("m.eer"), random_events(np.random.default_rng(1), 2048, 4, 0.002), 2048)
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "2"]) == 0
+    capsys.readouterr()
+    assert main(["--verify_only", "--i", "m.eer", "--o", "out", "--eer_grouping", "4"]) == 0
+    assert verdict_lines(capsys.readouterr().out) == [
+        "OK        out/m.tif (2 pages; compared with m.eer); rendered with --eer_grouping 2, --eer_upsampling 1, "
+        "no --short"]

@@ -324,6 +324,11 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
                 return Verdict(output, job.source, "differs", page_check.difference, page_check.index + 1,
                                output.stat().st_size, time.perf_counter() - started)
         notes = []
+        if source.is_eer:  # what the pages hold: an EER movie rendered otherwise would give other pages
+            from .recorded_options import describe_option
+
+            notes.append("rendered with " + ", ".join(describe_option(name, value)
+                                                      for name, value in source.pixel_options().items()))
         if n_inexact[0]:
             notes.append(f"{n_inexact[0]} values times the gain reference are within RELION's 1e-4 of the "
                          "original, not equal (as the conversion accepted)")
