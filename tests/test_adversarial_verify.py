@@ -364,3 +364,20 @@ def test_the_verdict_on_an_eer_output_says_how_its_pages_were_rendered(in_tmp: P
     assert verdict_lines(capsys.readouterr().out) == [
         "OK        out/m.tif (2 pages; compared with m.eer); rendered with --eer_grouping 2, --eer_upsampling 1, "
         "no --short"]
+
+
+def test_a_symlink_at_the_output_name_is_not_taken_as_finished(in_tmp: Path, capsys) -> None:
+    """A link where the TIFF belongs points at a file that can change or go with the originals:
+    it is replaced by a TIFF of the movie, as ``--verify_only`` would not call it exact."""
+    frames = int16_movie("a.mrc", 1)
+    assert main(["--i", "a.mrc", "--o", "elsewhere"]) == 0
+    Path("out").mkdir()
+    os.symlink(os.path.abspath("elsewhere/a.tif"), "out/a.tif")
+    capsys.readouterr()
+    assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert (f"out/a.tif: is a symbolic link to {os.path.abspath('elsewhere/a.tif')}, not a file this program wrote; "
+            "converting again") in out, out
+    assert not Path("out/a.tif").is_symlink()
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)
+    assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 0

@@ -335,6 +335,12 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
     """
     if not os.path.lexists(job.destination):
         return FinishedCheck(False)
+    if job.destination.is_symlink():  # its target can change, or go with the originals
+        try:
+            target = os.readlink(job.destination)
+        except OSError:
+            target = "?"
+        return FinishedCheck(False, f"{job.destination}: is a symbolic link to {target}, not a file this program wrote")
     try:
         source = open_page_source(job.source, options, context)
     except (CryotiffError, OSError):
