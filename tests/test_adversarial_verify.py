@@ -7,17 +7,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 from cryotiff.cli import main
 from cryotiff.manifest import MANIFEST_NAME
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import read_tiff_frames, wait_until
+from .test_watch import finish, mpirun_prefix, start
+
+MPIRUN = Path(sys.executable).parent / "mpirun"
 
 
 def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:
@@ -238,26 +243,15 @@ def test_a_movie_that_grows_again_after_its_conversion_is_converted_again(in_tmp
 def grow_after_the_conversion_during_the_watch(tmp_path: Path, program: list[str]) -> None:
     """``m.tif`` has 3 of its 5 pages and has not changed for an hour when the watch starts;
     once its TIFF is written, the other 2 pages arrive."""
-    import subprocess
-    import sys
-
-    from .helpers import wait_until
-
     frames = np.random.default_rng(8).integers(0, 50, (5, 24, 32)).astype(np.uint16)
     (tmp_path / "Movies").mkdir()
     movie = tmp_path / "Movies" / "m.tif"
     tiff_input(movie, frames[:3], seconds_ago=3600)
-    process = subprocess.Popen(program + ["--i", "Movies", "--o", "out", "--watch", "--settle_seconds", "1",
-                                          "--watch_timeout", "4", "--report", "report.json"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: (tmp_path / "out" / "movies.star").exists(), "the first conversion", process)
-        tiff_input(movie, frames)
-        stdout, stderr = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    process = start(program + ["--i", "Movies", "--o", "out", "--watch", "--settle_seconds", "1", "--watch_timeout",
+                               "4", "--report", "report.json"], tmp_path)
+    wait_until(lambda: (tmp_path / "out" / "movies.star").exists(), "the first conversion", process)
+    tiff_input(movie, frames)
+    stdout, stderr = finish(process)
     assert process.returncode == 0, stderr
     assert "Movies/m.tif: changed after its conversion" in stdout, stdout
     assert stdout.count("Processing Movies/m.tif into out/Movies/m.tif") == 2, stdout
@@ -268,21 +262,15 @@ def grow_after_the_conversion_during_the_watch(tmp_path: Path, program: list[str
 
 
 def test_a_movie_that_grows_after_its_conversion_is_converted_again_by_the_command(tmp_path: Path) -> None:
-    import sys
-
     grow_after_the_conversion_during_the_watch(tmp_path, [sys.executable, "-m", "cryotiff"])
 
 
-def test_the_same_under_mpirun(tmp_path: Path) -> None:
-    import sys
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_a_movie_that_grows_after_its_conversion_is_converted_again_under_mpirun(tmp_path: Path) -> None:
+    grow_after_the_conversion_during_the_watch(tmp_path, mpirun_prefix() + [sys.executable, "-m", "cryotiff.mpi"])
 
-    import pytest
 
-    mpirun = Path(sys.executable).parent / "mpirun"
-    if not mpirun.exists():
-        pytest.skip(f"no mpirun next to {sys.executable} (pip install .[mpi])")
-    prefix = [str(mpirun), "-np", "2", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-    grow_after_the_conversion_during_the_watch(tmp_path, prefix + [sys.executable, "-m", "cryotiff.mpi"])
+# --------------------------------------------------------------------------- what the verdicts rest on
 
 
 def test_a_gain_normalised_movie_is_exact_only_with_the_gain_reference_beside_it(in_tmp: Path, capsys) -> None:
@@ -381,3 +369,4 @@ def test_a_symlink_at_the_output_name_is_not_taken_as_finished(in_tmp: Path, cap
     assert not Path("out/a.tif").is_symlink()
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)
     assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 0
+
