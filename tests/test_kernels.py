@@ -657,20 +657,35 @@ def test_lzw_edge_cases_equal_imagecodecs_and_the_reference() -> None:
 
 
 def test_lzw_bytes_do_not_depend_on_which_values_the_sample_finds_frequent() -> None:
-    """The encoder looks strings up directly for the 8 byte values most frequent in a sample of
-    4096 bytes spread over the strip, and in a hash for the rest. Strips whose sample misleads:
-    the sampled positions hold one value and the others 20 different ones; the sample sees 12
-    values and the rest holds 3 others; one alphabet in the first half and another in the second;
-    the direct values change their meaning across many table resets; each as flipped rows, and
-    as rows of one byte. Byte for byte imagecodecs' stream."""
+    """The encoder looks strings up directly for the 4 or 8 byte values most frequent in a
+    sample of 4096 bytes spread over the strip (4 where they cover 98.5 % of it), and in a hash
+    for the rest. Strips whose sample misleads: the sampled positions hold one value and the
+    others 20 different ones; the sample sees 12 values and the rest holds 3 others; the sample
+    sees 4 values and the rest holds those and 60 others; one alphabet in the first half and
+    another in the second; the direct values change their meaning across many table resets;
+    samples on either side of the 98.5 %; integers in float32. Each as flipped rows, and as rows
+    of one byte; both table layouts are used. Byte for byte imagecodecs' stream."""
+    from cryotiff.kernels.lzw import _frequent_bytes
+
     rng = np.random.default_rng(13)
     n = 4096 * 7 * 9
     sampled = np.arange(n) % (n // 4096) == 0  # where the sample lands (its step is n // 4096)
     misleading_one = np.where(sampled, 0, rng.integers(100, 120, n)).astype(np.uint8)
     misleading_many = np.where(sampled, rng.integers(0, 12, n), rng.integers(200, 203, n)).astype(np.uint8)
+    misleading_four = np.where(sampled, rng.integers(0, 4, n), rng.integers(0, 64, n)).astype(np.uint8)
     halves = np.concatenate([rng.poisson(1.0, n // 2), 100 + rng.poisson(2.0, n - n // 2)]).astype(np.uint8)
     shifting = (rng.poisson(0.7, n) + 16 * (np.arange(n) // 50000)).astype(np.uint8)
-    for strip in (misleading_one, misleading_many, halves, shifting):
+    # 4096 sampled bytes: 61 outside the 4 values is 98.5 %, 62 is below it.
+    outside = np.flatnonzero(sampled)
+    just_four = np.where(sampled, rng.integers(0, 4, n), rng.poisson(1.0, n)).astype(np.uint8)
+    just_four[outside[:61]] = 9
+    just_eight = just_four.copy()
+    just_eight[outside[61]] = 9
+    float_integers = rng.poisson(1.2, n // 4).astype(np.float32).view(np.uint8)
+    strips = (misleading_one, misleading_many, misleading_four, halves, shifting, just_four, just_eight, float_integers)
+    layouts = [int(_frequent_bytes(strip, 0, strip.size, 1, strip.size)[1]) for strip in strips]
+    assert layouts == [2, 3, 2, 3, 3, 2, 3, 2]  # 2: 4 direct values; 3: 8
+    for strip in strips:
         for width in (strip.size // 63, 1):
             rows = _lzw_rows(strip, width, "flipped")
             assert lzw_encode(rows) == imagecodecs.lzw_encode(rows.tobytes())
@@ -682,8 +697,8 @@ def test_lzw_bytes_do_not_depend_on_which_values_the_sample_finds_frequent() -> 
     import numba
 
     checked = numba.njit(boundscheck=True)(K.lzw_encode.py_func)
-    for strip in (misleading_one, halves, np.zeros(1, np.uint8), np.arange(3, dtype=np.uint8),
-                  np.frombuffer(rng.bytes(100_000), np.uint8)):
+    for strip in (misleading_one, misleading_four, halves, float_integers, np.zeros(1, np.uint8),
+                  np.arange(3, dtype=np.uint8), np.frombuffer(rng.bytes(100_000), np.uint8)):
         rows = _lzw_rows(strip, max(strip.size // 63, 1), "flipped")
         data, start, stride = _row_span(rows)
         out = np.empty(K.lzw_bound(rows.size), np.uint8)
