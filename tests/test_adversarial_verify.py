@@ -370,3 +370,27 @@ def test_a_symlink_at_the_output_name_is_not_taken_as_finished(in_tmp: Path, cap
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)
     assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 0
 
+
+def test_a_record_whose_options_are_of_the_wrong_type_counts_as_no_record(in_tmp: Path, capsys) -> None:
+    """A description edited or damaged into other JSON (``"eer_grouping": "2"``, ``null``) ended
+    ``--verify_only`` with a TypeError. Such a record is no record: the pages are compared with
+    the movie rendered as the command line says, and ``--only_do_unfinished`` converts again."""
+    from cryotiff.simulate.eer import random_events, write_eer
+
+    write_eer(Path("m.eer"), random_events(np.random.default_rng(1), 2048, 4, 0.002), 2048)
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "2"]) == 0
+    with tifffile.TiffFile("out/m.tif") as tif:
+        description = json.loads(tif.pages[0].description)
+    pages = tifffile.imread("out/m.tif")
+    for bad in ("2", None, 2.0, True, [2]):
+        description["made_with"]["eer_grouping"] = bad
+        tifffile.imwrite("out/m.tif", pages, photometric="minisblack", metadata=None,
+                         description=json.dumps(description))
+        capsys.readouterr()
+        assert main(["--verify_only", "--i", "m.eer", "--o", "out", "--eer_grouping", "2"]) == 0, bad
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        assert main(["--verify_only", "--i", "m.eer", "--o", "out", "--eer_grouping", "1"]) == 1, bad
+        capsys.readouterr()
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "2", "--only_do_unfinished"]) == 0
+    assert "out/m.tif: carries no record of the options that made it" in capsys.readouterr().out

@@ -109,7 +109,8 @@ class OutputRecord:
     @classmethod
     def from_description(cls, description: str | None) -> "OutputRecord | None":
         """The record held by an ImageDescription, or None (no description, another program's,
-        another record version, or damaged)."""
+        another record version, or damaged: also options of the wrong type, such as
+        ``"eer_grouping": "2"``)."""
         if not description or not description.startswith("{"):
             return None
         try:
@@ -118,7 +119,7 @@ class OutputRecord:
                 return None
             source = data["input"]
             made_with = data["made_with"]
-            if not isinstance(made_with, dict):
+            if not isinstance(made_with, dict) or not all(_well_typed(name, value) for name, value in made_with.items()):
                 return None
             return cls(
                 made_with=made_with,
@@ -132,6 +133,30 @@ class OutputRecord:
             )
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+#: What each option of ``made_with`` must hold; a record holding anything else is damaged.
+_OPTION_TYPES = {
+    "eer_grouping": _is_count,
+    "eer_upsampling": _is_count,
+    "short": lambda value: isinstance(value, bool),
+    "lossy": lambda value: isinstance(value, bool),
+    "ignore_error": lambda value: isinstance(value, bool),
+    "thresh": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
+    "gain": lambda value: value is None or (isinstance(value, dict) and all(
+        isinstance(value.get(key), str) for key in ("file", "sha256", "reliability_sha256"))),
+}
+
+
+def _well_typed(name: str, value: Any) -> bool:
+    """Whether ``made_with[name]`` holds what this version writes there (options it does not
+    know are kept as they are)."""
+    check = _OPTION_TYPES.get(name)
+    return check is None or bool(check(value))
 
 
 def read_record(path: str | os.PathLike[str]) -> OutputRecord | None:
