@@ -394,3 +394,24 @@ def test_a_record_whose_options_are_of_the_wrong_type_counts_as_no_record(in_tmp
         capsys.readouterr()
     assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "2", "--only_do_unfinished"]) == 0
     assert "out/m.tif: carries no record of the options that made it" in capsys.readouterr().out
+
+
+def test_an_eer_whose_damaged_frames_were_left_out_is_not_called_exact(in_tmp: Path, capsys) -> None:
+    """A damaged raw frame is left out of its page (as RELION does) and the conversion exits 1;
+    rendering the movie again leaves it out again, so the pages compare equal. But the
+    original holds electrons the TIFF lacks: not exact, unless ``--ignore_error`` accepts it."""
+    from cryotiff.simulate import eer as S
+
+    frames = S.random_events(np.random.default_rng(3), 2048, 4, 0.002)
+    streams = [S.encode_frame(frame, 2048, 65001) for frame in frames]
+    streams[1] = streams[1][: len(streams[1]) * 2 // 3]  # runs out of data before the last pixel
+    S.write_eer(Path("bad.eer"), streams, 2048, 65001)
+    assert main(["--i", "bad.eer", "--o", "out", "--eer_grouping", "2"]) == 1
+    capsys.readouterr()
+    assert main(["--verify_only", "--i", "bad.eer", "--o", "out"]) == 1
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [
+        "DIFFERS   out/bad.tif: its pages are bad.eer rendered as at conversion, but they leave out 1 damaged raw "
+        "frame of it (frame 2), whose electrons the TIFF lacks (--ignore_error accepts that)"], out
+    assert main(["--verify_only", "--i", "bad.eer", "--o", "out", "--ignore_error"]) == 0
+    assert "1 damaged raw frame (frame 2) left out, as --ignore_error accepts" in capsys.readouterr().out

@@ -558,10 +558,12 @@ class EerPages(PageSource):
         self.input_bytes = self.path.stat().st_size
         self._lock = threading.Lock()
         self.corrupt_warnings: list[str] = []
+        self.corrupt_frames: set[int] = set()  # 0-based raw frames left out of the pages made so far
 
     def retype(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self.corrupt_warnings = []
+        self.corrupt_frames = set()
 
     def possible_dtypes(self) -> tuple[np.dtype, ...]:
         if self.short:
@@ -603,6 +605,7 @@ class EerPages(PageSource):
         if rendered.corrupt_frames:
             with self._lock:
                 self.corrupt_warnings.extend(rendered.corrupt_frame_warnings(str(self.path)))
+                self.corrupt_frames.update(rendered.corrupt_frames)
 
     def finish(self, result: MovieResult) -> None:
         super().finish(result)

@@ -324,6 +324,18 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
                 return Verdict(output, job.source, "differs", page_check.difference, page_check.index + 1,
                                output.stat().st_size, time.perf_counter() - started)
         notes = []
+        left_out = sorted(getattr(source, "corrupt_frames", ()))  # EER: damaged raw frames, left out as at conversion
+        if left_out:
+            plural = "s" * (len(left_out) != 1)
+            count = f"{len(left_out)} damaged raw frame{plural}"
+            numbers = f"frame{plural} " + ", ".join(str(i + 1) for i in left_out[:10]) + (", ..." if len(left_out) > 10
+                                                                                           else "")
+            if not options.ignore_error:
+                return Verdict(output, job.source, "differs",
+                               f"its pages are {job.source} rendered as at conversion, but they leave out {count} of it "
+                               f"({numbers}), whose electrons the TIFF lacks (--ignore_error accepts that)",
+                               source.n_pages, output.stat().st_size, time.perf_counter() - started)
+            notes.append(f"{count} ({numbers}) left out, as --ignore_error accepts")
         if source.is_eer:  # what the pages hold: an EER movie rendered otherwise would give other pages
             from .recorded_options import describe_option
 
