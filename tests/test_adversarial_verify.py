@@ -415,3 +415,27 @@ def test_an_eer_whose_damaged_frames_were_left_out_is_not_called_exact(in_tmp: P
         "frame of it (frame 2), whose electrons the TIFF lacks (--ignore_error accepts that)"], out
     assert main(["--verify_only", "--i", "bad.eer", "--o", "out", "--ignore_error"]) == 0
     assert "1 damaged raw frame (frame 2) left out, as --ignore_error accepts" in capsys.readouterr().out
+
+
+def test_a_lossy_output_is_not_said_to_equal_its_original(in_tmp: Path, capsys) -> None:
+    """``--lossy`` changes values of unreliable pixels (and ``--ignore_error`` accepts errors):
+    such an output is as it was made, but "every page of every output is exact: it equals its
+    original" would be untrue of it."""
+    from cryotiff.simulate.gain_normalised import make_detector
+
+    rng = np.random.default_rng(5)
+    detector = make_detector((48, 40), rng, defect_fraction=0.002, cold_fraction=0.001)
+    for name in ("g1.mrc", "g2.mrc"):
+        write_mrc_movie(Path(name), detector.movie(30, rng).frames, 2)
+    assert main(["--i", "g1.mrc", "g2.mrc", "--o", "est", "--estimate_gain"]) == 0
+    assert main(["--i", "g1.mrc", "--o", "out", "--gain", "est/gain_estimate.bin", "--lossy"]) == 0
+    assert main(["--i", "g2.mrc", "--o", "out", "--gain", "est/gain_estimate.bin", "--lossy"]) == 0
+    capsys.readouterr()
+    assert main(["--verify_only", "--i", "g1.mrc", "g2.mrc", "--o", "out"]) == 0
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [
+        f"OK        out/{name}.tif (30 pages; compared with {name}.mrc); made with --lossy: TIFF x gain reference "
+        "gives back the original only approximately, as --lossy accepted" for name in ("g1", "g2")], out
+    assert "Every page of every output is exact" not in out
+    assert ("Every output is as it was made, but 2 give back their originals only approximately (their lines say "
+            "why)") in out

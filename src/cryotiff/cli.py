@@ -273,7 +273,10 @@ def finish_verify(verdicts, wall_seconds: float, reporter: TerminalReporter, aga
              f"{summary.differs} differ, {summary.missing} missing, {summary.unchecked} could not be checked",
              f"Pages decoded: {summary.pages} ({format_bytes(summary.output_bytes)} of TIFF) in {wall_seconds:.1f} s "
              f"({rate:.1f} MB/s)"]
-    if summary.all_ok and verdicts:
+    if summary.all_ok and verdicts and summary.inexact:
+        lines.append(f"Every output is as it was made, but {summary.inexact} give"
+                     f"{'s' * (summary.inexact == 1)} back their originals only approximately (their lines say why).")
+    elif summary.all_ok and verdicts:
         lines.append("Every page of every output is exact: " + (
             "it equals its original." if against_originals else "it decodes to the pixels written at conversion."))
     _print_lines([*lines, *extra_lines], reporter.out)

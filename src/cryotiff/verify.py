@@ -54,6 +54,9 @@ class Verdict:
         n_pages: pages decoded.
         output_bytes: bytes of the TIFF.
         seconds: time spent.
+        exact: for ``ok``: the output gives back its original bit for bit; False where it is as
+            it was made but approximates the original (``--lossy``, ``--ignore_error``, RELION's
+            tolerance of the gain path), which ``message`` says.
     """
 
     output: Path
@@ -63,6 +66,7 @@ class Verdict:
     n_pages: int = 0
     output_bytes: int = 0
     seconds: float = 0.0
+    exact: bool = True
 
     @property
     def ok(self) -> bool:
@@ -336,6 +340,10 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
                                f"({numbers}), whose electrons the TIFF lacks (--ignore_error accepts that)",
                                source.n_pages, output.stat().st_size, time.perf_counter() - started)
             notes.append(f"{count} ({numbers}) left out, as --ignore_error accepts")
+        for option, accepted in (("lossy", options.lossy), ("ignore_error", options.ignore_error)):
+            if accepted and isinstance(source, GainPages):
+                notes.append(f"made with --{option}: TIFF x gain reference gives back the original only "
+                             f"approximately, as --{option} accepted")
         if source.is_eer:  # what the pages hold: an EER movie rendered otherwise would give other pages
             from .recorded_options import describe_option
 
@@ -349,8 +357,10 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
 
             if file_sha256(output) != entry.output_sha256:
                 notes.append("its bytes differ from those the manifest records (the pixels are those of the original)")
+        exact = not (left_out or n_inexact[0] or (isinstance(source, GainPages) and (options.lossy or
+                                                                                    options.ignore_error)))
         return Verdict(output, job.source, "ok", "; ".join(notes), source.n_pages, output.stat().st_size,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, exact)
     finally:
         stored.close()
 
@@ -440,6 +450,7 @@ class VerifySummary:
     differs: int = 0
     missing: int = 0
     unchecked: int = 0
+    inexact: int = 0  # ok, but approximating their originals (Verdict.exact)
     pages: int = 0
     output_bytes: int = 0
     wall_seconds: float = 0.0
@@ -449,6 +460,7 @@ class VerifySummary:
         summary = cls(wall_seconds=wall_seconds)
         for verdict in verdicts:
             setattr(summary, verdict.status, getattr(summary, verdict.status) + 1)
+            summary.inexact += verdict.ok and not verdict.exact
             summary.pages += verdict.n_pages
             summary.output_bytes += verdict.output_bytes
         return summary
