@@ -439,3 +439,49 @@ def test_a_lossy_output_is_not_said_to_equal_its_original(in_tmp: Path, capsys) 
     assert "Every page of every output is exact" not in out
     assert ("Every output is as it was made, but 2 give back their originals only approximately (their lines say "
             "why)") in out
+
+
+def test_a_pattern_never_takes_the_runs_own_outputs_as_movies(in_tmp: Path, capsys) -> None:
+    """``--i 'Movies/**/*.tif' --o Movies/conv``: the pattern also matches the TIFFs written into
+    ``Movies/conv``. A rerun converted them again (into Movies/conv/Movies/conv/...), and
+    ``--watch`` converted each new output again without end. Like a directory, a pattern leaves
+    out what lies inside ``--o`` when ``--o`` lies inside the directories it searches."""
+    from cryotiff.convert import ConvertOptions
+    from cryotiff.watch import WatchOptions, watch_and_convert
+
+    Path("Movies").mkdir()
+    frames = np.random.default_rng(1).integers(0, 50, (2, 16, 20)).astype(np.uint16)
+    tiff_input(Path("Movies/a.tif"), frames, seconds_ago=3600)
+    assert main(["--i", "Movies/**/*.tif", "--o", "Movies/conv"]) == 0
+    capsys.readouterr()
+    assert main(["--i", "Movies/**/*.tif", "--o", "Movies/conv", "--only_do_unfinished"]) == 0
+    assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out
+    os.remove("Movies/a.tif")  # the originals deleted: the outputs are still not movies of the run
+    assert main(["--i", "Movies/**/*.tif", "--o", "Movies/conv", "--only_do_unfinished"]) == 1
+    assert "Movies/**/*.tif: no file matches this pattern" in capsys.readouterr().err
+
+    tiff_input(Path("Movies/b.tif"), frames, seconds_ago=3600)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    results = watch_and_convert(["Movies/**/*.tif"], ConvertOptions(output_dir=Path("Movies/conv")),
+                                WatchOptions(settle_seconds=0, timeout_seconds=3), Recorder(),
+                                clock=lambda: now[0], sleep=sleep)
+    assert [(str(r.source), r.status) for r in results] == [("Movies/b.tif", "converted")], results
+    assert sorted(str(p) for p in Path("Movies").rglob("*.tif")) == [
+        "Movies/b.tif", "Movies/conv/Movies/a.tif", "Movies/conv/Movies/b.tif"]
+
+
+def test_a_directory_inside_the_output_directory_still_gives_its_movies(in_tmp: Path, capsys) -> None:
+    """``--i Movies --o .`` (outputs beside the movies, as RELION's ``--o ./``) found no movie:
+    everything lay inside ``--o``. What is left out is what lies inside ``--o`` below the
+    directory searched, and the outputs of the movies found (so that a rerun or ``--watch`` never
+    takes ``Movies/a.tif`` for a movie)."""
+    frames = int16_movie("Movies/a.mrc", 1)
+    assert main(["--i", "Movies", "--o", "."]) == 0
+    np.testing.assert_array_equal(read_tiff_frames(Path("Movies/a.tif")), frames)
+    capsys.readouterr()
+    assert main(["--i", "Movies", "--o", ".", "--only_do_unfinished"]) == 0
+    assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out

@@ -111,8 +111,9 @@ def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list
     """Expand ``--i`` arguments into movie paths, in order, without duplicates.
 
     Each argument may be a movie, a ``.star`` or ``.lst`` file, a directory (searched recursively
-    for .mrc, .mrcs, .tif, .tiff, .eer and .ecc files, in sorted order, leaving out anything inside
-    ``output_dir``) or a quoted glob pattern (``'Movies/*.eer'``; ``**`` recurses).
+    for .mrc, .mrcs, .tif, .tiff, .eer and .ecc files, in sorted order) or a quoted glob pattern
+    (``'Movies/*.eer'``; ``**`` recurses). What a directory or pattern finds leaves out the run's
+    own outputs (:func:`_without_outputs`).
 
     A file that one pattern or directory reaches under several names (``**`` through a symlink
     loop, a symlink beside the movie) is one movie, kept under its first name (judged by its
@@ -123,7 +124,6 @@ def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list
             directory without movies, a list or STAR file without movies).
     """
     movies: list[Path] = []
-    output_resolved = output_dir.resolve() if output_dir is not None else None
     for argument in inputs:
         path = Path(argument)
         if path.suffix == ".star" and not path.is_dir():
@@ -131,17 +131,15 @@ def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list
         elif path.suffix == ".lst" and not path.is_dir():
             movies.extend(Path(name) for name in read_list_file(path))
         elif path.is_dir():
-            found = _one_name_per_file(sorted(
-                p
-                for p in path.rglob("*")
-                if _is_movie_file(p)
-                and not (output_resolved and output_resolved in p.resolve().parents)
-            ))
+            found = _without_outputs(_one_name_per_file(sorted(p for p in path.rglob("*") if _is_movie_file(p))),
+                                     path, output_dir)
             if not found:
                 raise InputError(f"{path}: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie")
             movies.extend(found)
         elif GLOB_CHARACTERS & set(argument) and not path.exists():
-            found = _one_name_per_file(sorted(Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file()))
+            found = _without_outputs(_one_name_per_file(sorted(
+                Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file())), _pattern_base(argument),
+                output_dir)
             if not found:
                 raise InputError(f"{argument}: no file matches this pattern")
             movies.extend(found)
@@ -149,6 +147,46 @@ def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list
             movies.append(path)
     unique: dict[Path, None] = dict.fromkeys(movies)
     return list(unique)
+
+
+def _pattern_base(pattern: str) -> Path:
+    """The directory a glob pattern searches: its leading parts without glob characters."""
+    parts = []
+    for part in Path(pattern).parts:
+        if GLOB_CHARACTERS & set(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _without_outputs(found: list[Path], searched: Path, output_dir: Path | None) -> list[Path]:
+    """``found`` (what the directory or pattern ``searched`` gives) without the run's outputs, so
+    that a rerun or ``--watch`` never converts them again (``--i 'Movies/**/*.tif' --o
+    Movies/conv`` converted ``Movies/conv/Movies/a.tif`` into ``Movies/conv/Movies/conv/...``, and
+    a watch did so without end): the files inside ``--o`` where ``--o`` lies below ``searched``,
+    and the outputs of other movies found (``--o .`` writes ``Movies/a.tif`` beside
+    ``Movies/a.mrc``). Where ``--o`` is ``searched`` itself or above it, everything found is
+    inside it and only outputs of other movies are left out."""
+    if output_dir is None:
+        return found
+    out = output_dir.resolve()
+    base = searched.resolve()
+    below = out != base and base in out.parents
+    made_by: dict[str, set[Path]] = {}
+    for movie in found:
+        try:
+            made_by.setdefault(os.path.realpath(output_path(movie, output_dir)), set()).add(movie)
+        except InputError:
+            continue
+    kept = []
+    for movie in found:
+        real = os.path.realpath(movie)
+        if below and out in Path(real).parents:
+            continue
+        if made_by.get(real, set()) - {movie}:
+            continue
+        kept.append(movie)
+    return kept
 
 
 def _one_name_per_file(paths: Iterable[Path]) -> list[Path]:
