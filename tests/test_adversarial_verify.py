@@ -485,3 +485,39 @@ def test_a_directory_inside_the_output_directory_still_gives_its_movies(in_tmp: 
     capsys.readouterr()
     assert main(["--i", "Movies", "--o", ".", "--only_do_unfinished"]) == 0
     assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out
+
+
+def test_an_mrc_preallocated_to_its_full_size_is_handed_out_again_when_its_data_arrive(tmp_path: Path) -> None:
+    """An MRC whose writer sets its full size first (the header claims every frame, the frames
+    are zeros) and pauses longer than the settle time looks complete: it is handed out. When
+    its frames arrive, it is handed out again once it settles, and only after the first
+    conversion is over (``in_progress``)."""
+    from cryotiff.convert import ConvertOptions
+    from cryotiff.watch import MovieWatch, WatchOptions
+
+    frames = np.random.default_rng(2).integers(1, 9, (3, 16, 20)).astype(np.int16)
+    movie = tmp_path / "m.mrc"
+    write_mrc_movie(movie, np.zeros_like(frames), 1)
+    now = [1000.0]
+    busy = {"converting": True}
+    watch = MovieWatch([str(tmp_path)], ConvertOptions(output_dir=tmp_path / "out"), WatchOptions(settle_seconds=10),
+                       clock=lambda: now[0], wall_clock=lambda: time.time() + now[0] - 1000.0,
+                       in_progress=lambda source: busy["converting"])
+    now[0] += 20
+    assert [job.source for job in watch.look().ready] == [movie]
+    before = movie.stat().st_mtime_ns
+    write_mrc_movie(movie, frames, 1)  # the frames arrive: same size, later modification time
+    os.utime(movie, ns=(before + 10**9, before + 10**9))
+    now[0] += 20
+    found = watch.look()
+    assert found.ready == [] and not found.notes  # its first conversion is still running
+    busy["converting"] = False
+    found = watch.look()
+    assert found.ready == [] and found.notes == [
+        f"{movie}: changed after its conversion ({movie.stat().st_size} bytes then, {movie.stat().st_size} now); "
+        "converting it again once it is complete"]
+    now[0] += 11
+    found = watch.look()
+    assert [job.source for job in found.ready] == [movie] and found.again == [movie]
+    now[0] += 100
+    assert watch.look().ready == []  # once more only
