@@ -227,3 +227,50 @@ def test_a_movie_failing_part_way_first_or_after_a_resume(k2_movies, monkeypatch
     for expected, found in (("One", "First"), ("Two", "Resumed")):
         np.testing.assert_array_equal(estimate_files(expected).gain, estimate_files(found).gain)
         np.testing.assert_array_equal(estimate_files(expected).reliability, estimate_files(found).reliability)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pages_and_frames_written_into_again_hold_each_frame_exactly(k2_movies, monkeypatch, threads) -> None:
+    """With --gain the pages handed back by the encoder are integerised into again and the
+    frames read into again (no fresh 57 MB arrays per frame): every page still gives back its
+    own original frame bit for bit, at --j 1 and --j 2, and the reuse does happen."""
+    import cryotiff.convert as convert_module
+    from cryotiff import gain as gain_module
+
+    detector, frames = k2_movies
+    assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    reused = []
+    real_integerise = gain_module.integerise
+
+    def spying_integerise(*args, out=None, **kwargs):
+        reused.append(out is not None)
+        return real_integerise(*args, out=out, **kwargs)
+
+    monkeypatch.setattr(gain_module, "integerise", spying_integerise)
+    assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin", "--j", str(threads)]) == 0
+    assert sum(reused) >= 40  # most of the 80 frames' pages were written into again
+    assert convert_module.GainPages.recycle is not convert_module.PlainPages.recycle
+    with mrcfile.open("Conv/gain-reference.mrc") as mrc:
+        gain_reference = np.array(mrc.data)
+    for name in ("m1.mrc", "m2.mrc"):
+        stored = read_tiff_frames(Path("Conv") / name.replace(".mrc", ".tif"))
+        np.testing.assert_array_equal(stored * gain_reference, frames[name])
+        assert len({page.tobytes() for page in stored}) == len(stored)  # no page written twice
+
+
+def test_integerise_refuses_an_out_array_it_cannot_fill() -> None:
+    """The kernel writes without bounds checks: an ``out`` of another shape or type, not
+    contiguous, read-only or sharing the frame's memory is refused before it runs."""
+    from cryotiff.gain import integerise
+
+    frame = np.ones((4, 6), np.float32)
+    gain = np.ones_like(frame)
+    mask = np.ones(frame.shape, bool)
+    read_only = np.empty_like(frame)
+    read_only.flags.writeable = False
+    for out in (np.empty((4, 5), np.float32), np.empty((4, 6), np.float64), np.empty((4, 12), np.float32)[:, ::2],
+                read_only, frame):
+        with pytest.raises(ValueError, match="out must be"):
+            integerise(frame, gain, mask, out=out)
+    out = np.full_like(frame, np.nan)
+    assert integerise(frame, gain, mask, out=out).values is out and np.array_equal(out, frame)

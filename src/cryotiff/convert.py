@@ -440,6 +440,8 @@ class GainPages(IntegerWidening, PlainPages):
         if self.lossy and smallest_integer_type(0, 255, self.shape_yx) != np.uint8:
             self.dtype = np.dtype(np.uint16)  # RELION would read 8-bit TIFFs of this size as 4-bit
         self._lock = threading.Lock()
+        # float32 pages handed back by the encoder, written into again (see recycle).
+        self._free_pages: list[np.ndarray] = []
         self._reset_counts()
 
     def _reset_counts(self) -> None:
@@ -455,7 +457,13 @@ class GainPages(IntegerWidening, PlainPages):
         self._reset_counts()
 
     def recycle(self, page: np.ndarray) -> None:
-        """Pages are computed from the frames, not read: none is kept (PlainPages keeps frames)."""
+        """A float32 page that nothing holds any more is integerised into again (a fresh
+        57 MB page costs its page faults again, about 25 ms, a twentieth of the frame's time); as
+        with the frames (:class:`cryotiff.io.FrameRecycler`), only what is handed back is
+        reused, at most one per page in flight."""
+        if (not self.lossy and len(self._free_pages) < 4 and page.base is None and page.dtype == np.float32
+                and page.shape == tuple(self.shape_yx) and page.flags.c_contiguous and page.flags.writeable):
+            self._free_pages.append(page)  # list.append and pop are atomic: no lock needed
 
     def pixel_options(self) -> dict[str, object]:
         return {"gain": self.gain_identity, "thresh": self.thresh, "lossy": self.lossy,
@@ -464,13 +472,20 @@ class GainPages(IntegerWidening, PlainPages):
     def page(self, index: int) -> np.ndarray:
         from .gain import integerise, lossy_integerise
 
-        frame = self.movie.read_frame(index).astype(np.float32, copy=False)
+        read = self._frames.read(index)
+        frame = read.astype(np.float32, copy=False)
         common = dict(movie=str(self.path), frame_index_0based=index, reliability=self.reliability)
         if not self.lossy:
-            result = integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, **common)
+            try:
+                spare = self._free_pages.pop()
+            except IndexError:
+                spare = None
+            result = integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, out=spare, **common)
+            self._frames.give_back(read)  # the result holds copies of what it reports, no view of the frame
             self._count_errors(result)
             return result.values
         lossy = lossy_integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, **common)
+        self._frames.give_back(read)
         self._count_errors(lossy.integer)
         counts = lossy.counts
         self._fit(index, float(lossy.minimum), float(lossy.maximum))

@@ -140,6 +140,7 @@ def integerise(
     frame_index_0based: int = 0,
     reliability: np.ndarray | None = None,
     tolerance_abs: float = RELION_TOLERANCE_ABS,
+    out: np.ndarray | None = None,
 ) -> IntegeriseResult:
     """RELION's ``unnormalise`` of one frame (``src/tiff_converter.cpp``; docs/relion-behaviour.md).
 
@@ -155,6 +156,8 @@ def integerise(
         movie, frame_index_0based: for the mismatch lines and the error.
         reliability: the counters, printed as ``status`` in mismatch lines (default: 1 where
             reliable).
+        out: the array the values are written to (every pixel; it becomes ``values``, the
+            float32 TIFF page), instead of a new one; not the frame's memory.
 
     Raises:
         UnexpectedPixelValueError: without ``ignore_error``, at the first non-conforming pixel
@@ -163,7 +166,13 @@ def integerise(
     from cryotiff import kernels  # numba: imported by the runs that need it
 
     v, g, mask = _check_frame_and_gain(frame, gain, reliable_mask)
-    values = np.empty_like(v)
+    if out is None:
+        values = np.empty_like(v)
+    elif out.shape == v.shape and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable \
+            and not np.shares_memory(out, v):
+        values = out  # every pixel is written: no need for a clean array
+    else:  # the kernel writes without bounds checks
+        raise ValueError(f"integerise: out must be a writeable C-contiguous float32 {v.shape} array apart from the frame")
     tolerance = _float32_tolerance(tolerance_abs)
     room = _ERRORS_FIRST_PASS
     while True:
