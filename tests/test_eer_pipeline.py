@@ -53,6 +53,33 @@ def test_pages_are_the_sums_of_the_events(in_tmp: Path, eer_events, upsampling: 
     assert tags.get("ResolutionUnit", 1) == 1
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("upsampling", [1, 2])
+def test_pages_rendered_into_again_hold_only_their_own_events(in_tmp: Path, eer_events, monkeypatch, threads: int,
+                                                             upsampling: int) -> None:
+    """Pages handed back by the encoder are cleared and rendered into again (no fresh page per
+    group): every page is still exactly the sum of its own group, at --j 1 and --j 2, and the
+    reuse does happen."""
+    from cryotiff.io.eer import EerMovie
+
+    write_movie(Path("movie.eer"), eer_events)
+    reused = []
+    real_render = EerMovie.render
+
+    def spying_render(self, *args, out=None, **kwargs):
+        reused.append(out is not None)
+        return real_render(self, *args, out=out, **kwargs)
+
+    monkeypatch.setattr(EerMovie, "render", spying_render)
+    assert main(["--i", "movie.eer", "--o", "out", "--eer_grouping", "2", "--eer_upsampling", str(upsampling),
+                 "--j", str(threads)]) == 0
+    assert sum(reused) >= 2  # of 5 pages
+    pages = read_tiff_frames(Path("out/movie.tif"))
+    assert len(pages) == 5
+    for k in range(5):
+        np.testing.assert_array_equal(pages[k], expected_render(eer_events[2 * k: 2 * k + 2], DETECTOR, upsampling))
+
+
 def test_grouping_one_gives_every_frame(in_tmp: Path, eer_events) -> None:
     write_movie(Path("movie.eer"), eer_events[:5])
     assert main(["--i", "movie.eer", "--o", "out", "--eer_grouping", "1"]) == 0

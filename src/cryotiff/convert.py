@@ -574,11 +574,21 @@ class EerPages(PageSource):
         self._lock = threading.Lock()
         self.corrupt_warnings: list[str] = []
         self.corrupt_frames: set[int] = set()  # 0-based raw frames left out of the pages made so far
+        self._free_pages: list[np.ndarray] = []  # pages handed back by the encoder (see recycle)
 
     def retype(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self.corrupt_warnings = []
         self.corrupt_frames = set()
+        self._free_pages = []
+
+    def recycle(self, page: np.ndarray) -> None:
+        """A page that nothing holds any more is cleared and rendered into again (as
+        :class:`cryotiff.io.FrameRecycler` does for frames: only what is handed back is reused,
+        at most one per page in flight)."""
+        if (len(self._free_pages) < 4 and page.base is None and page.dtype == self.dtype
+                and page.shape == tuple(self.shape_yx) and page.flags.c_contiguous and page.flags.writeable):
+            self._free_pages.append(page)  # list.append and pop are atomic: no lock needed
 
     def possible_dtypes(self) -> tuple[np.dtype, ...]:
         if self.short:
@@ -595,7 +605,13 @@ class EerPages(PageSource):
         start, stop = self.pages[index]
         if max_count(stop - start, self.upsampling) <= np.iinfo(self.dtype).max:
             # The sums cannot overflow the page's type: render straight into it (no copy, no max).
-            rendered = self.movie.render(start, stop, self.upsampling, dtype=self.dtype)
+            try:
+                spare = self._free_pages.pop()
+            except IndexError:
+                spare = None
+            if spare is not None and spare.dtype != self.dtype:  # handed back before a retype
+                spare = None
+            rendered = self.movie.render(start, stop, self.upsampling, dtype=self.dtype, out=spare)
             self._note_corrupt(rendered)
             return rendered.counts
         rendered = self.movie.render(start, stop, self.upsampling)

@@ -196,12 +196,15 @@ class EerMovie(EerContainer):
         stop: int,
         upsampling: int = 1,
         dtype: np.dtype | type | None = None,
+        out: np.ndarray | None = None,
     ) -> RenderResult:
         """Sum raw frames ``start .. stop-1`` (0-based, half-open) on the output grid.
 
         Corrupt frames are left out and listed in the result. The sums are ``dtype``, which must
         hold :func:`max_count` (uint8 for groups of up to 255 raw frames, 63 binned); by default
-        uint16, or uint32 when a sum could exceed 65535.
+        uint16, or uint32 when a sum could exceed 65535. ``out``: an array of that shape and type
+        to clear and sum into instead of a new one (clearing a page is cheaper than a new page's
+        faults: 5 against 20 ms for the 67 MB of upsampling 2).
 
         Memory besides the counts: the data of at most 64 raw frames (64 MB), in a buffer of the
         calling thread.
@@ -219,7 +222,13 @@ class EerMovie(EerContainer):
         if dtype.kind != "u" or max_count(stop - start, upsampling) > np.iinfo(dtype).max:
             raise OptionError(f"{self.path}: {stop - start} raw frames cannot be summed in {dtype}.")
         size = output_size(self.detector_size, upsampling)
-        counts = np.zeros((size, size), dtype=dtype)
+        if out is None:
+            counts = np.zeros((size, size), dtype=dtype)
+        elif out.shape == (size, size) and out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable:
+            counts = out  # the kernels add into it without bounds checks: only this shape and type
+            counts.fill(0)
+        else:
+            raise ValueError(f"{self.path}: render: out must be a writeable C-contiguous {dtype} {size}x{size} array")
         corrupt = self._add_frames(start, stop, upsampling, counts)
         return RenderResult(counts=counts, corrupt_frames=corrupt, start=start, stop=stop, upsampling=upsampling)
 
