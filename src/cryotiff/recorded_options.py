@@ -119,7 +119,7 @@ class OutputRecord:
                 return None
             source = data["input"]
             made_with = data["made_with"]
-            if not isinstance(made_with, dict) or not all(_well_typed(name, value) for name, value in made_with.items()):
+            if not isinstance(made_with, dict) or not all(_well_typed(name, v) for name, v in made_with.items()):
                 return None
             return cls(
                 made_with=made_with,

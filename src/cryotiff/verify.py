@@ -207,7 +207,6 @@ class GainContexts:
             self._reference_problems[key] = _gain_reference_problem(path, reference)
         return self._reference_problems[key]
 
-
     def for_movie(self, job: Job, options: ConvertOptions, record) -> object:
         """The :class:`~cryotiff.convert.RunContext` that makes ``job``'s pages as the record says.
 
@@ -234,6 +233,7 @@ class GainContexts:
 
 
 def _gain_reference_problem(path: Path, reference: np.ndarray) -> str | None:
+    """Why ``path`` does not hold ``reference`` bit for bit, as the end of a sentence; None if it does."""
     from .errors import GainError
     from .gain.files import read_mrc_image
 
@@ -328,16 +328,16 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
                 return Verdict(output, job.source, "differs", page_check.difference, page_check.index + 1,
                                output.stat().st_size, time.perf_counter() - started)
         notes = []
-        left_out = sorted(getattr(source, "corrupt_frames", ()))  # EER: damaged raw frames, left out as at conversion
+        left_out = sorted(getattr(source, "corrupt_frames", ()))  # EER: damaged raw frames left out, as at conversion
         if left_out:
             plural = "s" * (len(left_out) != 1)
             count = f"{len(left_out)} damaged raw frame{plural}"
-            numbers = f"frame{plural} " + ", ".join(str(i + 1) for i in left_out[:10]) + (", ..." if len(left_out) > 10
-                                                                                           else "")
+            shown = ", ".join(str(i + 1) for i in left_out[:10]) + (", ..." if len(left_out) > 10 else "")
+            numbers = f"frame{plural} {shown}"
             if not options.ignore_error:
                 return Verdict(output, job.source, "differs",
-                               f"its pages are {job.source} rendered as at conversion, but they leave out {count} of it "
-                               f"({numbers}), whose electrons the TIFF lacks (--ignore_error accepts that)",
+                               f"its pages are {job.source} rendered as at conversion, but they leave out {count} of "
+                               f"it ({numbers}), whose electrons the TIFF lacks (--ignore_error accepts that)",
                                source.n_pages, output.stat().st_size, time.perf_counter() - started)
             notes.append(f"{count} ({numbers}) left out, as --ignore_error accepts")
         for option, accepted in (("lossy", options.lossy), ("ignore_error", options.ignore_error)):

@@ -15,9 +15,9 @@ the watch goes on. Each movie is converted once, unless its size or modification
 after it was handed to its conversion: a TIFF written page by page is a complete TIFF after
 every page, so a writer that pauses for longer than ``--settle_seconds`` gets it converted with
 the pages it had then. Such a movie waits again and is converted again once it is complete (the
-TIFF replaced; its result replaces the earlier one). The watch ends after ``--watch_timeout`` seconds in which nothing new appeared
-and nothing changed, or with Ctrl-C / SIGTERM; movies still incomplete at its end are failures
-then, with the reader's reason.
+TIFF replaced; its result replaces the earlier one). The watch ends after ``--watch_timeout``
+seconds in which nothing new appeared and nothing changed, or with Ctrl-C / SIGTERM; movies
+still incomplete at its end are failures then, with the reader's reason.
 
 This module finds the movies and decides when each is ready; converting one is
 :func:`cryotiff.jobs.handle_job`, the same as without ``--watch``. It never prints: it reports
