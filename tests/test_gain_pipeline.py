@@ -230,10 +230,10 @@ def test_a_movie_failing_part_way_first_or_after_a_resume(k2_movies, monkeypatch
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_pages_and_frames_written_into_again_hold_each_frame_exactly(k2_movies, monkeypatch, threads) -> None:
-    """With --gain the pages handed back by the encoder are integerised into again and the
-    frames read into again (no fresh 57 MB arrays per frame): every page still gives back its
-    own original frame bit for bit, at --j 1 and --j 2, and the reuse does happen."""
+def test_pages_written_into_again_hold_each_frame_exactly(k2_movies, monkeypatch, threads) -> None:
+    """With --gain the pages handed back by the encoder are integerised into again (no fresh
+    57 MB page per frame): every page still gives back its own original frame bit for bit, at
+    --j 1 and --j 2, and the reuse does happen."""
     import cryotiff.convert as convert_module
     from cryotiff import gain as gain_module
 

@@ -459,8 +459,9 @@ class GainPages(IntegerWidening, PlainPages):
     def recycle(self, page: np.ndarray) -> None:
         """A float32 page that nothing holds any more is integerised into again (a fresh
         57 MB page costs its page faults again, about 25 ms, a twentieth of the frame's time); as
-        with the frames (:class:`cryotiff.io.FrameRecycler`), only what is handed back is
-        reused, at most one per page in flight."""
+        with the frames of plain movies (:class:`cryotiff.io.FrameRecycler`), only what is
+        handed back is reused, at most one per page in flight. One 40-frame movie: CPU 25.7 ->
+        24.0 s and peak RSS 482 -> 472 MB at --j 2."""
         if (not self.lossy and len(self._free_pages) < 4 and page.base is None and page.dtype == np.float32
                 and page.shape == tuple(self.shape_yx) and page.flags.c_contiguous and page.flags.writeable):
             self._free_pages.append(page)  # list.append and pop are atomic: no lock needed
@@ -472,8 +473,9 @@ class GainPages(IntegerWidening, PlainPages):
     def page(self, index: int) -> np.ndarray:
         from .gain import integerise, lossy_integerise
 
-        read = self._frames.read(index)
-        frame = read.astype(np.float32, copy=False)
+        # A fresh frame each time: frames read into again as well kept one more frame resident
+        # per thread (peak RSS at --j 2 482 -> 517 MB for one movie) for little time.
+        frame = self.movie.read_frame(index).astype(np.float32, copy=False)
         common = dict(movie=str(self.path), frame_index_0based=index, reliability=self.reliability)
         if not self.lossy:
             try:
@@ -481,11 +483,9 @@ class GainPages(IntegerWidening, PlainPages):
             except IndexError:
                 spare = None
             result = integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, out=spare, **common)
-            self._frames.give_back(read)  # the result holds copies of what it reports, no view of the frame
             self._count_errors(result)
             return result.values
         lossy = lossy_integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, **common)
-        self._frames.give_back(read)
         self._count_errors(lossy.integer)
         counts = lossy.counts
         self._fit(index, float(lossy.minimum), float(lossy.maximum))
