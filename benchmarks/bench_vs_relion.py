@@ -3,7 +3,7 @@
     python benchmarks/bench_vs_relion.py [--relion PATH] [--baseline SRC] [--repeats N]
                                          [--workdir DIR] [--cases eer,eer-up2,...] [--first-run]
     python benchmarks/bench_vs_relion.py --kernels [--baseline SRC]   # numba and zlib-ng figures
-    python benchmarks/bench_vs_relion.py --lzw-encoder [--baseline SRC]   # the LZW encoder's rows only
+    python benchmarks/bench_vs_relion.py --lzw-encoder [--baseline SRC]   # the LZW kernels' rows only
 
 Generates the cases (once, cached in ``--workdir``), then runs each case's command with
 cryotiff at ``--j 1`` and ``--j 2``, and with ``--relion`` (RELION 5.0.1's relion_convert_to_tiff
@@ -332,34 +332,78 @@ def eer_render_figures(workdir: Path, label: str) -> None:
             print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms{label} | | {min(times) / 20 * 1e3:.2f} | |")
 
 
-def lzw_encoder_figures(workdir: Path, label: str) -> None:
-    """MB/s (CPU of one thread, best of 5) of the compiled LZW encoder of the cryotiff on
-    PYTHONPATH, on the flipped view of each page the pipeline encodes in LZW: a K2 counts frame, a
-    ``--gain`` page (integer counts as float32, as RELION writes them) and an EER page at
-    upsampling 2; ``--baseline``'s code prints the same rows with ``label`` ", before"."""
+def lzw_encoder_figures(workdir: Path, baseline: Path | None = None, rounds: int = 7) -> None:
+    """MB/s (CPU of one thread, the median of ``rounds`` interleaved runs after a first that
+    loads the kernels) of the compiled LZW encoder and of the compiled check of its strips
+    (decode and compare with the rows), on the flipped view of each page the pipeline encodes in
+    LZW: a K2 counts frame, a ``--gain`` page (integer counts as float32, as RELION writes them)
+    and an EER page at upsampling 2. With ``baseline`` (the ``src`` of another cryotiff), its
+    ``kernels/lzw.py`` and ``kernels/lzw_decode.py`` run in the same process, each run beside the
+    current one, and the rows give both and the speed-up; the bytes and verdicts must agree."""
+    import importlib.util
+
     import numpy as np
     from cryotiff import kernels
     from cryotiff.codecs import _row_span
     from cryotiff.io.eer import EerMovie
     from cryotiff.simulate.detectors import counting_frames
 
+    def load(name: str, path: Path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    versions = {"now": (kernels, kernels)}
+    if baseline is not None:
+        versions = {"before": (load("baseline_lzw", baseline / "cryotiff/kernels/lzw.py"),
+                               load("baseline_lzw_decode", baseline / "cryotiff/kernels/lzw_decode.py")), **versions}
     with EerMovie(workdir / "eer400.eer") as movie:
         eer_page = movie.render(0, 20, 2, dtype=np.uint8).counts
     pages = (("K2 counts frame", counting_frames(1, (3838, 3710), 0.96, np.uint8, seed=1)[0]),
              ("K2 --gain page (integers as float32)",
               np.random.default_rng(0).poisson(1.45, K2_SHAPE_YX).astype(np.float32)),
              ("EER page of 20 raw frames, upsampling 2", eer_page))
+    names = list(versions)
+    print("| page (flipped view, as encoded) | size | " + " | ".join(f"encoder {n}, MB/s" for n in names)
+          + (" | encoder speed-up | " if baseline else " | ") + " | ".join(f"check {n}, MB/s" for n in names)
+          + (" | check speed-up |" if baseline else " |"))
+    print("|---|---:|" + "---:|" * (2 * len(names) + 2 * bool(baseline)))
     for name, page in pages:
         rows = page[::-1].view(np.uint8).reshape(page.shape[0], -1)
         data, start, stride = _row_span(rows)
         out = np.empty(kernels.lzw_bound(rows.size), np.uint8)
-        times = []
-        for _ in range(6):  # the first loads the kernel
-            started = time.thread_time()
-            n_bytes = kernels.lzw_encode(data, start, stride, rows.shape[0], rows.shape[1], out)
-            times.append(time.thread_time() - started)
-        print(f"| {name}, LZW encoder (size {n_bytes / rows.size:.2%}), MB/s{label} | | "
-              f"{rows.size / 1e6 / min(times[1:]):.0f} | |")
+        encode_times = {n: [] for n in names}
+        check_times = {n: [] for n in names}
+        for round_ in range(rounds + 1):
+            streams = {}
+            for n in names if round_ % 2 else names[::-1]:
+                encoder, decoder = versions[n]
+                started = time.thread_time()
+                n_bytes = encoder.lzw_encode(data, start, stride, rows.shape[0], rows.shape[1], out)
+                elapsed = time.thread_time() - started
+                stream = out[:n_bytes].copy()
+                buffer = np.empty(decoder.lzw_check_buffer_bytes(rows.size), np.uint8)
+                started = time.thread_time()
+                verdict = decoder.lzw_decodes_to(stream, data, start, stride, rows.shape[0], rows.shape[1], buffer)
+                checked = time.thread_time() - started
+                if verdict != decoder.LZW_DECODE_SAME:
+                    raise SystemExit(f"{name}: the {n} check does not find its own strip the same")
+                streams[n] = stream.tobytes()
+                if round_:
+                    encode_times[n].append(elapsed)
+                    check_times[n].append(checked)
+            if len(set(streams.values())) != 1:
+                raise SystemExit(f"{name}: the encoders wrote different bytes")
+        encode = {n: rows.size / 1e6 / statistics.median(encode_times[n]) for n in names}
+        check = {n: rows.size / 1e6 / statistics.median(check_times[n]) for n in names}
+        line = f"| {name} | {n_bytes / rows.size:.2%} | " + " | ".join(f"{encode[n]:.0f}" for n in names)
+        if baseline:
+            line += f" | {encode['now'] / encode['before']:.2f}x"
+        line += " | " + " | ".join(f"{check[n]:.0f}" for n in names)
+        if baseline:
+            line += f" | {check['now'] / check['before']:.2f}x"
+        print(line + " |", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,12 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-run", action="store_true", help="also time cryotiff once with an empty numba cache")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--lzw-encoder", action="store_true",
-                        help="print only the compiled LZW encoder's rows (with --baseline: its rows too)")
+                        help="print only the compiled LZW encoder's and check's rows (with --baseline: "
+                             "its kernels run beside them in the same process)")
     parser.add_argument("--kernels", action="store_true",
                         help="print the kernel and encoder measurements (numba, zlib-ng) instead")
     parser.add_argument("--make", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--baseline-eer", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--baseline-lzw", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compare", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.make:
@@ -426,19 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_eer:
         eer_render_figures(args.baseline_eer, ", before")
         return 0
-    if args.baseline_lzw:
-        lzw_encoder_figures(args.baseline_lzw, ", before")
-        return 0
     if args.kernels or args.lzw_encoder:
         workdir = args.workdir.resolve()
         subprocess.run([sys.executable, str(HERE), "--make", str(workdir), "--k2gain-frames", str(args.k2gain_frames)], check=True)
         if args.kernels:
             kernel_figures(workdir)
-        lzw_encoder_figures(workdir, "")
-        if args.baseline:
+        lzw_encoder_figures(workdir, args.baseline.resolve() if args.baseline else None)
+        if args.baseline and args.kernels:
             baseline_env = dict(os.environ, PYTHONPATH=str(args.baseline.resolve()))
-            for option in ("--baseline-eer",) * bool(args.kernels) + ("--baseline-lzw",):
-                subprocess.run([sys.executable, str(HERE), option, str(workdir)], env=baseline_env, check=True)
+            subprocess.run([sys.executable, str(HERE), "--baseline-eer", str(workdir)], env=baseline_env, check=True)
         return 0
 
     workdir = args.workdir.resolve()
