@@ -6,6 +6,9 @@ to make cryotiff hang, lose, or misstate what it did; it stays here."""
 from __future__ import annotations
 
 import os
+import re
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,8 @@ from cryotiff.cli import main
 from cryotiff.simulate.write import write_mrc_movie
 
 from .helpers import read_tiff_frames
+from . import test_mpi
+from .test_mpi import MPIRUN, run_mpi
 
 
 def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:
@@ -69,3 +74,74 @@ def test_an_output_directory_equal_to_a_searched_directory_is_refused(in_tmp: Pa
     assert len(errors) == 1 and "Movies" in errors[0] and "is also the output directory" in errors[0], captured
     assert "Traceback" not in captured.out + captured.err
     assert sorted(p.name for p in (in_tmp / "Movies").iterdir()) == ["a.mrc"]  # nothing written
+
+
+# --------------------------------------------------------------------------- convert-to-tiff-mpi: a rank killed
+
+
+KILL_RANK_ONE_MID_MOVIE = textwrap.dedent("""
+    import os
+    import signal
+    import sys
+
+    from mpi4py import MPI
+
+    import cryotiff.convert as convert
+
+    real_write_movie = convert.write_movie
+
+    def write_movie(destination, layout, strips, *args, **kwargs):
+        def strips_then_kill():
+            for number, strip in enumerate(strips):
+                if number == 2 and MPI.COMM_WORLD.rank == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node would
+                yield strip
+        return real_write_movie(destination, layout, strips_then_kill(), *args, **kwargs)
+
+    convert.write_movie = write_movie
+    import cryotiff.mpi as mpi
+
+    sys.exit(mpi.main())
+""")
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+@pytest.mark.parametrize("mpirun_options", [[], ["--with-ft", "ulfm"]], ids=["mpirun", "mpirun-with-ft-ulfm"])
+def test_a_rank_killed_mid_movie_is_not_said_to_have_removed_its_partial_file(
+    tmp_path: Path, monkeypatch, mpirun_options: list[str]
+) -> None:
+    """mpirun ends the job when a rank is killed (SIGKILL) in the middle of a movie: its SIGTERM
+    reaches rank 0 first, which used to report an interrupt that had removed that rank's partial
+    file, though the file was still there. Now rank 0 says the partial file may remain (under
+    ``mpirun --with-ft ulfm`` it also names the rank that died), no .tif of that movie exists, every .tif that exists is complete, and a rerun with --only_do_unfinished
+    removes the partial file and converts the rest."""
+    frames = {f"m{k}.mrc": int16_movie(tmp_path / f"m{k}.mrc", k, n_frames=6, shape_yx=(96, 80)) for k in range(4)}
+    script = tmp_path / "driver.py"
+    script.write_text(KILL_RANK_ONE_MID_MOVIE)
+    plain_command = test_mpi.mpirun_command
+    monkeypatch.setattr(test_mpi, "mpirun_command", lambda n_ranks: plain_command(n_ranks) + mpirun_options)
+    completed = run_mpi(["--i", "m*.mrc", "--o", "out"], tmp_path, n_ranks=3, script=script)
+    assert completed.returncode != 0
+    text = completed.stdout + completed.stderr
+    killed = re.findall(r"Processing (m\d\.mrc) into out/m\d\.tif", text)
+    partial = sorted(p.name for p in (tmp_path / "out").glob("*.tmp"))
+    assert len(partial) == 1, partial  # the killed rank's; the live ranks removed theirs
+    movie = partial[0].split(".tif.")[0] + ".mrc"
+    assert movie in killed
+    assert f"{movie} was being converted; its partial out/{movie[:-4]}.tif was removed" not in text, text
+    assert re.search(rf"{movie} was being converted by a rank that stopped before it could remove its partial "
+                     rf"file; out/{movie[:-4]}\.tif was not written", text), text
+    assert "Traceback" not in text
+    if mpirun_options:  # MPI reports the dead rank before mpirun stops the job
+        assert completed.returncode == 1
+        assert re.search(rf"ERROR: MPI rank 1 \(on .+\) stopped while converting {movie}; every rank is stopped", text)
+    for tif in (tmp_path / "out").glob("*.tif"):
+        np.testing.assert_array_equal(read_tiff_frames(tif), frames[tif.stem + ".mrc"])
+    assert not (tmp_path / "out" / f"{movie[:-4]}.tif").exists()
+
+    monkeypatch.setattr(test_mpi, "mpirun_command", plain_command)
+    rerun = run_mpi(["--i", "m*.mrc", "--o", "out", "--only_do_unfinished"], tmp_path, n_ranks=2)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert not list((tmp_path / "out").glob("*.tmp"))
+    for name, movie_frames in frames.items():
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / name.replace(".mrc", ".tif")), movie_frames)

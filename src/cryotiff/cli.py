@@ -587,8 +587,8 @@ class Interruption:
         state: the ``--report``'s ``state``: ``interrupted``, ``aborted`` or ``error``.
         exit_status: 130 after Ctrl-C or SIGTERM; 1 otherwise.
         removed: the movies being written when it stopped; their partial files were removed.
-        left_behind: movies being written by a rank that died: no ``.tif``, but a partial file
-            may remain.
+        left_behind: movies being written by a rank that died or was killed before it removed its
+            partial file: no ``.tif``, but a partial file may remain.
         n_left: movies neither converted, skipped nor failed (None: stopped before the inputs
             were listed).
         reason: the first line to print (and the report's ``error``), when it was not Ctrl-C.
@@ -620,8 +620,9 @@ class Interruption:
         prefix = "" if self.reason else "Interrupted: "
         lines += [f"{prefix}{job.source} was being converted; its partial {job.destination} was removed."
                   for job in self.removed]
-        lines += [f"{job.source} was being converted by that rank; {job.destination} was not written (a partial "
-                  "file may remain until the movie is converted again)." for job in self.left_behind]
+        lines += [f"{prefix}{job.source} was being converted by a rank that stopped before it could remove its "
+                  f"partial file; {job.destination} was not written (a partial file may remain until the movie is "
+                  "converted again)." for job in self.left_behind]
         if not self.removed and not self.left_behind:
             lines.append(("Stopped" if self.reason else "Interrupted") + " between movies: no file was half-written.")
         if self.n_left is None:

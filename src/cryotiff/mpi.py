@@ -34,7 +34,11 @@ How the work is shared, and why it differs from ``relion_convert_to_tiff_mpi``:
   fault tolerance (ULFM, ``mpi_ft_enable``) is switched on unless the environment already sets
   it: without it, the first rank to notice the closed connection aborts with "An error occurred
   in Socket closed ... rank 0 calling abort", which names the wrong rank. ``mpirun`` still ends
-  the whole job. ULFM selects Open MPI's ob1 messaging layer (TCP or shared memory, not UCX):
+  the whole job. A plain ``mpirun`` sends every rank SIGTERM (and SIGKILL 0.25 s later) as soon
+  as a rank dies, usually before MPI reports the failure, so the run ends as interrupted: rank 0
+  then tells the movies whose partial files the other ranks removed from those whose files remain
+  by looking at the file system (:func:`stopped_run`); ``mpirun --with-ft ulfm`` lets MPI report
+  the failure first. ULFM selects Open MPI's ob1 messaging layer (TCP or shared memory, not UCX):
   the ranks exchange only movie indices and results, so its speed does not matter here.
 """
 
@@ -1088,16 +1092,44 @@ def preload_run_writers(output_dir: Path) -> None:
     threading.Thread(target=load, name="cryotiff-preload", daemon=True).start()
 
 
-def stopped_run(stop: WorkStopped, jobs: Sequence[Job], n_movies: int, n_done: int) -> Interruption:
-    """What rank 0 reports when the run stopped early: the movies being converted, those of
-    ranks that died apart (their partial files were not removed)."""
-    removed = [jobs[index] for index, rank in sorted(stop.working.items()) if rank not in stop.dead_ranks]
-    left_behind = [jobs[index] for index, rank in sorted(stop.working.items()) if rank in stop.dead_ranks]
+#: How long rank 0, stopping, waits for the other ranks to remove their partial files before it
+#: says which may remain. An interrupted rank removes its file within milliseconds; mpirun kills
+#: every rank about 0.25 s after its SIGTERM (measured with Open MPI 5), and rank 0 must have
+#: printed what it has to say by then.
+PARTIAL_FILES_WAIT_SECONDS = 0.1
+
+
+def stopped_run(stop: WorkStopped, jobs: Sequence[Job], n_movies: int, n_done: int,
+                wait_seconds: float = PARTIAL_FILES_WAIT_SECONDS) -> Interruption:
+    """What rank 0 reports when the run stopped early: the movies being converted, apart from
+    those whose partial files were not removed: of ranks that died, and of any other rank whose
+    partial file is still there after ``wait_seconds``. A rank killed by SIGKILL looks to rank 0
+    like an interrupt (mpirun's SIGTERM often arrives before MPI reports the dead rank), so only
+    the file system can tell whether its partial file was removed."""
+    from .io.atomic import temporaries_of
+
+    deadline = time.monotonic() + wait_seconds
+
+    def removed_by_its_rank(index: int, rank: int) -> bool:
+        if rank in stop.dead_ranks:
+            return False
+        if rank == 0:  # this process: its writer removed the file before WorkStopped was raised
+            return True
+        while temporaries_of(jobs[index].destination):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
+
+    working = sorted(stop.working.items())
+    removed_flags = {index: removed_by_its_rank(index, rank) for index, rank in working}
+    removed = [jobs[index] for index, _ in working if removed_flags[index]]
+    left_behind = [jobs[index] for index, _ in working if not removed_flags[index]]
     n_left = max(n_movies - n_done, 0)
     if stop.reason:
         return Interruption("error", EXIT_FAILED, removed, n_left, stop.reason, left_behind, reason_printed=True,
                             urgent=True)
-    return Interruption("interrupted", EXIT_INTERRUPTED, removed, n_left, urgent=True)
+    return Interruption("interrupted", EXIT_INTERRUPTED, removed, n_left, left_behind=left_behind, urgent=True)
 
 
 def report_run(
