@@ -76,6 +76,116 @@ def test_an_output_directory_equal_to_a_searched_directory_is_refused(in_tmp: Pa
     assert sorted(p.name for p in (in_tmp / "Movies").iterdir()) == ["a.mrc"]  # nothing written
 
 
+# --------------------------------------------------------------------------- inputs that change or fail while read
+
+
+def change_during_second_frame(monkeypatch, change) -> None:
+    """Call ``change(path)`` when the second frame of an MRC movie is read."""
+    from cryotiff.io import mrc
+
+    real_read_frame = mrc.MrcMovie.read_frame
+
+    def read_frame(self, index, out=None):
+        if index == 1:
+            change(self._path)
+        return real_read_frame(self, index, out)
+
+    monkeypatch.setattr(mrc.MrcMovie, "read_frame", read_frame)
+
+
+def grow(path: Path) -> None:
+    with open(path, "ab") as handle:  # as a movie still being written would
+        handle.write(bytes(16 * 20 * 2))
+
+
+def replace(path: Path) -> None:
+    int16_movie(path.with_name("other.mrc"), 9)
+    os.replace(path.with_name("other.mrc"), path)
+
+
+def remove(path: Path) -> None:
+    path.unlink()
+
+
+def test_a_movie_that_grows_while_it_is_converted_is_not_kept(in_tmp: Path, capsys, monkeypatch) -> None:
+    """A movie still being written when its conversion began: the TIFF would mix frames read
+    before and after the change and name a file that is no longer what it was; it fails."""
+    first = int16_movie("first.mrc", 1)
+    int16_movie("moving.mrc", 2)
+    last = int16_movie("last.mrc", 3)
+    assert Path("moving.mrc").stat().st_size == 2944
+    change_during_second_frame(monkeypatch, lambda path: grow(path) if path.name == "moving.mrc" else None)
+    status = main(["--i", "first.mrc", "moving.mrc", "last.mrc", "--o", "out", "--j", "1"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert errors_of(captured.err) == [
+        "ERROR: moving.mrc: the file changed while it was being converted (its size went from 2944 to 3584 bytes); "
+        "nothing was written. Convert it again once it is complete."], captured.err
+    assert "Traceback" not in captured.out + captured.err
+    assert not Path("out/moving.tif").exists() and not list(Path("out").glob("*.tmp"))
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/first.tif")), first)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/last.tif")), last)
+    assert "Movies converted: 2, skipped: 0, failed: 1" in captured.out
+
+
+@pytest.mark.parametrize("change, what", [(replace, "another file took its name"), (remove, "it was removed")])
+def test_a_movie_replaced_or_removed_while_it_is_converted_is_kept_with_a_warning(
+    in_tmp: Path, capsys, monkeypatch, change, what: str
+) -> None:
+    """The reader goes on reading the file it opened, whose content did not change: the TIFF is
+    a complete copy of it (for a removed movie, the only one left), kept with a warning."""
+    frames = int16_movie("moving.mrc", 2)
+    change_during_second_frame(monkeypatch, change)
+    assert main(["--i", "moving.mrc", "--o", "out", "--j", "1"]) == 0
+    captured = capsys.readouterr()
+    assert (f"moving.mrc: {what} while it was being converted; out/moving.tif holds the movie that was "
+            "there when its conversion began.") in captured.err, captured.err
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/moving.tif")), frames)
+
+
+def test_an_mrc_cut_short_while_it_is_converted_names_the_frame_from_one(in_tmp: Path, capsys, monkeypatch) -> None:
+    int16_movie("cut.mrc", 2)
+    change_during_second_frame(monkeypatch, lambda path: os.truncate(path, 1024 + 16 * 20 * 2 + 10))
+    assert main(["--i", "cut.mrc", "--o", "out", "--j", "1"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == ["ERROR: cut.mrc: frame 2 is incomplete (10 of 640 bytes); the file was "
+                                       "truncated after it was opened."], captured.err
+    assert not list(Path("out").iterdir())
+
+
+def test_an_input_output_error_is_not_called_damage(tmp_path: Path, monkeypatch) -> None:
+    """EIO from the disk while a TIFF or EER movie is read: tifffile logs it as a corrupted tag
+    list, which used to be reported as a damaged file."""
+    import errno
+
+    import tifffile
+
+    from cryotiff.errors import InputError
+    from cryotiff.io import eer as E
+    from cryotiff.io.tiff import open_tiff
+    from cryotiff.simulate import eer as S
+
+    frames = np.random.default_rng(5).integers(0, 9, (3, 32, 40)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", frames, compression="zlib", photometric="minisblack", metadata=None)
+    S.write_eer(tmp_path / "e.eer", S.random_events(np.random.default_rng(3), 2048, 2, 0.002), 2048, 65001)
+    movie = open_tiff(tmp_path / "t.tif")
+
+    def failing_read(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(tifffile.FileHandle, "read", failing_read)
+    monkeypatch.setattr(tifffile.FileHandle, "read_segments", failing_read)
+    try:
+        with pytest.raises(InputError) as raised:
+            movie.read_frame(1)
+    finally:
+        movie.close()
+    assert str(raised.value) == f"{tmp_path / 't.tif'}: page 2: reading the file failed (Input/output error)", raised.value
+    with pytest.raises(InputError) as raised:
+        E.EerMovie(tmp_path / "e.eer")
+    assert str(raised.value) == f"{tmp_path / 'e.eer'}: reading the file failed (Input/output error).", raised.value
+
+
 # --------------------------------------------------------------------------- convert-to-tiff-mpi: a rank killed
 
 

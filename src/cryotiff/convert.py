@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .codecs import StripCodec, huffman_encoder_for, lzw_encoder_for, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
-from .io import FrameRecycler, Movie, MovieInfo, check_regular_file
+from .io import FrameRecycler, HeldFile, Movie, MovieInfo, check_regular_file
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, write_movie
 from .recorded_options import OutputRecord
 
@@ -856,7 +856,18 @@ def convert_movie(
     """
     started = time.perf_counter()
     source = source or open_page_source(source_path, options, context)
+    held = HeldFile(source_path)  # opened after the source, which refused anything but a regular file
     retype_warnings: list[str] = []
+
+    def check_unchanged() -> None:
+        """Before the last page is written: pages read from a file whose content changed during
+        the conversion (a movie still being written, say) may mix two states of it; nothing is
+        kept."""
+        change = held.content_change()
+        if change is not None:
+            raise InputError(f"{source_path}: the file changed while it was being converted ({change}); nothing was "
+                             "written. Convert it again once it is complete.")
+
     manifest = getattr(context, "manifest", None)
     page_digests: list[bytes] | None = None
     # The original is hashed for the manifest while its pages are made, not after.
@@ -865,7 +876,8 @@ def convert_movie(
         while True:
             try:
                 page_digests = [] if manifest is not None else None
-                result = _write_pages(source, source_path, destination, options, executor, on_page, page_digests)
+                result = _write_pages(source, source_path, destination, options, executor, on_page, page_digests,
+                                      check_unchanged)
                 break
             except WiderTypeNeeded as retry:
                 # Only a page source that can change its type raises this; redo the whole movie.
@@ -874,6 +886,10 @@ def convert_movie(
                 )
                 source.retype(retry.dtype)  # type: ignore[attr-defined]
         result.warnings.extend(retype_warnings)
+        moved = held.name_change()
+        if moved is not None:  # the pages are those of the file opened, complete and unchanged: keep them
+            result.warnings.append(f"{source_path}: {moved} while it was being converted; {destination} holds the "
+                                   "movie that was there when its conversion began.")
         source.finish(result)
         if manifest is not None:
             _add_to_manifest(manifest, source, source_path, destination, page_digests, result, source_hash)
@@ -883,6 +899,7 @@ def convert_movie(
     finally:
         if source_hash is not None:
             source_hash.cancel()  # the movie failed: no entry (a hash already begun runs out)
+        held.close()
         source.close()
 
 
@@ -905,9 +922,12 @@ def _write_pages(
     executor: Executor | None,
     on_page: Callable[[int, int], None] | None,
     page_digests: list[bytes] | None = None,
+    before_last_page: Callable[[], None] | None = None,
 ) -> MovieResult:
     """Encode and write all pages of ``source`` once, with its current sample type; with
-    ``page_digests``, append each page's digest to it, in page order."""
+    ``page_digests``, append each page's digest to it, in page order. ``before_last_page`` is
+    called once every page has been read and made, before the last one is written; what it
+    raises leaves no file behind."""
     codec = resolve_codec(  # auto measures candidates on page 0, made once (handed on to the encoder)
         options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
         sample=source, rows_per_strip=1 if options.line_by_line else None, huffman_encoder=source.huffman_encoder,
@@ -940,6 +960,8 @@ def _write_pages(
         )
         for done in range(1, source.n_pages + 1):
             page_strips, digest = next(pages)
+            if done == source.n_pages and before_last_page is not None:
+                before_last_page()
             if page_digests is not None:  # before the strips: the writer stops asking after the last one
                 page_digests.append(digest)
             while page_strips:  # each strip is let go once written, before the next page is asked for

@@ -54,6 +54,58 @@ def check_regular_file(
     return st.st_size
 
 
+class HeldFile:
+    """A file held open (read-only) while a movie is converted, to tell afterwards whether its
+    content changed (by the held descriptor: its size and modification time) and whether its
+    name still leads to it. A reader keeps reading the file it opened when the name is removed
+    or taken by another file, so only a change of content spoils the pages read."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = path
+        self._fd: int | None = None
+        self._before: os.stat_result | None = None
+        try:  # O_NONBLOCK: a named pipe put at the name meanwhile must not block the open
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            self._before = os.fstat(self._fd)
+        except OSError:
+            self.close()
+
+    def content_change(self) -> str | None:
+        """How the held file's content changed since it was opened (``its size went from 10 to
+        12 bytes``, ``it was written to``); None if it did not, or cannot be told."""
+        if self._fd is None or self._before is None:
+            return None
+        try:
+            now = os.fstat(self._fd)
+        except OSError:
+            return None
+        if now.st_size != self._before.st_size:
+            return f"its size went from {self._before.st_size} to {now.st_size} bytes"
+        if now.st_mtime_ns != self._before.st_mtime_ns:
+            return "it was written to"
+        return None
+
+    def name_change(self) -> str | None:
+        """``it was removed`` or ``another file took its name`` when the path no longer leads to
+        the held file; None if it does (or cannot be told)."""
+        if self._before is None:
+            return None
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "it was removed"
+        except OSError:
+            return None
+        if (now.st_dev, now.st_ino) != (self._before.st_dev, self._before.st_ino):
+            return "another file took its name"
+        return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class TifffileLog(logging.Handler):
     """tifffile's log records of warning level and above: ``messages`` all of them, ``errors``
     those of error level (a damaged IFD: tifffile then silently reports fewer pages)."""

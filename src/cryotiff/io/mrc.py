@@ -466,7 +466,7 @@ class MrcMovie(Movie):
                 got = self._read_into(buffer, offset)
             except OSError as err:
                 raise InputError(
-                    f"{self._path}: reading frame {index} failed ({err.strerror or err})."
+                    f"{self._path}: reading frame {index + 1} failed ({err.strerror or err})."
                 ) from None
             if index + 1 < n_frames:
                 will_need(self._fd, offset + self._frame_nbytes, self._frame_nbytes)
@@ -476,7 +476,7 @@ class MrcMovie(Movie):
                 self._condition.notify_all()
         if got < self._frame_nbytes:
             raise MrcFormatError(
-                f"{self._path}: frame {index} is incomplete ({got} of {self._frame_nbytes} bytes); "
+                f"{self._path}: frame {index + 1} is incomplete ({got} of {self._frame_nbytes} bytes); "
                 "the file was truncated after it was opened."
             )
         if self.header.mode == 101:

@@ -18,10 +18,10 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import OutputError, TiffFormatError, VerificationError
+from ..errors import InputError, OutputError, TiffFormatError, VerificationError
 from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file
 from .atomic import AtomicFile
-from .tiff_errors import problem_of_file, tifffile_problem, why_no_page
+from .tiff_errors import io_failure, problem_of_file, tifffile_problem, why_no_page
 from .tiff_ifd import RESOLUTION_TAG_CODES, TYPE_NAMES, remove_ifd_entries
 
 #: Sample types every reader of movie TIFFs accepts (RELION's TIFF reader: u8, i8, u16, i16, f32).
@@ -277,18 +277,26 @@ class TiffMovie(Movie):
             with self._lock, capture_tifffile_log() as log:
                 page = self._tif.pages[index]
                 data = page.asarray()
-            if log.errors:
-                raise TiffFormatError(f"{self._path}: page {index + 1} is damaged: {tifffile_problem(log.errors[0])}")
-        except TiffFormatError:
-            raise
         except Exception as exc:
-            raise TiffFormatError(f"{self._path}: page {index + 1} cannot be decoded: {tifffile_problem(exc)}") from None
+            raise self._page_error(index, exc, log.errors, "cannot be decoded") from None
+        if log.errors:
+            raise self._page_error(index, log.errors[0], log.errors, "is damaged")
         if data.shape != self.info.shape_yx or data.dtype != self.info.dtype:
             raise TiffFormatError(
                 f"{self._path}: page {index + 1} is {data.shape} {data.dtype}, "
                 f"page 1 is {self.info.shape_yx} {self.info.dtype}"
             )
         return np.ascontiguousarray(flip_rows(data))
+
+    def _page_error(self, index: int, problem: BaseException | str, logged: Sequence[str], what: str) -> InputError:
+        """The error for page ``index`` that tifffile could not read: ``problem`` (its exception or
+        logged line) in plain words, or, when it or a ``logged`` line is the operating system
+        failing to read (tifffile logs that as a damaged IFD), an :class:`InputError` saying so."""
+        for candidate in (problem, *logged):
+            failure = io_failure(candidate)
+            if failure is not None:
+                return InputError(f"{self._path}: page {index + 1}: {failure}")
+        return TiffFormatError(f"{self._path}: page {index + 1} {what}: {tifffile_problem(problem)}")
 
     def close(self) -> None:
         tif = getattr(self, "_tif", None)

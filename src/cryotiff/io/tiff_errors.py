@@ -13,6 +13,7 @@ This module imports nothing from the rest of cryotiff but :mod:`cryotiff.io.tiff
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -41,6 +42,39 @@ _WRONG_VALUE_PATTERNS = (
 )
 
 
+#: errno values that say the disk, the network file system or the permissions failed, not the
+#: file's bytes (a negative seek, EINVAL, can come from a damaged offset and is not among them).
+_IO_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EIO", "EACCES", "EPERM", "ESTALE", "ETIMEDOUT", "ENXIO", "ENODEV",
+                                      "EREMOTEIO", "ENOLINK", "ECOMM", "EHOSTDOWN", "EHOSTUNREACH", "ECONNRESET")
+    if hasattr(errno, name)
+)
+
+
+def io_failure(error: BaseException | str) -> str | None:
+    """``reading the file failed (Input/output error)`` when ``error`` (an exception, or a line
+    tifffile logged: ``... corrupted tag list of page 1 @8 raised OSError(5, 'Input/output
+    error')``; an exception raised from such an OSError, as tifffile's ``corrupted tag list``)
+    is the operating system failing to read, which says nothing about the file's bytes; None for
+    anything else."""
+    seen = 0
+    while isinstance(error, BaseException) and not isinstance(error, OSError) and seen < 8:
+        cause = error.__cause__ or error.__context__
+        if cause is None:
+            break
+        error, seen = cause, seen + 1
+    if isinstance(error, OSError):
+        number, words = error.errno, error.strerror
+    else:
+        found = re.search(r"raised \w*Error\((\d+), '([^']*)'\)", str(error))
+        if found is None:
+            return None
+        number, words = int(found.group(1)), found.group(2)
+    if number not in _IO_ERRNOS:
+        return None
+    return f"reading the file failed ({words or os.strerror(number)})"
+
+
 def _tag(text: str) -> str:
     match = re.search(r"TiffTag (\d+)", text)
     if match is None:
@@ -54,6 +88,9 @@ def tifffile_problem(error: BaseException | str) -> str:
     """What is wrong with a TIFF file, from an exception tifffile (or a codec) raised on it or a
     line it logged: a phrase to put after the file name, without tifffile's object names
     (``not a readable TIFF file (<tifffile's words>)`` where nothing better can be said)."""
+    failure = io_failure(error)
+    if failure is not None:
+        return failure
     text = str(error).strip()
     lowered = text.lower()
     if "invalid value offset" in text:
