@@ -61,6 +61,25 @@ def test_the_output_directory_inside_a_searched_directory_is_left_out(in_tmp: Pa
     assert not Path("Converted/Converted").exists()
 
 
+@pytest.mark.parametrize("pattern", ["**/*.tif", "./**/*.tif", "*/*.tif"])
+def test_a_pattern_leaves_out_the_output_directory_inside_its_directory(in_tmp: Path, capsys, pattern: str) -> None:
+    """``--i '**/*.tif' --o Converted``, run again: the first run's Converted/Movies/x.tif
+    matched the pattern and was converted into Converted/Converted/Movies/x.tif, one level
+    deeper on every run."""
+    import tifffile
+
+    frames = np.random.default_rng(4).integers(0, 300, (3, 16, 20)).astype(np.uint16)
+    Path("Movies").mkdir()
+    tifffile.imwrite("Movies/x.tif", frames[:, ::-1, :], photometric="minisblack", metadata=None)
+    for run in range(2):
+        assert main(["--i", pattern, "--o", "Converted", "--only_do_unfinished"]) == 0
+        captured = capsys.readouterr()
+        assert "Converted/Converted" not in captured.out + captured.err, captured
+    assert "Movies converted: 0, skipped: 1, failed: 0" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("Converted/Movies/x.tif")), frames)
+    assert not Path("Converted/Converted").exists()
+
+
 @pytest.mark.parametrize("output", ["Movies", "Movies/", "./Movies", "abs"])
 def test_an_output_directory_equal_to_a_searched_directory_is_refused(in_tmp: Path, capsys, output: str) -> None:
     """``--i Movies --o Movies`` would write Movies/Movies/a.tif, which the next run (finding
@@ -255,3 +274,68 @@ def test_a_rank_killed_mid_movie_is_not_said_to_have_removed_its_partial_file(
     assert not list((tmp_path / "out").glob("*.tmp"))
     for name, movie_frames in frames.items():
         np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / name.replace(".mrc", ".tif")), movie_frames)
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_more_ranks_than_movies_and_every_movie_failing(tmp_path: Path) -> None:
+    """Already right, kept as a guard: four ranks and one movie convert it and end with status 0;
+    four ranks and two movies that both fail end with status 1, each failure said once, no file
+    written."""
+    frames = int16_movie(tmp_path / "one.mrc", 1)
+    completed = run_mpi(["--i", "one.mrc", "--o", "out"], tmp_path, n_ranks=4)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/one.tif"), frames)
+    for name in ("bad1.mrc", "bad2.mrc"):
+        (tmp_path / name).write_bytes((tmp_path / "one.mrc").read_bytes()[:1500])
+    completed = run_mpi(["--i", "bad1.mrc", "bad2.mrc", "--o", "bad"], tmp_path, n_ranks=4)
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    errors = errors_of(completed.stderr)
+    assert sorted(line.split(":")[1].strip() for line in errors) == ["bad1.mrc", "bad2.mrc"], errors
+    assert all("the file is truncated" in line for line in errors), errors
+    assert "Movies converted: 0, skipped: 0, failed: 2" in completed.stdout
+    assert not [p for p in (tmp_path / "bad").rglob("*") if p.suffix in (".tif", ".tmp")]
+
+
+def test_an_output_name_taken_by_a_directory_fails_that_movie_only(in_tmp: Path, capsys) -> None:
+    """Already right, kept as a guard: out/a.tif is a directory; a.mrc fails naming it, the
+    directory is left as it was, the other movie is converted."""
+    int16_movie("a.mrc", 1)
+    b = int16_movie("b.mrc", 2)
+    (in_tmp / "out/a.tif").mkdir(parents=True)
+    (in_tmp / "out/a.tif/keep").write_text("kept")
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == ["ERROR: out/a.tif: cannot rename the finished file (Is a directory)"], captured.err
+    assert (in_tmp / "out/a.tif/keep").read_text() == "kept"
+    assert not list((in_tmp / "out").glob("*.tmp"))
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)
+
+
+def test_a_consumer_that_stops_early_waits_for_the_running_tasks() -> None:
+    """--verify_only stops at the first page that differs and closes its TIFF readers; a page
+    task still running then opened a reader of its own, which was never closed (a ResourceWarning
+    that failed a later test)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryotiff.convert import ordered_map
+
+    running: set[int] = set()
+    lock = threading.Lock()
+
+    def task(index: int) -> int:
+        with lock:
+            running.add(index)
+        time.sleep(0.0 if index == 0 else 0.3)
+        with lock:
+            running.discard(index)
+        return index
+
+    with ThreadPoolExecutor(2) as executor:
+        pages = ordered_map(task, 6, executor, 2)
+        assert next(pages) == 0
+        time.sleep(0.05)  # task 1 is running
+        pages.close()
+        with lock:
+            assert running == set()

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -810,7 +811,10 @@ def ordered_map(
     function: Callable[[int], object], count: int, executor: Executor | None, window: int
 ) -> Iterator[object]:
     """Yield ``function(0) .. function(count-1)`` in order, running at most ``window`` of them
-    ahead on ``executor`` (inline when None). Pending tasks are cancelled if the consumer stops."""
+    ahead on ``executor`` (inline when None). Pending tasks are cancelled if the consumer stops;
+    when it stops early (closes the iterator), the tasks already running are waited for, so that
+    none uses what the consumer closes next (a reader). After an error or Ctrl-C they are not
+    waited for: the temporary file must go at once."""
     if executor is None:
         for index in range(count):
             yield function(index)
@@ -823,6 +827,11 @@ def ordered_map(
                 pending.append(executor.submit(function, next_index))
                 next_index += 1
             yield pending.popleft().result()
+    except GeneratorExit:
+        for future in pending:
+            future.cancel()
+        futures_wait(pending)
+        raise
     finally:
         for future in pending:
             future.cancel()
