@@ -80,21 +80,6 @@ def test_a_pattern_leaves_out_the_output_directory_inside_its_directory(in_tmp: 
     assert not Path("Converted/Converted").exists()
 
 
-@pytest.mark.parametrize("output", ["Movies", "Movies/", "./Movies", "abs"])
-def test_an_output_directory_equal_to_a_searched_directory_is_refused(in_tmp: Path, capsys, output: str) -> None:
-    """``--i Movies --o Movies`` would write Movies/Movies/a.tif, which the next run (finding
-    every movie under Movies) would take for a movie and convert into Movies/Movies/Movies/."""
-    int16_movie("Movies/a.mrc", 1)
-    output = str(in_tmp / "Movies") if output == "abs" else output
-    status = main(["--i", "Movies", "--o", output])
-    captured = capsys.readouterr()
-    assert status != 0
-    errors = errors_of(captured.err)
-    assert len(errors) == 1 and "Movies" in errors[0] and "is also the output directory" in errors[0], captured
-    assert "Traceback" not in captured.out + captured.err
-    assert sorted(p.name for p in (in_tmp / "Movies").iterdir()) == ["a.mrc"]  # nothing written
-
-
 # --------------------------------------------------------------------------- inputs that change or fail while read
 
 
@@ -339,3 +324,46 @@ def test_a_consumer_that_stops_early_waits_for_the_running_tasks() -> None:
         pages.close()
         with lock:
             assert running == set()
+
+
+# --------------------------------------------------------------------------- --report at the name of another file
+
+
+@pytest.mark.parametrize("report", ["a.mrc", "movies.lst", "out/b.tif", "gain.mrc"])
+def test_a_report_is_never_written_over_another_file(in_tmp: Path, capsys, report: str) -> None:
+    """``--report a.mrc`` replaced the movie a.mrc (an original, which users delete nothing but
+    after converting) with the JSON report; so for the list file, the gain or a TIFF written by an
+    earlier run. A file at the report's name that is not a cryotiff report is refused before any
+    movie is converted."""
+    int16_movie("a.mrc", 1)
+    int16_movie("b.mrc", 2)
+    Path("movies.lst").write_text("a.mrc\nb.mrc\n")
+    assert main(["--i", "b.mrc", "--o", "out"]) == 0
+    Path("gain.mrc").write_bytes(Path("a.mrc").read_bytes())
+    before = Path(report).read_bytes()
+    capsys.readouterr()
+    status = main(["--i", "movies.lst", "--o", "out", "--report", report])
+    captured = capsys.readouterr()
+    assert status != 0
+    assert errors_of(captured.err) == [f"ERROR: --report {report}: the file exists and is not a report of cryotiff; "
+                                       "it is not replaced. Give another name."], captured.err
+    assert Path(report).read_bytes() == before
+    assert not Path("out/a.tif").exists()  # refused before any movie
+
+
+def test_a_report_of_an_earlier_run_is_replaced(in_tmp: Path, capsys) -> None:
+    a = int16_movie("a.mrc", 1)
+    for _ in range(2):
+        assert main(["--i", "a.mrc", "--o", "out", "--report", "report.json"]) == 0
+    assert '"cryotiff_version"' in Path("report.json").read_text()
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+
+
+def test_a_report_named_like_an_output_of_this_run_never_replaces_it(in_tmp: Path, capsys) -> None:
+    """``--report out/a.tif``: no file there when the run starts, the run's own TIFF at the end."""
+    a = int16_movie("a.mrc", 1)
+    assert main(["--i", "a.mrc", "--o", "out", "--report", "out/a.tif"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == ["ERROR: --report out/a.tif: the file exists and is not a report of cryotiff; "
+                                       "it is not replaced. Give another name."], captured.err
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)

@@ -287,6 +287,10 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
             raise OptionError(problem)
         check_launch(comm)
         check_thread_support(comm)
+        if args.report:
+            from .report import check_report_path
+
+            check_report_path(Path(args.report))
     except OptionError as exc:  # every rank gets the same verdict; rank 0 says it
         if comm.rank == 0:
             print(f"ERROR: {exc}", file=sys.stderr, flush=True)

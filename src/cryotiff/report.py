@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -398,7 +400,38 @@ def write_check_gain_report(
     _write_json(Path(path), document)
 
 
+#: The first bytes of every report this module writes (``{`` and its first key).
+REPORT_START = b'{\n  "cryotiff_version": '
+
+
+def check_report_path(path: Path) -> None:
+    """Refuse a ``--report`` path at which a file other than a report of cryotiff exists: a
+    movie, a list, a gain or a TIFF given there by mistake would be replaced by the JSON (an
+    original that users delete nothing but after converting). A report of an earlier run is
+    replaced, as the option promises; a symbolic link is judged by the file it leads to.
+
+    Raises:
+        OptionError: naming the path.
+    """
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise IsADirectoryError  # a named pipe or device: no report either
+            start = handle.read(len(REPORT_START))
+    except FileNotFoundError:
+        return
+    except OSError:
+        start = b""  # a directory, or a file that cannot be read: no report known to be there
+    if start != REPORT_START:
+        raise OptionError(f"--report {path}: the file exists and is not a report of cryotiff; it is not replaced. "
+                          "Give another name.")
+
+
 def _write_json(path: Path, document: dict[str, Any]) -> None:
+    try:
+        check_report_path(path)  # again: a file may have come to that name during the run
+    except OptionError as exc:
+        raise OutputError(str(exc)) from None
     try:
         if path.parent != Path(""):
             path.parent.mkdir(parents=True, exist_ok=True)
