@@ -367,3 +367,37 @@ def test_a_report_named_like_an_output_of_this_run_never_replaces_it(in_tmp: Pat
     assert errors_of(captured.err) == ["ERROR: --report out/a.tif: the file exists and is not a report of cryotiff; "
                                        "it is not replaced. Give another name."], captured.err
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+
+
+# --------------------------------------------------------------------------- --only_do_unfinished meeting a special file
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_named_pipe_or_directory_at_the_output_name_is_not_finished(tmp_path: Path, kind: str) -> None:
+    """``--only_do_unfinished`` opened a named pipe at out/a.tif to see whether it was a complete
+    TIFF, which blocks until a writer comes: the run hung (run here in a worker with a time
+    limit). Such a file is not finished: the movie is converted again, saying why (a pipe is
+    replaced by the TIFF; a directory makes that movie fail, as without the option)."""
+    from .isolated import IsolatedRunner
+
+    frames = int16_movie(tmp_path / "a.mrc", 1)
+    b = int16_movie(tmp_path / "b.mrc", 2)
+    (tmp_path / "out").mkdir()
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "out/a.tif")
+    else:
+        (tmp_path / "out/a.tif").mkdir()
+    with IsolatedRunner() as runner:
+        outcome = runner.call("tests.isolated:run_cli", ["--i", "a.mrc", "b.mrc", "--o", "out", "--only_do_unfinished"],
+                              str(tmp_path), timeout=30)
+    assert outcome.kind == "ok", outcome.describe()
+    status, out, err = eval(outcome.value)  # the worker returns repr((status, out, err))
+    assert "Traceback" not in out + err
+    what = "a named pipe (FIFO)" if kind == "fifo" else "a directory"
+    assert f"out/a.tif: is {what}, not a TIFF file" in out + err, out + err
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/b.tif"), b)
+    if kind == "fifo":
+        assert status == 0, out + err
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/a.tif"), frames)
+    else:
+        assert status == 1 and "ERROR: out/a.tif: cannot rename the finished file (Is a directory)" in err, err

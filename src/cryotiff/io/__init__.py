@@ -44,14 +44,23 @@ def check_regular_file(
     if stat.S_ISDIR(st.st_mode):
         raise error(f"{os.fspath(path)}: is a directory, not {what}.")
     if not stat.S_ISREG(st.st_mode):
-        kind = (
-            "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
-            else "a socket" if stat.S_ISSOCK(st.st_mode)
-            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "a special file"
-        )
-        raise error(f"{os.fspath(path)}: is {kind}, not a regular file; {what} must be a regular file.")
+        raise error(f"{os.fspath(path)}: is {special_file_kind(st.st_mode)}, not a regular file; {what} must be a "
+                    "regular file.")
     return st.st_size
+
+
+def special_file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, from its ``st_mode``: ``a directory``, ``a
+    named pipe (FIFO)``, ``a socket``, ``a device`` or ``a special file``."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
 
 
 class HeldFile:

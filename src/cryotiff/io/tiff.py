@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError, OutputError, TiffFormatError, VerificationError
-from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file
+from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file, special_file_kind
 from .atomic import AtomicFile
 from .tiff_errors import io_failure, problem_of_file, tifffile_problem, why_no_page
 from .tiff_ifd import RESOLUTION_TAG_CODES, TYPE_NAMES, remove_ifd_entries
@@ -476,7 +477,10 @@ def check_output(
 
     wanted = tuple(np.dtype(d) for d in dtypes)
     try:
-        size = os.stat(path).st_size
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):  # opening a named pipe to read it would block the run
+            return OutputCheck(f"is {special_file_kind(status.st_mode)}, not a TIFF file")
+        size = status.st_size
         with capture_tifffile_log() as log, tifffile.TiffFile(path) as tif:
             pages = tif.pages
             found = len(pages)
