@@ -274,3 +274,23 @@ def test_integerise_refuses_an_out_array_it_cannot_fill() -> None:
             integerise(frame, gain, mask, out=out)
     out = np.full_like(frame, np.nan)
     assert integerise(frame, gain, mask, out=out).values is out and np.array_equal(out, frame)
+
+
+def test_a_finished_movies_spare_pages_are_let_go(k2_movies, monkeypatch) -> None:
+    """The pages kept for reuse belong to one movie: once it is finished none stays resident
+    beside the next movie's (a run of two 57 MB-frame movies held up to 4 spare pages more at its
+    peak)."""
+    import cryotiff.convert as convert_module
+
+    assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    sources = []
+    real_init = convert_module.GainPages.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        sources.append(self)
+
+    monkeypatch.setattr(convert_module.GainPages, "__init__", recording_init)
+    assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin", "--j", "2"]) == 0
+    assert len(sources) >= 2
+    assert all(not source._free_pages and not source._frames._free for source in sources)

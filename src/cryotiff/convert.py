@@ -251,6 +251,7 @@ class PlainPages(PageSource):
 
     def close(self) -> None:
         self.movie.close()
+        self._frames.let_go()  # a finished movie's spare frames must not stay beside the next movie's
 
 
 class WiderTypeNeeded(Exception):
@@ -457,6 +458,10 @@ class GainPages(IntegerWidening, PlainPages):
         self.dtype = np.dtype(dtype)
         self._reset_counts()
 
+    def close(self) -> None:
+        super().close()
+        self._free_pages = []  # a finished movie's spare pages must not stay beside the next movie's
+
     def recycle(self, page: np.ndarray) -> None:
         """A float32 page that nothing holds any more is integerised into again (a fresh
         57 MB page costs its page faults again, about 25 ms, a twentieth of the frame's time); as
@@ -652,6 +657,7 @@ class EerPages(PageSource):
 
     def close(self) -> None:
         self.movie.close()
+        self._free_pages = []  # a finished movie's spare pages must not stay beside the next movie's
 
 
 def movie_kind(path: Path) -> str:

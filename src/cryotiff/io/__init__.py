@@ -255,3 +255,7 @@ class FrameRecycler:
         if (len(self._free) < self.capacity and frame.base is None and frame.shape == tuple(self.movie.info.shape_yx)
                 and frame.dtype == self.movie.info.dtype):
             self._free.append(frame)
+
+    def let_go(self) -> None:
+        """Keep no frame any more (the movie is finished)."""
+        self._free = []
