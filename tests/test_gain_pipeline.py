@@ -293,4 +293,4 @@ def test_a_finished_movies_spare_pages_are_let_go(k2_movies, monkeypatch) -> Non
     monkeypatch.setattr(convert_module.GainPages, "__init__", recording_init)
     assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin", "--j", "2"]) == 0
     assert len(sources) >= 2
-    assert all(not source._free_pages and not source._frames._free for source in sources)
+    assert all(not len(source._spare_pages) and not source._frames._free for source in sources)

@@ -412,6 +412,40 @@ def gain_size_hint(gain_shape_yx: tuple[int, ...], movie_shape_yx: tuple[int, ..
     return ""
 
 
+class SparePages:
+    """Pages handed back by the encoder (:meth:`PageSource.recycle`), kept to be made again in
+    their memory: a fresh 57-67 MB page costs its page faults (20-27 ms), clearing or
+    overwriting one much less. As :class:`cryotiff.io.FrameRecycler` does for frames, only what
+    is handed back is reused, at most one per page in flight, and only pages of the shape and
+    type asked for. Thread-safe (list.append and pop are atomic)."""
+
+    capacity = 4
+
+    def __init__(self, shape_yx: tuple[int, ...]):
+        self.shape_yx = tuple(shape_yx)
+        self._free: list[np.ndarray] = []
+
+    def take(self, dtype: np.dtype) -> np.ndarray | None:
+        """A kept page of ``dtype`` (its content is left over: every pixel must be written), or None."""
+        try:
+            page = self._free.pop()
+        except IndexError:
+            return None
+        return page if page.dtype == dtype else None  # one kept before a retype is let go
+
+    def keep(self, page: np.ndarray) -> None:
+        if (len(self._free) < self.capacity and page.base is None and page.shape == self.shape_yx
+                and page.flags.c_contiguous and page.flags.writeable):
+            self._free.append(page)
+
+    def let_go(self) -> None:
+        """Keep no page any more: a finished movie's pages must not stay beside the next movie's."""
+        self._free = []
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
 class GainPages(IntegerWidening, PlainPages):
     """Float movies with ``--gain``: reliable pixels divided by their gain (RELION's
     ``unnormalise``), written as float32 as RELION does; with ``--lossy`` also the unreliable
@@ -442,8 +476,7 @@ class GainPages(IntegerWidening, PlainPages):
         if self.lossy and smallest_integer_type(0, 255, self.shape_yx) != np.uint8:
             self.dtype = np.dtype(np.uint16)  # RELION would read 8-bit TIFFs of this size as 4-bit
         self._lock = threading.Lock()
-        # float32 pages handed back by the encoder, written into again (see recycle).
-        self._free_pages: list[np.ndarray] = []
+        self._spare_pages = SparePages(self.shape_yx)  # float32 pages integerised into again
         self._reset_counts()
 
     def _reset_counts(self) -> None:
@@ -460,17 +493,14 @@ class GainPages(IntegerWidening, PlainPages):
 
     def close(self) -> None:
         super().close()
-        self._free_pages = []  # a finished movie's spare pages must not stay beside the next movie's
+        self._spare_pages.let_go()
 
     def recycle(self, page: np.ndarray) -> None:
-        """A float32 page that nothing holds any more is integerised into again (a fresh
-        57 MB page costs its page faults again, about 25 ms, a twentieth of the frame's time); as
-        with the frames of plain movies (:class:`cryotiff.io.FrameRecycler`), only what is
-        handed back is reused, at most one per page in flight. One 40-frame movie: CPU 25.7 ->
-        24.0 s and peak RSS 482 -> 472 MB at --j 2."""
-        if (not self.lossy and len(self._free_pages) < 4 and page.base is None and page.dtype == np.float32
-                and page.shape == tuple(self.shape_yx) and page.flags.c_contiguous and page.flags.writeable):
-            self._free_pages.append(page)  # list.append and pop are atomic: no lock needed
+        """A float32 page is integerised into again (:class:`SparePages`; a fresh 57 MB page's
+        faults are about a twentieth of the frame's time). One 40-frame movie: CPU 25.7 -> 24.0 s
+        and peak RSS 482 -> 472 MB at --j 2."""
+        if not self.lossy and page.dtype == np.float32:
+            self._spare_pages.keep(page)
 
     def pixel_options(self) -> dict[str, object]:
         return {"gain": self.gain_identity, "thresh": self.thresh, "lossy": self.lossy,
@@ -484,10 +514,7 @@ class GainPages(IntegerWidening, PlainPages):
         frame = self.movie.read_frame(index).astype(np.float32, copy=False)
         common = dict(movie=str(self.path), frame_index_0based=index, reliability=self.reliability)
         if not self.lossy:
-            try:
-                spare = self._free_pages.pop()
-            except IndexError:
-                spare = None
+            spare = self._spare_pages.take(np.dtype(np.float32))
             result = integerise(frame, self.gain_reference, self.reliable_mask, self.ignore_error, out=spare, **common)
             self._count_errors(result)
             return result.values
@@ -580,21 +607,17 @@ class EerPages(PageSource):
         self._lock = threading.Lock()
         self.corrupt_warnings: list[str] = []
         self.corrupt_frames: set[int] = set()  # 0-based raw frames left out of the pages made so far
-        self._free_pages: list[np.ndarray] = []  # pages handed back by the encoder (see recycle)
+        self._spare_pages = SparePages(self.shape_yx)  # pages cleared and rendered into again
 
     def retype(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self.corrupt_warnings = []
         self.corrupt_frames = set()
-        self._free_pages = []
+        self._spare_pages.let_go()
 
     def recycle(self, page: np.ndarray) -> None:
-        """A page that nothing holds any more is cleared and rendered into again (as
-        :class:`cryotiff.io.FrameRecycler` does for frames: only what is handed back is reused,
-        at most one per page in flight)."""
-        if (len(self._free_pages) < 4 and page.base is None and page.dtype == self.dtype
-                and page.shape == tuple(self.shape_yx) and page.flags.c_contiguous and page.flags.writeable):
-            self._free_pages.append(page)  # list.append and pop are atomic: no lock needed
+        """A page is cleared and rendered into again (:class:`SparePages`)."""
+        self._spare_pages.keep(page)
 
     def possible_dtypes(self) -> tuple[np.dtype, ...]:
         if self.short:
@@ -611,12 +634,7 @@ class EerPages(PageSource):
         start, stop = self.pages[index]
         if max_count(stop - start, self.upsampling) <= np.iinfo(self.dtype).max:
             # The sums cannot overflow the page's type: render straight into it (no copy, no max).
-            try:
-                spare = self._free_pages.pop()
-            except IndexError:
-                spare = None
-            if spare is not None and spare.dtype != self.dtype:  # handed back before a retype
-                spare = None
+            spare = self._spare_pages.take(self.dtype)
             rendered = self.movie.render(start, stop, self.upsampling, dtype=self.dtype, out=spare)
             self._note_corrupt(rendered)
             return rendered.counts
@@ -657,7 +675,7 @@ class EerPages(PageSource):
 
     def close(self) -> None:
         self.movie.close()
-        self._free_pages = []  # a finished movie's spare pages must not stay beside the next movie's
+        self._spare_pages.let_go()
 
 
 def movie_kind(path: Path) -> str:
