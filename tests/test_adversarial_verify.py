@@ -521,3 +521,44 @@ def test_an_mrc_preallocated_to_its_full_size_is_handed_out_again_when_its_data_
     assert [job.source for job in found.ready] == [movie] and found.again == [movie]
     now[0] += 100
     assert watch.look().ready == []  # once more only
+
+
+# --------------------------------------------------------------------------- what a deletion script trusts
+
+
+def test_verifying_nothing_is_a_failure(in_tmp: Path, capsys) -> None:
+    """A deletion script that trusts exit status 0 went on after "Verified 0 outputs" (an empty
+    manifest, a wrong ``--o``): checking nothing proves nothing, so it is a failure, said once."""
+    Path("out").mkdir()
+    Path("out", MANIFEST_NAME).touch()
+    assert main(["--verify_only", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        "ERROR: nothing was verified: out/cryotiff-manifest.jsonl names no output and out holds no .tif file "
+        "(is --o the directory the movies were converted into?)"), captured.err
+    assert "Verified 0 outputs" not in captured.out
+    assert "Traceback" not in captured.err
+    if MPIRUN.exists():  # rank 0 of the MPI command says the same
+        import subprocess
+
+        done = subprocess.run(mpirun_prefix() + [sys.executable, "-m", "cryotiff.mpi", "--verify_only", "--o", "out"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done
+        assert "ERROR: nothing was verified: out/cryotiff-manifest.jsonl names no output" in done.stderr, done
+        assert "Verified 0 outputs" not in done.stdout
+    # An output there makes it a real check again.
+    int16_movie("a.mrc", 1)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    assert main(["--verify_only", "--o", "out"]) == 0
+
+
+def test_a_verdict_on_a_single_page_output_says_1_page(in_tmp: Path, capsys) -> None:
+    int16_movie("a.mrc", 1, n_frames=1)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    capsys.readouterr()
+    assert main(["--verify_only", "--o", "out"]) == 0
+    assert verdict_lines(capsys.readouterr().out) == ["OK        out/a.tif (1 page; compared with the manifest)"]
+    int16_movie("a.mrc", 1, n_frames=2)
+    assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 1
+    assert verdict_lines(capsys.readouterr().out) == [
+        "DIFFERS   out/a.tif: 1 page of 20 x 16; a.mrc gives 2 pages of 20 x 16"]

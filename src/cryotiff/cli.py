@@ -245,7 +245,8 @@ def run_verify(inputs: Sequence[str] | None, options: ConvertOptions, reporter: 
             for verdict in unlisted_outputs(options.output_dir, list(manifest.values())):
                 verdicts.append(verdict)
                 reporter.message(verdict.line())
-    return finish_verify(verdicts, time.perf_counter() - started, reporter, against_originals=bool(inputs))
+    return finish_verify(verdicts, time.perf_counter() - started, reporter, against_originals=bool(inputs),
+                         output_dir=options.output_dir)
 
 
 def manifest_key(destination: Path, output_dir: Path) -> str:
@@ -263,20 +264,29 @@ def unplanned_verdict(failure: MovieResult):
 
 
 def finish_verify(verdicts, wall_seconds: float, reporter: TerminalReporter, against_originals: bool,
-                  extra_lines: Sequence[str] = ()) -> int:
-    """The summary of ``--verify_only`` (also rank 0 of ``convert-to-tiff-mpi``); the exit status."""
+                  extra_lines: Sequence[str] = (), output_dir: Path | None = None) -> int:
+    """The summary of ``--verify_only`` (also rank 0 of ``convert-to-tiff-mpi``); the exit status.
+    Nothing verified is a failure: a script that deletes the originals on exit status 0 must not
+    go on after checking nothing (an empty manifest, a wrong ``--o``)."""
+    from .manifest import MANIFEST_NAME
     from .verify import VerifySummary
 
+    if not verdicts:
+        where = (f"{output_dir / MANIFEST_NAME} names no output and {output_dir} holds no .tif file "
+                 "(is --o the directory the movies were converted into?)" if output_dir is not None and
+                 not against_originals else "the inputs name no movie")
+        print(f"ERROR: nothing was verified: {where}", file=reporter.err, flush=True)
+        return EXIT_FAILED
     summary = VerifySummary.of(verdicts, wall_seconds)
     rate = summary.output_bytes / 1e6 / wall_seconds if wall_seconds > 0 else 0.0
     lines = ["", f"Verified {len(verdicts)} output" + "s" * (len(verdicts) != 1) + f": {summary.ok} OK, "
              f"{summary.differs} differ, {summary.missing} missing, {summary.unchecked} could not be checked",
              f"Pages decoded: {summary.pages} ({format_bytes(summary.output_bytes)} of TIFF) in {wall_seconds:.1f} s "
              f"({rate:.1f} MB/s)"]
-    if summary.all_ok and verdicts and summary.inexact:
+    if summary.all_ok and summary.inexact:
         lines.append(f"Every output is as it was made, but {summary.inexact} give"
                      f"{'s' * (summary.inexact == 1)} back their originals only approximately (their lines say why).")
-    elif summary.all_ok and verdicts:
+    elif summary.all_ok:
         lines.append("Every page of every output is exact: " + (
             "it equals its original." if against_originals else "it decodes to the pixels written at conversion."))
     _print_lines([*lines, *extra_lines], reporter.out)

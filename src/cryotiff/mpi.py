@@ -1067,7 +1067,8 @@ def run_verify(comm: Any, inputs: Sequence[str] | None, options: ConvertOptions,
     status = EXIT_OK
     if comm.rank == 0:
         ordered = unplanned + [verdicts[index] for index in range(len(entries))]
-        status = finish_verify(ordered, time.perf_counter() - started, reporter, against_originals=jobs is not None)
+        status = finish_verify(ordered, time.perf_counter() - started, reporter, against_originals=jobs is not None,
+                               output_dir=options.output_dir)
     return broadcast_status(comm, status)
 
 

@@ -76,10 +76,15 @@ class Verdict:
         """``OK       out/a.tif (40 pages; compared with a.mrc)`` or ``DIFFERS  out/a.tif: ...``."""
         against = f"compared with {self.source}" if self.source is not None else "compared with the manifest"
         if self.ok:
-            return f"OK        {self.output} ({self.n_pages} pages; {against})" + (
+            return f"OK        {self.output} ({_pages_count(self.n_pages)}; {against})" + (
                 f"; {self.message}" if self.message else "")
         label = {"differs": "DIFFERS", "missing": "MISSING", "unchecked": "UNCHECKED"}[self.status]
         return f"{label:<9} {self.output}: {self.message}"
+
+
+def _pages_count(n_pages: int) -> str:
+    """``1 page``, ``40 pages``."""
+    return f"{n_pages} page" + "s" * (n_pages != 1)
 
 
 @dataclass
@@ -295,8 +300,8 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
         shape, dtype = tuple(info.shape_yx), np.dtype(info.dtype)
         if shape != tuple(source.shape_yx) or info.n_frames != source.n_pages:
             return Verdict(output, job.source, "differs",
-                           f"{info.n_frames} pages of {shape[1]} x {shape[0]}; {job.source} gives {source.n_pages} "
-                           f"pages of {source.shape_yx[1]} x {source.shape_yx[0]}")
+                           f"{_pages_count(info.n_frames)} of {shape[1]} x {shape[0]}; {job.source} gives "
+                           f"{_pages_count(source.n_pages)} of {source.shape_yx[1]} x {source.shape_yx[0]}")
         if dtype != np.dtype(source.dtype):
             if not hasattr(source, "retype"):
                 return Verdict(output, job.source, "differs",
@@ -408,8 +413,8 @@ def verify_with_manifest(output_dir: Path, entry: ManifestEntry, executor: Execu
         if (info.n_frames, tuple(info.shape_yx), str(np.dtype(info.dtype))) != (
                 entry.pages, tuple(entry.shape_yx), entry.sample_type):
             return Verdict(output, None, "differs",
-                           f"{info.n_frames} pages of {info.shape_yx[1]} x {info.shape_yx[0]} {np.dtype(info.dtype)}; "
-                           f"the manifest records {entry.pages} pages of {entry.shape_yx[1]} x {entry.shape_yx[0]} "
+                           f"{_pages_count(info.n_frames)} of {info.shape_yx[1]} x {info.shape_yx[0]} "
+                           f"{np.dtype(info.dtype)}; the manifest records {_pages_count(entry.pages)} of {entry.shape_yx[1]} x {entry.shape_yx[0]} "
                            f"{entry.sample_type}")
 
         def check(index: int) -> _PageCheck:
