@@ -273,11 +273,8 @@ def test_a_movie_that_grows_after_its_conversion_is_converted_again_under_mpirun
 # --------------------------------------------------------------------------- what the verdicts rest on
 
 
-def test_a_gain_normalised_movie_is_exact_only_with_the_gain_reference_beside_it(in_tmp: Path, capsys) -> None:
-    """The TIFF of a float movie gives back the original only times the gain reference it was
-    made with, which users take from ``<o>/gain-reference.mrc``: a TIFF whose ``--o`` lacks
-    that file, or holds another one, is not exact."""
-    from cryotiff.gain.files import write_float_mrc
+def gain_normalised_run(out: str = "out", *extra: str) -> None:
+    """``g1.mrc`` (float, gain-normalised) converted with the gain estimated from it and g2.mrc."""
     from cryotiff.simulate.gain_normalised import make_detector
 
     rng = np.random.default_rng(5)
@@ -285,21 +282,34 @@ def test_a_gain_normalised_movie_is_exact_only_with_the_gain_reference_beside_it
     for name in ("g1.mrc", "g2.mrc"):
         write_mrc_movie(Path(name), detector.movie(30, rng).frames, 2)
     assert main(["--i", "g1.mrc", "g2.mrc", "--o", "est", "--estimate_gain"]) == 0
-    assert main(["--i", "g1.mrc", "--o", "out", "--gain", "est/gain_estimate.bin"]) == 0
-    verify = ["--verify_only", "--i", "g1.mrc", "--o", "out"]
+    assert main(["--i", "g1.mrc", "--o", out, "--gain", "est/gain_estimate.bin", *extra]) == 0
+
+
+@pytest.mark.parametrize("originals", [True, False], ids=["with the originals", "with the manifest"])
+def test_a_gain_normalised_movie_is_exact_only_with_the_gain_reference_beside_it(in_tmp: Path, capsys,
+                                                                                 originals: bool) -> None:
+    """The TIFF of a float movie gives back the original only times the gain reference it was
+    made with, which users take from ``<o>/gain-reference.mrc``: a TIFF whose ``--o`` lacks
+    that file, or holds another one, is not exact. Without the originals too: the manifest
+    check passed with that file missing or replaced, which let the originals be deleted with
+    nothing left to turn the pages back (the manifest now holds the reference's digest)."""
+    import mrcfile
+
+    from cryotiff.gain.files import write_float_mrc
+
+    gain_normalised_run()
+    verify = ["--verify_only", "--o", "out"] + (["--i", "g1.mrc"] if originals else [])
+    said = "its pages are those of g1.mrc" if originals else "its pixels are as written"
     assert main(verify) == 0
     reference = Path("out/gain-reference.mrc")
     written = reference.read_bytes()
+    needed = "out/gain-reference.mrc, which they need (TIFF x gain reference = the original),"
 
     reference.unlink()
     capsys.readouterr()
     assert main(verify) == 1
     out = capsys.readouterr().out
-    assert verdict_lines(out) == [
-        "DIFFERS   out/g1.tif: its pages are those of g1.mrc, but out/gain-reference.mrc, which they need (TIFF x "
-        "gain reference = the original), does not exist"], out
-
-    import mrcfile
+    assert verdict_lines(out) == [f"DIFFERS   out/g1.tif: {said}, but {needed} does not exist"], out
 
     with mrcfile.open(Path("est/gain_estimate.bin"), permissive=True) as estimate:
         other = np.array(estimate.data, np.float32)
@@ -307,11 +317,16 @@ def test_a_gain_normalised_movie_is_exact_only_with_the_gain_reference_beside_it
     assert main(verify) == 1
     out = capsys.readouterr().out
     assert verdict_lines(out) == [
-        "DIFFERS   out/g1.tif: its pages are those of g1.mrc, but out/gain-reference.mrc, which they need (TIFF x "
-        "gain reference = the original), holds another gain reference than the one they were made with"], out
+        f"DIFFERS   out/g1.tif: {said}, but {needed} holds another gain reference than the one they were made "
+        "with"], out
+
+    reference.write_bytes(b"not an MRC file")
+    assert main(verify) == 1
+    assert f"DIFFERS   out/g1.tif: {said}, but {needed} cannot be read" in capsys.readouterr().out
 
     reference.write_bytes(written)
     assert main(verify) == 0
+    assert json.loads(Path("out", MANIFEST_NAME).read_text())["gain_reference"]["file"] == "gain-reference.mrc"
 
 
 def test_an_8_bit_mrc_of_a_size_relion_reads_as_4_bit_packed_is_written_16_bit(in_tmp: Path, capsys) -> None:
@@ -421,14 +436,7 @@ def test_a_lossy_output_is_not_said_to_equal_its_original(in_tmp: Path, capsys) 
     """``--lossy`` changes values of unreliable pixels (and ``--ignore_error`` accepts errors):
     such an output is as it was made, but "every page of every output is exact: it equals its
     original" would be untrue of it."""
-    from cryotiff.simulate.gain_normalised import make_detector
-
-    rng = np.random.default_rng(5)
-    detector = make_detector((48, 40), rng, defect_fraction=0.002, cold_fraction=0.001)
-    for name in ("g1.mrc", "g2.mrc"):
-        write_mrc_movie(Path(name), detector.movie(30, rng).frames, 2)
-    assert main(["--i", "g1.mrc", "g2.mrc", "--o", "est", "--estimate_gain"]) == 0
-    assert main(["--i", "g1.mrc", "--o", "out", "--gain", "est/gain_estimate.bin", "--lossy"]) == 0
+    gain_normalised_run("out", "--lossy")
     assert main(["--i", "g2.mrc", "--o", "out", "--gain", "est/gain_estimate.bin", "--lossy"]) == 0
     capsys.readouterr()
     assert main(["--verify_only", "--i", "g1.mrc", "g2.mrc", "--o", "out"]) == 0
@@ -562,3 +570,22 @@ def test_a_verdict_on_a_single_page_output_says_1_page(in_tmp: Path, capsys) -> 
     assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 1
     assert verdict_lines(capsys.readouterr().out) == [
         "DIFFERS   out/a.tif: 1 page of 20 x 16; a.mrc gives 2 pages of 20 x 16"]
+
+
+def test_a_manifest_line_of_an_earlier_version_without_the_gain_reference_leaves_it_unchecked(
+        in_tmp: Path, capsys) -> None:
+    """A line written before the manifest recorded the gain reference is still read; its
+    pages are checked, but nothing says which gain reference they need, so a gain-normalised
+    output is ``UNCHECKED`` (exit status 1) rather than called exact."""
+    gain_normalised_run()
+    manifest = Path("out", MANIFEST_NAME)
+    line = json.loads(manifest.read_text())
+    del line["gain_reference"]
+    manifest.write_text(json.dumps(line) + "\n")
+    capsys.readouterr()
+    assert main(["--verify_only", "--o", "out"]) == 1
+    assert verdict_lines(capsys.readouterr().out) == [
+        "UNCHECKED out/g1.tif: its pixels are as written, but its manifest line (written by an earlier cryotiff) "
+        "does not say which out/gain-reference.mrc they need (TIFF x gain reference = the original); check it "
+        "with --i against its original"]
+    assert main(["--verify_only", "--i", "g1.mrc", "--o", "out"]) == 0

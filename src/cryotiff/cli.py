@@ -239,8 +239,9 @@ def run_verify(inputs: Sequence[str] | None, options: ConvertOptions, reporter: 
             if not manifest and not (options.output_dir / MANIFEST_NAME).exists():
                 raise OptionError(f"{options.output_dir / MANIFEST_NAME}: no manifest to check the outputs against; "
                                   "give the originals with --i")
+            contexts = GainContexts()
             for entry in manifest.values():
-                verdicts.append(verify_with_manifest(options.output_dir, entry, executor, options.threads))
+                verdicts.append(verify_with_manifest(options.output_dir, entry, executor, options.threads, contexts))
                 reporter.message(verdicts[-1].line())
             for verdict in unlisted_outputs(options.output_dir, list(manifest.values())):
                 verdicts.append(verdict)

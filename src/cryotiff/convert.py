@@ -943,7 +943,10 @@ def _add_to_manifest(manifest, source: PageSource, source_path: Path, destinatio
     be written is a warning (:meth:`cryotiff.manifest.Manifest.wait`)."""
     from .manifest import pixels_digest
 
-    manifest.add_later(source_path, destination, page_digests, source.shape_yx, str(source.dtype), source_hash)
+    # The integer pages of a gain-normalised movie need <o>/gain-reference.mrc: its digest goes in too.
+    gain_reference = source.gain_reference if isinstance(source, GainPages) else None
+    manifest.add_later(source_path, destination, page_digests, source.shape_yx, str(source.dtype), source_hash,
+                       gain_reference)
     result.details["pixels_sha256"] = pixels_digest(page_digests)
 
 

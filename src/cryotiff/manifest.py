@@ -17,6 +17,13 @@ the same output replaces an earlier one when the manifest is read. A line holds:
 * ``record``: what made it, as recorded in the TIFF's own ImageDescription
   (:class:`cryotiff.recorded_options.OutputRecord`: the options that change its pixels, the
   codec, whether every strip was verified, the version);
+* ``gain_reference``: for a float (gain-normalised) movie converted with ``--gain``, whose
+  integer pages give back its data only times ``<o>/gain-reference.mrc``: ``{"file":
+  "gain-reference.mrc", "pixels_sha256": ...}``, the file's name relative to ``--o`` and the
+  SHA-256 of its float32 samples (as :func:`page_digest` makes it, all 64 digits); ``null`` for
+  every other output. A line written before this field existed lacks it, and is read as
+  ``null``: the check of a gain-normalised output then cannot tell which gain reference its
+  pages need (:func:`cryotiff.verify.verify_with_manifest` calls it unchecked);
 * ``written``: local time, ISO 8601.
 
 The manifest is written by :meth:`Manifest.add_later` (called by
@@ -26,6 +33,7 @@ for it with :meth:`Manifest.wait` at its end) and read by :func:`read_manifest`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -79,6 +87,13 @@ class ManifestEntry:
     source_sha256: str
     record: dict[str, Any]
     written: str
+    gain_reference: dict[str, str] | None = None
+
+    @property
+    def needs_gain_reference(self) -> bool:
+        """Whether its pages were made with ``--gain`` from a float movie (the record says so),
+        so that they give back their original only times the gain reference."""
+        return isinstance(self.record.get("made_with", {}).get("gain"), dict)
 
     def to_line(self) -> str:
         return json.dumps({"cryotiff_manifest": MANIFEST_FORMAT, "output": self.output,
@@ -86,7 +101,8 @@ class ManifestEntry:
                            "pages": self.pages, "shape_yx": list(self.shape_yx), "sample_type": self.sample_type,
                            "page_sha256": list(self.page_sha256), "pixels_sha256": self.pixels_sha256,
                            "source": self.source, "source_bytes": self.source_bytes,
-                           "source_sha256": self.source_sha256, "record": self.record, "written": self.written},
+                           "source_sha256": self.source_sha256, "record": self.record, "written": self.written,
+                           "gain_reference": self.gain_reference},
                           ensure_ascii=True, separators=(",", ":"))
 
     @classmethod
@@ -107,9 +123,23 @@ class ManifestEntry:
                 pixels_sha256=str(data["pixels_sha256"]), source=str(data["source"]),
                 source_bytes=int(data["source_bytes"]), source_sha256=str(data["source_sha256"]),
                 record=dict(data.get("record") or {}), written=str(data.get("written", "")),
+                gain_reference=_gain_reference_field(data.get("gain_reference")),
             )
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def _gain_reference_field(value: Any) -> dict[str, str] | None:
+    """``gain_reference`` of a line as read: None when absent (an earlier version's line) or not
+    what this version writes."""
+    if isinstance(value, dict) and all(isinstance(value.get(key), str) for key in ("file", "pixels_sha256")):
+        return {"file": value["file"], "pixels_sha256": value["pixels_sha256"]}
+    return None
+
+
+def gain_reference_digest(reference: np.ndarray) -> str:
+    """``gain_reference.pixels_sha256``: the SHA-256 of a gain reference's float32 samples."""
+    return page_digest(np.ascontiguousarray(reference, np.float32)).hex()
 
 
 def _append_locked(path: Path, line: str) -> None:
@@ -167,6 +197,7 @@ class Manifest:
         self._hasher = None  # one background thread, made on first use
         self._pending: list = []
         self._problems: list[str] = []
+        self._reference_digests: dict[int, tuple[np.ndarray, str]] = {}  # by id(), the array kept
 
     def hash_source_later(self, source: Path) -> Future:
         """Start hashing a movie's original in the background thread, as its conversion begins,
@@ -186,11 +217,14 @@ class Manifest:
         return self._submit(hash_source, keep=False)
 
     def add_later(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
-                  sample_type: str, source_hash: Future | None = None) -> None:
+                  sample_type: str, source_hash: Future | None = None,
+                  gain_reference: np.ndarray | None = None) -> None:
         """Hash the files and add their entry in a background thread, so that reading and
         hashing the TIFF (and the original, unless ``source_hash`` from
         :meth:`hash_source_later` is given) overlaps the next movie; :meth:`wait` collects what
-        could not be added."""
+        could not be added. ``gain_reference``: the float32 image ``<o>/gain-reference.mrc``
+        holds, which the pages need (a float movie converted with ``--gain``); digested once
+        per run."""
 
         def hash_and_add() -> None:
             try:
@@ -199,12 +233,26 @@ class Manifest:
                 hashed = source_hash.result() if source_hash is not None else None
                 if isinstance(hashed, OSError):
                     raise hashed
-                self.add(self.entry_for(source, destination, page_digests, shape_yx, sample_type, hashed))
+                entry = self.entry_for(source, destination, page_digests, shape_yx, sample_type, hashed)
+                if gain_reference is not None:
+                    from .gain.files import GAIN_REFERENCE_NAME
+
+                    entry = dataclasses.replace(entry, gain_reference={
+                        "file": GAIN_REFERENCE_NAME, "pixels_sha256": self._reference_digest(gain_reference)})
+                self.add(entry)
             except (OutputError, OSError) as exc:
                 with self._lock:
                     self._problems.append(f"WARNING: {destination} is complete but not in the manifest: {exc}")
 
         self._submit(hash_and_add, keep=True)
+
+    def _reference_digest(self, reference: np.ndarray) -> str:
+        """:func:`gain_reference_digest`, made once per reference (the one background thread
+        calls it)."""
+        known = self._reference_digests.get(id(reference))
+        if known is None or known[0] is not reference:
+            known = self._reference_digests[id(reference)] = (reference, gain_reference_digest(reference))
+        return known[1]
 
     def _submit(self, task, keep: bool) -> Future:
         """Run ``task`` on the one background thread (made on first use); :meth:`wait` waits

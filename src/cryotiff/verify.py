@@ -11,7 +11,9 @@ after, against the manifest.
   bit for bit, or within RELION's tolerance (1e-4) where the conversion accepted that.
 * **Without the originals** (only ``--o``): every output the manifest of ``--o`` names
   (:mod:`cryotiff.manifest`) is decoded, and its pages' digests, its sample type, size and page
-  count and the SHA-256 of the file are compared with what was recorded when it was written.
+  count and the SHA-256 of the file are compared with what was recorded when it was written;
+  for a float movie converted with a gain also ``<o>/gain-reference.mrc``, which its pages need,
+  with the digest of the gain reference they were made with.
 
 Pages are decoded by the TIFF reader that reads TIFF movies (:class:`cryotiff.io.tiff.TiffMovie`),
 one per thread, ``--j`` pages at a time. This module never prints: each movie gives a
@@ -209,8 +211,35 @@ class GainContexts:
         path = Path(output_dir) / GAIN_REFERENCE_NAME
         key = (path, id(reference))
         if key not in self._reference_problems:
-            self._reference_problems[key] = _gain_reference_problem(path, reference)
+            expected = np.ascontiguousarray(reference, np.float32)
+            self._reference_problems[key] = _gain_reference_problem(
+                path, lambda image: image.shape == expected.shape and np.array_equal(image.view(np.uint32),
+                                                                                      expected.view(np.uint32)))
         return self._reference_problems[key]
+
+    def recorded_reference_problem(self, output_dir: Path, entry: ManifestEntry) -> tuple[str, str] | None:
+        """For a manifest ``entry`` whose pages need the gain reference: ``("differs", why)``
+        when the file its line names is missing, unreadable or holds other pixels than its
+        digest, ``("unchecked", why)`` when the line (an earlier version's) names none; else
+        None. Each file read once per digest."""
+        from .manifest import gain_reference_digest
+
+        if not entry.needs_gain_reference:
+            return None
+        recorded = entry.gain_reference
+        if recorded is None:
+            from .gain import GAIN_REFERENCE_NAME
+
+            return ("unchecked", f"its manifest line (written by an earlier cryotiff) does not say which "
+                                 f"{Path(output_dir) / GAIN_REFERENCE_NAME} they need (TIFF x gain reference = the "
+                                 "original); check it with --i against its original")
+        path = Path(output_dir) / recorded["file"]
+        key = (path, recorded["pixels_sha256"])
+        if key not in self._reference_problems:
+            self._reference_problems[key] = _gain_reference_problem(
+                path, lambda image: gain_reference_digest(image) == recorded["pixels_sha256"])
+        problem = self._reference_problems[key]
+        return ("differs", problem) if problem is not None else None
 
     def for_movie(self, job: Job, options: ConvertOptions, record) -> object:
         """The :class:`~cryotiff.convert.RunContext` that makes ``job``'s pages as the record says.
@@ -237,8 +266,9 @@ class GainContexts:
         return self._contexts[key]
 
 
-def _gain_reference_problem(path: Path, reference: np.ndarray) -> str | None:
-    """Why ``path`` does not hold ``reference`` bit for bit, as the end of a sentence; None if it does."""
+def _gain_reference_problem(path: Path, holds_it: Callable[[np.ndarray], bool]) -> str | None:
+    """Why ``path`` is not the gain reference the pages need (``holds_it`` of its float32 image
+    is False), as the end of a sentence; None if it is."""
     from .errors import GainError
     from .gain.files import read_mrc_image
 
@@ -249,8 +279,7 @@ def _gain_reference_problem(path: Path, reference: np.ndarray) -> str | None:
         existing = np.ascontiguousarray(read_mrc_image(path, "gain reference"), np.float32)
     except GainError as exc:
         return f"{needed} cannot be read ({exc})"
-    expected = np.ascontiguousarray(reference, np.float32)
-    if existing.shape != expected.shape or not np.array_equal(existing.view(np.uint32), expected.view(np.uint32)):
+    if not holds_it(existing):
         return f"{needed} holds another gain reference than the one they were made with"
     return None
 
@@ -391,9 +420,10 @@ def _gain_product_difference(page: np.ndarray, source: GainPages, index: int, n_
 
 
 def verify_with_manifest(output_dir: Path, entry: ManifestEntry, executor: Executor | None,
-                         threads: int) -> Verdict:
+                         threads: int, contexts: GainContexts | None = None) -> Verdict:
     """Compare the output ``entry`` names with it: the file's SHA-256, its pages, size and
-    sample type, and every page's digest."""
+    sample type, and every page's digest; for the pages of a gain-normalised movie also the
+    gain reference they need (:meth:`GainContexts.recorded_reference_problem`)."""
     from .recorded_options import file_sha256
 
     started = time.perf_counter()
@@ -442,6 +472,11 @@ def verify_with_manifest(output_dir: Path, entry: ManifestEntry, executor: Execu
             return Verdict(output, None, "differs", "its pixels are as written, but its bytes differ from those "
                            "written (SHA-256 of the file)", entry.pages, output.stat().st_size,
                            time.perf_counter() - started)
+        reference = (contexts or GainContexts()).recorded_reference_problem(output_dir, entry)
+        if reference is not None:
+            status, problem = reference
+            return Verdict(output, None, status, f"its pixels are as written, but {problem}", entry.pages,
+                           output.stat().st_size, time.perf_counter() - started)
         return Verdict(output, None, "ok", "", entry.pages, output.stat().st_size, time.perf_counter() - started)
     finally:
         stored.close()
