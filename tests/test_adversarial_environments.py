@@ -401,3 +401,22 @@ def test_a_named_pipe_or_directory_at_the_output_name_is_not_finished(tmp_path: 
         np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/a.tif"), frames)
     else:
         assert status == 1 and "ERROR: out/a.tif: cannot rename the finished file (Is a directory)" in err, err
+
+
+# --------------------------------------------------------------------------- names of one file
+
+
+@pytest.mark.parametrize("given", [["Movies"], ["Movies/*.mrc"], ["Movies/**/*.mrc"]])
+def test_every_hard_link_to_a_movie_gets_its_own_output(in_tmp: Path, capsys, given: list[str]) -> None:
+    """Two hard links to one movie found by one pattern or directory: only the first name was
+    converted, and nothing said so. Each name is a movie a STAR file or a user may ask for by
+    that name (RELION converts each name it is given): each gets its TIFF."""
+    a = int16_movie("Movies/a.mrc", 1)
+    os.link("Movies/a.mrc", "Movies/b.mrc")
+    Path("Movies/same_as_a.mrc").symlink_to("a.mrc")  # a symbolic link is another way to a name found
+    assert main(["--i", *given, "--o", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "Movies converted: 2, skipped: 0, failed: 0" in out, out
+    assert sorted(str(p) for p in Path("out").rglob("*.tif")) == ["out/Movies/a.tif", "out/Movies/b.tif"]
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(read_tiff_frames(Path(f"out/Movies/{name}.tif")), a)

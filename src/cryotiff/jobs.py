@@ -115,9 +115,10 @@ def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list
     (``'Movies/*.eer'``; ``**`` recurses). What a directory or pattern finds leaves out the run's
     own outputs (:func:`_without_outputs`).
 
-    A file that one pattern or directory reaches under several names (``**`` through a symlink
-    loop, a symlink beside the movie) is one movie, kept under its first name (judged by its
-    inode). Names given one by one are kept as given.
+    A file that one pattern or directory reaches under several names through symbolic links
+    (``**`` through a symlink loop, a symlink beside the movie) is one movie, kept under its first
+    name (judged by its real path). Hard links to one file are names of their own, each kept.
+    Names given one by one are kept as given.
 
     Raises:
         InputError: an argument names nothing (no such file, a pattern that matches nothing, a
@@ -190,14 +191,15 @@ def _without_outputs(found: list[Path], searched: Path, output_dir: Path | None)
 
 
 def _one_name_per_file(paths: Iterable[Path]) -> list[Path]:
-    """``paths`` without later names of a file already named (by inode), in order."""
-    unique: dict[object, Path] = {}
+    """``paths`` without later names that lead to a name already found through symbolic links
+    (judged by the real path), in order. Hard links are names of their own: each is kept (and
+    converted under its name, as RELION converts each name it is given)."""
+    unique: dict[str, Path] = {}
     for path in paths:
         try:
-            status = path.stat()
-            key: object = (status.st_dev, status.st_ino)
+            key = os.path.realpath(path)
         except (OSError, ValueError):
-            key = path
+            key = str(path)
         unique.setdefault(key, path)
     return list(unique.values())
 
