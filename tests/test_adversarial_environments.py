@@ -420,3 +420,90 @@ def test_every_hard_link_to_a_movie_gets_its_own_output(in_tmp: Path, capsys, gi
     assert sorted(str(p) for p in Path("out").rglob("*.tif")) == ["out/Movies/a.tif", "out/Movies/b.tif"]
     for name in ("a", "b"):
         np.testing.assert_array_equal(read_tiff_frames(Path(f"out/Movies/{name}.tif")), a)
+
+
+# --------------------------------------------------------------------------- inputs that name nothing
+
+
+def test_an_empty_directory_among_the_inputs_fails_alone(in_tmp: Path, capsys) -> None:
+    """``--i Movies Empty``: the empty directory stopped the whole run before any movie. The
+    movies of the other inputs are converted; the empty one is named once, and the exit status
+    says that something failed."""
+    a = int16_movie("Movies/a.mrc", 1)
+    Path("Empty").mkdir()
+    assert main(["--i", "Movies", "Empty", "Nowhere/*.mrc", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [
+        "ERROR: Empty: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie",
+        "ERROR: Nowhere/*.mrc: no file matches this pattern"], captured.err
+    assert "Movies converted: 1, skipped: 0, failed: 2" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+
+
+def test_a_star_file_beside_an_empty_directory_or_naming_one(in_tmp: Path, capsys) -> None:
+    """A STAR file's movies are converted whether an empty directory is given beside it or named
+    in it; the directory is named once, as a failure."""
+    a = int16_movie("Movies/a.mrc", 1)
+    Path("Empty").mkdir()
+    Path("movies.star").write_text("data_movies\nloop_\n_rlnMicrographMovieName #1\nMovies/a.mrc\nEmpty\n")
+    assert main(["--i", "movies.star", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert len(errors_of(captured.err)) == 1 and "Empty: is a directory" in captured.err, captured.err
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+    Path("movies.star").write_text("data_movies\nloop_\n_rlnMicrographMovieName #1\nMovies/a.mrc\n")
+    assert main(["--i", "movies.star", "Empty", "--o", "out2"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [
+        "ERROR: Empty: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie"], captured.err
+    np.testing.assert_array_equal(read_tiff_frames(Path("out2/Movies/a.tif")), a)
+    assert read_movie_names_of("out2/movies.star") == ["out2/Movies/a.tif"]
+
+
+def read_movie_names_of(path: str) -> list[str]:
+    from cryotiff.io.star import read_movie_names
+
+    return read_movie_names(Path(path))
+
+
+def test_inputs_that_all_name_nothing_stop_the_run_with_one_message(in_tmp: Path, capsys) -> None:
+    Path("Empty").mkdir()
+    assert main(["--i", "Empty", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [
+        "ERROR: Empty: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie"], captured.err
+    assert not Path("out/movies.star").exists()
+
+
+# --------------------------------------------------------------------------- directories that cannot be searched
+
+
+def refuse_to_list(monkeypatch, broken: dict[str, int]) -> None:
+    """``os.scandir`` of a directory named in ``broken`` fails with that errno (as for a directory
+    without read permission, which the tests, run as root, cannot make, or a stale mount)."""
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        error = broken.get(os.path.normpath(os.fspath(path)))
+        if error is not None:
+            raise OSError(error, os.strerror(error), os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_subdirectory_that_cannot_be_searched_is_named(in_tmp: Path, capsys, monkeypatch) -> None:
+    """A directory below ``--i Movies`` that cannot be listed was left out without a word: its
+    movies were silently never converted."""
+    import errno
+
+    a = int16_movie("Movies/a.mrc", 1)
+    int16_movie("Movies/locked/b.mrc", 2)
+    int16_movie("Other/c.mrc", 3)
+    refuse_to_list(monkeypatch, {"Movies/locked": errno.EACCES, "Other": errno.ESTALE})
+    assert main(["--i", "Movies", "Other/*.mrc", "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [
+        "ERROR: Movies/locked: cannot be searched (Permission denied); the movies in it are not converted",
+        "ERROR: Other/*.mrc: Other cannot be searched (Stale file handle)"], captured.err
+    assert "Movies converted: 1, skipped: 0, failed: 2" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)

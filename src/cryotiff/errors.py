@@ -32,6 +32,15 @@ class StarFormatError(InputError):
     """A STAR or list file cannot be parsed or lacks the movie name column."""
 
 
+class NamesNoMovieError(InputError):
+    """An input names no movie now (an empty directory, a pattern without matches, a list or
+    STAR file without movies): not damage, and normal while ``--watch`` waits for a collection."""
+
+
+class EmptyStarError(StarFormatError, NamesNoMovieError):
+    """A STAR file that is empty or whose movies table lists no movie."""
+
+
 class GainError(CryotiffError):
     """A gain file is unreadable, of the wrong size, or inconsistent with the movies."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import stat
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from .convert import (
     ordered_map,
     output_record,
 )
-from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
+from .errors import CryotiffError, GainError, InputError, NamesNoMovieError, OptionError, OutputError
 from .io import FrameRecycler, check_regular_file
 from .io.atomic import remove_if_stale, temporaries_of
 from .io.star import read_movie_names
@@ -84,7 +85,8 @@ def read_list_file(path: Path) -> list[str]:
     crashes on a blank line).
 
     Raises:
-        InputError: the file is missing, unreadable or names no movie.
+        InputError: the file is missing or unreadable; :class:`NamesNoMovieError` when it names
+            no movie.
     """
     check_regular_file(path, "a list file")  # reading a named pipe would block
     try:
@@ -99,55 +101,151 @@ def read_list_file(path: Path) -> list[str]:
         if line and not line.startswith("#"):
             names.append(line)
     if not names:
-        raise InputError(f"{path}: the list names no movie")
+        raise NamesNoMovieError(f"{path}: the list names no movie")
     return names
 
 
-def _is_movie_file(path: Path) -> bool:
-    return path.suffix.lower() in MOVIE_SUFFIXES and path.is_file()
+@dataclass(frozen=True)
+class InputProblem:
+    """Why an ``--i`` argument gives no movie, or not all of its movies.
+
+    Attributes:
+        path: the argument, or the directory or file inside it, concerned.
+        message: one line naming it.
+        names_nothing: the argument names no movie now (an empty directory, a pattern without
+            matches, a list or STAR file without movies or not there): normal while ``--watch``
+            waits for a collection. Otherwise something could not be read or searched.
+        error: the error it is, raised alone (:func:`problem_error`).
+    """
+
+    path: Path
+    message: str
+    names_nothing: bool = False
+    error: type[InputError] = InputError
+
+    def as_result(self) -> MovieResult:
+        """The problem as a failed result of the run (listed with the failed movies)."""
+        return MovieResult(self.path, None, "failed", self.message)
 
 
-def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list[Path]:
-    """Expand ``--i`` arguments into movie paths, in order, without duplicates.
+def search_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> tuple[list[Path], list[InputProblem]]:
+    """The movies the ``--i`` arguments name, in order, without duplicates, and the problems
+    met on the way (:func:`search_input`, one argument at a time)."""
+    movies: list[Path] = []
+    problems: list[InputProblem] = []
+    for argument in inputs:
+        found, met = search_input(argument, output_dir)
+        movies.extend(found)
+        problems.extend(met)
+    return list(dict.fromkeys(movies)), problems
 
-    Each argument may be a movie, a ``.star`` or ``.lst`` file, a directory (searched recursively
-    for .mrc, .mrcs, .tif, .tiff, .eer and .ecc files, in sorted order) or a quoted glob pattern
-    (``'Movies/*.eer'``; ``**`` recurses). What a directory or pattern finds leaves out the run's
-    own outputs (:func:`_without_outputs`).
+
+def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Path], list[InputProblem]]:
+    """The movies one ``--i`` argument names, and the problems met.
+
+    The argument may be a movie, a ``.star`` or ``.lst`` file, a directory (searched recursively
+    for .mrc, .mrcs, .tif, .tiff, .eer and .ecc files, in sorted order; directory symlinks inside
+    it are not followed) or a quoted glob pattern (``'Movies/*.eer'``; ``**`` recurses). What a
+    directory or pattern finds leaves out the run's own outputs (:func:`_without_outputs`).
 
     A file that one pattern or directory reaches under several names through symbolic links
     (``**`` through a symlink loop, a symlink beside the movie) is one movie, kept under its first
     name (judged by its real path). Hard links to one file are names of their own, each kept.
     Names given one by one are kept as given.
 
+    Nothing is left out without a problem saying so: a directory that cannot be searched (its
+    permissions, a file system gone stale or unmounted) is a problem, even when others beside it
+    give movies, and so is an argument that names nothing (``names_nothing``).
+    """
+    path = Path(argument)
+    problems: list[InputProblem] = []
+    try:
+        status = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        status = None
+    except OSError as exc:
+        return [], [InputProblem(path, f"{path}: cannot be read ({exc.strerror or exc})")]
+    is_directory = status is not None and stat.S_ISDIR(status.st_mode)
+    try:
+        if path.suffix == ".star" and not is_directory:
+            return [Path(name) for name in read_movie_names(path)], []
+        if path.suffix == ".lst" and not is_directory:
+            return [Path(name) for name in read_list_file(path)], []
+    except InputError as exc:
+        names_nothing = isinstance(exc, NamesNoMovieError) or not os.path.lexists(path)
+        return [], [InputProblem(path, str(exc), names_nothing, type(exc))]
+    if is_directory:
+        found = _without_outputs(_one_name_per_file(sorted(_movies_in_directory(path, problems))), path, output_dir)
+        if not found and not problems:
+            problems.append(InputProblem(
+                path, f"{path}: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie", True,
+                NamesNoMovieError))
+        return found, problems
+    if GLOB_CHARACTERS & set(argument) and status is None:
+        base = _pattern_base(argument)
+        try:
+            os.scandir(base).close()  # glob.glob says nothing of a directory it cannot read
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            problems.append(InputProblem(base, f"{argument}: {base} cannot be searched ({exc.strerror or exc})"))
+        matches = [Path(p) for p in glob.glob(argument, recursive=True)]
+        found = _without_outputs(_one_name_per_file(sorted(p for p in matches if _is_regular(p, problems))), base,
+                                 output_dir)
+        if not found and not problems:
+            problems.append(InputProblem(path, f"{argument}: no file matches this pattern", True, NamesNoMovieError))
+        return found, problems
+    return [path], []
+
+
+def _movies_in_directory(directory: Path, problems: list[InputProblem]) -> list[Path]:
+    """The movie files below ``directory`` (symlinks to files included, directory symlinks not
+    followed); a directory that cannot be listed adds a problem."""
+    def unreadable(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else directory
+        lost = "" if where == directory else "; the movies in it are not converted"
+        problems.append(InputProblem(where, f"{where}: cannot be searched ({error.strerror or error}){lost}"))
+
+    found = []
+    for folder, _, names in os.walk(directory, onerror=unreadable):
+        found.extend(candidate for candidate in (Path(folder) / name for name in names)
+                     if candidate.suffix.lower() in MOVIE_SUFFIXES and _is_regular(candidate, problems))
+    return found
+
+
+def _is_regular(path: Path, problems: list[InputProblem]) -> bool:
+    """Whether ``path`` is a regular file (or a link to one); one that cannot be looked at for
+    another reason than its absence adds a problem."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return False  # a dangling link, or removed since it was listed
+    except OSError as exc:
+        problems.append(InputProblem(path, f"{path}: cannot be read ({exc.strerror or exc})"))
+        return False
+
+
+def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list[Path]:
+    """Expand ``--i`` arguments into movie paths, in order, without duplicates
+    (:func:`search_inputs`).
+
     Raises:
         InputError: an argument names nothing (no such file, a pattern that matches nothing, a
-            directory without movies, a list or STAR file without movies).
+            directory without movies, a list or STAR file without movies), or a directory cannot
+            be searched.
     """
-    movies: list[Path] = []
-    for argument in inputs:
-        path = Path(argument)
-        if path.suffix == ".star" and not path.is_dir():
-            movies.extend(Path(name) for name in read_movie_names(path))
-        elif path.suffix == ".lst" and not path.is_dir():
-            movies.extend(Path(name) for name in read_list_file(path))
-        elif path.is_dir():
-            found = _without_outputs(_one_name_per_file(sorted(p for p in path.rglob("*") if _is_movie_file(p))),
-                                     path, output_dir)
-            if not found:
-                raise InputError(f"{path}: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie")
-            movies.extend(found)
-        elif GLOB_CHARACTERS & set(argument) and not path.exists():
-            found = _without_outputs(_one_name_per_file(sorted(
-                Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file())), _pattern_base(argument),
-                output_dir)
-            if not found:
-                raise InputError(f"{argument}: no file matches this pattern")
-            movies.extend(found)
-        else:
-            movies.append(path)
-    unique: dict[Path, None] = dict.fromkeys(movies)
-    return list(unique)
+    movies, problems = search_inputs(inputs, output_dir)
+    if problems:
+        raise problem_error(problems)
+    return movies
+
+
+def problem_error(problems: Sequence[InputProblem]) -> InputError:
+    """One error for the problems of the inputs: the problem's own, or their messages joined."""
+    if len(problems) == 1:
+        return problems[0].error(problems[0].message)
+    error = NamesNoMovieError if all(problem.names_nothing for problem in problems) else InputError
+    return error("; ".join(problem.message for problem in problems))
 
 
 def _pattern_base(pattern: str) -> Path:
@@ -303,15 +401,25 @@ def plan(
     hard links by inode), whatever the order of the inputs. Two movies for one output are judged
     the same way. Directory symlinks inside ``--o`` are followed.
 
+    An argument that names nothing (an empty directory, a pattern without matches) or a
+    directory that cannot be searched is a failed result of its own while other arguments give
+    movies: the run converts them, and its exit status says that something failed.
+
     Returns:
-        The jobs, and failed results for movies that cannot be planned (two movies that would be
-        written to the same TIFF; an output that would replace an input of the run; a name that
-        is no movie file name, such as ``.``).
+        The jobs, and failed results for the problems of the inputs (:class:`InputProblem`) and
+        for movies that cannot be planned (two movies that would be written to the same TIFF;
+        an output that would replace an input of the run; a name that is no movie file name,
+        such as ``.``).
+
+    Raises:
+        InputError: no argument gives any movie (the problems' messages).
     """
-    movies = expand_inputs(inputs, options.output_dir)
+    movies, problems = search_inputs(inputs, options.output_dir)
+    if problems and not movies:
+        raise problem_error(problems)
     inputs_of_run = InputFiles(movies)
     jobs: list[Job] = []
-    failures: list[MovieResult] = []
+    failures: list[MovieResult] = [problem.as_result() for problem in problems]
     claimed: dict[object, Path] = {}
     for movie in movies:
         named = movie.relative_to(relative_to) if relative_to is not None else movie

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from ..errors import OutputError, StarFormatError
+from ..errors import EmptyStarError, OutputError, StarFormatError
 from . import check_regular_file
 from .atomic import write_bytes_atomically
 
@@ -29,10 +29,11 @@ def read_star_blocks(path: Path) -> dict[str, Any]:
     """Return ``{block name: table}`` of a STAR file (tables are pandas DataFrames or dicts).
 
     Raises:
-        StarFormatError: the file is missing, empty or cannot be parsed.
+        StarFormatError: the file is missing or cannot be parsed; :class:`EmptyStarError` (one
+            of them) when it is empty.
     """
     if check_regular_file(path, "a STAR file", StarFormatError) == 0:
-        raise StarFormatError(f"{path}: the STAR file is empty")
+        raise EmptyStarError(f"{path}: the STAR file is empty")
     import linecache
 
     import starfile
@@ -75,11 +76,12 @@ def read_movie_names(path: Path) -> list[str]:
 
     Raises:
         StarFormatError: no ``rlnMicrographMovieName`` column (RELION's message); a movies table
-            without rows (RELION then looks in the first table and gives the column message).
+            without rows (RELION then looks in the first table and gives the column message):
+            :class:`EmptyStarError`, as for an empty file.
     """
     blocks = read_star_blocks(path)
     if "movies" in blocks and _n_rows(blocks["movies"]) == 0:
-        raise StarFormatError(f"{path}: the movies table lists no movie")
+        raise EmptyStarError(f"{path}: the movies table lists no movie")
     table = blocks[movie_table_name(blocks)]
     if hasattr(table, "columns"):
         if MOVIE_NAME_COLUMN not in table.columns:
@@ -95,7 +97,7 @@ def read_movie_names(path: Path) -> list[str]:
         names = [str(table[MOVIE_NAME_COLUMN]).strip()]
     names = [name for name in names if name]
     if not names:
-        raise StarFormatError(f"{path}: the movies table lists no movie")
+        raise EmptyStarError(f"{path}: the movies table lists no movie")
     return names
 
 
