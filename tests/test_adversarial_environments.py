@@ -507,3 +507,88 @@ def test_a_subdirectory_that_cannot_be_searched_is_named(in_tmp: Path, capsys, m
         "ERROR: Other/*.mrc: Other cannot be searched (Stale file handle)"], captured.err
     assert "Movies converted: 1, skipped: 0, failed: 2" in captured.out, captured.out
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+
+
+# --------------------------------------------------------------------------- --watch and inputs that fail
+
+
+def aged_movie(path: str, seed: int) -> np.ndarray:
+    """A movie written an hour ago: ready at first sight."""
+    frames = int16_movie(path, seed)
+    os.utime(path, (os.path.getmtime(path) - 3600,) * 2)
+    return frames
+
+
+def watch_argv(*inputs: str) -> list[str]:
+    return ["--i", *inputs, "--o", "out", "--watch", "--settle_seconds", "0", "--watch_timeout", "1"]
+
+
+@pytest.mark.parametrize("broken, errno_name, message", [
+    ("Movies/later", "EACCES", "Movies/later: cannot be searched (Permission denied); the movies in it are not "
+                               "converted"),
+    ("Movies", "ESTALE", "Movies: cannot be searched (Stale file handle)"),
+])
+def test_the_watch_reports_a_directory_it_cannot_search_once_and_goes_on(
+        in_tmp: Path, capsys, monkeypatch, broken: str, errno_name: str, message: str) -> None:
+    """``--watch`` took every error of the search for "nothing there yet": a directory that
+    could not be listed for a while gave no message, and its movies no failure. It is named once
+    (not at every look), the watch goes on and converts its movies once it can be listed again,
+    and the exit status says that something failed."""
+    import errno
+
+    a = aged_movie("Movies/a.mrc", 1)
+    b = aged_movie("Movies/later/b.mrc", 2)
+    failing_looks = {"left": 6}
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.normpath(os.fspath(path)) == broken and failing_looks["left"] > 0:
+            failing_looks["left"] -= 1
+            code = getattr(errno, errno_name)
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main(watch_argv("Movies")) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [f"ERROR: {message}"], captured.err
+    assert failing_looks["left"] == 0
+    assert "Movies converted: 2, skipped: 0, failed: 1" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/later/b.tif")), b)
+
+
+def test_the_watch_reports_an_input_directory_that_is_removed(in_tmp: Path, capsys, monkeypatch) -> None:
+    """An input directory removed (or unmounted) during the watch became a "movie" of that name,
+    waiting without a word and failing at the end as incomplete ("no such file"). It is named
+    once as gone; its movies converted before stay; the exit status says that something failed."""
+    import threading
+
+    a = aged_movie("Movies/a.mrc", 1)
+    c = aged_movie("Other/c.mrc", 3)
+    threading.Timer(0.5, os.rename, ("Other", "Other.moved")).start()
+    assert main(watch_argv("Movies", "Other")) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [
+        "ERROR: Other: the directory is gone (removed, renamed or its file system unmounted); watching for it to "
+        "come back"], captured.err
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Other/c.tif")), c)
+
+
+def test_an_empty_directory_at_the_start_of_a_watch_is_no_failure(in_tmp: Path, capsys) -> None:
+    """An empty directory is normal at the start of a collection: the watch waits for its movies.
+    An input that named nothing during the whole watch gets one warning (a wrong path, say)."""
+    import threading
+
+    Path("Movies").mkdir()
+    Path("Unused").mkdir()
+    later = np.random.default_rng(5).integers(-3, 9, (3, 16, 20)).astype(np.int16)
+    threading.Timer(0.3, write_mrc_movie, (Path("Movies/m.mrc"), later, 1)).start()
+    assert main(watch_argv("Movies", "Unused", "Never/*.eer")) == 0
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [], captured.err
+    assert [line for line in captured.err.splitlines() if line.startswith("WARNING")] == [
+        "WARNING: Unused: named no movie during the whole watch",
+        "WARNING: Never/*.eer: named no movie during the whole watch"], captured.err
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/m.tif")), later)

@@ -880,7 +880,7 @@ def run_watch(
     and queues each movie once it is complete; the ranks take them as for a fixed list (rank 0
     converts too); rank 0 rewrites ``movies.star`` and the report after every movie. Ends when
     the watch ends (``--watch_timeout``) and every queued movie is done."""
-    from .watch import ContextKeeper, MovieWatch, latest_results, ready_sources
+    from .watch import ContextKeeper, MovieWatch, latest_results, named_nothing_warnings, ready_sources
 
     started = time.perf_counter()
     rank = comm.rank
@@ -1012,6 +1012,8 @@ def run_watch(
         unfinished = finder.unfinished_results()
         for result in unfinished:
             reporter.report_result(result)
+        for text in named_nothing_warnings(finder.search):
+            reporter.warning(text)
         results = latest_results(results_so_far() + unfinished)
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
     return broadcast_status(comm, status)

@@ -11,7 +11,12 @@ new movie once it is complete:
   header, a TIFF or EER file is readable to its last IFD.
 
 A movie that is still growing, or not yet complete, waits; it never counts as a failure while
-the watch goes on. Each movie is converted once, unless its size or modification time changes
+the watch goes on. So does an input that names nothing yet (an empty directory, a pattern
+without matches, a STAR or list file not written yet); one that named nothing during the whole
+watch gets a warning at its end. An input that cannot be searched (a directory that became
+unreadable, an input directory removed, a mount gone stale) is a failure of the run, reported
+once when it is seen at two looks in a row (a STAR file being rewritten in place is not damaged);
+the watch goes on and takes the movies there once they can be found again. Each movie is converted once, unless its size or modification time changes
 after it was handed to its conversion: a TIFF written page by page is a complete TIFF after
 every page, so a writer that pauses for longer than ``--settle_seconds`` gets it converted with
 the pages it had then. Such a movie waits again and is converted again once it is complete (the
@@ -27,23 +32,25 @@ through the :class:`cryotiff.jobs.Reporter`.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .convert import ConvertOptions, MovieResult, RunContext, movie_kind, open_movie
+from .convert import MOVIE_SUFFIXES, ConvertOptions, MovieResult, RunContext, movie_kind, open_movie
 from .errors import CryotiffError
 from .jobs import (
+    InputProblem,
     Job,
     Reporter,
     StaleTemporaries,
-    expand_inputs,
     handle_job,
     manifest_waited,
     plan,
     prepare,
+    search_input,
     thread_pool,
 )
 from .manifest import Manifest
@@ -107,18 +114,69 @@ def _data_past_the_end(path: Path) -> str | None:
     return None
 
 
-def available_movies(inputs: Sequence[str], output_dir: Path) -> list[str]:
-    """The movies the inputs name now, as paths: like :func:`cryotiff.jobs.expand_inputs`, but
-    an input that names nothing yet (an empty directory, a pattern without matches, a STAR or
-    list file not written yet or being rewritten) adds nothing instead of failing."""
-    movies: dict[str, None] = {}
-    for argument in inputs:
-        try:
-            found = expand_inputs([argument], output_dir)
-        except CryotiffError:
-            continue
-        movies.update((str(movie), None) for movie in found)
-    return list(movies)
+def _is_gone(directory: str) -> bool:
+    """Whether a directory is no longer there (removed, renamed, unmounted), or no longer a
+    directory; False when it cannot be told (the search says why)."""
+    try:
+        return not stat.S_ISDIR(os.stat(directory).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+class InputSearch:
+    """The inputs of a watch, searched again at every look (:func:`cryotiff.jobs.search_input`):
+    an input that names nothing yet adds nothing; one that cannot be searched is a problem,
+    reported once when seen at two looks in a row; an input directory that is gone is one too
+    (rather than a movie of that name)."""
+
+    def __init__(self, inputs: Sequence[str], output_dir: Path):
+        self.inputs = list(inputs)
+        self.output_dir = output_dir
+        self._directories: set[str] = set()  # inputs seen as directories
+        self._named_a_movie: set[str] = set()
+        self._with_problems: set[str] = set()  # inputs a reported problem was about
+        self._seen_last: set[str] = set()  # problems of the last look, by message
+        self._reported: set[str] = set()
+
+    def look(self) -> tuple[list[str], list[InputProblem]]:
+        """The movies the inputs name now, as paths, and the problems to report now."""
+        movies: dict[str, None] = {}
+        problems: dict[str, tuple[str, InputProblem]] = {}
+        for argument in self.inputs:
+            if argument in self._directories and _is_gone(argument):
+                problem = InputProblem(Path(argument), f"{argument}: the directory is gone (removed, renamed or its "
+                                                       "file system unmounted); watching for it to come back")
+                problems[problem.message] = (argument, problem)
+                continue
+            if not os.path.lexists(argument) and Path(argument).suffix.lower() not in MOVIE_SUFFIXES:
+                continue  # a directory (or a list) not made yet, not a movie of that name
+            found, met = search_input(argument, self.output_dir)
+            if os.path.isdir(argument):
+                self._directories.add(argument)
+            if found:
+                self._named_a_movie.add(argument)
+            movies.update((str(movie), None) for movie in found)
+            problems.update((problem.message, (argument, problem)) for problem in met if not problem.names_nothing)
+        to_report = []
+        for message, (argument, problem) in problems.items():
+            if message in self._seen_last and message not in self._reported:
+                self._reported.add(message)
+                self._with_problems.add(argument)
+                to_report.append(problem)
+        self._seen_last = set(problems)
+        return list(movies), to_report
+
+    def named_nothing(self) -> list[str]:
+        """The inputs that named no movie at any look (and had no problem reported)."""
+        return [argument for argument in self.inputs
+                if argument not in self._named_a_movie and argument not in self._with_problems]
+
+
+def named_nothing_warnings(search: InputSearch) -> list[str]:
+    """At the end of the watch: a warning for each input that named no movie during it."""
+    return [f"WARNING: {argument}: named no movie during the whole watch" for argument in search.named_nothing()]
 
 
 @dataclass
@@ -135,7 +193,8 @@ class WatchRound:
     Attributes:
         ready: new movies that are complete, in input order (also those converted before that
             changed since: see ``again``).
-        failures: new movies that cannot be converted at all (two for one output, ...).
+        failures: new movies that cannot be converted at all (two for one output, ...), and
+            problems of the inputs (a directory that cannot be searched, ...).
         changed: something appeared or changed (the ``--watch_timeout`` clock starts again).
         notes: one-time remarks for the user (a movie settled but still incomplete).
         again: the sources of ``ready`` that were converted before and changed since (their
@@ -177,6 +236,7 @@ class MovieWatch:
         that changed is handed out again only after it, so that two conversions of one movie
         never race for its TIFF)."""
         self.inputs = list(inputs)
+        self.search = InputSearch(inputs, options.output_dir)
         self.options = options
         self.watch = watch
         self.clock = clock
@@ -192,7 +252,10 @@ class MovieWatch:
     def look(self) -> WatchRound:
         """Look at the inputs once."""
         found = WatchRound()
-        movies = available_movies(self.inputs, self.options.output_dir)
+        movies, problems = self.search.look()
+        for problem in problems:
+            found.failures.append(problem.as_result())
+            found.changed = True
         if not movies:
             return found
         jobs, failures = plan(movies, self.options)
@@ -373,4 +436,6 @@ def watch_and_convert(
     unfinished = finder.unfinished_results()
     for result in unfinished:
         reporter.movie_finished(result)
+    for text in named_nothing_warnings(finder.search):
+        reporter.warning(text)
     return latest_results(results + unfinished)
