@@ -592,3 +592,24 @@ def test_an_empty_directory_at_the_start_of_a_watch_is_no_failure(in_tmp: Path, 
         "WARNING: Unused: named no movie during the whole watch",
         "WARNING: Never/*.eer: named no movie during the whole watch"], captured.err
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/m.tif")), later)
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_the_mpi_watch_reports_an_input_directory_that_is_removed(tmp_path: Path) -> None:
+    """The same under a real ``mpirun``: rank 0's watcher names the directory once, the exit
+    status is 1."""
+    from .helpers import wait_until
+    from .test_watch import finish, mpirun_prefix, start
+
+    a = aged_movie(str(tmp_path / "Movies/a.mrc"), 1)
+    c = aged_movie(str(tmp_path / "Other/c.mrc"), 3)
+    process = start(mpirun_prefix() + [sys.executable, "-m", "cryotiff.mpi", "--i", "Movies", "Other", "--o", "out",
+                                       "--watch", "--settle_seconds", "0", "--watch_timeout", "3"], tmp_path)
+    wait_until(lambda: (tmp_path / "out/Other/c.tif").exists(), "out/Other/c.tif", process)
+    os.rename(tmp_path / "Other", tmp_path / "Other.moved")
+    stdout, stderr = finish(process)
+    assert process.returncode == 1, (stdout, stderr)
+    assert stderr.count("Other: the directory is gone") == 1, stderr
+    assert "no such file" not in stdout + stderr
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/Movies/a.tif"), a)
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/Other/c.tif"), c)
