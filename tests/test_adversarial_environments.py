@@ -613,3 +613,68 @@ def test_the_mpi_watch_reports_an_input_directory_that_is_removed(tmp_path: Path
     assert "no such file" not in stdout + stderr
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/Movies/a.tif"), a)
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/Other/c.tif"), c)
+
+
+# --------------------------------------------------------------------------- frames too large for the memory
+
+
+def sparse_mrc(path: Path, ny: int, nx: int, n_frames: int) -> None:
+    """An int16 MRC whose header announces frames of ``ny`` x ``nx`` pixels, its data a hole of
+    that size (a sparse file: it takes no disk space)."""
+    import struct
+
+    int16_movie(path, 1, n_frames=1, shape_yx=(2, 2))
+    with open(path, "r+b") as handle:
+        header = bytearray(handle.read(1024))
+        nsymbt = struct.unpack_from("<i", header, 92)[0]
+        struct.pack_into("<iii", header, 0, nx, ny, n_frames)
+        struct.pack_into("<iii", header, 28, nx, ny, n_frames)  # MX, MY, MZ: the pixel size stays CELLA / MX
+        handle.seek(0)
+        handle.write(header)
+        handle.truncate(1024 + nsymbt)  # the frames: zeros, as the hole reads
+        handle.truncate(1024 + nsymbt + n_frames * ny * nx * 2)
+
+
+def test_a_frame_too_large_for_the_memory_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A (sparse) MRC with 40000 x 40000 frames ended as "out of memory": clean, but it did not
+    say why. The message names the file, the frame size and what its conversion needs, before
+    the frame is allocated; a movie that fits beside it is converted."""
+    from .isolated import IsolatedRunner
+
+    sparse_mrc(tmp_path / "huge.mrc", 40000, 40000, 2)
+    sparse_mrc(tmp_path / "large.mrc", 10000, 10000, 1)  # 200 MB frames: they fit, and are converted
+    fits = int16_movie(tmp_path / "fits.mrc", 2, n_frames=2, shape_yx=(256, 256))
+    with IsolatedRunner() as runner:  # its address space is limited to about 768 MiB more than it has
+        outcome = runner.call("tests.isolated:run_cli", ["--i", "huge.mrc", "large.mrc", "fits.mrc", "--o", "out"],
+                              str(tmp_path), timeout=120)
+    assert outcome.kind == "ok", outcome.describe()
+    status, out, err = eval(outcome.value)
+    assert status == 1, (out, err)
+    assert "out of memory" not in err
+    [error] = errors_of(err)
+    assert re.fullmatch(
+        r"ERROR: huge\.mrc: its frames of 40000 x 40000 pixels \(MRC mode 1, int16\) take 3\.20 GB each, more than "
+        r"the [\d.]+ [MG]B of memory left by this process's address-space limit \(ulimit -v\); converting it needs "
+        r"about 9\.60 GB \(three frames at once at --j 1, one more for each further thread\)", error), error
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/fits.tif"), fits)
+    large = read_tiff_frames(tmp_path / "out/large.tif")
+    assert large.shape == (1, 10000, 10000) and large.dtype == np.int16 and not large.any()
+    assert not (tmp_path / "out/huge.tif").exists()
+
+
+def test_a_conversion_out_of_memory_says_how_large_the_frames_are(in_tmp: Path, capsys, monkeypatch) -> None:
+    """A frame that fits but whose conversion still runs out of memory (it holds several frames at
+    once) said only "out of memory"."""
+    from cryotiff import jobs
+
+    int16_movie("a.mrc", 1, shape_yx=(640, 480))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(jobs, "convert_movie", out_of_memory)
+    assert main(["--i", "a.mrc", "--o", "out", "--j", "2"]) == 1
+    assert errors_of(capsys.readouterr().err) == [
+        "ERROR: a.mrc: out of memory while converting its frames of 640 x 480 pixels (0.6 MB each); a conversion "
+        "holds about 4 of them at once with --j 2 (2.5 MB)"]
+    assert not Path("out/a.tif").exists()

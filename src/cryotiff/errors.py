@@ -41,6 +41,11 @@ class EmptyStarError(StarFormatError, NamesNoMovieError):
     """A STAR file that is empty or whose movies table lists no movie."""
 
 
+class NotEnoughMemoryError(CryotiffError):
+    """A movie's frames need more memory than this process can get (refused before they are
+    allocated)."""
+
+
 class GainError(CryotiffError):
     """A gain file is unreadable, of the wrong size, or inconsistent with the movies."""
 

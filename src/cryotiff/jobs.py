@@ -953,11 +953,30 @@ def run_job(
     except CryotiffError as exc:
         result = MovieResult(job.source, job.destination, "failed", str(exc))
     except MemoryError:
-        result = MovieResult(job.source, job.destination, "failed", f"{job.source}: out of memory")
+        result = MovieResult(job.source, job.destination, "failed", out_of_memory_message(job.source, options))
     except OSError as exc:
         result = MovieResult(job.source, job.destination, "failed", f"{job.source}: {exc.strerror or exc}")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def out_of_memory_message(source: Path, options: ConvertOptions) -> str:
+    """What a movie whose conversion ran out of memory is told: its frame size and about how
+    many frames a conversion holds at once (peak memory measured on 8192 x 8192 MRC movies:
+    2.6 to 2.8 frames at ``--j 1``, 3.8 to 4.2 at ``--j 2``)."""
+    from .io.memory import size_text
+
+    try:
+        with open_movie(source) as movie:
+            info = movie.info
+    except (CryotiffError, OSError, MemoryError):
+        return f"{source}: out of memory"
+    ny, nx = info.shape_yx
+    frame_nbytes = ny * nx * info.dtype.itemsize
+    frames = max(options.threads, 1) + 2
+    return (f"{source}: out of memory while converting its frames of {ny} x {nx} pixels ({size_text(frame_nbytes)} "
+            f"each); a conversion holds about {frames} of them at once with --j {options.threads} "
+            f"({size_text(frames * frame_nbytes)})")
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""How much memory this process can still get, so that a frame that cannot fit is refused with
+its size before it is allocated (rather than ending as "out of memory", or in the kernel's
+out-of-memory killer, which allocations that only touch their pages later can reach).
+
+The room is the smallest of: what the machine has available (``MemAvailable`` plus ``SwapFree``
+in ``/proc/meminfo``), what the process's control group allows (cgroup v2 ``memory.max`` less
+``memory.current``: batch schedulers such as Slurm limit jobs so) and what its address-space
+limit leaves (``RLIMIT_AS``, ``ulimit -v``, less the ``VmSize`` in ``/proc/self/status``). What
+cannot be read counts as no limit: on a system without these files nothing is refused.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class MemoryRoom:
+    """Bytes this process can still allocate, and which limit sets it.
+
+    Attributes:
+        nbytes: the room, in bytes.
+        limit: what sets it, completing "of memory left by ...": ``the machine (available
+            memory and free swap)``, ``this process's control group (memory.max)`` or ``this
+            process's address-space limit (ulimit -v)``.
+    """
+
+    nbytes: int
+    limit: str
+
+
+def _meminfo_kib(text: str, key: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def _machine_room() -> MemoryRoom | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+        available = _meminfo_kib(text, "MemAvailable")
+    except (OSError, ValueError, IndexError):
+        return None
+    if available is None:
+        return None
+    swap = _meminfo_kib(text, "SwapFree") or 0
+    return MemoryRoom((available + swap) * 1024, "the machine (available memory and free swap)")
+
+
+def _cgroup_room() -> MemoryRoom | None:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        relative = next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
+        group = Path("/sys/fs/cgroup") / relative.lstrip("/")
+        maximum = (group / "memory.max").read_text().strip()
+        if maximum == "max":
+            return None
+        current = int((group / "memory.current").read_text())
+        return MemoryRoom(max(int(maximum) - current, 0), "this process's control group (memory.max)")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
+def _address_space_room() -> MemoryRoom | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        text = Path("/proc/self/status").read_text()
+        used_kib = _meminfo_kib(text, "VmSize")
+    except (OSError, ValueError, IndexError):
+        return None
+    if used_kib is None:
+        return None
+    return MemoryRoom(max(soft - used_kib * 1024, 0), "this process's address-space limit (ulimit -v)")
+
+
+def memory_room() -> MemoryRoom | None:
+    """The bytes this process can still allocate (the smallest limit), or None if no limit can
+    be read (then nothing should be refused)."""
+    rooms = [room for room in (_machine_room(), _cgroup_room(), _address_space_room()) if room is not None]
+    return min(rooms, key=lambda room: room.nbytes) if rooms else None
+
+
+def size_text(nbytes: float) -> str:
+    """``nbytes`` for a message: ``3.20 GB`` (10**9 bytes) from 1 GB on, else ``24.6 MB``."""
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
