@@ -3,10 +3,11 @@ its size before it is allocated (rather than ending as "out of memory", or in th
 out-of-memory killer, which allocations that only touch their pages later can reach).
 
 The room is the smallest of: what the machine has available (``MemAvailable`` plus ``SwapFree``
-in ``/proc/meminfo``), what the process's control group allows (cgroup v2 ``memory.max`` less
-``memory.current``: batch schedulers such as Slurm limit jobs so) and what its address-space
-limit leaves (``RLIMIT_AS``, ``ulimit -v``, less the ``VmSize`` in ``/proc/self/status``). What
-cannot be read counts as no limit: on a system without these files nothing is refused.
+in ``/proc/meminfo``), what the process's control group allows (the tightest cgroup v2
+``memory.max`` less the group's ``memory.current`` but for its page cache: batch schedulers such
+as Slurm limit jobs so) and what its address-space limit leaves (``RLIMIT_AS``, ``ulimit -v``,
+less the ``VmSize`` in ``/proc/self/status``). What cannot be read counts as no limit: on a
+system without these files nothing is refused.
 """
 
 from __future__ import annotations
@@ -31,48 +32,58 @@ class MemoryRoom:
     limit: str
 
 
-def _meminfo_kib(text: str, key: str) -> int | None:
-    for line in text.splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
+def _proc_kib(path: str, key: str) -> int | None:
+    """The number of kibibytes a ``key: N kB`` line of ``path`` (``/proc/meminfo``,
+    ``/proc/self/status``) gives, or None."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
     return None
 
 
 def _machine_room() -> MemoryRoom | None:
-    try:
-        text = Path("/proc/meminfo").read_text()
-        available = _meminfo_kib(text, "MemAvailable")
-    except (OSError, ValueError, IndexError):
-        return None
+    available = _proc_kib("/proc/meminfo", "MemAvailable")
     if available is None:
         return None
-    swap = _meminfo_kib(text, "SwapFree") or 0
+    swap = _proc_kib("/proc/meminfo", "SwapFree") or 0
     return MemoryRoom((available + swap) * 1024, "the machine (available memory and free swap)")
 
 
 def _cgroup_room() -> MemoryRoom | None:
+    """The room the tightest ``memory.max`` of the process's control group and its ancestors
+    leaves: the limit less what the group uses besides the page cache (file pages, which the
+    kernel reclaims before it refuses memory)."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
         relative = next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
-        group = Path("/sys/fs/cgroup") / relative.lstrip("/")
-        maximum = (group / "memory.max").read_text().strip()
-        if maximum == "max":
-            return None
-        current = int((group / "memory.current").read_text())
-        return MemoryRoom(max(int(maximum) - current, 0), "this process's control group (memory.max)")
-    except (OSError, ValueError, StopIteration, IndexError):
+    except (OSError, StopIteration, IndexError):
         return None
+    root = Path("/sys/fs/cgroup")
+    group = root / relative.strip("/")
+    rooms = []
+    for folder in [group, *group.parents]:
+        try:
+            maximum = (folder / "memory.max").read_text().strip()
+            if maximum != "max":
+                used = int((folder / "memory.current").read_text())
+                stats = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+                used -= int(stats.get("file", 0))
+                rooms.append(max(int(maximum) - max(used, 0), 0))
+        except (OSError, ValueError):
+            pass
+        if folder == root:
+            break
+    if not rooms:
+        return None
+    return MemoryRoom(min(rooms), "this process's control group (memory.max)")
 
 
 def _address_space_room() -> MemoryRoom | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
-        return None
-    try:
-        text = Path("/proc/self/status").read_text()
-        used_kib = _meminfo_kib(text, "VmSize")
-    except (OSError, ValueError, IndexError):
-        return None
+    used_kib = _proc_kib("/proc/self/status", "VmSize") if soft != resource.RLIM_INFINITY else None
     if used_kib is None:
         return None
     return MemoryRoom(max(soft - used_kib * 1024, 0), "this process's address-space limit (ulimit -v)")
