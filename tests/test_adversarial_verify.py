@@ -589,3 +589,119 @@ def test_a_manifest_line_of_an_earlier_version_without_the_gain_reference_leaves
         "does not say which out/gain-reference.mrc they need (TIFF x gain reference = the original); check it "
         "with --i against its original"]
     assert main(["--verify_only", "--i", "g1.mrc", "--o", "out"]) == 0
+
+
+def eer_with_a_damaged_frame(path: Path, seed: int = 3) -> tuple[list, list]:
+    """A 4-frame EER whose raw frame 2 is damaged in place (one byte changed: its runs no longer
+    add up, the file keeps its size, as a bit flip on a disk does); the events and the streams
+    of the intact movie."""
+    from cryotiff.io.eer import EerMovie
+    from cryotiff.simulate import eer as S
+
+    frames = S.random_events(np.random.default_rng(seed), 2048, 4, 0.002)
+    streams = [S.encode_frame(frame, 2048, 65001) for frame in frames]
+    for at in range(len(streams[1]) // 2, len(streams[1])):
+        damaged = bytearray(streams[1])
+        damaged[at] ^= 0xFF
+        S.write_eer(path, [streams[0], bytes(damaged), *streams[2:]], 2048, 65001)
+        with EerMovie(path) as movie:
+            if movie.corrupt_frames() == [1]:
+                return frames, streams
+    raise AssertionError("no byte of frame 2 damages it")
+
+
+def test_a_rerun_does_not_hide_that_an_eer_output_lacks_damaged_frames(in_tmp: Path, capsys) -> None:
+    """A damaged raw EER frame is left out of its page, with RELION's warning, and the run
+    exits 1 (0 with ``--ignore_error``). A rerun with ``--only_do_unfinished`` skipped the
+    output and exited 0 without a word. It now says what the first run said and exits as it
+    did; and once the frame reads again (a new copy of the movie), it converts the movie again."""
+    from cryotiff.simulate import eer as S
+
+    frames, streams = eer_with_a_damaged_frame(Path("bad.eer"))
+    relion_warning = ("WARNING: The number of pixels is not right in bad.eer frame 2. Probably this frame is corrupted. "
+                      "This frame is skipped.")
+    damaged = "Damaged raw EER frames left out: 1 in 1 movie (each named by a WARNING above)"
+    convert = ["--i", "bad.eer", "--o", "out", "--eer_grouping", "1"]
+    assert main(convert) == 1
+    captured = capsys.readouterr()
+    assert relion_warning in captured.err
+    assert f"{damaged}; exit status 1 (--ignore_error accepts them)" in captured.out
+    written = Path("out/bad.tif").read_bytes()
+
+    kept = ("out/bad.tif: kept from an earlier conversion, which left out 1 damaged raw frame of bad.eer (frame 2); "
+            "it is damaged still")
+    for extra, status, end in (([], 1, "exit status 1 (--ignore_error accepts them)"),
+                               (["--ignore_error"], 0, "accepted with --ignore_error")):
+        assert main([*convert, "--only_do_unfinished", *extra]) == status, extra
+        captured = capsys.readouterr()
+        assert "Movies converted: 0, skipped: 1, failed: 0" in captured.out, captured.out
+        assert kept in captured.out
+        assert relion_warning in captured.err
+        assert f"{damaged}; {end}" in captured.out
+        assert Path("out/bad.tif").read_bytes() == written
+    if MPIRUN.exists():  # the MPI command's rerun says the same
+        import subprocess
+
+        done = subprocess.run(mpirun_prefix() + [sys.executable, "-m", "cryotiff.mpi", *convert, "--only_do_unfinished"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done
+        assert kept in done.stdout and relion_warning in done.stderr, done
+        assert f"{damaged}; exit status 1" in done.stdout, done
+
+    # A new copy of the movie, of the same size, whose frame 2 reads: converted again, whole.
+    S.write_eer(Path("bad.eer"), streams, 2048, 65001)
+    assert main([*convert, "--only_do_unfinished"]) == 0
+    captured = capsys.readouterr()
+    assert ("out/bad.tif: raw frame 2 of bad.eer, left out of it as damaged at its conversion, now reads (a new copy "
+            "of the movie?); converting again") in captured.out, captured.out
+    assert "Movies converted: 1, skipped: 0, failed: 0" in captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/bad.tif")), [
+        np.bincount(frame.positions, minlength=2048 * 2048).reshape(2048, 2048) for frame in frames])
+    assert main([*convert, "--only_do_unfinished"]) == 0
+    assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out
+
+
+def test_a_rerun_converts_an_eer_output_that_no_manifest_line_describes_again(in_tmp: Path, capsys) -> None:
+    """Whether damaged raw frames were left out of an EER output is known only from its
+    manifest line: without one (a manifest removed, a line written by an earlier cryotiff, a
+    line of another file than the one there now), the rerun cannot tell, and converts it again."""
+    eer_with_a_damaged_frame(Path("bad.eer"))
+    convert = ["--i", "bad.eer", "--o", "out", "--eer_grouping", "1", "--ignore_error"]
+    assert main(convert) == 0
+    manifest = Path("out", MANIFEST_NAME)
+    line = json.loads(manifest.read_text())
+    assert line["left_out_raw_frames"] == [2]
+    del line["left_out_raw_frames"]
+    manifest.write_text(json.dumps(line) + "\n")
+    capsys.readouterr()
+    assert main([*convert, "--only_do_unfinished"]) == 0
+    captured = capsys.readouterr()
+    assert ("out/bad.tif: no line of out/cryotiff-manifest.jsonl says which damaged raw frames of bad.eer were left "
+            "out of it; converting again") in captured.out, captured.out
+    assert "Movies converted: 1, skipped: 0, failed: 0" in captured.out
+    assert "Damaged raw EER frames left out: 1 in 1 movie" in captured.out
+    manifest.unlink()
+    assert main([*convert, "--only_do_unfinished"]) == 0
+    assert "Movies converted: 1, skipped: 0, failed: 0" in capsys.readouterr().out
+    assert main([*convert, "--only_do_unfinished"]) == 0
+    assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out
+
+
+def test_the_manifest_check_of_an_eer_output_that_lacks_damaged_frames_says_so(in_tmp: Path, capsys) -> None:
+    """With the originals, an EER output whose damaged raw frames were left out ``DIFFERS``
+    unless ``--ignore_error``; the manifest check called it exact, so the verdict depended on
+    whether the originals were still there. Both now say the same."""
+    eer_with_a_damaged_frame(Path("bad.eer"))
+    assert main(["--i", "bad.eer", "--o", "out", "--eer_grouping", "1"]) == 1
+    capsys.readouterr()
+    assert main(["--verify_only", "--o", "out"]) == 1
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [
+        "DIFFERS   out/bad.tif: its pixels are as written, but they leave out 1 damaged raw frame of bad.eer "
+        "(frame 2), whose electrons the TIFF lacks (--ignore_error accepts that)"], out
+    assert main(["--verify_only", "--o", "out", "--ignore_error"]) == 0
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [
+        "OK        out/bad.tif (4 pages; compared with the manifest); 1 damaged raw frame (frame 2) left out, as "
+        "--ignore_error accepts"], out
+    assert "Every page of every output is exact" not in out

@@ -241,7 +241,8 @@ def run_verify(inputs: Sequence[str] | None, options: ConvertOptions, reporter: 
                                   "give the originals with --i")
             contexts = GainContexts()
             for entry in manifest.values():
-                verdicts.append(verify_with_manifest(options.output_dir, entry, executor, options.threads, contexts))
+                verdicts.append(verify_with_manifest(options.output_dir, entry, executor, options.threads, contexts,
+                                                     options.ignore_error))
                 reporter.message(verdicts[-1].line())
             for verdict in unlisted_outputs(options.output_dir, list(manifest.values())):
                 verdicts.append(verdict)

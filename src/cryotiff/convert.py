@@ -945,8 +945,10 @@ def _add_to_manifest(manifest, source: PageSource, source_path: Path, destinatio
 
     # The integer pages of a gain-normalised movie need <o>/gain-reference.mrc: its digest goes in too.
     gain_reference = source.gain_reference if isinstance(source, GainPages) else None
+    # An EER movie's damaged raw frames left out: a rerun (--only_do_unfinished) must say so again.
+    left_out = sorted(index + 1 for index in source.corrupt_frames) if isinstance(source, EerPages) else None
     manifest.add_later(source_path, destination, page_digests, source.shape_yx, str(source.dtype), source_hash,
-                       gain_reference)
+                       gain_reference, left_out)
     result.details["pixels_sha256"] = pixels_digest(page_digests)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from .convert import (
     MOVIE_SUFFIXES,
     ConvertOptions,
+    EerPages,
     MovieResult,
     PageSource,
     RunContext,
@@ -456,12 +457,19 @@ class FinishedCheck:
         finished: the output is complete and made with this run's options: skip the movie.
         reason: when not finished but an output exists, why it is converted again
             (``out/x.tif: incomplete (...)``); "" otherwise.
-        notes: lines to show with the skipped movie (an output without a record).
+        notes: lines to show with the skipped movie (an output without a record, one that lacks
+            damaged raw frames).
+        warnings: warnings to give again with the skipped movie (RELION's line for each
+            damaged raw EER frame its output leaves out, as its conversion gave).
+        damaged_eer_frames: how many damaged raw EER frames the output leaves out (counted in
+            the run's summary and exit status as at its conversion).
     """
 
     finished: bool
     reason: str = ""
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    damaged_eer_frames: int = 0
 
 
 #: Said of an output that carries no record of the options that made it.
@@ -478,8 +486,9 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
     page equals the last page the movie gives now (the record names the input only by file name
     and size, which a movie replaced by another of the same shape keeps). An output
     without a record counts as finished only when no option changes the movie's pixels
-    (integer MRC or TIFF); EER and float movies are converted again. A temporary file never
-    counts.
+    (integer MRC or TIFF); EER and float movies are converted again. An EER output also
+    needs its manifest line, which says which damaged raw frames its pages leave out
+    (:func:`_damaged_frames_check`). A temporary file never counts.
     """
     if not os.path.lexists(job.destination):
         return FinishedCheck(False)
@@ -510,6 +519,8 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
         if not _last_page_matches(source, found):
             return FinishedCheck(False, f"{job.destination}: its last page differs from page {n_pages} of "
                                         f"{job.source} (made from another movie of the same name and size?)")
+        if isinstance(source, EerPages):
+            return _damaged_frames_check(job, source, options, context)
     except (CryotiffError, OSError):
         return FinishedCheck(False)  # the input cannot be read to its end: let the conversion report it
     finally:
@@ -518,6 +529,53 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
         return FinishedCheck(True, notes=(f"{job.destination}: {NO_RECORD}; kept, as its pages, frame size and "
                                           "sample type are right and no option changes this movie's pixels",))
     return FinishedCheck(True)
+
+
+def damaged_frames_text(frame_numbers: Sequence[int]) -> tuple[str, str]:
+    """``("2 damaged raw frames", "frames 2, 5")`` for damaged raw EER frames (1-based; the first
+    10 named)."""
+    plural = "s" * (len(frame_numbers) != 1)
+    shown = ", ".join(str(n) for n in frame_numbers[:10]) + (", ..." if len(frame_numbers) > 10 else "")
+    return f"{len(frame_numbers)} damaged raw frame{plural}", f"frame{plural} {shown}"
+
+
+def _damaged_frames_check(job: Job, source: EerPages, options: ConvertOptions,
+                          context: RunContext | None) -> FinishedCheck:
+    """The last test of an EER output otherwise finished: the damaged raw frames its pages leave
+    out (as RELION does) are known only from its manifest line (the pages, rendered again, leave
+    them out again). Converting the movie again would leave them out again: the output is kept,
+    and the rerun says what its conversion said (RELION's warning for each frame; the summary
+    counts them, and without ``--ignore_error`` the exit status is 1). A frame that now reads (a
+    new copy of the movie, of the same size) has the movie converted again, as has an output
+    that no line describes (a manifest removed, a line of an earlier cryotiff or of another
+    file than the one there now), since nothing then says whether it lacks frames."""
+    from .io.eer.render import corrupt_frame_warning
+
+    manifest = getattr(context, "manifest", None) or Manifest(options.output_dir)
+    try:
+        entry = manifest.recorded(job.destination)
+    except OutputError:
+        entry = None
+    if (entry is None or entry.left_out_raw_frames is None
+            or entry.output_bytes != os.stat(job.destination).st_size):
+        return FinishedCheck(False, f"{job.destination}: no line of {manifest.path} says which damaged raw frames of "
+                                    f"{job.source} were left out of it")
+    left_out = entry.left_out_raw_frames
+    if not left_out:
+        return FinishedCheck(True)
+    n_raw = source.movie.info.n_frames
+    reading = [n for n in left_out if n > n_raw or source.movie.events(n - 1) is not None]
+    if reading:
+        plural = len(reading) != 1
+        return FinishedCheck(False, f"{job.destination}: raw frame{'s' * plural} "
+                                    f"{', '.join(str(n) for n in reading)} of {job.source}, left out of it as damaged "
+                                    f"at its conversion, now read{'' if plural else 's'} (a new copy of the movie?)")
+    count, numbers = damaged_frames_text(left_out)
+    still = "they are damaged still" if len(left_out) != 1 else "it is damaged still"
+    return FinishedCheck(True, notes=(f"{job.destination}: kept from an earlier conversion, which left out {count} of "
+                                      f"{job.source} ({numbers}); {still}",),
+                         warnings=tuple(corrupt_frame_warning(str(job.source), n) for n in left_out),
+                         damaged_eer_frames=len(left_out))
 
 
 def _last_page_matches(source: PageSource, found: OutputCheck) -> bool:
@@ -546,7 +604,11 @@ def is_finished(job: Job, options: ConvertOptions, context: RunContext | None = 
 
 def skipped_result(job: Job, check: FinishedCheck) -> MovieResult:
     """The result of a movie ``--only_do_unfinished`` skips."""
-    return MovieResult(job.source, job.destination, "skipped", "already converted", notes=list(check.notes))
+    result = MovieResult(job.source, job.destination, "skipped", "already converted", notes=list(check.notes),
+                         warnings=list(check.warnings))
+    if check.damaged_eer_frames:
+        result.details["eer_corrupt_frames"] = check.damaged_eer_frames
+    return result
 
 
 def converting_again(check: FinishedCheck) -> str | None:
@@ -1006,15 +1068,16 @@ class Summary:
 def summarise(results: Iterable[MovieResult], wall_seconds: float) -> Summary:
     summary = Summary(wall_seconds=wall_seconds)
     for result in results:
+        # Also a skipped output whose earlier conversion left damaged frames out: it still lacks them.
+        damaged = int(result.details.get("eer_corrupt_frames", 0)) if result.status in ("converted", "skipped") else 0
+        if damaged:
+            summary.damaged_eer_frames += damaged
+            summary.movies_with_damaged_frames += 1
         if result.status == "converted":
             summary.converted += 1
             summary.frames_verified += result.frames_verified
             summary.input_bytes += result.input_bytes
             summary.output_bytes += result.output_bytes
-            damaged = int(result.details.get("eer_corrupt_frames", 0))
-            if damaged:
-                summary.damaged_eer_frames += damaged
-                summary.movies_with_damaged_frames += 1
         elif result.status == "skipped":
             summary.skipped += 1
         else:

@@ -24,6 +24,10 @@ the same output replaces an earlier one when the manifest is read. A line holds:
   every other output. A line written before this field existed lacks it, and is read as
   ``null``: the check of a gain-normalised output then cannot tell which gain reference its
   pages need (:func:`cryotiff.verify.verify_with_manifest` calls it unchecked);
+* ``left_out_raw_frames``: for an EER movie, the damaged raw frames (1-based) its pages leave
+  out, ``[]`` when none; ``null`` for other movies. A line written before this field existed
+  lacks it: ``--only_do_unfinished`` then cannot tell whether the output lacks frames and
+  converts the movie again (:func:`cryotiff.jobs.check_finished`);
 * ``written``: local time, ISO 8601.
 
 The manifest is written by :meth:`Manifest.add_later` (called by
@@ -88,6 +92,7 @@ class ManifestEntry:
     record: dict[str, Any]
     written: str
     gain_reference: dict[str, str] | None = None
+    left_out_raw_frames: tuple[int, ...] | None = None
 
     @property
     def needs_gain_reference(self) -> bool:
@@ -102,7 +107,9 @@ class ManifestEntry:
                            "page_sha256": list(self.page_sha256), "pixels_sha256": self.pixels_sha256,
                            "source": self.source, "source_bytes": self.source_bytes,
                            "source_sha256": self.source_sha256, "record": self.record, "written": self.written,
-                           "gain_reference": self.gain_reference},
+                           "gain_reference": self.gain_reference,
+                           "left_out_raw_frames": (None if self.left_out_raw_frames is None
+                                                   else list(self.left_out_raw_frames))},
                           ensure_ascii=True, separators=(",", ":"))
 
     @classmethod
@@ -124,6 +131,7 @@ class ManifestEntry:
                 source_bytes=int(data["source_bytes"]), source_sha256=str(data["source_sha256"]),
                 record=dict(data.get("record") or {}), written=str(data.get("written", "")),
                 gain_reference=_gain_reference_field(data.get("gain_reference")),
+                left_out_raw_frames=_frame_numbers(data.get("left_out_raw_frames")),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -134,6 +142,13 @@ def _gain_reference_field(value: Any) -> dict[str, str] | None:
     what this version writes."""
     if isinstance(value, dict) and all(isinstance(value.get(key), str) for key in ("file", "pixels_sha256")):
         return {"file": value["file"], "pixels_sha256": value["pixels_sha256"]}
+    return None
+
+
+def _frame_numbers(value: Any) -> tuple[int, ...] | None:
+    """``left_out_raw_frames`` of a line as read: None when absent or not a list of frame numbers."""
+    if isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value):
+        return tuple(value)
     return None
 
 
@@ -198,6 +213,7 @@ class Manifest:
         self._pending: list = []
         self._problems: list[str] = []
         self._reference_digests: dict[int, tuple[np.ndarray, str]] = {}  # by id(), the array kept
+        self._recorded = _ManifestReader(self.path)
 
     def hash_source_later(self, source: Path) -> Future:
         """Start hashing a movie's original in the background thread, as its conversion begins,
@@ -218,13 +234,15 @@ class Manifest:
 
     def add_later(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
                   sample_type: str, source_hash: Future | None = None,
-                  gain_reference: np.ndarray | None = None) -> None:
+                  gain_reference: np.ndarray | None = None,
+                  left_out_raw_frames: Sequence[int] | None = None) -> None:
         """Hash the files and add their entry in a background thread, so that reading and
         hashing the TIFF (and the original, unless ``source_hash`` from
         :meth:`hash_source_later` is given) overlaps the next movie; :meth:`wait` collects what
         could not be added. ``gain_reference``: the float32 image ``<o>/gain-reference.mrc``
         holds, which the pages need (a float movie converted with ``--gain``); digested once
-        per run."""
+        per run. ``left_out_raw_frames``: an EER movie's damaged raw frames (1-based) its pages
+        leave out."""
 
         def hash_and_add() -> None:
             try:
@@ -239,6 +257,8 @@ class Manifest:
 
                     entry = dataclasses.replace(entry, gain_reference={
                         "file": GAIN_REFERENCE_NAME, "pixels_sha256": self._reference_digest(gain_reference)})
+                if left_out_raw_frames is not None:
+                    entry = dataclasses.replace(entry, left_out_raw_frames=tuple(left_out_raw_frames))
                 self.add(entry)
             except (OutputError, OSError) as exc:
                 with self._lock:
@@ -307,6 +327,15 @@ class Manifest:
             written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
 
+    def recorded(self, destination: Path) -> ManifestEntry | None:
+        """The manifest's entry for the output ``destination`` now (the last line for it), or
+        None; the file is read once, then only the lines added since. Thread-safe.
+
+        Raises:
+            OutputError: the manifest exists but cannot be read.
+        """
+        return self._recorded.entry(os.path.relpath(destination, self.output_dir))
+
     def add(self, entry: ManifestEntry) -> None:
         """Append ``entry`` under the lock (at once; :meth:`add_later` hashes in the background).
 
@@ -315,6 +344,47 @@ class Manifest:
         """
         with self._writing:
             _append_locked(self.path, entry.to_line() + "\n")
+
+
+class _ManifestReader:
+    """The entries of a manifest by output path, kept current: lines are only ever appended, so
+    after the first reading only the lines added since are read (the whole file again if it
+    was replaced or shortened)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, ManifestEntry] = {}
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file read
+        self._offset = 0  # bytes read, up to the end of the last whole line
+
+    def entry(self, output: str) -> ManifestEntry | None:
+        with self._lock:
+            self._catch_up()
+            return self._entries.get(output)
+
+    def _catch_up(self) -> None:
+        try:
+            with open(self.path, "rb") as handle:
+                status = os.fstat(handle.fileno())
+                identity = (status.st_dev, status.st_ino)
+                if identity != self._identity or status.st_size < self._offset:
+                    self._entries, self._identity, self._offset = {}, identity, 0
+                if status.st_size == self._offset:
+                    return
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            self._entries, self._identity, self._offset = {}, None, 0
+            return
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot read the manifest ({exc.strerror or exc})") from None
+        whole = data[:data.rfind(b"\n") + 1]  # a line being appended is read once it is whole
+        self._offset += len(whole)
+        for line in whole.decode("ascii", errors="replace").splitlines():
+            entry = ManifestEntry.from_line(line)
+            if entry is not None:
+                self._entries[entry.output] = entry
 
 
 def read_manifest(output_dir: Path) -> dict[str, ManifestEntry]:

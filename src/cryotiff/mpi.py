@@ -1058,7 +1058,8 @@ def run_verify(comm: Any, inputs: Sequence[str] | None, options: ConvertOptions,
         def work(index: int, data: Any = None):
             if jobs is not None:
                 return verify_with_original(jobs[index], options, executor, contexts, entries[index])
-            return verify_with_manifest(options.output_dir, entries[index], executor, options.threads, contexts)
+            return verify_with_manifest(options.output_dir, entries[index], executor, options.threads, contexts,
+                                        options.ignore_error)
 
         def collect(worker: int, index: int, verdict: Any) -> None:
             verdicts[index] = verdict

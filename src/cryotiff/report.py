@@ -25,6 +25,7 @@ from .errors import CryotiffError, OptionError, OutputError
 from .io.atomic import write_bytes_atomically
 from .io.tiff import flip_rows
 from .jobs import FinishedCheck, Job, Reporter, Summary, check_finished, converting_again, plan, prepare
+from .manifest import Manifest
 
 #: Said of an existing output that a run without ``--only_do_unfinished`` converts again.
 _REPLACED = "{} exists and would be replaced (without --only_do_unfinished every movie is converted)"
@@ -220,6 +221,8 @@ def plan_dry_run(
     jobs, failures = plan(inputs, options, relative_to)
     # the --gain loaded, not written; a gain-reference.mrc the run would refuse to replace is refused
     context = prepare(jobs, options, Reporter(), write_files=False, check_existing=True)
+    # Read (never written here) by the --only_do_unfinished checks of EER outputs, once for all movies.
+    context.manifest = Manifest(options.output_dir)
     entries = [DryRunEntry(f.source, f.destination, "fail", f.message) for f in failures]
     to_convert: list[tuple[DryRunEntry, Job]] = []
     for job in jobs:

@@ -35,7 +35,7 @@ import numpy as np
 
 from .convert import ConvertOptions, GainPages, PageSource, WiderTypeNeeded, open_page_source, ordered_map
 from .errors import CryotiffError
-from .jobs import Job, Reporter, prepare
+from .jobs import Job, Reporter, damaged_frames_text, prepare
 from .manifest import MANIFEST_NAME, PAGE_DIGEST_DIGITS, ManifestEntry, page_digest, pixels_digest
 
 #: The options a TIFF's record can hold that change how its pages are made again.
@@ -364,10 +364,7 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
         notes = []
         left_out = sorted(getattr(source, "corrupt_frames", ()))  # EER: damaged raw frames left out, as at conversion
         if left_out:
-            plural = "s" * (len(left_out) != 1)
-            count = f"{len(left_out)} damaged raw frame{plural}"
-            shown = ", ".join(str(i + 1) for i in left_out[:10]) + (", ..." if len(left_out) > 10 else "")
-            numbers = f"frame{plural} {shown}"
+            count, numbers = damaged_frames_text([index + 1 for index in left_out])
             if not options.ignore_error:
                 return Verdict(output, job.source, "differs",
                                f"its pages are {job.source} rendered as at conversion, but they leave out {count} of "
@@ -420,10 +417,12 @@ def _gain_product_difference(page: np.ndarray, source: GainPages, index: int, n_
 
 
 def verify_with_manifest(output_dir: Path, entry: ManifestEntry, executor: Executor | None,
-                         threads: int, contexts: GainContexts | None = None) -> Verdict:
+                         threads: int, contexts: GainContexts | None = None, ignore_error: bool = False) -> Verdict:
     """Compare the output ``entry`` names with it: the file's SHA-256, its pages, size and
     sample type, and every page's digest; for the pages of a gain-normalised movie also the
-    gain reference they need (:meth:`GainContexts.recorded_reference_problem`)."""
+    gain reference they need (:meth:`GainContexts.recorded_reference_problem`). The damaged raw
+    EER frames its line says were left out make it differ, as with the originals, unless
+    ``ignore_error`` (``--ignore_error``) accepts them."""
     from .recorded_options import file_sha256
 
     started = time.perf_counter()
@@ -477,6 +476,14 @@ def verify_with_manifest(output_dir: Path, entry: ManifestEntry, executor: Execu
             status, problem = reference
             return Verdict(output, None, status, f"its pixels are as written, but {problem}", entry.pages,
                            output.stat().st_size, time.perf_counter() - started)
+        if entry.left_out_raw_frames:
+            count, numbers = damaged_frames_text(entry.left_out_raw_frames)
+            if not ignore_error:
+                return Verdict(output, None, "differs", f"its pixels are as written, but they leave out {count} of "
+                               f"{entry.source} ({numbers}), whose electrons the TIFF lacks (--ignore_error accepts "
+                               "that)", entry.pages, output.stat().st_size, time.perf_counter() - started)
+            return Verdict(output, None, "ok", f"{count} ({numbers}) left out, as --ignore_error accepts", entry.pages,
+                           output.stat().st_size, time.perf_counter() - started, exact=False)
         return Verdict(output, None, "ok", "", entry.pages, output.stat().st_size, time.perf_counter() - started)
     finally:
         stored.close()
