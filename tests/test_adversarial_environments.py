@@ -678,3 +678,23 @@ def test_a_conversion_out_of_memory_says_how_large_the_frames_are(in_tmp: Path, 
         "ERROR: a.mrc: out of memory while converting its frames of 640 x 480 pixels (0.6 MB each); a conversion "
         "holds about 4 of them at once with --j 2 (2.5 MB)"]
     assert not Path("out/a.tif").exists()
+
+
+@pytest.mark.parametrize("later", ["Later", "Later/*", "Later/**"])
+def test_a_directory_or_pattern_that_gives_movies_only_later_in_the_watch(in_tmp: Path, capsys, later: str) -> None:
+    """A directory not made yet when the watch starts names nothing yet (it is no movie of that
+    name); a pattern, whatever its ending, is expanded again at every look."""
+    import threading
+
+    frames = np.random.default_rng(6).integers(-3, 9, (3, 16, 20)).astype(np.int16)
+
+    def arrive() -> None:
+        Path("Later").mkdir()
+        write_mrc_movie(Path("Later/m.mrc"), frames, 1)
+
+    threading.Timer(0.3, arrive).start()
+    assert main(watch_argv(later)) == 0
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [], captured.err
+    assert "Movies converted: 1, skipped: 0, failed: 0" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Later/m.tif")), frames)

@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 from .convert import MOVIE_SUFFIXES, ConvertOptions, MovieResult, RunContext, movie_kind, open_movie
 from .errors import CryotiffError
 from .jobs import (
+    GLOB_CHARACTERS,
     InputProblem,
     Job,
     Reporter,
@@ -125,6 +126,13 @@ def _is_gone(directory: str) -> bool:
         return False
 
 
+def _may_name_movies_later(argument: str) -> bool:
+    """False for an argument that is not there and whose name is no movie, STAR or list file, nor
+    a pattern: a directory not made yet (it names nothing yet, rather than a movie of its name)."""
+    return (os.path.lexists(argument) or bool(GLOB_CHARACTERS & set(argument))
+            or Path(argument).suffix.lower() in (*MOVIE_SUFFIXES, ".star", ".lst"))
+
+
 class InputSearch:
     """The inputs of a watch, searched again at every look (:func:`cryotiff.jobs.search_input`):
     an input that names nothing yet adds nothing; one that cannot be searched is a problem,
@@ -150,8 +158,8 @@ class InputSearch:
                                                        "file system unmounted); watching for it to come back")
                 problems[problem.message] = (argument, problem)
                 continue
-            if not os.path.lexists(argument) and Path(argument).suffix.lower() not in MOVIE_SUFFIXES:
-                continue  # a directory (or a list) not made yet, not a movie of that name
+            if not _may_name_movies_later(argument):
+                continue  # a directory not made yet, not a movie of that name
             found, met = search_input(argument, self.output_dir)
             if os.path.isdir(argument):
                 self._directories.add(argument)
