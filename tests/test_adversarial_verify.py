@@ -705,3 +705,26 @@ def test_the_manifest_check_of_an_eer_output_that_lacks_damaged_frames_says_so(i
         "OK        out/bad.tif (4 pages; compared with the manifest); 1 damaged raw frame (frame 2) left out, as "
         "--ignore_error accepts"], out
     assert "Every page of every output is exact" not in out
+
+
+def test_an_input_replaced_by_another_movie_with_the_same_last_frame_is_converted_again(in_tmp: Path,
+                                                                                       capsys) -> None:
+    """Only the last page was compared with the movie: movies whose last frames are alike (blank
+    frames at the end of an exposure), or a movie whose first blocks arrived last (a transfer
+    that writes a file's blocks out of order, converted before it ended: same size, last frame
+    there), kept the old pages. The first page is compared too."""
+    first = int16_movie("a.mrc", 1)
+    first[-1] = 0  # a blank last frame
+    write_mrc_movie(Path("a.mrc"), first, 1)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    second = first.copy()
+    second[0] = np.random.default_rng(2).integers(-3, 9, second[0].shape)
+    write_mrc_movie(Path("a.mrc"), second, 1)
+    capsys.readouterr()
+    assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert ("out/a.tif: its first page differs from page 1 of a.mrc (made from another movie of the same name and "
+            "size?); converting again") in out, out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), second)
+    assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out

@@ -481,10 +481,11 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
 
     Finished means: the ``.tif`` is complete (:func:`cryotiff.io.tiff.check_output`: the page
     count, frame size and sample type this movie gives with these options, every strip inside
-    the file, the last page decodes) and its record (:mod:`cryotiff.recorded_options`) says it
-    was made from this input with the options that change its pixels as in this run, and its last
-    page equals the last page the movie gives now (the record names the input only by file name
-    and size, which a movie replaced by another of the same shape keeps). An output
+    the file, the first and last pages decode) and its record (:mod:`cryotiff.recorded_options`)
+    says it was made from this input with the options that change its pixels as in this run, and
+    its last and first pages equal those the movie gives now (:func:`_differing_page`: the record
+    names the input only by file name and size, which a movie replaced by another of the same
+    shape keeps). An output
     without a record counts as finished only when no option changes the movie's pixels
     (integer MRC or TIFF); EER and float movies are converted again. An EER output also
     needs its manifest line, which says which damaged raw frames its pages leave out
@@ -516,9 +517,11 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
             options_that_matter = ", ".join(f"--{name}" for name in expected.made_with)
             return FinishedCheck(False, f"{job.destination}: {NO_RECORD}, and the pixels of {job.source} depend on "
                                         f"{options_that_matter}")
-        if not _last_page_matches(source, found):
-            return FinishedCheck(False, f"{job.destination}: its last page differs from page {n_pages} of "
-                                        f"{job.source} (made from another movie of the same name and size?)")
+        differing = _differing_page(source, found)
+        if differing is not None:
+            return FinishedCheck(False, f"{job.destination}: its {differing} page differs from page "
+                                        f"{n_pages if differing == 'last' else 1} of {job.source} (made from another "
+                                        "movie of the same name and size?)")
         if isinstance(source, EerPages):
             return _damaged_frames_check(job, source, options, context)
     except (CryotiffError, OSError):
@@ -578,23 +581,30 @@ def _damaged_frames_check(job: Job, source: EerPages, options: ConvertOptions,
                          damaged_eer_frames=len(left_out))
 
 
-def _last_page_matches(source: PageSource, found: OutputCheck) -> bool:
-    """Whether the TIFF's last page equals, bit for bit, the last page the movie gives now: the
-    record names the input by file name and size only, and a movie replaced by another of the
-    same shape (an MRC of the same frame count, say) has both. One page is made again, so the
-    check costs about one page's conversion."""
-    if found.last_page is None:
-        return False
+def _differing_page(source: PageSource, found: OutputCheck) -> str | None:
+    """``"last"`` or ``"first"`` when that page of the TIFF is not, bit for bit, the page the
+    movie gives now; None when both are. The record names the input by file name and size only,
+    and a movie replaced by another of the same shape (an MRC of the same frame count, say) has
+    both; the last page alone misses one whose last frames are alike (blank frames at the end
+    of an exposure) and a file whose first blocks arrived after its conversion (a transfer that
+    writes blocks out of order). Two pages are made again, so the check costs about two pages'
+    conversion."""
+    if found.last_page is None or found.first_page is None:
+        return "last"
     if found.dtype is not None and found.dtype != source.dtype and hasattr(source, "retype"):
         source.retype(found.dtype)  # written again wider, as the conversion would have
-    try:
-        expected = source.page(source.n_pages - 1)
-    except WiderTypeNeeded:
-        return False  # the last page does not fit the TIFF's sample type
-    stored = found.last_page.astype(found.last_page.dtype.newbyteorder("="), copy=False)
-    if stored.dtype != expected.dtype or stored.shape != expected.shape:
-        return False
-    return bool(np.array_equal(stored.view(f"u{stored.dtype.itemsize}"), expected.view(f"u{expected.dtype.itemsize}")))
+    compared = [("last", source.n_pages - 1, found.last_page)] + (
+        [("first", 0, found.first_page)] if source.n_pages > 1 else [])
+    for which, index, page in compared:
+        try:
+            expected = source.page(index)
+        except WiderTypeNeeded:
+            return which  # the page does not fit the TIFF's sample type
+        stored = page.astype(page.dtype.newbyteorder("="), copy=False)
+        if stored.dtype != expected.dtype or stored.shape != expected.shape or not np.array_equal(
+                stored.view(f"u{stored.dtype.itemsize}"), expected.view(f"u{expected.dtype.itemsize}")):
+            return which
+    return None
 
 
 def is_finished(job: Job, options: ConvertOptions, context: RunContext | None = None) -> bool:

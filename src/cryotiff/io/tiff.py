@@ -454,12 +454,14 @@ class OutputCheck:
         dtype: the sample type of its pages (None when unreadable).
         last_page: the last page as decoded, in raster order (the rows flipped back), when the
             file is complete; for comparing it with the movie's last page.
+        first_page: the same of page 1 (the last page, for a file of one page).
     """
 
     problem: str | None
     description: str | None = None
     dtype: np.dtype | None = None
     last_page: np.ndarray | None = None
+    first_page: np.ndarray | None = None
 
 
 def check_output(
@@ -468,7 +470,7 @@ def check_output(
     """Is ``path`` a complete movie TIFF (the test of ``--only_do_unfinished``; RELION only tests
     that the file exists)? Complete means: a readable TIFF structure with ``n_pages`` pages,
     each of ``shape_yx`` and one sample type among ``dtypes``; every strip of every page inside
-    the file and not empty; and the last page decodes. The writer writes pages in order, so a
+    the file and not empty; and the first and last pages decode. The writer writes pages in order, so a
     file cut anywhere (also inside the last strip) has a strip beyond its end or an IFD chain cut
     short; decoding the last page also catches a last strip damaged in place. tifffile's own
     messages are captured, never printed.
@@ -511,18 +513,22 @@ def check_output(
                     if offset + count > size:
                         return OutputCheck(f"incomplete (page {number} of {found} ends beyond the end of the file)",
                                            description, dtype)
-            try:
-                last_page = pages[found - 1].asarray()
-                problem = tifffile_problem(log.errors[0]) if log.errors else None
-            except Exception as exc:  # the codecs raise their own types
-                problem = tifffile_problem(exc)
-            if problem is not None:
-                return OutputCheck(f"incomplete (page {found} cannot be decoded: {problem})", description, dtype)
+            decoded = {}
+            for number in sorted({found, 1}, reverse=True):
+                try:
+                    decoded[number] = pages[number - 1].asarray()
+                    problem = tifffile_problem(log.errors[0]) if log.errors else None
+                except Exception as exc:  # the codecs raise their own types
+                    problem = tifffile_problem(exc)
+                if problem is not None:
+                    what = "incomplete" if number == found else "damaged"
+                    return OutputCheck(f"{what} (page {number} cannot be decoded: {problem})", description, dtype)
     except FileNotFoundError:
         return OutputCheck("does not exist")
     except Exception as exc:  # tifffile raises many types on damaged files
         return OutputCheck(f"damaged ({tifffile_problem(exc)})")
-    return OutputCheck(None, description, dtype, np.ascontiguousarray(flip_rows(last_page)))
+    return OutputCheck(None, description, dtype, np.ascontiguousarray(flip_rows(decoded[found])),
+                       np.ascontiguousarray(flip_rows(decoded[1])))
 
 
 def read_tiff_pages(path: Path) -> Iterator[np.ndarray]:
