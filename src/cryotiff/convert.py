@@ -25,7 +25,7 @@ from . import __version__
 from .codecs import StripCodec, huffman_encoder_for, lzw_encoder_for, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
 from .io import FrameRecycler, HeldFile, Movie, MovieInfo, check_regular_file
-from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, write_movie
+from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, relion_reads_as_4bit_packed, write_movie
 from .recorded_options import OutputRecord
 
 def tiff_pixel_size(info: MovieInfo) -> tuple[float | None, str | None]:
@@ -268,14 +268,6 @@ class WiderTypeNeeded(Exception):
 MODE2_WITHOUT_GAIN_WARNING = (
     "WARNING: To effectively compress mode 2 MRC files, you should first estimate the gain with --estimate_gain."
 )
-
-
-def relion_reads_as_4bit_packed(shape_yx: tuple[int, int]) -> bool:
-    """Whether RELION reads an 8-bit TIFF of frames ``shape_yx`` as IMOD 4-bit packed data
-    (``src/rwTIFF.h``), each byte two pixels."""
-    from .gain.integerise import IMOD_4BIT_SIZES_WH
-
-    return (int(shape_yx[1]), int(shape_yx[0])) in IMOD_4BIT_SIZES_WH
 
 
 def smallest_integer_type(minimum: float, maximum: float, shape_yx: tuple[int, int]) -> np.dtype | None:

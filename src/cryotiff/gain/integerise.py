@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from cryotiff.errors import GainError, UnexpectedPixelValueError
+from cryotiff.io.tiff import IMOD_4BIT_SIZES_WH
 from cryotiff.gain.estimate import DEFAULT_THRESH, RELION_TOLERANCE_ABS, GainEstimate, _float32_tolerance
 
 #: RELION's error text for a reliable pixel that is not a multiple of its gain (``src/tiff_converter.cpp``).
@@ -324,10 +325,6 @@ def integer_range(frame: np.ndarray, *, keep_negative_zero: bool = True) -> tupl
 
 #: Integer TIFF sample types RELION reads back (``src/rwTIFF.h``), smallest first.
 _INTEGER_TYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16))
-#: Frame sizes (w x h) at which RELION unpacks an 8-bit TIFF as IMOD 4-bit (``src/rwTIFF.h``).
-IMOD_4BIT_SIZES_WH = frozenset(
-    {(5760, 8184), (8184, 5760), (4092, 11520), (11520, 4092), (3710, 7676), (7676, 3710), (3838, 7420), (7420, 3838)}
-)
 
 
 def smallest_integer_dtype(

@@ -32,6 +32,17 @@ TIFF_SAMPLE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.float32)
 #: IFDs and for codecs that expand incompressible data.
 BIGTIFF_THRESHOLD_BYTES = 2**32 - 2**26
 
+#: Frame sizes (w x h) at which RELION unpacks an 8-bit TIFF as IMOD 4-bit (``src/rwTIFF.h``).
+IMOD_4BIT_SIZES_WH = frozenset(
+    {(5760, 8184), (8184, 5760), (4092, 11520), (11520, 4092), (3710, 7676), (7676, 3710), (3838, 7420), (7420, 3838)}
+)
+
+
+def relion_reads_as_4bit_packed(shape_yx: tuple[int, int]) -> bool:
+    """Whether RELION reads an 8-bit TIFF of frames ``shape_yx`` as IMOD 4-bit packed data
+    (``src/rwTIFF.h``), each byte two pixels."""
+    return (int(shape_yx[1]), int(shape_yx[0])) in IMOD_4BIT_SIZES_WH
+
 
 def flip_rows(frame: np.ndarray) -> np.ndarray:
     """Return the frame in TIFF scanline order (row ``ny-1`` first): the convention of RELION, IMOD,
