@@ -80,6 +80,26 @@ def test_mrc_gain_is_divisive_and_inverted(tmp_path: Path) -> None:
     np.testing.assert_array_equal(G.convert_eer_gain(stack, 64, 1).gain, _inverse(g))
 
 
+def test_mrc_gain_is_read_as_leniently_as_relion_reads_it(tmp_path: Path) -> None:
+    """EER gains in MRC go through cryotiff's own MRC reader, as the gains of MRC/TIFF movies
+    do: a header without the "MAP " ID (mrcfile's strict reading refuses it; RELION does not
+    check it) and an int16 gain are read; a truncated file is refused, naming it."""
+    rng = np.random.default_rng(12)
+    g = _gain(rng, 32)
+    no_map_id = _write_mrc(tmp_path / "no-map-id.mrc", g)
+    raw = bytearray(no_map_id.read_bytes())
+    raw[208:212] = b"\0\0\0\0"
+    no_map_id.write_bytes(bytes(raw))
+    np.testing.assert_array_equal(G.convert_eer_gain(no_map_id, 32, 1).gain, _inverse(g))
+    counts = np.rint(g * 10).astype(np.int16)
+    as_int16 = _write_mrc(tmp_path / "int16.mrc", counts)
+    np.testing.assert_array_equal(G.convert_eer_gain(as_int16, 32, 1).gain, _inverse(counts.astype(np.float32)))
+    truncated = tmp_path / "truncated.mrc"
+    truncated.write_bytes(no_map_id.read_bytes()[:-100])
+    with pytest.raises(GainError, match=r"truncated\.mrc: cannot read the gain as MRC"):
+        G.convert_eer_gain(truncated, 32, 1)
+
+
 def test_plain_tiff_gain_keeps_relions_flip(tmp_path: Path) -> None:
     g = _gain(np.random.default_rng(3), 32)
     result = G.convert_eer_gain(_write_tiff(tmp_path / "ref.tif", g), 32, 1)

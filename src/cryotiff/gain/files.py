@@ -599,18 +599,12 @@ def _read_tiff_first_page(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _read_mrc_first_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """The first image of an MRC gain (RELION reads the first of a stack), with cryotiff's MRC
+    reader, which is lenient like RELION's (the same reader as :func:`read_mrc_image`)."""
     try:
-        with warnings.catch_warnings():
-            # mrcfile warns about odd but readable headers; the data is what matters here.
-            warnings.simplefilter("ignore")
-            with mrcfile.open(path, mode="r", permissive=False) as mrc:
-                data = np.asarray(mrc.data)
+        with open_mrc(Path(path)) as mrc:
+            return mrc.read_frame(0)
     except FileNotFoundError:
         raise GainError(f"{path}: gain file not found.") from None
-    except Exception as exc:  # mrcfile raises ValueError for bad headers, OSError etc.
-        raise GainError(
-            f"{path}: cannot read the gain as MRC ({type(exc).__name__}: {exc})."
-        ) from None
-    if data.ndim == 3:
-        data = data[0]  # RELION reads the first image
-    return data
+    except (CryotiffError, OSError, ValueError) as exc:
+        raise GainError(f"{path}: cannot read the gain as MRC: {exc}") from None
