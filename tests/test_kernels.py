@@ -542,6 +542,36 @@ def test_huffman_only_detector_frames_are_no_larger_than_zlibs() -> None:
         assert len(encoded) <= len(_zlib_huffman_only(rows.tobytes()))
 
 
+@pytest.mark.parametrize("longest", [14, 15])
+def test_huffman_only_four_bytes_per_flush_only_where_their_codes_fit(longest: int) -> None:
+    """Bands with a pair table are coded four bytes per flush of the bit writer when no code is
+    longer than 14 bits (7 pending bits and 4 x 14 fit in 64); with a 15-bit code the band is
+    coded two bytes per flush. Here the one value with the longest code occurs only four in a
+    row, at the four bytes of one step, after all sorts of pending bits; rows of every length
+    modulo 4, contiguous, flipped and at an odd address."""
+    rng = np.random.default_rng(longest)
+    # Values 0 .. rare - 1 occur 2**(top - v) times; the rare value 4 x 4 times, with a code
+    # of ``longest`` bits, the longest of the band.
+    rare, top = (13, 17) if longest == 14 else (14, 18)
+    common = np.repeat(np.arange(rare, dtype=np.uint8), [2 ** (top - v) for v in range(rare)])
+    for width in (4096, 4097, 4098, 4099):
+        n_rows = -(-(common.size + 16) // width)
+        strip = np.resize(rng.permutation(common), n_rows * width)
+        strip[common.size :] = 0
+        rows = strip.reshape(n_rows, width)
+        for k in range(4):  # at whole steps from the row's start: each read as one quad
+            rows[(k * 37) % n_rows, 4 * ((k * 151) % (width // 4)) :][:4] = rare
+        lengths = np.zeros(257, np.int64)
+        literal_counts = np.bincount(rows.reshape(-1), minlength=257)
+        literal_counts[256] = 1
+        K.deflate_code_lengths(literal_counts, 15, lengths)
+        assert lengths[rare] == lengths.max() == longest
+        buffer = np.zeros(rows.size + 1, np.uint8)
+        buffer[1:] = rows.reshape(-1)
+        for layout in (rows, np.ascontiguousarray(rows[::-1])[::-1], buffer[1:].reshape(rows.shape)):
+            _check_stream(huffman_encode(layout), layout.tobytes())
+
+
 def test_huffman_only_encoder_refuses_rows_that_are_not_bytes() -> None:
     """The kernel reads memory without bounds checks: rows of wider pixels (whose row length in
     bytes is not their shape's) are refused before it runs, never read out of bounds."""

@@ -17,7 +17,8 @@ from cryotiff.kernels._jit import _inline, _jit
 # writes the codes while the band is still in the cache. The bits go through a 64-bit
 # accumulator into 32-bit words (``out`` is viewed as little-endian uint32, as on every
 # platform numba supports); the bytes of two pixels are coded with one lookup in a table of
-# the pairs of byte values the band holds.
+# the pairs of byte values the band holds, and where no code is longer than 14 bits, four bytes
+# (two lookups) go into the accumulator between two flushes.
 
 #: RFC 1951 limits: 15-bit literal codes, 7-bit code-length codes, 65535 bytes per stored block.
 DEFLATE_MAX_BITS = 15
@@ -320,6 +321,88 @@ def _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, 
     state[2] = word
 
 
+#: Longest literal code with which a band is coded four bytes per flush of the bit writer
+#: (:func:`_code_band_quads`): the at most 7 bits still pending and two pair codes of at most
+#: 2 x 14 bits fit in the 64-bit accumulator.
+_QUAD_MAX_BITS = 14
+
+
+@_inline
+def _store_u64_le(out8, index, value):
+    """``value`` into the 8 bytes ``out8[index : index + 8]``, little-endian (one store once
+    compiled: unsigned indices let the compiler merge the eight)."""
+    i = np.uint64(index)
+    for k in range(8):
+        out8[i + np.uint64(k)] = np.uint8((value >> np.uint64(8 * k)) & np.uint64(0xFF))
+
+
+@_jit
+def _code_band_quads(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state):
+    """:func:`_code_band` (``use_pairs``) for a band whose codes are at most
+    :data:`_QUAD_MAX_BITS` long, four bytes per step: two pair codes go into the accumulator,
+    which is then stored whole at the next unfinished byte of the stream, and only the bits of
+    its last, unfinished byte stay in it. The step has one flush for four bytes instead of one
+    for two, and the stores of the bytes past the stream's end are overwritten by the next ones
+    (``out`` has the room: :func:`deflate_huffman_bound`). ``state`` is the word writer's of
+    :func:`_code_band`, taken over at the start and handed back at the end."""
+    out8 = out.view(np.uint8)
+    # From the word writer: the accumulator holds the bits of out[word] onwards.
+    acc = np.uint64(state[0])
+    n_bits = np.uint64(state[1])
+    pos = np.uint64(4 * state[2])
+    _store_u64_le(out8, pos, acc)
+    pos += n_bits >> np.uint64(3)
+    acc >>= n_bits & np.uint64(56)
+    n_bits &= np.uint64(7)
+    words = data[: data.size & ~1].view(np.uint16)  # two bytes per load (little-endian: a | b << 8)
+    for r in range(first_row, last_row):
+        row_start = start + r * row_stride
+        n_quads = row_bytes // 4
+        row = data[row_start : row_start + row_bytes]
+        if row_start % 2 == 0:
+            row_words = words[row_start // 2 : row_start // 2 + 2 * n_quads]
+            for k in range(n_quads):
+                first = np.uint64(pair[row_words[2 * k]])
+                second = np.uint64(pair[row_words[2 * k + 1]])
+                acc |= (first >> np.uint64(5)) << n_bits
+                n_bits += first & np.uint64(31)
+                acc |= (second >> np.uint64(5)) << n_bits
+                n_bits += second & np.uint64(31)
+                _store_u64_le(out8, pos, acc)
+                pos += n_bits >> np.uint64(3)
+                acc >>= n_bits & np.uint64(56)
+                n_bits &= np.uint64(7)
+        else:
+            for k in range(n_quads):
+                first = np.uint64(pair[np.int64(row[4 * k]) | (np.int64(row[4 * k + 1]) << 8)])
+                second = np.uint64(pair[np.int64(row[4 * k + 2]) | (np.int64(row[4 * k + 3]) << 8)])
+                acc |= (first >> np.uint64(5)) << n_bits
+                n_bits += first & np.uint64(31)
+                acc |= (second >> np.uint64(5)) << n_bits
+                n_bits += second & np.uint64(31)
+                _store_u64_le(out8, pos, acc)
+                pos += n_bits >> np.uint64(3)
+                acc >>= n_bits & np.uint64(56)
+                n_bits &= np.uint64(7)
+        for k in range(4 * n_quads, row_bytes):
+            entry = np.uint64(single[row[k]])
+            acc |= (entry >> np.uint64(5)) << n_bits
+            n_bits += entry & np.uint64(31)
+            _store_u64_le(out8, pos, acc)
+            pos += n_bits >> np.uint64(3)
+            acc >>= n_bits & np.uint64(56)
+            n_bits &= np.uint64(7)
+    # Back to the word writer: the bytes of the unfinished word go back into the accumulator
+    # (at most 3 bytes and 7 bits: 31 bits).
+    word = pos >> np.uint64(2)
+    for k in range(np.int64(pos & np.uint64(3)) - 1, -1, -1):
+        acc = (acc << np.uint64(8)) | np.uint64(out8[4 * word + np.uint64(k)])
+        n_bits += np.uint64(8)
+    state[0] = np.int64(acc)
+    state[1] = np.int64(n_bits)
+    state[2] = np.int64(word)
+
+
 @_jit
 def deflate_huffman_encode(data, start, row_stride, n_rows, row_bytes, block_rows, out):
     """Encode rows of bytes as one zlib stream of Huffman-only Deflate blocks; returns its
@@ -444,7 +527,13 @@ def deflate_huffman_encode(data, start, row_stride, n_rows, row_bytes, block_row
         state[0] = acc
         state[1] = n_bits
         state[2] = word
-        _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, pair, use_pairs, out, state)
+        max_length = 0
+        for k in range(n_used):
+            max_length = max(max_length, block_lengths[used[k]])
+        if use_pairs and max_length <= _QUAD_MAX_BITS:
+            _code_band_quads(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state)
+        else:
+            _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, pair, use_pairs, out, state)
         acc = state[0]
         n_bits = state[1]
         word = state[2]
