@@ -332,78 +332,137 @@ def eer_render_figures(workdir: Path, label: str) -> None:
             print(f"| EER 4K raw frame at 0.025 e/pixel, upsampling {up}, ms{label} | | {min(times) / 20 * 1e3:.2f} | |")
 
 
-def lzw_encoder_figures(workdir: Path, baseline: Path | None = None, rounds: int = 7) -> None:
-    """MB/s (CPU of one thread, the median of ``rounds`` interleaved runs after a first that
-    loads the kernels) of the compiled LZW encoder and of the compiled check of its strips
-    (decode and compare with the rows), on the flipped view of each page the pipeline encodes in
-    LZW: a K2 counts frame, a ``--gain`` page (integer counts as float32, as RELION writes them)
-    and an EER page at upsampling 2. With ``baseline`` (the ``src`` of another cryotiff), its
-    ``kernels/lzw.py`` and ``kernels/lzw_decode.py`` run in the same process, each run beside the
-    current one, and the rows give both and the speed-up; the bytes and verdicts must agree."""
+def _load_module(name: str, path: Path):
+    """The module at ``path`` under ``name`` (a baseline's kernel beside the current one)."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    # Registered, so that numba, loading the module's kernels from its cache in a later run,
+    # finds the module they belong to by its name.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _encoder_rows(pages, versions, bound, encode, check=None, rounds: int = 7) -> None:
+    """One table row per page: MB/s (CPU of one thread, the median of ``rounds`` interleaved
+    runs after a first that loads the kernels) of ``encode(module, data, start, stride, n_rows,
+    row_bytes, out)`` on the flipped view of the page, as the pipeline encodes it, and of
+    ``check(module, stream, data, start, stride, n_rows, row_bytes)`` (True: the strip decodes to
+    its rows) on its stream; with a baseline among ``versions`` also the speed-ups. Every version
+    must write the same bytes."""
+    import numpy as np
+    from cryotiff.codecs import _row_span
+
+    names = list(versions)
+    before = "before" in versions
+    header = "| page (flipped view, as encoded) | size | " + " | ".join(f"encoder {n}, MB/s" for n in names)
+    header += " | encoder speed-up |" if before else " |"
+    columns = 2 + len(names) + before
+    if check is not None:
+        header += " " + " | ".join(f"check {n}, MB/s" for n in names) + (" | check speed-up |" if before else " |")
+        columns += len(names) + before
+    print(header)
+    print("|---|" + "---:|" * (columns - 1))
+    for name, page in pages:
+        rows = page[::-1].view(np.uint8).reshape(page.shape[0], -1)
+        data, start, stride = _row_span(rows)
+        out = np.empty(bound(rows.size), np.uint8)
+        encode_times = {n: [] for n in names}
+        check_times = {n: [] for n in names}
+        for round_ in range(rounds + 1):
+            streams = {}
+            for n in names if round_ % 2 else names[::-1]:
+                started = time.thread_time()
+                n_bytes = encode(versions[n], data, start, stride, rows.shape[0], rows.shape[1], out)
+                elapsed = time.thread_time() - started
+                stream = out[:n_bytes].copy()
+                if check is not None:
+                    started = time.thread_time()
+                    if not check(versions[n], stream, data, start, stride, rows.shape[0], rows.shape[1]):
+                        raise SystemExit(f"{name}: the {n} check does not find its own strip the same")
+                    checked = time.thread_time() - started
+                streams[n] = stream.tobytes()
+                if round_:
+                    encode_times[n].append(elapsed)
+                    if check is not None:
+                        check_times[n].append(checked)
+            if len(set(streams.values())) != 1:
+                raise SystemExit(f"{name}: the encoders wrote different bytes")
+        line = f"| {name} | {n_bytes / rows.size:.2%} |"
+        for times in (encode_times, check_times) if check is not None else (encode_times,):
+            speed = {n: rows.size / 1e6 / statistics.median(times[n]) for n in names}
+            line += " " + " | ".join(f"{speed[n]:.0f}" for n in names) + " |"
+            if before:
+                line += f" {speed['now'] / speed['before']:.2f}x |"
+        print(line, flush=True)
+
+
+def lzw_encoder_figures(workdir: Path, baseline: Path | None = None) -> None:
+    """The compiled LZW encoder and the compiled check of its strips (decode and compare with
+    the rows) on each page the pipeline encodes in LZW: a K2 counts frame, a ``--gain`` page
+    (integer counts as float32, as RELION writes them) and an EER page at upsampling 2. With
+    ``baseline`` (the ``src`` of another cryotiff), its ``kernels/lzw.py`` and
+    ``kernels/lzw_decode.py`` run in the same process, each run beside the current one
+    (:func:`_encoder_rows`); the bytes and verdicts must agree."""
     import numpy as np
     from cryotiff import kernels
-    from cryotiff.codecs import _row_span
     from cryotiff.io.eer import EerMovie
     from cryotiff.simulate.detectors import counting_frames
 
-    def load(name: str, path: Path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
     versions = {"now": (kernels, kernels)}
     if baseline is not None:
-        versions = {"before": (load("baseline_lzw", baseline / "cryotiff/kernels/lzw.py"),
-                               load("baseline_lzw_decode", baseline / "cryotiff/kernels/lzw_decode.py")), **versions}
+        versions = {"before": (_load_module("baseline_lzw", baseline / "cryotiff/kernels/lzw.py"),
+                               _load_module("baseline_lzw_decode", baseline / "cryotiff/kernels/lzw_decode.py")),
+                    **versions}
     with EerMovie(workdir / "eer400.eer") as movie:
         eer_page = movie.render(0, 20, 2, dtype=np.uint8).counts
     pages = (("K2 counts frame", counting_frames(1, (3838, 3710), 0.96, np.uint8, seed=1)[0]),
              ("K2 --gain page (integers as float32)",
               np.random.default_rng(0).poisson(1.45, K2_SHAPE_YX).astype(np.float32)),
              ("EER page of 20 raw frames, upsampling 2", eer_page))
-    names = list(versions)
-    print("| page (flipped view, as encoded) | size | " + " | ".join(f"encoder {n}, MB/s" for n in names)
-          + (" | encoder speed-up | " if baseline else " | ") + " | ".join(f"check {n}, MB/s" for n in names)
-          + (" | check speed-up |" if baseline else " |"))
-    print("|---|---:|" + "---:|" * (2 * len(names) + 2 * bool(baseline)))
-    for name, page in pages:
-        rows = page[::-1].view(np.uint8).reshape(page.shape[0], -1)
-        data, start, stride = _row_span(rows)
-        out = np.empty(kernels.lzw_bound(rows.size), np.uint8)
-        encode_times = {n: [] for n in names}
-        check_times = {n: [] for n in names}
-        for round_ in range(rounds + 1):
-            streams = {}
-            for n in names if round_ % 2 else names[::-1]:
-                encoder, decoder = versions[n]
-                started = time.thread_time()
-                n_bytes = encoder.lzw_encode(data, start, stride, rows.shape[0], rows.shape[1], out)
-                elapsed = time.thread_time() - started
-                stream = out[:n_bytes].copy()
-                buffer = np.empty(decoder.lzw_check_buffer_bytes(rows.size), np.uint8)
-                started = time.thread_time()
-                verdict = decoder.lzw_decodes_to(stream, data, start, stride, rows.shape[0], rows.shape[1], buffer)
-                checked = time.thread_time() - started
-                if verdict != decoder.LZW_DECODE_SAME:
-                    raise SystemExit(f"{name}: the {n} check does not find its own strip the same")
-                streams[n] = stream.tobytes()
-                if round_:
-                    encode_times[n].append(elapsed)
-                    check_times[n].append(checked)
-            if len(set(streams.values())) != 1:
-                raise SystemExit(f"{name}: the encoders wrote different bytes")
-        encode = {n: rows.size / 1e6 / statistics.median(encode_times[n]) for n in names}
-        check = {n: rows.size / 1e6 / statistics.median(check_times[n]) for n in names}
-        line = f"| {name} | {n_bytes / rows.size:.2%} | " + " | ".join(f"{encode[n]:.0f}" for n in names)
-        if baseline:
-            line += f" | {encode['now'] / encode['before']:.2f}x"
-        line += " | " + " | ".join(f"{check[n]:.0f}" for n in names)
-        if baseline:
-            line += f" | {check['now'] / check['before']:.2f}x"
-        print(line + " |", flush=True)
+
+    def encode(version, data, start, stride, n_rows, row_bytes, out):
+        return version[0].lzw_encode(data, start, stride, n_rows, row_bytes, out)
+
+    def check(version, stream, data, start, stride, n_rows, row_bytes):
+        decoder = version[1]
+        buffer = np.empty(decoder.lzw_check_buffer_bytes(n_rows * row_bytes), np.uint8)
+        verdict = decoder.lzw_decodes_to(stream, data, start, stride, n_rows, row_bytes, buffer)
+        return verdict == decoder.LZW_DECODE_SAME
+
+    _encoder_rows(pages, versions, kernels.lzw_bound, encode, check)
+
+
+def huffman_encoder_figures(workdir: Path, baseline: Path | None = None) -> None:
+    """The compiled Huffman-only Deflate encoder (one block per strip, as the pipeline writes
+    it) on each kind of page it encodes: a K2 counts frame, a Falcon frame, EER pages at
+    upsampling 1 and 2. With ``baseline``, its ``kernels/deflate.py`` runs beside the current
+    one in the same process (:func:`_encoder_rows`); the bytes must agree. ISA-L checks the
+    strips in the pipeline; its speed is not the kernel's, so it is not timed here."""
+    import numpy as np
+    from cryotiff import kernels
+    from cryotiff.io.eer import EerMovie
+    from cryotiff.simulate.detectors import counting_frames, falcon_frames
+
+    versions = {"now": kernels}
+    if baseline is not None:
+        versions = {"before": _load_module("baseline_deflate", baseline / "cryotiff/kernels/deflate.py"), **versions}
+    with EerMovie(workdir / "eer400.eer") as movie:
+        eer_pages = [movie.render(0, 20, up, dtype=np.uint8).counts for up in (1, 2)]
+    pages = (("K2 counts frame", counting_frames(1, (3838, 3710), 0.96, np.uint8, seed=1)[0]),
+             ("Falcon frame", falcon_frames(1, (4096, 4096), seed=2)[0]),
+             ("EER page of 20 raw frames, upsampling 1", eer_pages[0]),
+             ("EER page of 20 raw frames, upsampling 2", eer_pages[1]))
+
+    def bound(n_bytes: int) -> int:
+        return kernels.deflate_huffman_bound(n_bytes, 1)
+
+    def encode(version, data, start, stride, n_rows, row_bytes, out):
+        return version.deflate_huffman_encode(data, start, stride, n_rows, row_bytes, max(n_rows, 1), out.view(np.uint32))
+
+    _encoder_rows(pages, versions, bound, encode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lzw-encoder", action="store_true",
                         help="print only the compiled LZW encoder's and check's rows (with --baseline: "
                              "its kernels run beside them in the same process)")
+    parser.add_argument("--huffman-encoder", action="store_true",
+                        help="print only the compiled Huffman-only encoder's rows (with --baseline: "
+                             "its kernel runs beside it in the same process)")
     parser.add_argument("--kernels", action="store_true",
                         help="print the kernel and encoder measurements (numba, zlib-ng) instead")
     parser.add_argument("--make", type=Path, help=argparse.SUPPRESS)
@@ -470,12 +532,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_eer:
         eer_render_figures(args.baseline_eer, ", before")
         return 0
-    if args.kernels or args.lzw_encoder:
+    if args.kernels or args.lzw_encoder or args.huffman_encoder:
         workdir = args.workdir.resolve()
         subprocess.run([sys.executable, str(HERE), "--make", str(workdir), "--k2gain-frames", str(args.k2gain_frames)], check=True)
+        baseline = args.baseline.resolve() if args.baseline else None
         if args.kernels:
             kernel_figures(workdir)
-        lzw_encoder_figures(workdir, args.baseline.resolve() if args.baseline else None)
+        if args.kernels or args.lzw_encoder:
+            lzw_encoder_figures(workdir, baseline)
+        if args.kernels or args.huffman_encoder:
+            huffman_encoder_figures(workdir, baseline)
         if args.baseline and args.kernels:
             baseline_env = dict(os.environ, PYTHONPATH=str(args.baseline.resolve()))
             subprocess.run([sys.executable, str(HERE), "--baseline-eer", str(workdir)], env=baseline_env, check=True)
