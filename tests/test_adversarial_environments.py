@@ -698,3 +698,29 @@ def test_a_directory_or_pattern_that_gives_movies_only_later_in_the_watch(in_tmp
     assert errors_of(captured.err) == [], captured.err
     assert "Movies converted: 1, skipped: 0, failed: 0" in captured.out, captured.out
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Later/m.tif")), frames)
+
+
+def test_the_memory_room_takes_the_tightest_control_group_without_its_page_cache(tmp_path: Path, monkeypatch) -> None:
+    """A batch job's control group (cgroup v2) limits its memory; the page cache it holds (movies
+    read before) is reclaimed before memory is refused, so it does not count as used, and a
+    parent group's tighter limit counts too."""
+    from cryotiff.io import memory
+
+    root = tmp_path / "cgroup"
+    job = root / "slurm" / "job_7"
+    job.mkdir(parents=True)
+    (tmp_path / "self_cgroup").write_text("0::/slurm/job_7\n")
+    (job / "memory.max").write_text("16000000000\n")
+    (job / "memory.current").write_text("12000000000\n")
+    (job / "memory.stat").write_text("anon 2000000000\nfile 10000000000\n")
+    (root / "slurm" / "memory.max").write_text("max\n")
+    monkeypatch.setattr(memory, "CGROUP_ROOT", root)
+    monkeypatch.setattr(memory, "PROC_SELF_CGROUP", tmp_path / "self_cgroup")
+    assert memory._cgroup_room() == memory.MemoryRoom(14_000_000_000, "this process's control group (memory.max)")
+    (root / "slurm" / "memory.max").write_text("5000000000\n")
+    (root / "slurm" / "memory.current").write_text("13000000000\n")
+    (root / "slurm" / "memory.stat").write_text("anon 3000000000\nfile 10000000000\n")
+    assert memory._cgroup_room().nbytes == 2_000_000_000
+    (job / "memory.max").write_text("max\n")
+    (root / "slurm" / "memory.max").write_text("max\n")
+    assert memory._cgroup_room() is None

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+#: Where the process's control group is named, and where cgroup v2 groups are.
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 @dataclass(frozen=True)
 class MemoryRoom:
     """Bytes this process can still allocate, and which limit sets it.
@@ -57,11 +62,11 @@ def _cgroup_room() -> MemoryRoom | None:
     leaves: the limit less what the group uses besides the page cache (file pages, which the
     kernel reclaims before it refuses memory)."""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = PROC_SELF_CGROUP.read_text().splitlines()
         relative = next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
     except (OSError, StopIteration, IndexError):
         return None
-    root = Path("/sys/fs/cgroup")
+    root = CGROUP_ROOT
     group = root / relative.strip("/")
     rooms = []
     for folder in [group, *group.parents]:
