@@ -409,16 +409,20 @@ def test_a_named_pipe_or_directory_at_the_output_name_is_not_finished(tmp_path: 
 @pytest.mark.parametrize("given", [["Movies"], ["Movies/*.mrc"], ["Movies/**/*.mrc"]])
 def test_every_hard_link_to_a_movie_gets_its_own_output(in_tmp: Path, capsys, given: list[str]) -> None:
     """Two hard links to one movie found by one pattern or directory: only the first name was
-    converted, and nothing said so. Each name is a movie a STAR file or a user may ask for by
-    that name (RELION converts each name it is given): each gets its TIFF."""
+    converted, and nothing said so (a symbolic link beside the movie likewise). Each name is a
+    movie a STAR file or a user may ask for by that name (RELION converts each name it is
+    given): each gets its TIFF. The same entry reached again through a directory symlink is
+    not another name."""
     a = int16_movie("Movies/a.mrc", 1)
     os.link("Movies/a.mrc", "Movies/b.mrc")
-    Path("Movies/same_as_a.mrc").symlink_to("a.mrc")  # a symbolic link is another way to a name found
+    Path("Movies/c.mrc").symlink_to("a.mrc")
+    Path("Movies/loop").symlink_to(".")  # Movies/loop/a.mrc is Movies/a.mrc
     assert main(["--i", *given, "--o", "out"]) == 0
     out = capsys.readouterr().out
-    assert "Movies converted: 2, skipped: 0, failed: 0" in out, out
-    assert sorted(str(p) for p in Path("out").rglob("*.tif")) == ["out/Movies/a.tif", "out/Movies/b.tif"]
-    for name in ("a", "b"):
+    assert "Movies converted: 3, skipped: 0, failed: 0" in out, out
+    assert sorted(str(p) for p in Path("out").rglob("*.tif")) == [
+        "out/Movies/a.tif", "out/Movies/b.tif", "out/Movies/c.tif"]
+    for name in ("a", "b", "c"):
         np.testing.assert_array_equal(read_tiff_frames(Path(f"out/Movies/{name}.tif")), a)
 
 

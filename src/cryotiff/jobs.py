@@ -8,6 +8,7 @@ The library reports progress through a :class:`Reporter`; it never prints. ``cli
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import stat
@@ -149,10 +150,10 @@ def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Pa
     it are not followed) or a quoted glob pattern (``'Movies/*.eer'``; ``**`` recurses). What a
     directory or pattern finds leaves out the run's own outputs (:func:`_without_outputs`).
 
-    A file that one pattern or directory reaches under several names through symbolic links
-    (``**`` through a symlink loop, a symlink beside the movie) is one movie, kept under its first
-    name (judged by its real path). Hard links to one file are names of their own, each kept.
-    Names given one by one are kept as given.
+    One directory entry that a pattern reaches under several paths through directory symlinks
+    (``**`` through a symlink loop) is one movie, kept under its first path. Every other name of
+    a file (a hard link, a symlink beside the movie) is a name of its own, kept and converted
+    under that name. Names given one by one are kept as given.
 
     Nothing is left out without a problem saying so: a directory that cannot be searched (its
     permissions, a file system gone stale or unmounted) is a problem, even when others beside it
@@ -222,6 +223,8 @@ def _is_regular(path: Path, problems: list[InputProblem]) -> bool:
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return False  # a dangling link, or removed since it was listed
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # ``**`` through a symlink loop, where the path gets too deep
+            return False
         problems.append(InputProblem(path, f"{path}: cannot be read ({exc.strerror or exc})"))
         return False
 
@@ -290,15 +293,16 @@ def _without_outputs(found: list[Path], searched: Path, output_dir: Path | None)
 
 
 def _one_name_per_file(paths: Iterable[Path]) -> list[Path]:
-    """``paths`` without later names that lead to a name already found through symbolic links
-    (judged by the real path), in order. Hard links are names of their own: each is kept (and
-    converted under its name, as RELION converts each name it is given)."""
-    unique: dict[str, Path] = {}
+    """``paths`` without later paths to a directory entry already found (the same entry reached
+    through directory symlinks: ``**`` through a symlink loop), in order. Every name of a file is
+    kept (a hard link, a symlink beside the movie) and converted under that name, as RELION
+    converts each name it is given."""
+    unique: dict[object, Path] = {}
     for path in paths:
         try:
-            key = os.path.realpath(path)
-        except (OSError, ValueError):
-            key = str(path)
+            key: object = _entry(path)
+        except (OSError, RuntimeError, ValueError):
+            key = path
         unique.setdefault(key, path)
     return list(unique.values())
 
