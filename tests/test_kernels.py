@@ -544,11 +544,12 @@ def test_huffman_only_detector_frames_are_no_larger_than_zlibs() -> None:
 
 @pytest.mark.parametrize("longest", [14, 15])
 def test_huffman_only_four_bytes_per_flush_only_where_their_codes_fit(longest: int) -> None:
-    """Bands with a pair table are coded four bytes per flush of the bit writer when no code is
-    longer than 14 bits (7 pending bits and 4 x 14 fit in 64); with a 15-bit code the band is
-    coded two bytes per flush. Here the one value with the longest code occurs only four in a
-    row, at the four bytes of one step, after all sorts of pending bits; rows of every length
-    modulo 4, contiguous, flipped and at an odd address."""
+    """Bands with a pair table are coded four bytes per flush of the bit writer; when no code is
+    longer than 14 bits without a test (7 pending bits and 4 x 14 fit in 64), with a 15-bit
+    code with a flush between the two pairs where the second might not fit. Here the one value
+    with the longest code occurs only four in a row, at the four bytes of one step, after all
+    sorts of pending bits; rows of every length modulo 4, contiguous, flipped and at an odd
+    address."""
     rng = np.random.default_rng(longest)
     # Values 0 .. rare - 1 occur 2**(top - v) times; the rare value 4 x 4 times, with a code
     # of ``longest`` bits, the longest of the band.

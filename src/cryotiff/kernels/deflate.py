@@ -17,8 +17,8 @@ from cryotiff.kernels._jit import _inline, _jit
 # writes the codes while the band is still in the cache. The bits go through a 64-bit
 # accumulator into 32-bit words (``out`` is viewed as little-endian uint32, as on every
 # platform numba supports); the bytes of two pixels are coded with one lookup in a table of
-# the pairs of byte values the band holds, and where no code is longer than 14 bits, four bytes
-# (two lookups) go into the accumulator between two flushes.
+# the pairs of byte values the band holds, and four bytes (two lookups) go into the
+# accumulator between two flushes (with 15-bit codes a test adds a flush where needed).
 
 #: RFC 1951 limits: 15-bit literal codes, 7-bit code-length codes, 65535 bytes per stored block.
 DEFLATE_MAX_BITS = 15
@@ -273,46 +273,21 @@ def _count_band(data, start, row_stride, first_row, last_row, row_bytes, counts,
 
 
 @_jit
-def _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, pair, use_pairs, out, state):
-    """Write the codes of the rows' bytes: ``single[v]`` is ``code << 5 | length`` of byte
-    value ``v``, ``pair[a | b << 8]`` the same of the bytes ``a, b`` (with ``use_pairs``);
-    ``state`` is the bit writer's (accumulator, bits in it, next word of ``out``)."""
+def _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, out, state):
+    """Write the codes of the rows' bytes one at a time (a band too short for a table of
+    pairs): ``single[v]`` is ``code << 5 | length`` of byte value ``v``; ``state`` is the bit
+    writer's (accumulator, bits in it, next word of ``out``)."""
     acc = state[0]
     n_bits = state[1]
     word = state[2]
-    words = data[: data.size & ~1].view(np.uint16)  # two bytes per load (little-endian: a | b << 8)
     for r in range(first_row, last_row):
-        row_start = start + r * row_stride
-        n_pairs = row_bytes // 2 if use_pairs else 0
-        if row_start % 2 == 0:
-            row_words = words[row_start // 2 : row_start // 2 + n_pairs]
-            for k in range(n_pairs):
-                entry = pair[row_words[k]]
-                acc |= (entry >> 5) << n_bits
-                n_bits += entry & 31
-                out[word] = acc & 0xFFFFFFFF  # always stored, kept only when full (no branch)
-                full = n_bits >> 5  # 0 or 1: at most 31 + 30 bits are pending
-                acc >>= full << 5
-                n_bits &= 31
-                word += full
-        else:
-            row = data[row_start : row_start + row_bytes]
-            for k in range(n_pairs):
-                entry = pair[np.int64(row[2 * k]) | (np.int64(row[2 * k + 1]) << 8)]
-                acc |= (entry >> 5) << n_bits
-                n_bits += entry & 31
-                out[word] = acc & 0xFFFFFFFF
-                full = n_bits >> 5
-                acc >>= full << 5
-                n_bits &= 31
-                word += full
-        row = data[row_start : row_start + row_bytes]
-        for k in range(2 * n_pairs, row_bytes):
+        row = data[start + r * row_stride : start + r * row_stride + row_bytes]
+        for k in range(row_bytes):
             entry = single[row[k]]
             acc |= (entry >> 5) << n_bits
             n_bits += entry & 31
-            out[word] = acc & 0xFFFFFFFF
-            full = n_bits >> 5
+            out[word] = acc & 0xFFFFFFFF  # always stored, kept only when full (no branch)
+            full = n_bits >> 5  # 0 or 1: at most 31 + 15 bits are pending
             acc >>= full << 5
             n_bits &= 31
             word += full
@@ -322,8 +297,9 @@ def _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, 
 
 
 #: Longest literal code with which a band is coded four bytes per flush of the bit writer
-#: (:func:`_code_band_quads`): the at most 7 bits still pending and two pair codes of at most
-#: 2 x 14 bits fit in the 64-bit accumulator.
+#: without a test (:func:`_code_band_quads`): the at most 7 bits still pending and two pair
+#: codes of at most 2 x 14 bits fit in the 64-bit accumulator. With 15-bit codes a flush is
+#: put between the two pairs where the second might not fit (:func:`_code_band_quads_guarded`).
 _QUAD_MAX_BITS = 14
 
 
@@ -336,15 +312,38 @@ def _store_u64_le(out8, index, value):
         out8[i + np.uint64(k)] = np.uint8((value >> np.uint64(8 * k)) & np.uint64(0xFF))
 
 
-@_jit
-def _code_band_quads(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state):
-    """:func:`_code_band` (``use_pairs``) for a band whose codes are at most
-    :data:`_QUAD_MAX_BITS` long, four bytes per step: two pair codes go into the accumulator,
-    which is then stored whole at the next unfinished byte of the stream, and only the bits of
-    its last, unfinished byte stay in it. The step has one flush for four bytes instead of one
-    for two, and the stores of the bytes past the stream's end are overwritten by the next ones
-    (``out`` has the room: :func:`deflate_huffman_bound`). ``state`` is the word writer's of
-    :func:`_code_band`, taken over at the start and handed back at the end."""
+@_inline
+def _add_pair_codes(out8, pos, acc, n_bits, first, second, guarded):
+    """Put the pair codes ``first`` and ``second`` (``code << 5 | length``) into the
+    accumulator and flush: store it whole at the next unfinished byte ``pos`` of the stream and
+    keep only the bits of its last, unfinished byte. ``guarded``: flush between the two as well
+    where the second might not fit (at most 63 bits may be pending: a shift by 64 would keep
+    them). Returns ``(pos, acc, n_bits)``."""
+    acc |= (first >> np.uint64(5)) << n_bits
+    n_bits += first & np.uint64(31)
+    if guarded and n_bits > np.uint64(33):  # 34 + 30 bits of a second pair would be 64
+        _store_u64_le(out8, pos, acc)
+        pos += n_bits >> np.uint64(3)
+        acc >>= n_bits & np.uint64(56)
+        n_bits &= np.uint64(7)
+    acc |= (second >> np.uint64(5)) << n_bits
+    n_bits += second & np.uint64(31)
+    _store_u64_le(out8, pos, acc)
+    pos += n_bits >> np.uint64(3)
+    acc >>= n_bits & np.uint64(56)
+    n_bits &= np.uint64(7)
+    return pos, acc, n_bits
+
+
+@_inline
+def _code_quads(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state, guarded):
+    """Write the codes of the rows' bytes four at a time (two lookups in ``pair``, whose entry
+    ``pair[a | b << 8]`` is ``code << 5 | length`` of the bytes ``a, b``; ``single`` the same of
+    one byte, for the bytes after a row's last four), with one flush of the bit writer per step
+    instead of one per pair: the accumulator is stored whole at the next unfinished byte, and
+    the stores past the stream's end are overwritten by the next ones (``out`` has the room:
+    :func:`deflate_huffman_bound`). ``state`` is the word writer's of :func:`_code_band`, taken
+    over at the start and handed back at the end."""
     out8 = out.view(np.uint8)
     # From the word writer: the accumulator holds the bits of out[word] onwards.
     acc = np.uint64(state[0])
@@ -362,28 +361,15 @@ def _code_band_quads(data, start, row_stride, first_row, last_row, row_bytes, si
         if row_start % 2 == 0:
             row_words = words[row_start // 2 : row_start // 2 + 2 * n_quads]
             for k in range(n_quads):
-                first = np.uint64(pair[row_words[2 * k]])
-                second = np.uint64(pair[row_words[2 * k + 1]])
-                acc |= (first >> np.uint64(5)) << n_bits
-                n_bits += first & np.uint64(31)
-                acc |= (second >> np.uint64(5)) << n_bits
-                n_bits += second & np.uint64(31)
-                _store_u64_le(out8, pos, acc)
-                pos += n_bits >> np.uint64(3)
-                acc >>= n_bits & np.uint64(56)
-                n_bits &= np.uint64(7)
+                pos, acc, n_bits = _add_pair_codes(
+                    out8, pos, acc, n_bits, np.uint64(pair[row_words[2 * k]]), np.uint64(pair[row_words[2 * k + 1]]),
+                    guarded,
+                )
         else:
             for k in range(n_quads):
-                first = np.uint64(pair[np.int64(row[4 * k]) | (np.int64(row[4 * k + 1]) << 8)])
-                second = np.uint64(pair[np.int64(row[4 * k + 2]) | (np.int64(row[4 * k + 3]) << 8)])
-                acc |= (first >> np.uint64(5)) << n_bits
-                n_bits += first & np.uint64(31)
-                acc |= (second >> np.uint64(5)) << n_bits
-                n_bits += second & np.uint64(31)
-                _store_u64_le(out8, pos, acc)
-                pos += n_bits >> np.uint64(3)
-                acc >>= n_bits & np.uint64(56)
-                n_bits &= np.uint64(7)
+                first = pair[np.int64(row[4 * k]) | (np.int64(row[4 * k + 1]) << 8)]
+                second = pair[np.int64(row[4 * k + 2]) | (np.int64(row[4 * k + 3]) << 8)]
+                pos, acc, n_bits = _add_pair_codes(out8, pos, acc, n_bits, np.uint64(first), np.uint64(second), guarded)
         for k in range(4 * n_quads, row_bytes):
             entry = np.uint64(single[row[k]])
             acc |= (entry >> np.uint64(5)) << n_bits
@@ -401,6 +387,20 @@ def _code_band_quads(data, start, row_stride, first_row, last_row, row_bytes, si
     state[0] = np.int64(acc)
     state[1] = np.int64(n_bits)
     state[2] = np.int64(word)
+
+
+# Two top-level functions, each compiled with its own constant, so that the unguarded step
+# has no test in it.
+@_jit
+def _code_band_quads(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state):
+    """:func:`_code_quads` for codes of at most :data:`_QUAD_MAX_BITS` bits."""
+    _code_quads(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state, False)
+
+
+@_jit
+def _code_band_quads_guarded(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state):
+    """:func:`_code_quads` for codes of up to 15 bits."""
+    _code_quads(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state, True)
 
 
 @_jit
@@ -530,10 +530,12 @@ def deflate_huffman_encode(data, start, row_stride, n_rows, row_bytes, block_row
         max_length = 0
         for k in range(n_used):
             max_length = max(max_length, block_lengths[used[k]])
-        if use_pairs and max_length <= _QUAD_MAX_BITS:
+        if not use_pairs:
+            _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, out, state)
+        elif max_length <= _QUAD_MAX_BITS:
             _code_band_quads(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state)
         else:
-            _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, pair, use_pairs, out, state)
+            _code_band_quads_guarded(data, start, row_stride, first_row, last_row, row_bytes, single, pair, out, state)
         acc = state[0]
         n_bits = state[1]
         word = state[2]
