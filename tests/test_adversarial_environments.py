@@ -728,3 +728,26 @@ def test_the_memory_room_takes_the_tightest_control_group_without_its_page_cache
     (job / "memory.max").write_text("max\n")
     (root / "slurm" / "memory.max").write_text("max\n")
     assert memory._cgroup_room() is None
+
+
+@pytest.mark.parametrize("pattern, locked", [
+    ("Movies/*/Data/*.mrc", "Movies/GridSquare_2/Data"),
+    ("Movies/*/*/*.mrc", "Movies/GridSquare_2"),
+    ("Movies/**/*.mrc", "Movies/GridSquare_2/Data"),
+])
+def test_a_directory_a_pattern_cannot_search_is_named(in_tmp: Path, capsys, monkeypatch, pattern: str,
+                                                       locked: str) -> None:
+    """glob.glob passes over a directory it cannot list without a word: in an EPU layout
+    (``Images-Disc1/GridSquare_*/Data/*.tiff``) a locked grid square's movies were silently
+    never converted."""
+    import errno
+
+    a = int16_movie("Movies/GridSquare_1/Data/a.mrc", 1)
+    int16_movie("Movies/GridSquare_2/Data/b.mrc", 2)
+    refuse_to_list(monkeypatch, {locked: errno.EACCES})
+    assert main(["--i", pattern, "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [
+        f"ERROR: {pattern}: {locked} cannot be searched (Permission denied); the movies in it are not converted"
+    ], captured.err
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/GridSquare_1/Data/a.tif")), a)

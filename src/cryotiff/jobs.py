@@ -185,12 +185,7 @@ def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Pa
         return found, problems
     if GLOB_CHARACTERS & set(argument) and status is None:
         base = _pattern_base(argument)
-        try:
-            os.scandir(base).close()  # glob.glob says nothing of a directory it cannot read
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-        except OSError as exc:
-            problems.append(InputProblem(base, f"{argument}: {base} cannot be searched ({exc.strerror or exc})"))
+        problems.extend(_unsearchable_directories(argument, base))
         matches = [Path(p) for p in glob.glob(argument, recursive=True)]
         found = _without_outputs(_one_name_per_file(sorted(p for p in matches if _is_regular(p, problems))), base,
                                  output_dir)
@@ -198,6 +193,39 @@ def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Pa
             problems.append(InputProblem(path, f"{argument}: no file matches this pattern", True, NamesNoMovieError))
         return found, problems
     return [path], []
+
+
+def _unsearchable_directories(pattern: str, base: Path) -> list[InputProblem]:
+    """The directories that matching ``pattern`` must list but cannot (glob.glob says nothing of
+    them): those its components before a wildcard component lead to, and for ``**`` every
+    directory below them (directory symlinks not followed)."""
+    problems: list[InputProblem] = []
+
+    def unreadable(error: OSError, directory: str) -> None:
+        if error.errno == errno.ELOOP:  # ``**`` through a symlink loop, where the path gets too deep
+            return
+        lost = "" if Path(directory) == base else "; the movies in it are not converted"
+        problems.append(InputProblem(Path(directory), f"{pattern}: {directory} cannot be searched "
+                                                      f"({error.strerror or error}){lost}"))
+
+    parts = Path(pattern).parts
+    for index, part in enumerate(parts):
+        if not GLOB_CHARACTERS & set(part):
+            continue
+        prefix = os.path.join(*parts[:index]) if index else "."
+        listed = glob.glob(prefix, recursive=True) if GLOB_CHARACTERS & set(prefix) else [prefix]
+        for directory in sorted(listed):
+            try:
+                os.scandir(directory).close()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                unreadable(exc, directory)
+                continue
+            if part == "**":
+                for folder, _, _ in os.walk(directory, onerror=lambda error: unreadable(error, error.filename)):
+                    pass
+    return list({problem.message: problem for problem in problems}.values())
 
 
 def _movies_in_directory(directory: Path, problems: list[InputProblem]) -> list[Path]:
