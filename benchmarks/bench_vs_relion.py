@@ -333,10 +333,21 @@ def eer_render_figures(workdir: Path, label: str) -> None:
 
 
 def _load_module(name: str, path: Path):
-    """The module at ``path`` under ``name`` (a baseline's kernel beside the current one)."""
+    """The module at ``path`` under ``name`` (a baseline's kernel beside the current one).
+
+    It is loaded from a copy in a directory of its own, so that numba caches its kernels there,
+    under this name: cached beside the baseline's own file, they would be the entries that the
+    baseline's package then loads, and fail to find their module."""
+    import hashlib
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, path)
+    source = path.read_bytes()
+    private = Path(tempfile.gettempdir()) / "cryotiff-bench-baseline-kernels" / hashlib.sha256(source).hexdigest()[:16]
+    private.mkdir(parents=True, exist_ok=True)
+    copy = private / path.name
+    if not copy.exists():
+        copy.write_bytes(source)
+    spec = importlib.util.spec_from_file_location(name, copy)
     module = importlib.util.module_from_spec(spec)
     # Registered, so that numba, loading the module's kernels from its cache in a later run,
     # finds the module they belong to by its name.

@@ -205,7 +205,7 @@ def _mrcfile_byte_order(path: Path, raw: bytes) -> tuple[str, list[str]]:
     """Let mrcfile (permissive, header only) parse the header; return its byte order and complaints.
 
     mrcfile is given a copy of the header with NSYMBT zeroed, so it neither reads nor allocates
-    the extended header (a damaged NSYMBT could otherwise make it allocate size_text). Zero is the
+    the extended header (a damaged NSYMBT could otherwise make it allocate gigabytes). Zero is the
     same in both byte orders, so this does not influence its byte-order detection.
     """
     patched = bytearray(raw)
