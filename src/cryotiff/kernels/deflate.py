@@ -313,25 +313,26 @@ def _store_u64_le(out8, index, value):
 
 
 @_inline
+def _flush_bytes(out8, pos, acc, n_bits):
+    """Store the accumulator whole at the stream's next unfinished byte ``pos`` and keep in it
+    only the bits of its last, unfinished byte: ``(pos, acc, n_bits)`` after it (at most 63
+    bits may be pending: a shift by 64 would keep them)."""
+    _store_u64_le(out8, pos, acc)
+    return pos + (n_bits >> np.uint64(3)), acc >> (n_bits & np.uint64(56)), n_bits & np.uint64(7)
+
+
+@_inline
 def _add_pair_codes(out8, pos, acc, n_bits, first, second, guarded):
     """Put the pair codes ``first`` and ``second`` (``code << 5 | length``) into the
-    accumulator and flush: store it whole at the next unfinished byte ``pos`` of the stream and
-    keep only the bits of its last, unfinished byte. ``guarded``: flush between the two as well
-    where the second might not fit (at most 63 bits may be pending: a shift by 64 would keep
-    them). Returns ``(pos, acc, n_bits)``."""
+    accumulator, then flush (:func:`_flush_bytes`); ``guarded``: flush between the two as well
+    where the second might not fit. Returns ``(pos, acc, n_bits)``."""
     acc |= (first >> np.uint64(5)) << n_bits
     n_bits += first & np.uint64(31)
     if guarded and n_bits > np.uint64(33):  # 34 + 30 bits of a second pair would be 64
-        _store_u64_le(out8, pos, acc)
-        pos += n_bits >> np.uint64(3)
-        acc >>= n_bits & np.uint64(56)
-        n_bits &= np.uint64(7)
+        pos, acc, n_bits = _flush_bytes(out8, pos, acc, n_bits)
     acc |= (second >> np.uint64(5)) << n_bits
     n_bits += second & np.uint64(31)
-    _store_u64_le(out8, pos, acc)
-    pos += n_bits >> np.uint64(3)
-    acc >>= n_bits & np.uint64(56)
-    n_bits &= np.uint64(7)
+    pos, acc, n_bits = _flush_bytes(out8, pos, acc, n_bits)
     return pos, acc, n_bits
 
 
@@ -349,10 +350,7 @@ def _code_quads(data, start, row_stride, first_row, last_row, row_bytes, single,
     acc = np.uint64(state[0])
     n_bits = np.uint64(state[1])
     pos = np.uint64(4 * state[2])
-    _store_u64_le(out8, pos, acc)
-    pos += n_bits >> np.uint64(3)
-    acc >>= n_bits & np.uint64(56)
-    n_bits &= np.uint64(7)
+    pos, acc, n_bits = _flush_bytes(out8, pos, acc, n_bits)
     words = data[: data.size & ~1].view(np.uint16)  # two bytes per load (little-endian: a | b << 8)
     for r in range(first_row, last_row):
         row_start = start + r * row_stride
@@ -374,10 +372,7 @@ def _code_quads(data, start, row_stride, first_row, last_row, row_bytes, single,
             entry = np.uint64(single[row[k]])
             acc |= (entry >> np.uint64(5)) << n_bits
             n_bits += entry & np.uint64(31)
-            _store_u64_le(out8, pos, acc)
-            pos += n_bits >> np.uint64(3)
-            acc >>= n_bits & np.uint64(56)
-            n_bits &= np.uint64(7)
+            pos, acc, n_bits = _flush_bytes(out8, pos, acc, n_bits)
     # Back to the word writer: the bytes of the unfinished word go back into the accumulator
     # (at most 3 bytes and 7 bits: 31 bits).
     word = pos >> np.uint64(2)
