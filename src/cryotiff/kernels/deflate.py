@@ -274,9 +274,10 @@ def _count_band(data, start, row_stride, first_row, last_row, row_bytes, counts,
 
 @_jit
 def _code_band(data, start, row_stride, first_row, last_row, row_bytes, single, out, state):
-    """Write the codes of the rows' bytes one at a time (a band too short for a table of
-    pairs): ``single[v]`` is ``code << 5 | length`` of byte value ``v``; ``state`` is the bit
-    writer's (accumulator, bits in it, next word of ``out``)."""
+    """Write the codes of the rows' bytes one at a time (a band without a table of pairs: too
+    short for one, or holding too many byte values): ``single[v]`` is ``code << 5 | length`` of
+    byte value ``v``; ``state`` is the bit writer's (accumulator, bits in it, next word of
+    ``out``)."""
     acc = state[0]
     n_bits = state[1]
     word = state[2]
