@@ -72,6 +72,7 @@ def _worker(connection, headroom_bytes: int) -> None:
     import cryotiff.io.mrc  # noqa: F401
     import cryotiff.io.star  # noqa: F401
     import cryotiff.io.tiff  # noqa: F401
+    import cryotiff.inputs  # noqa: F401
     import cryotiff.jobs  # noqa: F401
     import starfile  # noqa: F401  (pandas: a large import)
     from cryotiff.errors import CryotiffError
@@ -214,6 +215,6 @@ def expand_list(path: str) -> list[str]:
     """The movies a STAR or ``.lst`` file names, as ``--i`` expands it."""
     from pathlib import Path
 
-    from cryotiff.jobs import expand_inputs
+    from cryotiff.inputs import expand_inputs
 
     return [str(movie) for movie in expand_inputs([path], Path(path).parent / "out")]

@@ -11,7 +11,8 @@ import pytest
 from cryotiff.cli import main
 from cryotiff.convert import ConvertOptions
 from cryotiff.errors import InputError, StarFormatError
-from cryotiff.jobs import expand_inputs, output_path, plan, read_list_file
+from cryotiff.inputs import expand_inputs, output_path, read_list_file
+from cryotiff.jobs import plan
 from cryotiff.simulate.write import write_mrc_movie
 
 from .helpers import read_tiff_frames, temporary_files_of

@@ -976,7 +976,7 @@ def run_benchmark(inputs: Sequence[str] | None, options: ConvertOptions, reporte
     import tempfile
 
     from .benchmark import benchmark_codecs, format_benchmark_table
-    from .jobs import expand_inputs
+    from .inputs import expand_inputs
 
     with tempfile.TemporaryDirectory(prefix="cryotiff-benchmark-") as scratch:
         if inputs:

@@ -1,5 +1,5 @@
-"""From inputs to results: input expansion, output naming, skip rules, the per-movie loop and the
-summary.
+"""From inputs to results: the jobs planned from the movies the inputs name
+(:mod:`cryotiff.inputs`), skip rules, the per-movie loop and the summary.
 
 The library reports progress through a :class:`Reporter`; it never prints. ``cli.py`` and
 ``mpi.py`` supply reporters that talk to the terminal.
@@ -8,20 +8,16 @@ The library reports progress through a :class:`Reporter`; it never prints. ``cli
 from __future__ import annotations
 
 import contextlib
-import errno
-import glob
 import os
-import stat
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .convert import (
-    MOVIE_SUFFIXES,
     ConvertOptions,
     EerPages,
     MovieResult,
@@ -35,15 +31,13 @@ from .convert import (
     ordered_map,
     output_record,
 )
-from .errors import CryotiffError, GainError, InputError, NamesNoMovieError, OptionError, OutputError
-from .io import FrameRecycler, check_regular_file
+from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
+from .inputs import directory_entry, output_path, problem_error, search_inputs
+from .io import FrameRecycler
 from .io.atomic import remove_if_stale, temporaries_of
-from .io.star import read_movie_names
 from .io.tiff import OutputCheck, check_output
 from .manifest import Manifest
 from .recorded_options import OutputRecord, gain_identity, mismatch
-
-GLOB_CHARACTERS = set("*?[")
 
 
 @dataclass(frozen=True)
@@ -78,290 +72,7 @@ class Reporter:
         """A warning line (stderr in the CLI)."""
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def read_list_file(path: Path) -> list[str]:
-    """Movie names from a ``.lst`` file (UTF-8, with or without a byte order mark): one per
-    line, whitespace trimmed, blank lines and ``#`` comments skipped (RELION keeps whitespace and
-    crashes on a blank line).
-
-    Raises:
-        InputError: the file is missing or unreadable; :class:`NamesNoMovieError` when it names
-            no movie.
-    """
-    check_regular_file(path, "a list file")  # reading a named pipe would block
-    try:
-        text = path.read_text(encoding="utf-8-sig", errors="replace")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
-    names = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            names.append(line)
-    if not names:
-        raise NamesNoMovieError(f"{path}: the list names no movie")
-    return names
-
-
-@dataclass(frozen=True)
-class InputProblem:
-    """Why an ``--i`` argument gives no movie, or not all of its movies.
-
-    Attributes:
-        path: the argument, or the directory or file inside it, concerned.
-        message: one line naming it.
-        names_nothing: the argument names no movie now (an empty directory, a pattern without
-            matches, a list or STAR file without movies or not there): normal while ``--watch``
-            waits for a collection. Otherwise something could not be read or searched.
-        error: the error it is, raised alone (:func:`problem_error`).
-    """
-
-    path: Path
-    message: str
-    names_nothing: bool = False
-    error: type[InputError] = InputError
-
-    def as_result(self) -> MovieResult:
-        """The problem as a failed result of the run (listed with the failed movies)."""
-        return MovieResult(self.path, None, "failed", self.message)
-
-
-def search_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> tuple[list[Path], list[InputProblem]]:
-    """The movies the ``--i`` arguments name, in order, without duplicates, and the problems
-    met on the way (:func:`search_input`, one argument at a time)."""
-    movies: list[Path] = []
-    problems: list[InputProblem] = []
-    for argument in inputs:
-        found, met = search_input(argument, output_dir)
-        movies.extend(found)
-        problems.extend(met)
-    return list(dict.fromkeys(movies)), problems
-
-
-def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Path], list[InputProblem]]:
-    """The movies one ``--i`` argument names, and the problems met.
-
-    The argument may be a movie, a ``.star`` or ``.lst`` file, a directory (searched recursively
-    for .mrc, .mrcs, .tif, .tiff, .eer and .ecc files, in sorted order; directory symlinks inside
-    it are not followed) or a quoted glob pattern (``'Movies/*.eer'``; ``**`` recurses). What a
-    directory or pattern finds leaves out the run's own outputs (:func:`_without_outputs`).
-
-    One directory entry that a pattern reaches under several paths through directory symlinks
-    (``**`` through a symlink loop) is one movie, kept under its first path. Every other name of
-    a file (a hard link, a symlink beside the movie) is a name of its own, kept and converted
-    under that name. Names given one by one are kept as given.
-
-    Nothing is left out without a problem saying so: a directory that cannot be searched (its
-    permissions, a file system gone stale or unmounted) is a problem, even when others beside it
-    give movies, and so is an argument that names nothing (``names_nothing``).
-    """
-    path = Path(argument)
-    problems: list[InputProblem] = []
-    try:
-        status = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        status = None
-    except OSError as exc:
-        return [], [InputProblem(path, f"{path}: cannot be read ({exc.strerror or exc})")]
-    is_directory = status is not None and stat.S_ISDIR(status.st_mode)
-    try:
-        if path.suffix == ".star" and not is_directory:
-            return [Path(name) for name in read_movie_names(path)], []
-        if path.suffix == ".lst" and not is_directory:
-            return [Path(name) for name in read_list_file(path)], []
-    except InputError as exc:
-        names_nothing = isinstance(exc, NamesNoMovieError) or not os.path.lexists(path)
-        return [], [InputProblem(path, str(exc), names_nothing, type(exc))]
-    if is_directory:
-        found = _without_outputs(_one_name_per_file(sorted(_movies_in_directory(path, problems))), path, output_dir)
-        if not found and not problems:
-            problems.append(InputProblem(
-                path, f"{path}: the directory holds no .mrc, .mrcs, .tif, .tiff, .eer or .ecc movie", True,
-                NamesNoMovieError))
-        return found, problems
-    if GLOB_CHARACTERS & set(argument) and status is None:
-        base = _pattern_base(argument)
-        problems.extend(_unsearchable_directories(argument, base))
-        matches = [Path(p) for p in glob.glob(argument, recursive=True)]
-        found = _without_outputs(_one_name_per_file(sorted(p for p in matches if _is_regular(p, problems))), base,
-                                 output_dir)
-        if not found and not problems:
-            problems.append(InputProblem(path, f"{argument}: no file matches this pattern", True, NamesNoMovieError))
-        return found, problems
-    return [path], []
-
-
-def _unsearchable_directories(pattern: str, base: Path) -> list[InputProblem]:
-    """The directories that matching ``pattern`` must list but cannot (glob.glob says nothing of
-    them): those its components before a wildcard component lead to, and for ``**`` every
-    directory below them (directory symlinks not followed)."""
-    problems: list[InputProblem] = []
-
-    def unreadable(error: OSError, directory: str) -> None:
-        if error.errno == errno.ELOOP:  # ``**`` through a symlink loop, where the path gets too deep
-            return
-        lost = "" if Path(directory) == base else "; the movies in it are not converted"
-        problems.append(InputProblem(Path(directory), f"{pattern}: {directory} cannot be searched "
-                                                      f"({error.strerror or error}){lost}"))
-
-    parts = Path(pattern).parts
-    for index, part in enumerate(parts):
-        if not GLOB_CHARACTERS & set(part):
-            continue
-        prefix = os.path.join(*parts[:index]) if index else "."
-        listed = glob.glob(prefix, recursive=True) if GLOB_CHARACTERS & set(prefix) else [prefix]
-        for directory in sorted(listed):
-            try:
-                os.scandir(directory).close()
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                unreadable(exc, directory)
-                continue
-            if part == "**":
-                for folder, _, _ in os.walk(directory, onerror=lambda error: unreadable(error, error.filename)):
-                    pass
-    return list({problem.message: problem for problem in problems}.values())
-
-
-def _movies_in_directory(directory: Path, problems: list[InputProblem]) -> list[Path]:
-    """The movie files below ``directory`` (symlinks to files included, directory symlinks not
-    followed); a directory that cannot be listed adds a problem."""
-    def unreadable(error: OSError) -> None:
-        where = Path(error.filename) if error.filename else directory
-        lost = "" if where == directory else "; the movies in it are not converted"
-        problems.append(InputProblem(where, f"{where}: cannot be searched ({error.strerror or error}){lost}"))
-
-    found = []
-    for folder, _, names in os.walk(directory, onerror=unreadable):
-        found.extend(candidate for candidate in (Path(folder) / name for name in names)
-                     if candidate.suffix.lower() in MOVIE_SUFFIXES and _is_regular(candidate, problems))
-    return found
-
-
-def _is_regular(path: Path, problems: list[InputProblem]) -> bool:
-    """Whether ``path`` is a regular file (or a link to one); one that cannot be looked at for
-    another reason than its absence adds a problem."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return False  # a dangling link, or removed since it was listed
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # ``**`` through a symlink loop, where the path gets too deep
-            return False
-        problems.append(InputProblem(path, f"{path}: cannot be read ({exc.strerror or exc})"))
-        return False
-
-
-def expand_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list[Path]:
-    """Expand ``--i`` arguments into movie paths, in order, without duplicates
-    (:func:`search_inputs`).
-
-    Raises:
-        InputError: an argument names nothing (no such file, a pattern that matches nothing, a
-            directory without movies, a list or STAR file without movies), or a directory cannot
-            be searched.
-    """
-    movies, problems = search_inputs(inputs, output_dir)
-    if problems:
-        raise problem_error(problems)
-    return movies
-
-
-def problem_error(problems: Sequence[InputProblem]) -> InputError:
-    """One error for the problems of the inputs: the problem's own, or their messages joined."""
-    if len(problems) == 1:
-        return problems[0].error(problems[0].message)
-    error = NamesNoMovieError if all(problem.names_nothing for problem in problems) else InputError
-    return error("; ".join(problem.message for problem in problems))
-
-
-def _pattern_base(pattern: str) -> Path:
-    """The directory a glob pattern searches: its leading parts without glob characters."""
-    parts = []
-    for part in Path(pattern).parts:
-        if GLOB_CHARACTERS & set(part):
-            break
-        parts.append(part)
-    return Path(*parts) if parts else Path(".")
-
-
-def _without_outputs(found: list[Path], searched: Path, output_dir: Path | None) -> list[Path]:
-    """``found`` (what the directory or pattern ``searched`` gives) without the run's outputs, so
-    that a rerun or ``--watch`` never converts them again (``--i 'Movies/**/*.tif' --o
-    Movies/conv`` converted ``Movies/conv/Movies/a.tif`` into ``Movies/conv/Movies/conv/...``, and
-    a watch did so without end): the files inside ``--o`` where ``--o`` lies below ``searched``,
-    and the outputs of other movies found (``--o .`` writes ``Movies/a.tif`` beside
-    ``Movies/a.mrc``). Where ``--o`` is ``searched`` itself or above it, everything found is
-    inside it and only outputs of other movies are left out."""
-    if output_dir is None:
-        return found
-    out = output_dir.resolve()
-    base = searched.resolve()
-    below = out != base and base in out.parents
-    made_by: dict[str, set[Path]] = {}
-    for movie in found:
-        try:
-            made_by.setdefault(os.path.realpath(output_path(movie, output_dir)), set()).add(movie)
-        except InputError:
-            continue
-    kept = []
-    for movie in found:
-        real = os.path.realpath(movie)
-        if below and out in Path(real).parents:
-            continue
-        if made_by.get(real, set()) - {movie}:
-            continue
-        kept.append(movie)
-    return kept
-
-
-def _one_name_per_file(paths: Iterable[Path]) -> list[Path]:
-    """``paths`` without later paths to a directory entry already found (the same entry reached
-    through directory symlinks: ``**`` through a symlink loop), in order. Every name of a file is
-    kept (a hard link, a symlink beside the movie) and converted under that name, as RELION
-    converts each name it is given."""
-    unique: dict[object, Path] = {}
-    for path in paths:
-        try:
-            key: object = _entry(path)
-        except (OSError, RuntimeError, ValueError):
-            key = path
-        unique.setdefault(key, path)
-    return list(unique.values())
-
-
 # --------------------------------------------------------------------------- outputs
-
-
-def output_path(movie: Path, output_dir: Path) -> Path:
-    """Where the TIFF of ``movie`` goes: ``<o>/<movie path without its last extension>.tif``, as
-    RELION names it, except that nothing lands outside ``<o>``:
-
-    * the path is first normalised lexically (``a/./b/../c.mrc`` -> ``a/c.mrc``);
-    * an absolute path loses its root: ``/data/x.mrc`` -> ``<o>/data/x.tif`` (as in RELION);
-    * each remaining ``..`` becomes ``__``: ``../raw/x.mrc`` -> ``<o>/__/raw/x.tif`` (RELION writes
-      ``<o>/../raw/x.tif``, outside the output directory).
-    """
-    parts = PurePath(os.path.normpath(str(movie))).parts
-    if parts and PurePath(movie).is_absolute():
-        parts = parts[1:]  # drop "/" (or a drive and root)
-    parts = tuple("__" if part == ".." else part for part in parts)
-    if not parts:
-        raise InputError(f"{movie}: not a movie file name")
-    relative = Path(*parts)
-    return output_dir / relative.with_name(relative.stem + ".tif")  # stem: without the last extension
-
-
-def _entry(path: Path) -> Path:
-    """The directory entry ``path`` names, with every directory symlink on the way resolved; the
-    last component is kept as it is, since a rename replaces that entry (even a symlink) and
-    never writes through it."""
-    return Path(path).parent.resolve() / Path(path).name
 
 
 def _inodes(path: Path) -> set[tuple[int, int]]:
@@ -386,7 +97,7 @@ class InputFiles:
         self._inodes: dict[tuple[int, int], Path] = {}
         for movie in movies:
             with contextlib.suppress(OSError, RuntimeError, ValueError):
-                self._paths.setdefault(_entry(movie), movie)
+                self._paths.setdefault(directory_entry(movie), movie)
                 self._paths.setdefault(Path(movie).resolve(), movie)
             for inode in _inodes(movie):
                 self._inodes.setdefault(inode, movie)
@@ -395,7 +106,7 @@ class InputFiles:
         """The input that ``destination`` is (or leads to), or None."""
         keys: list[Path] = []
         with contextlib.suppress(OSError, RuntimeError, ValueError):
-            keys = [_entry(destination), destination.resolve()]
+            keys = [directory_entry(destination), destination.resolve()]
         for key in keys:
             if key in self._paths:
                 return self._paths[key]
@@ -410,7 +121,7 @@ def _output_keys(destination: Path) -> set[object]:
     resolved (``out/b/A -> B``), or the same existing file (a case-insensitive file system)."""
     keys: set[object] = set(_inodes_of_entry(destination))
     with contextlib.suppress(OSError, RuntimeError, ValueError):
-        keys.add(_entry(destination))
+        keys.add(directory_entry(destination))
     return keys
 
 
@@ -439,7 +150,7 @@ def plan(
     movies: the run converts them, and its exit status says that something failed.
 
     Returns:
-        The jobs, and failed results for the problems of the inputs (:class:`InputProblem`) and
+        The jobs, and failed results for the problems of the inputs (:class:`cryotiff.inputs.InputProblem`) and
         for movies that cannot be planned (two movies that would be written to the same TIFF;
         an output that would replace an input of the run; a name that is no movie file name,
         such as ``.``).

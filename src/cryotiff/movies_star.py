@@ -151,7 +151,7 @@ def _records(table: Any) -> list[dict[str, Any]]:
 
 
 def _star_inputs(inputs: Sequence[str]) -> list[Path]:
-    """The ``--i`` arguments that jobs.expand_inputs reads as movie STAR files (same rule)."""
+    """The ``--i`` arguments that inputs.expand_inputs reads as movie STAR files (same rule)."""
     return [Path(argument) for argument in inputs if Path(argument).suffix == ".star" and not Path(argument).is_dir()]
 
 
@@ -254,7 +254,7 @@ def _new_entries(
     from_star: dict[Path, _Entry] = {}
     for index, star_path in enumerate(star_paths, start=1):
         for entry in _entries_of_table(read_star_blocks(star_path), str(star_path), index, from_earlier=False):
-            from_star.setdefault(Path(entry.name), entry)  # the key jobs.expand_inputs uses
+            from_star.setdefault(Path(entry.name), entry)  # the key inputs.expand_inputs uses
     factor = EER_PIXEL_SIZE_FACTOR.get(eer_upsampling, 1.0)
     scaled_groups: dict[int, _OpticsGroup] = {}
     entries = []

@@ -41,9 +41,8 @@ from typing import Callable, Sequence
 
 from .convert import MOVIE_SUFFIXES, ConvertOptions, MovieResult, RunContext, movie_kind, open_movie
 from .errors import CryotiffError
+from .inputs import GLOB_CHARACTERS, InputProblem, search_input
 from .jobs import (
-    GLOB_CHARACTERS,
-    InputProblem,
     Job,
     Reporter,
     StaleTemporaries,
@@ -51,7 +50,6 @@ from .jobs import (
     manifest_waited,
     plan,
     prepare,
-    search_input,
     thread_pool,
 )
 from .manifest import Manifest
@@ -134,7 +132,7 @@ def _may_name_movies_later(argument: str) -> bool:
 
 
 class InputSearch:
-    """The inputs of a watch, searched again at every look (:func:`cryotiff.jobs.search_input`):
+    """The inputs of a watch, searched again at every look (:func:`cryotiff.inputs.search_input`):
     an input that names nothing yet adds nothing; one that cannot be searched is a problem,
     reported once when seen at two looks in a row; an input directory that is gone is one too
     (rather than a movie of that name)."""

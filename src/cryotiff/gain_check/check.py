@@ -401,7 +401,7 @@ def check_gain(
         GainError: the gain cannot be read or fits the movies in no orientation.
         InputError: no movie could be read.
     """
-    from ..jobs import expand_inputs
+    from ..inputs import expand_inputs
 
     started = time.perf_counter()
     if options.gain is None:
