@@ -751,3 +751,86 @@ def test_a_directory_a_pattern_cannot_search_is_named(in_tmp: Path, capsys, monk
         f"ERROR: {pattern}: {locked} cannot be searched (Permission denied); the movies in it are not converted"
     ], captured.err
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/GridSquare_1/Data/a.tif")), a)
+
+
+# --------------------------------------------------------------------------- directories without search permission
+
+
+def refuse_to_search(monkeypatch, *locked: str) -> None:
+    """Each of ``locked`` behaves as a directory of mode 0644 does for a user other than root (the tests,
+    run as root, cannot make one): it can be listed, but nothing inside it can be looked at or
+    opened (stat, lstat, scandir and open of any path through it fail with EACCES)."""
+    import builtins
+    import errno
+
+    def through_locked(path) -> bool:
+        if isinstance(path, int):
+            return False
+        text = os.fspath(path)
+        text = text.decode() if isinstance(text, bytes) else text
+        while text.startswith("./"):
+            text = text[2:]
+        return any(text.startswith(directory + "/") for directory in locked)
+
+    def refusing(real):
+        def call(path, *args, **kwargs):
+            if through_locked(path):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    for name in ("stat", "lstat", "scandir", "open"):
+        monkeypatch.setattr(os, name, refusing(getattr(os, name)))
+    monkeypatch.setattr(builtins, "open", refusing(builtins.open))
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("Movies/GridSquare_2/Data/*.mrc", "Movies/GridSquare_2/Data/*.mrc: Movies/GridSquare_2 cannot be searched "
+                                       "(Permission denied)"),
+    ("Movies/GridSquare_2/*/*.mrc", "Movies/GridSquare_2/*/*.mrc: Movies/GridSquare_2 cannot be searched "
+                                    "(Permission denied)"),
+    ("Movies/*/Data/*.mrc", "Movies/*/Data/*.mrc: Movies/GridSquare_2 cannot be searched (Permission denied); "
+                            "the movies in it are not converted"),
+    ("Movies/*/*/*.mrc", "Movies/*/*/*.mrc: Movies/GridSquare_2 cannot be searched (Permission denied); the "
+                         "movies in it are not converted"),
+    ("Movies/**/*.mrc", "Movies/**/*.mrc: Movies/GridSquare_2 cannot be searched (Permission denied); the "
+                        "movies in it are not converted"),
+    ("Movies", "Movies/GridSquare_2: cannot be searched (Permission denied); the movies in it are not converted"),
+])
+def test_a_directory_without_search_permission_is_named_once(in_tmp: Path, capsys, monkeypatch, pattern: str,
+                                                              message: str) -> None:
+    """A directory of mode 0644 (listable, but nothing inside it can be looked at) that a
+    pattern names literally (``Movies/GridSquare_2/Data/*.mrc``) or passes through
+    (``Movies/*/Data/*.mrc``) was missed without a word, or taken for a pattern that matches
+    nothing, or named once per movie in it as a file that cannot be read. It is one failure
+    naming the directory; the other inputs still convert."""
+    a = int16_movie("Movies/GridSquare_1/Data/a.mrc", 1)
+    int16_movie("Movies/GridSquare_2/Data/b.mrc", 2)
+    int16_movie("Movies/GridSquare_2/c.mrc", 3)
+    int16_movie("Movies/GridSquare_2/Data/d.mrc", 4)
+    refuse_to_search(monkeypatch, "Movies/GridSquare_2")
+    inputs = [pattern] if not pattern.startswith("Movies/GridSquare_2") else [pattern, "Movies/GridSquare_1/Data"]
+    assert main(["--i", *inputs, "--o", "out"]) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [f"ERROR: {message}"], captured.err
+    assert "Movies converted: 1, skipped: 0, failed: 1" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/GridSquare_1/Data/a.tif")), a)
+
+
+def test_the_watch_names_a_directory_without_search_permission_once(in_tmp: Path, capsys, monkeypatch) -> None:
+    """Under ``--watch`` a pattern through a directory of mode 0644 named nothing, which the watch
+    takes for "no movie there yet": its movies waited without a word. It is reported once; the
+    other movies convert."""
+    a = aged_movie("Movies/GridSquare_1/Data/a.mrc", 1)
+    aged_movie("Movies/GridSquare_2/Data/b.mrc", 2)
+    aged_movie("Other/GridSquare_9/Data/c.mrc", 3)
+    refuse_to_search(monkeypatch, "Movies/GridSquare_2", "Other/GridSquare_9")
+    assert main(watch_argv("Movies/*/Data/*.mrc", "Other/GridSquare_9/Data/*.mrc")) == 1
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [
+        "ERROR: Movies/*/Data/*.mrc: Movies/GridSquare_2 cannot be searched (Permission denied); the movies in it "
+        "are not converted",
+        "ERROR: Other/GridSquare_9/Data/*.mrc: Other/GridSquare_9 cannot be searched (Permission denied)"], \
+        captured.err
+    assert "Movies converted: 1, skipped: 0, failed: 2" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/GridSquare_1/Data/a.tif")), a)

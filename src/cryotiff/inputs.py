@@ -108,7 +108,9 @@ def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Pa
     except (FileNotFoundError, NotADirectoryError, ValueError):
         status = None
     except OSError as exc:
-        return [], [InputProblem(path, f"{path}: cannot be read ({exc.strerror or exc})")]
+        if not GLOB_CHARACTERS & set(argument):
+            return [], [InputProblem(path, f"{path}: cannot be read ({exc.strerror or exc})")]
+        status = None  # a pattern through a directory that cannot be searched: named below
     is_directory = status is not None and stat.S_ISDIR(status.st_mode)
     try:
         if path.suffix == ".star" and not is_directory:
@@ -127,10 +129,12 @@ def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Pa
         return found, problems
     if GLOB_CHARACTERS & set(argument) and status is None:
         base = _pattern_base(argument)
-        problems.extend(_unsearchable_directories(argument, base))
+        unsearchable = _unsearchable_directories(argument, base)
+        problems.extend(unsearchable)
+        blocked = [problem.path for problem in unsearchable]
         matches = [Path(p) for p in glob.glob(argument, recursive=True)]
-        found = _without_outputs(_one_name_per_file(sorted(p for p in matches if _is_regular(p, problems))), base,
-                                 output_dir)
+        found = _without_outputs(_one_name_per_file(sorted(
+            p for p in matches if not _is_below(p, blocked) and _is_regular(p, problems))), base, output_dir)
         if not found and not problems:
             problems.append(InputProblem(path, f"{argument}: no file matches this pattern", True, NamesNoMovieError))
         return found, problems
@@ -138,36 +142,65 @@ def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Pa
 
 
 def _unsearchable_directories(pattern: str, base: Path) -> list[InputProblem]:
-    """The directories that matching ``pattern`` must list but cannot (glob.glob says nothing of
-    them): those its components before a wildcard component lead to, and for ``**`` every
-    directory below them (directory symlinks not followed)."""
+    """The directories that matching ``pattern`` must enter but cannot (glob.glob says nothing of
+    them): every directory its components lead to must be searchable (:func:`_search_error`),
+    and listable where the next component holds a wildcard; for ``**``, so must every directory
+    below (directory symlinks not followed). A directory inside one already named is not named
+    again."""
     problems: list[InputProblem] = []
 
     def unreadable(error: OSError, directory: str) -> None:
         if error.errno == errno.ELOOP:  # ``**`` through a symlink loop, where the path gets too deep
             return
-        lost = "" if Path(directory) == base else "; the movies in it are not converted"
+        if isinstance(error, (FileNotFoundError, NotADirectoryError)):
+            return  # not there (yet), or removed while searched: nothing in it to miss
+        # A directory on the pattern's literal path loses the whole pattern, one below it only its part.
+        lost = "" if Path(directory) in (base, *base.parents) else "; the movies in it are not converted"
         problems.append(InputProblem(Path(directory), f"{pattern}: {directory} cannot be searched "
                                                       f"({error.strerror or error}){lost}"))
 
     parts = Path(pattern).parts
     for index, part in enumerate(parts):
-        if not GLOB_CHARACTERS & set(part):
+        wildcard = bool(GLOB_CHARACTERS & set(part))
+        if index == 0 and not wildcard:
             continue
         prefix = os.path.join(*parts[:index]) if index else "."
         listed = glob.glob(prefix, recursive=True) if GLOB_CHARACTERS & set(prefix) else [prefix]
         for directory in sorted(listed):
-            try:
-                os.scandir(directory).close()
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                unreadable(exc, directory)
+            error = _search_error(directory, listing=wildcard)
+            if error is not None:
+                unreadable(error, directory)
                 continue
             if part == "**":
-                for folder, _, _ in os.walk(directory, onerror=lambda error: unreadable(error, error.filename)):
-                    pass
-    return list({problem.message: problem for problem in problems}.values())
+                for folder, folders, _ in os.walk(directory, onerror=lambda error: unreadable(error, error.filename)):
+                    error = _search_error(folder, listing=False)
+                    if error is not None:
+                        unreadable(error, folder)
+                        folders.clear()
+    problems = list({problem.message: problem for problem in problems}.values())
+    named = [problem.path for problem in problems]
+    return [problem for problem in problems if not _is_below(problem.path, named)]
+
+
+def _search_error(directory: str | Path, listing: bool = True) -> OSError | None:
+    """Why ``directory`` cannot be searched, or None (also when it is not there or no
+    directory): its names cannot be listed (``listing``: no read permission, a stale mount), or
+    nothing in it can be looked at (no search permission: a directory of mode 0644 lists its
+    names, but every file in it is out of reach, and glob.glob passes over what lies below it)."""
+    try:
+        if listing:
+            os.scandir(directory).close()
+        os.stat(os.path.join(directory, "."))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        return exc
+    return None
+
+
+def _is_below(path: Path, directories: Sequence[Path]) -> bool:
+    """Whether ``path`` lies inside one of ``directories`` (as spelt: the paths of one search)."""
+    return any(directory in path.parents for directory in directories)
 
 
 def _movies_in_directory(directory: Path, problems: list[InputProblem]) -> list[Path]:
@@ -179,7 +212,13 @@ def _movies_in_directory(directory: Path, problems: list[InputProblem]) -> list[
         problems.append(InputProblem(where, f"{where}: cannot be searched ({error.strerror or error}){lost}"))
 
     found = []
-    for folder, _, names in os.walk(directory, onerror=unreadable):
+    for folder, folders, names in os.walk(directory, onerror=unreadable):
+        error = _search_error(folder, listing=False)  # listed, but perhaps not searchable (mode 0644)
+        if error is not None:
+            error.filename = folder
+            unreadable(error)
+            folders.clear()
+            continue
         found.extend(candidate for candidate in (Path(folder) / name for name in names)
                      if candidate.suffix.lower() in MOVIE_SUFFIXES and _is_regular(candidate, problems))
     return found
