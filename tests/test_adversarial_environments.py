@@ -834,3 +834,96 @@ def test_the_watch_names_a_directory_without_search_permission_once(in_tmp: Path
         captured.err
     assert "Movies converted: 1, skipped: 0, failed: 2" in captured.out, captured.out
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/GridSquare_1/Data/a.tif")), a)
+
+
+# --------------------------------------------------------------------------- --watch and STAR files being rewritten
+
+STAR_HEADER = "data_movies\n\nloop_\n_rlnMicrographMovieName #1\n_rlnOpticsGroup #2\nMovies/a.mrc 1\n"
+
+
+def test_a_star_file_read_while_it_is_written_gives_no_cut_off_name(in_tmp: Path) -> None:
+    """A STAR file read by the watch while another program writes it could end in the middle of
+    a movie name (``Movies/b``): that name then waited for a movie that never appears, and failed
+    at the end of the watch. A read that ends in an incomplete line, or during which the file
+    changed, is not used: the input gives the movies of its last complete read (none yet), and
+    is read again at the next look."""
+    from cryotiff.watch import InputSearch
+
+    Path("movies.star").write_text(STAR_HEADER + "Movies/b")
+    search = InputSearch(["movies.star"], Path("out"))
+    assert search.look() == ([], [])
+    with open("movies.star", "a") as star:
+        star.write(".mrc 1\n")
+    assert search.look() == (["Movies/a.mrc", "Movies/b.mrc"], [])
+    with open("movies.star", "a") as star:
+        star.write("Movies/c.mr")
+    assert search.look() == (["Movies/a.mrc", "Movies/b.mrc"], [])  # the last complete read
+    # Unchanged since the last look: a file that simply ends without a line break.
+    assert search.look() == (["Movies/a.mrc", "Movies/b.mrc", "Movies/c.mr"], [])
+
+
+def test_a_star_file_that_changes_while_it_is_read_is_read_again(in_tmp: Path, monkeypatch) -> None:
+    from cryotiff import inputs
+    from cryotiff.watch import InputSearch
+
+    Path("movies.star").write_text(STAR_HEADER)
+    real_read = inputs.read_movie_names
+    writes = ["Movies/b.mrc 1\n"]
+
+    def read_while_written(path):
+        names = real_read(path)
+        if writes:
+            with open(path, "a") as star:
+                star.write(writes.pop())
+        return names
+
+    monkeypatch.setattr(inputs, "read_movie_names", read_while_written)
+    search = InputSearch(["movies.star"], Path("out"))
+    assert search.look() == ([], [])
+    assert search.look() == (["Movies/a.mrc", "Movies/b.mrc"], [])
+
+
+def test_the_watch_converts_what_a_star_file_written_in_two_steps_names(in_tmp: Path, capsys) -> None:
+    """End to end: the STAR file's second step completes the name ``Movies/b`` the watch could
+    read; both movies convert, and nothing fails."""
+    import threading
+
+    a = aged_movie("Movies/a.mrc", 1)
+    b = aged_movie("Movies/b.mrc", 2)
+    Path("movies.star").write_text(STAR_HEADER + "Movies/b")
+
+    def second_step() -> None:
+        with open("movies.star", "a") as star:
+            star.write(".mrc 1\n")
+
+    threading.Timer(0.3, second_step).start()
+    assert main(watch_argv("movies.star")) == 0
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [], captured.err
+    assert "Movies converted: 2, skipped: 0, failed: 0" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/b.tif")), b)
+
+
+def test_a_name_a_star_file_no_longer_gives_is_no_failure_of_the_watch(in_tmp: Path, capsys) -> None:
+    """A name read from a STAR file (a cut-off one that a slow writer left for longer than a look,
+    or a movie taken out of the list) waited until the end of the watch and failed there, though
+    no input named it any more. A movie not converted yet that the inputs no longer name is
+    forgotten; the others convert."""
+    import threading
+
+    a = aged_movie("Movies/a.mrc", 1)
+    b = aged_movie("Movies/b.mrc", 2)
+    Path("movies.star").write_text(STAR_HEADER + "Movies/b\n")
+
+    def rewritten() -> None:
+        Path("movies.new").write_text(STAR_HEADER + "Movies/b.mrc 1\n")
+        os.replace("movies.new", "movies.star")
+
+    threading.Timer(0.3, rewritten).start()
+    assert main(watch_argv("movies.star")) == 0
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [], captured.err
+    assert "Movies converted: 2, skipped: 0, failed: 0" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/b.tif")), b)

@@ -16,7 +16,11 @@ without matches, a STAR or list file not written yet); one that named nothing du
 watch gets a warning at its end. An input that cannot be searched (a directory that became
 unreadable, an input directory removed, a mount gone stale) is a failure of the run, reported
 once when it is seen at two looks in a row (a STAR file being rewritten in place is not damaged);
-the watch goes on and takes the movies there once they can be found again. Each movie is converted once, unless its size or modification time changes
+the watch goes on and takes the movies there once they can be found again. A STAR or list file
+is used only as read whole: a read that ends in the middle of a line, or during which the file
+changed, is made again at the next look (:class:`InputSearch`). A movie that no input names any
+more before it is converted (a STAR file rewritten without it, a movie removed) is forgotten, not
+a failure. Each movie is converted once, unless its size or modification time changes
 after it was handed to its conversion: a TIFF written page by page is a complete TIFF after
 every page, so a writer that pauses for longer than ``--settle_seconds`` gets it converted with
 the pages it had then. Such a movie waits again and is converted again once it is complete (the
@@ -131,11 +135,38 @@ def _may_name_movies_later(argument: str) -> bool:
             or Path(argument).suffix.lower() in (*MOVIE_SUFFIXES, ".star", ".lst"))
 
 
+#: The inputs that name their movies inside them (read again at every look).
+NAME_FILE_SUFFIXES = (".star", ".lst")
+
+
+def _name_file_state(path: str) -> tuple[int, int, bool] | None:
+    """``(size, modification time in ns, whether its last line is complete)`` of a STAR or list
+    file, or None where it is no regular file (the search says why)."""
+    try:
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        if status.st_size == 0:
+            return (0, status.st_mtime_ns, True)
+        with open(path, "rb") as file:  # a regular file: opening it cannot block
+            file.seek(status.st_size - 1)
+            last = file.read(1)
+    except (OSError, ValueError):
+        return None
+    return (status.st_size, status.st_mtime_ns, last in (b"\n", b"\r"))
+
+
 class InputSearch:
     """The inputs of a watch, searched again at every look (:func:`cryotiff.inputs.search_input`):
     an input that names nothing yet adds nothing; one that cannot be searched is a problem,
     reported once when seen at two looks in a row; an input directory that is gone is one too
-    (rather than a movie of that name)."""
+    (rather than a movie of that name).
+
+    A STAR or list file is read while another program may be writing it (RELION, a script): a
+    read that ends in an incomplete line, or during which the file's size or modification time
+    changed, could hold a movie name cut short, and is not used: the file gives the movies of
+    its last complete read (none before the first) and is read again at the next look. A file
+    whose last line has no line break is used once it is unchanged since the look before."""
 
     def __init__(self, inputs: Sequence[str], output_dir: Path):
         self.inputs = list(inputs)
@@ -145,6 +176,23 @@ class InputSearch:
         self._with_problems: set[str] = set()  # inputs a reported problem was about
         self._seen_last: set[str] = set()  # problems of the last look, by message
         self._reported: set[str] = set()
+        self._name_files_seen: dict[str, tuple[int, int, bool] | None] = {}  # state at the last look
+        self._complete_reads: dict[str, list[Path]] = {}  # what each STAR or list file gave when read whole
+
+    def _search(self, argument: str) -> tuple[list[Path], list[InputProblem]]:
+        """:func:`cryotiff.inputs.search_input`, but for a STAR or list file being written, the
+        movies of its last complete read."""
+        if Path(argument).suffix not in NAME_FILE_SUFFIXES:
+            return search_input(argument, self.output_dir)
+        before = _name_file_state(argument)
+        found, met = search_input(argument, self.output_dir)
+        after = _name_file_state(argument)
+        seen_last = self._name_files_seen.get(argument)
+        self._name_files_seen[argument] = after
+        if before != after or (after is not None and not after[2] and after != seen_last):
+            return self._complete_reads.get(argument, []), []
+        self._complete_reads[argument] = found
+        return found, met
 
     def look(self) -> tuple[list[str], list[InputProblem]]:
         """The movies the inputs name now, as paths, and the problems to report now."""
@@ -158,7 +206,7 @@ class InputSearch:
                 continue
             if not _may_name_movies_later(argument):
                 continue  # a directory not made yet, not a movie of that name
-            found, met = search_input(argument, self.output_dir)
+            found, met = self._search(argument)
             if os.path.isdir(argument):
                 self._directories.add(argument)
             if found:
@@ -262,6 +310,12 @@ class MovieWatch:
         for problem in problems:
             found.failures.append(problem.as_result())
             found.changed = True
+        named = {Path(movie) for movie in movies}
+        for source in [source for source in self._jobs if source not in self.handed_out and source not in named]:
+            # No input names it any more (a STAR file rewritten without it, a name that was cut
+            # short, a movie removed or renamed before its conversion): nothing to wait for.
+            del self._jobs[source]
+            self._waiting.pop(source, None)
         if not movies:
             return found
         jobs, failures = plan(movies, self.options)
