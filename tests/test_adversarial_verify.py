@@ -728,3 +728,55 @@ def test_an_input_replaced_by_another_movie_with_the_same_last_frame_is_converte
     np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), second)
     assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
     assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", ["with the manifest", "with the originals", "with the originals and --gain",
+                                 "with the originals and --gain, no manifest"])
+def test_the_gain_reference_written_for_eer_movies_is_checked(in_tmp: Path, capsys, how: str) -> None:
+    """``--gain`` with EER movies writes ``<o>/gain-reference.mrc``, the EER gain as RELION
+    converts it (``src/tiff_converter.cpp``), which the TIFFs' counts are to be multiplied by.
+    ``--verify_only`` passed with that file missing or replaced, which let the originals (and
+    the gain) be deleted with no gain left for the movies. Its digest is now in each EER line."""
+    import mrcfile
+
+    from cryotiff.gain.files import write_float_mrc
+    from cryotiff.simulate.eer import random_events, write_eer
+
+    write_eer(Path("m.eer"), random_events(np.random.default_rng(1), 2048, 4, 0.002), 2048)
+    eer_gain = np.random.default_rng(2).uniform(0.5, 2.0, (2048, 2048)).astype(np.float32)
+    with mrcfile.new("gain.mrc") as mrc:
+        mrc.set_data(eer_gain)
+    assert main(["--i", "m.eer", "--o", "out", "--eer_grouping", "2", "--gain", "gain.mrc"]) == 0
+    line = json.loads(Path("out", MANIFEST_NAME).read_text())
+    assert line["gain_reference"]["file"] == "gain-reference.mrc"
+    verify = {"with the manifest": ["--verify_only", "--o", "out"],
+              "with the originals": ["--verify_only", "--i", "m.eer", "--o", "out"],
+              "with the originals and --gain": ["--verify_only", "--i", "m.eer", "--o", "out", "--gain", "gain.mrc"],
+              }.get(how, ["--verify_only", "--i", "m.eer", "--o", "out", "--gain", "gain.mrc"])
+    if how.endswith("no manifest"):  # the gain file converted again settles it
+        Path("out", MANIFEST_NAME).unlink()
+    said = "its pixels are as written" if how == "with the manifest" else "its pages are those of m.eer"
+    needed = "out/gain-reference.mrc, the gain their counts need (the EER gain converted as RELION does),"
+    capsys.readouterr()
+    assert main(verify) == 0
+    assert "Every page of every output is exact" in capsys.readouterr().out
+    reference = Path("out/gain-reference.mrc")
+    written = reference.read_bytes()
+
+    reference.unlink()
+    assert main(verify) == 1
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [f"DIFFERS   out/m.tif: {said}, but {needed} does not exist"], out
+
+    write_float_mrc(reference, eer_gain)  # the gain as given, not inverted
+    assert main(verify) == 1
+    out = capsys.readouterr().out
+    assert verdict_lines(out) == [
+        f"DIFFERS   out/m.tif: {said}, but {needed} holds another gain reference than the one written with them"], out
+
+    reference.write_bytes(b"not an MRC file")
+    assert main(verify) == 1
+    assert f"DIFFERS   out/m.tif: {said}, but {needed} cannot be read" in capsys.readouterr().out
+
+    reference.write_bytes(written)
+    assert main(verify) == 0

@@ -917,7 +917,8 @@ def convert_movie(
                                    "movie that was there when its conversion began.")
         source.finish(result)
         if manifest is not None:
-            _add_to_manifest(manifest, source, source_path, destination, page_digests, result, source_hash)
+            _add_to_manifest(manifest, source, source_path, destination, page_digests, result, source_hash,
+                             context.eer_gain_reference if isinstance(source, EerPages) else None)
             source_hash = None
         result.seconds = time.perf_counter() - started
         return result
@@ -929,14 +930,17 @@ def convert_movie(
 
 
 def _add_to_manifest(manifest, source: PageSource, source_path: Path, destination: Path,
-                     page_digests: list[bytes], result: MovieResult, source_hash=None) -> None:
+                     page_digests: list[bytes], result: MovieResult, source_hash=None,
+                     eer_gain_reference: np.ndarray | None = None) -> None:
     """Describe the written TIFF in ``<o>``'s manifest (:mod:`cryotiff.manifest`), hashing the
     files in the background; the TIFF is complete and checked already, so a manifest that cannot
-    be written is a warning (:meth:`cryotiff.manifest.Manifest.wait`)."""
+    be written is a warning (:meth:`cryotiff.manifest.Manifest.wait`). ``eer_gain_reference``:
+    the run's converted EER gain (``<o>/gain-reference.mrc``), for an EER movie."""
     from .manifest import pixels_digest
 
-    # The integer pages of a gain-normalised movie need <o>/gain-reference.mrc: its digest goes in too.
-    gain_reference = source.gain_reference if isinstance(source, GainPages) else None
+    # The integer pages of a gain-normalised movie need <o>/gain-reference.mrc, and an EER movie's
+    # counts need the EER gain written there: its digest goes in too.
+    gain_reference = source.gain_reference if isinstance(source, GainPages) else eer_gain_reference
     # An EER movie's damaged raw frames left out: a rerun (--only_do_unfinished) must say so again.
     left_out = sorted(index + 1 for index in source.corrupt_frames) if isinstance(source, EerPages) else None
     manifest.add_later(source_path, destination, page_digests, source.shape_yx, str(source.dtype), source_hash,

@@ -18,10 +18,11 @@ the same output replaces an earlier one when the manifest is read. A line holds:
   (:class:`cryotiff.recorded_options.OutputRecord`: the options that change its pixels, the
   codec, whether every strip was verified, the version);
 * ``gain_reference``: for a float (gain-normalised) movie converted with ``--gain``, whose
-  integer pages give back its data only times ``<o>/gain-reference.mrc``: ``{"file":
-  "gain-reference.mrc", "pixels_sha256": ...}``, the file's name relative to ``--o`` and the
-  SHA-256 of its float32 samples (as :func:`page_digest` makes it, all 64 digits); ``null`` for
-  every other output. A line written before this field existed lacks it, and is read as
+  integer pages give back its data only times ``<o>/gain-reference.mrc``, and for an EER movie
+  converted with ``--gain``, whose counts need the EER gain converted into that file (as
+  RELION's ``src/tiff_converter.cpp`` writes it): ``{"file": "gain-reference.mrc",
+  "pixels_sha256": ...}``, the file's name relative to ``--o`` and the SHA-256 of its float32
+  samples (as :func:`page_digest` makes it, all 64 digits); ``null`` for every other output. A line written before this field existed lacks it, and is read as
   ``null``: the check of a gain-normalised output then cannot tell which gain reference its
   pages need (:func:`cryotiff.verify.verify_with_manifest` calls it unchecked);
 * ``left_out_raw_frames``: for an EER movie, the damaged raw frames (1-based) its pages leave

@@ -13,7 +13,11 @@ after, against the manifest.
   (:mod:`cryotiff.manifest`) is decoded, and its pages' digests, its sample type, size and page
   count and the SHA-256 of the file are compared with what was recorded when it was written;
   for a float movie converted with a gain also ``<o>/gain-reference.mrc``, which its pages need,
-  with the digest of the gain reference they were made with.
+  with the digest of the gain reference they were made with; for an EER movie converted with
+  ``--gain`` the same file, the EER gain converted as RELION does, which its counts need.
+
+With the originals, an EER output's ``<o>/gain-reference.mrc`` is checked against the digest
+of its manifest line, or, without one, against the EER gain ``--gain`` converts to.
 
 Pages are decoded by the TIFF reader that reads TIFF movies (:class:`cryotiff.io.tiff.TiffMovie`),
 one per thread, ``--j`` pages at a time. This module never prints: each movie gives a
@@ -203,9 +207,10 @@ class GainContexts:
         self._checksums: dict[Path, str] = {}
         self._reference_problems: dict[tuple[Path, int], str | None] = {}
 
-    def reference_problem(self, output_dir: Path, reference: np.ndarray) -> str | None:
+    def reference_problem(self, output_dir: Path, reference: np.ndarray, eer: bool = False) -> str | None:
         """Why ``<o>/gain-reference.mrc`` is not ``reference`` bit for bit (missing, unreadable,
-        another image), or None; each file read once per reference."""
+        another image), or None; each file read once per reference. ``eer``: the EER gain
+        converted from ``--gain`` (the sentence says what the file is to EER movies)."""
         from .gain import GAIN_REFERENCE_NAME
 
         path = Path(output_dir) / GAIN_REFERENCE_NAME
@@ -214,19 +219,20 @@ class GainContexts:
             expected = np.ascontiguousarray(reference, np.float32)
             self._reference_problems[key] = _gain_reference_problem(
                 path, lambda image: image.shape == expected.shape and np.array_equal(image.view(np.uint32),
-                                                                                      expected.view(np.uint32)))
+                                                                                      expected.view(np.uint32)), eer)
         return self._reference_problems[key]
 
     def recorded_reference_problem(self, output_dir: Path, entry: ManifestEntry) -> tuple[str, str] | None:
-        """For a manifest ``entry`` whose pages need the gain reference: ``("differs", why)``
-        when the file its line names is missing, unreadable or holds other pixels than its
-        digest, ``("unchecked", why)`` when the line (an earlier version's) names none; else
-        None. Each file read once per digest."""
+        """For a manifest ``entry`` whose pages need the gain reference (a float movie's) or
+        whose line names one (an EER movie's converted ``--gain``): ``("differs", why)`` when
+        the file its line names is missing, unreadable or holds other pixels than its digest,
+        ``("unchecked", why)`` when the line of a float movie's output (an earlier version's)
+        names none; else None. Each file read once per digest."""
         from .manifest import gain_reference_digest
 
-        if not entry.needs_gain_reference:
-            return None
         recorded = entry.gain_reference
+        if recorded is None and not entry.needs_gain_reference:
+            return None  # an EER line without one: converted without --gain, or by an earlier version
         if recorded is None:
             from .gain import GAIN_REFERENCE_NAME
 
@@ -237,7 +243,8 @@ class GainContexts:
         key = (path, recorded["pixels_sha256"])
         if key not in self._reference_problems:
             self._reference_problems[key] = _gain_reference_problem(
-                path, lambda image: gain_reference_digest(image) == recorded["pixels_sha256"])
+                path, lambda image: gain_reference_digest(image) == recorded["pixels_sha256"],
+                eer=not entry.needs_gain_reference)
         problem = self._reference_problems[key]
         return ("differs", problem) if problem is not None else None
 
@@ -266,13 +273,19 @@ class GainContexts:
         return self._contexts[key]
 
 
-def _gain_reference_problem(path: Path, holds_it: Callable[[np.ndarray], bool]) -> str | None:
+def _gain_reference_problem(path: Path, holds_it: Callable[[np.ndarray], bool], eer: bool = False) -> str | None:
     """Why ``path`` is not the gain reference the pages need (``holds_it`` of its float32 image
-    is False), as the end of a sentence; None if it is."""
+    is False), as the end of a sentence; None if it is. ``eer``: the EER gain written with EER
+    movies' TIFFs (their counts need it; the pages give back their original without it)."""
     from .errors import GainError
     from .gain.files import read_mrc_image
 
-    needed = f"{path}, which they need (TIFF x gain reference = the original),"
+    if eer:
+        needed = f"{path}, the gain their counts need (the EER gain converted as RELION does),"
+        other = "the one written with them"
+    else:
+        needed = f"{path}, which they need (TIFF x gain reference = the original),"
+        other = "the one they were made with"
     if not os.path.lexists(path):
         return f"{needed} does not exist"
     try:
@@ -280,7 +293,7 @@ def _gain_reference_problem(path: Path, holds_it: Callable[[np.ndarray], bool]) 
     except GainError as exc:
         return f"{needed} cannot be read ({exc})"
     if not holds_it(existing):
-        return f"{needed} holds another gain reference than the one they were made with"
+        return f"{needed} holds another gain reference than {other}"
     return None
 
 
@@ -308,14 +321,30 @@ def verify_with_original(job: Job, options: ConvertOptions, executor: Executor |
         return Verdict(output, job.source, "unchecked", f"cannot read {job.source} ({exc.strerror or exc})")
     try:
         verdict = _compare(job, output, source, movie_options, executor, entry, started)
+        problem = None
         if verdict.ok and isinstance(source, GainPages):
             problem = contexts.reference_problem(options.output_dir, source.gain_reference)
-            if problem is not None:
-                verdict = dataclasses.replace(verdict, status="differs",
-                                              message=f"its pages are those of {job.source}, but {problem}")
+        elif verdict.ok and source.is_eer:
+            problem = _eer_gain_reference_problem(options.output_dir, entry, context, contexts)
+        if problem is not None:
+            verdict = dataclasses.replace(verdict, status="differs",
+                                          message=f"its pages are those of {job.source}, but {problem}")
         return verdict
     finally:
         source.close()
+
+
+def _eer_gain_reference_problem(output_dir: Path, entry: ManifestEntry | None, context,
+                                contexts: GainContexts) -> str | None:
+    """Why ``<o>/gain-reference.mrc`` is not the EER gain written with an EER output: checked
+    against the digest of the output's manifest line, or, without one (a manifest removed, a
+    line of an earlier version), against the gain ``--gain`` converts to now; None when it is,
+    or when neither says that there is one (a conversion without ``--gain``)."""
+    if entry is not None and entry.gain_reference is not None:
+        found = contexts.recorded_reference_problem(output_dir, entry)
+        return found[1] if found is not None else None
+    reference = getattr(context, "eer_gain_reference", None)
+    return contexts.reference_problem(output_dir, reference, eer=True) if reference is not None else None
 
 
 def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions, executor: Executor | None,
