@@ -9,6 +9,13 @@ helpers its context installs when it is created. The refresh was about 0.2 s of 
 of every run that loads a kernel (a third of loading the first one); the kernels' cache loads
 without it. A kernel that must be compiled still gets the full refresh, from numba's compiler
 itself. Only the kernels of this package load this way; other numba code keeps numba's loader.
+
+An entry numba cannot load ended the call with whatever unpickling raised: a truncated index
+(``.nbi``) or data file (``.nbc``), say after a full disk or a crash, or a data file written
+for a kernel of another module, which numba takes for this one's since it matches entries by
+the contents of the source file (a copy of the package under another name caches its kernels
+under the same names). The kernels' cache compiles the kernel again instead, as for a missing
+entry, and writes the entry anew: the run is slower by that compilation, never stopped by it.
 """
 
 from __future__ import annotations
@@ -20,14 +27,35 @@ from numba.core.runtime import rtsys
 
 class _KernelCache(FunctionCache):
     """numba's cache of a function's machine code, loaded with the runtime initialised but
-    without numba's refresh of the target context (see the module docstring)."""
+    without numba's refresh of the target context; an entry that cannot be loaded counts as
+    missing (see the module docstring)."""
 
     def load_overload(self, sig, target_context):
         # The part of numba's refresh that loading needs: compiling and registering the NRT's
         # functions, which cached code that allocates arrays calls.
         rtsys.initialize(target_context)
-        with self._guard_against_spurious_io_errors():
-            return self._load_overload(sig, target_context)
+        try:
+            with self._guard_against_spurious_io_errors():
+                compiled = self._load_overload(sig, target_context)
+        except Exception:  # damaged or foreign: whatever unpickling or relinking it raised
+            compiled = None
+        else:
+            # An entry of a kernel of another module (unpickling it imported that module).
+            module = getattr(getattr(compiled, "fndesc", None), "modname", self._py_func.__module__)
+            if module == self._py_func.__module__:
+                return compiled
+            compiled = None
+        try:
+            self.flush()  # an empty index in its place (written whole, then renamed): the entry is saved anew
+        except OSError:
+            pass
+        return compiled
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except Exception:  # an index that cannot be read or replaced: the kernel stays compiled in memory
+            pass
 
 
 def _load_without_refresh(dispatcher):
