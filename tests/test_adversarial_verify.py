@@ -780,3 +780,52 @@ def test_the_gain_reference_written_for_eer_movies_is_checked(in_tmp: Path, caps
 
     reference.write_bytes(written)
     assert main(verify) == 0
+
+
+def zero_4_kib_inside(path: Path, page_index: int) -> int:
+    """Zero the first 4 KiB block (aligned in the file, as a file server's blocks are) that
+    lies inside the stored bytes of page ``page_index``; its offset."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[page_index]
+        start = min(page.dataoffsets)
+        end = max(offset + count for offset, count in zip(page.dataoffsets, page.databytecounts))
+    block = -(-start // 4096) * 4096
+    assert block + 4096 <= end, "the page is too small to hold an aligned 4 KiB block"
+    with open(path, "r+b") as handle:
+        handle.seek(block)
+        handle.write(bytes(4096))
+    return block
+
+
+def test_a_tif_with_a_zero_filled_hole_inside_a_page_is_not_taken_as_finished(in_tmp: Path, capsys) -> None:
+    """Blocks lost by a file server that crashed after the rename read back as zeros (or as a
+    hole, which reads as zeros): the file keeps its size and structure, its first and last pages
+    decode, and ``--only_do_unfinished`` kept it, although a middle page is damaged
+    (``--verify_only`` found it). A stored 4 KiB block of zeros has its page decoded and
+    compared with the movie's."""
+    frames = int16_movie("a.mrc", 1, n_frames=5, shape_yx=(128, 128)) * 1000
+    write_mrc_movie(Path("a.mrc"), frames, 1)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    hole = zero_4_kib_inside(Path("out/a.tif"), 2)
+    capsys.readouterr()
+    assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 1
+    assert "DIFFERS   out/a.tif: page 3" in capsys.readouterr().out
+    assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert (f"out/a.tif: page 3 holds 4 KiB of zero bytes at byte {hole} (lost blocks?) and cannot be decoded: "
+            "its deflate compressed data are damaged; converting again") in out, out
+    assert "Movies converted: 1, skipped: 0, failed: 0" in out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)
+    assert main(["--verify_only", "--i", "a.mrc", "--o", "out"]) == 0
+
+
+def test_a_tif_whose_pages_hold_zero_blocks_of_their_own_is_still_finished(in_tmp: Path, capsys) -> None:
+    """Zero bytes a page really holds (a blank frame stored uncompressed) are no hole: the page
+    equals the movie's, and the output is kept."""
+    frames = int16_movie("a.mrc", 1, n_frames=5, shape_yx=(128, 128))
+    frames[2] = 0
+    write_mrc_movie(Path("a.mrc"), frames, 1)
+    assert main(["--i", "a.mrc", "--o", "out", "--compression", "none"]) == 0
+    capsys.readouterr()
+    assert main(["--i", "a.mrc", "--o", "out", "--compression", "none", "--only_do_unfinished"]) == 0
+    assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out

@@ -265,6 +265,9 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
             return FinishedCheck(False, f"{job.destination}: its {differing} page differs from page "
                                         f"{n_pages if differing == 'last' else 1} of {job.source} (made from another "
                                         "movie of the same name and size?)")
+        hole = _zero_block_problem(job, source, found)
+        if hole is not None:
+            return FinishedCheck(False, hole)
         if isinstance(source, EerPages):
             return _damaged_frames_check(job, source, options, context)
     except (CryotiffError, OSError):
@@ -322,6 +325,39 @@ def _damaged_frames_check(job: Job, source: EerPages, options: ConvertOptions,
                                       f"{job.source} ({numbers}); {still}",),
                          warnings=tuple(corrupt_frame_warning(str(job.source), n) for n in left_out),
                          damaged_eer_frames=len(left_out))
+
+
+def _zero_block_problem(job: Job, source: PageSource, found: OutputCheck) -> str | None:
+    """Why a page whose stored bytes hold an aligned 4 KiB of zeros (``found.zero_blocks``: blocks
+    a file server lost after the file was complete read back as zeros) is not the movie's page:
+    it does not decode, or decodes to other pixels; None when every such page is the movie's
+    (zeros of its own: a blank frame stored uncompressed). The first and last pages are compared
+    already (:func:`_differing_page`); each other such page costs one page made again."""
+    from .io.tiff import open_tiff
+
+    others = [(index, offset) for index, offset in found.zero_blocks if 0 < index < source.n_pages - 1]
+    if not others:
+        return None
+    stored_movie = open_tiff(job.destination)
+    try:
+        for index, offset in others:
+            hole = f"{job.destination}: page {index + 1} holds 4 KiB of zero bytes at byte {offset} (lost blocks?)"
+            try:
+                page = stored_movie.read_frame(index)
+                page = page.astype(page.dtype.newbyteorder("="), copy=False)
+            except CryotiffError as exc:  # "<path>: page 3 cannot be decoded: ..." -> "cannot be decoded: ..."
+                said = str(exc)
+                return f"{hole} and {said.split(f': page {index + 1} ', 1)[-1]}"
+            try:
+                expected = source.page(index)
+            except WiderTypeNeeded:
+                return f"{hole} and differs from page {index + 1} of {job.source}"
+            if page.shape != expected.shape or not np.array_equal(page.view(f"u{page.dtype.itemsize}"),
+                                                                  expected.view(f"u{expected.dtype.itemsize}")):
+                return f"{hole} and differs from page {index + 1} of {job.source}"
+    finally:
+        stored_movie.close()
+    return None
 
 
 def _differing_page(source: PageSource, found: OutputCheck) -> str | None:

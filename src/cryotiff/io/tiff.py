@@ -466,6 +466,11 @@ class OutputCheck:
         last_page: the last page as decoded, in raster order (the rows flipped back), when the
             file is complete; for comparing it with the movie's last page.
         first_page: the same of page 1 (the last page, for a file of one page).
+        zero_blocks: ``(page index, byte offset)`` of the first stored 4 KiB of zero bytes
+            (:data:`ZERO_BLOCK_BYTES`, aligned in the file) of each page whose stored bytes hold
+            one, as blocks lost by a file server read back; such a page is to be decoded and
+            compared with the movie's (a page can hold such zeros of its own: a blank frame
+            stored uncompressed).
     """
 
     problem: str | None
@@ -473,6 +478,45 @@ class OutputCheck:
     dtype: np.dtype | None = None
     last_page: np.ndarray | None = None
     first_page: np.ndarray | None = None
+    zero_blocks: tuple[tuple[int, int], ...] = ()
+
+
+#: The blocks :func:`check_output` looks for: a file system's block (and the page cache's page),
+#: the unit in which a file server that crashes loses written data, aligned in the file.
+ZERO_BLOCK_BYTES = 4096
+
+
+def zero_blocks_of_pages(path: Path, page_spans: Sequence[tuple[int, int]],
+                         chunk_bytes: int = 1 << 22) -> list[tuple[int, int]]:
+    """``(page index, offset)`` of the first aligned :data:`ZERO_BLOCK_BYTES` block of zero
+    bytes that overlaps each page's stored bytes (``page_spans``: ``(first byte, end)`` of each
+    page's strips). The whole file is read once, ``chunk_bytes`` at a time (the cost of
+    ``--only_do_unfinished``: about a read of the output, docs/user-guide.md).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    spans = np.array(page_spans, np.int64).reshape(-1, 2)
+    order = np.argsort(spans[:, 0], kind="stable")
+    starts, ends = spans[order, 0], np.maximum.accumulate(spans[order, 1])  # ends made monotonic
+    found: dict[int, int] = {}
+    chunk = bytearray(chunk_bytes - chunk_bytes % ZERO_BLOCK_BYTES)
+    position = 0
+    with open(path, "rb") as handle:
+        while True:
+            n_read = handle.readinto(chunk)
+            whole = n_read - n_read % ZERO_BLOCK_BYTES
+            if whole:
+                blocks = np.frombuffer(chunk, np.uint64, whole // 8).reshape(-1, ZERO_BLOCK_BYTES // 8)
+                for block in position + np.flatnonzero(~blocks.any(axis=1)) * ZERO_BLOCK_BYTES:
+                    first = np.searchsorted(ends, block, "right")  # the pages ending after the block begins
+                    last = np.searchsorted(starts, block + ZERO_BLOCK_BYTES, "left")  # ... beginning before it ends
+                    for index in order[first:last]:
+                        found.setdefault(int(index), int(block))
+            if n_read < len(chunk):
+                break
+            position += n_read
+    return sorted(found.items())
 
 
 def check_output(
@@ -483,8 +527,10 @@ def check_output(
     each of ``shape_yx`` and one sample type among ``dtypes``; every strip of every page inside
     the file and not empty; and the first and last pages decode. The writer writes pages in order, so a
     file cut anywhere (also inside the last strip) has a strip beyond its end or an IFD chain cut
-    short; decoding the last page also catches a last strip damaged in place. tifffile's own
-    messages are captured, never printed.
+    short; decoding the last page also catches a last strip damaged in place. The pages whose
+    stored bytes hold an aligned 4 KiB of zeros, as blocks lost after the file was complete read
+    back, are named (``zero_blocks``), for the caller to compare them with the movie. tifffile's
+    own messages are captured, never printed.
     """
     import tifffile
 
@@ -507,6 +553,7 @@ def check_output(
             dtype = np.dtype(first.dtype)
             if found != n_pages:
                 return OutputCheck(f"has {found} pages, {n_pages} expected", description, dtype)
+            page_spans = []
             for number in range(1, found + 1):
                 page = pages[number - 1]
                 page_dtype = np.dtype(page.dtype)
@@ -524,6 +571,11 @@ def check_output(
                     if offset + count > size:
                         return OutputCheck(f"incomplete (page {number} of {found} ends beyond the end of the file)",
                                            description, dtype)
+                    if offset < 8:  # the strip offsets zeroed: a strip inside the header
+                        return OutputCheck(f"damaged (a strip of page {number} of {found} begins inside the TIFF "
+                                           "header)", description, dtype)
+                page_spans.append((min(page.dataoffsets), max(offset + count for offset, count in
+                                                              zip(page.dataoffsets, page.databytecounts))))
             decoded = {}
             for number in sorted({found, 1}, reverse=True):
                 try:
@@ -534,12 +586,13 @@ def check_output(
                 if problem is not None:
                     what = "incomplete" if number == found else "damaged"
                     return OutputCheck(f"{what} (page {number} cannot be decoded: {problem})", description, dtype)
+            zero_blocks = zero_blocks_of_pages(path, page_spans)
     except FileNotFoundError:
         return OutputCheck("does not exist")
     except Exception as exc:  # tifffile raises many types on damaged files
         return OutputCheck(f"damaged ({tifffile_problem(exc)})")
     return OutputCheck(None, description, dtype, np.ascontiguousarray(flip_rows(decoded[found])),
-                       np.ascontiguousarray(flip_rows(decoded[1])))
+                       np.ascontiguousarray(flip_rows(decoded[1])), tuple(zero_blocks))
 
 
 def read_tiff_pages(path: Path) -> Iterator[np.ndarray]:
