@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,46 @@ def wait_until(condition, what: str, process, timeout: float = 60.0) -> None:
             raise AssertionError(f"the run ended before {what}: {process.communicate()}")
         time.sleep(0.005)
     raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+#: How long a test waits for a subprocess (or a condition on one) before calling it hung. Only a
+#: hang must fail: CI's loaded 2-core machine once needed more than 120 s for a run of seconds.
+HANG_SECONDS = 600.0
+
+
+class OutputSoFar:
+    """What a running process (a text-mode Popen with pipes for stdout and stderr) has written
+    so far, read by two threads as it comes, so that a test waits for a line (``wait_until``)
+    instead of sleeping for as long as the line usually takes."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self._parts: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._threads = [threading.Thread(target=self._read, args=(name,), daemon=True) for name in self._parts]
+        for thread in self._threads:
+            thread.start()
+
+    def _read(self, name: str) -> None:
+        stream = getattr(self.process, name)
+        try:
+            for line in stream:
+                self._parts[name].append(line)
+        finally:
+            stream.close()  # as communicate() closes it
+
+    def text(self, name: str = "stdout") -> str:
+        return "".join(list(self._parts[name]))
+
+    def finish(self, timeout: float = HANG_SECONDS) -> tuple[str, str]:
+        """Wait for the process to end and its pipes to close: ``(stdout, stderr)``.
+
+        Raises:
+            subprocess.TimeoutExpired: it has not ended after ``timeout`` seconds.
+        """
+        self.process.wait(timeout=timeout)
+        for thread in self._threads:
+            thread.join(timeout)
+        return self.text("stdout"), self.text("stderr")
 
 
 def start_process(command: list[str], **popen_arguments) -> subprocess.Popen:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,14 @@ import pytest
 
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames, start_process, wait_until
+from .helpers import HANG_SECONDS, OutputSoFar, read_tiff_frames, start_process, wait_until
 
 BIN_DIR = Path(sys.executable).parent
 MPIRUN = BIN_DIR / "mpirun"
-TIMEOUT_SECONDS = 120
+#: Only a hang must fail (helpers.HANG_SECONDS): the rerun converts an 80 MB movie, which took
+#: more than 120 s once on CI's loaded 2-core machine. What the tests wait for (a partial file,
+#: rank 0 holding a result) they wait for as a condition, never as a sleep.
+TIMEOUT_SECONDS = HANG_SECONDS
 #: Slow enough (deflate level 12 on 2 x 1024 x 1024 int16 pages per second or so) that the run
 #: is surely in the middle of the movie when the signal comes.
 SLOW_CODEC = ("--compression", "deflate", "--deflate_level", "12")
@@ -51,7 +53,7 @@ def wait_until_writing(process: subprocess.Popen, directory: Path, stem: str) ->
                 continue
         return False
 
-    wait_until(writing, f"{stem} half written", process)
+    wait_until(writing, f"{stem} half written", process, TIMEOUT_SECONDS)
 
 
 def listed_in_movies_star(path: Path) -> list[str]:
@@ -168,8 +170,18 @@ def start_mpirun(arguments: list[str], cwd: Path, n_ranks: int = 2) -> subproces
     if os.geteuid() == 0:
         command.append("--allow-run-as-root")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return start_process(command + [sys.executable, "-m", "cryotiff.mpi", *arguments], cwd=cwd, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = start_process(command + [sys.executable, "-m", "cryotiff.mpi", *arguments], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process.output = OutputSoFar(process)  # read as it comes: the tests wait for rank 0's lines
+    return process
+
+
+def wait_until_rank_0_has_the_first_result(process: subprocess.Popen) -> None:
+    """Rank 0 prints a progress line when it has collected a movie's result (the other rank
+    converts a.mrc while big.mrc is being written); a signal before that would find a.mrc's
+    TIFF written but not yet counted."""
+    wait_until(lambda: "Progress: 1 of 2 movies" in process.output.text(), "rank 0 collecting a.mrc's result",
+               process, TIMEOUT_SECONDS)
 
 
 def rank_pids(mpirun_pid: int) -> list[int]:
@@ -200,18 +212,15 @@ def test_sigterm_to_the_ranks_during_the_second_movie(in_tmp: Path) -> None:
                             "--report", "report.json"], in_tmp)
     try:
         wait_until_writing(process, in_tmp / "out", "big")
-        deadline = time.monotonic() + 10
-        while not (out := in_tmp / "out" / "a.tif").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)  # the other rank converts a.mrc at the same time
-        time.sleep(0.3)  # and hands in its result
+        wait_until_rank_0_has_the_first_result(process)
         for pid in rank_pids(process.pid):
             os.kill(pid, signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-    assert out.exists()
+            process.wait()
+    assert (in_tmp / "out" / "a.tif").exists()
     assert process.returncode == 130, stdout + stderr
     assert_interrupted_after_the_first_movie(Path("out"), stdout, stderr, first, in_tmp / "report.json")
 
@@ -227,16 +236,13 @@ def test_ctrl_c_on_mpirun_ends_cleanly(in_tmp: Path) -> None:
                             "--report", "report.json"], in_tmp)
     try:
         wait_until_writing(process, in_tmp / "out", "big")
-        deadline = time.monotonic() + 10
-        while not (in_tmp / "out" / "a.tif").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)
+        wait_until_rank_0_has_the_first_result(process)
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=TIMEOUT_SECONDS)
+        process.output.finish(TIMEOUT_SECONDS)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+            process.wait()
     assert process.returncode != 0
     np.testing.assert_array_equal(read_tiff_frames(in_tmp / "out" / "a.tif"), first)
     assert [p.name for p in (in_tmp / "out").iterdir() if p.name.startswith("big")] == []

@@ -20,10 +20,12 @@ from cryotiff.convert import ConvertOptions
 from cryotiff.simulate.write import write_mrc_movie
 from cryotiff.watch import MovieWatch, WatchOptions, why_incomplete
 
-from .helpers import read_tiff_frames, wait_until
+from .helpers import HANG_SECONDS, OutputSoFar, read_tiff_frames, wait_until
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
-TIMEOUT_SECONDS = 120
+#: Only a hang must fail (helpers.HANG_SECONDS); what the tests wait for, they wait for as a
+#: condition (a line of the watch's output, a file), never as a sleep of the usual time.
+TIMEOUT_SECONDS = HANG_SECONDS
 SETTLE = 1.5
 
 
@@ -51,17 +53,26 @@ def movies_star_names(path: Path) -> list[str]:
 
 
 def start(command: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    """The watch, its output read as it comes (``process.output``, :class:`~tests.helpers.OutputSoFar`)."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    process.output = OutputSoFar(process)
+    return process
+
+
+def wait_for_line(process: subprocess.Popen, text: str) -> None:
+    """Wait until the watch has printed ``text`` (fail if it ends first, or hangs)."""
+    wait_until(lambda: text in process.output.text(), f"the watch printing {text!r}", process, TIMEOUT_SECONDS)
 
 
 def finish(process: subprocess.Popen) -> tuple[str, str]:
     try:
-        return process.communicate(timeout=TIMEOUT_SECONDS)
+        return process.output.finish(TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"the watch did not end by itself\nstdout:\n{stdout}\nstderr:\n{stderr}")
+        process.wait()
+        pytest.fail(f"the watch did not end by itself\nstdout:\n{process.output.text()}\n"
+                    f"stderr:\n{process.output.text('stderr')}")
 
 
 def mpirun_prefix() -> list[str]:
@@ -80,17 +91,21 @@ def write_in_two_halves_during_the_watch(tmp_path: Path, program: list[str]) -> 
     b_bytes = mrc_bytes(tmp_path / "b-whole.mrc", b)
     half = 1024 + 4 * b[0].nbytes + 1000  # in the middle of frame 5
 
+    # The watch ends 8 s after it last saw a change: the second half must come within that
+    # after the first, which the test writes as soon as the watch has said it waits for it.
     process = start(program + ["--i", "Movies", "--o", "out", "--watch", "--settle_seconds", str(SETTLE),
-                               "--watch_timeout", "5", "--report", "report.json"], tmp_path)
+                               "--watch_timeout", "8", "--report", "report.json"], tmp_path)
     out = tmp_path / "out"
     # a.mrc is converted at once, and movies.star and the report list it while the watch goes on.
-    wait_until(lambda: (out / "movies.star").exists(), "movies.star listing a.mrc", process)
+    wait_until(lambda: (out / "movies.star").exists(), "movies.star listing a.mrc", process, TIMEOUT_SECONDS)
     assert movies_star_names(out / "movies.star") == ["out/Movies/a.tif"]
     assert json.loads((tmp_path / "report.json").read_text())["state"] == "watching"
 
     with open(movies / "b.mrc", "wb") as handle:
         handle.write(b_bytes[:half])
-    time.sleep(2.5 * SETTLE)  # settled, but shorter than its header says: it waits
+    # Settled, but shorter than its header says: it waits (the line comes once the watch has
+    # seen it unchanged for SETTLE seconds, however long the loaded machine takes to get there).
+    wait_for_line(process, "Movies/b.mrc: unchanged for 1.5 s but not complete; waiting for it")
     assert not (out / "Movies" / "b.tif").exists()
     with open(movies / "b.mrc", "ab") as handle:
         handle.write(b_bytes[half:])
@@ -126,7 +141,7 @@ def test_the_watch_stops_by_itself_after_the_timeout(tmp_path: Path) -> None:
                      "--watch_timeout", "1"], tmp_path)
     stdout, stderr = finish(process)
     assert process.returncode == 0, stderr
-    assert 1.0 <= time.monotonic() - started < 60
+    assert 1.0 <= time.monotonic() - started < TIMEOUT_SECONDS
     assert "Watching for new movies; stopping after 1 s without any" in stdout
     assert "Movies converted: 0, skipped: 0, failed: 0" in stdout
 
@@ -159,9 +174,10 @@ def test_watch_with_the_gain_of_float_movies_that_arrive_later(tmp_path: Path) -
                    cwd=tmp_path, check=True, capture_output=True, timeout=TIMEOUT_SECONDS)
     (tmp_path / "Movies").mkdir()
     process = start([sys.executable, "-m", "cryotiff", "--i", "Movies", "--o", "out", "--gain",
-                     "Est/gain_estimate.bin", "--watch", "--settle_seconds", "0.5", "--watch_timeout", "3"],
+                     "Est/gain_estimate.bin", "--watch", "--settle_seconds", "0.5", "--watch_timeout", "5"],
                     tmp_path)
-    time.sleep(1.0)
+    wait_for_line(process, "Watching for new movies")  # started, with no movie: the gain is not loaded yet
+    assert not (tmp_path / "out" / "gain-reference.mrc").exists()
     later = detector.movie(10, rng).frames
     write_mrc_movie(tmp_path / "Movies" / "later.mrc", later, 2)
     stdout, stderr = finish(process)
