@@ -829,3 +829,23 @@ def test_a_tif_whose_pages_hold_zero_blocks_of_their_own_is_still_finished(in_tm
     capsys.readouterr()
     assert main(["--i", "a.mrc", "--o", "out", "--compression", "none", "--only_do_unfinished"]) == 0
     assert "Movies converted: 0, skipped: 1, failed: 0" in capsys.readouterr().out
+
+
+def test_a_tif_whose_strip_offsets_of_a_page_read_as_zero_is_not_taken_as_finished(in_tmp: Path, capsys) -> None:
+    """A page whose StripOffsets read back as zeros (lost blocks where the array is stored) has
+    its strips "inside" the TIFF header: the file keeps its size, its first and last pages
+    decode, and no page's stored bytes are zero. Such a file is damaged."""
+    frames = int16_movie("a.mrc", 1, n_frames=5, shape_yx=(128, 128)) * 1000
+    write_mrc_movie(Path("a.mrc"), frames, 1)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    with tifffile.TiffFile("out/a.tif") as tif:
+        offsets = tif.pages[2].tags["StripOffsets"]
+        at, n_bytes = offsets.valueoffset, offsets.valuebytecount
+    with open("out/a.tif", "r+b") as handle:
+        handle.seek(at)
+        handle.write(bytes(n_bytes))
+    capsys.readouterr()
+    assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert ("out/a.tif: damaged (a strip of page 3 of 5 begins inside the TIFF header); converting again") in out, out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames)

@@ -97,7 +97,9 @@ def write_in_two_halves_during_the_watch(tmp_path: Path, program: list[str]) -> 
                                "--watch_timeout", "8", "--report", "report.json"], tmp_path)
     out = tmp_path / "out"
     # a.mrc is converted at once, and movies.star and the report list it while the watch goes on.
-    wait_until(lambda: (out / "movies.star").exists(), "movies.star listing a.mrc", process, TIMEOUT_SECONDS)
+    # (Both files are written whole, then renamed; the report after movies.star.)
+    wait_until(lambda: (out / "movies.star").exists() and (tmp_path / "report.json").exists(),
+               "movies.star and the report listing a.mrc", process, TIMEOUT_SECONDS)
     assert movies_star_names(out / "movies.star") == ["out/Movies/a.tif"]
     assert json.loads((tmp_path / "report.json").read_text())["state"] == "watching"
 
