@@ -927,3 +927,121 @@ def test_a_name_a_star_file_no_longer_gives_is_no_failure_of_the_watch(in_tmp: P
     assert "Movies converted: 2, skipped: 0, failed: 0" in captured.out, captured.out
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
     np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/b.tif")), b)
+
+
+# --------------------------------------------------------------------------- TIFF and EER pages too large for the memory
+
+
+def tiff_claiming(path: Path, ny: int, nx: int, n_pages: int, data_nbytes: int = 60000) -> None:
+    """A little-endian TIFF whose ``n_pages`` pages claim ``ny`` x ``nx`` uint16 pixels in one
+    zstd strip each of ``data_nbytes`` zero bytes (enough for its size tags to be plausible; the
+    strips are never decoded)."""
+    import struct
+
+    tags_per_page = 10
+    ifd_nbytes = 2 + tags_per_page * 12 + 4
+    data_offset = 8 + n_pages * ifd_nbytes
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    for page in range(n_pages):
+        tags = [(256, 4, nx), (257, 4, ny), (258, 3, 16), (259, 3, 50000), (262, 3, 1),
+                (273, 4, data_offset + page * data_nbytes), (277, 3, 1), (278, 4, ny), (279, 4, data_nbytes),
+                (339, 3, 1)]
+        out += struct.pack("<H", len(tags))
+        for code, kind, value in tags:
+            out += struct.pack("<HHI", code, kind, 1) + struct.pack("<HH" if kind == 3 else "<I",
+                                                                    *((value, 0) if kind == 3 else (value,)))
+        out += struct.pack("<I", 8 + (page + 1) * ifd_nbytes if page < n_pages - 1 else 0)
+    path.write_bytes(bytes(out) + bytes(n_pages * data_nbytes))
+
+
+def test_a_tiff_whose_pages_do_not_fit_in_memory_is_refused_before_decoding(tmp_path: Path) -> None:
+    """TIFF movies had no memory check (MRC movies had): pages that claim 40000 x 40000 pixels,
+    plausible for their compressed data, were decoded into memory that is not there. They are
+    refused with the file, the page size and what converting needs, before a page is decoded;
+    a movie that fits beside it converts."""
+    import tifffile
+
+    from .isolated import IsolatedRunner
+
+    tiff_claiming(tmp_path / "huge.tif", 40000, 40000, 2)
+    fits = np.random.default_rng(5).integers(0, 900, (2, 256, 256)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "fits.tif", fits[:, ::-1, :], photometric="minisblack", metadata=None)
+    with IsolatedRunner() as runner:  # its address space is limited to about 768 MiB more than it has
+        outcome = runner.call("tests.isolated:run_cli", ["--i", "huge.tif", "fits.tif", "--o", "out"],
+                              str(tmp_path), timeout=120)
+    assert outcome.kind == "ok", outcome.describe()
+    status, out, err = eval(outcome.value)
+    assert status == 1, (out, err)
+    assert "out of memory" not in err
+    [error] = errors_of(err)
+    assert re.fullmatch(
+        r"ERROR: huge\.tif: its frames of 40000 x 40000 pixels \(uint16\) take 3\.20 GB each, more than the "
+        r"[\d.]+ [MG]B of memory left by this process's address-space limit \(ulimit -v\); converting it needs "
+        r"about 9\.60 GB \(three frames at once at --j 1, one more for each further thread\)", error), error
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/fits.tif"), fits)
+    assert not (tmp_path / "out/huge.tif").exists()
+
+
+def test_eer_pages_that_do_not_fit_in_memory_are_refused_before_rendering(in_tmp: Path, capsys,
+                                                                          monkeypatch) -> None:
+    """EER movies had no memory check: the pages of ``--eer_upsampling 2`` and 3 (16384 x 16384
+    for a 4K detector) were allocated whatever the memory left. A page that does not fit is
+    refused with the file, the page size and what converting needs; the same movie at a
+    smaller upsampling, whose pages fit, converts."""
+    from cryotiff.io import memory
+    from cryotiff.simulate.eer import COMPRESSION_EER_7BIT, expected_render, random_events, write_eer
+
+    events = random_events(np.random.default_rng(3), 2048, 4, 0.01)
+    write_eer(Path("movie.eer"), events, 2048, COMPRESSION_EER_7BIT)
+    room = memory.MemoryRoom(10_000_000, "the machine (available memory and free swap)")
+    monkeypatch.setattr(memory, "memory_room", lambda: room)
+    assert main(["--i", "movie.eer", "--o", "out", "--eer_grouping", "4", "--eer_upsampling", "2"]) == 1
+    assert errors_of(capsys.readouterr().err) == [
+        "ERROR: movie.eer: its pages of 4096 x 4096 pixels (--eer_upsampling 2, uint8) take 16.8 MB each, more than "
+        "the 10.0 MB of memory left by the machine (available memory and free swap); converting it needs about "
+        "50.3 MB (three pages at once at --j 1, one more for each further thread)"]
+    assert not Path("out/movie.tif").exists()
+    assert main(["--i", "movie.eer", "--o", "out", "--eer_grouping", "4", "--eer_upsampling", "1"]) == 0, \
+        capsys.readouterr()
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/movie.tif"))[0], expected_render(events, 2048, 1))
+
+
+@pytest.mark.parametrize("where", ["encode_rows", "decodes_to"])
+def test_an_encoder_out_of_memory_says_so_with_the_frame_size(in_tmp: Path, capsys, monkeypatch, where: str) -> None:
+    """A frame that fits but whose encoder (or the check that decodes its strips again) then runs
+    out of memory failed as "the lzw encoder failed (Unable to allocate ...)", or as a strip that
+    "cannot be decoded again", which says the output was wrong. It says it ran out of memory,
+    with the frame size."""
+    from cryotiff import codecs
+
+    int16_movie("a.mrc", 1, shape_yx=(640, 480))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.00 GiB for an array with shape (1073741824,) and data type uint8")
+
+    monkeypatch.setattr(codecs.StripCodec, where, out_of_memory)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 1
+    assert errors_of(capsys.readouterr().err) == [
+        "ERROR: a.mrc: out of memory while converting its frames of 640 x 480 pixels (0.6 MB each); a conversion "
+        "holds about 3 of them at once with --j 1 (1.8 MB)"]
+    assert not Path("out/a.tif").exists()
+
+
+def test_a_tiff_page_whose_decoding_runs_out_of_memory_is_not_called_damaged(in_tmp: Path, capsys,
+                                                                             monkeypatch) -> None:
+    """A TIFF page that fits but whose decoding ran out of memory failed as "page 1 cannot be
+    decoded: not a readable TIFF file (Unable to allocate ...)", which says the movie is damaged."""
+    import tifffile
+
+    frames = np.random.default_rng(5).integers(0, 900, (2, 640, 480)).astype(np.uint16)
+    tifffile.imwrite("a.tif", frames, photometric="minisblack", metadata=None)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.00 GiB for an array with shape (1073741824,) and data type uint8")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", out_of_memory)
+    assert main(["--i", "a.tif", "--o", "out"]) == 1
+    assert errors_of(capsys.readouterr().err) == [
+        "ERROR: a.tif: out of memory while converting its frames of 640 x 480 pixels (0.6 MB each); a conversion "
+        "holds about 3 of them at once with --j 1 (1.8 MB)"]
+    assert not Path("out/a.tif").exists()

@@ -792,11 +792,15 @@ def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, ver
         raw = row_bytes[first_row : first_row + rows_per_strip]
         try:
             encoded = codec.encode_rows(raw)
+        except MemoryError:
+            raise  # out of memory, not a failed encoder: jobs.run_job names the frame size
         except Exception as exc:  # imagecodecs raises its own RuntimeError subclasses
             raise OutputError(f"{source.path}: frame {index + 1}: the {codec.label} encoder failed ({exc})") from None
         if verify:
             try:
                 same = codec.decodes_to(encoded, raw)
+            except MemoryError:
+                raise
             except Exception as exc:  # a strip that cannot be decoded is a failed check, not a crash
                 raise VerificationError(
                     f"{source.path}: frame {index + 1}, rows {first_row}..: the {codec.label} strip "

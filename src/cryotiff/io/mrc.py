@@ -53,9 +53,9 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.mrcinterpreter import MrcInterpreter
 
-from cryotiff.errors import InputError, MrcFormatError, NotEnoughMemoryError
+from cryotiff.errors import InputError, MrcFormatError
 from cryotiff.io import Movie, MovieInfo, check_regular_file, will_need
-from cryotiff.io.memory import size_text, memory_room
+from cryotiff.io.memory import refuse_frames_beyond_memory
 
 __all__ = [
     "HEADER_NBYTES",
@@ -415,11 +415,7 @@ class MrcMovie(Movie):
 
     def _check_room(self) -> None:
         """Before the first frame is allocated: refuse frames larger than the memory this
-        process can still get (:func:`cryotiff.io.memory.memory_room`), naming their size and
-        what the conversion needs. Only a frame that cannot be allocated at all is refused: a
-        conversion holds about three frames at once at ``--j 1`` (peak memory measured on
-        8192 x 8192 movies: 2.6 frames of int16 noise, 1.9 of zeros; 3.8 at ``--j 2``), so
-        no movie that fits is refused.
+        process can still get (:func:`cryotiff.io.memory.refuse_frames_beyond_memory`).
 
         Raises:
             NotEnoughMemoryError: a frame does not fit.
@@ -427,15 +423,8 @@ class MrcMovie(Movie):
         self._room_checked = True
         ny, nx = self.info.shape_yx
         frame_nbytes = ny * nx * self.info.dtype.itemsize  # as yielded (mode 101: unpacked)
-        room = memory_room()
-        if room is None or frame_nbytes <= room.nbytes:
-            return
-        raise NotEnoughMemoryError(
-            f"{self._path}: its frames of {ny} x {nx} pixels (MRC mode {self.header.mode}, {self.info.dtype}) take "
-            f"{size_text(frame_nbytes)} each, more than the {size_text(room.nbytes)} of memory left by {room.limit}; "
-            f"converting it needs about {size_text(3 * frame_nbytes)} (three frames at once at --j 1, one more for "
-            "each further thread)"
-        )
+        refuse_frames_beyond_memory(self._path, (ny, nx), f"MRC mode {self.header.mode}, {self.info.dtype}",
+                                    frame_nbytes)
 
     def _read_into(self, buffer: np.ndarray, offset: int) -> int:
         view = memoryview(buffer).cast("B")

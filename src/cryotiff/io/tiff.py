@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import InputError, OutputError, TiffFormatError, VerificationError
 from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file, special_file_kind
 from .atomic import AtomicFile
+from .memory import refuse_frames_beyond_memory
 from .tiff_errors import io_failure, problem_of_file, tifffile_problem, why_no_page
 from .tiff_ifd import RESOLUTION_TAG_CODES, TYPE_NAMES, remove_ifd_entries
 
@@ -229,7 +230,9 @@ class TiffMovie(Movie):
     Frames are returned flipped back to raster order (see the module docstring). Every page's
     tags are checked when the movie is opened, before anything is decoded: its size, sample type
     and strips must agree with page 1 and with the file (:func:`_check_page`), so that memory
-    stays a few frames deep whatever the tags claim. Pages are decoded one at a time;
+    stays a few frames deep whatever the tags claim, and pages larger than the memory left are
+    refused before the first is decoded (:func:`cryotiff.io.memory.refuse_frames_beyond_memory`).
+    Pages are decoded one at a time;
     ``read_frame`` is serialised by a lock because tifffile shares one file handle.
     ``info.warnings`` holds what was tolerated (malformed resolution tags).
     """
@@ -239,6 +242,7 @@ class TiffMovie(Movie):
 
         self._path = Path(path)
         self._tif = None
+        self._room_checked = False
         file_nbytes = check_regular_file(self._path, "a TIFF movie")
         if file_nbytes == 0:
             raise TiffFormatError(f"{self._path}: the file is empty")
@@ -283,12 +287,24 @@ class TiffMovie(Movie):
         )
 
     def read_frame(self, index: int) -> np.ndarray:
+        """Page ``index`` (0-based) in raster order.
+
+        Raises:
+            NotEnoughMemoryError: a page is larger than the memory this process can still get
+                (checked before the first page is decoded).
+            TiffFormatError, InputError: the page cannot be decoded or read.
+        """
         if not 0 <= index < self.info.n_frames:
             raise IndexError(index)
+        if not self._room_checked:
+            self._room_checked = True
+            refuse_frames_beyond_memory(self._path, self.info.shape_yx, str(self.info.dtype), self.info.frame_nbytes)
         try:
             with self._lock, capture_tifffile_log() as log:
                 page = self._tif.pages[index]
                 data = page.asarray()
+        except MemoryError:
+            raise  # out of memory, not a damaged page: jobs.run_job names the frame size
         except Exception as exc:
             raise self._page_error(index, exc, log.errors, "cannot be decoded") from None
         if log.errors:

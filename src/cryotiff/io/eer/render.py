@@ -25,6 +25,7 @@ from cryotiff import kernels
 from cryotiff.errors import OptionError
 from cryotiff.io.eer.container import EerContainer, EerEncoding, _metadata_number, sensor_pixel_size_angstrom
 from cryotiff.io.eer.decode import CorruptEerFrameError, decode_eer_frame, subpixels
+from cryotiff.io.memory import refuse_frames_beyond_memory
 
 UPSAMPLING_VALUES = (-1, 1, 2, 3)
 
@@ -150,6 +151,8 @@ class EerMovie(EerContainer):
     calling thread (page tasks of ``--j`` threads render their pages at the same time).
     """
 
+    _room_checked = False  # whether render has checked that a page fits in memory
+
     def read_frame(self, index: int) -> np.ndarray:
         """Raw frame ``index`` (0-based) on the physical grid: uint8 0/1, EER raster order.
 
@@ -207,7 +210,8 @@ class EerMovie(EerContainer):
         faults: 5 against 20 ms for the 67 MB of upsampling 2).
 
         Memory besides the counts: the data of at most 64 raw frames (64 MB), in a buffer of the
-        calling thread.
+        calling thread. Before the first page, pages larger than the memory left are refused
+        (:func:`cryotiff.io.memory.refuse_frames_beyond_memory`: NotEnoughMemoryError).
         """
         self.check_upsampling(upsampling)
         n = self.info.n_frames
@@ -222,6 +226,10 @@ class EerMovie(EerContainer):
         if dtype.kind != "u" or max_count(stop - start, upsampling) > np.iinfo(dtype).max:
             raise OptionError(f"{self.path}: {stop - start} raw frames cannot be summed in {dtype}.")
         size = output_size(self.detector_size, upsampling)
+        if not self._room_checked:
+            self._room_checked = True
+            refuse_frames_beyond_memory(self.path, (size, size), f"--eer_upsampling {upsampling}, {dtype}",
+                                        size * size * dtype.itemsize, unit="pages")
         if out is None:
             counts = np.zeros((size, size), dtype=dtype)
         elif out.shape == (size, size) and out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable:
