@@ -639,27 +639,34 @@ def sparse_mrc(path: Path, ny: int, nx: int, n_frames: int) -> None:
         handle.truncate(1024 + nsymbt + n_frames * ny * nx * 2)
 
 
-def test_a_frame_too_large_for_the_memory_is_refused_before_it_is_read(tmp_path: Path) -> None:
-    """A (sparse) MRC with 40000 x 40000 frames ended as "out of memory": clean, but it did not
-    say why. The message names the file, the frame size and what its conversion needs, before
-    the frame is allocated; a movie that fits beside it is converted."""
+def refused_for_memory(directory: Path, inputs: list[str], refused: str, sample_type: str) -> None:
+    """Convert ``inputs`` in ``directory`` in a process whose address space is limited to about
+    768 MiB more than it has: the run fails, with one error refusing ``refused`` (frames of 40000
+    x 40000 pixels of ``sample_type``) for its size, and nothing runs out of memory."""
     from .isolated import IsolatedRunner
 
-    sparse_mrc(tmp_path / "huge.mrc", 40000, 40000, 2)
-    sparse_mrc(tmp_path / "large.mrc", 10000, 10000, 1)  # 200 MB frames: they fit, and are converted
-    fits = int16_movie(tmp_path / "fits.mrc", 2, n_frames=2, shape_yx=(256, 256))
-    with IsolatedRunner() as runner:  # its address space is limited to about 768 MiB more than it has
-        outcome = runner.call("tests.isolated:run_cli", ["--i", "huge.mrc", "large.mrc", "fits.mrc", "--o", "out"],
-                              str(tmp_path), timeout=120)
+    with IsolatedRunner() as runner:
+        outcome = runner.call("tests.isolated:run_cli", ["--i", *inputs, "--o", "out"], str(directory), timeout=120)
     assert outcome.kind == "ok", outcome.describe()
     status, out, err = eval(outcome.value)
     assert status == 1, (out, err)
     assert "out of memory" not in err
     [error] = errors_of(err)
     assert re.fullmatch(
-        r"ERROR: huge\.mrc: its frames of 40000 x 40000 pixels \(MRC mode 1, int16\) take 3\.20 GB each, more than "
-        r"the [\d.]+ [MG]B of memory left by this process's address-space limit \(ulimit -v\); converting it needs "
-        r"about 9\.60 GB \(three frames at once at --j 1, one more for each further thread\)", error), error
+        rf"ERROR: {re.escape(refused)}: its frames of 40000 x 40000 pixels \({re.escape(sample_type)}\) take 3\.20 GB "
+        r"each, more than the [\d.]+ [MG]B of memory left by this process's address-space limit \(ulimit -v\); "
+        r"converting it needs about 9\.60 GB \(three frames at once at --j 1, one more for each further thread\)",
+        error), error
+
+
+def test_a_frame_too_large_for_the_memory_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A (sparse) MRC with 40000 x 40000 frames ended as "out of memory": clean, but it did not
+    say why. The message names the file, the frame size and what its conversion needs, before
+    the frame is allocated; a movie that fits beside it is converted."""
+    sparse_mrc(tmp_path / "huge.mrc", 40000, 40000, 2)
+    sparse_mrc(tmp_path / "large.mrc", 10000, 10000, 1)  # 200 MB frames: they fit, and are converted
+    fits = int16_movie(tmp_path / "fits.mrc", 2, n_frames=2, shape_yx=(256, 256))
+    refused_for_memory(tmp_path, ["huge.mrc", "large.mrc", "fits.mrc"], "huge.mrc", "MRC mode 1, int16")
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/fits.tif"), fits)
     large = read_tiff_frames(tmp_path / "out/large.tif")
     assert large.shape == (1, 10000, 10000) and large.dtype == np.int16 and not large.any()
@@ -961,23 +968,10 @@ def test_a_tiff_whose_pages_do_not_fit_in_memory_is_refused_before_decoding(tmp_
     a movie that fits beside it converts."""
     import tifffile
 
-    from .isolated import IsolatedRunner
-
     tiff_claiming(tmp_path / "huge.tif", 40000, 40000, 2)
     fits = np.random.default_rng(5).integers(0, 900, (2, 256, 256)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "fits.tif", fits[:, ::-1, :], photometric="minisblack", metadata=None)
-    with IsolatedRunner() as runner:  # its address space is limited to about 768 MiB more than it has
-        outcome = runner.call("tests.isolated:run_cli", ["--i", "huge.tif", "fits.tif", "--o", "out"],
-                              str(tmp_path), timeout=120)
-    assert outcome.kind == "ok", outcome.describe()
-    status, out, err = eval(outcome.value)
-    assert status == 1, (out, err)
-    assert "out of memory" not in err
-    [error] = errors_of(err)
-    assert re.fullmatch(
-        r"ERROR: huge\.tif: its frames of 40000 x 40000 pixels \(uint16\) take 3\.20 GB each, more than the "
-        r"[\d.]+ [MG]B of memory left by this process's address-space limit \(ulimit -v\); converting it needs "
-        r"about 9\.60 GB \(three frames at once at --j 1, one more for each further thread\)", error), error
+    refused_for_memory(tmp_path, ["huge.tif", "fits.tif"], "huge.tif", "uint16")
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out/fits.tif"), fits)
     assert not (tmp_path / "out/huge.tif").exists()
 
