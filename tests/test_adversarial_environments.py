@@ -1039,3 +1039,23 @@ def test_a_tiff_page_whose_decoding_runs_out_of_memory_is_not_called_damaged(in_
         "ERROR: a.tif: out of memory while converting its frames of 640 x 480 pixels (0.6 MB each); a conversion "
         "holds about 3 of them at once with --j 1 (1.8 MB)"]
     assert not Path("out/a.tif").exists()
+
+
+def test_a_rerun_whose_check_of_an_output_runs_out_of_memory_says_so(in_tmp: Path, capsys, monkeypatch) -> None:
+    """``--only_do_unfinished`` makes the first and last pages of a movie again to compare them
+    with its output; running out of memory there ended the run with a traceback. The movie is
+    converted again, whose failure says it ran out of memory, with the frame size."""
+    from cryotiff.io import mrc
+
+    int16_movie("a.mrc", 1, shape_yx=(640, 480))
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    capsys.readouterr()
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.00 GiB for an array with shape (1073741824,) and data type uint8")
+
+    monkeypatch.setattr(mrc.MrcMovie, "read_frame", out_of_memory)
+    assert main(["--i", "a.mrc", "--o", "out", "--only_do_unfinished"]) == 1
+    assert errors_of(capsys.readouterr().err) == [
+        "ERROR: a.mrc: out of memory while converting its frames of 640 x 480 pixels (0.6 MB each); a conversion "
+        "holds about 3 of them at once with --j 1 (1.8 MB)"]

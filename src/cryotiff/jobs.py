@@ -270,8 +270,10 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
             return FinishedCheck(False, hole)
         if isinstance(source, EerPages):
             return _damaged_frames_check(job, source, options, context)
-    except (CryotiffError, OSError):
-        return FinishedCheck(False)  # the input cannot be read to its end: let the conversion report it
+    except (CryotiffError, OSError, MemoryError):
+        # The input cannot be read to its end, or its pages not be made in the memory left: let
+        # the conversion report it (run_job names the frame size of a movie out of memory).
+        return FinishedCheck(False)
     finally:
         source.close()
     if record is None:
