@@ -14,8 +14,9 @@ Every kernel is ``@njit(nogil=True, cache=True)`` (:mod:`cryotiff.kernels._jit`;
 is a plain function that calls the compiled adder of its placement, each compiled when first used): it runs
 without the GIL, so the page tasks of ``--j N`` threads run their kernels at the same time, and
 the machine code is cached next to its file (``__pycache__``, or numba's user cache directory
-where that is not writable) after the first run, so later runs only load it; an entry that
-cannot be loaded (damaged, or written for a kernel of another module) is compiled again
+where that is not writable) after the first run, so later runs only load it (without numba's
+refresh of its whole target context, which loading does not need); an entry that cannot be
+loaded (damaged, or written for a kernel of another module) is compiled again
 (:mod:`cryotiff.kernels._jit`). Float division
 follows IEEE (inf, NaN) as numpy and C do (numba's ``error_model="numpy"``). The loops are
 plain Python over NumPy arrays; the callers (``cryotiff.io.eer``, ``cryotiff.gain``,
