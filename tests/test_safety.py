@@ -84,6 +84,48 @@ def test_a_strip_that_decodes_wrong_fails_its_movie_only(in_tmp: Path, capsys: p
     assert "Frames verified:  3" in captured.out
 
 
+@pytest.mark.parametrize("bad_frame", [1, 3, 4])
+def test_with_one_thread_a_page_checked_beside_the_next_one_still_fails_its_movie(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str], bad_frame: int) -> None:
+    """With ``--j 1`` page k is checked on a thread of its own while page k + 1 is made: a
+    failed check of the first page, a middle one or the last one still fails the movie, names
+    that frame and leaves no file."""
+    small_movie("a.mrc", 1, n_frames=4)
+    with pytest.MonkeyPatch.context() as patch:
+        corrupt_decoder(patch, bad_strips={bad_frame - 1})
+        assert main(["--i", "a.mrc", "--o", "out", "--j", "1"]) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and f"a.mrc: frame {bad_frame}," in errors[0], errors
+    assert "does not decode to the frame" in errors[0] and "Traceback" not in captured.err
+    assert not Path("out/a.tif").exists() and leftovers(Path("out")) == []
+
+
+def test_with_one_thread_the_checks_run_beside_the_encoder(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--j 1``: the strips are encoded on the converting thread, checked on the side thread."""
+    import threading
+
+    a = small_movie("a.mrc", 1, n_frames=3)
+    threads: dict[str, set[str]] = {"encode": set(), "check": set()}
+    real_check = convert._check_strips
+    real_encode_page = convert._encode_page
+
+    def check(*args, **kwargs):
+        threads["check"].add(threading.current_thread().name)
+        return real_check(*args, **kwargs)
+
+    def encode_page(*args, **kwargs):
+        threads["encode"].add(threading.current_thread().name)
+        return real_encode_page(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "_check_strips", check)
+    monkeypatch.setattr(convert, "_encode_page", encode_page)
+    assert main(["--i", "a.mrc", "--o", "out", "--j", "1"]) == 0
+    assert threads["encode"] == {threading.current_thread().name}
+    assert len(threads["check"]) == 1 and threads["check"] != threads["encode"]
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+
+
 @pytest.mark.parametrize("stage", ["encode", "decode"])
 def test_a_codec_that_raises_fails_its_movie_only(in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys, stage) -> None:
     """imagecodecs raises its own RuntimeError subclasses (for example on a corrupt stream): that

@@ -285,16 +285,17 @@ def test_pages_in_memory_stay_within_the_window(threads: int, tmp_path: Path, mo
     encode_page = convert_module._encode_page
 
     def tracked_encode_page(source, codec, rows_per_strip, verify, index, *args):
+        encoded_page = encode_page(source, codec, rows_per_strip, verify, index, *args)
         strips = []
-        encoded, digest = encode_page(source, codec, rows_per_strip, verify, index, *args)
-        for data in encoded:
+        for data in encoded_page.strips:
             strip = Strip(data)
             strip.page_index = index
             strips.append(strip)
-        del encoded
+        encoded_page.strips = strips
+        del strips
         with lock:
             alive.add(index)
-        return strips, digest
+        return encoded_page
 
     class Counted(SlowFirstPages):
         def page(self, index: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -767,13 +767,77 @@ def output_record(source: PageSource, codec: str = "", verified: bool = True) ->
     )
 
 
+@dataclass
+class EncodedPage:
+    """One page's strips, made by :func:`_encode_page`, and what may still run beside them on
+    the side thread of ``--j 1`` (the strips' checks, the page's digest). :meth:`finish` waits
+    for those, raises what a check found and gives the page back to its source."""
+
+    strips: list[bytes]
+    source: "PageSource"
+    page: np.ndarray
+    checks: list[Future] = field(default_factory=list)
+    digest: bytes | Future | None = None
+    finished: bool = False
+
+    def finish(self) -> bytes | None:
+        """Wait for the page's checks (a failed one raises its VerificationError here) and
+        digest; return the digest (:func:`cryotiff.manifest.page_digest`), or None."""
+        if not self.finished:
+            self.finished = True
+            try:
+                for check in self.checks:
+                    check.result()
+                if isinstance(self.digest, Future):
+                    self.digest = self.digest.result()
+            finally:
+                self._let_go()
+        return self.digest
+
+    def abandon(self) -> None:
+        """The movie stopped: drop what has not started, wait for what has (it reads the page)."""
+        if not self.finished:
+            self.finished = True
+            self._let_go()
+
+    def _let_go(self) -> None:
+        pending = [task for task in (*self.checks, self.digest) if isinstance(task, Future)]
+        for task in pending:
+            task.cancel()
+        futures_wait(pending)
+        self.source.recycle(self.page)  # nothing reads the page any more
+
+
+def _check_strips(path: Path, codec: StripCodec, index: int,
+                  strips: list[tuple[int, bytes, np.ndarray]]) -> None:
+    """Decode each strip ``(first_row, encoded, rows)`` of page ``index`` again and compare it
+    byte for byte with the rows it was made from."""
+    for first_row, encoded, raw in strips:
+        try:
+            same = codec.decodes_to(encoded, raw)
+        except MemoryError:
+            raise  # out of memory, not a failed check: jobs.run_job names the frame size
+        except Exception as exc:  # a strip that cannot be decoded is a failed check, not a crash
+            raise VerificationError(
+                f"{path}: frame {index + 1}, rows {first_row}..: the {codec.label} strip "
+                f"cannot be decoded again ({exc})"
+            ) from None
+        if not same:
+            raise VerificationError(
+                f"{path}: frame {index + 1}, rows {first_row}..: the {codec.label} "
+                "strip does not decode to the frame it was made from"
+            )
+
+
 def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, verify: bool, index: int,
-                 digest: bool = False, digester: Executor | None = None) -> tuple[list[bytes], bytes | None]:
+                 digest: bool = False, beside: Executor | None = None) -> EncodedPage:
     """Make page ``index``, flip it to TIFF scanline order, encode its strips and (``verify``)
-    decode each strip again and compare it byte for byte with the rows it was made from.
-    Returns the strips and (``digest``) the page's digest for the manifest
-    (:func:`cryotiff.manifest.page_digest`), made on ``digester`` while the strips are encoded
-    when one is given."""
+    decode each strip again and compare it byte for byte with the rows it was made from; with
+    ``digest``, make the page's digest for the manifest (:func:`cryotiff.manifest.page_digest`).
+
+    ``beside``: the side thread of ``--j 1``. The digest and the checks are then made there,
+    while this thread encodes the page's strips and then writes them and makes the next page;
+    :meth:`EncodedPage.finish` waits for them. Without it they are made here, in turn."""
     from .manifest import page_digest
 
     page = source.page(index)
@@ -782,42 +846,40 @@ def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, ver
             f"{source.path}: page {index + 1} is {page.shape} {page.dtype}, "
             f"expected {source.shape_yx} {source.dtype}"
         )
-    digesting = digester.submit(page_digest, page) if digest and digester is not None else None
-    # TIFF scanline order as a view: the streaming encoders read it a few rows at a time, the
-    # others copy each strip (codecs.StripCodec.encode_rows).
-    rows = flip_rows(page if page.flags.c_contiguous else np.ascontiguousarray(page))
-    row_bytes = rows.view(np.uint8)
-    strips = []
-    for first_row in range(0, rows.shape[0], rows_per_strip):
-        raw = row_bytes[first_row : first_row + rows_per_strip]
-        try:
-            encoded = codec.encode_rows(raw)
-        except MemoryError:
-            raise  # out of memory, not a failed encoder: jobs.run_job names the frame size
-        except Exception as exc:  # imagecodecs raises its own RuntimeError subclasses
-            raise OutputError(f"{source.path}: frame {index + 1}: the {codec.label} encoder failed ({exc})") from None
-        if verify:
+    encoded_page = EncodedPage([], source, page)
+    if digest and beside is not None:
+        encoded_page.digest = beside.submit(page_digest, page)
+    try:
+        # TIFF scanline order as a view: the streaming encoders read it a few rows at a time, the
+        # others copy each strip (codecs.StripCodec.encode_rows).
+        rows = flip_rows(page if page.flags.c_contiguous else np.ascontiguousarray(page))
+        row_bytes = rows.view(np.uint8)
+        to_check = []
+        for first_row in range(0, rows.shape[0], rows_per_strip):
+            raw = row_bytes[first_row : first_row + rows_per_strip]
             try:
-                same = codec.decodes_to(encoded, raw)
+                encoded = codec.encode_rows(raw)
             except MemoryError:
-                raise
-            except Exception as exc:  # a strip that cannot be decoded is a failed check, not a crash
-                raise VerificationError(
-                    f"{source.path}: frame {index + 1}, rows {first_row}..: the {codec.label} strip "
-                    f"cannot be decoded again ({exc})"
+                raise  # out of memory, not a failed encoder: jobs.run_job names the frame size
+            except Exception as exc:  # imagecodecs raises its own RuntimeError subclasses
+                raise OutputError(
+                    f"{source.path}: frame {index + 1}: the {codec.label} encoder failed ({exc})"
                 ) from None
-            if not same:
-                raise VerificationError(
-                    f"{source.path}: frame {index + 1}, rows {first_row}..: the {codec.label} "
-                    "strip does not decode to the frame it was made from"
-                )
-        strips.append(encoded)
-    if digesting is not None:
-        page_sha256 = digesting.result()
-    else:
-        page_sha256 = page_digest(page) if digest else None
-    source.recycle(page)  # the strips are new bytes: nothing holds the page any more
-    return strips, page_sha256
+            if verify:
+                to_check.append((first_row, encoded, raw))
+            encoded_page.strips.append(encoded)
+        if to_check and beside is not None:  # one task per page: --line_by_line makes thousands of strips
+            encoded_page.checks.append(beside.submit(_check_strips, source.path, codec, index, to_check))
+        elif to_check:
+            _check_strips(source.path, codec, index, to_check)
+        if digest and beside is None:
+            encoded_page.digest = page_digest(page)
+    except BaseException:
+        encoded_page.abandon()
+        raise
+    if beside is None:
+        encoded_page.finish()  # nothing runs beside: the page goes back to its source now
+    return encoded_page
 
 
 def page_window(threads: int) -> int:
@@ -983,35 +1045,52 @@ def _write_pages(
     )
     window = page_window(options.threads)
     record = output_record(source, codec=codec.label, verified=options.verify)
-    # With --j 1 the pages' digests for the manifest are made on a thread of their own while the
-    # page is encoded (SHA-256 releases the GIL), as the source's digest is made beside the
-    # conversion (Manifest.hash_source_later); with more threads the page tasks make them.
-    digester = ThreadPoolExecutor(1, "cryotiff-digest") if executor is None and page_digests is not None else None
+    # With --j 1 the strips' checks and the pages' digests for the manifest run on a thread of
+    # their own (ISA-L, the LZW decoder and SHA-256 release the GIL): page k is checked while
+    # its strips are written and page k + 1 is made, as the source's digest is made beside the
+    # conversion (Manifest.hash_source_later). With more threads the page tasks make them.
+    checks_beside = options.verify or page_digests is not None
+    beside = ThreadPoolExecutor(1, "cryotiff-check") if executor is None and checks_beside else None
+
+    def finished(page: EncodedPage) -> None:
+        digest = page.finish()
+        if page_digests is not None:
+            page_digests.append(digest)
 
     def strips() -> Iterator[bytes]:
         pages = ordered_map(
             lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k, page_digests is not None,
-                                   digester),
+                                   beside),
             source.n_pages,
             executor,
             window,
         )
-        for done in range(1, source.n_pages + 1):
-            page_strips, digest = next(pages)
-            if done == source.n_pages and before_last_page is not None:
-                before_last_page()
-            if page_digests is not None:  # before the strips: the writer stops asking after the last one
-                page_digests.append(digest)
-            while page_strips:  # each strip is let go once written, before the next page is asked for
-                yield page_strips.pop(0)
-            if on_page is not None:
-                on_page(done, source.n_pages)
+        previous: EncodedPage | None = None
+        try:
+            for done in range(1, source.n_pages + 1):
+                page = next(pages)
+                if previous is not None:  # checked while this page was made; a failed check stops here
+                    finished(previous)
+                previous = page
+                if done == source.n_pages:
+                    # Every check before the last strips: the writer stops asking after them.
+                    previous = None
+                    finished(page)
+                    if before_last_page is not None:
+                        before_last_page()
+                while page.strips:  # each strip is let go once written, before the next page is asked for
+                    yield page.strips.pop(0)
+                if on_page is not None:
+                    on_page(done, source.n_pages)
+        finally:
+            if previous is not None:
+                previous.abandon()
 
     try:
         write_movie(destination, layout, strips(), description=record.to_description())
     finally:
-        if digester is not None:
-            digester.shutdown(wait=True, cancel_futures=True)
+        if beside is not None:
+            beside.shutdown(wait=True, cancel_futures=True)
     return MovieResult(
         source=source_path,
         destination=destination,
