@@ -801,10 +801,12 @@ class EncodedPage:
             self._let_go()
 
     def _let_go(self) -> None:
-        pending = [task for task in (*self.checks, self.digest) if isinstance(task, Future)]
-        for task in pending:
-            task.cancel()
-        futures_wait(pending)
+        for task in (*self.checks, self.digest):
+            # A task cancelled here never runs. One that runs (or ran) reads the page: wait for
+            # it. (Not concurrent.futures.wait: it waits for ever on a task cancelled after
+            # its executor was shut down.)
+            if isinstance(task, Future) and not task.cancel():
+                task.exception()
         self.source.recycle(self.page)  # nothing reads the page any more
 
 
@@ -1086,9 +1088,11 @@ def _write_pages(
             if previous is not None:
                 previous.abandon()
 
+    pages_strips = strips()
     try:
-        write_movie(destination, layout, strips(), description=record.to_description())
+        write_movie(destination, layout, pages_strips, description=record.to_description())
     finally:
+        pages_strips.close()  # a writer that failed: the pages it did not take let go first
         if beside is not None:
             beside.shutdown(wait=True, cancel_futures=True)
     return MovieResult(
