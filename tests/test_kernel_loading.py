@@ -9,8 +9,14 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from cryotiff import kernels as K
+from cryotiff.kernels._jit import loads_without_refresh
+
+# Another numba keeps its own loader (kernels/_jit.py); these tests are then about nothing.
+needs_the_loader_read = pytest.mark.skipif(
+    not loads_without_refresh(), reason="this numba's kernels load with numba's own refresh")
 
 # A kernel of its own, so that the test sees it compiled, then loaded, then compiled again for
 # a new signature. It allocates (the NRT) and uses numpy functions numba implements.
@@ -47,6 +53,7 @@ def _run(code: str, cwd, *, env_path) -> list[str]:
     return completed.stdout.splitlines()
 
 
+@needs_the_loader_read
 def test_a_cached_kernel_loads_without_the_refresh_and_a_new_signature_still_compiles(tmp_path):
     (tmp_path / "cached_kernel.py").write_text(_MODULE)
     path = os.pathsep.join([str(tmp_path), *sys.path])
@@ -65,6 +72,7 @@ def test_a_cached_kernel_loads_without_the_refresh_and_a_new_signature_still_com
     assert second[2] == "[1.0, 4.0, 9.0, 18.0]"
 
 
+@needs_the_loader_read
 def test_the_package_kernels_use_the_loader_without_the_refresh():
     from cryotiff.kernels._jit import _KernelCache
 
@@ -72,6 +80,7 @@ def test_the_package_kernels_use_the_loader_without_the_refresh():
         assert type(getattr(K, name)._cache) is _KernelCache, name
 
 
+@needs_the_loader_read
 def test_cached_kernels_in_a_fresh_process_give_the_same_streams_as_zlib_reads():
     """The Huffman-only encoder and the LZW encoder and decoder, loaded from the cache in a
     fresh process (as every conversion loads them), against zlib and imagecodecs."""
@@ -99,3 +108,11 @@ def test_cached_kernels_in_a_fresh_process_give_the_same_streams_as_zlib_reads()
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["False"]
+
+
+def test_numba_versions_outside_those_read_keep_numbas_refresh():
+    from cryotiff.kernels._jit import loads_without_refresh
+
+    assert loads_without_refresh("0.60.0") and loads_without_refresh("0.68.1")
+    assert not loads_without_refresh("0.59.1") and not loads_without_refresh("0.70.0")
+    assert not loads_without_refresh("1.0.0") and not loads_without_refresh("dev")

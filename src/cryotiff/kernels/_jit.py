@@ -25,15 +25,39 @@ from numba.core.caching import FunctionCache
 from numba.core.runtime import rtsys
 
 
+#: The numba versions whose cache loader was read for this (numba/core/caching.py:
+#: ``Cache.load_overload`` refreshes the target context, whose first step is the NRT's
+#: initialisation, and then calls ``_load_overload``; the same from 0.60 to 0.68 and on numba's
+#: main branch; tested with 0.68). Another version keeps numba's refresh: slower to start,
+#: never wrong.
+NUMBA_VERSIONS_LOADED_WITHOUT_REFRESH = ((0, 60), (0, 70))
+
+
+def loads_without_refresh(version: str = numba.__version__) -> bool:
+    """Whether the kernels of this numba ``version`` load without numba's refresh."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:  # a development build's odd version string: numba's own loader
+        return False
+    first, after_last = NUMBA_VERSIONS_LOADED_WITHOUT_REFRESH
+    return first <= major_minor < after_last
+
+
+_LOADS_WITHOUT_REFRESH = loads_without_refresh()
+
+
 class _KernelCache(FunctionCache):
     """numba's cache of a function's machine code, loaded with the runtime initialised but
     without numba's refresh of the target context; an entry that cannot be loaded counts as
     missing (see the module docstring)."""
 
     def load_overload(self, sig, target_context):
-        # The part of numba's refresh that loading needs: compiling and registering the NRT's
-        # functions, which cached code that allocates arrays calls.
-        rtsys.initialize(target_context)
+        if _LOADS_WITHOUT_REFRESH:
+            # The part of numba's refresh that loading needs: compiling and registering the NRT's
+            # functions, which cached code that allocates arrays calls.
+            rtsys.initialize(target_context)
+        else:
+            target_context.refresh()
         try:
             with self._guard_against_spurious_io_errors():
                 compiled = self._load_overload(sig, target_context)
