@@ -655,7 +655,7 @@ def refused_for_memory(directory: Path, inputs: list[str], refused: str, sample_
     assert re.fullmatch(
         rf"ERROR: {re.escape(refused)}: its frames of 40000 x 40000 pixels \({re.escape(sample_type)}\) take 3\.20 GB "
         r"each, more than the [\d.]+ [MG]B of memory left by this process's address-space limit \(ulimit -v\); "
-        r"converting it needs about 9\.60 GB \(three frames at once at --j 1, one more for each further thread\)",
+        r"converting it needs about 12\.80 GB \(four frames at once at --j 1 or 2, one more for each further thread\)",
         error), error
 
 
@@ -993,7 +993,7 @@ def test_eer_pages_that_do_not_fit_in_memory_are_refused_before_rendering(in_tmp
     assert errors_of(capsys.readouterr().err) == [
         "ERROR: movie.eer: its pages of 4096 x 4096 pixels (--eer_upsampling 2, uint8) take 16.8 MB each, more than "
         "the 10.0 MB of memory left by the machine (available memory and free swap); converting it needs about "
-        "50.3 MB (three pages at once at --j 1, one more for each further thread)"]
+        "67.1 MB (four pages at once at --j 1 or 2, one more for each further thread)"]
     assert not Path("out/movie.tif").exists()
     assert main(["--i", "movie.eer", "--o", "out", "--eer_grouping", "4", "--eer_upsampling", "1"]) == 0, \
         capsys.readouterr()

@@ -114,8 +114,9 @@ def refuse_frames_beyond_memory(path: str | os.PathLike[str], shape_yx: tuple[in
     """Before the first frame of a movie is allocated: refuse frames larger than the memory this
     process can still get (:func:`memory_room`), naming the file, their size and what converting
     it needs. Only a frame that cannot be allocated at all is refused: a conversion holds about
-    three at once at ``--j 1`` (peak memory measured on 8192 x 8192 MRC movies: 2.6 frames of
-    int16 noise, 1.9 of zeros; 3.8 at ``--j 2``), so no movie that fits is refused.
+    four at once at ``--j 1`` and ``--j 2`` (peak memory measured on 8192 x 8192 MRC movies of
+    int16 noise: 3.8 frames at ``--j 2``; ``--j 1`` the same since each page is checked beside
+    the next one, 2.6 before), so no movie that fits is refused.
 
     ``what``: the sample type and where it comes from, in the message's parentheses
     (``MRC mode 1, int16``); ``unit``: what the movie's frames are called (``pages`` for EER).
@@ -130,5 +131,5 @@ def refuse_frames_beyond_memory(path: str | os.PathLike[str], shape_yx: tuple[in
     raise NotEnoughMemoryError(
         f"{path}: its {unit} of {ny} x {nx} pixels ({what}) take {size_text(frame_nbytes)} each, more than the "
         f"{size_text(room.nbytes)} of memory left by {room.limit}; converting it needs about "
-        f"{size_text(3 * frame_nbytes)} (three {unit} at once at --j 1, one more for each further thread)"
+        f"{size_text(4 * frame_nbytes)} (four {unit} at once at --j 1 or 2, one more for each further thread)"
     )
