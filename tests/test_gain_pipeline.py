@@ -294,3 +294,40 @@ def test_a_finished_movies_spare_pages_are_let_go(k2_movies, monkeypatch) -> Non
     assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin", "--j", "2"]) == 0
     assert len(sources) >= 2
     assert all(not len(source._spare_pages) and not source._frames._free for source in sources)
+
+
+def test_with_one_thread_the_next_frame_is_read_beside_the_estimate(k2_movies, monkeypatch) -> None:
+    """``--estimate_gain --j 1``: the frames are read on a thread of their own while the
+    estimate is updated; the estimate is the one of ``--j 2``."""
+    import threading
+
+    from cryotiff.gain import GainEstimate as Estimate
+    from cryotiff.io.mrc import MrcMovie
+
+    threads: dict[str, set[str]] = {"update": set()}
+    reads: list[tuple[str, str, int]] = []  # (thread, movie, frame index)
+    read_frame, update = MrcMovie.read_frame, Estimate.update
+
+    def tracked_read_frame(self, index, out=None):
+        reads.append((threading.current_thread().name, self.info.path.name, index))
+        return read_frame(self, index, out)
+
+    def tracked_update(self, *args, **kwargs):
+        threads["update"].add(threading.current_thread().name)
+        return update(self, *args, **kwargs)
+
+    assert main(["--i", "m1.mrc", "m2.mrc", "--o", "Two", "--estimate_gain", "--j", "2"]) == 0
+    monkeypatch.setattr(MrcMovie, "read_frame", tracked_read_frame)
+    monkeypatch.setattr(Estimate, "update", tracked_update)
+    assert main(["--i", "m1.mrc", "m2.mrc", "--o", "One", "--estimate_gain", "--j", "1"]) == 0
+    assert threads["update"] == {threading.current_thread().name}
+    # Every frame the estimate adds is read on the reading thread (the movie's first frame may
+    # also be read where it is opened).
+    n_frames = {}
+    for name in ("m1.mrc", "m2.mrc"):
+        with mrcfile.mmap(name, permissive=True) as mrc:
+            n_frames[name] = mrc.data.shape[0]
+    beside = {(movie, index) for thread, movie, index in reads if thread not in threads["update"]}
+    assert beside == {(movie, index) for movie, n in n_frames.items() for index in range(n)}
+    np.testing.assert_array_equal(estimate_files("One").gain, estimate_files("Two").gain)
+    np.testing.assert_array_equal(estimate_files("One").reliability, estimate_files("Two").reliability)

@@ -676,21 +676,30 @@ def estimate_movie(
                 estimate = GainEstimate.new(info.shape_yx)
             if tuple(estimate.shape_yx) != tuple(info.shape_yx):
                 raise GainError(f"{path}: {different_size_message(str(path))}")
-            # With --j N the next frame is read while this one updates the estimate (in row blocks
-            # on the same threads); the window bounds the frames in memory to two, as long as the
-            # frame done with is let go before the next is asked for (no enumerate, which keeps
-            # its last item until it has the next). A frame done with is read into again.
+            # The next frame is read while this one updates the estimate: with --j N on the same
+            # threads (the update runs in row blocks on them), with --j 1 on a reading thread of
+            # its own (reading releases the GIL; a fifth of the work). The window bounds the
+            # frames in memory to two, as long as the frame done with is let go before the next
+            # is asked for (no enumerate, which keeps its last item until it has the next). A
+            # frame done with is read into again.
             recycler = FrameRecycler(movie, capacity=3)
+            reader = ThreadPoolExecutor(1, "cryotiff-read") if executor is None else None
             frames = ordered_map(
-                lambda k: recycler.read(k).astype("float32", copy=False), info.n_frames, executor, window=2
+                lambda k: recycler.read(k).astype("float32", copy=False), info.n_frames, executor or reader,
+                window=2,
             )
-            for index in range(info.n_frames):
-                frame = next(frames)
-                result.details[FRAMES_ADDED] = index + 1  # from here on the estimate holds the frame
-                stats = estimate.update(frame, options.thresh, executor=executor)
-                recycler.give_back(frame)  # the update keeps no view of it
-                del frame
-                reporter.message(format_estimate_line(str(path), index, stats))
+            try:
+                for index in range(info.n_frames):
+                    frame = next(frames)
+                    result.details[FRAMES_ADDED] = index + 1  # from here on the estimate holds the frame
+                    stats = estimate.update(frame, options.thresh, executor=executor)
+                    recycler.give_back(frame)  # the update keeps no view of it
+                    del frame
+                    reporter.message(format_estimate_line(str(path), index, stats))
+            finally:
+                frames.close()  # the reads not started are cancelled and run ones waited for, then
+                if reader is not None:  # the reader goes (a cancelled read would wait for it for ever)
+                    reader.shutdown(wait=True)
             result.n_pages = info.n_frames
             result.input_bytes = info.frame_nbytes * info.n_frames
     except CryotiffError as exc:
