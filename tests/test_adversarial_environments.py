@@ -890,6 +890,16 @@ def test_a_star_file_that_changes_while_it_is_read_is_read_again(in_tmp: Path, m
     assert search.look() == (["Movies/a.mrc", "Movies/b.mrc"], [])
 
 
+def assert_the_watch_converts_both(capsys, a: np.ndarray, b: np.ndarray) -> None:
+    """Watch ``movies.star``: Movies/a.mrc and Movies/b.mrc convert, exactly, and nothing fails."""
+    assert main(watch_argv("movies.star")) == 0
+    captured = capsys.readouterr()
+    assert errors_of(captured.err) == [], captured.err
+    assert "Movies converted: 2, skipped: 0, failed: 0" in captured.out, captured.out
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/b.tif")), b)
+
+
 def test_the_watch_converts_what_a_star_file_written_in_two_steps_names(in_tmp: Path, capsys) -> None:
     """End to end: the STAR file's second step completes the name ``Movies/b`` the watch could
     read; both movies convert, and nothing fails."""
@@ -904,12 +914,7 @@ def test_the_watch_converts_what_a_star_file_written_in_two_steps_names(in_tmp: 
             star.write(".mrc 1\n")
 
     threading.Timer(0.3, second_step).start()
-    assert main(watch_argv("movies.star")) == 0
-    captured = capsys.readouterr()
-    assert errors_of(captured.err) == [], captured.err
-    assert "Movies converted: 2, skipped: 0, failed: 0" in captured.out, captured.out
-    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
-    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/b.tif")), b)
+    assert_the_watch_converts_both(capsys, a, b)
 
 
 def test_a_name_a_star_file_no_longer_gives_is_no_failure_of_the_watch(in_tmp: Path, capsys) -> None:
@@ -928,12 +933,7 @@ def test_a_name_a_star_file_no_longer_gives_is_no_failure_of_the_watch(in_tmp: P
         os.replace("movies.new", "movies.star")
 
     threading.Timer(0.3, rewritten).start()
-    assert main(watch_argv("movies.star")) == 0
-    captured = capsys.readouterr()
-    assert errors_of(captured.err) == [], captured.err
-    assert "Movies converted: 2, skipped: 0, failed: 0" in captured.out, captured.out
-    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/a.tif")), a)
-    np.testing.assert_array_equal(read_tiff_frames(Path("out/Movies/b.tif")), b)
+    assert_the_watch_converts_both(capsys, a, b)
 
 
 # --------------------------------------------------------------------------- TIFF and EER pages too large for the memory
