@@ -1068,6 +1068,7 @@ def _write_pages(
             window,
         )
         previous: EncodedPage | None = None
+        page: EncodedPage | None = None
         try:
             for done in range(1, source.n_pages + 1):
                 page = next(pages)
@@ -1084,9 +1085,10 @@ def _write_pages(
                     yield page.strips.pop(0)
                 if on_page is not None:
                     on_page(done, source.n_pages)
-        finally:
-            if previous is not None:
-                previous.abandon()
+        finally:  # a failed check or writer: the pages still held let go (a finished one is untouched)
+            for held in (previous, page):
+                if held is not None:
+                    held.abandon()
 
     pages_strips = strips()
     try:
