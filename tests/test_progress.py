@@ -20,10 +20,11 @@ import pytest
 from cryotiff.progress import RunProgress, format_duration
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import HANG_SECONDS, read_tiff_frames
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
-TIMEOUT_SECONDS = 120
+#: Only a hang must fail (helpers.HANG_SECONDS): a shared 2-core machine can be slow.
+TIMEOUT_SECONDS = HANG_SECONDS
 
 
 def movie(path: Path, seed: int, n_frames: int = 12, shape_yx: tuple[int, int] = (512, 512)) -> np.ndarray:
@@ -52,7 +53,7 @@ def run_in_pty(arguments: list[str], cwd: Path, columns: int = 120) -> tuple[int
         chunks.append(chunk)
     os.close(main_fd)
     try:
-        status = process.wait(timeout=30)
+        status = process.wait(timeout=TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
         process.kill()
         pytest.fail("the conversion did not end")
@@ -169,10 +170,9 @@ def test_estimate_gain_keeps_relions_lines_and_says_what_next(tmp_path: Path) ->
 def test_mpi_rank_zero_shows_the_whole_run(tmp_path: Path) -> None:
     for seed, name in enumerate("abcd"):
         movie(tmp_path / f"{name}.mrc", seed, n_frames=3, shape_yx=(64, 64))
-    command = [str(MPIRUN), "-np", "2", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-    completed = subprocess.run(command + [sys.executable, "-m", "cryotiff.mpi", "--i", "a.mrc", "b.mrc", "c.mrc",
-                                          "d.mrc", "--o", "out"], cwd=tmp_path, capture_output=True, text=True,
-                               timeout=TIMEOUT_SECONDS, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    from .test_mpi import run_mpi  # a hang kills mpirun and every rank, and fails
+
+    completed = run_mpi(["--i", "a.mrc", "b.mrc", "c.mrc", "d.mrc", "--o", "out"], tmp_path)
     assert completed.returncode == 0, completed.stderr
     lines = [line for line in completed.stdout.splitlines() if line.startswith("Progress:")]
     assert [line.split(",")[0] for line in lines] == [f"Progress: {k} of 4 movies" for k in range(1, 5)]
