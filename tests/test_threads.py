@@ -240,14 +240,15 @@ def test_no_executor_means_inline(tmp_path: Path) -> None:
 
 def test_two_threads_make_two_pages_at_once(tmp_path: Path) -> None:
     """``--j 2``: the next page is made while the one before is still being made or encoded
-    (two page tasks meet at a barrier, which a single thread would never pass)."""
+    (two page tasks meet at a barrier, which a single thread would never pass). Pages 2 and 3:
+    page 1 is made ahead, beside page 0 (test_page_1_is_made_while_page_0_decides_the_codec)."""
     meeting = threading.Barrier(2, timeout=60)
     threads_seen: set[int] = set()
 
     class Meeting(SlowFirstPages):
         def page(self, index: int) -> np.ndarray:
             threads_seen.add(threading.get_ident())
-            if index in (1, 2):
+            if index in (2, 3):
                 meeting.wait()
             return super().page(index)
 
@@ -315,3 +316,111 @@ def test_pages_in_memory_stay_within_the_window(threads: int, tmp_path: Path, mo
     assert most_alive[0] <= (threads if threads > 1 else 0)
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "fake.tif"),
                                   np.stack([SlowFirstPages.page(source, k) for k in range(20)]))
+
+
+# --------------------------------------------------------------------------- page 1 made ahead
+
+
+class RecordingPages(SlowFirstPages):
+    """Records which pages were made, which were handed back and when the source was closed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.made: list[int] = []
+        self.recycled: list[int] = []
+        self.made_after_close: list[int] = []
+        self.closed = False
+
+    def page(self, index: int) -> np.ndarray:
+        page = super().page(index)
+        with self._lock:
+            self.made.append(index)
+            if self.closed:
+                self.made_after_close.append(index)
+        return page
+
+    def recycle(self, page: np.ndarray) -> None:
+        with self._lock:
+            self.recycled.append(int(page[0, 0]))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("threads", (2, 3))
+def test_page_1_is_made_while_page_0_decides_the_codec(threads: int, tmp_path: Path) -> None:
+    """``--j 2``: ``auto`` decides the codec on page 0 in the calling thread; page 1 is made on
+    the pool meanwhile (page 0 and page 1 meet at a barrier, which page 0 would never pass if
+    page 1 waited for the decision), and each page is still made once."""
+    meeting = threading.Barrier(2, timeout=120)
+    caller = threading.get_ident()
+    made_on: dict[int, int] = {}
+
+    class Meeting(RecordingPages):
+        def page(self, index: int) -> np.ndarray:
+            made_on[index] = threading.get_ident()
+            if index in (0, 1):
+                meeting.wait()
+            return super().page(index)
+
+    source = Meeting(tmp_path / "fake.mrc", 5)
+    executor = make_executor(threads)
+    try:
+        convert_movie(source.path, tmp_path / "fake.tif", ConvertOptions(threads=threads, compression="auto"),
+                      executor=executor, source=source)
+    finally:
+        executor.shutdown(wait=True)
+    assert made_on[0] == caller and made_on[1] != caller
+    assert sorted(source.made) == list(range(5))
+    np.testing.assert_array_equal(read_tiff_frames(tmp_path / "fake.tif"),
+                                  np.stack([SlowFirstPages.page(source, k) for k in range(5)]))
+
+
+@pytest.mark.parametrize("compression", ["auto", "deflate"])
+def test_a_page_made_ahead_is_let_go_when_page_0_fails(compression: str, tmp_path: Path) -> None:
+    """Page 0 fails while page 1 is made ahead: the movie fails with page 0's error, page 1 is
+    waited for (it reads the source, which is closed next) and handed back, and nothing is left."""
+    source = RecordingPages(tmp_path / "broken.mrc", 6, fail_at=0)
+    destination = tmp_path / "broken.tif"
+    executor = make_executor(2)
+    try:
+        with pytest.raises(InputError, match="page 1 is broken"):
+            convert_movie(source.path, destination, ConvertOptions(threads=2, compression=compression),
+                          executor=executor, source=source)
+        assert executor.submit(lambda: 42).result(timeout=60) == 42
+    finally:
+        executor.shutdown(wait=True)
+    assert source.made_after_close == []
+    if 1 in source.made:
+        assert 1 in source.recycled
+    assert not destination.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_page_made_ahead_that_fails_fails_its_movie(tmp_path: Path) -> None:
+    source = RecordingPages(tmp_path / "broken.mrc", 6, fail_at=1)
+    destination = tmp_path / "broken.tif"
+    executor = make_executor(2)
+    try:
+        with pytest.raises(InputError, match="page 2 is broken"):
+            convert_movie(source.path, destination, ConvertOptions(threads=2), executor=executor, source=source)
+    finally:
+        executor.shutdown(wait=True)
+    assert source.made_after_close == []
+    assert not destination.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("wide_frame", [0, 1])
+def test_a_float_movie_widened_on_page_0_or_1_while_page_1_is_made_ahead(wide_frame: int, tmp_path: Path) -> None:
+    """An all-integer float movie written again wider because of page 0 (found while the codec is
+    decided, with page 1 being made ahead) or of page 1 (the page made ahead): the same pixels
+    and the same file at every --j."""
+    rng = np.random.default_rng(6)
+    frames = rng.integers(0, 100, (5, 40, 50)).astype(np.float32)
+    frames[wide_frame, 3, 7] = 40000.0
+    movie = write_mrc_movie(tmp_path / "float.mrc", frames, 2)
+    outputs = [convert_with_threads(movie, tmp_path / f"j{threads}", threads) for threads in THREAD_COUNTS]
+    for path in outputs:
+        decoded = read_tiff_frames(path)
+        assert decoded.dtype == np.uint16
+        np.testing.assert_array_equal(decoded, frames)
+        assert path.read_bytes() == outputs[0].read_bytes()

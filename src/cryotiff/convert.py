@@ -831,18 +831,57 @@ def _check_strips(path: Path, codec: StripCodec, index: int,
             )
 
 
+class PageAhead:
+    """Page 1 of a movie, made on the pool while the calling thread makes page 0 and decides the
+    movie's codec on it (``auto`` compresses page 0 with each candidate), so that with
+    ``--j 2`` or more the second core renders or reads from the start instead of waiting for that
+    decision; the page task of page 1 then takes it (:meth:`take`)."""
+
+    INDEX = 1
+
+    def __init__(self, source: PageSource, executor: Executor):
+        self.source = source
+        self.dtype = source.dtype
+        self._made: Future | None = executor.submit(source.page, self.INDEX)
+
+    def take(self, index: int) -> np.ndarray | None:
+        """The page made ahead, once, if ``index`` is its index; None otherwise (or if the movie's
+        sample type changed since: that page is let go). What making it raised is raised here."""
+        if index != self.INDEX or self._made is None:
+            return None
+        made, self._made = self._made, None
+        page = made.result()
+        if self.source.dtype != self.dtype:
+            self.source.recycle(page)
+            return None
+        return page
+
+    def drop(self) -> None:
+        """The movie stopped or starts again: a page not taken yet is not made, or is waited for
+        (it reads the source, which is closed or retyped next) and let go."""
+        made, self._made = self._made, None
+        if made is None or made.cancel():
+            return
+        if made.exception() is None:
+            self.source.recycle(made.result())
+
+
 def _encode_page(source: PageSource, codec: StripCodec, rows_per_strip: int, verify: bool, index: int,
-                 digest: bool = False, beside: Executor | None = None) -> EncodedPage:
+                 digest: bool = False, beside: Executor | None = None,
+                 ahead: PageAhead | None = None) -> EncodedPage:
     """Make page ``index``, flip it to TIFF scanline order, encode its strips and (``verify``)
     decode each strip again and compare it byte for byte with the rows it was made from; with
     ``digest``, make the page's digest for the manifest (:func:`cryotiff.manifest.page_digest`).
 
     ``beside``: the side thread of ``--j 1``. The digest and the checks are then made there,
     while this thread encodes the page's strips and then writes them and makes the next page;
-    :meth:`EncodedPage.finish` waits for them. Without it they are made here, in turn."""
+    :meth:`EncodedPage.finish` waits for them. Without it they are made here, in turn.
+    ``ahead``: page 1 made ahead (:class:`PageAhead`), taken instead of making it again."""
     from .manifest import page_digest
 
-    page = source.page(index)
+    page = ahead.take(index) if ahead is not None else None
+    if page is None:
+        page = source.page(index)
     if page.shape != source.shape_yx or page.dtype != source.dtype:
         raise VerificationError(
             f"{source.path}: page {index + 1} is {page.shape} {page.dtype}, "
@@ -1030,6 +1069,28 @@ def _write_pages(
     ``page_digests``, append each page's digest to it, in page order. ``before_last_page`` is
     called once every page has been read and made, before the last one is written; what it
     raises leaves no file behind."""
+    # With a pool, page 1 is made while this thread makes page 0 and decides the codec on it.
+    ahead = PageAhead(source, executor) if executor is not None and source.n_pages > 1 else None
+    try:
+        return _write_pages_with(source, source_path, destination, options, executor, on_page, page_digests,
+                                 before_last_page, ahead)
+    finally:
+        if ahead is not None:
+            ahead.drop()  # not taken: the movie stopped before page 1's task took it
+
+
+def _write_pages_with(
+    source: PageSource,
+    source_path: Path,
+    destination: Path,
+    options: ConvertOptions,
+    executor: Executor | None,
+    on_page: Callable[[int, int], None] | None,
+    page_digests: list[bytes] | None,
+    before_last_page: Callable[[], None] | None,
+    ahead: PageAhead | None,
+) -> MovieResult:
+    """:func:`_write_pages` with page 1 perhaps being made ahead (``ahead``)."""
     codec = resolve_codec(  # auto measures candidates on page 0, made once (handed on to the encoder)
         options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
         sample=source, rows_per_strip=1 if options.line_by_line else None, huffman_encoder=source.huffman_encoder,
@@ -1062,7 +1123,7 @@ def _write_pages(
     def strips() -> Iterator[bytes]:
         pages = ordered_map(
             lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k, page_digests is not None,
-                                   beside),
+                                   beside, ahead),
             source.n_pages,
             executor,
             window,
