@@ -4,6 +4,7 @@
                                          [--workdir DIR] [--cases eer,eer-up2,...] [--first-run]
     python benchmarks/bench_vs_relion.py --kernels [--baseline SRC]   # numba and zlib-ng figures
     python benchmarks/bench_vs_relion.py --lzw-encoder [--baseline SRC]   # the LZW kernels' rows only
+    python benchmarks/bench_vs_relion.py --memory-floor   # peak memory before a frame is held
 
 Generates the cases (once, cached in ``--workdir``), then runs each case's command with
 cryotiff at ``--j 1`` and ``--j 2``, and with ``--relion`` (RELION 5.0.1's relion_convert_to_tiff
@@ -314,6 +315,37 @@ def start_up_figures() -> None:
                 print(f"| {name}: numba import + {what}, CPU s | | {float(out[0]):.2f} | |")
 
 
+def memory_floor_figures() -> None:
+    """Peak RSS of a fresh interpreter that has only started, imported what a conversion imports,
+    imported numba, and loaded one cached kernel (or each kernel family in turn): the memory a
+    run has before it holds any frame, against which RELION's peak RSS can be read."""
+    eer_adder = ("K.eer_add_frames(np.zeros(8, np.uint8), np.zeros(1, np.int64), np.full(1, 8, np.int64), 16, 7, 4, 0, "
+                 "K.EER_ADD_PHYSICAL, 2, 1, np.zeros(16, np.int64), np.zeros(16, np.uint8), 8, np.zeros(1, np.bool_))")
+    gain_update = ("K.gain_update(np.full(16, 999.9, np.float32), np.full(16, -1, np.int16), "
+                   "np.ones(16, np.float32), 50, np.float32(1e-4))")
+    steps = (
+        ("Python started", ""),
+        ("+ cryotiff's command and converter imported (numpy, tifffile, imagecodecs, zlib-ng, ISA-L)",
+         "import cryotiff.cli, cryotiff.convert, cryotiff.codecs"),
+        ("+ numba imported", "import cryotiff.cli, cryotiff.convert, cryotiff.codecs, numba"),
+        ("+ the Huffman-only kernel loaded", "import cryotiff.cli, cryotiff.convert; from cryotiff.codecs import make_codec; "
+                                              "make_codec('deflate-huffman').encode(np.zeros(4096, np.uint8))"),
+        ("+ the EER adder loaded instead", f"import cryotiff.cli, cryotiff.convert; from cryotiff import kernels as K; {eer_adder}"),
+        ("+ the gain update loaded instead", f"import cryotiff.cli, cryotiff.convert; from cryotiff import kernels as K; {gain_update}"),
+        ("+ all three loaded", "import cryotiff.cli, cryotiff.convert; from cryotiff.codecs import make_codec; "
+                               "from cryotiff import kernels as K; make_codec('deflate-huffman').encode(np.zeros(4096, np.uint8)); "
+                               f"{eer_adder}; {gain_update}"),
+    )
+    print("| process | peak RSS MiB (median of 3 fresh processes) |\n|---|---:|")
+    for name, use in steps:
+        probe = ("import resource, numpy as np\n" if use else "import resource\n") + use + \
+            "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        peaks = [int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+                 for _ in range(3)]
+        label = name if use else "Python started (numpy imported)"
+        print(f"| {label} | {statistics.median(peaks) / 1024:.0f} |")
+
+
 def eer_render_figures(workdir: Path, label: str) -> None:
     """ms per raw frame (CPU of one thread, best of 5) of ``EerMovie.render`` of the cryotiff on
     PYTHONPATH into a page of uint8, as a conversion renders it, at upsampling 1, 2 and -1;
@@ -530,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
                              "its kernel runs beside it in the same process)")
     parser.add_argument("--kernels", action="store_true",
                         help="print the kernel and encoder measurements (numba, zlib-ng) instead")
+    parser.add_argument("--memory-floor", action="store_true",
+                        help="only the peak memory of a run before it holds a frame: imports, numba, a kernel loaded")
     parser.add_argument("--make", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--baseline-eer", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compare", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -542,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.baseline_eer:
         eer_render_figures(args.baseline_eer, ", before")
+        return 0
+    if args.memory_floor:
+        memory_floor_figures()
         return 0
     if args.kernels or args.lzw_encoder or args.huffman_encoder:
         workdir = args.workdir.resolve()
