@@ -10,6 +10,7 @@ pages per thread whatever the movie length.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -24,7 +25,7 @@ import numpy as np
 from . import __version__
 from .codecs import StripCodec, huffman_encoder_for, lzw_encoder_for, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
-from .io import FrameRecycler, HeldFile, Movie, MovieInfo, check_regular_file
+from .io import FrameRecycler, HeldFile, Movie, MovieInfo, open_regular_file, pread_exactly
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, relion_reads_as_4bit_packed, write_movie
 from .recorded_options import OutputRecord
 
@@ -679,16 +680,13 @@ def movie_kind(path: Path) -> str:
     kind = MOVIE_SUFFIXES.get(path.suffix.lower())
     if kind is not None:
         return kind
-    check_regular_file(path)  # a named pipe would block the open below
+    descriptor = open_regular_file(path)  # a named pipe at the name cannot block the open
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(212)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a movie") from None
+        head = pread_exactly(descriptor, 212, 0)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(descriptor)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
     if head[208:212] == b"MAP ":

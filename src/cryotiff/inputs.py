@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 from .convert import MOVIE_SUFFIXES, MovieResult
 from .errors import InputError, NamesNoMovieError
-from .io import check_regular_file
+from .io import open_regular_stream
 from .io.star import read_movie_names
 
 GLOB_CHARACTERS = set("*?[")
@@ -32,11 +32,9 @@ def read_list_file(path: Path) -> list[str]:
         InputError: the file is missing or unreadable; :class:`NamesNoMovieError` when it names
             no movie.
     """
-    check_regular_file(path, "a list file")  # reading a named pipe would block
     try:
-        text = path.read_text(encoding="utf-8-sig", errors="replace")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        with open_regular_stream(path, "a list file") as stream:  # a named pipe is refused, never read
+            text = stream.read().decode("utf-8-sig", errors="replace")
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
     names = []

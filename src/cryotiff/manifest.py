@@ -38,12 +38,14 @@ for it with :meth:`Manifest.wait` at its end) and read by :func:`read_manifest`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import threading
 import time
 from concurrent.futures import Future
@@ -53,7 +55,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import OutputError
+from .errors import CryotiffError, OutputError
 
 MANIFEST_NAME = "cryotiff-manifest.jsonl"
 #: Layout version of a line; lines of another version are ignored by this version.
@@ -167,11 +169,24 @@ def _append_locked(path: Path, line: str) -> None:
     Raises:
         OutputError: the file cannot be opened, locked or written.
     """
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    from .io import special_file_kind
+
+    try:  # O_NONBLOCK: a named pipe at the name must not block the open (it is refused below)
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                             | os.O_NONBLOCK | os.O_NOCTTY, 0o666)
     except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a named pipe that no one reads, or a socket
+            with contextlib.suppress(OSError):
+                mode = os.lstat(path).st_mode
+                raise OutputError(f"{path}: is {special_file_kind(mode)}, not a regular file; the manifest must be "
+                                  "a regular file") from None
         raise OutputError(f"{path}: cannot add to the manifest ({exc.strerror or exc})") from None
     try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise OutputError(f"{path}: is {special_file_kind(mode)}, not a regular file; the manifest must be a "
+                              "regular file")
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, fcntl.fcntl(descriptor, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
         while True:
             try:
@@ -261,7 +276,7 @@ class Manifest:
                 if left_out_raw_frames is not None:
                     entry = dataclasses.replace(entry, left_out_raw_frames=tuple(left_out_raw_frames))
                 self.add(entry)
-            except (OutputError, OSError) as exc:
+            except (CryotiffError, OSError) as exc:
                 with self._lock:
                     self._problems.append(f"WARNING: {destination} is complete but not in the manifest: {exc}")
 
@@ -366,7 +381,7 @@ class _ManifestReader:
 
     def _catch_up(self) -> None:
         try:
-            with open(self.path, "rb") as handle:
+            with _open_manifest(self.path) as handle:
                 status = os.fstat(handle.fileno())
                 identity = (status.st_dev, status.st_ino)
                 if identity != self._identity or status.st_size < self._offset:
@@ -388,6 +403,25 @@ class _ManifestReader:
                 self._entries[entry.output] = entry
 
 
+def _open_manifest(path: Path):
+    """The manifest opened to read it, binary (:func:`cryotiff.io.open_regular_stream`: a named
+    pipe at its name never blocks the run).
+
+    Raises:
+        FileNotFoundError: there is none.
+        OSError: it cannot be opened.
+        OutputError: its name leads to no regular file.
+    """
+    from .io import open_to_read, special_file_kind
+
+    descriptor, status = open_to_read(path)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        raise OutputError(f"{path}: is {special_file_kind(status.st_mode)}, not a regular file; the manifest "
+                          "must be a regular file.")
+    return open(os.fspath(path), "rb", opener=lambda *_: descriptor)
+
+
 def read_manifest(output_dir: Path) -> dict[str, ManifestEntry]:
     """The entries of ``<o>/cryotiff-manifest.jsonl`` by output path (relative to ``output_dir``),
     the last line for an output winning; ``{}`` when there is no manifest.
@@ -398,9 +432,9 @@ def read_manifest(output_dir: Path) -> dict[str, ManifestEntry]:
     path = Path(output_dir) / MANIFEST_NAME
     entries: dict[str, ManifestEntry] = {}
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
+        with _open_manifest(path) as handle:
             for line in handle:
-                entry = ManifestEntry.from_line(line)
+                entry = ManifestEntry.from_line(line.decode("ascii", errors="replace"))
                 if entry is not None:
                     entries[entry.output] = entry
     except FileNotFoundError:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import re
 import time
@@ -46,7 +47,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from . import __version__
 from .convert import MOVIE_SUFFIXES, MovieResult
-from .errors import OutputError
+from .errors import CryotiffError, OutputError
+from .io import open_regular_stream
 from .io.star import MOVIE_NAME_COLUMN, movie_table_name, read_star_blocks, write_star_atomically
 
 MOVIES_STAR_NAME = "movies.star"
@@ -394,13 +396,15 @@ def is_written_by_cryotiff(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
+        # Opened so that a named pipe that took the name after the look above cannot block it.
+        with open_regular_stream(path, "movies.star") as binary, \
+                io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as stream:
             for line in stream:
                 if "data_" in line:
                     return False
                 if line.startswith(MARKER):
                     return True
-    except OSError:
+    except (OSError, CryotiffError):
         return False
     return False
 

@@ -163,26 +163,49 @@ def read_record(path: str | os.PathLike[str]) -> OutputRecord | None:
     """The record of a TIFF file, or None (none, or the file cannot be read)."""
     import tifffile
 
+    from .io import open_regular_stream
+
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_regular_stream(path, "a TIFF file") as handle, tifffile.TiffFile(handle) as tif:
             return OutputRecord.from_description(tif.pages.first.description)
-    except Exception:  # tifffile raises many types on damaged files
+    except Exception:  # tifffile raises many types on damaged files; a named pipe is refused
         return None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes, in hexadecimal (read into one 1 MiB buffer, block by block;
-    hashlib releases the GIL while it hashes a block)."""
+    """SHA-256 of a file's bytes, in hexadecimal (:func:`descriptor_sha256` of the file opened as
+    inputs are, :func:`cryotiff.io.open_regular_file`: a named pipe at the name is refused with
+    an InputError, never read).
+
+    Raises:
+        InputError: it is missing, unreadable or not a regular file.
+        OSError: reading it failed.
+    """
+    from .io import open_regular_file
+
+    descriptor = open_regular_file(path, "a file")
+    try:
+        return descriptor_sha256(descriptor)[1]
+    finally:
+        os.close(descriptor)
+
+
+def descriptor_sha256(descriptor: int) -> tuple[int, str]:
+    """``(bytes read, SHA-256 in hexadecimal)`` of the file open on ``descriptor``, from its
+    first byte to its end, read with ``os.preadv`` (the descriptor's offset, which a reader may
+    share, is neither used nor moved) into one 1 MiB buffer, block by block; hashlib releases
+    the GIL while it hashes a block."""
     digest = hashlib.sha256()
     buffer = bytearray(1 << 20)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            n_bytes = handle.readinto(buffer)
-            if not n_bytes:
-                break
-            digest.update(view[:n_bytes])
-    return digest.hexdigest()
+    offset = 0
+    while True:
+        n_bytes = os.preadv(descriptor, [buffer], offset)
+        if not n_bytes:
+            break
+        digest.update(view[:n_bytes])
+        offset += n_bytes
+    return offset, digest.hexdigest()
 
 
 def gain_identity(gain_path: Path, reliability_path: Path) -> dict[str, str]:

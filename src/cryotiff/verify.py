@@ -264,6 +264,8 @@ class GainContexts:
                 checksum = self._checksums.setdefault(path, file_sha256(path))
             except OSError as exc:
                 raise GainError(f"the gain {path} it was made with cannot be read ({exc.strerror or exc})") from None
+            except CryotiffError as exc:  # missing, or no regular file (a named pipe is never read)
+                raise GainError(f"the gain it was made with cannot be read ({exc})") from None
             if checksum != gain["sha256"]:
                 raise GainError(f"the gain {path} has changed since the conversion (SHA-256 {checksum[:12]}..., "
                                 f"recorded {str(gain['sha256'])[:12]}...)")

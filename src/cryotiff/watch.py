@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 from .convert import MOVIE_SUFFIXES, ConvertOptions, MovieResult, RunContext, movie_kind, open_movie
 from .errors import CryotiffError
 from .inputs import GLOB_CHARACTERS, InputProblem, search_input
+from .io import open_regular_stream, open_to_read
 from .jobs import (
     Job,
     Reporter,
@@ -103,7 +104,7 @@ def _data_past_the_end(path: Path) -> str | None:
     the file: a file whose IFDs are all there but whose last bytes are still being written."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with open_regular_stream(path) as handle, tifffile.TiffFile(handle) as tif:
         file_nbytes = tif.filehandle.size
         layout = tif.tiff
         for number, page in enumerate(tif.pages, start=1):
@@ -143,16 +144,19 @@ def _name_file_state(path: str) -> tuple[int, int, bool] | None:
     """``(size, modification time in ns, whether its last line is complete)`` of a STAR or list
     file, or None where it is no regular file (the search says why)."""
     try:
-        status = os.stat(path)
+        descriptor, status = open_to_read(path)  # a named pipe at the name cannot block the open
+    except (OSError, ValueError):
+        return None
+    try:
         if not stat.S_ISREG(status.st_mode):
             return None
         if status.st_size == 0:
             return (0, status.st_mtime_ns, True)
-        with open(path, "rb") as file:  # a regular file: opening it cannot block
-            file.seek(status.st_size - 1)
-            last = file.read(1)
-    except (OSError, ValueError):
+        last = os.pread(descriptor, 1, status.st_size - 1)
+    except OSError:
         return None
+    finally:
+        os.close(descriptor)
     return (status.st_size, status.st_mtime_ns, last in (b"\n", b"\r"))
 
 

@@ -30,7 +30,7 @@ import mrcfile
 import numpy as np
 
 from cryotiff.errors import CryotiffError, ExistingOutputError, GainError, OutputError
-from cryotiff.io import check_regular_file
+from cryotiff.io import check_regular_file, open_regular_stream
 from cryotiff.io.atomic import AtomicFile
 from cryotiff.io.mrc import open_mrc
 
@@ -584,7 +584,8 @@ def _read_tiff_first_page(path: str | os.PathLike[str]) -> np.ndarray:
     import tifffile  # only TIFF gains need it (an --estimate_gain run imports none)
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        # Opened so that a named pipe put at the name after the check cannot block the open.
+        with open_regular_stream(path, "a gain file", GainError) as handle, tifffile.TiffFile(handle) as tif:
             if not tif.pages:
                 raise GainError(f"{path}: the TIFF file has no image.")
             return np.asarray(tif.pages[0].asarray())

@@ -12,12 +12,14 @@ numba).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -30,10 +32,11 @@ def check_regular_file(
     """Return the size in bytes of ``path``; raise ``error`` (naming the file) if it is missing,
     unreadable, a directory, or not a regular file.
 
-    Called before a file is opened: opening a named pipe (FIFO) for reading blocks until another
-    process writes to it, so an input named ``x.eer`` that is a FIFO would hang the run. Devices
-    and sockets are refused too. Symbolic links are followed (a link to a regular file is fine).
-    ``what`` completes the messages, e.g. ``"an MRC file"``.
+    Only a look by name: a file read afterwards must be opened with :func:`open_regular_file`,
+    which makes the same refusals of the descriptor it opened (a name checked here can be taken
+    by a named pipe before an open by name, which would then block for ever). Symbolic links
+    are followed (a link to a regular file is fine). ``what`` completes the messages, e.g.
+    ``"an MRC file"``.
     """
     try:
         st = os.stat(path)
@@ -41,12 +44,113 @@ def check_regular_file(
         raise error(f"{os.fspath(path)}: no such file.") from None
     except OSError as err:
         raise error(f"{os.fspath(path)}: cannot be read ({err.strerror or err}).") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise error(f"{os.fspath(path)}: is a directory, not {what}.")
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{os.fspath(path)}: is {special_file_kind(st.st_mode)}, not a regular file; {what} must be a "
-                    "regular file.")
+    _refuse_unless_regular(path, st.st_mode, what, error)
     return st.st_size
+
+
+def _refuse_unless_regular(path: str | os.PathLike[str], mode: int, what: str, error: type[CryotiffError]) -> None:
+    if stat.S_ISDIR(mode):
+        raise error(f"{os.fspath(path)}: is a directory, not {what}.")
+    if not stat.S_ISREG(mode):
+        raise error(f"{os.fspath(path)}: is {special_file_kind(mode)}, not a regular file; {what} must be a "
+                    "regular file.")
+
+
+#: How an input is opened: read-only; ``O_NONBLOCK`` so that neither a named pipe nor a device
+#: at the name can block the open, ``O_NOCTTY`` so that a terminal there never becomes ours.
+_READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_BINARY", 0))
+
+
+def open_regular_file(
+    path: str | os.PathLike[str], what: str = "a movie", error: type[CryotiffError] = InputError
+) -> int:
+    """Open ``path`` for reading and return the descriptor, which the caller closes; raise
+    ``error`` (naming the file, as :func:`check_regular_file` does) if it is missing,
+    unreadable, a directory, or not a regular file.
+
+    The refusals are made of the file opened (``fstat`` of the descriptor), not of the name
+    before opening it: the open itself cannot block (``O_NONBLOCK``: a named pipe put at the
+    name after any earlier check is opened at once, then refused), and ``O_NONBLOCK`` is
+    cleared before the descriptor is handed back, so reads through it wait for the disk as
+    usual. Read everything through this descriptor (``os.pread``, :func:`open_regular_stream`),
+    never the name again. Symbolic links are followed.
+    """
+    try:
+        fd, status = open_to_read(path)
+    except FileNotFoundError:
+        raise error(f"{os.fspath(path)}: no such file.") from None
+    except OSError as err:
+        if err.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.ENODEV):  # a socket, a device without a driver
+            try:
+                _refuse_unless_regular(path, os.stat(path).st_mode, what, error)
+            except OSError:
+                pass
+        raise error(f"{os.fspath(path)}: cannot be read ({err.strerror or err}).") from None
+    try:
+        _refuse_unless_regular(path, status.st_mode, what, error)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_to_read(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+    """``(descriptor, its fstat)`` of ``path`` opened read-only without blocking, whatever it is
+    (see :func:`open_regular_file`, which refuses all but regular files); for a regular file
+    ``O_NONBLOCK`` is cleared again. The caller closes the descriptor.
+
+    Raises:
+        OSError: it cannot be opened.
+    """
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISREG(status.st_mode) and _READ_FLAGS & getattr(os, "O_NONBLOCK", 0):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, status
+
+
+def open_regular_stream(
+    path: str | os.PathLike[str], what: str = "a movie", error: type[CryotiffError] = InputError
+) -> BinaryIO:
+    """:func:`open_regular_file` as a binary file object (buffered, its ``name`` the path),
+    for readers that take one (tifffile); the caller closes it."""
+    fd = open_regular_file(path, what, error)
+    try:
+        return open(os.fspath(path), "rb", opener=lambda *_: fd)  # noqa: SIM115
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def name_of_descriptor(fd: int) -> str | None:
+    """A name that opens the very file ``fd`` is open on (Linux: ``/proc/self/fd/<fd>``), for
+    libraries that read only by name (starfile); None where the system has none."""
+    name = f"/proc/self/fd/{fd}"
+    try:
+        same = os.stat(name)
+        here = os.fstat(fd)
+    except OSError:
+        return None
+    return name if (same.st_dev, same.st_ino) == (here.st_dev, here.st_ino) else None
+
+
+def pread_exactly(fd: int, n_bytes: int, offset: int) -> bytes:
+    """Up to ``n_bytes`` from ``offset`` of ``fd`` (fewer only at the end of the file), read
+    with ``os.pread``: the descriptor's offset, which other threads may share, is not moved."""
+    parts = []
+    while n_bytes > 0:
+        part = os.pread(fd, n_bytes, offset)
+        if not part:
+            break
+        parts.append(part)
+        n_bytes -= len(part)
+        offset += len(part)
+    return b"".join(parts)
 
 
 def special_file_kind(mode: int) -> str:

@@ -54,7 +54,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.mrcinterpreter import MrcInterpreter
 
 from cryotiff.errors import InputError, MrcFormatError
-from cryotiff.io import Movie, MovieInfo, check_regular_file, will_need
+from cryotiff.io import Movie, MovieInfo, open_regular_file, pread_exactly, will_need
 from cryotiff.io.memory import refuse_frames_beyond_memory
 
 __all__ = [
@@ -180,14 +180,20 @@ class MrcHeader:
         return pixel_size
 
 
-def _read_header_bytes(path: Path) -> tuple[bytes, int]:
-    """Return the first 1024 bytes of ``path`` and the file size in bytes."""
-    file_nbytes = check_regular_file(path, "an MRC file")
-    if file_nbytes == 0:
-        raise MrcFormatError(f"{path}: the file is empty, not an MRC file.")
+def _read_header_bytes(path: Path, fd: int | None = None) -> tuple[bytes, int]:
+    """Return the first 1024 bytes of ``path`` and the file size in bytes, read through ``fd``
+    (from :func:`cryotiff.io.open_regular_file`) when given."""
+    if fd is None:
+        fd = open_regular_file(path, "an MRC file")
+        try:
+            return _read_header_bytes(path, fd)
+        finally:
+            os.close(fd)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(HEADER_NBYTES)
+        file_nbytes = os.fstat(fd).st_size
+        if file_nbytes == 0:
+            raise MrcFormatError(f"{path}: the file is empty, not an MRC file.")
+        raw = pread_exactly(fd, HEADER_NBYTES, 0)
     except OSError as err:
         raise InputError(f"{path}: cannot be read ({err.strerror or err}).") from None
     for magic, what in _FOREIGN_MAGIC:
@@ -370,7 +376,9 @@ class MrcMovie(Movie):
     file position, and :meth:`close` waits for reads in progress before closing the descriptor.
     """
 
-    def __init__(self, path: Path, header: MrcHeader, file_nbytes: int) -> None:
+    def __init__(self, path: Path, header: MrcHeader, file_nbytes: int, fd: int | None = None) -> None:
+        """``fd``: the descriptor the header was read through (the movie owns it from now on);
+        None opens ``path`` (:func:`cryotiff.io.open_regular_file`)."""
         self.header = header
         self._path = path
         self._data_offset = HEADER_NBYTES + header.nsymbt
@@ -408,10 +416,11 @@ class MrcMovie(Movie):
         self._active_reads = 0
         self._closed = False
         self._room_checked = False
-        try:
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as err:
-            raise InputError(f"{path}: cannot be read ({err.strerror or err}).") from None
+        self._fd = fd if fd is not None else open_regular_file(path, "an MRC file")
+
+    def fileno(self) -> int:
+        """The descriptor the frames are read through."""
+        return self._fd
 
     def _check_room(self) -> None:
         """Before the first frame is allocated: refuse frames larger than the memory this
@@ -546,7 +555,16 @@ def open_mrc(path: PathLike) -> MrcMovie:
             how many frames are complete).
     """
     path = Path(path)
-    raw, file_nbytes = _read_header_bytes(path)
+    fd = open_regular_file(path, "an MRC file")  # the header and the frames are read through it
+    try:
+        return _open_mrc(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_mrc(path: Path, fd: int) -> MrcMovie:
+    raw, file_nbytes = _read_header_bytes(path, fd)
     header = _header_from_bytes(path, raw, file_nbytes)
     _validate_header(path, header)
     data_offset = HEADER_NBYTES + header.nsymbt
@@ -566,7 +584,7 @@ def open_mrc(path: PathLike) -> MrcMovie:
             f"only {available_nbytes} bytes follow the headers ({expected_nbytes - available_nbytes} "
             f"bytes missing; {complete} of {header.nz} frames complete)."
         )
-    return MrcMovie(path, header, file_nbytes)
+    return MrcMovie(path, header, file_nbytes, fd)
 
 
 def read_mrc_image(path: PathLike) -> tuple[np.ndarray, float | None]:

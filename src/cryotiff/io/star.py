@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import EmptyStarError, OutputError, StarFormatError
-from . import check_regular_file
+from . import name_of_descriptor, open_regular_file
 from .atomic import write_bytes_atomically
 
 MOVIE_NAME_COLUMN = "rlnMicrographMovieName"
@@ -32,11 +33,32 @@ def read_star_blocks(path: Path) -> dict[str, Any]:
         StarFormatError: the file is missing or cannot be parsed; :class:`EmptyStarError` (one
             of them) when it is empty.
     """
-    if check_regular_file(path, "a STAR file", StarFormatError) == 0:
-        raise EmptyStarError(f"{path}: the STAR file is empty")
+    # starfile reads by name, several times: it is given the name of the file opened here
+    # (/proc/self/fd/N), so that it reads the regular file that was checked even if a named
+    # pipe takes the STAR file's name meanwhile (which would block it for ever).
+    descriptor = open_regular_file(path, "a STAR file", StarFormatError)
+    try:
+        if os.fstat(descriptor).st_size == 0:
+            raise EmptyStarError(f"{path}: the STAR file is empty")
+        opened = name_of_descriptor(descriptor) or os.fspath(path)
+        blocks = _parse_star(opened, path)
+    except OSError as exc:
+        raise StarFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(descriptor)
+    if not blocks:
+        raise StarFormatError(f"{path}: the STAR file holds no data block")
+    return blocks
+
+
+def _parse_star(opened: str, path: Path) -> dict[str, Any]:
+    """starfile's blocks of the file it opens as ``opened``; its errors name ``path``."""
     import linecache
 
     import starfile
+
+    def problem(exc: BaseException) -> str:
+        return str(exc).replace(opened, os.fspath(path))
 
     # starfile reads lines through linecache and clears it only after a successful parse: after a
     # failed one, a later read of the same file name would get the old lines.
@@ -44,19 +66,16 @@ def read_star_blocks(path: Path) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            blocks = starfile.read(path, always_dict=True)
+            return starfile.read(opened, always_dict=True)
     except TypeError as exc:
         if "NoneType" not in str(exc):
-            raise StarFormatError(f"{path}: not a readable STAR file ({exc})") from None
+            raise StarFormatError(f"{path}: not a readable STAR file ({problem(exc)})") from None
         # starfile's parse of a data_ line that no loop_ or _name line follows
         raise StarFormatError(f"{path}: not a readable STAR file (a data_ block holds no table)") from None
     except Exception as exc:
-        raise StarFormatError(f"{path}: not a readable STAR file ({exc})") from None
+        raise StarFormatError(f"{path}: not a readable STAR file ({problem(exc)})") from None
     finally:
         linecache.clearcache()
-    if not blocks:
-        raise StarFormatError(f"{path}: the STAR file holds no data block")
-    return blocks
 
 
 def _n_rows(table: Any) -> int:

@@ -8,6 +8,7 @@ frame read from a TIFF movie is in the same raster order as one read from the MR
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -20,7 +21,7 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError, OutputError, TiffFormatError, VerificationError
-from . import Movie, MovieInfo, capture_tifffile_log, check_regular_file, special_file_kind
+from . import Movie, MovieInfo, capture_tifffile_log, open_regular_stream, open_to_read, special_file_kind
 from .atomic import AtomicFile
 from .memory import refuse_frames_beyond_memory
 from .tiff_errors import io_failure, problem_of_file, tifffile_problem, why_no_page
@@ -243,19 +244,26 @@ class TiffMovie(Movie):
         self._path = Path(path)
         self._tif = None
         self._room_checked = False
-        file_nbytes = check_regular_file(self._path, "a TIFF movie")
+        # Every page is read through this one file, opened so that a named pipe cannot block it.
+        self._handle = open_regular_stream(self._path, "a TIFF movie")
+        try:
+            file_nbytes = os.fstat(self._handle.fileno()).st_size
+        except OSError as exc:
+            self.close()
+            raise InputError(f"{self._path}: cannot be read ({exc.strerror or exc}).") from None
         if file_nbytes == 0:
+            self.close()
             raise TiffFormatError(f"{self._path}: the file is empty")
         self._lock = threading.Lock()
         try:
             with capture_tifffile_log() as log:
-                self._tif = tifffile.TiffFile(self._path)
+                self._tif = tifffile.TiffFile(self._handle)
                 pages = self._tif.pages
                 n_pages = len(pages)  # reads every IFD
                 if log.errors:  # a damaged IFD: tifffile reports fewer pages instead of raising
                     raise TiffFormatError(f"{self._path}: {tifffile_problem(log.errors[0])}")
                 if n_pages == 0:
-                    raise TiffFormatError(f"{self._path}: {why_no_page(self._path, file_nbytes)}")
+                    raise TiffFormatError(f"{self._path}: {why_no_page(self._path, file_nbytes, self._handle)}")
                 first = pages.first
                 facts = _check_page(first, 1, file_nbytes, self._path)
                 for index in range(1, n_pages):
@@ -272,8 +280,9 @@ class TiffMovie(Movie):
             self.close()
             raise
         except Exception as exc:  # tifffile raises many types on damaged files
+            problem = problem_of_file(self._path, exc, self._handle)
             self.close()
-            raise TiffFormatError(f"{self._path}: {problem_of_file(self._path, exc)}") from None
+            raise TiffFormatError(f"{self._path}: {problem}") from None
         self.info = MovieInfo(
             path=self._path,
             kind="tiff",
@@ -326,11 +335,19 @@ class TiffMovie(Movie):
                 return InputError(f"{self._path}: page {index + 1}: {failure}")
         return TiffFormatError(f"{self._path}: page {index + 1} {what}: {tifffile_problem(problem)}")
 
+    def fileno(self) -> int:
+        """The descriptor the pages are read through."""
+        return self._handle.fileno()
+
     def close(self) -> None:
         tif = getattr(self, "_tif", None)
         if tif is not None:
             tif.close()
             self._tif = None
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            handle.close()  # tifffile does not close a file it was given
+            self._handle = None
 
 
 def open_tiff(path: str | os.PathLike[str]) -> TiffMovie:
@@ -502,7 +519,7 @@ class OutputCheck:
 ZERO_BLOCK_BYTES = 4096
 
 
-def zero_blocks_of_pages(path: Path, page_spans: Sequence[tuple[int, int]],
+def zero_blocks_of_pages(path: Path | BinaryIO, page_spans: Sequence[tuple[int, int]],
                          chunk_bytes: int = 1 << 22) -> list[tuple[int, int]]:
     """``(page index, offset)`` of the first aligned :data:`ZERO_BLOCK_BYTES` block of zero
     bytes that overlaps each page's stored bytes (``page_spans``: ``(first byte, end)`` of each
@@ -518,7 +535,12 @@ def zero_blocks_of_pages(path: Path, page_spans: Sequence[tuple[int, int]],
     found: dict[int, int] = {}
     chunk = bytearray(chunk_bytes - chunk_bytes % ZERO_BLOCK_BYTES)
     position = 0
-    with open(path, "rb") as handle:
+    if hasattr(path, "readinto"):  # the file opened already (read from its start; not closed here)
+        path.seek(0)
+        opened = contextlib.nullcontext(path)
+    else:
+        opened = open(path, "rb")  # noqa: SIM115
+    with opened as handle:
         while True:
             n_read = handle.readinto(chunk)
             whole = n_read - n_read % ZERO_BLOCK_BYTES
@@ -552,11 +574,13 @@ def check_output(
 
     wanted = tuple(np.dtype(d) for d in dtypes)
     try:
-        status = os.stat(path)
-        if not stat.S_ISREG(status.st_mode):  # opening a named pipe to read it would block the run
+        fd, status = open_to_read(path)  # a named pipe at the name cannot block the open
+        if not stat.S_ISREG(status.st_mode):
+            os.close(fd)
             return OutputCheck(f"is {special_file_kind(status.st_mode)}, not a TIFF file")
         size = status.st_size
-        with capture_tifffile_log() as log, tifffile.TiffFile(path) as tif:
+        with open(os.fspath(path), "rb", opener=lambda *_: fd) as handle, capture_tifffile_log() as log, \
+                tifffile.TiffFile(handle) as tif:
             pages = tif.pages
             found = len(pages)
             if log.errors:
@@ -602,7 +626,7 @@ def check_output(
                 if problem is not None:
                     what = "incomplete" if number == found else "damaged"
                     return OutputCheck(f"{what} (page {number} cannot be decoded: {problem})", description, dtype)
-            zero_blocks = zero_blocks_of_pages(path, page_spans)
+            zero_blocks = zero_blocks_of_pages(handle, page_spans)
     except FileNotFoundError:
         return OutputCheck("does not exist")
     except Exception as exc:  # tifffile raises many types on damaged files

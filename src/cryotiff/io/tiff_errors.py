@@ -8,15 +8,19 @@ turns either into a phrase a user can act on (``an IFD offset (1048576) lies out
 file``); the readers put the file name and what they were doing before it. tifffile's text is
 kept only where nothing more telling can be said.
 
-This module imports nothing from the rest of cryotiff but :mod:`cryotiff.io.tiff_ifd`.
+This module imports nothing from the rest of cryotiff but :mod:`cryotiff.errors`,
+:mod:`cryotiff.io.tiff_ifd` and (to open a file it is not given) :mod:`cryotiff.io`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+from typing import BinaryIO
 
+from ..errors import CryotiffError
 from .tiff_ifd import misfit_tag
 
 #: Names of the tags that tifffile's messages name by number.
@@ -136,32 +140,45 @@ def tifffile_problem(error: BaseException | str) -> str:
     return f"not a readable TIFF file ({cleaned or type(error).__name__})"
 
 
-def problem_of_file(path: str | os.PathLike[str], error: BaseException) -> str:
+def _reopened(path: str | os.PathLike[str], handle: BinaryIO | None) -> contextlib.AbstractContextManager:
+    """``handle`` as it is (the file already opened, not closed here), else ``path`` opened as
+    :func:`cryotiff.io.open_regular_stream` opens inputs (a named pipe there never blocks)."""
+    if handle is not None:
+        return contextlib.nullcontext(handle)
+    from . import open_regular_stream
+
+    return open_regular_stream(path)
+
+
+def problem_of_file(path: str | os.PathLike[str], error: BaseException, handle: BinaryIO | None = None) -> str:
     """What is wrong with the TIFF (or EER) file ``path`` that tifffile could not read: the tag
     whose type does not fit it where there is one (tifffile then fails comparing, say, text with
-    a number, which names no tag), else :func:`tifffile_problem`."""
+    a number, which names no tag), else :func:`tifffile_problem`. ``handle``: the file as the
+    reader opened it (read again from its start), else ``path`` is opened."""
     if not isinstance(error, (OSError, MemoryError)):
         try:
-            with open(path, "rb") as handle:
-                misfit = misfit_tag(handle)
-        except OSError:
+            with _reopened(path, handle) as opened:
+                misfit = misfit_tag(opened)
+        except (OSError, CryotiffError):
             misfit = None
         if misfit is not None:
             return f"{misfit}; the file is damaged"
     return tifffile_problem(error)
 
 
-def why_no_page(path: str | os.PathLike[str], file_nbytes: int) -> str:
-    """Why tifffile found no page in ``path``: the header's first IFD offset, told plainly."""
+def why_no_page(path: str | os.PathLike[str], file_nbytes: int, handle: BinaryIO | None = None) -> str:
+    """Why tifffile found no page in ``path``: the header's first IFD offset, told plainly.
+    ``handle``: the file as the reader opened it, else ``path`` is opened."""
     import struct
 
     try:
-        with open(path, "rb") as handle:
-            header = handle.read(16)
+        with _reopened(path, handle) as opened:
+            opened.seek(0)
+            header = opened.read(16)
         big = header[2:4] in (b"\x2b\x00", b"\x00\x2b")
         order = "<" if header[:2] == b"II" else ">"
         first = struct.unpack_from(order + ("Q" if big else "I"), header, 8 if big else 4)[0]
-    except (OSError, struct.error):
+    except (OSError, struct.error, CryotiffError):
         return "the TIFF file has no image"
     if first == 0:
         return "the TIFF file has no image (its header names no page)"

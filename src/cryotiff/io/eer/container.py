@@ -24,7 +24,7 @@ import numpy as np
 import tifffile
 
 from cryotiff.errors import CryotiffError, EerFormatError
-from cryotiff.io import Movie, MovieInfo, capture_tifffile_log, check_regular_file, will_need
+from cryotiff.io import Movie, MovieInfo, capture_tifffile_log, open_regular_file, pread_exactly, will_need
 from cryotiff.io.tiff_errors import problem_of_file, tifffile_problem, why_no_page
 
 COMPRESSION_EER_8BIT = 65000
@@ -154,11 +154,14 @@ class EerContainer(Movie):
         self._read_lock = threading.Lock()
         self._local = threading.local()
         self.log_messages: list[str] = []
-        structure = self._read_structure()
+        # The structure and the frames are read through this one descriptor, opened so that a
+        # named pipe at the name cannot block it.
+        self._fd = open_regular_file(self.path, "an EER movie", EerFormatError)
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
-            raise EerFormatError(f"{self.path}: cannot open the file ({exc.strerror}).") from None
+            structure = self._read_structure()
+        except BaseException:
+            self.close()
+            raise
         self._strips = structure.strips
         self.encoding = structure.encoding
         self.detector_size = structure.size
@@ -190,12 +193,17 @@ class EerContainer(Movie):
     # -- structure ---------------------------------------------------------------------------
 
     def _read_structure(self) -> _Structure:
-        # Before tifffile opens it: a named pipe would block the open for ever.
-        file_size = check_regular_file(self.path, "an EER movie", EerFormatError)
-        with capture_tifffile_log() as log:
+        try:
+            file_size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise EerFormatError(f"{self.path}: cannot open the file ({exc.strerror}).") from None
+        # tifffile reads a file object of its own (its offset moves), made on a duplicate of the
+        # descriptor: the same file, closed with it.
+        handle = open(os.fspath(self.path), "rb", opener=lambda *_: os.dup(self._fd))  # noqa: SIM115
+        with handle, capture_tifffile_log() as log:
             try:
-                with tifffile.TiffFile(self.path) as tif:
-                    structure = self._parse(tif)
+                with tifffile.TiffFile(handle) as tif:
+                    structure = self._parse(tif, file_size, handle)
             except CryotiffError:
                 raise
             except Exception as exc:  # tifffile, struct, numpy, XML: a damaged file
@@ -203,7 +211,8 @@ class EerContainer(Movie):
                     raise EerFormatError(
                         f"{self.path}: legacy (headerless, non-TIFF) EER files are not supported."
                     ) from None
-                detail = tifffile_problem(log.messages[-1]) if log.messages else problem_of_file(self.path, exc)
+                detail = (tifffile_problem(log.messages[-1]) if log.messages
+                          else problem_of_file(self.path, exc, handle))
                 raise EerFormatError(f"{self.path}: {detail}.") from None
         self.log_messages = log.messages
         if log.errors:  # a damaged IFD: tifffile would silently report fewer frames
@@ -230,20 +239,18 @@ class EerContainer(Movie):
 
     def _has_legacy_footer(self) -> bool:
         try:
-            with open(self.path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                if fh.tell() < len(LEGACY_EER_FOOTER):
-                    return False
-                fh.seek(-len(LEGACY_EER_FOOTER), os.SEEK_END)
-                return fh.read() == LEGACY_EER_FOOTER
+            size = os.fstat(self._fd).st_size
+            if size < len(LEGACY_EER_FOOTER):
+                return False
+            return pread_exactly(self._fd, len(LEGACY_EER_FOOTER), size - len(LEGACY_EER_FOOTER)) == LEGACY_EER_FOOTER
         except OSError:
             return False
 
-    def _parse(self, tif: tifffile.TiffFile) -> _Structure:
+    def _parse(self, tif: tifffile.TiffFile, file_size: int, handle) -> _Structure:
         pages = tif.pages
         n_pages = len(pages)
         if n_pages == 0:
-            raise EerFormatError(f"{self.path}: {why_no_page(self.path, os.path.getsize(self.path))}.")
+            raise EerFormatError(f"{self.path}: {why_no_page(self.path, file_size, handle)}.")
         first = pages[0]
         # TIA can write a leading "final image" (a sum, compression 1); RELION fails on it.
         final_image = int(first.compression) == 1
@@ -319,6 +326,12 @@ class EerContainer(Movie):
         return EerEncoding(compression, rle, horizontal, vertical)
 
     # -- frames ------------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The descriptor the frames are read through."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the movie is closed.")
+        return self._fd
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
