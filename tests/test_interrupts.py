@@ -36,8 +36,8 @@ def small_movie(path: Path, seed: int) -> np.ndarray:
     return frames
 
 
-def slow_movie(path: Path, seed: int = 7) -> np.ndarray:
-    frames = np.random.default_rng(seed).integers(0, 16, (40, 1024, 1024), dtype=np.int16)
+def slow_movie(path: Path, seed: int = 7, n_frames: int = 40) -> np.ndarray:
+    frames = np.random.default_rng(seed).integers(0, 16, (n_frames, 1024, 1024), dtype=np.int16)
     write_mrc_movie(path, frames, 1)
     return frames
 
@@ -165,12 +165,14 @@ def test_interrupted_gain_estimation_prints_its_summary(in_tmp: Path, monkeypatc
 # --------------------------------------------------------------------------- convert-to-tiff-mpi
 
 
-def start_mpirun(arguments: list[str], cwd: Path, n_ranks: int = 2) -> subprocess.Popen:
+def start_mpirun(arguments: list[str], cwd: Path, n_ranks: int = 2, script: Path | None = None) -> subprocess.Popen:
+    """``mpirun -np N python -m cryotiff.mpi ARGS`` (or ``python SCRIPT ARGS``) in ``cwd``."""
     command = [str(MPIRUN), "-np", str(n_ranks), "--oversubscribe"]
     if os.geteuid() == 0:
         command.append("--allow-run-as-root")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = start_process(command + [sys.executable, "-m", "cryotiff.mpi", *arguments], cwd=cwd, env=env,
+    program = [sys.executable, str(script)] if script else [sys.executable, "-m", "cryotiff.mpi"]
+    process = start_process(command + program + arguments, cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     process.output = OutputSoFar(process)  # read as it comes: the tests wait for rank 0's lines
     return process
@@ -184,8 +186,16 @@ def wait_until_rank_0_has_the_first_result(process: subprocess.Popen) -> None:
                process, TIMEOUT_SECONDS)
 
 
-def rank_pids(mpirun_pid: int) -> list[int]:
-    """The ranks: the ``cryotiff.mpi`` processes among mpirun's children."""
+def mpi_rank_of(pid: int) -> int:
+    """The MPI rank of the process ``pid`` (Open MPI puts it in each rank's environment)."""
+    for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if variable.startswith(b"OMPI_COMM_WORLD_RANK="):
+            return int(variable.split(b"=", 1)[1])
+    raise AssertionError(f"process {pid} is not an MPI rank of Open MPI")
+
+
+def rank_pids(mpirun_pid: int, program: str = "cryotiff.mpi") -> list[int]:
+    """The ranks: the processes among mpirun's children whose command line holds ``program``."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -196,7 +206,7 @@ def rank_pids(mpirun_pid: int) -> list[int]:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == mpirun_pid and b"cryotiff.mpi" in command_line:
+        if parent == mpirun_pid and any(program.encode() in part for part in command_line):
             pids.append(int(entry.name))
     return pids
 
@@ -252,3 +262,96 @@ def test_ctrl_c_on_mpirun_ends_cleanly(in_tmp: Path) -> None:
         document = json.loads((in_tmp / "report.json").read_text())
         assert document["state"] == "interrupted"
         assert [m["source"] for m in document["movies"]] == ["a.mrc"]
+
+
+#: A driver for convert-to-tiff-mpi whose manifest line for a.tif is still being made when the
+#: run is stopped: its writing waits until the rank got the signal, and then takes a second more
+#: (as hashing a TIFF of a few GB does).
+MANIFEST_LINE_STILL_BEING_MADE = """
+import sys
+import time
+
+import cryotiff.manifest as manifest
+import cryotiff.mpi as mpi
+
+real_add = manifest.Manifest.add
+
+
+def add(self, entry):
+    if entry.output == "a.tif":
+        while not mpi.STOP.is_set():
+            time.sleep(0.01)
+        time.sleep(1.0)  # the hashing, not a wait for anything
+    return real_add(self, entry)
+
+
+manifest.Manifest.add = add
+sys.exit(mpi.main())
+"""
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_sigterm_to_the_ranks_keeps_the_manifest_line_of_a_movie_just_finished(in_tmp: Path) -> None:
+    """A movie converted just before the signal has its manifest line made in the background
+    (hashing the TIFF and the original): convert-to-tiff waits for it before it exits; rank 0
+    used to end the job (MPI_Abort) at once, killing the rank whose line was not yet written,
+    so that a.tif, complete and listed in movies.star, was missing from the manifest for good
+    (--only_do_unfinished skips it; --verify_only without --i cannot check it)."""
+    from cryotiff.manifest import read_manifest
+
+    small_movie(in_tmp / "a.mrc", 1)
+    slow_movie(in_tmp / "big.mrc")
+    script = in_tmp / "driver.py"
+    script.write_text(MANIFEST_LINE_STILL_BEING_MADE)
+    process = start_mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
+                            "--report", "report.json"], in_tmp, script=script)
+    try:
+        wait_until_writing(process, in_tmp / "out", "big")
+        wait_until_rank_0_has_the_first_result(process)
+        for pid in rank_pids(process.pid, script.name):
+            os.kill(pid, signal.SIGTERM)
+        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stdout + stderr
+    assert list(read_manifest(Path("out"))) == ["a.tif"], stdout + stderr
+    assert not list(Path("out").glob("*.tmp"))
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_sigterm_to_rank_0_only_stops_the_other_rank_cleanly(in_tmp: Path) -> None:
+    """``kill`` of rank 0 alone while both ranks are writing a movie: rank 0 tells the other
+    rank to stop, which removes its partial file as an interrupted rank does; rank 0 used to end
+    the job at once, killing that rank in the middle of its movie, and said its partial file may
+    remain (it did, until a rerun removed it). The rerun converts exactly the two movies."""
+    movies = {name: slow_movie(in_tmp / f"{name}.mrc", seed, n_frames=12) for seed, name in enumerate(("big0", "big1"))}
+    arguments = ["--i", "big0.mrc", "big1.mrc", "--o", "out", "--j", "2"]
+    process = start_mpirun([*arguments, *SLOW_CODEC], in_tmp)
+    try:
+        for name in movies:
+            wait_until_writing(process, in_tmp / "out", name)
+        ranks = {mpi_rank_of(pid): pid for pid in rank_pids(process.pid)}
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[0], signal.SIGTERM)
+        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stdout + stderr
+    for name in movies:
+        assert f"{name}.mrc was being converted; its partial out/{name}.tif was removed" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in (in_tmp / "out").iterdir() if p.name.startswith("big")) == []
+
+    completed = subprocess.run([str(MPIRUN), "-np", "2", "--oversubscribe"]
+                               + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+                               + [sys.executable, "-m", "cryotiff.mpi", *arguments, "--only_do_unfinished"],
+                               cwd=in_tmp, capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
+                               start_new_session=True)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "Removed " not in completed.stdout  # no stale temporary file was left
+    for name, frames in movies.items():
+        np.testing.assert_array_equal(read_tiff_frames(in_tmp / "out" / f"{name}.tif"), frames)

@@ -26,6 +26,12 @@ How the work is shared, and why it differs from ``relion_convert_to_tiff_mpi``:
   rank 0); rank 0 merges every movie's state into the run's state with :func:`cryotiff.gain.merge`
   (smallest gain wins, consistent counters add), which gives the gain map of a serial run, and
   saves the state files after every round of movies (one movie per rank) and at the end.
+* A run stopped early (Ctrl-C or SIGTERM reaching any rank) stops every rank: rank 0 tells the
+  ranks still converting to stop (each looks after every page), each removes its partial file,
+  waits for its manifest lines (written by a thread of their own) and says so; rank 0 reports
+  what finished and ends the job once every rank has said so (at most
+  :data:`STOPPED_WAIT_SECONDS`), so that no TIFF written is left out of the manifest, as
+  ``convert-to-tiff`` waits for its manifest lines before it exits.
 * No rank ever waits for ever: an unexpected error anywhere outside one movie's conversion makes
   the rank print it and abort the whole MPI job (``MPI_Abort``); inside a movie's conversion it
   becomes that movie's failure and the run goes on.
@@ -102,6 +108,7 @@ from .watch import WatchOptions
 #: Message tags of the work-sharing protocol.
 TAG_REQUEST = 17  # rank -> rank 0: the result of its last movie (or None), and "give me the next"
 TAG_REPLY = 18  # rank 0 -> rank: the next movie's index, or None = no more work
+TAG_STOP = 19  # rank 0 -> rank: the run is stopping; stop the movie being converted (its partial file removed)
 
 #: Set in the environment before MPI starts, when ``mpirun`` of Open MPI started this process
 #: (see the module docstring). Not for a process started alone or by ``srun``: there Open MPI may
@@ -192,9 +199,20 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+#: On a rank other than 0, while it shares the work: whether rank 0 has told it to stop
+#: (:data:`TAG_STOP`); None elsewhere.
+_told_to_stop: Callable[[], bool] | None = None
+
+
 def stop_if_asked() -> None:
-    """Raise KeyboardInterrupt in the main thread once the run must stop (see :data:`STOP`)."""
-    if STOP.is_set() and threading.current_thread() is threading.main_thread():
+    """Raise KeyboardInterrupt in the main thread once the run must stop (see :data:`STOP`), or
+    once rank 0 has told this rank to stop (a rank that got no signal itself)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if not STOP.is_set() and _told_to_stop is not None and _told_to_stop():
+        ignore_interrupts()
+        STOP.set()
+    if STOP.is_set():
         raise KeyboardInterrupt
 
 
@@ -482,6 +500,12 @@ class WorkQueue:
 
 #: A rank's request that says it was interrupted (Ctrl-C, SIGTERM) instead of asking for work.
 INTERRUPTED = "interrupted"
+#: A rank's last message: it has no more work (or was stopped), its partial file is removed and
+#: its manifest lines are written; ending the job no longer loses anything of it.
+STOPPED = "stopped"
+#: How long rank 0, stopping early, waits for every other rank's :data:`STOPPED` before it ends
+#: the job (less than :data:`INTERRUPTED_RANK_WAIT_SECONDS`, after which a rank ends it itself).
+STOPPED_WAIT_SECONDS = 20.0
 #: How long a rank that was interrupted waits for rank 0 to end the job before ending it itself.
 INTERRUPTED_RANK_WAIT_SECONDS = 30.0
 
@@ -496,11 +520,25 @@ class WorkStopped(KeyboardInterrupt):
         dead_ranks: the ranks that died.
     """
 
-    def __init__(self, working: dict[int, int], reason: str = "", dead_ranks: Sequence[int] = ()):
+    def __init__(self, working: dict[int, int], reason: str = "", dead_ranks: Sequence[int] = (),
+                 service: threading.Thread | None = None):
         super().__init__(reason)
         self.working = working
         self.reason = reason
         self.dead_ranks = list(dead_ranks)
+        self._service = service
+        self._deadline: float | None = None
+
+    def wait_for_the_other_ranks(self) -> None:
+        """Wait until every other rank has removed its partial file and written its manifest
+        lines (:data:`STOPPED`), so that ending the job does not cut them short; in all, over
+        every call, at most :data:`STOPPED_WAIT_SECONDS`. Not after a rank died: the job ends at
+        once."""
+        if self._service is None or self.reason:
+            return
+        if self._deadline is None:
+            self._deadline = time.monotonic() + STOPPED_WAIT_SECONDS
+        self._service.join(max(self._deadline - time.monotonic(), 0.0))
 
 
 class _StopRequest:
@@ -509,6 +547,7 @@ class _StopRequest:
     def __init__(self) -> None:
         self.reason = ""
         self.dead_ranks: list[int] = []
+        self.collected = False  # set by the main thread once it reports what finished
 
 
 def share_work(
@@ -519,6 +558,7 @@ def share_work(
     describe: Callable[[int], str] = str,
     queue: WorkQueue | None = None,
     data_of: Callable[[int], Any] | None = None,
+    finish_rank: Callable[[], None] | None = None,
 ) -> None:
     """Run ``work(index, data)`` once for every index in ``order`` on whichever rank is free.
 
@@ -534,17 +574,24 @@ def share_work(
     ``data_of(index)`` (rank 0): what travels with the index, for work the other ranks do not
     know (the job of a movie found by ``--watch``); ``data`` is None without it.
 
+    ``finish_rank()``: run by every rank other than 0 once it has no more work, also when the
+    run stops early, before it tells rank 0 that it may be ended (:data:`STOPPED`): waiting
+    for its manifest lines, which a thread of its own writes. Rank 0 returns only when every
+    other rank has said so.
+
     Raises:
         WorkStopped: on rank 0, when Ctrl-C or SIGTERM reaches any rank or a rank dies; nothing
-            more is handed out. (A rank other than 0 that is interrupted tells rank 0 and waits
-            for it to end the job.)
+            more is handed out, and every rank still converting is told to stop
+            (:data:`TAG_STOP`). (A rank other than 0 that is interrupted tells rank 0, finishes
+            and waits for rank 0 to end the job; rank 0 waits for that with
+            :meth:`WorkStopped.wait_for_the_other_ranks`.)
     """
     from mpi4py.util import pkl5
 
     messages = pkl5.Intracomm(comm)
     hosts = comm.allgather(processor_name())  # to name the node of a rank that dies
     if comm.rank != 0:
-        _ask_for_work(messages, work)
+        _ask_for_work(messages, work, finish_rank)
         return
     queue = queue if queue is not None else WorkQueue(order)
     data_of = data_of or (lambda index: None)
@@ -553,6 +600,8 @@ def share_work(
 
     def collect_one(rank: int, index: int, result: Any) -> None:
         with collect_lock:
+            if stop.collected:  # the main thread is writing what finished (its TIFF is complete)
+                return
             collect(rank, index, result)
             queue.done(index)
 
@@ -577,10 +626,12 @@ def share_work(
                 service.join(IDLE_POLL_SECONDS)
         stop_if_asked()
     except KeyboardInterrupt:
+        STOP.set()  # the service thread tells the other ranks to stop
         queue.close()
         with collect_lock:  # a result being collected now is counted as done
             working = queue.working()
-        raise WorkStopped(working, stop.reason, stop.dead_ranks) from None
+            stop.collected = True
+        raise WorkStopped(working, stop.reason, stop.dead_ranks, service) from None
 
 
 def _interrupt_main_thread() -> None:
@@ -593,29 +644,40 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
            describe: Callable[[int], str] = str, hosts: Sequence[str] = (),
            data_of: Callable[[int], Any] = lambda index: None) -> None:
     """Rank 0's service thread: answer every request until each other rank has been told that
-    the work is done. A rank that reports an interrupt, or one that dies, stops the run: the
-    main thread is interrupted and writes what finished (see :class:`WorkStopped`); if it does
-    not end the job within a while, this thread does."""
+    the work is done and each has said it may be ended (:data:`STOPPED`). A rank that reports
+    an interrupt, or one that dies, stops the run: the main thread is interrupted and writes
+    what finished (see :class:`WorkStopped`). Once the run stops (also when rank 0's main
+    thread was interrupted), every rank that has not stopped is told to (:data:`TAG_STOP`).
+    After a rank died, if the main thread does not end the job within a while, this thread
+    does."""
     from mpi4py import MPI
 
     try:
         status = MPI.Status()
-        ranks_working = messages.size - 1
-        while ranks_working:
+        running = set(range(1, messages.size))  # ranks that have not sent STOPPED
+        told_to_stop = False
+        while running:
+            if STOP.is_set() and not told_to_stop:
+                queue.close()
+                for rank in sorted(running):
+                    messages.send(None, dest=rank, tag=TAG_STOP)
+                told_to_stop = True
             if not messages.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
                 time.sleep(POLL_SECONDS)
                 continue
             rank = status.Get_source()
             finished = messages.recv(source=rank, tag=TAG_REQUEST)
+            if finished == STOPPED:
+                running.discard(rank)
+                continue
             if finished == INTERRUPTED:
                 queue.close()
-                _interrupt_main_thread()
-                return
+                if not STOP.is_set():
+                    _interrupt_main_thread()
+                continue
             index = queue.take(rank)
             reply = index if index is None or index == WAIT else (index, data_of(index))
             messages.send(reply, dest=rank, tag=TAG_REPLY)  # first, so that the rank starts at once
-            if index is None:
-                ranks_working -= 1
             if finished is not None:
                 collect(rank, *finished)
     except BaseException as exc:
@@ -635,20 +697,25 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
         abort(messages, EXIT_FAILED, f"MPI rank 0: {stop.reason}")
 
 
-def _ask_for_work(messages: Any, work: Callable[[int, Any], Any]) -> None:
-    """A rank other than 0: ask for a movie, do it, send the result with the next request.
-    Interrupted (Ctrl-C, SIGTERM), it tells rank 0, which ends the job after writing what
-    finished, and waits for that."""
+def _ask_for_work(messages: Any, work: Callable[[int, Any], Any], finish_rank: Callable[[], None] | None = None) -> None:
+    """A rank other than 0: ask for a movie, do it, send the result with the next request; at
+    the end, ``finish_rank()`` and :data:`STOPPED`. Interrupted (Ctrl-C, SIGTERM, or told by
+    rank 0 to stop: its page loop looks, :func:`stop_if_asked`), it tells rank 0, finishes,
+    says :data:`STOPPED` and waits for rank 0 to end the job after writing what finished."""
+    global _told_to_stop
+
+    _told_to_stop = lambda: bool(messages.iprobe(source=0, tag=TAG_STOP))  # noqa: E731
     finished = None
     try:
         while True:
             messages.send(finished, dest=0, tag=TAG_REQUEST)
             finished = None  # a large result is not kept while the next movie is worked on
             while not messages.iprobe(source=0, tag=TAG_REPLY):
+                stop_if_asked()
                 time.sleep(POLL_SECONDS)
             reply = messages.recv(source=0, tag=TAG_REPLY)
             if reply is None:
-                return
+                break
             stop_if_asked()
             if reply == WAIT:
                 time.sleep(WAIT_POLL_SECONDS)
@@ -656,9 +723,45 @@ def _ask_for_work(messages: Any, work: Callable[[int, Any], Any]) -> None:
             index, data = reply
             finished = (index, work(index, data))
     except KeyboardInterrupt:
-        ignore_interrupts()
-        messages.send(INTERRUPTED, dest=0, tag=TAG_REQUEST)
+        _told_to_stop = None
+        _say_interrupted(messages)
+        _finish_and_say_stopped(messages, finish_rank, interrupted=True)
         raise
+    _told_to_stop = None
+    if _finish_and_say_stopped(messages, finish_rank, interrupted=False):
+        raise KeyboardInterrupt
+
+
+def _say_interrupted(messages: Any) -> None:
+    ignore_interrupts()
+    STOP.set()
+    messages.send(INTERRUPTED, dest=0, tag=TAG_REQUEST)
+
+
+def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], None] | None, interrupted: bool) -> bool:
+    """``finish_rank()`` (a rank's manifest lines), then :data:`STOPPED` to rank 0. A signal
+    meanwhile is held until ``finish_rank`` returns (it would cut the waiting short), then
+    told to rank 0 as an interrupt. Returns whether the rank was interrupted."""
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        STOP.set()
+
+    held = {}
+    if not interrupted and threading.current_thread() is threading.main_thread():
+        held = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if finish_rank is not None:
+            finish_rank()
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+    if caught:
+        _say_interrupted(messages)
+        interrupted = True
+    messages.send(STOPPED, dest=0, tag=TAG_REQUEST)
+    return interrupted
 
 
 def ignore_interrupts() -> None:
@@ -790,6 +893,24 @@ def unexpected_failure(job: Job, rank: int, exc: Exception, what: str) -> MovieR
                        f"{job.source}: unexpected error on MPI rank {rank}: {type(exc).__name__}: {exc}")
 
 
+def manifest_written(manifest: Manifest, reporter: MpiReporter) -> None:
+    """Wait until ``manifest`` holds every TIFF this rank wrote; say what could not be added."""
+    for problem in manifest.wait():
+        reporter.warning(problem)
+
+
+def stopping_ends_the_job(comm: Any, stop: WorkStopped, status: int, manifest: Manifest | None,
+                          reporter: MpiReporter) -> None:
+    """Rank 0, the run stopped early and what finished reported: end the job with ``status``
+    once this rank's manifest lines are written and the other ranks have said they may be
+    ended (as ``convert-to-tiff`` waits for its manifest lines before it exits: a TIFF left out
+    of the manifest stays out, since ``--only_do_unfinished`` skips it)."""
+    if manifest is not None:
+        finish_interrupted(lambda: manifest_written(manifest, reporter))
+    stop.wait_for_the_other_ranks()
+    abort(comm, status, "")
+
+
 # --------------------------------------------------------------------------- conversion
 
 
@@ -844,7 +965,8 @@ def run_conversion(
         reporter.report_result(result)
 
     try:
-        share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source))
+        share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source),
+                   finish_rank=lambda: manifest_written(context.manifest, reporter))
     except WorkStopped as stop:
         # Quickly: after Ctrl-C on mpirun, Open MPI kills the ranks about 0.2 s after SIGTERM.
         executor.shutdown(wait=False, cancel_futures=True)
@@ -854,11 +976,10 @@ def run_conversion(
         status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
                                                        time.perf_counter() - started, report_path, comm.size,
                                                        interruption))
-        abort(comm, status, "")
+        stopping_ends_the_job(comm, stop, status, context.manifest, reporter)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    for problem in context.manifest.wait():  # this rank's TIFFs are all in the manifest
-        reporter.warning(problem)
+    manifest_written(context.manifest, reporter)  # this rank's TIFFs are all in the manifest
 
     status = EXIT_OK
     if rank == 0:
@@ -989,7 +1110,7 @@ def run_watch(
         watcher.start()
     try:
         share_work(comm, [], work, collect, describe=lambda index: str(jobs[index].source), queue=queue,
-                   data_of=lambda index: jobs[index])
+                   data_of=lambda index: jobs[index], finish_rank=lambda: manifest_written(keeper.manifest, reporter))
     except WorkStopped as stop:
         stop_watching.set()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -999,12 +1120,11 @@ def run_watch(
         status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
                                                        time.perf_counter() - started, report_path, comm.size,
                                                        interruption))
-        abort(comm, status, "")
+        stopping_ends_the_job(comm, stop, status, keeper.manifest, reporter)
     finally:
         stop_watching.set()
         executor.shutdown(wait=True, cancel_futures=True)
-    for problem in keeper.manifest.wait():  # this rank's TIFFs are all in the manifest
-        reporter.warning(problem)
+    manifest_written(keeper.manifest, reporter)  # this rank's TIFFs are all in the manifest
 
     status = EXIT_OK
     if rank == 0:
@@ -1111,11 +1231,14 @@ def stopped_run(stop: WorkStopped, jobs: Sequence[Job], n_movies: int, n_done: i
                 wait_seconds: float = PARTIAL_FILES_WAIT_SECONDS) -> Interruption:
     """What rank 0 reports when the run stopped early: the movies being converted, apart from
     those whose partial files were not removed: of ranks that died, and of any other rank whose
-    partial file is still there after ``wait_seconds``. A rank killed by SIGKILL looks to rank 0
-    like an interrupt (mpirun's SIGTERM often arrives before MPI reports the dead rank), so only
-    the file system can tell whether its partial file was removed."""
+    partial file is still there after ``wait_seconds``. First it waits for the other ranks to
+    stop (:meth:`WorkStopped.wait_for_the_other_ranks`: a rank that got no signal itself stops
+    after the page it is making). A rank killed by SIGKILL looks to rank 0 like an interrupt
+    (mpirun's SIGTERM often arrives before MPI reports the dead rank), so only the file system
+    can tell whether its partial file was removed."""
     from .io.atomic import temporaries_of
 
+    stop.wait_for_the_other_ranks()
     deadline = time.monotonic() + wait_seconds
 
     def removed_by_its_rank(index: int, rank: int) -> bool:
