@@ -519,3 +519,40 @@ def test_each_line_of_a_rank_is_one_write_also_when_python_is_unbuffered() -> No
     assert raw.writes == [b"Processing m7.mrc into out/m7.tif\n", b"Progress: 1 of 8 movies\n",
                           b"ERROR: m8.mrc: damaged\n"]
     whole_lines_per_write(io.StringIO())  # a test's capture: left as it is
+
+
+def test_two_mpi_jobs_into_one_output_directory_keep_every_manifest_line(tmp_path: Path) -> None:
+    """Already right, kept as a guard: two ``mpirun -np 2`` jobs at once into the same ``--o``
+    (four ranks appending to one manifest, under its lock), each with its own movies and one
+    movie both convert: every manifest line is whole, none is lost (one per TIFF written, two for
+    the shared movie), and ``movies.star`` lists every movie (merged under its own lock)."""
+    from cryotiff.io.star import read_movie_names
+    from cryotiff.manifest import MANIFEST_NAME, ManifestEntry, read_manifest
+
+    frames = {}
+    for job in "ab":
+        for k in range(5):
+            frames[f"{job}{k}"] = write_k2(tmp_path / f"{job}{k}.mrc", 3, seed=10 * (job == "b") + k, shape_yx=(64, 48))
+    frames["shared"] = write_k2(tmp_path / "shared.mrc", 3, seed=99, shape_yx=(64, 48))
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    processes = [subprocess.Popen(mpirun_command(2) + [sys.executable, "-m", "cryotiff.mpi", "--i", f"{job}*.mrc",
+                                                       "shared.mrc", "--o", "out"],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True) for job in "ab"]
+    try:
+        outputs = [process.communicate(timeout=TIMEOUT_SECONDS) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stdout + stderr
+    lines = (tmp_path / "out" / MANIFEST_NAME).read_text().splitlines()
+    assert all(ManifestEntry.from_line(line) is not None for line in lines), lines
+    assert sorted(ManifestEntry.from_line(line).output for line in lines) == sorted(
+        [f"{name}.tif" for name in frames] + ["shared.tif"])
+    assert sorted(read_manifest(tmp_path / "out")) == sorted(f"{name}.tif" for name in frames)
+    assert sorted(read_movie_names(tmp_path / "out" / "movies.star")) == sorted(f"out/{name}.tif" for name in frames)
+    for name, movie_frames in frames.items():
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / f"{name}.tif"), movie_frames)
