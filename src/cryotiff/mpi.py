@@ -44,8 +44,11 @@ How the work is shared, and why it differs from ``relion_convert_to_tiff_mpi``:
   as a rank dies, usually before MPI reports the failure, so the run ends as interrupted: rank 0
   then tells the movies whose partial files the other ranks removed from those whose files remain
   by looking at the file system (:func:`stopped_run`); ``mpirun --with-ft ulfm`` lets MPI report
-  the failure first. ULFM selects Open MPI's ob1 messaging layer (TCP or shared memory, not UCX):
-  the ranks exchange only movie indices and results, so its speed does not matter here.
+  the failure first, but misses a rank that exits with an error status of its own
+  (``os._exit(3)``, a C library's ``exit(1)``; Open MPI 5.0.11): no rank is told, and ``mpirun``
+  itself waits for ever (a plain ``mpirun`` ends the job). ULFM selects Open MPI's ob1 messaging
+  layer (TCP or shared memory, not UCX): the ranks exchange only movie indices and results, so
+  its speed does not matter here.
 """
 
 from __future__ import annotations
