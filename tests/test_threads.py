@@ -39,6 +39,17 @@ def convert_with_threads(movie: Path, out_dir: Path, threads: int, **option_valu
     return destination
 
 
+def convert_source(source: PageSource, destination: Path, threads: int, **option_values) -> None:
+    """Convert a page source of the tests with ``--j threads`` (its own pool, shut down after)."""
+    executor = make_executor(threads)
+    try:
+        convert_movie(source.path, destination, ConvertOptions(threads=threads, **option_values), executor=executor,
+                      source=source)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
 @pytest.fixture(scope="module")
 def falcon_movie(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     frames = falcon_frames(7, shape_yx=(96, 4096 // 32), seed=3)
@@ -71,12 +82,15 @@ def test_threads_give_identical_files(
         assert path.read_bytes() == reference, f"--j {threads} differs from --j 1"
 
 
-def test_float_movie_rewritten_wider_gives_identical_files(tmp_path: Path) -> None:
-    """An all-integer float movie is written as int8 until frame 5 needs uint16; the rewrite is
-    triggered inside a worker thread while other pages are in flight."""
+@pytest.mark.parametrize("wide_frame", [5, 0, 1])
+def test_float_movie_rewritten_wider_gives_identical_files(wide_frame: int, tmp_path: Path) -> None:
+    """An all-integer float movie is written as int8 until a frame needs uint16; the rewrite is
+    triggered inside a worker thread while other pages are in flight (frame 5), while the codec
+    is decided on page 0 with page 1 being made ahead (frame 0), or by the page made ahead
+    (frame 1). The same pixels and the same file at every --j."""
     rng = np.random.default_rng(5)
     frames = rng.integers(0, 100, (8, 40, 50)).astype(np.float32)
-    frames[5, 3, 7] = 40000.0
+    frames[wide_frame, 3, 7] = 40000.0
     movie = write_mrc_movie(tmp_path / "float.mrc", frames, 2)
     outputs = [convert_with_threads(movie, tmp_path / f"j{threads}", threads) for threads in THREAD_COUNTS]
     for path in outputs:
@@ -118,12 +132,7 @@ class SlowFirstPages(PageSource):
 def test_pages_stay_in_order_when_tasks_finish_out_of_order(threads: int, tmp_path: Path) -> None:
     source = SlowFirstPages(tmp_path / "fake.mrc", 13)
     destination = tmp_path / "fake.tif"
-    executor = make_executor(threads)
-    try:
-        convert_movie(source.path, destination, ConvertOptions(threads=threads), executor=executor, source=source)
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True)
+    convert_source(source, destination, threads)
     decoded = read_tiff_frames(destination)
     expected = np.stack([source.page(k) for k in range(13)])
     np.testing.assert_array_equal(decoded, expected)
@@ -253,11 +262,7 @@ def test_two_threads_make_two_pages_at_once(tmp_path: Path) -> None:
             return super().page(index)
 
     source = Meeting(tmp_path / "fake.mrc", 6)
-    executor = make_executor(2)
-    try:
-        convert_movie(source.path, tmp_path / "fake.tif", ConvertOptions(threads=2), executor=executor, source=source)
-    finally:
-        executor.shutdown(wait=True)
+    convert_source(source, tmp_path / "fake.tif", 2)
     assert len(threads_seen - {threading.get_ident()}) == 2
     expected = np.stack([SlowFirstPages.page(source, k) for k in range(6)])
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "fake.tif"), expected)
@@ -306,13 +311,7 @@ def test_pages_in_memory_stay_within_the_window(threads: int, tmp_path: Path, mo
 
     monkeypatch.setattr(convert_module, "_encode_page", tracked_encode_page)
     source = Counted(tmp_path / "fake.mrc", 20)
-    executor = make_executor(threads)
-    try:
-        convert_movie(source.path, tmp_path / "fake.tif", ConvertOptions(threads=threads, compression="none"),
-                      executor=executor, source=source)
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True)
+    convert_source(source, tmp_path / "fake.tif", threads, compression="none")
     assert most_alive[0] <= (threads if threads > 1 else 0)
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "fake.tif"),
                                   np.stack([SlowFirstPages.page(source, k) for k in range(20)]))
@@ -364,12 +363,7 @@ def test_page_1_is_made_while_page_0_decides_the_codec(threads: int, tmp_path: P
             return super().page(index)
 
     source = Meeting(tmp_path / "fake.mrc", 5)
-    executor = make_executor(threads)
-    try:
-        convert_movie(source.path, tmp_path / "fake.tif", ConvertOptions(threads=threads, compression="auto"),
-                      executor=executor, source=source)
-    finally:
-        executor.shutdown(wait=True)
+    convert_source(source, tmp_path / "fake.tif", threads, compression="auto")
     assert made_on[0] == caller and made_on[1] != caller
     assert sorted(source.made) == list(range(5))
     np.testing.assert_array_equal(read_tiff_frames(tmp_path / "fake.tif"),
@@ -399,28 +393,7 @@ def test_a_page_made_ahead_is_let_go_when_page_0_fails(compression: str, tmp_pat
 def test_a_page_made_ahead_that_fails_fails_its_movie(tmp_path: Path) -> None:
     source = RecordingPages(tmp_path / "broken.mrc", 6, fail_at=1)
     destination = tmp_path / "broken.tif"
-    executor = make_executor(2)
-    try:
-        with pytest.raises(InputError, match="page 2 is broken"):
-            convert_movie(source.path, destination, ConvertOptions(threads=2), executor=executor, source=source)
-    finally:
-        executor.shutdown(wait=True)
+    with pytest.raises(InputError, match="page 2 is broken"):
+        convert_source(source, destination, 2)
     assert source.made_after_close == []
     assert not destination.exists() and list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("wide_frame", [0, 1])
-def test_a_float_movie_widened_on_page_0_or_1_while_page_1_is_made_ahead(wide_frame: int, tmp_path: Path) -> None:
-    """An all-integer float movie written again wider because of page 0 (found while the codec is
-    decided, with page 1 being made ahead) or of page 1 (the page made ahead): the same pixels
-    and the same file at every --j."""
-    rng = np.random.default_rng(6)
-    frames = rng.integers(0, 100, (5, 40, 50)).astype(np.float32)
-    frames[wide_frame, 3, 7] = 40000.0
-    movie = write_mrc_movie(tmp_path / "float.mrc", frames, 2)
-    outputs = [convert_with_threads(movie, tmp_path / f"j{threads}", threads) for threads in THREAD_COUNTS]
-    for path in outputs:
-        decoded = read_tiff_frames(path)
-        assert decoded.dtype == np.uint16
-        np.testing.assert_array_equal(decoded, frames)
-        assert path.read_bytes() == outputs[0].read_bytes()

@@ -1070,103 +1070,87 @@ def _write_pages(
     # With a pool, page 1 is made while this thread makes page 0 and decides the codec on it.
     ahead = PageAhead(source, executor) if executor is not None and source.n_pages > 1 else None
     try:
-        return _write_pages_with(source, source_path, destination, options, executor, on_page, page_digests,
-                                 before_last_page, ahead)
+        codec = resolve_codec(  # auto measures candidates on page 0, made once (handed on to the encoder)
+            options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
+            sample=source, rows_per_strip=1 if options.line_by_line else None, huffman_encoder=source.huffman_encoder,
+            lzw_encoder=source.lzw_encoder,
+        )
+        rows_per_strip = 1 if options.line_by_line else source.shape_yx[0]
+        layout = TiffLayout(
+            n_pages=source.n_pages,
+            shape_yx=source.shape_yx,
+            dtype=source.dtype,
+            compression_code=codec.tiff_code,
+            rows_per_strip=rows_per_strip,
+            pixel_size_angstrom=source.pixel_size_angstrom,
+            software=f"cryotiff {__version__}",
+        )
+        window = page_window(options.threads)
+        record = output_record(source, codec=codec.label, verified=options.verify)
+        # With --j 1 the strips' checks and the pages' digests for the manifest run on a thread of
+        # their own (ISA-L, the LZW decoder and SHA-256 release the GIL): page k is checked while
+        # its strips are written and page k + 1 is made, as the source's digest is made beside the
+        # conversion (Manifest.hash_source_later). With more threads the page tasks make them.
+        checks_beside = options.verify or page_digests is not None
+        beside = ThreadPoolExecutor(1, "cryotiff-check") if executor is None and checks_beside else None
+
+        def finished(page: EncodedPage) -> None:
+            digest = page.finish()
+            if page_digests is not None:
+                page_digests.append(digest)
+
+        def strips() -> Iterator[bytes]:
+            pages = ordered_map(
+                lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k, page_digests is not None,
+                                       beside, ahead),
+                source.n_pages,
+                executor,
+                window,
+            )
+            previous: EncodedPage | None = None
+            page: EncodedPage | None = None
+            try:
+                for done in range(1, source.n_pages + 1):
+                    page = next(pages)
+                    if previous is not None:  # checked while this page was made; a failed check stops here
+                        finished(previous)
+                    previous = page
+                    if done == source.n_pages:
+                        # Every check before the last strips: the writer stops asking after them.
+                        previous = None
+                        finished(page)
+                        if before_last_page is not None:
+                            before_last_page()
+                    while page.strips:  # each strip is let go once written, before the next page is asked for
+                        yield page.strips.pop(0)
+                    if on_page is not None:
+                        on_page(done, source.n_pages)
+            finally:  # a failed check or writer: the pages still held let go (a finished one is untouched)
+                for held in (previous, page):
+                    if held is not None:
+                        held.abandon()
+
+        pages_strips = strips()
+        try:
+            write_movie(destination, layout, pages_strips, description=record.to_description())
+        finally:
+            pages_strips.close()  # a writer that failed: the pages it did not take let go first
+            if beside is not None:
+                beside.shutdown(wait=True, cancel_futures=True)
+        return MovieResult(
+            source=source_path,
+            destination=destination,
+            status="converted",
+            n_pages=source.n_pages,
+            frames_verified=source.n_pages if options.verify else 0,
+            input_bytes=source.input_bytes,
+            output_bytes=destination.stat().st_size,
+            codec=codec.label,
+            dtype=str(source.dtype),
+        )
     finally:
         if ahead is not None:
             ahead.drop()  # not taken: the movie stopped before page 1's task took it
-
-
-def _write_pages_with(
-    source: PageSource,
-    source_path: Path,
-    destination: Path,
-    options: ConvertOptions,
-    executor: Executor | None,
-    on_page: Callable[[int, int], None] | None,
-    page_digests: list[bytes] | None,
-    before_last_page: Callable[[], None] | None,
-    ahead: PageAhead | None,
-) -> MovieResult:
-    """:func:`_write_pages` with page 1 perhaps being made ahead (``ahead``)."""
-    codec = resolve_codec(  # auto measures candidates on page 0, made once (handed on to the encoder)
-        options.compression, options.deflate_level, source.shape_yx[1], source.is_eer,
-        sample=source, rows_per_strip=1 if options.line_by_line else None, huffman_encoder=source.huffman_encoder,
-        lzw_encoder=source.lzw_encoder,
-    )
-    rows_per_strip = 1 if options.line_by_line else source.shape_yx[0]
-    layout = TiffLayout(
-        n_pages=source.n_pages,
-        shape_yx=source.shape_yx,
-        dtype=source.dtype,
-        compression_code=codec.tiff_code,
-        rows_per_strip=rows_per_strip,
-        pixel_size_angstrom=source.pixel_size_angstrom,
-        software=f"cryotiff {__version__}",
-    )
-    window = page_window(options.threads)
-    record = output_record(source, codec=codec.label, verified=options.verify)
-    # With --j 1 the strips' checks and the pages' digests for the manifest run on a thread of
-    # their own (ISA-L, the LZW decoder and SHA-256 release the GIL): page k is checked while
-    # its strips are written and page k + 1 is made, as the source's digest is made beside the
-    # conversion (Manifest.hash_source_later). With more threads the page tasks make them.
-    checks_beside = options.verify or page_digests is not None
-    beside = ThreadPoolExecutor(1, "cryotiff-check") if executor is None and checks_beside else None
-
-    def finished(page: EncodedPage) -> None:
-        digest = page.finish()
-        if page_digests is not None:
-            page_digests.append(digest)
-
-    def strips() -> Iterator[bytes]:
-        pages = ordered_map(
-            lambda k: _encode_page(source, codec, rows_per_strip, options.verify, k, page_digests is not None,
-                                   beside, ahead),
-            source.n_pages,
-            executor,
-            window,
-        )
-        previous: EncodedPage | None = None
-        page: EncodedPage | None = None
-        try:
-            for done in range(1, source.n_pages + 1):
-                page = next(pages)
-                if previous is not None:  # checked while this page was made; a failed check stops here
-                    finished(previous)
-                previous = page
-                if done == source.n_pages:
-                    # Every check before the last strips: the writer stops asking after them.
-                    previous = None
-                    finished(page)
-                    if before_last_page is not None:
-                        before_last_page()
-                while page.strips:  # each strip is let go once written, before the next page is asked for
-                    yield page.strips.pop(0)
-                if on_page is not None:
-                    on_page(done, source.n_pages)
-        finally:  # a failed check or writer: the pages still held let go (a finished one is untouched)
-            for held in (previous, page):
-                if held is not None:
-                    held.abandon()
-
-    pages_strips = strips()
-    try:
-        write_movie(destination, layout, pages_strips, description=record.to_description())
-    finally:
-        pages_strips.close()  # a writer that failed: the pages it did not take let go first
-        if beside is not None:
-            beside.shutdown(wait=True, cancel_futures=True)
-    return MovieResult(
-        source=source_path,
-        destination=destination,
-        status="converted",
-        n_pages=source.n_pages,
-        frames_verified=source.n_pages if options.verify else 0,
-        input_bytes=source.input_bytes,
-        output_bytes=destination.stat().st_size,
-        codec=codec.label,
-        dtype=str(source.dtype),
-    )
 
 
 __all__ = [
