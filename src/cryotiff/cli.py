@@ -511,6 +511,10 @@ def print_summary(
               + " (each named by a WARNING above)"
               + ("; accepted with --ignore_error" if damaged_accepted
                  else "; exit status 1 (--ignore_error accepts them)"), file=out)
+    if summary.not_in_manifest:
+        print(f"Not in the manifest: {summary.not_in_manifest} output" + "s" * (summary.not_in_manifest != 1)
+              + " (each named by a WARNING above; --verify_only cannot check them once the originals are gone); "
+              "exit status 1 (--only_do_unfinished converts them again and adds them)", file=out)
     if summary.failures:
         print("Failed movies:", file=out)
         for failure in summary.failures:
@@ -679,7 +683,7 @@ def finish_run(
     reporter.end_run()
     summary = summarise(results, wall_seconds)
     damaged_unaccepted = summary.damaged_eer_frames and not options.ignore_error
-    status = EXIT_FAILED if summary.failed or damaged_unaccepted else EXIT_OK
+    status = EXIT_FAILED if summary.failed or damaged_unaccepted or summary.not_in_manifest else EXIT_OK
     fields: dict = {}
     if interruption is not None:
         status = interruption.exit_status
@@ -835,6 +839,10 @@ def finish_estimation(
     out = reporter.out
     print(f"\nMovies estimated: {summary.converted}, failed: {summary.failed}; "
           f"frames: {sum(r.n_pages for r in results)}; wall time {summary.wall_seconds:.1f} s", file=out)
+    if summary.not_in_manifest:
+        print(f"Not in the manifest: {summary.not_in_manifest} output" + "s" * (summary.not_in_manifest != 1)
+              + " (each named by a WARNING above; --verify_only cannot check them once the originals are gone); "
+              "exit status 1 (--only_do_unfinished converts them again and adds them)", file=out)
     if summary.failures:
         print("Failed movies:", file=out)
         for failure in summary.failures:

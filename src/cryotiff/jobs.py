@@ -268,6 +268,10 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
         hole = _zero_block_problem(job, source, found)
         if hole is not None:
             return FinishedCheck(False, hole)
+        if record is not None:
+            unrecorded = _manifest_line_problem(job, source, found, options, context)
+            if unrecorded is not None:
+                return FinishedCheck(False, unrecorded)
         if isinstance(source, EerPages):
             return _damaged_frames_check(job, source, options, context)
     except (CryotiffError, OSError, MemoryError):
@@ -280,6 +284,40 @@ def check_finished(job: Job, options: ConvertOptions, context: RunContext | None
         return FinishedCheck(True, notes=(f"{job.destination}: {NO_RECORD}; kept, as its pages, frame size and "
                                           "sample type are right and no option changes this movie's pixels",))
     return FinishedCheck(True)
+
+
+def _manifest_line_problem(job: Job, source: PageSource, found: OutputCheck, options: ConvertOptions,
+                           context: RunContext | None) -> str | None:
+    """Why no line of the manifest describes the output cryotiff wrote at ``job.destination``
+    (one with a record), or None when its last line for it does: the same page count, frame
+    size, sample type and file size, and the digests of the first and last pages (decoded
+    already, ``found``). A ``kill -9`` or a power cut between the rename and the line, or a
+    line that could not be written (a full disk), leaves a TIFF that no line describes, or one
+    an earlier file of that name left; kept, it could never be checked once the originals are
+    gone (``--verify_only`` without ``--i``), so it is converted again, which writes its line.
+    The EER check (:func:`_damaged_frames_check`) gives its own reason where it has one."""
+    from .manifest import PAGE_DIGEST_DIGITS, page_digest
+
+    manifest = getattr(context, "manifest", None) or Manifest(options.output_dir)
+    try:
+        entry = manifest.recorded(job.destination)
+    except OutputError:
+        entry = None
+    if isinstance(source, EerPages) and (entry is None or entry.left_out_raw_frames is None):
+        return None  # _damaged_frames_check says why
+    described = entry is not None and found.last_page is not None and found.first_page is not None
+    if described:
+        last, first = found.last_page, found.first_page
+        described = (entry.output_bytes == os.stat(job.destination).st_size and entry.pages == source.n_pages
+                     and tuple(entry.shape_yx) == tuple(last.shape) and entry.sample_type == str(
+                         last.dtype.newbyteorder("=")) and entry.page_sha256[-1] == page_digest(last).hex()[
+                         :PAGE_DIGEST_DIGITS] and entry.page_sha256[0] == page_digest(first).hex()[:PAGE_DIGEST_DIGITS])
+    if described:
+        return None
+    what = "no line of" if entry is None else "the last line for it in"
+    return (f"{job.destination}: {what} {manifest.path} describes {'it' if entry is None else 'another file'} (a run "
+            "stopped, or a full disk, before its line was written), so --verify_only could not check it once "
+            f"the originals are gone")
 
 
 def damaged_frames_text(frame_numbers: Sequence[int]) -> tuple[str, str]:
@@ -855,6 +893,7 @@ class Summary:
     failures: list[MovieResult] = field(default_factory=list)
     damaged_eer_frames: int = 0  # damaged raw EER frames left out of converted movies
     movies_with_damaged_frames: int = 0
+    not_in_manifest: int = 0  # converted movies whose manifest line could not be written
 
     @property
     def ratio_percent(self) -> float:
@@ -875,6 +914,7 @@ def summarise(results: Iterable[MovieResult], wall_seconds: float) -> Summary:
             summary.movies_with_damaged_frames += 1
         if result.status == "converted":
             summary.converted += 1
+            summary.not_in_manifest += bool(result.details.get(NOT_IN_MANIFEST))
             summary.frames_verified += result.frames_verified
             summary.input_bytes += result.input_bytes
             summary.output_bytes += result.output_bytes
@@ -897,22 +937,33 @@ def run(
     context = prepare(jobs, options, reporter)
     context.manifest = Manifest(options.output_dir)
     stale = StaleTemporaries()
-    with manifest_waited(context.manifest, reporter), thread_pool(options.threads) as executor:
+    with manifest_waited(context.manifest, reporter, lambda: results), thread_pool(options.threads) as executor:
         for index, job in enumerate(jobs, start=1):
             results.append(handle_job(job, index, len(jobs), options, executor, reporter, context, stale))
     return results
 
 
+#: ``MovieResult.details`` key: why a converted movie's TIFF is not in the manifest (its line
+#: could not be written); the run's exit status is then 1 (:func:`summarise`).
+NOT_IN_MANIFEST = "not_in_manifest"
+
+
 @contextlib.contextmanager
-def manifest_waited(manifest: Manifest | None, reporter: Reporter) -> Iterator[None]:
+def manifest_waited(manifest: Manifest | None, reporter: Reporter,
+                    results: Callable[[], Sequence[MovieResult]] | None = None) -> Iterator[None]:
     """Around a run's movies: on the way out (also after Ctrl-C), wait until the manifest holds
-    every TIFF written, and pass on what could not be added as warnings."""
+    every TIFF written, and pass on what could not be added as warnings; the results of those
+    movies (of ``results()``) are marked :data:`NOT_IN_MANIFEST`."""
     try:
         yield
     finally:
         if manifest is not None:
             for problem in manifest.wait():
                 reporter.warning(problem)
+            unrecorded = set(manifest.unrecorded())
+            for result in (results() if results is not None else ()):
+                if result.status == "converted" and result.destination in unrecorded:
+                    result.details[NOT_IN_MANIFEST] = True
 
 
 def handle_job(

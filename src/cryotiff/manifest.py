@@ -56,6 +56,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import CryotiffError, OutputError
+from .io.atomic import fsync_directory
 
 MANIFEST_NAME = "cryotiff-manifest.jsonl"
 #: Layout version of a line; lines of another version are ignored by this version.
@@ -166,13 +167,20 @@ def _append_locked(path: Path, line: str) -> None:
     anyway, with one ``write`` of the whole line in append mode, which local file systems keep
     whole.
 
+    A crash can leave the last line cut short (a power cut before the data reached the disk,
+    a write stopped by a full disk in another run): the line then starts on a line of its own,
+    so that the cut one spoils only itself. A write of this line that stops part-way is taken
+    back (the file cut to its size before it), and the line goes to the disk (``fsync``; the
+    directory too when the file is new) before this returns.
+
     Raises:
         OutputError: the file cannot be opened, locked or written.
     """
     from .io import special_file_kind
 
-    try:  # O_NONBLOCK: a named pipe at the name must not block the open (it is refused below)
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:  # O_NONBLOCK: a named pipe at the name must not block the open (it is refused below); O_RDWR: the
+        # last byte is read (a line cut short before this one)
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                              | os.O_NONBLOCK | os.O_NOCTTY, 0o666)
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # a named pipe that no one reads, or a socket
@@ -188,6 +196,7 @@ def _append_locked(path: Path, line: str) -> None:
                               "regular file")
         fcntl.fcntl(descriptor, fcntl.F_SETFL, fcntl.fcntl(descriptor, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+        locked = True
         while True:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -199,15 +208,26 @@ def _append_locked(path: Path, line: str) -> None:
                 time.sleep(0.02)
             except OSError as exc:
                 if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    locked = False
                     break
                 raise OutputError(f"{path}: cannot lock ({exc.strerror or exc})") from None
         data = line.encode("ascii")
+        size_before = 0
         try:
-            if os.write(descriptor, data) != len(data):
-                raise OutputError(f"{path}: the entry was written only in part (a full disk?)")
+            size_before = os.fstat(descriptor).st_size
+            if size_before and os.pread(descriptor, 1, size_before - 1) != b"\n":
+                data = b"\n" + data  # after a line cut short
+            written = os.write(descriptor, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "the entry was written only in part (a full disk?)")
             os.fsync(descriptor)
         except OSError as exc:
+            if locked:  # nothing of the line stays (without the lock, another run may have appended since)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(descriptor, size_before)
             raise OutputError(f"{path}: cannot add to the manifest ({exc.strerror or exc})") from None
+        if size_before == 0:
+            fsync_directory(path.parent)  # a new manifest's name too
     finally:
         os.close(descriptor)  # releases the lock
 
@@ -228,6 +248,7 @@ class Manifest:
         self._hasher = None  # one background thread, made on first use
         self._pending: list = []
         self._problems: list[str] = []
+        self._unrecorded: list[Path] = []  # the outputs of those problems
         self._reference_digests: dict[int, tuple[np.ndarray, str]] = {}  # by id(), the array kept
         self._recorded = _ManifestReader(self.path)
 
@@ -279,6 +300,7 @@ class Manifest:
             except (CryotiffError, OSError) as exc:
                 with self._lock:
                     self._problems.append(f"WARNING: {destination} is complete but not in the manifest: {exc}")
+                    self._unrecorded.append(Path(destination))
 
         self._submit(hash_and_add, keep=True)
 
@@ -314,6 +336,11 @@ class Manifest:
         with self._lock:
             problems, self._problems = self._problems, []
         return problems
+
+    def unrecorded(self) -> list[Path]:
+        """The outputs whose entries could not be added so far (those :meth:`wait` warned of)."""
+        with self._lock:
+            return list(self._unrecorded)
 
     def entry_for(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
                   sample_type: str, source_hash: tuple[int, str] | None = None) -> ManifestEntry:

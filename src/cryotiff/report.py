@@ -22,7 +22,7 @@ from . import __version__
 from .codecs import resolve_codec
 from .convert import ConvertOptions, MovieResult, open_page_source
 from .errors import CryotiffError, OptionError, OutputError
-from .io.atomic import write_bytes_atomically
+from .io.atomic import remove_if_stale, temporaries_of, write_bytes_atomically
 from .io.tiff import flip_rows
 from .jobs import FinishedCheck, Job, Reporter, Summary, check_finished, converting_again, plan, prepare
 from .manifest import Manifest
@@ -102,6 +102,7 @@ def write_report(
         "wall_seconds": round(summary.wall_seconds, 3),
         "megabytes_per_second": round(summary.megabytes_per_second, 3),
         "damaged_eer_frames": summary.damaged_eer_frames,
+        "not_in_manifest": summary.not_in_manifest,
     }
     document = {
         "cryotiff_version": __version__,
@@ -438,6 +439,8 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
     try:
         if path.parent != Path(""):
             path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomically(path, (json.dumps(document, indent=2) + "\n").encode())
+        for stale in temporaries_of(path):  # left by a run killed while it wrote the report
+            remove_if_stale(stale)
+        write_bytes_atomically(path, (json.dumps(document, indent=2) + "\n").encode(), fsync=True)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the report ({exc.strerror or exc})") from None

@@ -465,7 +465,7 @@ def watch_and_convert(
     announce = getattr(reporter, "more_movies", None)
     last_activity = clock()
     idle_said = False
-    with manifest_waited(keeper.manifest, reporter), thread_pool(options.threads) as executor:
+    with manifest_waited(keeper.manifest, reporter, lambda: results), thread_pool(options.threads) as executor:
         while True:
             found = finder.look()
             # Counted once ready: a movie still being written has no final size yet.

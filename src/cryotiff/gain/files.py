@@ -31,7 +31,7 @@ import numpy as np
 
 from cryotiff.errors import CryotiffError, ExistingOutputError, GainError, OutputError
 from cryotiff.io import check_regular_file, open_regular_stream
-from cryotiff.io.atomic import AtomicFile
+from cryotiff.io.atomic import AtomicFile, fsync_directory
 from cryotiff.io.mrc import open_mrc
 
 #: Largest reliability counter (int16's, the type of the reliability map); cryotiff saturates
@@ -314,6 +314,8 @@ def save_estimate_pair(
             raise OutputError(f"{exc}; the saved {gain_path} and {rel_path.name} are unchanged") from None
         for target in written:
             target.commit()
+            if fsync:  # each rename on the disk before the next: the order above holds after a power cut
+                fsync_directory(out)
     finally:
         for _, flush, _ in flushes:
             flush.join()  # before a temporary file is removed (after an error or Ctrl-C)
@@ -399,6 +401,8 @@ def _atomic_write_mrc(path: Path, data: np.ndarray, *, voxel_size_angstrom: floa
     target = _write_mrc_temporary(Path(path), data, voxel_size_angstrom=voxel_size_angstrom, fsync=fsync)
     try:
         target.commit()
+        if fsync:
+            fsync_directory(Path(path).parent)
     finally:
         target.discard()
 
@@ -454,6 +458,7 @@ def keep_or_write_gain_reference(
     target = _write_mrc_temporary(path, reference, voxel_size_angstrom=1.0, fsync=True)
     try:
         if target.commit_unless_exists():
+            fsync_directory(path.parent)  # its name on the disk before any TIFF that needs it
             return True
     finally:
         target.discard()

@@ -143,7 +143,10 @@ class AtomicFile:
                               "while it was being written; not renamed")
 
     def commit(self, fsync: bool = False) -> None:
-        """Flush (and ``fsync``), check the name and rename the file to its destination.
+        """Flush (and ``fsync``), check the name and rename the file to its destination; with
+        ``fsync`` the directory is synced after the rename too, so that after a power cut the
+        name is there with the whole file, or not at all (without it, a file system may keep
+        the rename and lose the data: a complete-looking file of zeros or holes).
 
         Raises:
             OutputError: the data or the rename cannot be written, or the temporary name was
@@ -157,6 +160,8 @@ class AtomicFile:
             raise OutputError(f"{self.destination}: cannot rename the finished file ({exc.strerror or exc})") from None
         self._done = True
         self.handle.close()  # releases the lock, after the rename
+        if fsync:
+            fsync_directory(self.destination.parent)
 
     def commit_unless_exists(self, fsync: bool = False) -> bool:
         """:meth:`commit`, except that a file (or link) at the destination is never replaced:
@@ -180,9 +185,11 @@ class AtomicFile:
             if os.path.lexists(self.destination):  # no hard links here: the check, then the rename
                 self.discard()
                 return False
-            self.commit()
+            self.commit(fsync=fsync)
             return True
         self.discard()  # the temporary name; the file stays under its destination
+        if fsync:
+            fsync_directory(self.destination.parent)
         return True
 
     def discard(self) -> None:
@@ -202,6 +209,29 @@ class AtomicFile:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.discard()
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """``fsync`` a directory, so that the names created or renamed in it survive a power cut.
+    Where a directory cannot be opened or synced (some network file systems, which commit a
+    rename before answering it), nothing is done.
+
+    Raises:
+        OutputError: the file system reports that it could not write the directory (EIO).
+    """
+    directory = Path(directory)
+    try:
+        descriptor = os.open(directory if str(directory) else ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                             | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES):
+            raise OutputError(f"{directory}: cannot write the directory to the disk ({exc.strerror or exc})") from None
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import EmptyStarError, OutputError, StarFormatError
 from . import name_of_descriptor, open_regular_file
-from .atomic import write_bytes_atomically
+from .atomic import remove_if_stale, temporaries_of, write_bytes_atomically
 
 MOVIE_NAME_COLUMN = "rlnMicrographMovieName"
 
@@ -200,4 +200,6 @@ def write_star_atomically(
             lines.extend(format_loop_block(name, rows))
     except ValueError as exc:
         raise OutputError(f"{path}: {exc}") from None
-    write_bytes_atomically(path, "".join(line + "\n" for line in lines).encode())
+    for stale in temporaries_of(Path(path)):  # left by a run killed while it wrote this file
+        remove_if_stale(stale)
+    write_bytes_atomically(path, "".join(line + "\n" for line in lines).encode(), fsync=True)

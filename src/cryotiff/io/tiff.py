@@ -439,7 +439,10 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
         except OSError as exc:
             raise OutputError(f"{destination}: cannot write ({exc.strerror or exc})") from None
         check_complete(target.handle, layout.n_pages, layout.shape_yx, layout.dtype, label=destination)
-        target.commit()
+        # On the disk before it gets its name (and the name after): after a power cut a .tif is
+        # whole or absent, never a complete-looking file whose blocks were lost; its manifest
+        # line is added only after this.
+        target.commit(fsync=True)
 
 
 def remove_quietly(path: Path) -> None:

@@ -1,0 +1,326 @@
+"""A facility's day under crashes: ``kill -9`` at chosen points of a conversion and of a
+``--watch`` run, power cuts (the order of ``fsync`` and ``rename``), full disks; after each, the
+rerun with ``--only_do_unfinished`` completes the set and ``--verify_only`` never calls an output
+OK that is missing, partial or not the one its manifest line describes.
+
+A process is killed at a point by :data:`KILL_AT`, a wrapper run as ``python -c``: it patches one
+function of cryotiff so that it sends itself SIGKILL when the point is reached (no sleeps)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryotiff.cli import main
+from cryotiff.manifest import MANIFEST_NAME, read_manifest
+from cryotiff.simulate.write import write_mrc_movie
+
+from .helpers import HANG_SECONDS, read_tiff_frames, temporary_files_of
+
+
+def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:
+    frames = np.random.default_rng(seed).integers(-3, 9, (n_frames, *shape_yx)).astype(np.int16)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_mrc_movie(Path(path), frames, 1)
+    return frames
+
+
+def verdict_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.split(" ")[0] in ("OK", "DIFFERS", "MISSING", "UNCHECKED")]
+
+
+def manifest_outputs(output_dir: Path) -> list[str]:
+    return sorted(read_manifest(output_dir))
+
+
+# --------------------------------------------------------------------------- the manifest: torn lines
+
+
+def test_a_torn_last_line_of_the_manifest_does_not_swallow_the_next_entry(in_tmp: Path, capsys) -> None:
+    """A power cut (or a full disk) can leave the manifest's last line cut short, without its
+    newline. The next run's line was appended right after it, on the same line, and neither
+    could be read: that output was UNCHECKED for ever after the originals were gone."""
+    a = int16_movie("a.mrc", 1)
+    b = int16_movie("b.mrc", 2)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    manifest = Path("out", MANIFEST_NAME)
+    whole = manifest.read_bytes()
+    with open(manifest, "ab") as handle:
+        handle.write(whole[: len(whole) // 2])  # a line for some output, cut short
+    assert main(["--i", "b.mrc", "--o", "out"]) == 0
+    assert manifest_outputs(Path("out")) == ["a.tif", "b.tif"]
+    capsys.readouterr()
+    assert main(["--verify_only", "--o", "out"]) == 0
+    assert verdict_lines(capsys.readouterr().out) == [
+        "OK        out/a.tif (3 pages; compared with the manifest)",
+        "OK        out/b.tif (3 pages; compared with the manifest)",
+    ]
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), a)
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)
+
+
+def test_a_manifest_line_cut_short_by_a_full_disk_is_taken_back(in_tmp: Path, capsys, monkeypatch) -> None:
+    """A write of the line that stops part-way (ENOSPC after some bytes) leaves nothing of it:
+    the manifest ends with the last whole line, the run says which output is not in it and
+    ends with exit status 1, and a rerun once there is space adds it."""
+    import cryotiff.manifest as manifest_module
+
+    int16_movie("a.mrc", 1)
+    b = int16_movie("b.mrc", 2)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 0
+    manifest = Path("out", MANIFEST_NAME)
+    before = manifest.read_bytes()
+    real_write = os.write
+
+    def write_then_fill_the_disk(descriptor: int, data: bytes) -> int:
+        if os.path.realpath(f"/proc/self/fd/{descriptor}") == os.path.realpath(manifest):
+            if len(data) > 10:
+                return real_write(descriptor, data[:10])  # what fitted
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(manifest_module.os, "write", write_then_fill_the_disk)
+    capsys.readouterr()
+    assert main(["--i", "b.mrc", "--o", "out"]) == 1
+    err = capsys.readouterr().err
+    assert "out/b.tif is complete but not in the manifest" in err, err
+    assert "Traceback" not in err
+    assert manifest.read_bytes() == before  # nothing of the cut line stays
+    monkeypatch.setattr(manifest_module.os, "write", real_write)
+    # Space again: the rerun writes b.tif and its line anew.
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "out", "--only_do_unfinished"]) == 0
+    assert manifest_outputs(Path("out")) == ["a.tif", "b.tif"]
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/b.tif")), b)
+    capsys.readouterr()
+    assert main(["--verify_only", "--o", "out"]) == 0
+
+
+# --------------------------------------------------------------------------- kill -9 at chosen points
+
+#: ``python -c KILL_AT <point> <n> <convert-to-tiff arguments>``: convert-to-tiff that kills
+#: itself (SIGKILL, as the OOM killer or a lost node would) at the ``n``-th time ``point`` is
+#: reached:
+#: * ``renamed:<name>``: just after a file named ``<name>`` (``*.tif``, ``movies.star``, ...) got
+#:   its name (its temporary file renamed), before anything else happens;
+#: * ``before-rename:<name>``: just before, the temporary file complete;
+#: * ``manifest-half``: half of a manifest line written;
+#: * ``manifest-line``: a whole manifest line written.
+KILL_AT = textwrap.dedent("""
+    import fnmatch
+    import os
+    import signal
+    import sys
+
+    import cryotiff.io.atomic as atomic
+    import cryotiff.manifest as manifest
+
+    point, wanted = sys.argv[1], int(sys.argv[2])
+    reached = [0]
+
+    def reach():
+        reached[0] += 1
+        if reached[0] == wanted:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    kind, _, pattern = point.partition(":")
+    real_replace, real_link = atomic.os.replace, atomic.os.link
+
+    class PatchedOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(source, destination, *args, **kwargs):
+            matches = fnmatch.fnmatch(os.path.basename(destination), pattern)
+            if matches and kind == "before-rename":
+                reach()
+            real_replace(source, destination, *args, **kwargs)
+            if matches and kind == "renamed":
+                reach()
+
+    if kind in ("renamed", "before-rename"):
+        atomic.os = PatchedOs()
+
+    real_write = os.write
+
+    class ManifestOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def write(descriptor, data):
+            if kind == "manifest-half":
+                first = real_write(descriptor, data[: len(data) // 2])
+                reach()
+                return first + real_write(descriptor, data[len(data) // 2:])
+            written = real_write(descriptor, data)
+            reach()
+            return written
+
+    if kind.startswith("manifest-"):
+        manifest.os = ManifestOs()
+
+    from cryotiff.cli import run_command
+
+    sys.exit(run_command(sys.argv[3:]))
+""")
+
+
+def killed_at(point: str, n: int, *arguments: str) -> subprocess.CompletedProcess:
+    """convert-to-tiff run with ``arguments``, killed at the ``n``-th ``point`` (:data:`KILL_AT`)."""
+    completed = subprocess.run([sys.executable, "-c", KILL_AT, point, str(n), *arguments], capture_output=True,
+                               text=True, timeout=HANG_SECONDS)
+    assert completed.returncode == -signal.SIGKILL, (completed.stdout, completed.stderr)
+    return completed
+
+
+def convert_to_tiff(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cryotiff", *arguments], capture_output=True, text=True,
+                          timeout=HANG_SECONDS)
+
+
+def leftover_temporaries(directory: Path) -> list[str]:
+    return sorted(str(path) for path in directory.rglob("*.tmp"))
+
+
+def listed_in_movies_star(path: Path) -> list[str]:
+    from cryotiff.io.star import MOVIE_NAME_COLUMN, movie_table_name, read_star_blocks
+
+    blocks = read_star_blocks(path)
+    table = blocks[movie_table_name(blocks)]
+    return sorted(str(name) for name in table[MOVIE_NAME_COLUMN])
+
+
+def three_movies() -> dict[str, np.ndarray]:
+    return {name: int16_movie(f"{name}.mrc", seed) for seed, name in enumerate(("a", "b", "c"), start=1)}
+
+
+def assert_the_day_completes(frames: dict[str, np.ndarray], arguments: list[str], converted_again: list[str]) -> str:
+    """The rerun after a crash (``arguments`` and ``--only_do_unfinished``): converts exactly
+    ``converted_again``, skips the rest, removes the stale temporary files; every .tif equals its
+    movie, the manifest names each and ``--verify_only`` (with and without the originals) says
+    OK to each, and movies.star lists each. Returns the rerun's stdout."""
+    rerun = convert_to_tiff(*arguments, "--only_do_unfinished")
+    assert rerun.returncode == 0, (rerun.stdout, rerun.stderr)
+    processed = sorted(line.split()[1] for line in rerun.stdout.splitlines() if line.startswith("Processing "))
+    assert processed == sorted(f"{name}.mrc" for name in converted_again), rerun.stdout
+    # Stale temporary files are removed; an empty one (killed between its creation and its first
+    # bytes) only once it is 10 minutes old, as a writer may not have locked it yet (io/atomic.py).
+    assert [path for path in leftover_temporaries(Path("out")) if os.path.getsize(path)] == []
+    for name, movie in frames.items():
+        np.testing.assert_array_equal(read_tiff_frames(Path(f"out/{name}.tif")), movie)
+    assert manifest_outputs(Path("out")) == sorted(f"{name}.tif" for name in frames)
+    assert listed_in_movies_star(Path("out/movies.star")) == sorted(f"out/{name}.tif" for name in frames)
+    for check in (["--verify_only", "--o", "out"], ["--verify_only", "--i", *[f"{n}.mrc" for n in frames], "--o", "out"]):
+        verified = convert_to_tiff(*check)
+        assert verified.returncode == 0, (verified.stdout, verified.stderr)
+        assert [line.split()[0] for line in verdict_lines(verified.stdout)] == ["OK"] * len(frames), verified.stdout
+    return rerun.stdout
+
+
+DAY = ["--i", "a.mrc", "b.mrc", "c.mrc", "--o", "out"]
+
+
+def test_killed_just_after_a_tif_got_its_name_before_its_manifest_line(in_tmp: Path) -> None:
+    """The .tif is complete, but no manifest line names it: the rerun skipped it, and once the
+    originals were gone it could never be checked. It is converted again (which writes its
+    line)."""
+    frames = three_movies()
+    killed_at("renamed:b.tif", 1, *DAY)
+    assert Path("out/b.tif").exists() and not Path("out/c.tif").exists()
+    assert "b.tif" not in manifest_outputs(Path("out"))
+    out = assert_the_day_completes(frames, DAY, converted_again=["b", "c"])
+    assert (f"out/b.tif: no line of out/{MANIFEST_NAME} describes it (a run stopped, or a full disk, before its line "
+            "was written), so --verify_only could not check it once the originals are gone; converting again") in out
+
+
+def test_killed_in_the_middle_of_a_manifest_line(in_tmp: Path) -> None:
+    frames = three_movies()
+    killed_at("manifest-half", 2, *DAY)
+    text = Path("out", MANIFEST_NAME).read_text()
+    assert not text.endswith("\n")  # the torn line
+    assert manifest_outputs(Path("out")) == ["a.tif"]
+    assert_the_day_completes(frames, DAY, converted_again=["b", "c"])
+
+
+def test_killed_after_a_manifest_line(in_tmp: Path) -> None:
+    frames = three_movies()
+    killed_at("manifest-line", 2, *DAY)
+    assert manifest_outputs(Path("out")) == ["a.tif", "b.tif"]
+    assert_the_day_completes(frames, DAY, converted_again=["c"])
+
+
+def test_killed_just_before_a_tif_got_its_name(in_tmp: Path) -> None:
+    frames = three_movies()
+    killed_at("before-rename:b.tif", 1, *DAY)
+    assert not Path("out/b.tif").exists() and temporary_files_of(Path("out/b.tif"))
+    assert_the_day_completes(frames, DAY, converted_again=["b", "c"])
+
+
+@pytest.mark.parametrize("point", ["before-rename:movies.star", "renamed:movies.star"])
+def test_killed_while_movies_star_is_written(in_tmp: Path, point: str) -> None:
+    """After every movie: its temporary file (when it had not got its name) is removed by the
+    rerun, which lists every movie."""
+    frames = three_movies()
+    killed_at(point, 1, *DAY)
+    assert sorted(p.name for p in Path("out").glob("*.tif")) == ["a.tif", "b.tif", "c.tif"]
+    assert_the_day_completes(frames, DAY, converted_again=[])
+
+
+@pytest.mark.parametrize("point", ["before-rename:report.json", "renamed:report.json"])
+def test_killed_while_the_report_is_written(in_tmp: Path, point: str) -> None:
+    frames = three_movies()
+    killed_at(point, 1, *DAY, "--report", "out/report.json")
+    assert_the_day_completes(frames, [*DAY, "--report", "out/report.json"], converted_again=[])
+    report = json.loads(Path("out/report.json").read_text())
+    assert sorted(movie["source"] for movie in report["movies"]) == ["a.mrc", "b.mrc", "c.mrc"]
+
+
+# --------------------------------------------------------------------------- power cut: fsync before rename
+
+
+def test_every_file_is_on_the_disk_before_its_name_and_its_name_before_its_manifest_line(
+        in_tmp: Path, monkeypatch) -> None:
+    """A power cut loses what was written but not synced. A .tif renamed before its data reached
+    the disk can come back complete-looking but zero-filled (and its manifest line, synced,
+    then vouches for it); so each file is synced before its rename, the directory after it, and
+    a .tif's manifest line is added only then. (Recorded through os.fsync / os.replace, since a
+    real power cut cannot be made here.)"""
+    int16_movie("a.mrc", 1)
+    int16_movie("b.mrc", 2)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def replace(source, destination, *args, **kwargs) -> None:
+        real_replace(source, destination, *args, **kwargs)
+        events.append(("rename", os.path.abspath(destination)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["--i", "a.mrc", "b.mrc", "--o", "out", "--report", "out/report.json"]) == 0
+    out = str(in_tmp / "out")
+    manifest_syncs = [i for i, event in enumerate(events) if event == ("fsync", f"{out}/{MANIFEST_NAME}")]
+    assert len(manifest_syncs) == 2, events  # one per line
+    for name in ("a.tif", "b.tif", "movies.star", "report.json"):
+        renamed = events.index(("rename", f"{out}/{name}"))
+        synced = [i for i, (what, path) in enumerate(events)
+                  if what == "fsync" and Path(path).name.startswith(f"{name}.cryotiff-")]
+        assert synced and synced[-1] < renamed, (name, events)  # the data, then the name
+        directory_synced = [i for i in range(renamed + 1, len(events)) if events[i] == ("fsync", out)]
+        assert directory_synced, (name, events)  # the name on the disk
+        if name.endswith(".tif"):
+            line = manifest_syncs["ab".index(name[0])]
+            assert directory_synced[0] < line, (name, events)  # then the line that vouches for it
