@@ -324,3 +324,143 @@ def test_every_file_is_on_the_disk_before_its_name_and_its_name_before_its_manif
         if name.endswith(".tif"):
             line = manifest_syncs["ab".index(name[0])]
             assert directory_synced[0] < line, (name, events)  # then the line that vouches for it
+
+
+# --------------------------------------------------------------------------- full disks found at fsync
+
+
+def full_disk_at_fsync_of(patch: pytest.MonkeyPatch, name: str, error_number: int = errno.ENOSPC) -> list[str]:
+    """``os.fsync`` of a temporary file of ``name`` fails as a file system that allocates late
+    (NFS, a quota checked on write-back, thin provisioning) reports a full disk: at the sync,
+    after every write seemed to succeed. Returns the files refused."""
+    refused: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{descriptor}")
+        if Path(path).name.startswith(f"{name}.cryotiff-"):
+            refused.append(path)
+            raise OSError(error_number, os.strerror(error_number))
+        real_fsync(descriptor)
+
+    patch.setattr(os, "fsync", fsync)
+    return refused
+
+
+def errors_of(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("ERROR")]
+
+
+@pytest.mark.parametrize("error_number", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_found_at_the_sync_of_a_tif(in_tmp: Path, capsys, error_number: int) -> None:
+    """The writes of the .tif succeeded, its sync does not: before, the file was renamed without
+    a sync (the error came, if at all, after the rename, and the .tif kept the holes). Now the
+    movie fails with one line, no .tif and no temporary file stay, the next movie converts, the
+    exit status is 1 and the rerun completes the set."""
+    frames = three_movies()
+    with pytest.MonkeyPatch.context() as patch:
+        refused = full_disk_at_fsync_of(patch, "b.tif", error_number)
+        assert main(DAY) == 1
+    captured = capsys.readouterr()
+    assert refused and "Traceback" not in captured.err
+    assert f"out/b.tif: cannot write ({os.strerror(error_number)})" in captured.out + captured.err
+    assert not Path("out/b.tif").exists() and not temporary_files_of(Path("out/b.tif"))
+    assert manifest_outputs(Path("out")) == ["a.tif", "c.tif"]
+    assert listed_in_movies_star(Path("out/movies.star")) == ["out/a.tif", "out/c.tif"]
+    assert_the_day_completes(frames, DAY, converted_again=["b"])
+
+
+@pytest.mark.parametrize("name", ["movies.star", "report.json"])
+def test_a_full_disk_found_at_the_sync_of_movies_star_or_the_report(in_tmp: Path, capsys, name: str) -> None:
+    """One ERROR naming the file, exit status 1, nothing of it left (the earlier one, if any,
+    stays as it was); the rerun writes it."""
+    frames = three_movies()
+    with pytest.MonkeyPatch.context() as patch:
+        refused = full_disk_at_fsync_of(patch, name)
+        assert main([*DAY, "--report", "out/report.json"]) == 1
+    captured = capsys.readouterr()
+    assert refused and "Traceback" not in captured.err
+    errors = errors_of(captured.err)
+    assert len(errors) == 1 and f"out/{name}" in errors[0] and "No space left on device" in errors[0], errors
+    assert not Path("out", name).exists() and not temporary_files_of(Path("out", name))
+    assert_the_day_completes(frames, [*DAY, "--report", "out/report.json"], converted_again=[])
+
+
+def test_a_full_disk_found_at_the_sync_of_the_gain_reference(in_tmp: Path, capsys) -> None:
+    """gain-reference.mrc, which the TIFFs of gain-normalised movies need: the run stops before
+    any movie with one line (no TIFF would be usable without it), nothing of it is left, and the
+    rerun once there is space converts everything."""
+    from .test_adversarial_outputs import gain_normalised_movie
+
+    movie = gain_normalised_movie("m.mrc")
+    assert main(["--i", "m.mrc", "--o", "est", "--estimate_gain"]) == 0
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        refused = full_disk_at_fsync_of(patch, "gain-reference.mrc")
+        status = main(["--i", "m.mrc", "--o", "out", "--gain", "est/gain_estimate.bin"])
+    captured = capsys.readouterr()
+    assert status != 0 and refused and "Traceback" not in captured.err
+    errors = errors_of(captured.err)
+    assert len(errors) == 1 and "out/gain-reference.mrc" in errors[0] and "No space left" in errors[0], errors
+    assert not Path("out/gain-reference.mrc").exists() and not temporary_files_of(Path("out/gain-reference.mrc"))
+    assert not Path("out/m.tif").exists()
+    assert main(["--i", "m.mrc", "--o", "out", "--gain", "est/gain_estimate.bin", "--only_do_unfinished"]) == 0
+    capsys.readouterr()
+    assert main(["--verify_only", "--o", "out"]) == 0
+    assert main(["--verify_only", "--i", "m.mrc", "--o", "out", "--gain", "est/gain_estimate.bin"]) == 0
+    assert read_tiff_frames(Path("out/m.tif")).shape == movie.shape
+
+
+# --------------------------------------------------------------------------- --verify_only after a crash
+
+
+def test_a_tif_replaced_by_a_later_run_killed_before_its_manifest_line_is_not_ok(in_tmp: Path) -> None:
+    """A rerun with other options (another codec) replaced a.tif and was killed before its
+    manifest line: the line describes the file that is gone. With the originals, the pages are
+    right, but once they are deleted the manifest could not check it: not OK before the
+    deletion either. The rerun with --only_do_unfinished converts it again and all is OK."""
+    frames = {"a": int16_movie("a.mrc", 1)}
+    assert convert_to_tiff("--i", "a.mrc", "--o", "out", "--compression", "deflate").returncode == 0
+    killed_at("renamed:a.tif", 1, "--i", "a.mrc", "--o", "out", "--compression", "none")
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), frames["a"])
+    with_originals = convert_to_tiff("--verify_only", "--i", "a.mrc", "--o", "out")
+    assert with_originals.returncode == 1, with_originals.stdout
+    assert verdict_lines(with_originals.stdout) == [
+        f"DIFFERS   out/a.tif: its pages are those of a.mrc, but the last line for it in out/{MANIFEST_NAME} "
+        "describes another file (written by an earlier conversion), so --verify_only could not check it once "
+        "a.mrc is gone; convert it again (--only_do_unfinished does) before deleting a.mrc"], with_originals.stdout
+    without = convert_to_tiff("--verify_only", "--o", "out")
+    assert without.returncode == 1 and verdict_lines(without.stdout)[0].startswith("DIFFERS   out/a.tif"), without.stdout
+    out = assert_the_day_completes(frames, ["--i", "a.mrc", "--o", "out"], converted_again=["a"])
+    assert (f"out/a.tif: the last line for it in out/{MANIFEST_NAME} describes another file (a run stopped, or a full "
+            "disk, before its line was written), so --verify_only could not check it once the originals are gone; "
+            "converting again") in out
+
+
+# --------------------------------------------------------------------------- a --watch run killed
+
+
+@pytest.mark.parametrize("point", ["renamed:b.tif", "manifest-half:2", "before-rename:movies.star:2"])
+def test_a_watch_killed_at_a_point_is_completed_by_the_next_watch(in_tmp: Path, point: str) -> None:
+    """The collection's --watch (with --only_do_unfinished, as the user guide has it) killed in
+    the middle; the next one (the same command) completes the set."""
+    kind, _, rest = point.partition(":")
+    pattern, _, n = rest.partition(":") if kind != "manifest-half" else ("", "", rest)
+    frames = {}
+    for seed, name in enumerate(("a", "b", "c"), start=1):
+        frames[name] = int16_movie(f"Movies/{name}.mrc", seed)
+        os.utime(f"Movies/{name}.mrc", (1e9, 1e9))  # long complete
+    watch = ["--i", "Movies/*.mrc", "--o", "out", "--only_do_unfinished", "--watch", "--settle_seconds", "0",
+             "--watch_timeout", "1"]
+    killed_at(f"{kind}:{pattern}" if pattern else kind, int(n or 1), *watch)
+    rerun = convert_to_tiff(*watch)
+    assert rerun.returncode == 0, (rerun.stdout, rerun.stderr)
+    assert [path for path in leftover_temporaries(Path("out")) if os.path.getsize(path)] == []
+    for name, movie in frames.items():
+        np.testing.assert_array_equal(read_tiff_frames(Path(f"out/Movies/{name}.tif")), movie)
+    assert manifest_outputs(Path("out")) == [f"Movies/{name}.tif" for name in frames]
+    assert listed_in_movies_star(Path("out/movies.star")) == [f"out/Movies/{name}.tif" for name in frames]
+    verified = convert_to_tiff("--verify_only", "--o", "out")
+    assert verified.returncode == 0, verified.stdout
+    verified = convert_to_tiff("--verify_only", "--i", "Movies/*.mrc", "--o", "out")
+    assert verified.returncode == 0, verified.stdout

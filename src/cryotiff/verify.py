@@ -418,7 +418,14 @@ def _compare(job: Job, output: Path, source: PageSource, options: ConvertOptions
             from .recorded_options import file_sha256
 
             if file_sha256(output) != entry.output_sha256:
-                notes.append("its bytes differ from those the manifest records (the pixels are those of the original)")
+                # Right now, but the check that follows the deletion of the originals would fail:
+                # say so while they are still there.
+                return Verdict(output, job.source, "differs",
+                               f"its pages are those of {job.source}, but the last line for it in "
+                               f"{Path(options.output_dir) / MANIFEST_NAME} describes another file (written by an "
+                               f"earlier conversion), so --verify_only could not check it once {job.source} is gone; "
+                               f"convert it again (--only_do_unfinished does) before deleting {job.source}",
+                               source.n_pages, output.stat().st_size, time.perf_counter() - started)
         exact = not (left_out or n_inexact[0] or (isinstance(source, GainPages) and (options.lossy or
                                                                                     options.ignore_error)))
         return Verdict(output, job.source, "ok", "; ".join(notes), source.n_pages, output.stat().st_size,
