@@ -48,7 +48,11 @@ def check_outcome(run: dict, target: str, output: Path, expected: np.ndarray | N
     assert "Traceback" not in run["stderr"], run
     if run["status"] != 0:
         assert f"{target}: is a named pipe (FIFO), not a regular file" in run["stderr"], run
-        assert converted_on_failure or not output.exists(), run
+        # A movie converted whose original could not be hashed for its manifest line (the pipe
+        # took its name after the conversion opened it) keeps its .tif, and exit status 1 says
+        # that the line is missing.
+        kept = converted_on_failure or "is complete but not in the manifest" in run["stderr"]
+        assert kept or not output.exists(), run
     else:
         assert output.is_file(), run
     if output.exists() and expected is not None:
