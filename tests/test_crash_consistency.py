@@ -114,6 +114,8 @@ def test_a_manifest_line_cut_short_by_a_full_disk_is_taken_back(in_tmp: Path, ca
 #: * ``before-rename:<name>``: just before, the temporary file complete;
 #: * ``manifest-half``: half of a manifest line written;
 #: * ``manifest-line``: a whole manifest line written.
+#: Except at the manifest's own points, the lines of the movies before are written first (a
+#: background thread adds them), so that what the kill leaves does not depend on timing.
 KILL_AT = textwrap.dedent("""
     import fnmatch
     import os
@@ -125,10 +127,21 @@ KILL_AT = textwrap.dedent("""
 
     point, wanted = sys.argv[1], int(sys.argv[2])
     reached = [0]
+    manifests = []
+    real_init = manifest.Manifest.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        manifests.append(self)
+
+    manifest.Manifest.__init__ = init
 
     def reach():
         reached[0] += 1
         if reached[0] == wanted:
+            if not kind.startswith("manifest-"):
+                for known in manifests:  # the lines of the movies before, which a background thread adds
+                    known.wait()
             os.kill(os.getpid(), signal.SIGKILL)
 
     kind, _, pattern = point.partition(":")
@@ -464,3 +477,19 @@ def test_a_watch_killed_at_a_point_is_completed_by_the_next_watch(in_tmp: Path, 
     assert verified.returncode == 0, verified.stdout
     verified = convert_to_tiff("--verify_only", "--i", "Movies/*.mrc", "--o", "out")
     assert verified.returncode == 0, verified.stdout
+
+
+def test_an_ok_with_the_originals_says_when_no_manifest_line_names_the_output(in_tmp: Path) -> None:
+    """Killed between the rename and the manifest line: with the originals the pages are right
+    (OK), but the check after their deletion could not check it; the OK line says so, while the
+    originals are still there to convert it again."""
+    frames = {"a": int16_movie("a.mrc", 1), "b": int16_movie("b.mrc", 2)}
+    killed_at("renamed:b.tif", 1, "--i", "a.mrc", "b.mrc", "--o", "out")
+    verified = convert_to_tiff("--verify_only", "--i", "a.mrc", "b.mrc", "--o", "out")
+    assert verified.returncode == 0, verified.stdout
+    assert verdict_lines(verified.stdout) == [
+        "OK        out/a.tif (3 pages; compared with a.mrc)",
+        f"OK        out/b.tif (3 pages; compared with b.mrc); no line of out/{MANIFEST_NAME} names it: once b.mrc is "
+        "gone, --verify_only --o cannot check it (--only_do_unfinished converts it again, which writes its line)",
+    ], verified.stdout
+    assert_the_day_completes(frames, ["--i", "a.mrc", "b.mrc", "--o", "out"], converted_again=["b"])

@@ -331,6 +331,15 @@ def verify_with_original(job: Job, options: ConvertOptions, executor: Executor |
         if problem is not None:
             verdict = dataclasses.replace(verdict, status="differs",
                                           message=f"its pages are those of {job.source}, but {problem}")
+        manifest = Path(options.output_dir) / MANIFEST_NAME
+        if verdict.ok and entry is None and os.path.lexists(manifest):
+            # Right, but the check after the originals are deleted will not be able to say so
+            # (a run killed between the rename and the line, a line a full disk refused).
+            again = ("--only_do_unfinished converts it again, which writes its line" if record is not None
+                     else "converting it again with cryotiff writes its line")  # RELION's: kept by --only_do_unfinished
+            unlisted = (f"no line of {manifest} names it: once {job.source} is gone, --verify_only --o cannot check "
+                        f"it ({again})")
+            verdict = dataclasses.replace(verdict, message="; ".join(filter(None, (verdict.message, unlisted))))
         return verdict
     finally:
         source.close()
