@@ -33,7 +33,9 @@ listed in [differences from RELION](differences-from-relion.md); the conventions
 (orientation, sample types, gains) are in [conventions](conventions.md).
 
 Exit status: 0 when every movie converted or was already finished, 1 when any movie failed (the
-others still convert), 2 for an invalid command line, 130 after Ctrl-C.
+others still convert) or a converted movie's line could not be added to the manifest
+(`cryotiff-manifest.jsonl`, which `--verify_only` needs once the originals are gone), 2 for an
+invalid command line, 130 after Ctrl-C.
 """
 
 

@@ -110,7 +110,7 @@ def test_a_manifest_line_cut_short_by_a_full_disk_is_taken_back(in_tmp: Path, ca
 #: itself (SIGKILL, as the OOM killer or a lost node would) at the ``n``-th time ``point`` is
 #: reached:
 #: * ``renamed:<name>``: just after a file named ``<name>`` (``*.tif``, ``movies.star``, ...) got
-#:   its name (its temporary file renamed), before anything else happens;
+#:   its name (its temporary file renamed, or linked into place), before anything else happens;
 #: * ``before-rename:<name>``: just before, the temporary file complete;
 #: * ``manifest-half``: half of a manifest line written;
 #: * ``manifest-line``: a whole manifest line written.
@@ -157,6 +157,15 @@ KILL_AT = textwrap.dedent("""
             if matches and kind == "before-rename":
                 reach()
             real_replace(source, destination, *args, **kwargs)
+            if matches and kind == "renamed":
+                reach()
+
+        @staticmethod
+        def link(source, destination, *args, **kwargs):  # how a file never replaced is put in place
+            matches = fnmatch.fnmatch(os.path.basename(destination), pattern)
+            if matches and kind == "before-rename":
+                reach()
+            real_link(source, destination, *args, **kwargs)
             if matches and kind == "renamed":
                 reach()
 
@@ -493,3 +502,24 @@ def test_an_ok_with_the_originals_says_when_no_manifest_line_names_the_output(in
         "gone, --verify_only --o cannot check it (--only_do_unfinished converts it again, which writes its line)",
     ], verified.stdout
     assert_the_day_completes(frames, ["--i", "a.mrc", "b.mrc", "--o", "out"], converted_again=["b"])
+
+
+@pytest.mark.parametrize("point", ["before-rename:gain-reference.mrc", "renamed:gain-reference.mrc"])
+def test_killed_while_the_gain_reference_is_written(in_tmp: Path, point: str) -> None:
+    """gain-reference.mrc, written before any movie: killed just before it got its name (the
+    rerun removes its temporary file and writes it) or just after (the rerun keeps it, as it
+    holds this run's reference); either way the set completes and verifies."""
+    from .test_adversarial_outputs import gain_normalised_movie
+
+    gain_normalised_movie("m.mrc")
+    assert convert_to_tiff("--i", "m.mrc", "--o", "est", "--estimate_gain").returncode == 0
+    arguments = ["--i", "m.mrc", "--o", "out", "--gain", "est/gain_estimate.bin"]
+    killed_at(point, 1, *arguments)
+    assert not Path("out/m.tif").exists()
+    rerun = convert_to_tiff(*arguments, "--only_do_unfinished")
+    assert rerun.returncode == 0, (rerun.stdout, rerun.stderr)
+    assert [path for path in leftover_temporaries(Path("out")) if os.path.getsize(path)] == []
+    for check in (["--verify_only", "--o", "out"], ["--verify_only", *arguments]):
+        verified = convert_to_tiff(*check)
+        assert verified.returncode == 0, (verified.stdout, verified.stderr)
+        assert [line.split()[0] for line in verdict_lines(verified.stdout)] == ["OK"], verified.stdout
