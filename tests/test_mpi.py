@@ -556,3 +556,32 @@ def test_two_mpi_jobs_into_one_output_directory_keep_every_manifest_line(tmp_pat
     assert sorted(read_movie_names(tmp_path / "out" / "movies.star")) == sorted(f"out/{name}.tif" for name in frames)
     for name, movie_frames in frames.items():
         np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / f"{name}.tif"), movie_frames)
+
+
+def test_bad_movies_of_each_kind_named_once_under_three_ranks(tmp_path: Path) -> None:
+    """Already right, kept as a guard: a STAR file naming a named pipe (FIFO), a directory, a
+    truncated movie and a header of absurd size among good movies, under -np 3: each bad one is
+    named once (no hang on the pipe), the good ones are converted, the exit status is 1."""
+    import struct
+
+    good = {f"good{k}": write_k2(tmp_path / f"good{k}.mrc", 2, seed=k, shape_yx=(64, 48)) for k in range(3)}
+    os.mkfifo(tmp_path / "pipe.mrc")
+    (tmp_path / "folder.mrc").mkdir()
+    write_k2(tmp_path / "cut.mrc", 4, seed=5, shape_yx=(64, 48))
+    os.truncate(tmp_path / "cut.mrc", 1024 + 64 * 48 + 10)
+    write_k2(tmp_path / "absurd.mrc", 1, seed=6, shape_yx=(64, 48))
+    with open(tmp_path / "absurd.mrc", "r+b") as handle:  # NX, NY of 200000: far beyond any detector
+        handle.write(struct.pack("<2i", 200000, 200000))
+    bad = ["pipe.mrc", "folder.mrc", "cut.mrc", "absurd.mrc"]
+    names = [*bad[:2], "good0.mrc", *bad[2:], "good1.mrc", "good2.mrc"]
+    (tmp_path / "movies.star").write_text("data_movies\nloop_\n_rlnMicrographMovieName #1\n" + "\n".join(names) + "\n")
+    completed = run_mpi(["--i", "movies.star", "--o", "out"], tmp_path, n_ranks=3)
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("ERROR:")]
+    assert sorted(line.split(":")[1].strip() for line in errors) == sorted(bad), completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert "Movies converted: 3, skipped: 0, failed: 4" in completed.stdout
+    for name, frames in good.items():
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / f"{name}.tif"), frames)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"{name}.tif" for name in good] + ["cryotiff-manifest.jsonl", "movies.star"])
