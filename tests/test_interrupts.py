@@ -355,3 +355,45 @@ def test_sigterm_to_rank_0_only_stops_the_other_rank_cleanly(in_tmp: Path) -> No
     assert "Removed " not in completed.stdout  # no stale temporary file was left
     for name, frames in movies.items():
         np.testing.assert_array_equal(read_tiff_frames(in_tmp / "out" / f"{name}.tif"), frames)
+
+
+#: As MANIFEST_LINE_STILL_BEING_MADE, with rank 0 converting nothing itself (it only hands out
+#: the movies, in the order given), so that the signal finds its main thread waiting for the
+#: service thread to end.
+RANK_0_IDLE_AND_MANIFEST_LINE_STILL_BEING_MADE = MANIFEST_LINE_STILL_BEING_MADE.replace("""
+manifest.Manifest.add = add
+""", """
+manifest.Manifest.add = add
+real_take = mpi.WorkQueue.take
+mpi.WorkQueue.take = lambda self, rank=0: None if rank == 0 else real_take(self, rank)
+mpi.largest_first = lambda jobs, indices: list(indices)
+""")
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_sigterm_while_rank_0_waits_for_the_others_keeps_their_manifest_lines(in_tmp: Path) -> None:
+    """Rank 0, done with its own movies, waits for the service thread to end; a signal then
+    used to leave that thread marked as ended (Python 3.11's Thread.join, interrupted, marks a
+    running thread stopped), so rank 0 did not wait for the other rank's manifest line."""
+    from cryotiff.manifest import read_manifest
+
+    small_movie(in_tmp / "a.mrc", 1)
+    slow_movie(in_tmp / "big.mrc", n_frames=12)
+    script = in_tmp / "driver.py"
+    script.write_text(RANK_0_IDLE_AND_MANIFEST_LINE_STILL_BEING_MADE)
+    process = start_mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC], in_tmp,
+                           script=script)
+    try:
+        wait_until_writing(process, in_tmp / "out", "big")
+        wait_until_rank_0_has_the_first_result(process)
+        for pid in rank_pids(process.pid, script.name):
+            os.kill(pid, signal.SIGTERM)
+        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stdout + stderr
+    assert "Movies per MPI rank: 0: 0 (0 B), 1: 1 " in stdout, stdout  # rank 0 converted nothing
+    assert list(read_manifest(Path("out"))) == ["a.tif"], stdout + stderr
+    assert not list(Path("out").glob("*.tmp"))

@@ -524,12 +524,12 @@ class WorkStopped(KeyboardInterrupt):
     """
 
     def __init__(self, working: dict[int, int], reason: str = "", dead_ranks: Sequence[int] = (),
-                 service: threading.Thread | None = None):
+                 served: threading.Event | None = None):
         super().__init__(reason)
         self.working = working
         self.reason = reason
         self.dead_ranks = list(dead_ranks)
-        self._service = service
+        self._served = served  # set when rank 0's service thread has ended
         self._deadline: float | None = None
 
     def wait_for_the_other_ranks(self) -> None:
@@ -537,11 +537,11 @@ class WorkStopped(KeyboardInterrupt):
         lines (:data:`STOPPED`), so that ending the job does not cut them short; in all, over
         every call, at most :data:`STOPPED_WAIT_SECONDS`. Not after a rank died: the job ends at
         once."""
-        if self._service is None or self.reason:
+        if self._served is None or self.reason:
             return
         if self._deadline is None:
             self._deadline = time.monotonic() + STOPPED_WAIT_SECONDS
-        self._service.join(max(self._deadline - time.monotonic(), 0.0))
+        self._served.wait(max(self._deadline - time.monotonic(), 0.0))
 
 
 class _StopRequest:
@@ -608,25 +608,30 @@ def share_work(
             collect(rank, index, result)
             queue.done(index)
 
-    service = None
+    # Set when the service thread ends. Not Thread.is_alive() or join(): a KeyboardInterrupt in
+    # the middle of join() makes Python 3.11 mark the running thread as stopped for good.
+    served = threading.Event()
+    if comm.size == 1:
+        served.set()
+
+    def serve() -> None:
+        try:
+            _serve(messages, queue, collect_one, stop, describe, hosts, data_of)
+        finally:
+            served.set()
+
     try:
         if comm.size > 1:
-            service = threading.Thread(
-                target=_serve, args=(messages, queue, collect_one, stop, describe, hosts, data_of),
-                name="cryotiff-mpi-service", daemon=True,
-            )
-            service.start()
+            threading.Thread(target=serve, name="cryotiff-mpi-service", daemon=True).start()
         while (index := queue.take(0)) is not None:
             stop_if_asked()
             if index == WAIT:
                 time.sleep(WAIT_POLL_SECONDS)
                 continue
             collect_one(0, index, work(index, data_of(index)))
-        if service is not None:
-            # The main thread may not call MPI while the service thread does (THREAD_SERIALIZED).
-            while service.is_alive():
-                stop_if_asked()
-                service.join(IDLE_POLL_SECONDS)
+        # The main thread may not call MPI while the service thread does (THREAD_SERIALIZED).
+        while not served.wait(IDLE_POLL_SECONDS):
+            stop_if_asked()
         stop_if_asked()
     except KeyboardInterrupt:
         STOP.set()  # the service thread tells the other ranks to stop
@@ -634,7 +639,7 @@ def share_work(
         with collect_lock:  # a result being collected now is counted as done
             working = queue.working()
             stop.collected = True
-        raise WorkStopped(working, stop.reason, stop.dead_ranks, service) from None
+        raise WorkStopped(working, stop.reason, stop.dead_ranks, served) from None
 
 
 def _interrupt_main_thread() -> None:
