@@ -166,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # it lets the movie being written remove its temporary file, as Ctrl-C does in convert-to-tiff.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGCONT, _continued)
     try:
         return _run_command(comm, argv)
     except SystemExit:  # argparse (--help, --version, a rejected command line): the same on every rank
@@ -198,8 +199,30 @@ def _interrupt(signum: int, frame: Any) -> None:
     (mpirun's own SIGTERM after the one rank 0's service thread sent, a second Ctrl-C) are
     ignored, so that they cannot cut short the cleanup and the summary."""
     ignore_interrupts()
+    _SIGNALS["interrupted"] = time.monotonic()
     STOP.set()
     raise KeyboardInterrupt
+
+
+#: When this process last got SIGCONT and first got SIGTERM or SIGINT (``time.monotonic()``).
+_SIGNALS: dict[str, float] = {}
+#: Open MPI ends a job (Ctrl-C or SIGTERM on mpirun, a rank that died) by sending every rank
+#: SIGCONT, SIGTERM 0.25 s later and SIGKILL 0.25 s after that (measured with Open MPI 5.0.11;
+#: Slurm's time limit also sends SIGCONT before SIGTERM). A SIGTERM this soon after a SIGCONT
+#: is taken for that: the rank is killed in a fraction of a second, whatever it waits for.
+KILL_SEQUENCE_SECONDS = 1.0
+
+
+def _continued(signum: int, frame: Any) -> None:
+    _SIGNALS["continued"] = time.monotonic()
+
+
+def being_killed() -> bool:
+    """Whether the signal that stops the run began Open MPI's kill sequence (see
+    :data:`KILL_SEQUENCE_SECONDS`): SIGKILL follows within a fraction of a second."""
+    continued, interrupted = _SIGNALS.get("continued"), _SIGNALS.get("interrupted")
+    return (continued is not None and interrupted is not None
+            and 0.0 <= interrupted - continued <= KILL_SEQUENCE_SECONDS)
 
 
 #: On a rank other than 0, while it shares the work: whether rank 0 has told it to stop
@@ -536,11 +559,13 @@ class WorkStopped(KeyboardInterrupt):
         """Wait until every other rank has removed its partial file and written its manifest
         lines (:data:`STOPPED`), so that ending the job does not cut them short; in all, over
         every call, at most :data:`STOPPED_WAIT_SECONDS`. Not after a rank died: the job ends at
-        once."""
+        once. When Open MPI is killing the job (:func:`being_killed`: a rank died, or Ctrl-C on
+        mpirun) at most :data:`PARTIAL_FILES_WAIT_SECONDS`: what rank 0 reports must be written
+        before SIGKILL, and a dead rank never answers."""
         if self._served is None or self.reason:
             return
         if self._deadline is None:
-            self._deadline = time.monotonic() + STOPPED_WAIT_SECONDS
+            self._deadline = time.monotonic() + (PARTIAL_FILES_WAIT_SECONDS if being_killed() else STOPPED_WAIT_SECONDS)
         self._served.wait(max(self._deadline - time.monotonic(), 0.0))
 
 
