@@ -31,7 +31,9 @@ How the work is shared, and why it differs from ``relion_convert_to_tiff_mpi``:
   waits for its manifest lines (written by a thread of their own) and says so; rank 0 reports
   what finished and ends the job once every rank has said so (at most
   :data:`STOPPED_WAIT_SECONDS`), so that no TIFF written is left out of the manifest, as
-  ``convert-to-tiff`` waits for its manifest lines before it exits.
+  ``convert-to-tiff`` waits for its manifest lines before it exits. When Open MPI itself is
+  ending the job (:func:`being_killed`), SIGKILL follows in a fraction of a second: rank 0 then
+  waits only briefly before it reports.
 * No rank ever waits for ever: an unexpected error anywhere outside one movie's conversion makes
   the rank print it and abort the whole MPI job (``MPI_Abort``); inside a movie's conversion it
   becomes that movie's failure and the run goes on.
@@ -181,6 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         abort(comm, EXIT_FAILED, "")
     except BaseException as exc:
         if is_rank_failure(exc):
+            if comm.rank != 0 and 0 not in failed_ranks(comm):
+                # Rank 0 learns of it too and says which movie was lost (a rank waiting for the
+                # end of the run often hears first, MPI telling it through the collective).
+                ignore_interrupts()
+                time.sleep(INTERRUPTED_RANK_WAIT_SECONDS)
             abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: {lost_ranks_message(comm)}; {STOPPING_AFTER_FAILURE}")
         # a bug: without the abort the other ranks would wait for this one for ever
         abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: unexpected error; stopping every rank.\n{traceback.format_exc()}")
