@@ -585,3 +585,42 @@ def test_bad_movies_of_each_kind_named_once_under_three_ranks(tmp_path: Path) ->
         np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / f"{name}.tif"), frames)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         [f"{name}.tif" for name in good] + ["cryotiff-manifest.jsonl", "movies.star"])
+
+
+def test_a_manifest_line_that_cannot_be_written_makes_the_exit_status_1(tmp_path: Path) -> None:
+    """As in convert-to-tiff: a converted movie whose manifest line cannot be written (a full
+    disk) is named by a WARNING, counted in the summary, and the exit status is 1, whichever
+    rank converted it (the ranks' manifest lines are written after their results reach rank 0)."""
+    from cryotiff.manifest import read_manifest
+
+    frames = {name: write_k2(tmp_path / f"{name}.mrc", 2, seed=k, shape_yx=(64, 48)) for k, name in enumerate("abcd")}
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import errno
+        import os
+        import sys
+
+        import cryotiff.manifest as manifest
+        import cryotiff.mpi as mpi
+
+        real_append = manifest._append_locked
+
+        def append(path, line):
+            if '"output":"b.tif"' in line or '"output":"c.tif"' in line:
+                raise manifest.OutputError(f"{path}: cannot add to the manifest ({os.strerror(errno.ENOSPC)})")
+            return real_append(path, line)
+
+        manifest._append_locked = append
+        sys.exit(mpi.main())
+    """))
+    completed = run_mpi(["--i", "a.mrc", "b.mrc", "c.mrc", "d.mrc", "--o", "out", "--report", "report.json"],
+                        tmp_path, script=script)
+    text = completed.stdout + completed.stderr
+    assert completed.returncode == 1, text
+    for name in "bc":
+        assert text.count(f"out/{name}.tif is complete but not in the manifest") == 1, text
+    assert "Not in the manifest: 2 outputs" in completed.stdout, completed.stdout
+    assert json.loads((tmp_path / "report.json").read_text())["exit_status"] == 1
+    assert sorted(read_manifest(tmp_path / "out")) == ["a.tif", "d.tif"]
+    for name, movie_frames in frames.items():
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / f"{name}.tif"), movie_frames)

@@ -583,6 +583,7 @@ class _StopRequest:
         self.reason = ""
         self.dead_ranks: list[int] = []
         self.collected = False  # set by the main thread once it reports what finished
+        self.finished_values: dict[int, Any] = {}  # what each other rank's finish_rank() returned
 
 
 def share_work(
@@ -593,8 +594,8 @@ def share_work(
     describe: Callable[[int], str] = str,
     queue: WorkQueue | None = None,
     data_of: Callable[[int], Any] | None = None,
-    finish_rank: Callable[[], None] | None = None,
-) -> None:
+    finish_rank: Callable[[], Any] | None = None,
+) -> list[Any]:
     """Run ``work(index, data)`` once for every index in ``order`` on whichever rank is free.
 
     Every rank must call this (with the same ``order``). On rank 0, ``collect(rank, index,
@@ -612,7 +613,8 @@ def share_work(
     ``finish_rank()``: run by every rank other than 0 once it has no more work, also when the
     run stops early, before it tells rank 0 that it may be ended (:data:`STOPPED`): waiting
     for its manifest lines, which a thread of its own writes. Rank 0 returns only when every
-    other rank has said so.
+    other rank has said so, and returns what ``finish_rank()`` returned on each (the others
+    return ``[]``).
 
     Raises:
         WorkStopped: on rank 0, when Ctrl-C or SIGTERM reaches any rank or a rank dies; nothing
@@ -627,7 +629,7 @@ def share_work(
     hosts = comm.allgather(processor_name())  # to name the node of a rank that dies
     if comm.rank != 0:
         _ask_for_work(messages, work, finish_rank)
-        return
+        return []
     queue = queue if queue is not None else WorkQueue(order)
     data_of = data_of or (lambda index: None)
     collect_lock = threading.Lock()
@@ -665,6 +667,7 @@ def share_work(
         while not served.wait(IDLE_POLL_SECONDS):
             stop_if_asked()
         stop_if_asked()
+        return list(stop.finished_values.values())
     except KeyboardInterrupt:
         STOP.set()  # the service thread tells the other ranks to stop
         queue.close()
@@ -707,8 +710,9 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
                 continue
             rank = status.Get_source()
             finished = messages.recv(source=rank, tag=TAG_REQUEST)
-            if finished == STOPPED:
+            if isinstance(finished, tuple) and finished[0] == STOPPED:  # (STOPPED, what finish_rank returned)
                 running.discard(rank)
+                stop.finished_values[rank] = finished[1]
                 continue
             if finished == INTERRUPTED:
                 queue.close()
@@ -737,7 +741,7 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
         abort(messages, EXIT_FAILED, f"MPI rank 0: {stop.reason}")
 
 
-def _ask_for_work(messages: Any, work: Callable[[int, Any], Any], finish_rank: Callable[[], None] | None = None) -> None:
+def _ask_for_work(messages: Any, work: Callable[[int, Any], Any], finish_rank: Callable[[], Any] | None = None) -> None:
     """A rank other than 0: ask for a movie, do it, send the result with the next request; at
     the end, ``finish_rank()`` and :data:`STOPPED`. Interrupted (Ctrl-C, SIGTERM, or told by
     rank 0 to stop: its page loop looks, :func:`stop_if_asked`), it tells rank 0, finishes,
@@ -778,8 +782,9 @@ def _say_interrupted(messages: Any) -> None:
     messages.send(INTERRUPTED, dest=0, tag=TAG_REQUEST)
 
 
-def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], None] | None, interrupted: bool) -> bool:
-    """``finish_rank()`` (a rank's manifest lines), then :data:`STOPPED` to rank 0. A signal
+def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], Any] | None, interrupted: bool) -> bool:
+    """``finish_rank()`` (a rank's manifest lines), then :data:`STOPPED` (with what it returned)
+    to rank 0. A signal
     meanwhile is held until ``finish_rank`` returns (it would cut the waiting short), then
     told to rank 0 as an interrupt. Returns whether the rank was interrupted."""
     caught: list[int] = []
@@ -791,16 +796,17 @@ def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], None] | Non
     held = {}
     if not interrupted and threading.current_thread() is threading.main_thread():
         held = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    value = None
     try:
         if finish_rank is not None:
-            finish_rank()
+            value = finish_rank()
     finally:
         for signum, handler in held.items():
             signal.signal(signum, handler)
     if caught:
         _say_interrupted(messages)
         interrupted = True
-    messages.send(STOPPED, dest=0, tag=TAG_REQUEST)
+    messages.send((STOPPED, value), dest=0, tag=TAG_REQUEST)
     return interrupted
 
 
@@ -933,10 +939,23 @@ def unexpected_failure(job: Job, rank: int, exc: Exception, what: str) -> MovieR
                        f"{job.source}: unexpected error on MPI rank {rank}: {type(exc).__name__}: {exc}")
 
 
-def manifest_written(manifest: Manifest, reporter: MpiReporter) -> None:
-    """Wait until ``manifest`` holds every TIFF this rank wrote; say what could not be added."""
+def manifest_written(manifest: Manifest, reporter: MpiReporter) -> list[Path]:
+    """Wait until ``manifest`` holds every TIFF this rank wrote; say what could not be added,
+    and return those outputs."""
     for problem in manifest.wait():
         reporter.warning(problem)
+    return manifest.unrecorded()
+
+
+def mark_not_in_manifest(results: Sequence[MovieResult], unrecorded: Sequence[Sequence[Path]]) -> None:
+    """Rank 0: mark the converted movies whose TIFF some rank could not add to the manifest
+    (``unrecorded``: each rank's list), as ``convert-to-tiff`` does: the exit status is then 1."""
+    from .jobs import NOT_IN_MANIFEST
+
+    missing = {Path(path) for part in unrecorded for path in (part or ())}
+    for result in results:
+        if result.status == "converted" and result.destination is not None and Path(result.destination) in missing:
+            result.details[NOT_IN_MANIFEST] = True
 
 
 def stopping_ends_the_job(comm: Any, stop: WorkStopped, status: int, manifest: Manifest | None,
@@ -1005,8 +1024,8 @@ def run_conversion(
         reporter.report_result(result)
 
     try:
-        share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source),
-                   finish_rank=lambda: manifest_written(context.manifest, reporter))
+        unrecorded = share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source),
+                                finish_rank=lambda: manifest_written(context.manifest, reporter))
     except WorkStopped as stop:
         # Quickly: after Ctrl-C on mpirun, Open MPI kills the ranks about 0.2 s after SIGTERM.
         executor.shutdown(wait=False, cancel_futures=True)
@@ -1019,12 +1038,13 @@ def run_conversion(
         stopping_ends_the_job(comm, stop, status, context.manifest, reporter)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    manifest_written(context.manifest, reporter)  # this rank's TIFFs are all in the manifest
+    unrecorded.append(manifest_written(context.manifest, reporter))  # this rank's TIFFs are all in the manifest
 
     status = EXIT_OK
     if rank == 0:
         by_index = {**skipped, **converted}
         results = failures + [by_index[index] for index in range(len(jobs))]
+        mark_not_in_manifest(results, unrecorded)
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
     return broadcast_status(comm, status)
 
@@ -1149,8 +1169,9 @@ def run_watch(
         watcher = threading.Thread(target=look_until_quiet, name="cryotiff-watch", daemon=True)
         watcher.start()
     try:
-        share_work(comm, [], work, collect, describe=lambda index: str(jobs[index].source), queue=queue,
-                   data_of=lambda index: jobs[index], finish_rank=lambda: manifest_written(keeper.manifest, reporter))
+        unrecorded = share_work(comm, [], work, collect, describe=lambda index: str(jobs[index].source), queue=queue,
+                                data_of=lambda index: jobs[index],
+                                finish_rank=lambda: manifest_written(keeper.manifest, reporter))
     except WorkStopped as stop:
         stop_watching.set()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -1164,7 +1185,7 @@ def run_watch(
     finally:
         stop_watching.set()
         executor.shutdown(wait=True, cancel_futures=True)
-    manifest_written(keeper.manifest, reporter)  # this rank's TIFFs are all in the manifest
+    unrecorded.append(manifest_written(keeper.manifest, reporter))  # this rank's TIFFs are all in the manifest
 
     status = EXIT_OK
     if rank == 0:
@@ -1175,6 +1196,7 @@ def run_watch(
         for text in named_nothing_warnings(finder.search):
             reporter.warning(text)
         results = latest_results(results_so_far() + unfinished)
+        mark_not_in_manifest(results, unrecorded)
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
     return broadcast_status(comm, status)
 
