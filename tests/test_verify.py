@@ -218,8 +218,8 @@ def test_a_failed_movie_cancels_its_source_hash_and_adds_no_entry(tmp_path: Path
     (tmp_path / "m.mrc").write_bytes(b"x" * 100)
     future = manifest.hash_source_later(tmp_path / "m.mrc")
     assert future.result() == (100, hashlib.sha256(b"x" * 100).hexdigest())
-    missing = manifest.hash_source_later(tmp_path / "missing.mrc")
-    assert isinstance(missing.result(), OSError)
+    missing = manifest.hash_source_later(tmp_path / "missing.mrc")  # opened as inputs are: an InputError
+    assert isinstance(missing.result(), Exception) and "missing.mrc: no such file" in str(missing.result())
     manifest.add_later(tmp_path / "missing.mrc", tmp_path / "m.tif", [], (1, 1), "uint8", missing)
     problems = manifest.wait()
     assert len(problems) == 1 and "not in the manifest" in problems[0]

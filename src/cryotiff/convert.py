@@ -198,6 +198,24 @@ class PageSource:
         one where a movie is written again wider when a page does not fit)."""
         return (np.dtype(self.dtype),)
 
+    def input_descriptor(self) -> int | None:
+        """The descriptor the movie's reader reads the pages through (its own: not to be
+        closed), or None where it has none."""
+        fileno = getattr(getattr(self, "movie", None), "fileno", None)
+        try:
+            return fileno() if fileno is not None else None
+        except (OSError, ValueError):
+            return None
+
+    def input_file_bytes(self) -> int:
+        """The size of the file the pages are read from (by its descriptor: the name may lead
+        to another file by now); 0 if it cannot be told."""
+        descriptor = self.input_descriptor()
+        try:
+            return os.fstat(descriptor).st_size if descriptor is not None else self.path.stat().st_size
+        except OSError:
+            return 0
+
     def pixel_options(self) -> dict[str, object]:
         """The options that change this movie's pixels, as recorded in its TIFF
         (:mod:`cryotiff.recorded_options`); ``{}`` when none does."""
@@ -596,7 +614,7 @@ class EerPages(PageSource):
         self.dtype = np.dtype(np.uint16 if options.short else np.uint8)
         self.short = options.short
         self.pixel_size_angstrom = None
-        self.input_bytes = self.path.stat().st_size
+        self.input_bytes = self.input_file_bytes()
         self._lock = threading.Lock()
         self.corrupt_warnings: list[str] = []
         self.corrupt_frames: set[int] = set()  # 0-based raw frames left out of the pages made so far
@@ -749,10 +767,7 @@ def output_record(source: PageSource, codec: str = "", verified: bool = True) ->
     """What a TIFF of ``source`` written now records (its page 1 ImageDescription): the options
     that change its pixels, the input's name and size (0 if it cannot be read: such a record
     matches no later run), the sample type and page count."""
-    try:
-        input_bytes = source.path.stat().st_size
-    except OSError:
-        input_bytes = 0
+    input_bytes = source.input_file_bytes()  # of the file converted, not of what its name leads to now
     return OutputRecord(
         made_with=source.pixel_options(),
         input_name=source.path.name,
@@ -986,7 +1001,14 @@ def convert_movie(
     """
     started = time.perf_counter()
     source = source or open_page_source(source_path, options, context)
-    held = HeldFile(source_path)  # opened after the source, which refused anything but a regular file
+    # The held file, the file hashed for the manifest and the file the pages are read from are
+    # one: the held file duplicates the reader's descriptor, and the hash reads the held file.
+    descriptor = source.input_descriptor()
+    try:
+        held = HeldFile(source_path, descriptor)
+    except BaseException:
+        source.close()
+        raise
     retype_warnings: list[str] = []
 
     def check_unchanged() -> None:
@@ -1000,9 +1022,13 @@ def convert_movie(
 
     manifest = getattr(context, "manifest", None)
     page_digests: list[bytes] | None = None
-    # The original is hashed for the manifest while its pages are made, not after.
-    source_hash = manifest.hash_source_later(source_path) if manifest is not None else None
+    source_hash = None
     try:
+        if _identity(descriptor) not in (None, held.identity):
+            raise InputError(f"{source_path}: another file took its name while it was being opened; nothing was "
+                             "written. Convert it again.")
+        # The original is hashed for the manifest while its pages are made, not after.
+        source_hash = manifest.hash_source_later(source_path, held) if manifest is not None else None
         while True:
             try:
                 page_digests = [] if manifest is not None else None
@@ -1032,6 +1058,17 @@ def convert_movie(
             source_hash.cancel()  # the movie failed: no entry (a hash already begun runs out)
         held.close()
         source.close()
+
+
+def _identity(descriptor: int | None) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file open on ``descriptor`` (None: none, or unknown)."""
+    if descriptor is None:
+        return None
+    try:
+        status = os.fstat(descriptor)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _add_to_manifest(manifest, source: PageSource, source_path: Path, destination: Path,

@@ -252,22 +252,47 @@ class Manifest:
         self._reference_digests: dict[int, tuple[np.ndarray, str]] = {}  # by id(), the array kept
         self._recorded = _ManifestReader(self.path)
 
-    def hash_source_later(self, source: Path) -> Future:
+    def hash_source_later(self, source: Path, held=None) -> Future:
         """Start hashing a movie's original in the background thread, as its conversion begins,
         so that reading and hashing it (about 0.7 s per GB) overlaps the conversion instead of
         following it; give the result to :meth:`add_later`. Its result is ``(size, sha256)``,
-        or the OSError that reading the file raised. A movie that fails cancels it
-        (``Future.cancel``) or lets it run out."""
+        or the error that reading the file gave. A movie that fails cancels it
+        (``Future.cancel``) or lets it run out.
 
-        def hash_source() -> tuple[int, str] | OSError:
-            from .recorded_options import file_sha256
+        ``held``: the :class:`cryotiff.io.HeldFile` of the movie converted (a duplicate of the
+        descriptor its pages are read through). The hash reads that very file, through a
+        duplicate of its descriptor with ``os.pread`` (no shared offset), never the name, which
+        another file may have taken meanwhile; its size is the bytes hashed, and a file whose
+        size or modification time changed while it was hashed gives an error, not a hash.
+        Without it ``source`` is opened (:func:`cryotiff.io.open_regular_file`)."""
+        from .errors import InputError
+        from .io import open_regular_file
+
+        held_descriptor = held.fileno() if held is not None else None
+        try:
+            descriptor = os.dup(held_descriptor) if held_descriptor is not None else open_regular_file(source)
+        except (OSError, CryotiffError) as exc:
+            failed: Future = Future()
+            failed.set_result(exc)
+            return failed
+        opened = held.status_when_opened() if held is not None else None
+
+        def hash_source() -> tuple[int, str] | Exception:
+            from .recorded_options import descriptor_sha256
 
             try:
-                return source.stat().st_size, file_sha256(source)
+                before = opened or os.fstat(descriptor)
+                n_bytes, digest = descriptor_sha256(descriptor)
+                after = os.fstat(descriptor)
             except OSError as exc:
                 return exc
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or n_bytes != after.st_size:
+                return InputError(f"{source}: the file changed while it was hashed for the manifest")
+            return n_bytes, digest
 
-        return self._submit(hash_source, keep=False)
+        future = self._submit(hash_source, keep=False)
+        future.add_done_callback(lambda _: os.close(descriptor))  # run, or cancelled before it ran
+        return future
 
     def add_later(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
                   sample_type: str, source_hash: Future | None = None,
@@ -286,7 +311,7 @@ class Manifest:
                 # The one background thread takes its tasks in order: the source's hash, submitted
                 # earlier, is done by now.
                 hashed = source_hash.result() if source_hash is not None else None
-                if isinstance(hashed, OSError):
+                if isinstance(hashed, Exception):
                     raise hashed
                 entry = self.entry_for(source, destination, page_digests, shape_yx, sample_type, hashed)
                 if gain_reference is not None:

@@ -171,17 +171,35 @@ class HeldFile:
     """A file held open (read-only) while a movie is converted, to tell afterwards whether its
     content changed (by the held descriptor: its size and modification time) and whether its
     name still leads to it. A reader keeps reading the file it opened when the name is removed
-    or taken by another file, so only a change of content spoils the pages read."""
+    or taken by another file, so only a change of content spoils the pages read.
 
-    def __init__(self, path: str | os.PathLike[str]):
+    ``descriptor``: the one the movie's reader reads its pages through; the held file is a
+    duplicate of it, so that it is the very file converted whatever happens to the name. Without
+    one, ``path`` is opened (without blocking: a named pipe put at the name meanwhile must not
+    block the open)."""
+
+    def __init__(self, path: str | os.PathLike[str], descriptor: int | None = None):
         self.path = path
         self._fd: int | None = None
         self._before: os.stat_result | None = None
-        try:  # O_NONBLOCK: a named pipe put at the name meanwhile must not block the open
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        try:
+            self._fd = os.dup(descriptor) if descriptor is not None else os.open(path, _READ_FLAGS)
             self._before = os.fstat(self._fd)
         except OSError:
             self.close()
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of the held file, None if it could not be opened."""
+        return None if self._before is None else (self._before.st_dev, self._before.st_ino)
+
+    def fileno(self) -> int | None:
+        """The held descriptor (None if the file could not be opened); closed by :meth:`close`."""
+        return self._fd
+
+    def status_when_opened(self) -> os.stat_result | None:
+        """Its ``fstat`` when it was opened (None if it could not be)."""
+        return self._before
 
     def content_change(self) -> str | None:
         """How the held file's content changed since it was opened (``its size went from 10 to
