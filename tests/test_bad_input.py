@@ -227,10 +227,10 @@ def test_a_full_disk_when_renaming(in_tmp: Path, capsys, monkeypatch: pytest.Mon
     good_movie("rename.mrc", 3)
     real_replace = os.replace
 
-    def replace(source, destination) -> None:
+    def replace(source, destination, **directories) -> None:  # src_dir_fd, dst_dir_fd (io.atomic)
         if is_temporary_of(source, "rename.tif"):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_replace(source, destination)
+        real_replace(source, destination, **directories)
 
     monkeypatch.setattr(os, "replace", replace)
     expect_one_clean_failure(capsys, "rename.mrc", "cannot rename the finished file")

@@ -328,7 +328,9 @@ def test_every_file_is_on_the_disk_before_its_name_and_its_name_before_its_manif
 
     def replace(source, destination, *args, **kwargs) -> None:
         real_replace(source, destination, *args, **kwargs)
-        events.append(("rename", os.path.abspath(destination)))
+        directory = kwargs.get("dst_dir_fd")  # io.atomic renames within its directory's descriptor
+        where = os.readlink(f"/proc/self/fd/{directory}") if directory is not None else ""
+        events.append(("rename", os.path.abspath(os.path.join(where, destination))))
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)

@@ -353,11 +353,11 @@ def test_interrupted_save_leaves_a_safe_pair(tmp_path, movies, monkeypatch, inte
     real_replace = os.replace
     calls = []
 
-    def replace(src, dst):
+    def replace(src, dst, **directories):  # src_dir_fd, dst_dir_fd (io.atomic)
         calls.append(dst)
         if len(calls) == interrupt_at:
             raise KeyboardInterrupt
-        real_replace(src, dst)
+        real_replace(src, dst, **directories)
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
@@ -385,11 +385,11 @@ def test_first_save_interrupted_leaves_nothing_loadable(tmp_path, monkeypatch):
     real_replace = os.replace
     calls = []
 
-    def replace(src, dst):
+    def replace(src, dst, **directories):  # src_dir_fd, dst_dir_fd (io.atomic)
         calls.append(dst)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        real_replace(src, dst)
+        real_replace(src, dst, **directories)
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):

@@ -26,6 +26,7 @@ from . import __version__
 from .codecs import StripCodec, huffman_encoder_for, lzw_encoder_for, resolve_codec
 from .errors import CryotiffError, InputError, OutputError, VerificationError
 from .io import FrameRecycler, HeldFile, Movie, MovieInfo, open_regular_file, pread_exactly
+from .io.atomic import CheckedDirectory
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, relion_reads_as_4bit_packed, write_movie
 from .recorded_options import OutputRecord
 
@@ -394,6 +395,9 @@ class RunContext:
             their TIFFs.
         manifest: the :class:`cryotiff.manifest.Manifest` of ``--o`` that every TIFF written is
             added to (None: none is kept, as for a library caller).
+        output_dir_identity: ``(st_dev, st_ino)`` of the directory ``--o`` led to when the run
+            wrote its first movie (:func:`cryotiff.jobs.run_job`): every later movie must go
+            there too, also where ``--o`` is a symbolic link changed during the run.
     """
 
     gain_reference: np.ndarray | None = None
@@ -402,6 +406,7 @@ class RunContext:
     eer_gain_reference: np.ndarray | None = None
     gain_identity: dict[str, str] | None = None
     manifest: object | None = None
+    output_dir_identity: tuple[int, int] | None = None
 
 
 #: How many of RELION's mismatch lines are kept per movie with --ignore_error (RELION prints all).
@@ -981,6 +986,7 @@ def convert_movie(
     on_page: Callable[[int, int], None] | None = None,
     source: PageSource | None = None,
     context: RunContext | None = None,
+    output_directory: CheckedDirectory | None = None,
 ) -> MovieResult:
     """Convert one movie to ``destination`` (written as a temporary file beside it, then renamed).
 
@@ -992,6 +998,9 @@ def convert_movie(
         on_page: called in the caller's thread as ``on_page(pages_done, n_pages)``.
         source: an already opened page source (otherwise opened here).
         context: the run's gains (see :func:`open_page_source`).
+        output_directory: ``destination``'s directory as the run checked it, which the file must
+            be written into (:class:`cryotiff.io.atomic.CheckedDirectory`); None: the directory
+            ``destination``'s path leads to when the writing begins.
 
     Returns:
         The movie's result with status ``converted``.
@@ -1033,7 +1042,7 @@ def convert_movie(
             try:
                 page_digests = [] if manifest is not None else None
                 result = _write_pages(source, source_path, destination, options, executor, on_page, page_digests,
-                                      check_unchanged)
+                                      check_unchanged, output_directory)
                 break
             except WiderTypeNeeded as retry:
                 # Only a page source that can change its type raises this; redo the whole movie.
@@ -1099,11 +1108,12 @@ def _write_pages(
     on_page: Callable[[int, int], None] | None,
     page_digests: list[bytes] | None = None,
     before_last_page: Callable[[], None] | None = None,
+    output_directory: CheckedDirectory | None = None,
 ) -> MovieResult:
     """Encode and write all pages of ``source`` once, with its current sample type; with
     ``page_digests``, append each page's digest to it, in page order. ``before_last_page`` is
     called once every page has been read and made, before the last one is written; what it
-    raises leaves no file behind."""
+    raises leaves no file behind. ``output_directory``: as :func:`convert_movie` takes it."""
     # With a pool, page 1 is made while this thread makes page 0 and decides the codec on it.
     ahead = PageAhead(source, executor) if executor is not None and source.n_pages > 1 else None
     try:
@@ -1169,7 +1179,8 @@ def _write_pages(
 
         pages_strips = strips()
         try:
-            write_movie(destination, layout, pages_strips, description=record.to_description())
+            write_movie(destination, layout, pages_strips, description=record.to_description(),
+                        directory=output_directory)
         finally:
             pages_strips.close()  # a writer that failed: the pages it did not take let go first
             if beside is not None:

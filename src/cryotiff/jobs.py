@@ -34,7 +34,7 @@ from .convert import (
 from .errors import CryotiffError, GainError, InputError, OptionError, OutputError
 from .inputs import directory_entry, output_path, problem_error, search_inputs
 from .io import FrameRecycler
-from .io.atomic import remove_if_stale, temporaries_of
+from .io.atomic import CheckedDirectory, remove_if_stale, temporaries_of
 from .io.tiff import OutputCheck, check_output
 from .manifest import Manifest
 from .recorded_options import OutputRecord, gain_identity, mismatch
@@ -842,6 +842,13 @@ def run_job(
             job.destination.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{job.destination.parent}: cannot create the output directory ({exc.strerror})") from None
+        # The directory as checked now is the one the TIFF is written into, or the movie fails
+        # (a directory on the way replaced by a symbolic link meanwhile); --o must lead where it
+        # led for the run's first movie.
+        checked = CheckedDirectory(options.output_dir, job.destination.parent,
+                                   context.output_dir_identity if context is not None else None)
+        if context is not None and context.output_dir_identity is None and checked.root == Path(options.output_dir):
+            context.output_dir_identity = checked.identities[0]
         result = convert_movie(
             job.source,
             job.destination,
@@ -849,6 +856,7 @@ def run_job(
             executor=executor,
             on_page=lambda done, total: reporter.page_done(job, done, total),
             context=context,
+            output_directory=checked,
         )
     except CryotiffError as exc:
         result = MovieResult(job.source, job.destination, "failed", str(exc))

@@ -15,6 +15,17 @@ only once it is complete:
 * ``os.replace`` puts it in place: it replaces whatever entry ``X`` is, a file or a symlink, and
   never writes through a link at ``X``. Just before, the name is checked to still be the file
   that was written.
+* Everything happens relative to one descriptor of ``X``'s directory, opened when the writing
+  begins (``os.open(..., dir_fd=)``, ``os.replace(src_dir_fd=, dst_dir_fd=)``,
+  ``os.unlink(dir_fd=)``): the temporary file, the check, the rename and a removal all land in
+  that directory, even if a directory on its path is replaced (by a symlink, say) meanwhile. A
+  :class:`CheckedDirectory` (a movie's directory under ``--o``, as the run checked it) is opened
+  component by component (``O_DIRECTORY | O_NOFOLLOW``; a component that was a symbolic link
+  when checked is followed, to the directory it led to then) and each directory compared with
+  the one checked (``st_dev``, ``st_ino``): one replaced since fails the write with a message,
+  before anything is written. A
+  directory of the destination replaced during the writing fails it after the rename, saying
+  where the file went.
 
 RELION writes ``X.tif.tmp``; a file of that name carries no lock, so cryotiff cannot tell
 whether a RELION run is writing it and never touches it.
@@ -86,47 +97,172 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
+
+
+class CheckedDirectory:
+    """The directory a movie's TIFF goes into, ``--o`` or one under it, as the run checked it:
+    the identity (``st_dev``, ``st_ino``) of ``--o`` and of each directory on the way down,
+    recorded when it is made. :meth:`open` opens it again, component by component, and refuses
+    a directory that is no longer the one checked, so that a directory replaced by a link (or
+    another directory) after the check is never written into.
+
+    ``--o`` itself is followed where it is a symbolic link given by the user (``root_identity``:
+    what it led to when the run began, which it must still lead to). A directory below it that
+    is a symbolic link when it is checked is followed too, as the docs promise (an output tree
+    spread over several disks), but only to the directory it led to then.
+
+    Raises:
+        OutputError: a directory on the way cannot be looked at, or ``--o`` no longer leads to
+            ``root_identity``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], directory: str | os.PathLike[str],
+                 root_identity: tuple[int, int] | None = None):
+        self.root = Path(root)
+        self.directory = Path(directory)
+        try:
+            self.parts = self.directory.relative_to(self.root).parts
+        except ValueError:  # not under --o: checked as one directory, whatever --o is
+            self.root, self.parts, root_identity = self.directory, (), None
+        self.identities: list[tuple[int, int]] = []
+        where = self.root
+        for part in (None, *self.parts):
+            where = where if part is None else where / part
+            try:
+                self.identities.append(_identity(os.stat(where)))
+            except OSError as exc:
+                raise OutputError(f"{where}: cannot write into it ({exc.strerror or exc})") from None
+        if root_identity is not None and self.identities[0] != tuple(root_identity):
+            raise OutputError(self._replaced(self.root))
+
+    def _replaced(self, where: Path) -> str:
+        return (f"{where}: the output directory was replaced (by a symbolic link or another directory) since the "
+                "run checked it; nothing is written there")
+
+    def open(self) -> int:
+        """A descriptor of the directory checked (the caller closes it).
+
+        Raises:
+            OutputError: a directory on the way is not the one checked any more, or cannot be
+                opened.
+        """
+        where = self.root
+        try:
+            fd = os.open(where, _DIRECTORY_FLAGS)
+        except OSError as exc:
+            raise OutputError(f"{where}: cannot write into it ({exc.strerror or exc})") from None
+        try:
+            self._check(fd, 0, where)
+            for index, part in enumerate(self.parts, start=1):
+                where = where / part
+                try:
+                    child = os.open(part, _DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise OutputError(f"{where}: cannot write into it ({exc.strerror or exc})") from None
+                    # A symbolic link: followed only to the directory it led to when checked.
+                    try:
+                        child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+                    except OSError:
+                        raise OutputError(self._replaced(where)) from None
+                os.close(fd)
+                fd = child
+                self._check(fd, index, where)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check(self, fd: int, index: int, where: Path) -> None:
+        if _identity(os.fstat(fd)) != self.identities[index]:
+            raise OutputError(self._replaced(where))
+
+
+def _open_directory(directory: Path) -> int:
+    """A descriptor of ``directory`` (symbolic links followed), for a file written there without
+    a :class:`CheckedDirectory`."""
+    try:
+        return os.open(directory if str(directory) else ".", _DIRECTORY_FLAGS)
+    except OSError as exc:
+        raise OutputError(f"{directory}: cannot write into it ({exc.strerror or exc})") from None
+
+
 class AtomicFile:
-    """A file being written atomically (see the module docstring).
+    """A file being written atomically (see the module docstring), in the directory opened when
+    it is created: that of ``directory`` (a :class:`CheckedDirectory`, which must be
+    ``destination``'s directory), else ``destination``'s directory as its path leads now.
 
     Attributes:
         destination: the file it becomes.
-        path: the temporary file.
+        path: the temporary file (as a path, for messages: it is reached through the directory
+            descriptor).
         handle: binary, readable and writable, positioned at 0; its ``name`` is ``path``.
     """
 
-    def __init__(self, destination: str | os.PathLike[str]):
+    def __init__(self, destination: str | os.PathLike[str], directory: CheckedDirectory | None = None):
         self.destination = Path(destination)
         self._done = False
+        self._dir_fd = directory.open() if directory is not None else _open_directory(self.destination.parent)
+        self._directory_status = os.fstat(self._dir_fd)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        for _ in range(_NAME_ATTEMPTS):
-            path = self.destination.with_name(temporary_name(self.destination.name))
-            try:
-                fd = os.open(path, flags, 0o666)  # 0666 & ~umask, as open() gives
-            except FileExistsError:
-                continue  # taken (or a link planted there): another name
-            except OSError as exc:
-                raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
-            break
-        else:
-            raise OutputError(f"{self.destination}: cannot write (no free temporary name in {self.destination.parent})")
-        self.path = path
+        try:
+            for _ in range(_NAME_ATTEMPTS):
+                name = temporary_name(self.destination.name)
+                try:
+                    fd = os.open(name, flags, 0o666, dir_fd=self._dir_fd)  # 0666 & ~umask, as open() gives
+                except FileExistsError:
+                    continue  # taken (or a link planted there): another name
+                except OSError as exc:
+                    raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
+                break
+            else:
+                raise OutputError(f"{self.destination}: cannot write (no free temporary name in "
+                                  f"{self.destination.parent})")
+        except BaseException:
+            self._close_directory()
+            raise
+        self._name = name
+        self.path = self.destination.with_name(name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a stale-check holds its shared lock
             self._stat = os.fstat(fd)
-            self.handle: BinaryIO = open(str(path), "r+b", opener=lambda *_: fd)  # noqa: SIM115
+            self.handle: BinaryIO = open(str(self.path), "r+b", opener=lambda *_: fd)  # noqa: SIM115
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(name, dir_fd=self._dir_fd)
             os.close(fd)
+            self._close_directory()
             raise
 
+    def _close_directory(self) -> None:
+        fd, self._dir_fd = self._dir_fd, None
+        if fd is not None:
+            os.close(fd)
+
     def still_ours(self) -> bool:
-        """The temporary name still names the file being written."""
+        """The temporary name still names the file being written (in the directory opened)."""
         try:
-            return _same_file(os.lstat(self.path), self._stat)
-        except OSError:
+            return _same_file(os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False), self._stat)
+        except (OSError, TypeError):
             return False
+
+    def _check_directory_after_rename(self) -> None:
+        """The destination's directory, as its path leads now, is still the one written into;
+        else the file went elsewhere than its name leads: say where."""
+        try:
+            same = _same_file(os.stat(self.destination.parent if str(self.destination.parent) else "."),
+                              self._directory_status)
+        except OSError:
+            same = False
+        if not same:
+            raise OutputError(f"{self.destination}: its directory was replaced (by a symbolic link or another "
+                              "directory) while the file was written; the file went into the directory that was "
+                              f"there when the writing began, not where {self.destination.parent} leads now")
 
     def _ready_to_rename(self, fsync: bool) -> None:
         """Flush (and ``fsync``) and check that the temporary name is still the file written."""
@@ -154,14 +290,18 @@ class AtomicFile:
         """
         self._ready_to_rename(fsync)
         try:
-            os.replace(self.path, self.destination)
+            os.replace(self._name, self.destination.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except OSError as exc:
             self.discard()
             raise OutputError(f"{self.destination}: cannot rename the finished file ({exc.strerror or exc})") from None
         self._done = True
         self.handle.close()  # releases the lock, after the rename
-        if fsync:
-            fsync_directory(self.destination.parent)
+        try:
+            if fsync:
+                fsync_directory(self.destination.parent, self._dir_fd)
+            self._check_directory_after_rename()
+        finally:
+            self._close_directory()
 
     def commit_unless_exists(self, fsync: bool = False) -> bool:
         """:meth:`commit`, except that a file (or link) at the destination is never replaced:
@@ -173,8 +313,9 @@ class AtomicFile:
             OutputError: as :meth:`commit`.
         """
         self._ready_to_rename(fsync)
+        name, directory = self.destination.name, self._dir_fd
         try:
-            os.link(self.path, self.destination, follow_symlinks=False)
+            os.link(self._name, name, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
         except FileExistsError:
             self.discard()
             return False
@@ -182,14 +323,26 @@ class AtomicFile:
             if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
                 self.discard()
                 raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
-            if os.path.lexists(self.destination):  # no hard links here: the check, then the rename
+            try:  # no hard links here: the check, then the rename
+                os.stat(name, dir_fd=directory, follow_symlinks=False)
+                exists = True
+            except FileNotFoundError:
+                exists = False
+            except OSError:
+                exists = True
+            if exists:
                 self.discard()
                 return False
             self.commit(fsync=fsync)
             return True
-        self.discard()  # the temporary name; the file stays under its destination
-        if fsync:
-            fsync_directory(self.destination.parent)
+        written_into = os.dup(self._dir_fd)  # discard closes the directory's descriptor
+        try:
+            self.discard()  # the temporary name; the file stays under its destination
+            if fsync:
+                fsync_directory(self.destination.parent, written_into)
+        finally:
+            os.close(written_into)
+        self._check_directory_after_rename()
         return True
 
     def discard(self) -> None:
@@ -199,9 +352,10 @@ class AtomicFile:
         self._done = True
         if self.still_ours():
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                os.unlink(self._name, dir_fd=self._dir_fd)
         with contextlib.suppress(OSError):
             self.handle.close()
+        self._close_directory()
 
     def __enter__(self) -> "AtomicFile":
         return self
@@ -211,27 +365,31 @@ class AtomicFile:
             self.discard()
 
 
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
+def fsync_directory(directory: str | os.PathLike[str], descriptor: int | None = None) -> None:
     """``fsync`` a directory, so that the names created or renamed in it survive a power cut.
     Where a directory cannot be opened or synced (some network file systems, which commit a
-    rename before answering it), nothing is done.
+    rename before answering it), nothing is done. ``descriptor``: the directory already opened
+    (the one a file was written into; not closed here), else ``directory`` is opened.
 
     Raises:
         OutputError: the file system reports that it could not write the directory (EIO).
     """
     directory = Path(directory)
-    try:
-        descriptor = os.open(directory if str(directory) else ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    opened = descriptor
+    if opened is None:
+        try:
+            opened = os.open(directory if str(directory) else ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
                              | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return
+        except OSError:
+            return
     try:
-        os.fsync(descriptor)
+        os.fsync(opened)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES):
             raise OutputError(f"{directory}: cannot write the directory to the disk ({exc.strerror or exc})") from None
     finally:
-        os.close(descriptor)
+        if descriptor is None:
+            os.close(opened)
 
 
 @contextlib.contextmanager

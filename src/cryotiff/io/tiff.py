@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, OutputError, TiffFormatError, VerificationError
 from . import Movie, MovieInfo, capture_tifffile_log, open_regular_stream, open_to_read, special_file_kind
-from .atomic import AtomicFile
+from .atomic import AtomicFile, CheckedDirectory
 from .memory import refuse_frames_beyond_memory
 from .tiff_errors import io_failure, problem_of_file, tifffile_problem, why_no_page
 from .tiff_ifd import RESOLUTION_TAG_CODES, TYPE_NAMES, remove_ifd_entries
@@ -393,7 +393,8 @@ class TiffLayout:
         return self.uncompressed_nbytes * 1.01 + 2**20 > BIGTIFF_THRESHOLD_BYTES
 
 
-def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], description: str | None = None) -> None:
+def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], description: str | None = None,
+                directory: CheckedDirectory | None = None) -> None:
     """Write pre-encoded strips as a multi-page TIFF, atomically.
 
     The strips (``layout.strips_per_page`` per page, pages in order, rows already flipped) are
@@ -404,7 +405,8 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
     temporary file is removed and the error propagates; ``X.tif`` never exists incomplete.
 
     ``description``: page 1's ImageDescription (ASCII; cryotiff's record of what made the file,
-    see :mod:`cryotiff.recorded_options`); None writes none.
+    see :mod:`cryotiff.recorded_options`); None writes none. ``directory``: ``destination``'s
+    directory as the run checked it, the one written into (:class:`cryotiff.io.atomic.AtomicFile`).
 
     Raises:
         OutputError: the file cannot be written (permissions, disk full).
@@ -416,7 +418,7 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
     if layout.pixel_size_angstrom is not None and layout.pixel_size_angstrom > 0:
         pixels_per_cm = 1e8 / layout.pixel_size_angstrom
         resolution = (pixels_per_cm, pixels_per_cm)
-    with AtomicFile(destination) as target:
+    with AtomicFile(destination, directory) as target:
         try:
             with tifffile.TiffWriter(target.handle, bigtiff=layout.bigtiff, byteorder="<") as writer:
                 writer.write(
