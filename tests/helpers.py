@@ -150,3 +150,18 @@ def start_process(command: list[str], **popen_arguments) -> subprocess.Popen:
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:
+    """A small int16 MRC movie (mode 1) of random counts at ``path`` (its directory made); its frames."""
+    from cryotiff.simulate.write import write_mrc_movie
+
+    frames = np.random.default_rng(seed).integers(-3, 9, (n_frames, *shape_yx)).astype(np.int16)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_mrc_movie(Path(path), frames, 1)
+    return frames
+
+
+def verdict_lines(text: str) -> list[str]:
+    """The verdict lines of --verify_only's output (OK, DIFFERS, MISSING, UNCHECKED), in order."""
+    return [line for line in text.splitlines() if line.split(" ")[0] in ("OK", "DIFFERS", "MISSING", "UNCHECKED")]

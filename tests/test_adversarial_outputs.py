@@ -18,15 +18,8 @@ import tifffile
 from cryotiff.cli import main
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import int16_movie, read_tiff_frames
 from .test_safety import start_cli, wait_until_half_written
-
-
-def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:
-    frames = np.random.default_rng(seed).integers(-3, 9, (n_frames, *shape_yx)).astype(np.int16)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_mrc_movie(Path(path), frames, 1)
-    return frames
 
 
 def tiff_movie(path: str | Path, frames: np.ndarray) -> None:

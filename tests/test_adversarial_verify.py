@@ -19,21 +19,10 @@ from cryotiff.cli import main
 from cryotiff.manifest import MANIFEST_NAME
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames, wait_until
+from .helpers import int16_movie, read_tiff_frames, verdict_lines, wait_until
 from .test_watch import finish, mpirun_prefix, start
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
-
-
-def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:
-    frames = np.random.default_rng(seed).integers(-3, 9, (n_frames, *shape_yx)).astype(np.int16)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_mrc_movie(Path(path), frames, 1)
-    return frames
-
-
-def verdict_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.split(" ")[0] in ("OK", "DIFFERS", "MISSING", "UNCHECKED")]
 
 
 # --------------------------------------------------------------------------- --only_do_unfinished

@@ -22,20 +22,8 @@ import pytest
 
 from cryotiff.cli import main
 from cryotiff.manifest import MANIFEST_NAME, read_manifest
-from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import HANG_SECONDS, read_tiff_frames, temporary_files_of
-
-
-def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:
-    frames = np.random.default_rng(seed).integers(-3, 9, (n_frames, *shape_yx)).astype(np.int16)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_mrc_movie(Path(path), frames, 1)
-    return frames
-
-
-def verdict_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.split(" ")[0] in ("OK", "DIFFERS", "MISSING", "UNCHECKED")]
+from .helpers import HANG_SECONDS, int16_movie, read_tiff_frames, temporary_files_of, verdict_lines
 
 
 def manifest_outputs(output_dir: Path) -> list[str]:
@@ -145,29 +133,27 @@ KILL_AT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     kind, _, pattern = point.partition(":")
-    real_replace, real_link = atomic.os.replace, atomic.os.link
+
+    def reaching_around(put_in_place):
+        # os.replace, or os.link (how a file never replaced is put in place), with the kill
+        # point just before or just after a name matching the pattern is put in place.
+
+        def patched(source, destination, *args, **kwargs):
+            matches = fnmatch.fnmatch(os.path.basename(destination), pattern)
+            if matches and kind == "before-rename":
+                reach()
+            put_in_place(source, destination, *args, **kwargs)
+            if matches and kind == "renamed":
+                reach()
+
+        return staticmethod(patched)
 
     class PatchedOs:
         def __getattr__(self, name):
             return getattr(os, name)
 
-        @staticmethod
-        def replace(source, destination, *args, **kwargs):
-            matches = fnmatch.fnmatch(os.path.basename(destination), pattern)
-            if matches and kind == "before-rename":
-                reach()
-            real_replace(source, destination, *args, **kwargs)
-            if matches and kind == "renamed":
-                reach()
-
-        @staticmethod
-        def link(source, destination, *args, **kwargs):  # how a file never replaced is put in place
-            matches = fnmatch.fnmatch(os.path.basename(destination), pattern)
-            if matches and kind == "before-rename":
-                reach()
-            real_link(source, destination, *args, **kwargs)
-            if matches and kind == "renamed":
-                reach()
+        replace = reaching_around(atomic.os.replace)
+        link = reaching_around(atomic.os.link)
 
     if kind in ("renamed", "before-rename"):
         atomic.os = PatchedOs()

@@ -5,12 +5,14 @@ the ``--report`` for those movies, the movie that was removed named, the hint to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -194,6 +196,18 @@ def mpi_rank_of(pid: int) -> int:
     raise AssertionError(f"process {pid} is not an MPI rank of Open MPI")
 
 
+@contextlib.contextmanager
+def mpirun(arguments: list[str], cwd: Path, script: Path | None = None) -> Iterator[subprocess.Popen]:
+    """:func:`start_mpirun` for a ``with`` block; a job still running at its end is killed."""
+    process = start_mpirun(arguments, cwd, script=script)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def rank_pids(mpirun_pid: int, program: str = "cryotiff.mpi") -> list[int]:
     """The ranks: the processes among mpirun's children whose command line holds ``program``."""
     pids = []
@@ -211,6 +225,21 @@ def rank_pids(mpirun_pid: int, program: str = "cryotiff.mpi") -> list[int]:
     return pids
 
 
+def sigterm_the_ranks_while_big_is_written(in_tmp: Path, script: Path | None, *more_options: str) -> tuple[str, str]:
+    """Under mpirun -np 2 (with ``script`` as the ranks' program, if given), convert a.mrc and big.mrc; once
+    big.mrc is being written and rank 0 has a.mrc's result, SIGTERM every rank (as a scheduler
+    may); the run must end with status 130. Returns its stdout and stderr."""
+    with mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC, *more_options], in_tmp,
+                script=script) as process:
+        wait_until_writing(process, in_tmp / "out", "big")
+        wait_until_rank_0_has_the_first_result(process)
+        for pid in rank_pids(process.pid, script.name) if script is not None else rank_pids(process.pid):
+            os.kill(pid, signal.SIGTERM)
+        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
+    assert process.returncode == 130, stdout + stderr
+    return stdout, stderr
+
+
 @pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
 def test_sigterm_to_the_ranks_during_the_second_movie(in_tmp: Path) -> None:
     """As a batch system stops a job (SIGTERM to every process): rank 0 prints the summary,
@@ -218,20 +247,8 @@ def test_sigterm_to_the_ranks_during_the_second_movie(in_tmp: Path) -> None:
     mpirun passes the exit status 130 on."""
     first = small_movie(in_tmp / "a.mrc", 1)
     slow_movie(in_tmp / "big.mrc")
-    process = start_mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
-                            "--report", "report.json"], in_tmp)
-    try:
-        wait_until_writing(process, in_tmp / "out", "big")
-        wait_until_rank_0_has_the_first_result(process)
-        for pid in rank_pids(process.pid):
-            os.kill(pid, signal.SIGTERM)
-        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stdout, stderr = sigterm_the_ranks_while_big_is_written(in_tmp, None, "--report", "report.json")
     assert (in_tmp / "out" / "a.tif").exists()
-    assert process.returncode == 130, stdout + stderr
     assert_interrupted_after_the_first_movie(Path("out"), stdout, stderr, first, in_tmp / "report.json")
 
 
@@ -242,17 +259,12 @@ def test_ctrl_c_on_mpirun_ends_cleanly(in_tmp: Path) -> None:
     movie is intact, and whatever rank 0 managed to write in that time is right."""
     first = small_movie(in_tmp / "a.mrc", 1)
     slow_movie(in_tmp / "big.mrc")
-    process = start_mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
-                            "--report", "report.json"], in_tmp)
-    try:
+    with mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
+                 "--report", "report.json"], in_tmp) as process:
         wait_until_writing(process, in_tmp / "out", "big")
         wait_until_rank_0_has_the_first_result(process)
         process.send_signal(signal.SIGINT)
         process.output.finish(TIMEOUT_SECONDS)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert process.returncode != 0
     np.testing.assert_array_equal(read_tiff_frames(in_tmp / "out" / "a.tif"), first)
     assert [p.name for p in (in_tmp / "out").iterdir() if p.name.startswith("big")] == []
@@ -290,6 +302,7 @@ sys.exit(mpi.main())
 """
 
 
+
 @pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
 def test_sigterm_to_the_ranks_keeps_the_manifest_line_of_a_movie_just_finished(in_tmp: Path) -> None:
     """A movie converted just before the signal has its manifest line made in the background
@@ -303,19 +316,7 @@ def test_sigterm_to_the_ranks_keeps_the_manifest_line_of_a_movie_just_finished(i
     slow_movie(in_tmp / "big.mrc")
     script = in_tmp / "driver.py"
     script.write_text(MANIFEST_LINE_STILL_BEING_MADE)
-    process = start_mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC,
-                            "--report", "report.json"], in_tmp, script=script)
-    try:
-        wait_until_writing(process, in_tmp / "out", "big")
-        wait_until_rank_0_has_the_first_result(process)
-        for pid in rank_pids(process.pid, script.name):
-            os.kill(pid, signal.SIGTERM)
-        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 130, stdout + stderr
+    stdout, stderr = sigterm_the_ranks_while_big_is_written(in_tmp, script, "--report", "report.json")
     assert list(read_manifest(Path("out"))) == ["a.tif"], stdout + stderr
     assert not list(Path("out").glob("*.tmp"))
 
@@ -328,18 +329,13 @@ def test_sigterm_to_rank_0_only_stops_the_other_rank_cleanly(in_tmp: Path) -> No
     remain (it did, until a rerun removed it). The rerun converts exactly the two movies."""
     movies = {name: slow_movie(in_tmp / f"{name}.mrc", seed, n_frames=12) for seed, name in enumerate(("big0", "big1"))}
     arguments = ["--i", "big0.mrc", "big1.mrc", "--o", "out", "--j", "2"]
-    process = start_mpirun([*arguments, *SLOW_CODEC], in_tmp)
-    try:
+    with mpirun([*arguments, *SLOW_CODEC], in_tmp) as process:
         for name in movies:
             wait_until_writing(process, in_tmp / "out", name)
         ranks = {mpi_rank_of(pid): pid for pid in rank_pids(process.pid)}
         assert sorted(ranks) == [0, 1], ranks
         os.kill(ranks[0], signal.SIGTERM)
         stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert process.returncode == 130, stdout + stderr
     for name in movies:
         assert f"{name}.mrc was being converted; its partial out/{name}.tif was removed" in stderr, stderr
@@ -381,19 +377,7 @@ def test_sigterm_while_rank_0_waits_for_the_others_keeps_their_manifest_lines(in
     slow_movie(in_tmp / "big.mrc", n_frames=12)
     script = in_tmp / "driver.py"
     script.write_text(RANK_0_IDLE_AND_MANIFEST_LINE_STILL_BEING_MADE)
-    process = start_mpirun(["--i", "a.mrc", "big.mrc", "--o", "out", "--j", "2", *SLOW_CODEC], in_tmp,
-                           script=script)
-    try:
-        wait_until_writing(process, in_tmp / "out", "big")
-        wait_until_rank_0_has_the_first_result(process)
-        for pid in rank_pids(process.pid, script.name):
-            os.kill(pid, signal.SIGTERM)
-        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 130, stdout + stderr
+    stdout, stderr = sigterm_the_ranks_while_big_is_written(in_tmp, script)
     assert "Movies per MPI rank: 0: 0 (0 B), 1: 1 " in stdout, stdout  # rank 0 converted nothing
     assert list(read_manifest(Path("out"))) == ["a.tif"], stdout + stderr
     assert not list(Path("out").glob("*.tmp"))
