@@ -381,3 +381,97 @@ def test_sigterm_while_rank_0_waits_for_the_others_keeps_their_manifest_lines(in
     assert "Movies per MPI rank: 0: 0 (0 B), 1: 1 " in stdout, stdout  # rank 0 converted nothing
     assert list(read_manifest(Path("out"))) == ["a.tif"], stdout + stderr
     assert not list(Path("out").glob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- the manifest's last lines
+
+
+def interrupted_while_the_line_is_made(monkeypatch, then) -> None:
+    """Make a.tif's manifest line interrupt the run (SIGTERM to the main thread, as a scheduler
+    sends it) once the run waits for its lines at its end, then ``then(real_add, self, entry)``."""
+    import threading
+
+    import cryotiff.manifest as manifest
+
+    real_add, real_wait = manifest.Manifest.add, manifest.Manifest.wait
+    main_thread = threading.main_thread().ident
+    waiting = threading.Event()
+
+    def wait(self):
+        waiting.set()
+        return real_wait(self)
+
+    def add(self, entry):
+        if entry.output == "a.tif":
+            assert waiting.wait(HANG_SECONDS)
+            signal.pthread_kill(main_thread, signal.SIGTERM)
+            return then(real_add, self, entry)
+        return real_add(self, entry)
+
+    monkeypatch.setattr(manifest.Manifest, "add", add)
+    monkeypatch.setattr(manifest.Manifest, "wait", wait)
+
+
+@pytest.fixture
+def sigterm_handler_kept():
+    """main() installs its SIGTERM handler in this process; put the previous one back after."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["sigterm", "sigterm-twice"])
+def test_an_interrupt_while_the_run_waits_for_its_manifest_lines_keeps_them(
+        in_tmp: Path, monkeypatch, capsys, sigterm_handler_kept, signals: int) -> None:
+    """The run has converted a.mrc and waits for its manifest line (hashing a TIFF of a few GB
+    takes seconds) when SIGTERM comes (and again): the wait used to drop its list of lines
+    still to come and end at once, so the run could end before a.tif's line was written (and
+    never say so). It must end only once the line is written."""
+    import threading
+    import time
+
+    from cryotiff.cli import main
+    from cryotiff.manifest import read_manifest
+
+    small_movie(in_tmp / "a.mrc", 1)
+    main_thread = threading.main_thread().ident
+
+    def slowly(real_add, self, entry):
+        for _ in range(signals - 1):
+            time.sleep(0.2)  # the hashing
+            signal.pthread_kill(main_thread, signal.SIGTERM)
+        time.sleep(1.0)  # the hashing, not a wait for anything
+        return real_add(self, entry)
+
+    interrupted_while_the_line_is_made(monkeypatch, slowly)
+    status = main(["--i", "a.mrc", "--o", "out", "--report", "report.json"])
+    assert list(read_manifest(Path("out"))) == ["a.tif"]  # written before main() returned
+    captured = capsys.readouterr()
+    assert status == 130, captured.err
+    assert "Movies converted: 1, skipped: 0, failed: 0" in captured.out
+    assert "Traceback" not in captured.err
+    assert json.loads(Path("report.json").read_text())["state"] == "interrupted"
+
+
+def test_an_interrupt_while_a_manifest_line_fails_still_names_the_output(
+        in_tmp: Path, monkeypatch, capsys, sigterm_handler_kept) -> None:
+    """As above, and a.tif's line then cannot be written (a full disk): the run says so, as it
+    does without the interrupt (the warning used to be lost with the list of lines to come)."""
+    from cryotiff.cli import main
+    from cryotiff.errors import OutputError
+
+    small_movie(in_tmp / "a.mrc", 1)
+
+    def fails(real_add, self, entry):
+        import time
+
+        time.sleep(0.5)  # the hashing
+        raise OutputError(f"{self.path}: cannot add to the manifest (No space left on device)")
+
+    interrupted_while_the_line_is_made(monkeypatch, fails)
+    status = main(["--i", "a.mrc", "--o", "out", "--report", "report.json"])
+    captured = capsys.readouterr()
+    assert status == 130, captured.err
+    assert f"{Path('out/a.tif')} is complete but not in the manifest" in captured.err, captured.err
+    assert "Not in the manifest: 1 output" in captured.out, captured.out
+    assert json.loads(Path("report.json").read_text())["totals"]["not_in_manifest"] == 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -962,16 +964,46 @@ def manifest_waited(manifest: Manifest | None, reporter: Reporter,
     """Around a run's movies: on the way out (also after Ctrl-C), wait until the manifest holds
     every TIFF written, and pass on what could not be added as warnings; the results of those
     movies (of ``results()``) are marked :data:`NOT_IN_MANIFEST`."""
-    try:
-        yield
-    finally:
-        if manifest is not None:
+    def wait(deliver_held: bool) -> None:
+        if manifest is None:
+            return
+        # Ctrl-C and SIGTERM are held back meanwhile (a TIFF of a few GB takes seconds to hash):
+        # an interrupt must not end the run before the lines of the TIFFs already in place.
+        with interrupts_held(deliver_held):
             for problem in manifest.wait():
                 reporter.warning(problem)
             unrecorded = set(manifest.unrecorded())
             for result in (results() if results is not None else ()):
                 if result.status == "converted" and result.destination in unrecorded:
                     result.details[NOT_IN_MANIFEST] = True
+
+    try:
+        yield
+    except BaseException:
+        wait(deliver_held=False)  # stopping already: the signals held back add nothing
+        raise
+    wait(deliver_held=True)
+
+
+@contextlib.contextmanager
+def interrupts_held(deliver_held: bool = True) -> Iterator[None]:
+    """Hold back Ctrl-C and SIGTERM while the block runs (in the main thread, where Python
+    handles signals): one that comes meanwhile is delivered again, to the handler in place
+    before, once the block has ended without an exception (with ``deliver_held``); the
+    others are dropped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught and deliver_held:
+        signal.raise_signal(caught[0])
 
 
 def handle_job(

@@ -353,11 +353,15 @@ class Manifest:
 
     def wait(self) -> list[str]:
         """Wait until every entry given to :meth:`add_later` is written; the warnings about
-        those that could not be (each once)."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+        those that could not be (each once). An entry leaves the list only once it is done, so
+        that a wait cut short (KeyboardInterrupt) loses none: the next call waits for the rest."""
+        while True:
+            with self._lock:
+                self._pending = [pending for pending in self._pending if not pending.done()]
+                if not self._pending:
+                    break
+                first = self._pending[0]
+            first.result()
         with self._lock:
             problems, self._problems = self._problems, []
         return problems

@@ -99,6 +99,7 @@ from .jobs import (
     converting_again,
     estimate_movie,
     handle_job,
+    interrupts_held,
     make_executor,
     plan,
     prepare,
@@ -941,9 +942,11 @@ def unexpected_failure(job: Job, rank: int, exc: Exception, what: str) -> MovieR
 
 def manifest_written(manifest: Manifest, reporter: MpiReporter) -> list[Path]:
     """Wait until ``manifest`` holds every TIFF this rank wrote; say what could not be added,
-    and return those outputs."""
-    for problem in manifest.wait():
-        reporter.warning(problem)
+    and return those outputs. Ctrl-C and SIGTERM are held back meanwhile and delivered after
+    (:func:`cryotiff.jobs.interrupts_held`): ending the job must not cut the lines short."""
+    with interrupts_held():
+        for problem in manifest.wait():
+            reporter.warning(problem)
     return manifest.unrecorded()
 
 
