@@ -475,3 +475,107 @@ def test_an_interrupt_while_a_manifest_line_fails_still_names_the_output(
     assert f"{Path('out/a.tif')} is complete but not in the manifest" in captured.err, captured.err
     assert "Not in the manifest: 1 output" in captured.out, captured.out
     assert json.loads(Path("report.json").read_text())["totals"]["not_in_manifest"] == 1
+
+
+#: A driver for convert-to-tiff-mpi in which rank 0 converts nothing (it hands out the movies in
+#: the order given) and the rank that converts a.mrc, once a.tif is in place and its manifest
+#: line on its way, says so (the file a-done) and waits for the run to stop: then it either
+#: stops before its result is returned (MOVIE_END = "interrupted"), as a signal just after the
+#: rename does, or returns it, so that it reaches rank 0 after rank 0 has begun to stop
+#: ("late").
+A_FINISHES_AS_THE_RUN_STOPS = """
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cryotiff.mpi as mpi
+
+MOVIE_END = sys.argv.pop(1)
+real_take = mpi.WorkQueue.take
+mpi.WorkQueue.take = lambda self, rank=0: None if rank == 0 else real_take(self, rank)
+mpi.largest_first = lambda jobs, indices: list(indices)
+real_run_job = mpi.run_job
+
+
+def run_job(job, *args):
+    result = real_run_job(job, *args)
+    if job.source.name == "a.mrc":
+        if MOVIE_END == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node would
+        Path("a-done").touch()
+        while not mpi._told_to_stop():
+            time.sleep(0.01)
+        if MOVIE_END == "interrupted":
+            mpi.stop_if_asked()  # raises KeyboardInterrupt
+    return result
+
+
+mpi.run_job = run_job
+sys.exit(mpi.main())
+"""
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+@pytest.mark.parametrize("movie_end", ["interrupted", "late"])
+def test_a_movie_finished_as_the_run_stops_is_in_that_runs_movies_star(in_tmp: Path, movie_end: str) -> None:
+    """SIGTERM to rank 0 just as rank 1 has put a.tif in place: a.tif, complete and in the
+    manifest, must be listed in the movies.star and the report of that run, and not be called
+    removed; rank 0 used to drop a result that came after it began to stop (and knew nothing of
+    one whose rank was stopped before it returned), and said that a.tif's partial file was
+    removed."""
+    from cryotiff.manifest import read_manifest
+
+    first = small_movie(in_tmp / "a.mrc", 1)
+    small_movie(in_tmp / "b.mrc", 2)
+    script = in_tmp / "driver.py"
+    script.write_text(A_FINISHES_AS_THE_RUN_STOPS)
+    with mpirun([movie_end, "--i", "a.mrc", "b.mrc", "--o", "out", "--report", "report.json"], in_tmp,
+                script=script) as process:
+        wait_until(lambda: (in_tmp / "a-done").exists(), "a.tif written", process, TIMEOUT_SECONDS)
+        ranks = {mpi_rank_of(pid): pid for pid in rank_pids(process.pid, script.name)}
+        os.kill(ranks[0], signal.SIGTERM)
+        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
+    assert process.returncode == 130, stdout + stderr
+    out = in_tmp / "out"
+    np.testing.assert_array_equal(read_tiff_frames(out / "a.tif"), first)
+    assert list(read_manifest(out)) == ["a.tif"], stdout + stderr
+    assert listed_in_movies_star(out / "movies.star") == ["out/a.tif"], stdout + stderr
+    assert "partial out/a.tif was removed" not in stderr, stderr
+    assert "Movies converted: 1, skipped: 0, failed: 0" in stdout, stdout
+    if movie_end == "interrupted":
+        assert "out/a.tif was finished as the run stopped" in stdout, stdout
+    document = json.loads((in_tmp / "report.json").read_text())
+    assert [(m["source"], m["status"]) for m in document["movies"]] == [("a.mrc", "converted")]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+def test_a_movie_finished_by_a_rank_killed_before_its_result_is_said_to_be_unlisted(in_tmp: Path) -> None:
+    """The rank that converts a.mrc is killed (SIGKILL) once a.tif is in place, before it sends
+    the result; mpirun ends the job: rank 0 used to say that a.tif's partial file was removed.
+    It must say that a.tif is complete but not listed, and the rerun with
+    --only_do_unfinished lists it."""
+    first = small_movie(in_tmp / "a.mrc", 1)
+    small_movie(in_tmp / "b.mrc", 2)
+    script = in_tmp / "driver.py"
+    script.write_text(A_FINISHES_AS_THE_RUN_STOPS)
+    with mpirun(["killed", "--i", "a.mrc", "b.mrc", "--o", "out"], in_tmp, script=script) as process:
+        stdout, stderr = process.output.finish(TIMEOUT_SECONDS)
+    text = stdout + stderr
+    assert process.returncode != 0, text
+    np.testing.assert_array_equal(read_tiff_frames(in_tmp / "out" / "a.tif"), first)
+    assert "partial out/a.tif was removed" not in text, text
+    assert ("a.mrc was converted as the run stopped, but its result did not reach MPI rank 0: out/a.tif is "
+            "complete but not listed in movies.star") in text, text
+    assert "Traceback" not in text
+
+    completed = subprocess.run([str(MPIRUN), "-np", "2", "--oversubscribe"]
+                               + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+                               + [sys.executable, "-m", "cryotiff.mpi", "--i", "a.mrc", "b.mrc", "--o", "out",
+                                  "--only_do_unfinished"],
+                               cwd=in_tmp, capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
+                               start_new_session=True)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert listed_in_movies_star(in_tmp / "out" / "movies.star") == ["out/a.tif", "out/b.tif"]

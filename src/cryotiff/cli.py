@@ -611,6 +611,8 @@ class Interruption:
         reason_printed: the reason was printed already (by rank 0's service thread, at once).
         urgent: print these lines before the summary, not after it: under MPI the ranks may be
             killed a fraction of a second after the signal.
+        unlisted: movies whose TIFF was put in place (complete) as the run stopped by a rank
+            whose result did not reach rank 0 in time: not in ``movies.star`` nor the report.
     """
 
     state: str
@@ -621,6 +623,7 @@ class Interruption:
     left_behind: list[Job] = field(default_factory=list)
     reason_printed: bool = False
     urgent: bool = False
+    unlisted: list[Job] = field(default_factory=list)
 
     @classmethod
     def of(cls, stop: BaseException, removed: Sequence[Job], n_movies: int | None, n_done: int) -> Interruption:
@@ -639,7 +642,11 @@ class Interruption:
         lines += [f"{prefix}{job.source} was being converted by a rank that stopped before it could remove its "
                   f"partial file; {job.destination} was not written (a partial file may remain until the movie is "
                   "converted again)." for job in self.left_behind]
-        if not self.removed and not self.left_behind:
+        lines += [f"{prefix}{job.source} was converted as the run stopped, but its result did not reach MPI rank 0: "
+                  f"{job.destination} is complete but not listed in movies.star nor in the report (it may lack its "
+                  "manifest line); run the same command again with --only_do_unfinished to list it."
+                  for job in self.unlisted]
+        if not self.removed and not self.left_behind and not self.unlisted:
             lines.append(("Stopped" if self.reason else "Interrupted") + " between movies: no file was half-written.")
         if self.n_left is None:
             lines.append("Run the same command again with --only_do_unfinished to convert the movies.")

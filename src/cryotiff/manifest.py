@@ -249,6 +249,7 @@ class Manifest:
         self._pending: list = []
         self._problems: list[str] = []
         self._unrecorded: list[Path] = []  # the outputs of those problems
+        self._given: list[Path] = []  # the outputs given to add_later: in place, their lines written or warned of
         self._reference_digests: dict[int, tuple[np.ndarray, str]] = {}  # by id(), the array kept
         self._recorded = _ManifestReader(self.path)
 
@@ -327,6 +328,8 @@ class Manifest:
                     self._problems.append(f"WARNING: {destination} is complete but not in the manifest: {exc}")
                     self._unrecorded.append(Path(destination))
 
+        with self._lock:
+            self._given.append(Path(destination))
         self._submit(hash_and_add, keep=True)
 
     def _reference_digest(self, reference: np.ndarray) -> str:
@@ -365,6 +368,12 @@ class Manifest:
         with self._lock:
             problems, self._problems = self._problems, []
         return problems
+
+    def outputs_given(self) -> list[Path]:
+        """The TIFFs given to :meth:`add_later` so far (each in place under its name): the
+        outputs this run finished, also one whose result was lost as the run stopped."""
+        with self._lock:
+            return list(self._given)
 
     def unrecorded(self) -> list[Path]:
         """The outputs whose entries could not be added so far (those :meth:`wait` warned of)."""

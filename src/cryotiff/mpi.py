@@ -64,6 +64,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -555,13 +556,24 @@ class WorkStopped(KeyboardInterrupt):
     """
 
     def __init__(self, working: dict[int, int], reason: str = "", dead_ranks: Sequence[int] = (),
-                 served: threading.Event | None = None):
+                 served: threading.Event | None = None, request: _StopRequest | None = None):
         super().__init__(reason)
         self.working = working
         self.reason = reason
         self.dead_ranks = list(dead_ranks)
         self._served = served  # set when rank 0's service thread has ended
+        self._request = request
         self._deadline: float | None = None
+
+    def late_results(self) -> dict[int, Any]:
+        """``{index: result}`` of the work whose result came after rank 0 began to stop (a
+        movie finished just then: its TIFF is in place), so far."""
+        return self._request.late_results() if self._request is not None else {}
+
+    def rank_values(self) -> dict[int, Any]:
+        """``{rank: what its finish_rank() returned}`` of the other ranks that have said
+        :data:`STOPPED` so far."""
+        return self._request.rank_values() if self._request is not None else {}
 
     def wait_for_the_other_ranks(self) -> None:
         """Wait until every other rank has removed its partial file and written its manifest
@@ -585,6 +597,24 @@ class _StopRequest:
         self.dead_ranks: list[int] = []
         self.collected = False  # set by the main thread once it reports what finished
         self.finished_values: dict[int, Any] = {}  # what each other rank's finish_rank() returned
+        self.late: dict[int, Any] = {}  # results that came once the main thread had begun to report
+        self._lock = threading.Lock()
+
+    def keep_late(self, index: int, result: Any) -> None:
+        with self._lock:
+            self.late[index] = result
+
+    def late_results(self) -> dict[int, Any]:
+        with self._lock:
+            return dict(self.late)
+
+    def rank_stopped(self, rank: int, value: Any) -> None:
+        with self._lock:
+            self.finished_values[rank] = value
+
+    def rank_values(self) -> dict[int, Any]:
+        with self._lock:
+            return dict(self.finished_values)
 
 
 def share_work(
@@ -638,7 +668,8 @@ def share_work(
 
     def collect_one(rank: int, index: int, result: Any) -> None:
         with collect_lock:
-            if stop.collected:  # the main thread is writing what finished (its TIFF is complete)
+            if stop.collected:  # the main thread is reporting what finished: it takes this in from there
+                stop.keep_late(index, result)
                 return
             collect(rank, index, result)
             queue.done(index)
@@ -668,14 +699,14 @@ def share_work(
         while not served.wait(IDLE_POLL_SECONDS):
             stop_if_asked()
         stop_if_asked()
-        return list(stop.finished_values.values())
+        return list(stop.rank_values().values())
     except KeyboardInterrupt:
         STOP.set()  # the service thread tells the other ranks to stop
         queue.close()
         with collect_lock:  # a result being collected now is counted as done
             working = queue.working()
             stop.collected = True
-        raise WorkStopped(working, stop.reason, stop.dead_ranks, served) from None
+        raise WorkStopped(working, stop.reason, stop.dead_ranks, served, stop) from None
 
 
 def _interrupt_main_thread() -> None:
@@ -711,9 +742,12 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
                 continue
             rank = status.Get_source()
             finished = messages.recv(source=rank, tag=TAG_REQUEST)
-            if isinstance(finished, tuple) and finished[0] == STOPPED:  # (STOPPED, what finish_rank returned)
+            if isinstance(finished, tuple) and finished[0] == STOPPED:
+                # (STOPPED, what finish_rank returned, the (index, result) the rank could not send before)
                 running.discard(rank)
-                stop.finished_values[rank] = finished[1]
+                if finished[2] is not None:
+                    collect(rank, *finished[2])
+                stop.rank_stopped(rank, finished[1])
                 continue
             if finished == INTERRUPTED:
                 queue.close()
@@ -770,7 +804,8 @@ def _ask_for_work(messages: Any, work: Callable[[int, Any], Any], finish_rank: C
     except KeyboardInterrupt:
         _told_to_stop = None
         _say_interrupted(messages)
-        _finish_and_say_stopped(messages, finish_rank, interrupted=True)
+        # A result not yet sent (the movie finished, its TIFF in place) goes with STOPPED.
+        _finish_and_say_stopped(messages, finish_rank, interrupted=True, unsent=finished)
         raise
     _told_to_stop = None
     if _finish_and_say_stopped(messages, finish_rank, interrupted=False):
@@ -783,9 +818,11 @@ def _say_interrupted(messages: Any) -> None:
     messages.send(INTERRUPTED, dest=0, tag=TAG_REQUEST)
 
 
-def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], Any] | None, interrupted: bool) -> bool:
-    """``finish_rank()`` (a rank's manifest lines), then :data:`STOPPED` (with what it returned)
-    to rank 0. A signal
+def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], Any] | None, interrupted: bool,
+                            unsent: tuple[int, Any] | None = None) -> bool:
+    """``finish_rank()`` (a rank's manifest lines), then :data:`STOPPED` (with what it returned,
+    and ``unsent``: the ``(index, result)`` of work done that rank 0 has not been sent) to rank
+    0. A signal
     meanwhile is held until ``finish_rank`` returns (it would cut the waiting short), then
     told to rank 0 as an interrupt. Returns whether the rank was interrupted."""
     caught: list[int] = []
@@ -807,7 +844,7 @@ def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], Any] | None
     if caught:
         _say_interrupted(messages)
         interrupted = True
-    messages.send((STOPPED, value), dest=0, tag=TAG_REQUEST)
+    messages.send((STOPPED, value, unsent), dest=0, tag=TAG_REQUEST)
     return interrupted
 
 
@@ -942,12 +979,73 @@ def unexpected_failure(job: Job, rank: int, exc: Exception, what: str) -> MovieR
 
 def manifest_written(manifest: Manifest, reporter: MpiReporter) -> list[Path]:
     """Wait until ``manifest`` holds every TIFF this rank wrote; say what could not be added,
-    and return those outputs. Ctrl-C and SIGTERM are held back meanwhile and delivered after
-    (:func:`cryotiff.jobs.interrupts_held`): ending the job must not cut the lines short."""
-    with interrupts_held():
-        for problem in manifest.wait():
-            reporter.warning(problem)
+    and return those outputs."""
+    for problem in manifest.wait():
+        reporter.warning(problem)
     return manifest.unrecorded()
+
+
+def rank_end(manifest: Manifest, reporter: MpiReporter) -> dict[str, list[Path]]:
+    """A rank's last word to rank 0 (its ``finish_rank``): once its manifest lines are written,
+    ``unrecorded``, the TIFFs it could not add to the manifest (:func:`manifest_written`), and
+    ``placed``, every TIFF it put in place (a movie finished as the run stopped may have no
+    result that reached rank 0)."""
+    return {"unrecorded": manifest_written(manifest, reporter), "placed": manifest.outputs_given()}
+
+
+def unrecorded_of(ends: Sequence[Any]) -> list[list[Path]]:
+    """The ``unrecorded`` lists of the ranks' :func:`rank_end` values."""
+    return [list(end.get("unrecorded", ())) for end in ends if isinstance(end, dict)]
+
+
+def take_in_finished_as_stopped(stop: WorkStopped, jobs: Sequence[Job], converted: dict[int, MovieResult],
+                                manifest: Manifest | None, reporter: MpiReporter) -> None:
+    """Rank 0, the run stopped early, once the other ranks have stopped (or it has waited long
+    enough): a movie finished just as the run stopped is converted, not being converted; its
+    TIFF is in place and in the manifest, so it must be listed in ``movies.star`` and the
+    report. Its result came after rank 0 began to stop (:meth:`WorkStopped.late_results`), or
+    none came, its rank stopped between the rename and the result: then its rank's
+    :func:`rank_end` names it as placed, and its result is made from its manifest line. Such
+    movies leave ``stop.working``."""
+    for index, result in sorted(stop.late_results().items()):
+        if index not in converted:
+            converted[index] = result
+            reporter.report_result(result)
+    placed = {rank: [Path(path) for path in end.get("placed", ())]
+              for rank, end in stop.rank_values().items() if isinstance(end, dict)}
+    if manifest is not None:
+        placed[0] = manifest.outputs_given()
+    # A rank converts one movie at a time, and puts each TIFF in place once: it placed the one
+    # it was working on if it placed more than rank 0 has results of (a movie converted again
+    # by --watch has placed its TIFF before, for its earlier result).
+    results_of = Counter(result.details.get("mpi_rank") for result in converted.values()
+                         if result.status == "converted")
+    for index, rank in sorted(stop.working.items()):
+        job = jobs[index]
+        outputs = placed.get(rank, [])
+        if (index not in converted and len(outputs) > results_of[rank] and outputs
+                and outputs[-1] == Path(job.destination)):
+            converted[index] = finished_without_result(job, rank, manifest)
+            reporter.report_result(converted[index])
+    for index in converted:
+        stop.working.pop(index, None)
+
+
+def finished_without_result(job: Job, rank: int, manifest: Manifest | None) -> MovieResult:
+    """The result of a movie whose TIFF its rank put in place just before it was stopped, which
+    therefore sent no result: its figures from its manifest line (when there is one)."""
+    result = MovieResult(job.source, job.destination, "converted")
+    entry = None
+    if manifest is not None:
+        with contextlib.suppress(CryotiffError):
+            entry = manifest.recorded(job.destination)
+    if entry is not None:
+        result.n_pages, result.output_bytes, result.dtype = entry.pages, entry.output_bytes, entry.sample_type
+        result.input_bytes = entry.source_bytes
+    result.notes.append(f"{job.destination} was finished as the run stopped (MPI rank {rank} was stopped before it "
+                        "reported it)")
+    result.details["mpi_rank"] = rank
+    return result
 
 
 def mark_not_in_manifest(results: Sequence[MovieResult], unrecorded: Sequence[Sequence[Path]]) -> None:
@@ -985,6 +1083,7 @@ def run_conversion(
 ) -> int:
     """Plan on rank 0, skip finished movies, convert the rest on every rank; rank 0 reports."""
     started = time.perf_counter()
+    started_ns = time.time_ns()  # a TIFF made by this run is newer (stopped_run)
     rank = comm.rank
     try:
         jobs, failures = plan_on_rank_zero(comm, inputs, options)
@@ -1027,21 +1126,26 @@ def run_conversion(
         reporter.report_result(result)
 
     try:
-        unrecorded = share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source),
-                                finish_rank=lambda: manifest_written(context.manifest, reporter))
+        ends = share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source),
+                          finish_rank=lambda: rank_end(context.manifest, reporter))
     except WorkStopped as stop:
         # Quickly: after Ctrl-C on mpirun, Open MPI kills the ranks about 0.2 s after SIGTERM.
         executor.shutdown(wait=False, cancel_futures=True)
+        stop.wait_for_the_other_ranks()
+        take_in_finished_as_stopped(stop, jobs, converted, context.manifest, reporter)
         by_index = {**skipped, **converted}
         results = failures + [by_index[index] for index in range(len(jobs)) if index in by_index]
-        interruption = stopped_run(stop, jobs, len(jobs) + len(failures), len(results))
+        mark_not_in_manifest(results, unrecorded_of(stop.rank_values().values()))
+        interruption = stopped_run(stop, jobs, len(jobs) + len(failures), len(results), started_ns=started_ns)
         status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
                                                        time.perf_counter() - started, report_path, comm.size,
                                                        interruption))
         stopping_ends_the_job(comm, stop, status, context.manifest, reporter)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    unrecorded.append(manifest_written(context.manifest, reporter))  # this rank's TIFFs are all in the manifest
+    unrecorded = unrecorded_of(ends)
+    with interrupts_held():  # a signal now would end the job before this rank's last lines: it waits for them
+        unrecorded.append(manifest_written(context.manifest, reporter))  # this rank's TIFFs are all in the manifest
 
     status = EXIT_OK
     if rank == 0:
@@ -1067,6 +1171,7 @@ def run_watch(
     from .watch import ContextKeeper, MovieWatch, latest_results, named_nothing_warnings, ready_sources
 
     started = time.perf_counter()
+    started_ns = time.time_ns()  # a TIFF made by this run is newer (stopped_run)
     rank = comm.rank
     error = None
     if rank == 0:
@@ -1172,15 +1277,18 @@ def run_watch(
         watcher = threading.Thread(target=look_until_quiet, name="cryotiff-watch", daemon=True)
         watcher.start()
     try:
-        unrecorded = share_work(comm, [], work, collect, describe=lambda index: str(jobs[index].source), queue=queue,
-                                data_of=lambda index: jobs[index],
-                                finish_rank=lambda: manifest_written(keeper.manifest, reporter))
+        ends = share_work(comm, [], work, collect, describe=lambda index: str(jobs[index].source), queue=queue,
+                          data_of=lambda index: jobs[index], finish_rank=lambda: rank_end(keeper.manifest, reporter))
     except WorkStopped as stop:
         stop_watching.set()
         executor.shutdown(wait=False, cancel_futures=True)
+        stop.wait_for_the_other_ranks()
+        with record_lock:
+            take_in_finished_as_stopped(stop, jobs, converted, keeper.manifest, reporter)
         results = results_so_far()
+        mark_not_in_manifest(results, unrecorded_of(stop.rank_values().values()))
         n_movies = len({job.source for job in [*jobs, *finder.waiting()]}) + len(found_failures)
-        interruption = stopped_run(stop, jobs, n_movies, len(results))
+        interruption = stopped_run(stop, jobs, n_movies, len(results), started_ns=started_ns)
         status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
                                                        time.perf_counter() - started, report_path, comm.size,
                                                        interruption))
@@ -1188,7 +1296,9 @@ def run_watch(
     finally:
         stop_watching.set()
         executor.shutdown(wait=True, cancel_futures=True)
-    unrecorded.append(manifest_written(keeper.manifest, reporter))  # this rank's TIFFs are all in the manifest
+    unrecorded = unrecorded_of(ends)
+    with interrupts_held():  # a signal now would end the job before this rank's last lines: it waits for them
+        unrecorded.append(manifest_written(keeper.manifest, reporter))  # this rank's TIFFs are all in the manifest
 
     status = EXIT_OK
     if rank == 0:
@@ -1293,14 +1403,17 @@ PARTIAL_FILES_WAIT_SECONDS = 0.1
 
 
 def stopped_run(stop: WorkStopped, jobs: Sequence[Job], n_movies: int, n_done: int,
-                wait_seconds: float = PARTIAL_FILES_WAIT_SECONDS) -> Interruption:
+                wait_seconds: float = PARTIAL_FILES_WAIT_SECONDS, started_ns: int | None = None) -> Interruption:
     """What rank 0 reports when the run stopped early: the movies being converted, apart from
     those whose partial files were not removed: of ranks that died, and of any other rank whose
     partial file is still there after ``wait_seconds``. First it waits for the other ranks to
     stop (:meth:`WorkStopped.wait_for_the_other_ranks`: a rank that got no signal itself stops
     after the page it is making). A rank killed by SIGKILL looks to rank 0 like an interrupt
     (mpirun's SIGTERM often arrives before MPI reports the dead rank), so only the file system
-    can tell whether its partial file was removed."""
+    can tell whether its partial file was removed. A movie whose TIFF is there, made since
+    ``started_ns`` (``time.time_ns()`` at the start of the run), and whose result did not come
+    (:func:`take_in_finished_as_stopped` found none: its rank did not say :data:`STOPPED` in
+    time, or was stopped between the rename and its manifest line) is said to be unlisted."""
     from .io.atomic import temporaries_of
 
     stop.wait_for_the_other_ranks()
@@ -1317,15 +1430,25 @@ def stopped_run(stop: WorkStopped, jobs: Sequence[Job], n_movies: int, n_done: i
             time.sleep(POLL_SECONDS)
         return True
 
+    def finished_here(index: int) -> bool:
+        try:
+            status = os.stat(jobs[index].destination, follow_symlinks=False)
+        except OSError:
+            return False
+        return started_ns is not None and status.st_mtime_ns >= started_ns and not temporaries_of(jobs[index].destination)
+
     working = sorted(stop.working.items())
-    removed_flags = {index: removed_by_its_rank(index, rank) for index, rank in working}
+    unlisted_flags = {index: finished_here(index) for index, _ in working}
+    removed_flags = {index: not unlisted_flags[index] and removed_by_its_rank(index, rank) for index, rank in working}
     removed = [jobs[index] for index, _ in working if removed_flags[index]]
-    left_behind = [jobs[index] for index, _ in working if not removed_flags[index]]
-    n_left = max(n_movies - n_done, 0)
+    unlisted = [jobs[index] for index, _ in working if unlisted_flags[index]]
+    left_behind = [jobs[index] for index, _ in working if not removed_flags[index] and not unlisted_flags[index]]
+    n_left = max(n_movies - n_done - len(unlisted), 0)
     if stop.reason:
         return Interruption("error", EXIT_FAILED, removed, n_left, stop.reason, left_behind, reason_printed=True,
-                            urgent=True)
-    return Interruption("interrupted", EXIT_INTERRUPTED, removed, n_left, left_behind=left_behind, urgent=True)
+                            urgent=True, unlisted=unlisted)
+    return Interruption("interrupted", EXIT_INTERRUPTED, removed, n_left, left_behind=left_behind, urgent=True,
+                        unlisted=unlisted)
 
 
 def report_run(
