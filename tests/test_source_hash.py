@@ -5,6 +5,7 @@ descriptor the pages were read from, never by name)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -87,3 +88,62 @@ def test_a_held_file_that_is_not_the_file_the_pages_are_read_from_fails_the_movi
         convert_movie(movie, out / "a.tif", ConvertOptions(output_dir=out), context=RunContext(manifest=manifest))
     assert manifest.wait() == []
     assert not (out / "a.tif").exists() and read_manifest(out) == {}
+
+
+def test_the_manifest_describes_the_tiff_written_when_another_file_takes_its_name(
+        tmp_path: Path, monkeypatch) -> None:
+    """Between the rename of a.tif into place and its manifest line (hashed in the background),
+    another file takes the name a.tif: the line must describe the TIFF cryotiff wrote (hashed
+    through the descriptor that wrote it), not the newcomer; the line used to hash the name, so
+    that --verify_only --o, once the originals are gone, called the newcomer OK."""
+    from cryotiff.cli import main
+
+    movie = tmp_path / "a.mrc"
+    write_movie(movie, "mrc", 1, 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    newcomer, written = tmp_path / "newcomer.tif", tmp_path / "written.tif"
+    tifffile.imwrite(newcomer, np.zeros((2, 8, 8), np.uint16), photometric="minisblack", metadata=None)
+    real_add_later = Manifest.add_later
+
+    def add_later(self, source, destination, *args, **kwargs):
+        os.link(destination, written)  # what cryotiff wrote, kept to compare
+        os.replace(newcomer, destination)
+        return real_add_later(self, source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(Manifest, "add_later", add_later)
+    manifest = Manifest(out)
+    result = convert_movie(movie, out / "a.tif", ConvertOptions(output_dir=out), context=RunContext(manifest=manifest))
+    assert manifest.wait() == []
+    entry = read_manifest(out)["a.tif"]
+    assert (entry.output_bytes, entry.output_sha256) == (written.stat().st_size, sha256_of(written))
+    expected_record = json.loads(read_record(written).to_description())
+    expected_record.pop("cryotiff_record", None)
+    assert entry.record == expected_record
+    assert result.output_bytes == written.stat().st_size
+    monkeypatch.undo()
+    assert main(["--verify_only", "--o", str(out)]) == 1  # the newcomer is not what the line describes
+
+
+def test_a_tiff_written_into_after_its_rename_gets_no_manifest_line_and_a_warning(tmp_path: Path, monkeypatch) -> None:
+    """Another program writes into a.tif (the file cryotiff wrote) before its line is made: the
+    line would describe bytes cryotiff did not write; the run warns that a.tif is not in the
+    manifest instead."""
+    movie = tmp_path / "a.mrc"
+    write_movie(movie, "mrc", 1, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    real_add_later = Manifest.add_later
+
+    def add_later(self, source, destination, *args, **kwargs):
+        with open(destination, "ab") as handle:
+            handle.write(b"more")
+        return real_add_later(self, source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(Manifest, "add_later", add_later)
+    manifest = Manifest(out)
+    convert_movie(movie, out / "a.tif", ConvertOptions(output_dir=out), context=RunContext(manifest=manifest))
+    problems = manifest.wait()
+    assert len(problems) == 1 and "a.tif is complete but not in the manifest: " in problems[0], problems
+    assert "the file changed after it was written" in problems[0]
+    assert read_manifest(out) == {} and manifest.unrecorded() == [out / "a.tif"]

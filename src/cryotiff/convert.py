@@ -1032,6 +1032,7 @@ def convert_movie(
     manifest = getattr(context, "manifest", None)
     page_digests: list[bytes] | None = None
     source_hash = None
+    written: list = []  # the WrittenFile of the TIFF, for its manifest line (hashed through it)
     try:
         if _identity(descriptor) not in (None, held.identity):
             raise InputError(f"{source_path}: another file took its name while it was being opened; nothing was "
@@ -1042,7 +1043,7 @@ def convert_movie(
             try:
                 page_digests = [] if manifest is not None else None
                 result = _write_pages(source, source_path, destination, options, executor, on_page, page_digests,
-                                      check_unchanged, output_directory)
+                                      check_unchanged, output_directory, written if manifest is not None else None)
                 break
             except WiderTypeNeeded as retry:
                 # Only a page source that can change its type raises this; redo the whole movie.
@@ -1058,13 +1059,15 @@ def convert_movie(
         source.finish(result)
         if manifest is not None:
             _add_to_manifest(manifest, source, source_path, destination, page_digests, result, source_hash,
-                             context.eer_gain_reference if isinstance(source, EerPages) else None)
+                             context.eer_gain_reference if isinstance(source, EerPages) else None, written.pop())
             source_hash = None
         result.seconds = time.perf_counter() - started
         return result
     finally:
         if source_hash is not None:
             source_hash.cancel()  # the movie failed: no entry (a hash already begun runs out)
+        for kept in written:  # not handed to the manifest
+            kept.close()
         held.close()
         source.close()
 
@@ -1082,11 +1085,12 @@ def _identity(descriptor: int | None) -> tuple[int, int] | None:
 
 def _add_to_manifest(manifest, source: PageSource, source_path: Path, destination: Path,
                      page_digests: list[bytes], result: MovieResult, source_hash=None,
-                     eer_gain_reference: np.ndarray | None = None) -> None:
+                     eer_gain_reference: np.ndarray | None = None, written=None) -> None:
     """Describe the written TIFF in ``<o>``'s manifest (:mod:`cryotiff.manifest`), hashing the
     files in the background; the TIFF is complete and checked already, so a manifest that cannot
     be written is a warning (:meth:`cryotiff.manifest.Manifest.wait`). ``eer_gain_reference``:
-    the run's converted EER gain (``<o>/gain-reference.mrc``), for an EER movie."""
+    the run's converted EER gain (``<o>/gain-reference.mrc``), for an EER movie. ``written``: the
+    :class:`cryotiff.io.atomic.WrittenFile` of the TIFF, which the manifest hashes and closes."""
     from .manifest import pixels_digest
 
     # The integer pages of a gain-normalised movie need <o>/gain-reference.mrc, and an EER movie's
@@ -1095,7 +1099,7 @@ def _add_to_manifest(manifest, source: PageSource, source_path: Path, destinatio
     # An EER movie's damaged raw frames left out: a rerun (--only_do_unfinished) must say so again.
     left_out = sorted(index + 1 for index in source.corrupt_frames) if isinstance(source, EerPages) else None
     manifest.add_later(source_path, destination, page_digests, source.shape_yx, str(source.dtype), source_hash,
-                       gain_reference, left_out)
+                       gain_reference, left_out, written)
     result.details["pixels_sha256"] = pixels_digest(page_digests)
 
 
@@ -1109,11 +1113,13 @@ def _write_pages(
     page_digests: list[bytes] | None = None,
     before_last_page: Callable[[], None] | None = None,
     output_directory: CheckedDirectory | None = None,
+    written: list | None = None,
 ) -> MovieResult:
     """Encode and write all pages of ``source`` once, with its current sample type; with
     ``page_digests``, append each page's digest to it, in page order. ``before_last_page`` is
     called once every page has been read and made, before the last one is written; what it
-    raises leaves no file behind. ``output_directory``: as :func:`convert_movie` takes it."""
+    raises leaves no file behind. ``output_directory``: as :func:`convert_movie` takes it.
+    ``written``: the :class:`cryotiff.io.atomic.WrittenFile` of the TIFF is appended to it."""
     # With a pool, page 1 is made while this thread makes page 0 and decides the codec on it.
     ahead = PageAhead(source, executor) if executor is not None and source.n_pages > 1 else None
     try:
@@ -1179,8 +1185,10 @@ def _write_pages(
 
         pages_strips = strips()
         try:
-            write_movie(destination, layout, pages_strips, description=record.to_description(),
-                        directory=output_directory)
+            kept = write_movie(destination, layout, pages_strips, description=record.to_description(),
+                               directory=output_directory, keep=written is not None)
+            if kept is not None:
+                written.append(kept)
         finally:
             pages_strips.close()  # a writer that failed: the pages it did not take let go first
             if beside is not None:
@@ -1192,7 +1200,7 @@ def _write_pages(
             n_pages=source.n_pages,
             frames_verified=source.n_pages if options.verify else 0,
             input_bytes=source.input_bytes,
-            output_bytes=destination.stat().st_size,
+            output_bytes=kept.status.st_size if kept is not None else destination.stat().st_size,
             codec=codec.label,
             dtype=str(source.dtype),
         )

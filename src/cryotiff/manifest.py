@@ -7,7 +7,8 @@ manifest itself), so that runs into the same ``--o``, one after the other or at 
 the same output replaces an earlier one when the manifest is read. A line holds:
 
 * ``output``: the TIFF's path relative to ``--o``; ``output_bytes`` and ``output_sha256``: its
-  size and the SHA-256 of its bytes (``sha256sum`` gives the same);
+  size and the SHA-256 of its bytes (``sha256sum`` gives the same), read through the descriptor
+  that wrote it (:class:`cryotiff.io.atomic.WrittenFile`), never its name;
 * ``pages``, ``shape_yx`` (rows, columns), ``sample_type``, and the pixels: ``page_sha256``, the
   first 16 hexadecimal digits of the SHA-256 of each page's samples (raster order, row 0 of the
   movie first, little-endian), and ``pixels_sha256``, the SHA-256 of the full page digests one
@@ -298,14 +299,16 @@ class Manifest:
     def add_later(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
                   sample_type: str, source_hash: Future | None = None,
                   gain_reference: np.ndarray | None = None,
-                  left_out_raw_frames: Sequence[int] | None = None) -> None:
+                  left_out_raw_frames: Sequence[int] | None = None, written=None) -> None:
         """Hash the files and add their entry in a background thread, so that reading and
         hashing the TIFF (and the original, unless ``source_hash`` from
         :meth:`hash_source_later` is given) overlaps the next movie; :meth:`wait` collects what
         could not be added. ``gain_reference``: the float32 image ``<o>/gain-reference.mrc``
         holds, which the pages need (a float movie converted with ``--gain``); digested once
         per run. ``left_out_raw_frames``: an EER movie's damaged raw frames (1-based) its pages
-        leave out."""
+        leave out. ``written``: the :class:`cryotiff.io.atomic.WrittenFile` of the TIFF (closed
+        here), through which it is hashed and its record read: the entry describes the file
+        written, whatever file has taken its name since; without it the name is read."""
 
         def hash_and_add() -> None:
             try:
@@ -314,7 +317,7 @@ class Manifest:
                 hashed = source_hash.result() if source_hash is not None else None
                 if isinstance(hashed, Exception):
                     raise hashed
-                entry = self.entry_for(source, destination, page_digests, shape_yx, sample_type, hashed)
+                entry = self.entry_for(source, destination, page_digests, shape_yx, sample_type, hashed, written)
                 if gain_reference is not None:
                     from .gain.files import GAIN_REFERENCE_NAME
 
@@ -327,6 +330,9 @@ class Manifest:
                 with self._lock:
                     self._problems.append(f"WARNING: {destination} is complete but not in the manifest: {exc}")
                     self._unrecorded.append(Path(destination))
+            finally:
+                if written is not None:
+                    written.close()
 
         with self._lock:
             self._given.append(Path(destination))
@@ -381,21 +387,37 @@ class Manifest:
             return list(self._unrecorded)
 
     def entry_for(self, source: Path, destination: Path, page_digests: Sequence[bytes], shape_yx: tuple[int, int],
-                  sample_type: str, source_hash: tuple[int, str] | None = None) -> ManifestEntry:
+                  sample_type: str, source_hash: tuple[int, str] | None = None, written=None) -> ManifestEntry:
         """Hash the written TIFF and its source (reading both files; the source's
-        ``(size, sha256)`` may be given, hashed already) and describe them."""
-        from .recorded_options import file_sha256, read_record
+        ``(size, sha256)`` may be given, hashed already) and describe them. ``written``: the
+        :class:`cryotiff.io.atomic.WrittenFile` of the TIFF, read instead of its name.
+
+        Raises:
+            OutputError: the TIFF written changed after it was put in place (it is not
+                described).
+        """
+        from .recorded_options import descriptor_sha256, file_sha256, read_record
 
         source_bytes, source_sha256 = source_hash if source_hash is not None else (source.stat().st_size,
                                                                                     file_sha256(source))
-
-        record = read_record(destination)
+        if written is not None:
+            duplicate = os.dup(written.fileno())
+            with open(os.fspath(destination), "rb", opener=lambda *_: duplicate) as handle:  # named, for tifffile
+                handle.seek(0)  # the offset is the writer's (tifffile takes a handle's position as the start)
+                record = read_record(handle)
+            output_bytes, output_sha256 = descriptor_sha256(written.fileno())
+            if not written.unchanged() or output_bytes != written.status.st_size:
+                raise OutputError(f"{destination}: the file changed after it was written (another program wrote "
+                                  "into it); the manifest cannot describe it")
+        else:
+            record = read_record(destination)
+            output_bytes, output_sha256 = destination.stat().st_size, file_sha256(destination)
         record_fields = json.loads(record.to_description()) if record is not None else {}
         record_fields.pop("cryotiff_record", None)
         return ManifestEntry(
             output=os.path.relpath(destination, self.output_dir),
-            output_bytes=destination.stat().st_size,
-            output_sha256=file_sha256(destination),
+            output_bytes=output_bytes,
+            output_sha256=output_sha256,
             pages=len(page_digests),
             shape_yx=(int(shape_yx[0]), int(shape_yx[1])),
             sample_type=sample_type,

@@ -44,12 +44,13 @@ or :func:`read_record`) and :func:`mismatch`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 #: Version of the record's layout; a record of another version is treated as absent.
 RECORD_FORMAT = 1
@@ -159,14 +160,16 @@ def _well_typed(name: str, value: Any) -> bool:
     return check is None or bool(check(value))
 
 
-def read_record(path: str | os.PathLike[str]) -> OutputRecord | None:
-    """The record of a TIFF file, or None (none, or the file cannot be read)."""
+def read_record(path: str | os.PathLike[str] | BinaryIO) -> OutputRecord | None:
+    """The record of a TIFF file (a name, or a binary file object open on it, read from its
+    start and left open), or None (none, or the file cannot be read)."""
     import tifffile
 
     from .io import open_regular_stream
 
     try:
-        with open_regular_stream(path, "a TIFF file") as handle, tifffile.TiffFile(handle) as tif:
+        with (contextlib.nullcontext(path) if hasattr(path, "read") else open_regular_stream(path, "a TIFF file")) \
+                as handle, tifffile.TiffFile(handle) as tif:
             return OutputRecord.from_description(tif.pages.first.description)
     except Exception:  # tifffile raises many types on damaged files; a named pipe is refused
         return None

@@ -192,6 +192,36 @@ def _open_directory(directory: Path) -> int:
         raise OutputError(f"{directory}: cannot write into it ({exc.strerror or exc})") from None
 
 
+class WrittenFile:
+    """A descriptor of a file as it was written, kept after its rename into place, so that what
+    describes the file (the manifest's hash) reads the file written, not whatever file its name
+    leads to by then. Read it with ``os.pread``; :meth:`close` it.
+
+    Attributes:
+        status: its ``os.fstat`` when it was put in place (size, modification time).
+    """
+
+    def __init__(self, descriptor: int):
+        self._descriptor: int | None = descriptor
+        self.status = os.fstat(descriptor)
+
+    def fileno(self) -> int:
+        if self._descriptor is None:
+            raise ValueError("the written file was closed")
+        return self._descriptor
+
+    def unchanged(self) -> bool:
+        """The file's size and modification time are still those it was written with."""
+        now = os.fstat(self.fileno())
+        return (now.st_size, now.st_mtime_ns) == (self.status.st_size, self.status.st_mtime_ns)
+
+    def close(self) -> None:
+        """Idempotent."""
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            os.close(descriptor)
+
+
 class AtomicFile:
     """A file being written atomically (see the module docstring), in the directory opened when
     it is created: that of ``directory`` (a :class:`CheckedDirectory`, which must be
@@ -278,30 +308,42 @@ class AtomicFile:
             raise OutputError(f"{self.destination}: its temporary file {self.path} was removed or replaced "
                               "while it was being written; not renamed")
 
-    def commit(self, fsync: bool = False) -> None:
+    def commit(self, fsync: bool = False, keep: bool = False) -> WrittenFile | None:
         """Flush (and ``fsync``), check the name and rename the file to its destination; with
         ``fsync`` the directory is synced after the rename too, so that after a power cut the
         name is there with the whole file, or not at all (without it, a file system may keep
-        the rename and lose the data: a complete-looking file of zeros or holes).
+        the rename and lose the data: a complete-looking file of zeros or holes). With ``keep``,
+        returns a :class:`WrittenFile` of the file written (a duplicate of its descriptor,
+        unlocked), for the caller to close.
 
         Raises:
             OutputError: the data or the rename cannot be written, or the temporary name was
                 replaced meanwhile (then nothing is renamed).
         """
         self._ready_to_rename(fsync)
+        kept = WrittenFile(os.dup(self.handle.fileno())) if keep else None
         try:
-            os.replace(self._name, self.destination.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-        except OSError as exc:
-            self.discard()
-            raise OutputError(f"{self.destination}: cannot rename the finished file ({exc.strerror or exc})") from None
-        self._done = True
-        self.handle.close()  # releases the lock, after the rename
-        try:
-            if fsync:
-                fsync_directory(self.destination.parent, self._dir_fd)
-            self._check_directory_after_rename()
-        finally:
-            self._close_directory()
+            try:
+                os.replace(self._name, self.destination.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            except OSError as exc:
+                self.discard()
+                raise OutputError(f"{self.destination}: cannot rename the finished file ({exc.strerror or exc})") \
+                    from None
+            self._done = True
+            if kept is not None:  # the duplicate shares the lock: released with it, after the rename
+                fcntl.flock(kept.fileno(), fcntl.LOCK_UN)
+            self.handle.close()  # releases the lock, after the rename
+            try:
+                if fsync:
+                    fsync_directory(self.destination.parent, self._dir_fd)
+                self._check_directory_after_rename()
+            finally:
+                self._close_directory()
+        except BaseException:
+            if kept is not None:
+                kept.close()
+            raise
+        return kept
 
     def commit_unless_exists(self, fsync: bool = False) -> bool:
         """:meth:`commit`, except that a file (or link) at the destination is never replaced:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, OutputError, TiffFormatError, VerificationError
 from . import Movie, MovieInfo, capture_tifffile_log, open_regular_stream, open_to_read, special_file_kind
-from .atomic import AtomicFile, CheckedDirectory
+from .atomic import AtomicFile, CheckedDirectory, WrittenFile
 from .memory import refuse_frames_beyond_memory
 from .tiff_errors import io_failure, problem_of_file, tifffile_problem, why_no_page
 from .tiff_ifd import RESOLUTION_TAG_CODES, TYPE_NAMES, remove_ifd_entries
@@ -394,7 +394,7 @@ class TiffLayout:
 
 
 def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], description: str | None = None,
-                directory: CheckedDirectory | None = None) -> None:
+                directory: CheckedDirectory | None = None, keep: bool = False) -> WrittenFile | None:
     """Write pre-encoded strips as a multi-page TIFF, atomically.
 
     The strips (``layout.strips_per_page`` per page, pages in order, rows already flipped) are
@@ -407,6 +407,9 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
     ``description``: page 1's ImageDescription (ASCII; cryotiff's record of what made the file,
     see :mod:`cryotiff.recorded_options`); None writes none. ``directory``: ``destination``'s
     directory as the run checked it, the one written into (:class:`cryotiff.io.atomic.AtomicFile`).
+    ``keep``: return a :class:`cryotiff.io.atomic.WrittenFile` of the file written (for its
+    manifest line, which must describe this file whatever takes its name later); the caller
+    closes it. Otherwise None.
 
     Raises:
         OutputError: the file cannot be written (permissions, disk full).
@@ -444,7 +447,7 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
         # On the disk before it gets its name (and the name after): after a power cut a .tif is
         # whole or absent, never a complete-looking file whose blocks were lost; its manifest
         # line is added only after this.
-        target.commit(fsync=True)
+        return target.commit(fsync=True, keep=keep)
 
 
 def remove_quietly(path: Path) -> None:
