@@ -331,3 +331,33 @@ def test_with_one_thread_the_next_frame_is_read_beside_the_estimate(k2_movies, m
     assert beside == {(movie, index) for movie, n in n_frames.items() for index in range(n)}
     np.testing.assert_array_equal(estimate_files("One").gain, estimate_files("Two").gain)
     np.testing.assert_array_equal(estimate_files("One").reliability, estimate_files("Two").reliability)
+
+
+def test_the_gain_recorded_is_the_file_read_when_another_takes_its_name(k2_movies, monkeypatch, capsys) -> None:
+    """Once --gain and its reliability map are read, other files take their names (the next
+    estimate written there, say): the TIFFs' record (made_with.gain, which --only_do_unfinished
+    compares) must hold the checksums of the files read, hashed through the descriptors they
+    were read from; they were hashed by name afterwards, so the record named the newcomers."""
+    import hashlib
+    import os
+
+    from cryotiff.recorded_options import read_record
+
+    assert main(["--i", "m*.mrc", "--o", "Est", "--estimate_gain"]) == 0
+    assert main(["--i", "m1.mrc", "--o", "Other", "--estimate_gain"]) == 0  # another estimate
+    capsys.readouterr()
+    names = ("gain_estimate.bin", "gain_estimate_reliablity.bin")
+    real_load = GainEstimate.load.__func__
+
+    def load_then_replaced(cls, gain_path, **kwargs):
+        estimate = real_load(cls, gain_path, **kwargs)
+        for name in names:
+            os.link(Path("Est") / name, Path(f"read-{name}"))
+            os.replace(Path("Other") / name, Path("Est") / name)
+        return estimate
+
+    monkeypatch.setattr(GainEstimate, "load", classmethod(load_then_replaced))
+    assert main(["--i", "m1.mrc", "--o", "Conv", "--gain", "Est/gain_estimate.bin"]) == 0
+    recorded = read_record(Path("Conv/m1.tif")).made_with["gain"]
+    sha256 = {name: hashlib.sha256(Path(f"read-{name}").read_bytes()).hexdigest() for name in names}
+    assert (recorded["sha256"], recorded["reliability_sha256"]) == (sha256[names[0]], sha256[names[1]])

@@ -575,7 +575,8 @@ def prepare(
     if _first_movie_with(jobs, _is_float_movie) is None:
         warn(gain_module.GAIN_IRRELEVANT_WARNING)
         return context
-    estimate = gain_module.GainEstimate.load(options.gain)
+    hashed: dict[str, str] = {}  # the two files as read: the record must name what made the pages
+    estimate = gain_module.GainEstimate.load(options.gain, hashed=hashed)
     reliability_path = gain_module.find_reliability_path(options.gain)
     say(gain_module.read_message(options.gain))
     say(gain_module.read_message(reliability_path) + "\n")
@@ -583,7 +584,7 @@ def prepare(
     if unusable:
         warn(unusable)
     try:
-        context.gain_identity = gain_identity(options.gain, reliability_path)
+        context.gain_identity = gain_identity(options.gain, reliability_path, hashed)
     except OSError as exc:
         raise GainError(f"{options.gain}: cannot be read ({exc.strerror or exc})") from None
     # What the pages need, without the estimate itself (its gain is in the gain reference).

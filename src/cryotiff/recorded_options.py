@@ -211,11 +211,17 @@ def descriptor_sha256(descriptor: int) -> tuple[int, str]:
     return offset, digest.hexdigest()
 
 
-def gain_identity(gain_path: Path, reliability_path: Path) -> dict[str, str]:
+def gain_identity(gain_path: Path, reliability_path: Path, hashed: Mapping[str, str] | None = None) -> dict[str, str]:
     """``made_with["gain"]`` of float movies converted with ``--gain``: the file as named, and
-    the checksums of it and its reliability map (what is compared)."""
-    return {"file": str(gain_path), "sha256": file_sha256(gain_path),
-            "reliability_sha256": file_sha256(reliability_path)}
+    the checksums of it and its reliability map (what is compared). ``hashed``: the checksums
+    of the files as they were read (:meth:`cryotiff.gain.GainEstimate.load`), by path; a file
+    not in it is hashed by name."""
+    hashed = hashed or {}
+
+    def sha256(path: Path) -> str:
+        return hashed[str(path)] if str(path) in hashed else file_sha256(path)
+
+    return {"file": str(gain_path), "sha256": sha256(gain_path), "reliability_sha256": sha256(reliability_path)}
 
 
 def _same_option(name: str, recorded: Any, expected: Any) -> bool:

@@ -229,16 +229,18 @@ class GainEstimate:
         *,
         shape_yx: tuple[int, int] | None = None,
         track_merge: bool = False,
+        hashed: dict[str, str] | None = None,
     ) -> "GainEstimate":
         """Read a gain (as MRC whatever its extension, converted to float32) and its reliability
         map (:func:`~cryotiff.gain.files.find_reliability_path`, converted to int16), as RELION's
-        ``--gain`` does (:func:`~cryotiff.gain.files.read_estimate_pair`).
+        ``--gain`` does (:func:`~cryotiff.gain.files.read_estimate_pair`; ``hashed``: given the
+        SHA-256 of each file as read).
 
         Raises:
             GainError: a file is missing, unreadable, not a single image, of a size other than
                 ``shape_yx`` (when given) or the two differ in size. The message names the file.
         """
-        estimate = cls(*read_estimate_pair(gain_path, shape_yx))
+        estimate = cls(*read_estimate_pair(gain_path, shape_yx, hashed))
         if track_merge:
             estimate.start_merge_tracking()
         return estimate

@@ -180,15 +180,19 @@ def find_reliability_path(gain_path: str | os.PathLike[str]) -> Path:
     )
 
 
-def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float: bool = True) -> np.ndarray:
+def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float: bool = True,
+                   hashed: dict[str, str] | None = None) -> np.ndarray:
     """Read a single-image MRC file whatever its extension (RELION reads ``<file>:mrc``), with
     cryotiff's MRC reader (lenient like RELION's: any map ID or machine stamp, byte order by
     plausibility).
 
-    Returns float32 (``as_float``) or the mode's own dtype (int16 for mode 1, ...).
+    Returns float32 (``as_float``) or the mode's own dtype (int16 for mode 1, ...). With
+    ``hashed``, ``hashed[str(path)]`` becomes the SHA-256 of the file read, hashed through the
+    descriptor it was read from (never the name, which another file may have taken since).
 
     Raises:
-        GainError: missing, unreadable, or more than one section; the message names the file.
+        GainError: missing, unreadable, or more than one section, or (with ``hashed``) changed
+            while it was read; the message names the file.
     """
     path = Path(path)
     if not path.exists():
@@ -196,15 +200,34 @@ def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float
     check_regular_file(path, f"a {what} file", GainError)  # a directory, a named pipe
     try:
         with open_mrc(path) as mrc:
+            before = os.fstat(mrc.fileno())
             n_sections = mrc.info.n_frames
             data = mrc.read_frame(0) if n_sections == 1 else None
+            if hashed is not None and data is not None:
+                hashed[str(path)] = _sha256_of_file_read(mrc.fileno(), before, path, what)
     except CryotiffError as exc:
+        if isinstance(exc, GainError):
+            raise
         raise GainError(f"Cannot read the {what} file {path} as MRC: {exc}") from exc
+    except OSError as exc:
+        raise GainError(f"The {what} file {path} cannot be read ({exc.strerror or exc})") from None
     if data is None:
         raise GainError(f"The {what} file {path} must hold one 2-D image; it has {n_sections} sections.")
     data = np.asarray(data, dtype=np.float32) if as_float else np.asarray(data)
     # read_frame gives a fresh array: copy only to make it native-endian and C-ordered
     return np.asarray(data, dtype=data.dtype.newbyteorder("="), order="C")
+
+
+def _sha256_of_file_read(descriptor: int, before: os.stat_result, path: Path, what: str) -> str:
+    """The SHA-256 of the file open on ``descriptor`` (os.pread), which must not have changed
+    since ``before`` (its fstat when opened): else the hash would not be of the data read."""
+    from ..recorded_options import descriptor_sha256
+
+    n_bytes, digest = descriptor_sha256(descriptor)
+    after = os.fstat(descriptor)
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or n_bytes != after.st_size:
+        raise GainError(f"The {what} file {path} changed while it was read; give it again once it is complete.")
+    return digest
 
 
 def _to_int16_counter(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -226,25 +249,27 @@ def _to_int16_counter(raw: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_estimate_pair(
-    gain_path: str | os.PathLike[str], shape_yx: tuple[int, int] | None = None
+    gain_path: str | os.PathLike[str], shape_yx: tuple[int, int] | None = None,
+    hashed: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(gain, reliability)`` of a saved estimate, as RELION's ``--gain`` reads them: the gain as
     MRC whatever its extension, converted to float32, and its reliability map
-    (:func:`find_reliability_path`), converted to int16.
+    (:func:`find_reliability_path`), converted to int16. ``hashed``: given the SHA-256 of each
+    file read, by its path as a string (:func:`read_mrc_image`).
 
     Raises:
         GainError: a file is missing, unreadable, not a single image, of a size other than
             ``shape_yx`` (when given) or the two differ in size. The message names the file.
     """
     gain_path = Path(gain_path)
-    gain = read_mrc_image(gain_path, "gain")
+    gain = read_mrc_image(gain_path, "gain", hashed=hashed)
     if shape_yx is not None and gain.shape != tuple(shape_yx):
         raise GainError(
             f"{GAIN_WRONG_SIZE} {gain_path} is {gain.shape[1]} x {gain.shape[0]} pixels, "
             f"the movies are {shape_yx[1]} x {shape_yx[0]}."
         )
     rel_path = find_reliability_path(gain_path)
-    raw = read_mrc_image(rel_path, "reliability map", as_float=False)
+    raw = read_mrc_image(rel_path, "reliability map", as_float=False, hashed=hashed)
     if raw.shape != gain.shape:
         raise GainError(
             f"{RELIABILITY_WRONG_SIZE} {rel_path} is {raw.shape[1]} x {raw.shape[0]} pixels, "
