@@ -630,3 +630,46 @@ def test_merge_needs_tracking_and_equal_sizes():
         G.merge(G.GainEstimate.new((2, 2)), G.GainEstimate.new((2, 2), track_merge=True))
     with pytest.raises(GainError):
         G.merge(G.GainEstimate.new((2, 2), track_merge=True), G.GainEstimate.new((2, 3), track_merge=True))
+
+
+def test_ctrl_c_while_a_save_waits_for_its_fsync_waits_for_it_then_removes_the_temporaries(tmp_path, monkeypatch):
+    """Ctrl-C while the save waits for the fsync of its temporary files (a slow disk): the save
+    used to go on at once (Python 3.11's interrupted join() takes the thread for ended) and
+    remove and close the temporary files while their fsync still ran. It must wait for the
+    fsync, then remove them: no temporary is left, nothing was renamed, and no fsync outlives
+    the save."""
+    import signal
+    import threading
+    import time
+
+    import cryotiff.gain.files as files
+
+    est = G.GainEstimate.new((3, 4))
+    real_fsync = os.fsync
+    in_fsync, fsyncs_running = threading.Event(), []
+    main_thread = threading.main_thread().ident
+
+    def slow_fsync(fd):
+        if threading.current_thread().name != "cryotiff-fsync":
+            return real_fsync(fd)
+        fsyncs_running.append(fd)
+        if len(fsyncs_running) == 2:  # both files written: the save waits for them now
+            in_fsync.set()
+        time.sleep(1.0 if fd == fsyncs_running[0] else 0.1)  # a slow disk (the first file the slowest)
+        real_fsync(fd)  # the file is still open: EBADF here would be the bug
+        fsyncs_running.remove(fd)
+
+    def ctrl_c_during_the_fsync():
+        assert in_fsync.wait(600)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    monkeypatch.setattr(files.os, "fsync", slow_fsync)
+    interrupter = threading.Thread(target=ctrl_c_during_the_fsync)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            est.save(tmp_path)
+        assert fsyncs_running == []  # every fsync ended before the save did
+    finally:
+        interrupter.join()
+    assert list(tmp_path.iterdir()) == []

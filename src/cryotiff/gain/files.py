@@ -324,15 +324,15 @@ def save_estimate_pair(
     written: list[AtomicFile] = []
     # Each file goes to the disk (fsync) on a thread of its own while the next one is made (its
     # header statistics are most of the work); all of them before the first rename.
-    flushes: list[tuple[AtomicFile, threading.Thread, list[OSError]]] = []
+    flushes: list[tuple[AtomicFile, threading.Event, list[OSError]]] = []
     try:
         try:
             for path, data in replacements:
                 written.append(_write_mrc_temporary(path, data, voxel_size_angstrom=1.0, fsync=False))
                 if fsync:
                     flushes.append(_fsync_in_background(written[-1]))
-            for target, flush, problems in flushes:
-                flush.join()
+            for target, flushed, problems in flushes:
+                flushed.wait()
                 if problems:
                     raise OutputError(f"{target.destination}: cannot write ({problems[0].strerror or problems[0]})")
         except OutputError as exc:
@@ -342,27 +342,47 @@ def save_estimate_pair(
             if fsync:  # each rename on the disk before the next: the order above holds after a power cut
                 fsync_directory(out)
     finally:
-        for _, flush, _ in flushes:
-            flush.join()  # before a temporary file is removed (after an error or Ctrl-C)
+        # Every fsync ends before a temporary file is removed and closed (after an error or
+        # Ctrl-C): a Ctrl-C meanwhile waits for them too (they take as long as the disk does).
+        _wait_through_interrupts([flushed for _, flushed, _ in flushes])
         for target in written:
             target.discard()  # those not renamed (after an error)
     return gain_path, rel_path
 
 
-def _fsync_in_background(target: AtomicFile) -> tuple[AtomicFile, threading.Thread, list[OSError]]:
-    """Start ``fsync`` of a written temporary file on a thread (it releases the GIL); the list
-    receives the OSError it raises, if any, once the thread is joined."""
+def _fsync_in_background(target: AtomicFile) -> tuple[AtomicFile, threading.Event, list[OSError]]:
+    """Start ``fsync`` of a written temporary file on a thread (it releases the GIL); the event
+    is set once it has ended, and the list then holds the OSError it raised, if any. (An event,
+    not ``Thread.join``: a KeyboardInterrupt in the middle of ``join`` makes Python 3.11 take the
+    thread for ended for good, while it still runs.)"""
     problems: list[OSError] = []
+    flushed = threading.Event()
 
     def flush() -> None:
         try:
             os.fsync(target.handle.fileno())
         except OSError as exc:
             problems.append(exc)
+        finally:
+            flushed.set()
 
-    thread = threading.Thread(target=flush, name="cryotiff-fsync", daemon=True)
-    thread.start()
-    return target, thread, problems
+    threading.Thread(target=flush, name="cryotiff-fsync", daemon=True).start()
+    return target, flushed, problems
+
+
+def _wait_through_interrupts(events: list[threading.Event]) -> None:
+    """Wait until every event is set, also through KeyboardInterrupt (Ctrl-C, SIGTERM), which
+    is raised again once they are."""
+    interrupt: KeyboardInterrupt | None = None
+    for event in events:
+        while True:
+            try:
+                event.wait()
+                break
+            except KeyboardInterrupt as exc:
+                interrupt = interrupt or exc
+    if interrupt is not None:
+        raise interrupt
 
 
 def _changed_gains(old_gain: np.ndarray, gain: np.ndarray) -> np.ndarray:
