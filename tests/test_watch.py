@@ -278,3 +278,66 @@ def test_an_eer_is_complete_when_it_reads_to_its_last_ifd(tmp_path: Path) -> Non
 @pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
 def test_the_same_under_mpirun(tmp_path: Path) -> None:
     write_in_two_halves_during_the_watch(tmp_path, mpirun_prefix() + [sys.executable, "-m", "cryotiff.mpi"])
+
+
+# --------------------------------------------------------------------------- a watch that stops
+
+
+def watching_with_a_report(tmp_path: Path) -> subprocess.Popen:
+    """A --watch (no timeout) that has converted a.mrc and written its report (``watching``)."""
+    movies = tmp_path / "Movies"
+    movies.mkdir()
+    write_mrc_movie(movies / "a.mrc", frames_of(1), 1, pixel_size_angstrom=1.1)
+    aged(movies / "a.mrc")
+    process = start([sys.executable, "-m", "cryotiff", "--i", "Movies", "--o", "out", "--watch",
+                     "--settle_seconds", str(SETTLE), "--report", "report.json"], tmp_path)
+    wait_until(lambda: (tmp_path / "report.json").exists(), "the report listing a.mrc", process, TIMEOUT_SECONDS)
+    return process
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_watch_stopped_by_a_signal_ends_its_report_as_interrupted(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C or SIGTERM on a --watch: the report ends in state ``interrupted`` (not
+    ``watching``), with the movies converted, and the exit status is 130."""
+    process = watching_with_a_report(tmp_path)
+    try:
+        wait_for_line(process, "Watching for new movies")
+        process.send_signal(signum)
+        stdout, stderr = finish(process)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["state"], report["exit_status"]) == ("interrupted", 130)
+    assert [m["source"] for m in report["movies"]] == ["Movies/a.mrc"]
+    assert report.get("watch_process") is None  # no longer a live watch's report
+
+
+def test_a_killed_watch_is_not_taken_for_a_live_one(tmp_path: Path) -> None:
+    """A --watch killed with SIGKILL leaves its report in state ``watching``: the report names
+    the process (pid and host), so that it can be told dead; report.current_state says
+    ``stopped (process gone)``, and the next run given that --report says so and marks the
+    report so at once, before its own first movie."""
+    import socket
+
+    from cryotiff.report import current_state
+
+    process = watching_with_a_report(tmp_path)
+    report_path = tmp_path / "report.json"
+    report = json.loads(report_path.read_text())
+    assert report["state"] == "watching"
+    assert (report["watch_process"]["pid"], report["watch_process"]["host"]) == (process.pid, socket.gethostname())
+    assert current_state(report_path) == "watching"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert current_state(report_path) == "stopped (process gone)"
+
+    # The next run (a dry run: it writes its own report only at its end) says so at its start.
+    completed = subprocess.run([sys.executable, "-m", "cryotiff", "--i", "Movies", "--o", "out", "--dry_run",
+                                "--report", "report.json"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=TIMEOUT_SECONDS)
+    assert completed.returncode == 0, completed.stderr
+    assert (f"report.json: the --watch that wrote it (process {process.pid} on {socket.gethostname()}) is gone; "
+            "its state is now 'stopped (process gone)'") in completed.stdout + completed.stderr

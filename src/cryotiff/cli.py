@@ -26,7 +26,8 @@ from .movies_star import write_movies_star
 from .pipeline import JobAborted, PipelineControl, PipelineReporter, pipeline_control_from_argv
 from .progress import RunProgress
 from .watch import DEFAULT_SETTLE_SECONDS, WatchOptions, latest_results
-from .report import check_report_path, format_bytes, format_dry_run, plan_dry_run, write_dry_run_report, write_report
+from .report import (check_report_path, format_bytes, format_dry_run, mark_a_gone_watch, plan_dry_run,
+                     write_dry_run_report, write_report)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -1081,6 +1082,9 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         report_path = Path(args.report) if args.report else None
         if report_path is not None:
             check_report_path(report_path)  # before any movie: an input there must not be replaced at the end
+            gone = mark_a_gone_watch(report_path)
+            if gone:
+                reporter.message(gone)
         if args.dry_run:  # before --estimate_gain: a dry run never writes (it refuses --estimate_gain)
             return run_dry_run(inputs, options, reporter, relative_to, report_path)
         if options.estimate_gain:

@@ -344,6 +344,12 @@ def _run_command(comm: Any, argv: Sequence[str] | None) -> int:
             from .report import check_report_path
 
             check_report_path(Path(args.report))
+            if comm.rank == 0:
+                from .report import mark_a_gone_watch
+
+                gone = mark_a_gone_watch(Path(args.report))
+                if gone:
+                    reporter.message(gone)
     except OptionError as exc:  # every rank gets the same verdict; rank 0 says it
         if comm.rank == 0:
             print(f"ERROR: {exc}", file=sys.stderr, flush=True)

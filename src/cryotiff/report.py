@@ -74,10 +74,12 @@ def write_report(
     error: str | None = None,
     movies_star: Path | None = None,
 ) -> None:
-    """Write the ``--report`` JSON file (atomically).
+    """Write the ``--report`` JSON file (atomically). In state ``watching`` (a ``--watch`` going
+    on) it also holds ``watch_process``, the process writing it (:func:`watch_process`), so that
+    a report left by a killed watch can be told from a live one (:func:`current_state`).
 
-    Contents: ``cryotiff_version``; ``state`` (``finished``, ``interrupted``, ``aborted`` or
-    ``error``); ``exit_status``; ``error`` (the message that stopped the run, if any);
+    Contents: ``cryotiff_version``; ``state`` (``finished``, ``interrupted``, ``aborted``,
+    ``error``, ``watching``; :data:`WATCH_GONE` is given later, by :func:`mark_a_gone_watch`); ``exit_status``; ``error`` (the message that stopped the run, if any);
     ``created`` (local time, ISO 8601); ``inputs`` (the ``--i`` arguments); ``options`` (every
     conversion option); ``movies_star``; ``totals`` (movies converted / skipped / failed, frames
     verified, input and output bytes, ratio in percent, wall time in seconds, MB/s); ``movies``
@@ -116,7 +118,113 @@ def write_report(
         "totals": totals,
         "movies": [result_record(result) for result in results],
     }
+    if state == WATCHING:
+        document["watch_process"] = watch_process()
     _write_json(Path(path), document)
+
+
+#: The ``state`` of a ``--watch``'s report while it goes on.
+WATCHING = "watching"
+#: The ``state`` given to a report left in :data:`WATCHING` by a watch whose process is gone
+#: (killed with SIGKILL, out of memory, its node lost: it could not write its end).
+WATCH_GONE = "stopped (process gone)"
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22), to
+    tell it from a later process given the same pid; None where there is no ``/proc``.
+
+    Raises:
+        ProcessLookupError: there is no process ``pid`` (Linux).
+    """
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            raise ProcessLookupError(pid) from None
+        return None
+    except OSError:
+        return None
+    try:
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def watch_process() -> dict[str, Any]:
+    """``watch_process`` of a watching report: ``pid``, ``host`` (``socket.gethostname()``) and
+    ``start_ticks`` (when the process started, Linux; null elsewhere)."""
+    import socket
+
+    try:
+        ticks = _process_start_ticks(os.getpid())
+    except ProcessLookupError:
+        ticks = None
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start_ticks": ticks}
+
+
+def _watch_gone(document: dict[str, Any]) -> bool:
+    """A watching report whose process is known to be gone: on this host, no process has its
+    pid, or the one that has it started at another time. (On another host it cannot be told.)"""
+    import socket
+
+    process = document.get("watch_process")
+    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+        return False
+    pid, ticks = process.get("pid"), process.get("start_ticks")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        now = _process_start_ticks(pid)
+        if now is None:
+            os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: a process of another user has the pid
+        return False
+    return ticks is not None and now is not None and now != ticks
+
+
+def _read_report(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None
+            document = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def current_state(path: Path) -> str | None:
+    """The ``state`` of the report at ``path`` as it stands now: its own, but
+    :data:`WATCH_GONE` for a report in state ``watching`` whose process is gone (see
+    :func:`_watch_gone`); None when there is no report there."""
+    document = _read_report(Path(path))
+    if document is None:
+        return None
+    state = document.get("state")
+    return WATCH_GONE if state == WATCHING and _watch_gone(document) else state
+
+
+def mark_a_gone_watch(path: Path) -> str | None:
+    """Before a run writes its ``--report`` at ``path``: a report there left in state
+    ``watching`` by a watch whose process is gone gets the state :data:`WATCH_GONE` at once
+    (this run replaces it only later: at its end, or after its first movie). Returns the line
+    that says so, or None (no such report, or it cannot be rewritten: the run replaces it
+    anyway)."""
+    path = Path(path)
+    document = _read_report(path)
+    if document is None or document.get("state") != WATCHING or not _watch_gone(document):
+        return None
+    process = document["watch_process"]
+    document["state"] = WATCH_GONE
+    try:
+        _write_json(path, document)
+    except CryotiffError:
+        pass
+    return (f"{path}: the --watch that wrote it (process {process['pid']} on {process['host']}) is gone; its state "
+            f"is now '{WATCH_GONE}'")
 
 
 # --------------------------------------------------------------------------- --dry_run
