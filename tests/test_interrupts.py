@@ -567,8 +567,8 @@ def test_a_movie_finished_by_a_rank_killed_before_its_result_is_said_to_be_unlis
     assert process.returncode != 0, text
     np.testing.assert_array_equal(read_tiff_frames(in_tmp / "out" / "a.tif"), first)
     assert "partial out/a.tif was removed" not in text, text
-    assert ("a.mrc was converted as the run stopped, but its result did not reach MPI rank 0: out/a.tif is "
-            "complete but not listed in movies.star") in text, text
+    assert ("a.mrc was converted as the run stopped: out/a.tif is complete, but not listed in movies.star nor in "
+            "the report; run the same command again with --only_do_unfinished to list it") in text, text
     assert "Traceback" not in text
 
     completed = subprocess.run([str(MPIRUN), "-np", "2", "--oversubscribe"]
@@ -579,3 +579,30 @@ def test_a_movie_finished_by_a_rank_killed_before_its_result_is_said_to_be_unlis
                                start_new_session=True)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert listed_in_movies_star(in_tmp / "out" / "movies.star") == ["out/a.tif", "out/b.tif"]
+
+
+def test_an_interrupt_just_after_the_rename_keeps_the_manifest_line_and_says_the_tiff_is_complete(
+        in_tmp: Path, monkeypatch, capsys) -> None:
+    """Ctrl-C just after a.tif is renamed into place, before the conversion hands it to the
+    manifest: a.tif used to stay without a manifest line while the run said that its partial
+    file was removed. Its line must be written, and the run must say that a.tif is complete."""
+    import cryotiff.convert
+    from cryotiff.cli import main
+    from cryotiff.manifest import read_manifest
+
+    first = small_movie(in_tmp / "a.mrc", 1)
+    real_write_movie = cryotiff.convert.write_movie
+
+    def write_movie_then_interrupted(*args, **kwargs):
+        real_write_movie(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cryotiff.convert, "write_movie", write_movie_then_interrupted)
+    assert main(["--i", "a.mrc", "--o", "out"]) == 130
+    captured = capsys.readouterr()
+    np.testing.assert_array_equal(read_tiff_frames(Path("out/a.tif")), first)
+    assert list(read_manifest(Path("out"))) == ["a.tif"]
+    assert "partial out/a.tif was removed" not in captured.err, captured.err
+    assert ("a.mrc was converted as the run stopped: out/a.tif is complete, but not listed in movies.star nor in "
+            "the report; run the same command again with --only_do_unfinished to list it") in captured.err, captured.err
+    assert "Traceback" not in captured.err

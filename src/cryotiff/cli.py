@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -541,6 +543,7 @@ def run_conversion(
     (:func:`finish_interrupted`). With ``watch`` (``--watch``), new movies are converted as
     they become complete, and ``movies.star`` and the report are rewritten after every movie."""
     started = time.perf_counter()
+    started_ns = time.time_ns()  # a TIFF made by this run is newer (Interruption.of)
     collector = PipelineReporter(reporter, control)
     n_movies: int | None = None
     with _report_if_failed(report_path, options, inputs, lambda: latest_results(collector.results)):
@@ -564,7 +567,8 @@ def run_conversion(
             results = failures + run(jobs, options, collector)
         except (KeyboardInterrupt, JobAborted) as stop:
             so_far = latest_results(collector.results)  # one per movie, also one converted again by --watch
-            interruption = Interruption.of(stop, list(reporter.in_progress.values()), n_movies, len(so_far))
+            interruption = Interruption.of(stop, list(reporter.in_progress.values()), n_movies, len(so_far),
+                                           started_ns)
             status = finish_interrupted(
                 lambda: finish_run(inputs, so_far, options, reporter, time.perf_counter() - started,
                                    report_path, control, interruption=interruption))
@@ -612,8 +616,9 @@ class Interruption:
         reason_printed: the reason was printed already (by rank 0's service thread, at once).
         urgent: print these lines before the summary, not after it: under MPI the ranks may be
             killed a fraction of a second after the signal.
-        unlisted: movies whose TIFF was put in place (complete) as the run stopped by a rank
-            whose result did not reach rank 0 in time: not in ``movies.star`` nor the report.
+        unlisted: movies whose TIFF was put in place (complete) as the run stopped, without a
+            result (interrupted just after the rename; under MPI, a result that did not reach
+            rank 0 in time): not in ``movies.star`` nor the report.
     """
 
     state: str
@@ -627,12 +632,17 @@ class Interruption:
     unlisted: list[Job] = field(default_factory=list)
 
     @classmethod
-    def of(cls, stop: BaseException, removed: Sequence[Job], n_movies: int | None, n_done: int) -> Interruption:
-        """After KeyboardInterrupt (Ctrl-C, SIGTERM) or RELION's abort."""
-        n_left = None if n_movies is None else max(n_movies - n_done, 0)
+    def of(cls, stop: BaseException, removed: Sequence[Job], n_movies: int | None, n_done: int,
+           started_ns: int | None = None) -> Interruption:
+        """After KeyboardInterrupt (Ctrl-C, SIGTERM) or RELION's abort. ``removed``: the movies
+        being converted; one whose TIFF is in place, made since ``started_ns`` (the run's
+        start, ``time.time_ns()``), was interrupted just after its rename: it is unlisted."""
+        unlisted = [job for job in removed if started_ns is not None and _made_since(job.destination, started_ns)]
+        removed = [job for job in removed if job not in unlisted]
+        n_left = None if n_movies is None else max(n_movies - n_done - len(unlisted), 0)
         if isinstance(stop, JobAborted):
-            return cls("aborted", EXIT_FAILED, list(removed), n_left, f"Aborted: {stop}.")
-        return cls("interrupted", EXIT_INTERRUPTED, list(removed), n_left)
+            return cls("aborted", EXIT_FAILED, list(removed), n_left, f"Aborted: {stop}.", unlisted=unlisted)
+        return cls("interrupted", EXIT_INTERRUPTED, list(removed), n_left, unlisted=unlisted)
 
     def lines(self) -> list[str]:
         """What the user reads last: why, what was removed and how to go on."""
@@ -643,10 +653,9 @@ class Interruption:
         lines += [f"{prefix}{job.source} was being converted by a rank that stopped before it could remove its "
                   f"partial file; {job.destination} was not written (a partial file may remain until the movie is "
                   "converted again)." for job in self.left_behind]
-        lines += [f"{prefix}{job.source} was converted as the run stopped, but its result did not reach MPI rank 0: "
-                  f"{job.destination} is complete but not listed in movies.star nor in the report (it may lack its "
-                  "manifest line); run the same command again with --only_do_unfinished to list it."
-                  for job in self.unlisted]
+        lines += [f"{prefix}{job.source} was converted as the run stopped: {job.destination} is complete, but not "
+                  "listed in movies.star nor in the report; run the same command again with --only_do_unfinished to "
+                  "list it (or convert it again, if its manifest line is missing)." for job in self.unlisted]
         if not self.removed and not self.left_behind and not self.unlisted:
             lines.append(("Stopped" if self.reason else "Interrupted") + " between movies: no file was half-written.")
         if self.n_left is None:
@@ -656,6 +665,18 @@ class Interruption:
                          + " not converted: run the same command again with --only_do_unfinished to convert "
                          + ("them" if self.n_left != 1 else "it") + " (the complete ones are skipped).")
         return lines
+
+
+def _made_since(path: Path, started_ns: int) -> bool:
+    """A complete output at ``path`` (a file with no temporary file of a writer beside it),
+    modified since ``started_ns``."""
+    from .io.atomic import temporaries_of
+
+    try:
+        status = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(status.st_mode) and status.st_mtime_ns >= started_ns and not temporaries_of(Path(path))
 
 
 def finish_interrupted(finish: Callable[[], int]) -> int:

@@ -1063,6 +1063,14 @@ def convert_movie(
             source_hash = None
         result.seconds = time.perf_counter() - started
         return result
+    except KeyboardInterrupt:
+        if written and manifest is not None and page_digests is not None:
+            # Interrupted once the TIFF had its name: it is complete and stays, so its line still comes.
+            _add_to_manifest(manifest, source, source_path, destination, page_digests,
+                             MovieResult(source_path, destination, "converted"), source_hash,
+                             context.eer_gain_reference if isinstance(source, EerPages) else None, written.pop())
+            source_hash = None
+        raise
     finally:
         if source_hash is not None:
             source_hash.cancel()  # the movie failed: no entry (a hash already begun runs out)
@@ -1119,7 +1127,8 @@ def _write_pages(
     ``page_digests``, append each page's digest to it, in page order. ``before_last_page`` is
     called once every page has been read and made, before the last one is written; what it
     raises leaves no file behind. ``output_directory``: as :func:`convert_movie` takes it.
-    ``written``: the :class:`cryotiff.io.atomic.WrittenFile` of the TIFF is appended to it."""
+    ``written``: the :class:`cryotiff.io.atomic.WrittenFile` of the TIFF is appended to it once
+    the TIFF has its name."""
     # With a pool, page 1 is made while this thread makes page 0 and decides the codec on it.
     ahead = PageAhead(source, executor) if executor is not None and source.n_pages > 1 else None
     try:
@@ -1185,10 +1194,8 @@ def _write_pages(
 
         pages_strips = strips()
         try:
-            kept = write_movie(destination, layout, pages_strips, description=record.to_description(),
-                               directory=output_directory, keep=written is not None)
-            if kept is not None:
-                written.append(kept)
+            write_movie(destination, layout, pages_strips, description=record.to_description(),
+                        directory=output_directory, kept=written)
         finally:
             pages_strips.close()  # a writer that failed: the pages it did not take let go first
             if beside is not None:
@@ -1200,7 +1207,7 @@ def _write_pages(
             n_pages=source.n_pages,
             frames_verified=source.n_pages if options.verify else 0,
             input_bytes=source.input_bytes,
-            output_bytes=kept.status.st_size if kept is not None else destination.stat().st_size,
+            output_bytes=written[-1].status.st_size if written else destination.stat().st_size,
             codec=codec.label,
             dtype=str(source.dtype),
         )

@@ -308,42 +308,42 @@ class AtomicFile:
             raise OutputError(f"{self.destination}: its temporary file {self.path} was removed or replaced "
                               "while it was being written; not renamed")
 
-    def commit(self, fsync: bool = False, keep: bool = False) -> WrittenFile | None:
+    def commit(self, fsync: bool = False, kept: list[WrittenFile] | None = None) -> None:
         """Flush (and ``fsync``), check the name and rename the file to its destination; with
         ``fsync`` the directory is synced after the rename too, so that after a power cut the
         name is there with the whole file, or not at all (without it, a file system may keep
-        the rename and lose the data: a complete-looking file of zeros or holes). With ``keep``,
-        returns a :class:`WrittenFile` of the file written (a duplicate of its descriptor,
-        unlocked), for the caller to close.
+        the rename and lose the data: a complete-looking file of zeros or holes). With ``kept``,
+        a :class:`WrittenFile` of the file written (a duplicate of its descriptor, unlocked) is
+        appended to it as soon as the file has its name, also when what follows fails or is
+        interrupted (the file is in place then); the caller closes it.
 
         Raises:
             OutputError: the data or the rename cannot be written, or the temporary name was
                 replaced meanwhile (then nothing is renamed).
         """
         self._ready_to_rename(fsync)
-        kept = WrittenFile(os.dup(self.handle.fileno())) if keep else None
+        written = WrittenFile(os.dup(self.handle.fileno())) if kept is not None else None
         try:
-            try:
-                os.replace(self._name, self.destination.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-            except OSError as exc:
-                self.discard()
-                raise OutputError(f"{self.destination}: cannot rename the finished file ({exc.strerror or exc})") \
-                    from None
-            self._done = True
-            if kept is not None:  # the duplicate shares the lock: released with it, after the rename
-                fcntl.flock(kept.fileno(), fcntl.LOCK_UN)
-            self.handle.close()  # releases the lock, after the rename
-            try:
-                if fsync:
-                    fsync_directory(self.destination.parent, self._dir_fd)
-                self._check_directory_after_rename()
-            finally:
-                self._close_directory()
-        except BaseException:
-            if kept is not None:
-                kept.close()
-            raise
-        return kept
+            os.replace(self._name, self.destination.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except BaseException as exc:
+            if written is not None:
+                written.close()
+            if not isinstance(exc, OSError):
+                raise
+            self.discard()
+            raise OutputError(f"{self.destination}: cannot rename the finished file ({exc.strerror or exc})") from None
+        if written is not None:
+            kept.append(written)
+        self._done = True
+        if written is not None:  # the duplicate shares the lock: released with it, after the rename
+            fcntl.flock(written.fileno(), fcntl.LOCK_UN)
+        self.handle.close()  # releases the lock, after the rename
+        try:
+            if fsync:
+                fsync_directory(self.destination.parent, self._dir_fd)
+            self._check_directory_after_rename()
+        finally:
+            self._close_directory()
 
     def commit_unless_exists(self, fsync: bool = False) -> bool:
         """:meth:`commit`, except that a file (or link) at the destination is never replaced:

@@ -394,7 +394,7 @@ class TiffLayout:
 
 
 def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], description: str | None = None,
-                directory: CheckedDirectory | None = None, keep: bool = False) -> WrittenFile | None:
+                directory: CheckedDirectory | None = None, kept: list[WrittenFile] | None = None) -> None:
     """Write pre-encoded strips as a multi-page TIFF, atomically.
 
     The strips (``layout.strips_per_page`` per page, pages in order, rows already flipped) are
@@ -407,9 +407,9 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
     ``description``: page 1's ImageDescription (ASCII; cryotiff's record of what made the file,
     see :mod:`cryotiff.recorded_options`); None writes none. ``directory``: ``destination``'s
     directory as the run checked it, the one written into (:class:`cryotiff.io.atomic.AtomicFile`).
-    ``keep``: return a :class:`cryotiff.io.atomic.WrittenFile` of the file written (for its
-    manifest line, which must describe this file whatever takes its name later); the caller
-    closes it. Otherwise None.
+    ``kept``: given the :class:`cryotiff.io.atomic.WrittenFile` of the file written as soon as it
+    has its name (for its manifest line, which must describe this file whatever takes its name
+    later; :meth:`cryotiff.io.atomic.AtomicFile.commit`); the caller closes it.
 
     Raises:
         OutputError: the file cannot be written (permissions, disk full).
@@ -447,7 +447,7 @@ def write_movie(destination: Path, layout: TiffLayout, strips: Iterable[bytes], 
         # On the disk before it gets its name (and the name after): after a power cut a .tif is
         # whole or absent, never a complete-looking file whose blocks were lost; its manifest
         # line is added only after this.
-        return target.commit(fsync=True, keep=keep)
+        target.commit(fsync=True, kept=kept)
 
 
 def remove_quietly(path: Path) -> None:
