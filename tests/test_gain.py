@@ -655,7 +655,7 @@ def test_ctrl_c_while_a_save_waits_for_its_fsync_waits_for_it_then_removes_the_t
         fsyncs_running.append(fd)
         if len(fsyncs_running) == 2:  # both files written: the save waits for them now
             in_fsync.set()
-        time.sleep(1.0 if fd == fsyncs_running[0] else 0.1)  # a slow disk (the first file the slowest)
+        time.sleep(5.0 if fd == fsyncs_running[0] else 0.1)  # a slow disk (the first file the slowest)
         real_fsync(fd)  # the file is still open: EBADF here would be the bug
         fsyncs_running.remove(fd)
 
