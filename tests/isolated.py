@@ -74,7 +74,6 @@ def _worker(connection, headroom_bytes: int) -> None:
     import cryotiff.io.tiff  # noqa: F401
     import cryotiff.inputs  # noqa: F401
     import cryotiff.jobs  # noqa: F401
-    import starfile  # noqa: F401  (pandas: a large import)
     from cryotiff.errors import CryotiffError
 
     limit = _virtual_memory_bytes() + headroom_bytes

@@ -664,8 +664,9 @@ def test_fuzzed_star_and_list_files_fail_cleanly(tmp_path_factory, isolated, lis
 
 
 def test_a_star_file_rewritten_after_a_failed_read_is_read_afresh(tmp_path: Path) -> None:
-    """starfile reads lines through linecache and clears it only after a successful parse: a STAR
-    file that failed once was read with its old lines ever after in the same process."""
+    """starfile (cryotiff's STAR reader until 2026-12) read lines through linecache and cleared it
+    only after a successful parse: a STAR file that failed once was read with its old lines ever
+    after in the same process. Kept as a guard for io/star.py's own reader."""
     from cryotiff.errors import StarFormatError
     from cryotiff.io.star import read_movie_names
 

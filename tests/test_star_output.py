@@ -73,7 +73,7 @@ def test_written_file_reads_back(tmp_path: Path) -> None:
     assert text.startswith("# Written by a test\n\n\ndata_optics\n")
     blocks = read_star_blocks(path)
     assert list(blocks["movies"]["rlnMicrographMovieName"]) == ["out/a b.tif", "out/c.tif"]
-    assert float(blocks["optics"]["rlnVoltage"].iloc[0]) == 300.0
+    assert blocks["optics"]["rlnVoltage"] == [300.0]
 
 
 def test_a_tab_or_line_break_in_a_value_is_refused(tmp_path: Path) -> None:

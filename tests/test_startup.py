@@ -87,10 +87,19 @@ def test_a_long_movie_written_in_deflate_never_loads_the_lzw_kernel(in_tmp: Path
     assert outcome == {"status": 0, "huffman": 1, "lzw": 0}
 
 
-def test_reading_a_star_file_loads_starfile(counts_movie: Path) -> None:
-    """The probe sees an import when there is one: a STAR input is read with starfile."""
+def test_reading_a_star_file_needs_none_of_them(counts_movie: Path) -> None:
+    """A STAR input is read without starfile or pandas (io/star.py; tests/test_star_imports.py for
+    the other runs that read STAR files)."""
     (counts_movie.parent / "in.star").write_text("data_movies\n\nloop_\n_rlnMicrographMovieName #1\nk2.mrc\n")
-    assert {"starfile", "pandas"} <= loaded_by("--i", "in.star", "--o", "out/", cwd=counts_movie.parent)
+    assert loaded_by("--i", "in.star", "--o", "out/", "--compression", "lzw", cwd=counts_movie.parent) == set()
+
+
+def test_the_probe_sees_an_import_when_there_is_one(in_tmp: Path) -> None:
+    """The probe's own check: a large library imported before the run (tqdm) is seen."""
+    probe = PROBE.replace("from cryotiff.cli import main", "import tqdm\nfrom cryotiff.cli import main")
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=in_tmp,
+                               timeout=300)
+    assert "tqdm" in json.loads(completed.stdout.strip().splitlines()[-1])["loaded"], completed.stderr
 
 
 def test_the_gain_package_imports_none_of_them() -> None:

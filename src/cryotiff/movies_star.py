@@ -47,9 +47,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from . import __version__
 from .convert import MOVIE_SUFFIXES, MovieResult
-from .errors import CryotiffError, OutputError
+from .errors import CryotiffError, OutputError, StarFormatError
 from .io import open_regular_stream
-from .io.star import MOVIE_NAME_COLUMN, movie_table_name, read_star_blocks, write_star_atomically
+from .io.star import MOVIE_NAME_COLUMN, Table, movie_table_name, read_star_blocks, write_star_atomically
 
 MOVIES_STAR_NAME = "movies.star"
 #: Movies that cannot be listed in ``movies.star`` (their optics group is unknown).
@@ -139,19 +139,6 @@ class _Entry:
         return str(self.record[MOVIE_NAME_COLUMN])
 
 
-def _as_dataframe(table: Any):
-    """A STAR table as a DataFrame (starfile returns one-row key/value blocks as dicts)."""
-    import pandas as pd
-
-    if hasattr(table, "columns"):
-        return table
-    return pd.DataFrame([dict(table)])
-
-
-def _records(table: Any) -> list[dict[str, Any]]:
-    return _as_dataframe(table).to_dict("records")
-
-
 def _star_inputs(inputs: Sequence[str]) -> list[Path]:
     """The ``--i`` arguments that inputs.expand_inputs reads as movie STAR files (same rule)."""
     return [Path(argument) for argument in inputs if Path(argument).suffix == ".star" and not Path(argument).is_dir()]
@@ -192,18 +179,18 @@ def _group_number(record: dict[str, Any]) -> float | None:
 
 
 def _entries_of_table(
-    blocks: dict[str, Any], origin: str, source_index: int, from_earlier: bool
+    blocks: dict[str, Table], origin: str, source_index: int, from_earlier: bool
 ) -> Iterator[_Entry]:
     """The movies of a STAR file's movie table, each with its optics group (if the file has one)."""
     table_name = movie_table_name(blocks)
     groups: dict[float, _OpticsGroup] | None = None
     if OPTICS_BLOCK in blocks and table_name != OPTICS_BLOCK:
         groups = {}
-        for row in _records(blocks[OPTICS_BLOCK]):
+        for row in blocks[OPTICS_BLOCK].records():
             number = _group_number(row)
             if number is not None:
                 groups.setdefault(number, _OpticsGroup(row, (source_index, number, 0), origin))
-    for record in _records(blocks[table_name]):
+    for record in blocks[table_name].records():
         name = str(record.get(MOVIE_NAME_COLUMN, "")).strip()
         if not name:
             continue
@@ -252,10 +239,18 @@ def _scaled(group: _OpticsGroup, factor: float) -> _OpticsGroup:
 def _new_entries(
     star_paths: Sequence[Path], listed: Sequence[MovieResult], eer_upsampling: int
 ) -> list[_Entry]:
-    """This run's movies, with what their STAR files (sources 1, 2, ...) say about them."""
+    """This run's movies, with what their STAR files (sources 1, 2, ...) say about them. A STAR
+    file that cannot be read is passed over: it was reported when the inputs were read (and no
+    movie of it converted), or it was damaged since (its movies then go to the unassigned list)."""
     from_star: dict[Path, _Entry] = {}
+    unreadable: list[str] = []
     for index, star_path in enumerate(star_paths, start=1):
-        for entry in _entries_of_table(read_star_blocks(star_path), str(star_path), index, from_earlier=False):
+        try:
+            blocks = read_star_blocks(star_path)
+        except StarFormatError:
+            unreadable.append(str(star_path))
+            continue
+        for entry in _entries_of_table(blocks, str(star_path), index, from_earlier=False):
             from_star.setdefault(Path(entry.name), entry)  # the key inputs.expand_inputs uses
     factor = EER_PIXEL_SIZE_FACTOR.get(eer_upsampling, 1.0)
     scaled_groups: dict[int, _OpticsGroup] = {}
@@ -264,6 +259,8 @@ def _new_entries(
         found = from_star.get(result.source)
         if found is None:
             entry = _Entry({MOVIE_NAME_COLUMN: str(result.destination)})
+            if unreadable:
+                entry.reason = f"it is in no STAR file that could be read (not in {', '.join(unreadable)})"
         else:
             entry = _Entry(dict(found.record), found.block, found.optics, found.reason)
             entry.record[MOVIE_NAME_COLUMN] = str(result.destination)
@@ -505,7 +502,8 @@ def write_movies_star(
 
     Raises:
         OutputError: a list cannot be written.
-        StarFormatError: an input STAR file, or the earlier list, can no longer be read.
+        StarFormatError: the earlier list can no longer be read (an input STAR file that cannot
+            be read is passed over: see _new_entries).
     """
     results = list(results)
     listed = [r for r in results if r.status in ("converted", "skipped") and r.destination is not None]

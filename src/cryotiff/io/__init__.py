@@ -127,18 +127,6 @@ def open_regular_stream(
         raise
 
 
-def name_of_descriptor(fd: int) -> str | None:
-    """A name that opens the very file ``fd`` is open on (Linux: ``/proc/self/fd/<fd>``), for
-    libraries that read only by name (starfile); None where the system has none."""
-    name = f"/proc/self/fd/{fd}"
-    try:
-        same = os.stat(name)
-        here = os.fstat(fd)
-    except OSError:
-        return None
-    return name if (same.st_dev, same.st_ino) == (here.st_dev, here.st_ino) else None
-
-
 def pread_exactly(fd: int, n_bytes: int, offset: int) -> bytes:
     """Up to ``n_bytes`` from ``offset`` of ``fd`` (fewer only at the end of the file), read
     with ``os.pread``: the descriptor's offset, which other threads may share, is not moved."""
