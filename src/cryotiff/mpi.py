@@ -1117,8 +1117,6 @@ def run_conversion(
 
     position = {index: place for place, index in enumerate(order, start=1)}
     host = processor_name()
-    if rank == 0:
-        preload_run_writers(options.output_dir)
     executor = responsive_executor(options.threads)
     converted: dict[int, MovieResult] = {}
 
@@ -1278,7 +1276,6 @@ def run_watch(
 
     watcher = None
     if rank == 0:
-        preload_run_writers(options.output_dir)
         reporter.start_run([])
         watcher = threading.Thread(target=look_until_quiet, name="cryotiff-watch", daemon=True)
         watcher.start()
@@ -1381,24 +1378,6 @@ def pkl5_bcast(comm: Any, value: Any) -> Any:
     from mpi4py.util import pkl5
 
     return pkl5.Intracomm(comm).bcast(value, root=0)
-
-
-def preload_run_writers(output_dir: Path) -> None:
-    """Rank 0: import, in the background, what merges ``movies.star`` with the list an earlier
-    run left in ``output_dir`` (starfile and pandas take about a second to import; a run whose
-    ``--o`` holds no list writes one without them). After Ctrl-C on mpirun, Open MPI leaves the
-    ranks about 0.2 s between SIGTERM and SIGKILL: enough to write ``movies.star`` and the
-    report, not to import pandas first."""
-    from .movies_star import MOVIES_STAR_NAME, UNASSIGNED_STAR_NAME
-
-    if not any(os.path.lexists(output_dir / name) for name in (MOVIES_STAR_NAME, UNASSIGNED_STAR_NAME)):
-        return
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            import starfile  # noqa: F401  (and pandas)
-
-    threading.Thread(target=load, name="cryotiff-preload", daemon=True).start()
 
 
 #: How long rank 0, stopping, waits for the other ranks to remove their partial files before it
