@@ -205,7 +205,11 @@ def loop_block(draw, name: str) -> tuple[list[str], bool]:
     lines += [draw(st.sampled_from([f"_{label}", f"_{label} #{k + 1}", f"_{label}\t#{k + 1} extra"]))
               for k, label in enumerate(labels)]
     lines += draw(filler(comments=n_rows > 0))
-    for row in zip(*columns):
+    for index, row in enumerate(zip(*columns)):
+        if index > 0 and draw(st.integers(0, 9)) == 0:  # a short row: missing values at its end
+            row = row[:draw(st.integers(1, len(row)))]
+        elif draw(st.integers(0, 29)) == 0:  # a row too long: refused by both
+            row = row + ("1",)
         cells = []
         for value in row:
             must = value == "" or any(c in value for c in " \t#")
@@ -277,8 +281,10 @@ WHERE_STARFILE_WAS_WRONG = [
     ("doubled quotes inside quotes", MOVIES_HEAD + '"a""b.mrc"\n', {"movies": [('a""b.mrc',)]}, {"movies": [('a"b.mrc',)]}),
     ("text after a closing quote", MOVIES_HEAD + '"a"b.mrc\n', "the quote of \"a\"b.mrc is not closed",
      {"movies": [("ab.mrc",)]}),
-    ("a row shorter than the labels", TWO_LABELS + "a.mrc 1\nb.mrc\n", "line 6: 1 value for the 2 labels of data_movies",
-     {"movies": [("a.mrc", 1.0), ("b.mrc", math.nan)]}),
+    ("a first row shorter than the labels", TWO_LABELS + "a.mrc\nb.mrc 1\n",
+     {"movies": [("a.mrc", math.nan), ("b.mrc", 1.0)]}, ValueError),
+    ("a first row shorter than the labels, of text", TWO_LABELS + "a.mrc\nb.mrc x\n",
+     {"movies": [("a.mrc", ""), ("b.mrc", "x")]}, ValueError),
     ("a label given twice", "data_movies\nloop_\n_rlnMicrographMovieName\n_rlnMicrographMovieName\na.mrc b.mrc\n",
      "line 4: the label _rlnMicrographMovieName is given twice in data_movies", "duplicate columns"),
     ("a block name given twice", MOVIES_HEAD + "a.mrc\n" + MOVIES_HEAD + "b.mrc\n", "line 5: a second block named data_movies",
@@ -346,8 +352,8 @@ DAMAGED = {
     "binary": (bytes(range(256)) * 64, "line 1 holds a NUL byte: not a text file"),
     "latin-1": (MOVIES_HEAD.encode() + "Movies/\u00e9.mrc\n".encode("latin-1"), "line 4 is not UTF-8 text"),
     "utf-16": (MOVIES_HEAD.encode("utf-16"), "line 1 holds a NUL byte: not a text file"),
-    "short row": ((TWO_LABELS + "first.mrc 1\nlast.mrc\n").encode(), "line 6: 1 value for the 2 labels of data_movies"),
     "long row": ((TWO_LABELS + "first.mrc 1\nlast.mrc 1 2\n").encode(), "line 6: 3 values for the 2 labels of data_movies"),
+    "long first row": ((MOVIES_HEAD + "first.mrc 1\n").encode(), "line 4: 2 values for the 1 label of data_movies"),
     "label twice": (MOVIES_HEAD.encode() + b"_rlnMicrographMovieName #2\nfirst.mrc last.mrc\n",
                     "line 4: the label _rlnMicrographMovieName is given twice in data_movies"),
     "quote not closed": (MOVIES_HEAD.encode() + b"'first.mrc\n", "line 4: the quote of 'first.mrc is not closed"),
@@ -398,3 +404,22 @@ def test_a_utf8_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
     path = tmp_path / "windows.star"
     path.write_bytes(b"\xef\xbb\xbf" + (MOVIES_HEAD + "Movies/a.mrc\n").replace("\n", "\r\n").encode())
     assert read_star_blocks(path)["movies"]["rlnMicrographMovieName"] == ["Movies/a.mrc"]
+
+
+def test_a_short_row_is_a_movie_without_its_optics_group(in_tmp: Path, capsys) -> None:
+    """As with starfile: the movie of a row without its rlnOpticsGroup converts and is listed in
+    movies_unassigned.star, with a warning; the others keep their group."""
+    from cryotiff.cli import main
+
+    from .helpers import int16_movie
+
+    int16_movie("a.mrc", 1)
+    int16_movie("b.mrc", 2)
+    Path("in.star").write_text("data_optics\nloop_\n_rlnOpticsGroupName #1\n_rlnOpticsGroup #2\n_rlnVoltage #3\n"
+                               "_rlnSphericalAberration #4\n_rlnMicrographOriginalPixelSize #5\nopticsGroup1 1 300 2.7 1.0\n\n"
+                               + TWO_LABELS + "a.mrc 1\nb.mrc\n")
+    assert main(["--i", "in.star", "--o", "out"]) == 0
+    captured = capsys.readouterr()
+    assert "its optics group is not defined in in.star" in captured.err, captured.err
+    assert read_star_blocks(Path("out/movies.star"))["movies"]["rlnMicrographMovieName"] == ["out/a.tif"]
+    assert read_star_blocks(Path("out/movies_unassigned.star"))["movies"]["rlnMicrographMovieName"] == ["out/b.tif"]

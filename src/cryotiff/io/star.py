@@ -37,15 +37,16 @@ tests/test_star_reading.py, ``test_where_starfile_was_wrong``):
   RELION does not), and an apostrophe inside an unquoted value stays one (starfile made it
   ``"``); a quoted value ends at the quote that a space or the end of the line follows
   (starfile took ``"a""b"`` for ``a"b`` and ``"a"b`` for ``ab``);
-* a row with more or fewer values than the loop has labels is refused, naming the line (RELION
-  refuses both; starfile filled a short row with missing values, a text value becoming
-  ``nan``, or refused it when it was the first); so is a label given twice in a loop (starfile
-  made a table that gave the label's name for its values; in a key/value block the last value
-  counts, as in starfile), a block name given twice (starfile
-  kept the last block, RELION reads the first), a ``data_`` block whose ``data_`` line another
-  ``data_`` line follows before any table (starfile gave it the next block's table), a second
-  ``loop_`` in one block, a key/value block that a ``loop_`` follows (starfile read the labels
-  as keys and skipped the rows), a quoted value that is not closed;
+* a row with fewer values than the loop has labels has empty values in its last columns (NaN in
+  a column of numbers, '' in one of text), as starfile read it, also when it is the first row (starfile then failed; RELION
+  accepts short rows in a loop of one or two labels only); a row with more is refused, as
+  starfile and RELION refuse it;
+* refused, naming the line: a label given twice in a loop (starfile made a table that gave the
+  label's name for its values; in a key/value block the last value counts, as in starfile); a
+  block name given twice (starfile kept the last block, RELION reads the first); a ``data_``
+  line that another ``data_`` line follows before any table (starfile gave the first block the
+  next one's table); a second ``loop_`` in one block, or a ``loop_`` after key/value pairs
+  (starfile read the labels as keys and skipped the rows); a quoted value that is not closed;
 * comment and blank lines between ``loop_`` and its labels, or among them, are skipped (starfile
   read the labels after them as rows); a loop whose rows are all comments has no rows (starfile
   failed); lines ending in CR alone are lines (starfile counted the lines
@@ -180,6 +181,7 @@ def _text_lines(stream: BinaryIO) -> Iterator[tuple[int, str]]:
             number += 1
             yield number, piece.strip()
 
+
 #: Values pandas' read_csv (as starfile called it) took for missing, true and false.
 _MISSING = frozenset({"nan", "NaN", "<NA>"})
 _TRUE = frozenset({"True", "TRUE", "true"})
@@ -263,9 +265,8 @@ def _key_value(line: str, number: int) -> tuple[str, Any]:
 class _Block:
     """A block being read."""
 
-    def __init__(self, name: str, number: int) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.number = number
         self.kind: str | None = None  # "loop" or "pairs" once its table starts
         self.columns: list[str] = []
         self.rows: list[list[str]] = []  # a loop's values as written
@@ -313,7 +314,7 @@ def _parse(stream: BinaryIO) -> dict[str, Table]:
             name = line[5:]
             if name in blocks:
                 raise _ParseError(f"line {number}: a second block named data_{name}")
-            block = _Block(name, number)
+            block = _Block(name)
             continue
         if block is None or not line or line.startswith("#"):
             continue
@@ -337,12 +338,13 @@ def _parse(stream: BinaryIO) -> dict[str, Table]:
         values = _loop_row(line, number)
         if not values:
             continue
-        if len(values) != len(block.columns):
+        if len(values) > len(block.columns):
             raise _ParseError(f"line {number}: {_count(len(values), 'value')} for the "
                               f"{_count(len(block.columns), 'label')} of data_{block.name}")
-        block.rows.append(values)
+        block.rows.append(values + [""] * (len(block.columns) - len(values)))  # as pandas filled them
     finish()
     return blocks
+
 
 def movie_table_name(blocks: dict[str, Table]) -> str:
     """RELION's choice: the ``movies`` table if it has rows, else the first table."""
