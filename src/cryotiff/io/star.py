@@ -3,9 +3,9 @@
 Input: the ``movies`` table of a RELION 3.1+ movie STAR file, else the first table (RELION 3.0
 files have one unnamed ``data_`` block), column ``rlnMicrographMovieName``; and the lists an
 earlier run wrote (``movies.star``, ``movies_unassigned.star``). :func:`read_star_blocks` reads
-them line by line, without pandas: a STAR input costs no more memory or start-up than a movie
-given directly (peak RSS of a small conversion 60 MiB either way; it was 136 MiB through
-starfile, which imports pandas and pyarrow: docs/benchmarks.md, "Reading STAR files").
+them line by line, without pandas: a STAR input costs what a movie given directly costs (peak
+RSS of a small conversion 44 MiB either way; 127 MiB through starfile, which imports pandas and
+pyarrow, 706 modules against 282: docs/benchmarks.md, "Reading STAR files").
 
 The values are those starfile 0.5 gave (the tests compare the two on generated files), so that
 every output is as it was:
