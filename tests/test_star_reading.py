@@ -423,3 +423,15 @@ def test_a_short_row_is_a_movie_without_its_optics_group(in_tmp: Path, capsys) -
     assert "its optics group is not defined in in.star" in captured.err, captured.err
     assert read_star_blocks(Path("out/movies.star"))["movies"]["rlnMicrographMovieName"] == ["out/a.tif"]
     assert read_star_blocks(Path("out/movies_unassigned.star"))["movies"]["rlnMicrographMovieName"] == ["out/b.tif"]
+
+
+def test_a_table_answers_for_its_columns(tmp_path: Path) -> None:
+    """``column in table`` and ``table[column]`` are about the columns (a Table is no list of
+    rows to ``in``)."""
+    path = tmp_path / "movies.star"
+    path.write_text(TWO_LABELS + "a.mrc 1\n")
+    table = read_star_blocks(path)["movies"]
+    assert "rlnOpticsGroup" in table and "rlnVoltage" not in table
+    assert table["rlnOpticsGroup"] == [1] and table.records() == [{"rlnMicrographMovieName": "a.mrc", "rlnOpticsGroup": 1}]
+    with pytest.raises(KeyError):
+        table["rlnVoltage"]

@@ -109,6 +109,9 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __contains__(self, column: object) -> bool:
+        return column in self.columns
+
     def __getitem__(self, column: str) -> list[Any]:
         """The values of ``column``, row by row (KeyError if the table has no such column)."""
         if column not in self.columns:
