@@ -20,7 +20,7 @@ from cryotiff.convert import ConvertOptions
 from cryotiff.simulate.write import write_mrc_movie
 from cryotiff.watch import MovieWatch, WatchOptions, why_incomplete
 
-from .helpers import HANG_SECONDS, OutputSoFar, read_tiff_frames, wait_until
+from .helpers import HANG_SECONDS, OutputSoFar, read_tiff_frames, start_process, wait_until
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
 #: Only a hang must fail (helpers.HANG_SECONDS); what the tests wait for, they wait for as a
@@ -53,9 +53,10 @@ def movies_star_names(path: Path) -> list[str]:
 
 
 def start(command: list[str], cwd: Path) -> subprocess.Popen:
-    """The watch, its output read as it comes (``process.output``, :class:`~tests.helpers.OutputSoFar`)."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    """The watch, its output read as it comes (``process.output``, :class:`~tests.helpers.OutputSoFar`),
+    with SIGINT at its default action (:func:`~tests.helpers.start_process`), as the Ctrl-C tests need."""
+    process = start_process(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     process.output = OutputSoFar(process)
     return process
 
