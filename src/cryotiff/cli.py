@@ -7,6 +7,9 @@ converted (or was skipped as finished), 1 when any failed, 2 for invalid options
 
 from __future__ import annotations
 
+# Before anything imports numpy (its OpenBLAS reads the setting once, as numpy is imported).
+from . import command_environment  # noqa: F401, I001
+
 import argparse
 import contextlib
 import os
