@@ -25,6 +25,7 @@ The cases (the table of the speed issue):
   reliable at ``--thresh 50``), listed in a ``.lst`` (RELION's ``--i`` takes one file);
 * ``gain``: ``--gain`` with that estimate over the same two movies;
 * ``k2``: K2 counts, MRC mode 0, 3838 x 3710, 10 frames at 0.96 e/pixel/frame;
+* ``k2-star``: the same movie given as the main use gives it, listed in a movie STAR file;
 * ``falcon``: Falcon 16-bit, MRC mode 6, 4096 x 4096, 8 frames.
 
 Wall time is of the whole process (start-up, imports, reading, writing); the package's bytecode
@@ -49,12 +50,38 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-CASES = ("eer", "eer-up2", "estimate", "gain", "k2", "falcon")
+CASES = ("eer", "eer-up2", "estimate", "gain", "k2", "k2-star", "falcon")
 K2_SHAPE_YX = (3710, 3838)
 
 
 # --------------------------------------------------------------------------------------------
 # Data (made in a child process: python bench_vs_relion.py --make WORKDIR FRAMES)
+
+
+#: The k2-star case's input: k2.mrc listed in a movie STAR file, as RELION's Import job writes it.
+K2_STAR = """
+# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographOriginalPixelSize #3
+_rlnVoltage #4
+_rlnSphericalAberration #5
+_rlnAmplitudeContrast #6
+opticsGroup1 1 1.0 300.0 2.7 0.1
+
+# version 30001
+
+data_movies
+
+loop_
+_rlnMicrographMovieName #1
+_rlnOpticsGroup #2
+{movie} 1
+"""
 
 
 def make_data(workdir: Path, k2gain_frames: int) -> None:
@@ -72,6 +99,8 @@ def make_data(workdir: Path, k2gain_frames: int) -> None:
         write_mrc_movie(workdir / "k2.partial.mrc", counting_frames(10, (3838, 3710), 0.96, np.int8, seed=1), 0,
                         pixel_size_angstrom=1.05)
         os.replace(workdir / "k2.partial.mrc", workdir / "k2.mrc")
+    if not (workdir / "k2.star").exists():  # the main use: the same movie listed in a movie STAR file
+        (workdir / "k2.star").write_text(K2_STAR.format(movie=workdir / "k2.mrc"))
     if not (workdir / "falcon.mrc").exists():
         write_mrc_movie(workdir / "falcon.partial.mrc", falcon_frames(8, (4096, 4096), seed=2), 6, pixel_size_angstrom=0.83)
         os.replace(workdir / "falcon.partial.mrc", workdir / "falcon.mrc")
@@ -537,6 +566,8 @@ def case_arguments(case: str, workdir: Path, estimate_dir: Path) -> list[str]:
         return ["--i", str(workdir / "k2gain.lst"), "--estimate_gain"]
     if case == "gain":
         return ["--i", str(workdir / "k2gain.lst"), "--gain", str(estimate_dir / "gain_estimate.bin")]
+    if case == "k2-star":
+        return ["--i", str(workdir / "k2.star")]
     return ["--i", str(workdir / f"{case}.mrc")]
 
 
