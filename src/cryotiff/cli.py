@@ -25,14 +25,15 @@ from typing import Callable, Iterator, Sequence, TextIO
 from . import __version__
 from .codecs import COMPRESSION_CHOICES, opt_in_warning, validate_options
 from .convert import ConvertOptions, MovieResult
-from .errors import CryotiffError, OptionError
+from .errors import CryotiffError, OptionError, OutputError
+from .io.atomic import CheckedDirectory
 from .jobs import Job, Reporter, Summary, plan, run, summarise
 from .movies_star import write_movies_star
 from .pipeline import JobAborted, PipelineControl, PipelineReporter, pipeline_control_from_argv
 from .progress import RunProgress
 from .watch import DEFAULT_SETTLE_SECONDS, WatchOptions, latest_results
-from .report import (check_report_path, format_bytes, format_dry_run, mark_a_gone_watch, plan_dry_run,
-                     write_dry_run_report, write_report)
+from .report import (check_report_path, checked_report_directory, format_bytes, format_dry_run, mark_a_gone_watch,
+                     plan_dry_run, write_dry_run_report, write_report)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -531,6 +532,17 @@ def print_summary(
 # --------------------------------------------------------------------------- main
 
 
+@dataclass
+class CheckedOutputs:
+    """The directories of a run's own files as the run checked them: ``--o`` (for movies.star)
+    and the ``--report``'s, each None where not checked (a library caller; MPI, which checks
+    only when it writes). A directory replaced since (by a symbolic link, say) gets none of
+    them, as the TIFFs are refused (:class:`cryotiff.io.atomic.CheckedDirectory`)."""
+
+    output_dir: CheckedDirectory | None = None
+    report_dir: CheckedDirectory | None = None
+
+
 def run_conversion(
     inputs: Sequence[str],
     options: ConvertOptions,
@@ -549,24 +561,25 @@ def run_conversion(
     started_ns = time.time_ns()  # a TIFF made by this run is newer (Interruption.of)
     collector = PipelineReporter(reporter, control)
     n_movies: int | None = None
-    with _report_if_failed(report_path, options, inputs, lambda: latest_results(collector.results)):
+    checked = CheckedOutputs(report_dir=checked_report_directory(report_path) if report_path is not None else None)
+    with _report_if_failed(report_path, options, inputs, lambda: latest_results(collector.results), checked):
         try:
             if watch is not None:
-                _make_output_dir(options)
+                checked.output_dir = _make_output_dir(options)
                 reporter.start_run([])
                 from .watch import watch_and_convert
 
                 results = watch_and_convert(
                     inputs, options, watch, collector,
-                    on_result=lambda so_far: record_so_far(inputs, so_far, options, reporter, report_path))
+                    on_result=lambda so_far: record_so_far(inputs, so_far, options, reporter, report_path, checked))
                 return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path,
-                                  control)
+                                  control, checked=checked)
             jobs, failures = plan(inputs, options, relative_to)
             n_movies = len(jobs) + len(failures)
             reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
             for failure in failures:
                 collector.movie_finished(failure)
-            _make_output_dir(options)
+            checked.output_dir = _make_output_dir(options)
             results = failures + run(jobs, options, collector)
         except (KeyboardInterrupt, JobAborted) as stop:
             so_far = latest_results(collector.results)  # one per movie, also one converted again by --watch
@@ -574,30 +587,38 @@ def run_conversion(
                                            started_ns)
             status = finish_interrupted(
                 lambda: finish_run(inputs, so_far, options, reporter, time.perf_counter() - started,
-                                   report_path, control, interruption=interruption))
+                                   report_path, control, interruption=interruption, checked=checked))
             if isinstance(stop, JobAborted):
                 raise  # main() writes RELION_JOB_EXIT_ABORTED
             return status
-    return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, control)
+    return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, control,
+                      checked=checked)
 
 
-def _make_output_dir(options: ConvertOptions) -> None:
+def _make_output_dir(options: ConvertOptions) -> CheckedDirectory:
+    """Make ``--o`` and return it as checked now."""
     try:
         options.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+    try:
+        return CheckedDirectory(options.output_dir, options.output_dir)
+    except OutputError as exc:
+        raise OptionError(str(exc)) from None
 
 
 def record_so_far(inputs: Sequence[str], results: Sequence[MovieResult], options: ConvertOptions,
-                  reporter: TerminalReporter, report_path: Path | None) -> None:
+                  reporter: TerminalReporter, report_path: Path | None, checked: CheckedOutputs | None = None) -> None:
     """During a ``--watch`` run, after every movie: ``<o>/movies.star`` and the ``--report``
     (``state`` ``watching``) of the movies so far, so that the next step of a pipeline can
     start on them. A failure to write them is a warning (once); the run goes on."""
     try:
-        outcome = write_movies_star(inputs, list(results), options.output_dir, options.eer_upsampling)
+        checked = checked or CheckedOutputs()
+        outcome = write_movies_star(inputs, list(results), options.output_dir, options.eer_upsampling,
+                                    checked.output_dir)
         if report_path is not None:
             write_report(report_path, list(results), options, inputs, None, EXIT_OK, state="watching",
-                         movies_star=outcome.path)
+                         movies_star=outcome.path, directory=checked.report_dir)
     except CryotiffError as exc:
         reporter.warning(f"WARNING: {exc}")
 
@@ -707,11 +728,13 @@ def finish_run(
     control: PipelineControl | None = None,
     extra_lines: Sequence[str] = (),
     interruption: Interruption | None = None,
+    checked: CheckedOutputs | None = None,
 ) -> int:
     """After a conversion run (also rank 0 of ``convert-to-tiff-mpi``), also one that was
     interrupted (``interruption``): what was interrupted, ``<o>/movies.star`` (and
     RELION_OUTPUT_NODES.star for a pipeline job), the summary, ``extra_lines``, the
-    ``--report``. Returns the exit status."""
+    ``--report``. Returns the exit status. ``checked``: where they go, as the run checked it."""
+    checked = checked or CheckedOutputs()
     reporter.end_run()
     summary = summarise(results, wall_seconds)
     damaged_unaccepted = summary.damaged_eer_frames and not options.ignore_error
@@ -724,7 +747,7 @@ def finish_run(
             _print_lines(interruption.lines(), reporter.err)
     movies_star = None
     try:
-        outcome = write_movies_star(inputs, results, options.output_dir, options.eer_upsampling)
+        outcome = write_movies_star(inputs, results, options.output_dir, options.eer_upsampling, checked.output_dir)
         for text in outcome.warnings:
             reporter.warning(f"WARNING: {text}")
         movies_star = outcome.path
@@ -742,7 +765,7 @@ def finish_run(
     if interruption is not None and not interruption.urgent:
         _print_lines(interruption.lines(), reporter.err)
     return _with_report(report_path, results, options, inputs, summary, status, reporter, movies_star=movies_star,
-                        **fields)
+                        directory=checked.report_dir, **fields)
 
 
 def _print_lines(lines: Sequence[str], stream: TextIO) -> None:
@@ -766,7 +789,7 @@ def _with_report(report_path: Path | None, results, options, inputs, summary, st
 @contextlib.contextmanager
 def _report_if_failed(
     report_path: Path | None, options: ConvertOptions, inputs: Sequence[str],
-    results_so_far: Callable[[], Sequence[MovieResult]],
+    results_so_far: Callable[[], Sequence[MovieResult]], checked: CheckedOutputs | None = None,
 ) -> Iterator[None]:
     """Around a run: if an error stops it, write the ``--report`` with ``state`` ``error`` and
     the movies done so far, then let the exception go on. Writing it must not hide the reason,
@@ -777,7 +800,8 @@ def _report_if_failed(
         if report_path is not None:
             status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
             try:
-                write_report(report_path, results_so_far(), options, inputs, None, status, state="error", error=str(exc))
+                write_report(report_path, results_so_far(), options, inputs, None, status, state="error", error=str(exc),
+                             directory=checked.report_dir if checked is not None else None)
             except CryotiffError as report_error:
                 print(f"ERROR: {report_error}", file=sys.stderr, flush=True)
         raise

@@ -40,6 +40,7 @@ import fcntl
 import io
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from . import __version__
 from .convert import MOVIE_SUFFIXES, MovieResult
 from .errors import CryotiffError, OutputError, StarFormatError
-from .io import open_regular_stream
+from .io import open_regular_file, open_regular_stream
+from .io.atomic import CheckedDirectory, open_directory
 from .io.star import MOVIE_NAME_COLUMN, Table, movie_table_name, read_star_blocks, write_star_atomically
 
 MOVIES_STAR_NAME = "movies.star"
@@ -206,17 +208,18 @@ def _entries_of_table(
         yield entry
 
 
-def _earlier_entries(movies_star: Path | None, unassigned: Path | None) -> list[_Entry]:
-    """The movies listed by an earlier run (both of cryotiff's files; source index 0)."""
+def _earlier_entries(movies_star: Path | None, unassigned: Path | None, dir_fd: int) -> list[_Entry]:
+    """The movies listed by an earlier run (both of cryotiff's files, read in the directory
+    ``dir_fd``; source index 0)."""
     entries: list[_Entry] = []
-    if movies_star is not None and movies_star.exists():
-        blocks = read_star_blocks(movies_star)
+    if movies_star is not None:
+        blocks = read_star_blocks(movies_star, dir_fd)
         for entry in _entries_of_table(blocks, str(movies_star), 0, from_earlier=True):
             if entry.optics is None:
                 entry.reason = "an earlier run listed it without an optics group"
             entries.append(entry)
-    if unassigned is not None and unassigned.exists():
-        for entry in _entries_of_table(read_star_blocks(unassigned), str(unassigned), 0, from_earlier=True):
+    if unassigned is not None:
+        for entry in _entries_of_table(read_star_blocks(unassigned, dir_fd), str(unassigned), 0, from_earlier=True):
             entries.append(_Entry({MOVIE_NAME_COLUMN: entry.name}, reason="an earlier run could not list it either",
                                   from_earlier=True))
     return entries
@@ -387,14 +390,16 @@ def _merge(entries: list[_Entry]) -> _Tables:
 # --------------------------------------------------------------------------- writing
 
 
-def is_written_by_cryotiff(path: Path) -> bool:
+def is_written_by_cryotiff(path: Path, dir_fd: int | None = None) -> bool:
     """True if ``path`` is a regular file (not a link) whose comment lines before the first data
-    block include cryotiff's :data:`MARKER`."""
-    if path.is_symlink() or not path.is_file():
+    block include cryotiff's :data:`MARKER`. With ``dir_fd`` (a descriptor of ``path``'s
+    directory), its name is looked up there."""
+    if dir_fd is None and (path.is_symlink() or not path.is_file()):
         return False
     try:
-        # Opened so that a named pipe that took the name after the look above cannot block it.
-        with open_regular_stream(path, "movies.star") as binary, \
+        # Opened so that a named pipe that took the name after the look above cannot block it;
+        # with dir_fd, a link is refused by the open itself.
+        with _open_list(path, dir_fd) as binary, \
                 io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as stream:
             for line in stream:
                 if "data_" in line:
@@ -406,14 +411,42 @@ def is_written_by_cryotiff(path: Path) -> bool:
     return False
 
 
+def _open_list(path: Path, dir_fd: int | None):
+    if dir_fd is None:
+        return open_regular_stream(path, "movies.star")
+    descriptor = open_regular_file(path, "movies.star", dir_fd=dir_fd)
+    return open(descriptor, "rb")  # noqa: SIM115 (the caller's with closes it)
+
+
 def _marker_lines() -> list[str]:
     return [f"{MARKER} {__version__}: the converted movies. A later cryotiff run into this directory "
             "merges its movies into this file."]
 
 
-def _destination(output_dir: Path, name: str, star_paths: Sequence[Path]) -> tuple[Path | None, str]:
+def _entry_status(dir_fd: int, name: str) -> os.stat_result | None:
+    """What the name ``name`` is in the directory ``dir_fd`` (a link is not followed); None if
+    nothing is there."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:  # as os.path.lexists: the writing then says what is wrong
+        return None
+
+
+def _is_input(status: os.stat_result, star_paths: Sequence[Path]) -> bool:
+    for star in star_paths:
+        try:
+            other = os.stat(star)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (status.st_dev, status.st_ino):
+            return True
+    return False
+
+
+def _destination(dir_fd: int, output_dir: Path, name: str, star_paths: Sequence[Path]) -> tuple[Path | None, str]:
     """Where a list goes: ``name``, unless a file stands there that cryotiff may not replace
     (not written by cryotiff, a link, or an input STAR file); then ``<stem>_cryotiff.star``.
+    Looked up in the directory ``dir_fd`` (``output_dir`` as the run checked it).
 
     Returns:
         The path (None if neither may be written) and, if ``name`` was passed over, why.
@@ -422,13 +455,14 @@ def _destination(output_dir: Path, name: str, star_paths: Sequence[Path]) -> tup
     alternate = output_dir / f"{primary.stem}{ALTERNATE_NAME_SUFFIX}{primary.suffix}"
     why = ""
     for candidate in (primary, alternate):
-        if not os.path.lexists(candidate):
+        status = _entry_status(dir_fd, candidate.name)
+        if status is None:
             return candidate, why
-        if candidate.is_symlink():
+        if stat.S_ISLNK(status.st_mode):
             reason = "it is a link"
-        elif any(star.exists() and os.path.samefile(candidate, star) for star in star_paths):
+        elif _is_input(status, star_paths):
             reason = "it is an input STAR file"
-        elif not is_written_by_cryotiff(candidate):
+        elif not is_written_by_cryotiff(candidate, dir_fd):
             reason = "cryotiff did not write it"
         else:
             return candidate, why
@@ -437,10 +471,10 @@ def _destination(output_dir: Path, name: str, star_paths: Sequence[Path]) -> tup
 
 
 @contextlib.contextmanager
-def _locked(output_dir: Path, warnings: list[str]) -> Iterator[None]:
-    """Hold ``<output_dir>/.movies.star.lock`` (``flock``), waiting for another run that holds it.
-    The lock file is removed on the way out; a run that locked a file so removed sees that it is
-    no longer the one at the path and locks again.
+def _locked(dir_fd: int, output_dir: Path, warnings: list[str]) -> Iterator[None]:
+    """Hold ``<output_dir>/.movies.star.lock`` (``flock``; in the directory ``dir_fd``), waiting
+    for another run that holds it. The lock file is removed on the way out; a run that locked a
+    file so removed sees that it is no longer the one at the path and locks again.
 
     Raises:
         OutputError: the lock file cannot be made, or another run held it too long.
@@ -449,7 +483,8 @@ def _locked(output_dir: Path, warnings: list[str]) -> Iterator[None]:
     deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
     while True:
         try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            descriptor = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                                 dir_fd=dir_fd)
         except OSError as exc:
             raise OutputError(f"{path}: cannot open the lock file ({exc.strerror or exc})") from None
         try:
@@ -468,7 +503,7 @@ def _locked(output_dir: Path, warnings: list[str]) -> Iterator[None]:
             warnings.append(f"{path}: this file system cannot lock files; two runs into the same "
                             "--o at the same time could lose each other's movies from the list")
         try:
-            current = os.stat(path, follow_symlinks=False)
+            current = os.stat(LOCK_NAME, dir_fd=dir_fd, follow_symlinks=False)
             held = os.fstat(descriptor)
             if (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
                 break
@@ -479,12 +514,75 @@ def _locked(output_dir: Path, warnings: list[str]) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(LOCK_NAME, dir_fd=dir_fd)
         os.close(descriptor)  # releases the lock
 
 
-def _write_list(path: Path, blocks: dict[str, list[dict[str, Any]]]) -> None:
-    write_star_atomically(path, blocks, _marker_lines())
+def _write_lists(
+    dir_fd: int, output_dir: Path, star_paths: Sequence[Path], new_entries: list[_Entry],
+    gone: list[MovieResult], outcome: MoviesStarOutcome,
+) -> tuple[_Tables | None, dict[str, _Entry], Path | None]:
+    """Under the lock, in the directory ``dir_fd``: read the earlier lists, merge, write.
+    Returns the tables written (None if nothing was), the merged entries and movies.star's path."""
+    with _locked(dir_fd, output_dir, outcome.warnings):
+        destination, why = _destination(dir_fd, output_dir, MOVIES_STAR_NAME, star_paths)
+        unassigned_path, why_unassigned = _destination(dir_fd, output_dir, UNASSIGNED_STAR_NAME, star_paths)
+        for text in (why, why_unassigned):
+            if text:
+                outcome.warnings.append(text)
+        if destination is None:
+            return None, {}, None
+        earlier_unassigned = (unassigned_path if unassigned_path is not None
+                              and _entry_status(dir_fd, unassigned_path.name) is not None else None)
+        earlier = destination if _entry_status(dir_fd, destination.name) is not None else None
+        merged = {_key(e.name): e for e in _earlier_entries(earlier, earlier_unassigned, dir_fd)}
+        for result in gone:
+            merged.pop(_key(str(result.destination)), None)
+        for entry in new_entries:
+            merged[_key(entry.name)] = entry
+        if not merged:
+            return None, merged, None
+        tables = _merge(list(merged.values()))
+        outcome.warnings.extend(tables.warnings)
+        blocks: dict[str, Any] = {}
+        if tables.optics:
+            blocks[OPTICS_BLOCK] = tables.optics
+        blocks[tables.movie_block] = tables.movies
+        _write_list(destination, blocks, dir_fd)
+        if tables.unassigned and unassigned_path is None:
+            outcome.warnings.append(f"{len(tables.unassigned)} movie(s) that cannot be listed in {destination} "
+                                    "are listed nowhere")
+        elif tables.unassigned:
+            _write_list(unassigned_path, {MOVIES_BLOCK: [{MOVIE_NAME_COLUMN: e.name} for e in tables.unassigned]},
+                        dir_fd)
+            example = tables.unassigned[0]
+            outcome.warnings.append(
+                f"{len(tables.unassigned)} movie(s) are not in {destination} but in {unassigned_path}, "
+                f"because their optics group is unknown or their row does not fit (for example "
+                f"{example.name}: {example.reason}); give them optics groups with RELION's Import job"
+            )
+            outcome.unassigned_path, outcome.n_unassigned = unassigned_path, len(tables.unassigned)
+        elif earlier_unassigned is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(earlier_unassigned.name, dir_fd=dir_fd)  # every movie it listed is now in movies.star
+    return tables, merged, destination
+
+
+def _write_list(path: Path, blocks: dict[str, list[dict[str, Any]]], dir_fd: int) -> None:
+    write_star_atomically(path, blocks, _marker_lines(), dir_fd=dir_fd)
+
+
+def _open_output_dir(output_dir: Path, directory: CheckedDirectory | None) -> int:
+    """A descriptor of ``--o``: the directory ``directory`` checked (one replaced since is
+    refused), else ``output_dir`` as it leads now.
+
+    Raises:
+        OutputError: naming movies.star and why it was not written.
+    """
+    try:
+        return directory.open() if directory is not None else open_directory(output_dir)
+    except OutputError as exc:
+        raise OutputError(f"{output_dir / MOVIES_STAR_NAME}: not written: {exc}") from None
 
 
 def write_movies_star(
@@ -492,11 +590,17 @@ def write_movies_star(
     results: Iterable[MovieResult],
     output_dir: Path,
     eer_upsampling: int = 1,
+    directory: CheckedDirectory | None = None,
 ) -> MoviesStarOutcome:
     """Write ``<output_dir>/movies.star`` listing the movies that converted or were already
     complete, merged with the list an earlier run wrote there; ``rlnMicrographMovieName`` points
     to the ``.tif`` files (named as the movies are: relative to the current directory unless
     ``--o`` is absolute). The rules are in this module's docstring.
+
+    ``directory``: ``output_dir`` as the run checked it (:class:`cryotiff.io.atomic.CheckedDirectory`):
+    a directory that replaced it since (a symbolic link, say) is refused, so that nothing goes
+    where the TIFFs did not. Either way one descriptor of the directory, opened first, serves
+    the lock, the earlier lists read and the files written.
 
     Nothing is written when this run lists no movie and drops none.
 
@@ -514,44 +618,13 @@ def write_movies_star(
         return outcome
     star_paths = _star_inputs(inputs)
     new_entries = _new_entries(star_paths, listed, eer_upsampling)
-    with _locked(output_dir, outcome.warnings):
-        destination, why = _destination(output_dir, MOVIES_STAR_NAME, star_paths)
-        unassigned_path, why_unassigned = _destination(output_dir, UNASSIGNED_STAR_NAME, star_paths)
-        for text in (why, why_unassigned):
-            if text:
-                outcome.warnings.append(text)
-        if destination is None:
-            return outcome
-        earlier_unassigned = unassigned_path if unassigned_path is not None and unassigned_path.exists() else None
-        merged = {_key(e.name): e for e in _earlier_entries(destination, earlier_unassigned)}
-        for result in gone:
-            merged.pop(_key(str(result.destination)), None)
-        for entry in new_entries:
-            merged[_key(entry.name)] = entry
-        if not merged:
-            return outcome
-        tables = _merge(list(merged.values()))
-        outcome.warnings.extend(tables.warnings)
-        blocks: dict[str, Any] = {}
-        if tables.optics:
-            blocks[OPTICS_BLOCK] = tables.optics
-        blocks[tables.movie_block] = tables.movies
-        _write_list(destination, blocks)
-        if tables.unassigned and unassigned_path is None:
-            outcome.warnings.append(f"{len(tables.unassigned)} movie(s) that cannot be listed in {destination} "
-                                    "are listed nowhere")
-        elif tables.unassigned:
-            _write_list(unassigned_path, {MOVIES_BLOCK: [{MOVIE_NAME_COLUMN: e.name} for e in tables.unassigned]})
-            example = tables.unassigned[0]
-            outcome.warnings.append(
-                f"{len(tables.unassigned)} movie(s) are not in {destination} but in {unassigned_path}, "
-                f"because their optics group is unknown or their row does not fit (for example "
-                f"{example.name}: {example.reason}); give them optics groups with RELION's Import job"
-            )
-            outcome.unassigned_path, outcome.n_unassigned = unassigned_path, len(tables.unassigned)
-        elif earlier_unassigned is not None:
-            with contextlib.suppress(OSError):
-                earlier_unassigned.unlink()  # every movie it listed is now in movies.star
+    dir_fd = _open_output_dir(output_dir, directory)
+    try:
+        tables, merged, destination = _write_lists(dir_fd, output_dir, star_paths, new_entries, gone, outcome)
+    finally:
+        os.close(dir_fd)
+    if tables is None:
+        return outcome
     outcome.path = destination
     outcome.n_movies = len(tables.movies)
     unassigned_ids = {id(e) for e in tables.unassigned}

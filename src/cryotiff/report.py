@@ -22,7 +22,7 @@ from . import __version__
 from .codecs import resolve_codec
 from .convert import ConvertOptions, MovieResult, open_page_source
 from .errors import CryotiffError, OptionError, OutputError
-from .io.atomic import remove_if_stale, temporaries_of, write_bytes_atomically
+from .io.atomic import CheckedDirectory, open_directory, remove_stale_temporaries, write_bytes_atomically
 from .io.tiff import flip_rows
 from .jobs import FinishedCheck, Job, Reporter, Summary, check_finished, converting_again, plan, prepare
 from .manifest import Manifest
@@ -73,8 +73,10 @@ def write_report(
     state: str = "finished",
     error: str | None = None,
     movies_star: Path | None = None,
+    directory: CheckedDirectory | None = None,
 ) -> None:
-    """Write the ``--report`` JSON file (atomically). In state ``watching`` (a ``--watch`` going
+    """Write the ``--report`` JSON file (atomically; into ``directory``, its directory as the
+    run checked it (:func:`checked_report_directory`), if given). In state ``watching`` (a ``--watch`` going
     on) it also holds ``watch_process``, the process writing it (:func:`watch_process`), so that
     a report left by a killed watch can be told from a live one (:func:`current_state`).
 
@@ -120,7 +122,7 @@ def write_report(
     }
     if state == WATCHING:
         document["watch_process"] = watch_process()
-    _write_json(Path(path), document)
+    _write_json(Path(path), document, directory)
 
 
 #: The ``state`` of a ``--watch``'s report while it goes on.
@@ -516,17 +518,20 @@ def write_check_gain_report(
 REPORT_START = b'{\n  "cryotiff_version": '
 
 
-def check_report_path(path: Path) -> None:
+def check_report_path(path: Path, dir_fd: int | None = None) -> None:
     """Refuse a ``--report`` path at which a file other than a report of cryotiff exists: a
     movie, a list, a gain or a TIFF given there by mistake would be replaced by the JSON (an
     original that users delete nothing but after converting). A report of an earlier run is
     replaced, as the option promises; a symbolic link is judged by the file it leads to.
+    ``dir_fd``: a descriptor of ``path``'s directory, in which its name is looked up.
 
     Raises:
         OptionError: naming the path.
     """
+    name = path if dir_fd is None else Path(path).name
     try:
-        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+        with open(name, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK, dir_fd=dir_fd)) \
+                as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise IsADirectoryError  # a named pipe or device: no report either
             start = handle.read(len(REPORT_START))
@@ -539,16 +544,39 @@ def check_report_path(path: Path) -> None:
                           "Give another name.")
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
+def checked_report_directory(path: Path) -> CheckedDirectory | None:
+    """The ``--report``'s directory as the run checks it when it starts (made if missing), for
+    every writing of the report (``directory`` of :func:`write_report`): a directory that
+    replaces it during the run (a symbolic link, say) then gets no report. None where it cannot
+    be made or looked at now (the writing says why)."""
+    parent = Path(path).parent
     try:
-        check_report_path(path)  # again: a file may have come to that name during the run
-    except OptionError as exc:
-        raise OutputError(str(exc)) from None
+        parent.mkdir(parents=True, exist_ok=True)
+        return CheckedDirectory(parent, parent)
+    except (OSError, OutputError):
+        return None
+
+
+def _write_json(path: Path, document: dict[str, Any], directory: CheckedDirectory | None = None) -> None:
+    """Write the report atomically, in ``directory`` (the one the run checked) if given, else in
+    ``path``'s directory as it leads now (made if missing); one descriptor of it serves the
+    check of what stands at the name, the removal of stale temporary files and the writing."""
     try:
-        if path.parent != Path(""):
+        if directory is None and path.parent != Path(""):
             path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in temporaries_of(path):  # left by a run killed while it wrote the report
-            remove_if_stale(stale)
-        write_bytes_atomically(path, (json.dumps(document, indent=2) + "\n").encode(), fsync=True)
+        dir_fd = directory.open() if directory is not None else open_directory(path.parent)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
+    except OutputError as exc:
+        raise OutputError(f"{path}: not written: {exc}") from None
+    try:
+        try:
+            check_report_path(path, dir_fd)  # again: a file may have come to that name during the run
+        except OptionError as exc:
+            raise OutputError(str(exc)) from None
+        remove_stale_temporaries(path, dir_fd)  # left by a run killed while it wrote the report
+        write_bytes_atomically(path, (json.dumps(document, indent=2) + "\n").encode(), fsync=True, directory=dir_fd)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
+    finally:
+        os.close(dir_fd)

@@ -63,7 +63,8 @@ _READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTT
 
 
 def open_regular_file(
-    path: str | os.PathLike[str], what: str = "a movie", error: type[CryotiffError] = InputError
+    path: str | os.PathLike[str], what: str = "a movie", error: type[CryotiffError] = InputError,
+    dir_fd: int | None = None,
 ) -> int:
     """Open ``path`` for reading and return the descriptor, which the caller closes; raise
     ``error`` (naming the file, as :func:`check_regular_file` does) if it is missing,
@@ -74,16 +75,17 @@ def open_regular_file(
     name after any earlier check is opened at once, then refused), and ``O_NONBLOCK`` is
     cleared before the descriptor is handed back, so reads through it wait for the disk as
     usual. Read everything through this descriptor (``os.pread``, :func:`open_regular_stream`),
-    never the name again. Symbolic links are followed.
+    never the name again. Symbolic links are followed, except with ``dir_fd`` (a descriptor
+    of ``path``'s directory, in which its name is opened): then a link is refused.
     """
     try:
-        fd, status = open_to_read(path)
+        fd, status = open_to_read(path, dir_fd)
     except FileNotFoundError:
         raise error(f"{os.fspath(path)}: no such file.") from None
     except OSError as err:
         if err.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.ENODEV):  # a socket, a device without a driver
             try:
-                _refuse_unless_regular(path, os.stat(path).st_mode, what, error)
+                _refuse_unless_regular(path, _stat_of(path, dir_fd).st_mode, what, error)
             except OSError:
                 pass
         raise error(f"{os.fspath(path)}: cannot be read ({err.strerror or err}).") from None
@@ -95,15 +97,25 @@ def open_regular_file(
     return fd
 
 
-def open_to_read(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+def _stat_of(path: str | os.PathLike[str], dir_fd: int | None) -> os.stat_result:
+    if dir_fd is None:
+        return os.stat(path)
+    return os.stat(Path(path).name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def open_to_read(path: str | os.PathLike[str], dir_fd: int | None = None) -> tuple[int, os.stat_result]:
     """``(descriptor, its fstat)`` of ``path`` opened read-only without blocking, whatever it is
     (see :func:`open_regular_file`, which refuses all but regular files); for a regular file
-    ``O_NONBLOCK`` is cleared again. The caller closes the descriptor.
+    ``O_NONBLOCK`` is cleared again. The caller closes the descriptor. With ``dir_fd``, the
+    name of ``path`` is opened in that directory, never through a symbolic link.
 
     Raises:
         OSError: it cannot be opened.
     """
-    fd = os.open(path, _READ_FLAGS)
+    if dir_fd is None:
+        fd = os.open(path, _READ_FLAGS)
+    else:
+        fd = os.open(Path(path).name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         status = os.fstat(fd)
         if stat.S_ISREG(status.st_mode) and _READ_FLAGS & getattr(os, "O_NONBLOCK", 0):

@@ -183,9 +183,13 @@ class CheckedDirectory:
             raise OutputError(self._replaced(where))
 
 
-def _open_directory(directory: Path) -> int:
-    """A descriptor of ``directory`` (symbolic links followed), for a file written there without
-    a :class:`CheckedDirectory`."""
+def open_directory(directory: Path) -> int:
+    """A descriptor of ``directory`` (symbolic links followed), for files written there without
+    a :class:`CheckedDirectory` (the caller closes it).
+
+    Raises:
+        OutputError: it cannot be opened.
+    """
     try:
         return os.open(directory if str(directory) else ".", _DIRECTORY_FLAGS)
     except OSError as exc:
@@ -225,7 +229,9 @@ class WrittenFile:
 class AtomicFile:
     """A file being written atomically (see the module docstring), in the directory opened when
     it is created: that of ``directory`` (a :class:`CheckedDirectory`, which must be
-    ``destination``'s directory), else ``destination``'s directory as its path leads now.
+    ``destination``'s directory, or a descriptor of that directory already open, which is
+    duplicated: the caller keeps and closes its own), else ``destination``'s directory as its
+    path leads now.
 
     Attributes:
         destination: the file it becomes.
@@ -234,10 +240,15 @@ class AtomicFile:
         handle: binary, readable and writable, positioned at 0; its ``name`` is ``path``.
     """
 
-    def __init__(self, destination: str | os.PathLike[str], directory: CheckedDirectory | None = None):
+    def __init__(self, destination: str | os.PathLike[str], directory: CheckedDirectory | int | None = None):
         self.destination = Path(destination)
         self._done = False
-        self._dir_fd = directory.open() if directory is not None else _open_directory(self.destination.parent)
+        if isinstance(directory, int):
+            self._dir_fd = os.dup(directory)
+        elif directory is not None:
+            self._dir_fd = directory.open()
+        else:
+            self._dir_fd = open_directory(self.destination.parent)
         self._directory_status = os.fstat(self._dir_fd)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -435,16 +446,18 @@ def fsync_directory(directory: str | os.PathLike[str], descriptor: int | None = 
 
 
 @contextlib.contextmanager
-def atomic_write(destination: str | os.PathLike[str], fsync: bool = False) -> Iterator[BinaryIO]:
+def atomic_write(destination: str | os.PathLike[str], fsync: bool = False,
+                 directory: CheckedDirectory | int | None = None) -> Iterator[BinaryIO]:
     """Write ``destination`` atomically: ``with atomic_write(path) as handle: handle.write(...)``.
 
     The file appears complete under its name when the block ends; on any error (including
-    KeyboardInterrupt) nothing appears and the temporary file is removed.
+    KeyboardInterrupt) nothing appears and the temporary file is removed. ``directory``: as
+    for :class:`AtomicFile`.
 
     Raises:
         OutputError: the file cannot be created, written or renamed.
     """
-    with AtomicFile(destination) as target:
+    with AtomicFile(destination, directory) as target:
         try:
             yield target.handle
         except OSError as exc:
@@ -452,14 +465,28 @@ def atomic_write(destination: str | os.PathLike[str], fsync: bool = False) -> It
         target.commit(fsync=fsync)
 
 
-def write_bytes_atomically(destination: str | os.PathLike[str], data: bytes, fsync: bool = False) -> None:
-    """Write ``data`` as ``destination`` with :func:`atomic_write`."""
-    with atomic_write(destination, fsync=fsync) as handle:
+def write_bytes_atomically(destination: str | os.PathLike[str], data: bytes, fsync: bool = False,
+                           directory: CheckedDirectory | int | None = None) -> None:
+    """Write ``data`` as ``destination`` with :func:`atomic_write` (``directory``: as for
+    :class:`AtomicFile`)."""
+    with atomic_write(destination, fsync=fsync, directory=directory) as handle:
         handle.write(data)
 
 
-def remove_if_stale(path: Path, now: float | None = None) -> bool:
+def remove_stale_temporaries(destination: Path, dir_fd: int) -> None:
+    """Remove the stale temporary files of ``destination`` (:func:`remove_if_stale`) from the
+    directory open as ``dir_fd`` (``destination``'s, as the run checked it)."""
+    try:
+        names = os.listdir(dir_fd)
+    except OSError:
+        return
+    for stale in temporaries_of(Path(destination), names):
+        remove_if_stale(stale, dir_fd=dir_fd)
+
+
+def remove_if_stale(path: Path, now: float | None = None, dir_fd: int | None = None) -> bool:
     """Remove ``path``, one of cryotiff's temporary files, if no live process is writing it.
+    With ``dir_fd`` (a descriptor of ``path``'s directory), ``path``'s name is looked up there.
 
     Stale means: a regular file (not a link) whose lock can be taken, and which holds data or
     is older than :data:`EMPTY_STALE_SECONDS`. A file whose lock is held is never touched.
@@ -471,8 +498,9 @@ def remove_if_stale(path: Path, now: float | None = None) -> bool:
         True if it was removed.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    name = os.fspath(path) if dir_fd is None else Path(path).name
     try:
-        fd = os.open(path, flags)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
         return False  # gone already, a link, or unreadable: not ours to judge
     try:
@@ -491,9 +519,9 @@ def remove_if_stale(path: Path, now: float | None = None) -> bool:
         if status.st_size == 0 and now - status.st_mtime < EMPTY_STALE_SECONDS:
             return False
         try:
-            if not _same_file(os.lstat(path), status):
+            if not _same_file(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), status):
                 return False
-            os.unlink(path)
+            os.unlink(name, dir_fd=dir_fd)
         except OSError:
             return False
         return True

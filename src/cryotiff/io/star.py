@@ -81,7 +81,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 
 from ..errors import EmptyStarError, OutputError, StarFormatError
 from . import open_regular_file
-from .atomic import remove_if_stale, temporaries_of, write_bytes_atomically
+from .atomic import remove_if_stale, remove_stale_temporaries, temporaries_of, write_bytes_atomically
 
 MOVIE_NAME_COLUMN = "rlnMicrographMovieName"
 
@@ -124,14 +124,17 @@ class Table:
         return [dict(zip(self.columns, row)) for row in self.rows]
 
 
-def read_star_blocks(path: Path) -> dict[str, Table]:
-    """Return ``{block name: table}`` of a STAR file, blocks in file order.
+def read_star_blocks(path: Path, dir_fd: int | None = None) -> dict[str, Table]:
+    """Return ``{block name: table}`` of a STAR file, blocks in file order. The file is opened
+    once and read through that descriptor only (what is checked is what is read). With
+    ``dir_fd`` (a descriptor of ``path``'s directory), the name is opened there, and a symbolic
+    link is refused.
 
     Raises:
         StarFormatError: the file is missing or cannot be parsed; :class:`EmptyStarError` (one
             of them) when it is empty.
     """
-    descriptor = open_regular_file(path, "a STAR file", StarFormatError)
+    descriptor = open_regular_file(path, "a STAR file", StarFormatError, dir_fd=dir_fd)
     try:
         size = os.fstat(descriptor).st_size
         if size == 0:
@@ -438,11 +441,13 @@ def format_loop_block(name: str, rows: Sequence[Mapping[str, Any]]) -> Iterator[
 
 
 def write_star_atomically(
-    path: Path, blocks: Mapping[str, Sequence[Mapping[str, Any]]], header_lines: Sequence[str]
+    path: Path, blocks: Mapping[str, Sequence[Mapping[str, Any]]], header_lines: Sequence[str],
+    dir_fd: int | None = None,
 ) -> None:
     """Write ``blocks`` (``{block name: rows}``, each row ``{column: value}``) as a STAR file of
     loop tables, atomically, as the movies are written
-    (:func:`cryotiff.io.atomic.write_bytes_atomically`).
+    (:func:`cryotiff.io.atomic.write_bytes_atomically`); with ``dir_fd``, into the directory
+    that descriptor holds (``path``'s, as the run checked it), else ``path``'s as it leads now.
 
     ``header_lines`` (comment lines, each starting with ``#``) open the file. RELION takes any
     line holding ``data_`` for the start of a block and ``# version N`` for the file's version
@@ -458,6 +463,10 @@ def write_star_atomically(
             lines.extend(format_loop_block(name, rows))
     except ValueError as exc:
         raise OutputError(f"{path}: {exc}") from None
-    for stale in temporaries_of(Path(path)):  # left by a run killed while it wrote this file
-        remove_if_stale(stale)
-    write_bytes_atomically(path, "".join(line + "\n" for line in lines).encode(), fsync=True)
+    data = "".join(line + "\n" for line in lines).encode()
+    if dir_fd is None:
+        for stale in temporaries_of(Path(path)):  # left by a run killed while it wrote this file
+            remove_if_stale(stale)
+    else:
+        remove_stale_temporaries(Path(path), dir_fd)
+    write_bytes_atomically(path, data, fsync=True, directory=dir_fd)
