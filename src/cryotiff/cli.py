@@ -28,7 +28,7 @@ from .convert import ConvertOptions, MovieResult
 from .errors import CryotiffError, OptionError, OutputError
 from .io.atomic import CheckedDirectory
 from .jobs import Job, Reporter, Summary, plan, run, summarise
-from .movies_star import write_movies_star
+from .movies_star import MOVIES_STAR_NAME, write_movies_star
 from .pipeline import JobAborted, PipelineControl, PipelineReporter, pipeline_control_from_argv
 from .progress import RunProgress
 from .watch import DEFAULT_SETTLE_SECONDS, WatchOptions, latest_results
@@ -480,8 +480,9 @@ class TerminalReporter(Reporter):
     def message(self, text: str) -> None:
         self._emit(text, self.out)
 
-    def warning(self, text: str) -> None:
-        if text in self._warned:
+    def warning(self, text: str, repeat: bool = False) -> None:
+        """``text`` on stderr, once per run unless ``repeat`` (a failure that came back)."""
+        if text in self._warned and not repeat:
             return
         self._warned.add(text)
         self._emit(text, self.err)
@@ -569,11 +570,10 @@ def run_conversion(
                 reporter.start_run([])
                 from .watch import watch_and_convert
 
-                results = watch_and_convert(
-                    inputs, options, watch, collector,
-                    on_result=lambda so_far: record_so_far(inputs, so_far, options, reporter, report_path, checked))
+                records = WatchRecords(inputs, options, reporter, report_path, checked)
+                results = watch_and_convert(inputs, options, watch, collector, on_result=records)
                 return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path,
-                                  control, checked=checked)
+                                  control, checked=checked, watch_records=records)
             jobs, failures = plan(inputs, options, relative_to)
             n_movies = len(jobs) + len(failures)
             reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
@@ -610,17 +610,81 @@ def _make_output_dir(options: ConvertOptions) -> CheckedDirectory:
 def record_so_far(inputs: Sequence[str], results: Sequence[MovieResult], options: ConvertOptions,
                   reporter: TerminalReporter, report_path: Path | None, checked: CheckedOutputs | None = None) -> None:
     """During a ``--watch`` run, after every movie: ``<o>/movies.star`` and the ``--report``
-    (``state`` ``watching``) of the movies so far, so that the next step of a pipeline can
-    start on them. A failure to write them is a warning (once); the run goes on."""
-    try:
-        checked = checked or CheckedOutputs()
-        outcome = write_movies_star(inputs, list(results), options.output_dir, options.eer_upsampling,
-                                    checked.output_dir)
-        if report_path is not None:
-            write_report(report_path, list(results), options, inputs, None, EXIT_OK, state="watching",
-                         movies_star=outcome.path, directory=checked.report_dir)
-    except CryotiffError as exc:
-        reporter.warning(f"WARNING: {exc}")
+    (``state`` ``watching``) of the movies so far (:class:`WatchRecords`, which a watch keeps
+    for its whole length: this call's failures are warned about as if they were the first)."""
+    WatchRecords(inputs, options, reporter, report_path, checked)(results)
+
+
+class WatchRecords:
+    """During a ``--watch`` run, after every movie: ``<o>/movies.star`` and the ``--report``
+    (``state`` ``watching``) of the movies so far, so that the next step of a pipeline can start
+    on them. A file that cannot be written is a warning when it starts failing, not after every
+    movie of a watch that may run for hours; it is tried again after every movie, a line says
+    when it is written again, and :meth:`end_line` says at the end whether movies.star is
+    complete. The run goes on either way."""
+
+    def __init__(self, inputs: Sequence[str], options: ConvertOptions, reporter: TerminalReporter,
+                 report_path: Path | None, checked: CheckedOutputs | None = None):
+        self.inputs, self.options, self.reporter, self.report_path = inputs, options, reporter, report_path
+        self.checked = checked or CheckedOutputs()
+        self.failing: set[str] = set()  # the files that could not be written the last time
+        self.spells: dict[str, int] = {}  # how many times each file started failing
+        self.movies_star_failed = False  # at some time during the watch
+        self.movies_done_when_listed: int | None = None  # at movies.star's last writing
+
+    def __call__(self, results: Sequence[MovieResult]) -> None:
+        results = list(results)
+        movies_star = self.options.output_dir / MOVIES_STAR_NAME
+        outcome = self._attempt(movies_star, lambda: write_movies_star(
+            self.inputs, results, self.options.output_dir, self.options.eer_upsampling, self.checked.output_dir))
+        if outcome is not None:
+            self.movies_done_when_listed = len(results)
+        else:
+            self.movies_star_failed = True
+        if self.report_path is not None:
+            self._attempt(self.report_path, lambda: write_report(
+                self.report_path, results, self.options, self.inputs, None, EXIT_OK, state="watching",
+                movies_star=outcome.path if outcome is not None else None, directory=self.checked.report_dir))
+
+    def _attempt(self, path: Path, write: Callable[[], object]):
+        """``write()``'s answer, or None after a failure (warned about if it is a new one)."""
+        key = str(path)
+        try:
+            answer = write()
+        except CryotiffError as exc:
+            if key not in self.failing:
+                self.failing.add(key)
+                self.spells[key] = self.spells.get(key, 0) + 1
+                text = f"WARNING: {exc}; it is tried again after every movie (not said again until it is written)"
+                if self.spells[key] == 1:
+                    self.reporter.warning(text)
+                else:  # the same text as the first spell's, which the reporter would hold back
+                    self.reporter.warning(text, repeat=True)
+            return None
+        if key in self.failing:
+            self.failing.discard(key)
+            listed = getattr(answer, "n_movies", None)
+            written = getattr(answer, "path", None) or path
+            self.reporter.message(f"{written} written again" + (
+                f", listing {listed} movie" + "s" * (listed != 1) if listed is not None else ""))
+        return answer
+
+    def end_line(self, movies_star: Path | None, written: bool, n_movies: int) -> str | None:
+        """After the watch's last writing of movies.star (``written``: it succeeded; ``movies_star``:
+        its path): whether it lists every movie of the watch (``n_movies``), if that is in doubt
+        (it failed then, or at some time during the watch); else None."""
+        path = movies_star or self.options.output_dir / MOVIES_STAR_NAME
+        if written and self.movies_star_failed:
+            return (f"{path} is complete: it lists every movie of this watch (it could not be written for a while "
+                    "during the watch)")
+        if written:
+            return None
+        if self.movies_done_when_listed is None:
+            return (f"WARNING: {path} is not complete: it could not be written during this watch; run the same "
+                    "command again with --only_do_unfinished to list its movies")
+        return (f"WARNING: {path} is not complete: it was last written when {self.movies_done_when_listed} of the "
+                f"{n_movies} movies of this watch were done; run the same command again with --only_do_unfinished "
+                "to list them all")
 
 
 @dataclass
@@ -729,11 +793,14 @@ def finish_run(
     extra_lines: Sequence[str] = (),
     interruption: Interruption | None = None,
     checked: CheckedOutputs | None = None,
+    watch_records: WatchRecords | None = None,
 ) -> int:
     """After a conversion run (also rank 0 of ``convert-to-tiff-mpi``), also one that was
     interrupted (``interruption``): what was interrupted, ``<o>/movies.star`` (and
     RELION_OUTPUT_NODES.star for a pipeline job), the summary, ``extra_lines``, the
-    ``--report``. Returns the exit status. ``checked``: where they go, as the run checked it."""
+    ``--report``. Returns the exit status. ``checked``: where they go, as the run checked it;
+    ``watch_records``: the end of a ``--watch``, which then says whether movies.star is complete
+    where that is in doubt."""
     checked = checked or CheckedOutputs()
     reporter.end_run()
     summary = summarise(results, wall_seconds)
@@ -746,8 +813,10 @@ def finish_run(
         if interruption.urgent:
             _print_lines(interruption.lines(), reporter.err)
     movies_star = None
+    movies_star_written = False
     try:
         outcome = write_movies_star(inputs, results, options.output_dir, options.eer_upsampling, checked.output_dir)
+        movies_star_written = True
         for text in outcome.warnings:
             reporter.warning(f"WARNING: {text}")
         movies_star = outcome.path
@@ -760,6 +829,10 @@ def finish_run(
     except CryotiffError as exc:
         print(f"ERROR: {exc}", file=reporter.err, flush=True)
         status = EXIT_FAILED if interruption is None else status
+    if watch_records is not None:
+        line = watch_records.end_line(movies_star, movies_star_written, len(results))
+        if line is not None:
+            print(line, file=reporter.err if line.startswith("WARNING") else reporter.out, flush=True)
     print_summary(results, summary, reporter.out, damaged_accepted=options.ignore_error)
     _print_lines(extra_lines, reporter.out)
     if interruption is not None and not interruption.urgent:
