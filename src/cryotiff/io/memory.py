@@ -109,11 +109,20 @@ def size_text(nbytes: float) -> str:
     return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
+#: Frames any conversion holds at once, at the least: the frame and the page made of it (its
+#: strips encoded, then decoded again to be checked against it). Measured peaks are higher (2.6
+#: to 2.8 frames at ``--j 1``, 3.8 to 4.2 at ``--j 2``, on 8192 x 8192 MRC movies), so a movie
+#: refused for this could not have been converted.
+MINIMUM_FRAMES_AT_ONCE = 2
+
+
 def refuse_frames_beyond_memory(path: str | os.PathLike[str], shape_yx: tuple[int, int], what: str,
                                 frame_nbytes: int, unit: str = "frames") -> None:
     """Before the first frame of a movie is allocated: refuse frames larger than the memory this
     process can still get (:func:`memory_room`), naming the file, their size and what converting
-    it needs. Only a frame that cannot be allocated at all is refused: a conversion holds about
+    it needs; and frames that fit, but not :data:`MINIMUM_FRAMES_AT_ONCE` of them (a frame just
+    under the memory left ran out of memory only after it was read, a minute for a frame of
+    several GB). Only what no conversion can do without is refused: a conversion holds about
     four at once at ``--j 1`` and ``--j 2`` (peak memory measured on 8192 x 8192 MRC movies of
     int16 noise: 3.8 frames at ``--j 2``; ``--j 1`` the same since each page is checked beside
     the next one, 2.6 before), so no movie that fits is refused.
@@ -122,14 +131,21 @@ def refuse_frames_beyond_memory(path: str | os.PathLike[str], shape_yx: tuple[in
     (``MRC mode 1, int16``); ``unit``: what the movie's frames are called (``pages`` for EER).
 
     Raises:
-        NotEnoughMemoryError: one frame of ``frame_nbytes`` bytes does not fit.
+        NotEnoughMemoryError: one frame of ``frame_nbytes`` bytes, or two, do not fit.
     """
     room = memory_room()
-    if room is None or frame_nbytes <= room.nbytes:
+    if room is None or MINIMUM_FRAMES_AT_ONCE * frame_nbytes <= room.nbytes:
         return
     ny, nx = shape_yx
+    if frame_nbytes > room.nbytes:
+        raise NotEnoughMemoryError(
+            f"{path}: its {unit} of {ny} x {nx} pixels ({what}) take {size_text(frame_nbytes)} each, more than the "
+            f"{size_text(room.nbytes)} of memory left by {room.limit}; converting it needs about "
+            f"{size_text(4 * frame_nbytes)} (four {unit} at once at --j 1 or 2, one more for each further thread)"
+        )
     raise NotEnoughMemoryError(
-        f"{path}: its {unit} of {ny} x {nx} pixels ({what}) take {size_text(frame_nbytes)} each, more than the "
-        f"{size_text(room.nbytes)} of memory left by {room.limit}; converting it needs about "
-        f"{size_text(4 * frame_nbytes)} (four {unit} at once at --j 1 or 2, one more for each further thread)"
+        f"{path}: its {unit} of {ny} x {nx} pixels ({what}) take {size_text(frame_nbytes)} each; converting it needs "
+        f"at least {size_text(MINIMUM_FRAMES_AT_ONCE * frame_nbytes)} (two {unit} at once; about "
+        f"{size_text(4 * frame_nbytes)} at --j 1 or 2, one more {unit[:-1]} for each further thread), more than the "
+        f"{size_text(room.nbytes)} of memory left by {room.limit}"
     )
