@@ -139,3 +139,29 @@ def test_a_directory_replaced_while_the_list_is_made_keeps_it_where_it_was_writt
     listed = (Path("out.checked") / "movies.star").read_text()
     assert "out/a.tif" in listed and "out/b.tif" in listed and "planted" not in listed
     assert sorted(p.name for p in Path("out.checked").iterdir()) == ["a.tif", "b.tif", "movies.star"]
+
+
+def test_the_gain_reference_is_not_written_through_a_link_that_replaced_o(in_tmp: Path, capsys, monkeypatch) -> None:
+    """gain-reference.mrc, written before any movie, goes into --o as the run checked it when it
+    made it, as the TIFFs and movies.star do."""
+    import cryotiff.jobs as J
+
+    from .test_adversarial_outputs import gain_normalised_movie
+
+    gain_normalised_movie("m.mrc")
+    assert cli.main(["--i", "m.mrc", "--o", "est", "--estimate_gain"]) == 0
+    Path("out").mkdir()
+    real = J._prepare_to_write
+
+    def prepared_then_swapped(*args, **kwargs):
+        real(*args, **kwargs)
+        swap_for_link(Path("out"), Path("out.checked"), Path("elsewhere").resolve())
+
+    monkeypatch.setattr(J, "_prepare_to_write", prepared_then_swapped)
+    capsys.readouterr()
+    status = cli.main(["--i", "m.mrc", "--o", "out", "--gain", "est/gain_estimate.bin"])
+    err = capsys.readouterr().err
+    assert status != 0 and "Traceback" not in err
+    assert err.count("out/gain-reference.mrc: not written: out: " + REPLACED) == 1, err
+    assert everything_in(Path("elsewhere")) == []
+    assert everything_in(Path("out.checked")) == []

@@ -571,7 +571,8 @@ def run_conversion(
                 from .watch import watch_and_convert
 
                 records = WatchRecords(inputs, options, reporter, report_path, checked)
-                results = watch_and_convert(inputs, options, watch, collector, on_result=records)
+                results = watch_and_convert(inputs, options, watch, collector, on_result=records,
+                                            output_directory=checked.output_dir)
                 return finish_run(inputs, results, options, reporter, time.perf_counter() - started, report_path,
                                   control, checked=checked, watch_records=records)
             jobs, failures = plan(inputs, options, relative_to)
@@ -580,7 +581,7 @@ def run_conversion(
             for failure in failures:
                 collector.movie_finished(failure)
             checked.output_dir = _make_output_dir(options)
-            results = failures + run(jobs, options, collector)
+            results = failures + run(jobs, options, collector, checked.output_dir)
         except (KeyboardInterrupt, JobAborted) as stop:
             so_far = latest_results(collector.results)  # one per movie, also one converted again by --watch
             interruption = Interruption.of(stop, list(reporter.in_progress.values()), n_movies, len(so_far),

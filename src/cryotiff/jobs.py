@@ -511,7 +511,7 @@ def _is_float_movie(job: Job) -> bool:
 
 def prepare(
     jobs: Sequence[Job], options: ConvertOptions, reporter: Reporter, write_files: bool = True,
-    check_existing: bool = False,
+    check_existing: bool = False, output_directory: CheckedDirectory | None = None,
 ) -> RunContext:
     """Load and convert the run's gain once, before any movie, as RELION's ``initialise`` does.
 
@@ -526,6 +526,9 @@ def prepare(
 
     ``write_files=False`` (MPI ranks other than 0) loads the same state silently;
     ``check_existing`` (``--dry_run``) then still refuses what the real run would refuse.
+    ``output_directory``: ``--o`` as the run checked it when it made it: the gain reference and
+    every TIFF go there or nowhere (``RunContext.output_dir_identity``); without it, ``--o`` as
+    it is when the gain reference is written (or the first movie, if none is).
 
     Raises:
         OptionError: one ``--gain`` for both EER and MRC/TIFF movies.
@@ -533,6 +536,8 @@ def prepare(
         GainError: the gain cannot be read or converted.
     """
     context = RunContext()
+    if output_directory is not None:
+        context.output_dir_identity = output_directory.identities[0]
     say = reporter.message if write_files else (lambda text: None)
     warn = reporter.warning if write_files else (lambda text: None)
     if options.estimate_gain:
@@ -565,7 +570,8 @@ def prepare(
         context.eer_gain_reference = conversion.gain
         if write_files:
             _prepare_to_write(reference_path, options, say)
-            if _keep_or_write_reference(reference_path, conversion.gain, jobs, options):
+            if _keep_or_write_reference(reference_path, conversion.gain, jobs, options,
+                                        _checked_output_dir(options, context)):
                 say(gain_module.written_gain_reference_message(options.output_dir) + "\n")  # RELION's words, also for --o .
             else:
                 say(gain_module.kept_gain_reference_message(reference_path) + "\n")
@@ -600,7 +606,8 @@ def prepare(
         return context
     if write_files:
         _prepare_to_write(reference_path, options, say)
-        if _keep_or_write_reference(reference_path, context.gain_reference, jobs, options):
+        if _keep_or_write_reference(reference_path, context.gain_reference, jobs, options,
+                                    _checked_output_dir(options, context)):
             say(gain_module.written_gain_reference_message(options.output_dir) + "\n")
         else:
             say(gain_module.kept_gain_reference_message(reference_path) + "\n")
@@ -609,8 +616,26 @@ def prepare(
     return context
 
 
-def _keep_or_write_reference(path: Path, reference, jobs: Sequence[Job], options: ConvertOptions) -> bool:
-    """``<o>/gain-reference.mrc`` written, or kept where it holds this run's reference already
+def _checked_output_dir(options: ConvertOptions, context: RunContext) -> CheckedDirectory:
+    """``--o`` as the run checked it (``context.output_dir_identity``), else as it is now, which
+    the movies then must go to too.
+
+    Raises:
+        OutputError: ``--o`` is no longer the directory checked, or cannot be looked at.
+    """
+    try:
+        checked = CheckedDirectory(options.output_dir, options.output_dir, context.output_dir_identity)
+    except OutputError as exc:
+        raise OutputError(f"{options.output_dir / 'gain-reference.mrc'}: not written: {exc}") from None
+    if context.output_dir_identity is None:
+        context.output_dir_identity = checked.identities[0]
+    return checked
+
+
+def _keep_or_write_reference(path: Path, reference, jobs: Sequence[Job], options: ConvertOptions,
+                             directory: CheckedDirectory | None = None) -> bool:
+    """``<o>/gain-reference.mrc`` written (into ``directory``, --o as the run checked it), or
+    kept where it holds this run's reference already
     (:func:`cryotiff.gain.keep_or_write_gain_reference`); True if written.
 
     Raises:
@@ -619,7 +644,7 @@ def _keep_or_write_reference(path: Path, reference, jobs: Sequence[Job], options
     from .gain import keep_or_write_gain_reference
 
     return keep_or_write_gain_reference(path, reference, made_from=f"--gain {options.gain}", gain_path=options.gain,
-                                        dependents=lambda: outputs_made_with_a_gain(jobs))
+                                        dependents=lambda: outputs_made_with_a_gain(jobs), directory=directory)
 
 
 def _refuse_another_reference(path: Path, reference, jobs: Sequence[Job], options: ConvertOptions) -> None:
@@ -941,11 +966,13 @@ def run(
     jobs: Sequence[Job],
     options: ConvertOptions,
     reporter: Reporter | None = None,
+    output_directory: CheckedDirectory | None = None,
 ) -> list[MovieResult]:
-    """Convert every job in order (finished ones skipped with ``--only_do_unfinished``)."""
+    """Convert every job in order (finished ones skipped with ``--only_do_unfinished``);
+    ``output_directory``: ``--o`` as the run checked it (see :func:`prepare`)."""
     reporter = reporter or Reporter()
     results: list[MovieResult] = []
-    context = prepare(jobs, options, reporter)
+    context = prepare(jobs, options, reporter, output_directory=output_directory)
     context.manifest = Manifest(options.output_dir)
     stale = StaleTemporaries()
     with manifest_waited(context.manifest, reporter, lambda: results), thread_pool(options.threads) as executor:

@@ -47,6 +47,7 @@ from .convert import MOVIE_SUFFIXES, ConvertOptions, MovieResult, RunContext, mo
 from .errors import CryotiffError
 from .inputs import GLOB_CHARACTERS, InputProblem, search_input
 from .io import open_regular_stream, open_to_read
+from .io.atomic import CheckedDirectory
 from .jobs import (
     Job,
     Reporter,
@@ -413,10 +414,12 @@ class ContextKeeper:
     prepared with the first movies, and again when ``--gain`` is given and nothing is loaded
     yet (the first movies were neither float nor EER movies). Thread-safe."""
 
-    def __init__(self, options: ConvertOptions, reporter: Reporter, write_files: bool = True):
+    def __init__(self, options: ConvertOptions, reporter: Reporter, write_files: bool = True,
+                 output_directory: CheckedDirectory | None = None):
         self.options = options
         self.reporter = reporter
         self.write_files = write_files
+        self.output_directory = output_directory  # --o as the run checked it (jobs.prepare)
         self.manifest = Manifest(options.output_dir)  # every context made here adds to it
         self.context: RunContext = RunContext(manifest=self.manifest)
         self._prepared = False
@@ -434,7 +437,8 @@ class ContextKeeper:
                 self.options.gain is not None and context.gain_reference is None and context.eer_gain_reference is None
             )
             if nothing_loaded and jobs:
-                self.context = prepare(jobs, self.options, self.reporter, write_files=self.write_files)
+                self.context = prepare(jobs, self.options, self.reporter, write_files=self.write_files,
+                                       output_directory=self.output_directory)
                 self.context.manifest = self.manifest
                 self._prepared = True
             return self.context
@@ -448,6 +452,7 @@ def watch_and_convert(
     on_result: Callable[[list[MovieResult]], None] = lambda results: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    output_directory: CheckedDirectory | None = None,
 ) -> list[MovieResult]:
     """Convert what the inputs name now, then each new movie once it is complete (and again
     any that changes after its conversion), until ``watch.timeout_seconds`` pass without
@@ -457,9 +462,10 @@ def watch_and_convert(
     movies are seen; ``on_result(results_so_far)`` is called after every movie (the CLI
     rewrites ``movies.star`` and the report there). Returns every movie's result, including a
     failure for each movie still incomplete at the end; one result per movie.
+    ``output_directory``: ``--o`` as the run checked it, where every output goes or none.
     """
     finder = MovieWatch(inputs, options, watch, clock=clock)
-    keeper = ContextKeeper(options, reporter)
+    keeper = ContextKeeper(options, reporter, output_directory=output_directory)
     stale = StaleTemporaries()
     results: list[MovieResult] = []
     announce = getattr(reporter, "more_movies", None)

@@ -31,7 +31,7 @@ import numpy as np
 
 from cryotiff.errors import CryotiffError, ExistingOutputError, GainError, OutputError
 from cryotiff.io import check_regular_file, open_regular_stream
-from cryotiff.io.atomic import AtomicFile, fsync_directory
+from cryotiff.io.atomic import AtomicFile, CheckedDirectory, fsync_directory
 from cryotiff.io.mrc import open_mrc
 
 #: Largest reliability counter (int16's, the type of the reliability map); cryotiff saturates
@@ -403,16 +403,18 @@ def _read_gain_if_same_shape(path: Path, shape: tuple[int, ...]) -> np.ndarray |
     return gain if gain.shape == shape else None
 
 
-def _write_mrc_temporary(path: Path, data: np.ndarray, *, voxel_size_angstrom: float, fsync: bool) -> AtomicFile:
+def _write_mrc_temporary(path: Path, data: np.ndarray, *, voxel_size_angstrom: float, fsync: bool,
+                         directory: CheckedDirectory | None = None) -> AtomicFile:
     """Write ``data`` as an MRC file into a fresh temporary file beside ``path``
-    (:class:`cryotiff.io.atomic.AtomicFile`); the caller renames it with ``commit()``.
+    (:class:`cryotiff.io.atomic.AtomicFile`; in ``directory``, ``path``'s directory as the run
+    checked it, if given); the caller renames it with ``commit()``.
 
     Raises:
         OutputError: the file cannot be created or written (its temporary file is removed).
     """
     from mrcfile.mrcinterpreter import MrcInterpreter
 
-    target = AtomicFile(path)
+    target = AtomicFile(path, directory)
     try:
         with warnings.catch_warnings():
             # mrcfile warns when the data hold NaN (the header statistics become NaN); the
@@ -470,9 +472,11 @@ def keep_or_write_gain_reference(
     made_from: str,
     gain_path: str | os.PathLike[str] | None = None,
     dependents: Callable[[], str] | None = None,
+    directory: CheckedDirectory | None = None,
 ) -> bool:
     """Write ``reference`` as ``path`` (``<o>/gain-reference.mrc``, float32 MRC, pixel size 1.0 A
-    as RELION writes it), unless it is there already; True if written.
+    as RELION writes it), unless it is there already; True if written. ``directory``: ``--o``
+    as the run checked it: one replaced since (by a symbolic link, say) gets nothing.
 
     A ``gain-reference.mrc`` that exists is never replaced: TIFFs of gain-normalised movies are
     only right together with it (TIFF x gain reference = the movie), and the TIFFs converted
@@ -493,6 +497,11 @@ def keep_or_write_gain_reference(
         OutputError: it cannot be written.
     """
     path = Path(path)
+    if directory is not None:
+        try:
+            os.close(directory.open())
+        except OutputError as exc:
+            raise OutputError(f"{path}: not written: {exc}") from None
     if gain_path is not None and os.path.exists(gain_path) and path.exists() and os.path.samefile(path, gain_path):
         raise ExistingOutputError(f"{path}: is the --gain file itself, which this run would write over; give "
                                   "another --o (or rename the gain file)")
@@ -500,7 +509,7 @@ def keep_or_write_gain_reference(
     if os.path.lexists(path):
         refuse_another_gain_reference(path, reference, made_from=made_from, dependents=dependents)
         return False
-    target = _write_mrc_temporary(path, reference, voxel_size_angstrom=1.0, fsync=True)
+    target = _write_mrc_temporary(path, reference, voxel_size_angstrom=1.0, fsync=True, directory=directory)
     try:
         if target.commit_unless_exists():
             fsync_directory(path.parent)  # its name on the disk before any TIFF that needs it
