@@ -563,6 +563,7 @@ def run_conversion(
     collector = PipelineReporter(reporter, control)
     n_movies: int | None = None
     checked = CheckedOutputs(report_dir=checked_report_directory(report_path) if report_path is not None else None)
+    records: WatchRecords | None = None  # a --watch's: also an interrupted watch says if movies.star is complete
     with _report_if_failed(report_path, options, inputs, lambda: latest_results(collector.results), checked):
         try:
             if watch is not None:
@@ -588,7 +589,8 @@ def run_conversion(
                                            started_ns)
             status = finish_interrupted(
                 lambda: finish_run(inputs, so_far, options, reporter, time.perf_counter() - started,
-                                   report_path, control, interruption=interruption, checked=checked))
+                                   report_path, control, interruption=interruption, checked=checked,
+                                   watch_records=records))
             if isinstance(stop, JobAborted):
                 raise  # main() writes RELION_JOB_EXIT_ABORTED
             return status

@@ -8,10 +8,12 @@ only once it is complete:
 * The temporary file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW``: it never follows a link
   and never reuses a file that exists (a name that is taken is skipped for another random one).
   Its mode is 0666 less the umask, as ``open()`` gives (``tempfile.mkstemp`` would give 0600).
-* The writer holds an exclusive ``flock`` on it until it is renamed or removed. A temporary file
-  whose lock can be taken therefore belongs to no live process: :func:`remove_if_stale` removes
-  such files (left by ``kill -9``, a crash or a power cut) and never one that is being written,
-  also not by another run writing into the same directory at the same time.
+* The writer holds an exclusive ``flock`` on it until it is renamed or removed, and once it has
+  the lock checks that the name still leads to the file (else it was removed as stale between
+  its creation and the lock: it takes another name). A temporary file whose lock can be taken
+  therefore belongs to no live process, also an empty one: :func:`remove_if_stale` removes
+  such files (left by ``kill -9``, a crash or a power cut) at once, and never one that is being
+  written, also not by another run writing into the same directory at the same time.
 * ``os.replace`` puts it in place: it replaces whatever entry ``X`` is, a file or a symlink, and
   never writes through a link at ``X``. Just before, the name is checked to still be the file
   that was written.
@@ -41,7 +43,6 @@ import fcntl
 import os
 import re
 import stat
-import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -51,10 +52,6 @@ from ..errors import OutputError
 TEMPORARY_MARK = ".cryotiff-"
 TEMPORARY_SUFFIX = ".tmp"
 _TOKEN_PATTERN = r"[0-9]+-[0-9a-f]{8}"
-
-#: An empty temporary file whose lock is free may have been created an instant ago by a writer
-#: that has not taken its lock yet; it only counts as stale once it is this old.
-EMPTY_STALE_SECONDS = 600.0
 
 #: Attempts at a fresh name before giving up (a clash needs the same pid and 32 random bits).
 _NAME_ATTEMPTS = 100
@@ -260,7 +257,19 @@ class AtomicFile:
                     continue  # taken (or a link planted there): another name
                 except OSError as exc:
                     raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
-                break
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a stale-check holds its shared lock
+                    status = os.fstat(fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=self._dir_fd)
+                    os.close(fd)
+                    raise
+                if self._names(name, status):
+                    break
+                # Removed before it was locked, by a stale check (an empty file whose lock is
+                # free is stale to it, so that a crash's leftovers go at once): another name.
+                os.close(fd)
             else:
                 raise OutputError(f"{self.destination}: cannot write (no free temporary name in "
                                   f"{self.destination.parent})")
@@ -269,9 +278,8 @@ class AtomicFile:
             raise
         self._name = name
         self.path = self.destination.with_name(name)
+        self._stat = status
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a stale-check holds its shared lock
-            self._stat = os.fstat(fd)
             self.handle: BinaryIO = open(str(self.path), "r+b", opener=lambda *_: fd)  # noqa: SIM115
         except BaseException:
             with contextlib.suppress(OSError):
@@ -284,6 +292,13 @@ class AtomicFile:
         fd, self._dir_fd = self._dir_fd, None
         if fd is not None:
             os.close(fd)
+
+    def _names(self, name: str, status: os.stat_result) -> bool:
+        """``name`` (in the directory opened) is the file of ``status``, which has a name."""
+        try:
+            return status.st_nlink > 0 and _same_file(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False), status)
+        except OSError:  # gone, or stale on NFS
+            return False
 
     def still_ours(self) -> bool:
         """The temporary name still names the file being written (in the directory opened)."""
@@ -481,15 +496,18 @@ def remove_stale_temporaries(destination: Path, dir_fd: int) -> None:
     except OSError:
         return
     for stale in temporaries_of(Path(destination), names):
-        remove_if_stale(stale, dir_fd=dir_fd)
+        remove_if_stale(stale, dir_fd)
 
 
-def remove_if_stale(path: Path, now: float | None = None, dir_fd: int | None = None) -> bool:
+def remove_if_stale(path: Path, dir_fd: int | None = None) -> bool:
     """Remove ``path``, one of cryotiff's temporary files, if no live process is writing it.
     With ``dir_fd`` (a descriptor of ``path``'s directory), ``path``'s name is looked up there.
 
-    Stale means: a regular file (not a link) whose lock can be taken, and which holds data or
-    is older than :data:`EMPTY_STALE_SECONDS`. A file whose lock is held is never touched.
+    Stale means: a regular file (not a link) whose lock can be taken. A file whose lock is held
+    is never touched. An empty one may have been created an instant ago by a writer that has
+    not taken its lock yet: it is removed all the same (at once, not after an age, which a
+    clock of a file server can make wrong), since such a writer, once it has its lock, sees
+    that its name is gone and writes under another (:class:`AtomicFile`).
 
     Never call it on a file this process is writing: where ``flock`` is emulated with POSIX
     record locks (NFS), closing the checking descriptor would release the writer's own lock.
@@ -515,9 +533,6 @@ def remove_if_stale(path: Path, now: float | None = None, dir_fd: int | None = N
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 return False  # a live writer
             return False  # locks unsupported here: cannot tell, so leave it
-        now = time.time() if now is None else now
-        if status.st_size == 0 and now - status.st_mtime < EMPTY_STALE_SECONDS:
-            return False
         try:
             if not _same_file(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), status):
                 return False
