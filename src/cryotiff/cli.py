@@ -1152,7 +1152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobAborted:  # run_conversion has printed what was removed and written the summary
         aborted = True
     finally:
-        control.finish(status, aborted=aborted)
+        try:
+            control.finish(status, aborted=aborted)
+        except CryotiffError as exc:
+            print(f"ERROR: {exc}; RELION is not told that the job ended", file=sys.stderr, flush=True)
     return status
 
 

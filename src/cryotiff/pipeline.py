@@ -13,6 +13,8 @@ prints it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,8 +22,8 @@ from typing import Any, Sequence
 from . import __version__
 from .convert import MovieResult
 from .errors import OutputError
+from .io.atomic import CheckedDirectory, write_bytes_atomically
 from .io.star import write_star_atomically
-from .io.tiff import remove_quietly
 from .jobs import Job, Reporter
 
 #: RELION's file names (``pipeline_control.h``, ``pipeliner.cpp``).
@@ -85,11 +87,55 @@ class PipelineControl:
         self.directory = Path(directory)
         self.abort_check_seconds = abort_check_seconds
         self._last_check = float("-inf")
+        # The job directory as the run found it when it started (None: not there yet; checked
+        # once it is, or made when a file is first written): RELION's files go there or nowhere.
+        self._checked: CheckedDirectory | None = None
+        self._check()
+
+    def _check(self) -> CheckedDirectory | None:
+        """The job directory as checked: first now, if it was not there before."""
+        if self._checked is None:
+            with contextlib.suppress(OutputError):
+                self._checked = CheckedDirectory(self.directory, self.directory)
+        return self._checked
+
+    def _open_directory(self, name: str) -> int:
+        """A descriptor of the job directory as checked (the caller closes it), for writing
+        ``name`` there; the directory is made (and checked) if it was not there.
+
+        Raises:
+            OutputError: naming the file: the directory cannot be made, or was replaced since
+                it was checked.
+        """
+        try:
+            if self._check() is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._checked = CheckedDirectory(self.directory, self.directory)
+            return self._checked.open()
+        except OSError as exc:
+            raise OutputError(f"{self.directory / name}: not written: {self.directory}: cannot create the "
+                              f"directory ({exc.strerror or exc})") from None
+        except OutputError as exc:
+            raise OutputError(f"{self.directory / name}: not written: {exc}") from None
+
+    def _remove(self, names: Sequence[str]) -> None:
+        checked = self._check()
+        if checked is None:
+            return  # no directory: nothing to remove
+        try:
+            descriptor = checked.open()
+        except OutputError:
+            return  # replaced since the check: nothing is removed there
+        try:
+            for name in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=descriptor)
+        finally:
+            os.close(descriptor)
 
     def start(self) -> None:
         """Remove the exit files of an earlier run (RELION decides on the first it finds)."""
-        for name in (EXIT_SUCCESS_NAME, EXIT_FAILURE_NAME, EXIT_ABORTED_NAME):
-            remove_quietly(self.directory / name)
+        self._remove((EXIT_SUCCESS_NAME, EXIT_FAILURE_NAME, EXIT_ABORTED_NAME))
 
     def abort_requested(self, force: bool = False) -> bool:
         """True if RELION asked the job to stop (checked at most every ``abort_check_seconds``)."""
@@ -99,20 +145,26 @@ class PipelineControl:
         self._last_check = now
         return (self.directory / ABORT_NOW_NAME).exists()
 
-    def finish(self, exit_status: int, aborted: bool = False) -> Path | None:
-        """Write the exit file for ``exit_status`` (0: success); returns it, or None if the
-        directory cannot be written (the CLI reports the exit status anyway)."""
+    def finish(self, exit_status: int, aborted: bool = False) -> Path:
+        """Write the exit file for ``exit_status`` (0: success), an empty file written as every
+        output is (atomically: a link at its name is replaced, never written through) into the
+        job directory as checked; returns it.
+
+        Raises:
+            OutputError: it cannot be written (the CLI says so, and reports the exit status
+                anyway).
+        """
         if aborted:
             name = EXIT_ABORTED_NAME
-            remove_quietly(self.directory / ABORT_NOW_NAME)  # or a rerun would stop at once
+            self._remove((ABORT_NOW_NAME,))  # or a rerun would stop at once
         else:
             name = EXIT_SUCCESS_NAME if exit_status == 0 else EXIT_FAILURE_NAME
         path = self.directory / name
+        descriptor = self._open_directory(name)
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path.touch()
-        except OSError:
-            return None
+            write_bytes_atomically(path, b"", directory=descriptor)
+        finally:
+            os.close(descriptor)
         return path
 
     def write_output_nodes(self, movies_star: Path) -> Path:
@@ -128,11 +180,12 @@ class PipelineControl:
             "rlnPipeLineNodeType": MOVIES_NODE_TYPE_NUMBER,
         }]
         path = self.directory / OUTPUT_NODES_NAME
+        descriptor = self._open_directory(OUTPUT_NODES_NAME)  # the job directory as checked
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{self.directory}: cannot create the directory ({exc.strerror})") from None
-        write_star_atomically(path, {"output_nodes": nodes}, [f"# Written by cryotiff {__version__}"])
+            write_star_atomically(path, {"output_nodes": nodes}, [f"# Written by cryotiff {__version__}"],
+                                  dir_fd=descriptor)
+        finally:
+            os.close(descriptor)
         return path
 
 
