@@ -535,10 +535,11 @@ def print_summary(
 
 @dataclass
 class CheckedOutputs:
-    """The directories of a run's own files as the run checked them: ``--o`` (for movies.star)
-    and the ``--report``'s, each None where not checked (a library caller; MPI, which checks
-    only when it writes). A directory replaced since (by a symbolic link, say) gets none of
-    them, as the TIFFs are refused (:class:`cryotiff.io.atomic.CheckedDirectory`)."""
+    """The directories of a run's own files as the run checked them: ``--o`` (for movies.star
+    and gain-reference.mrc) and the ``--report``'s, each None where not checked (a library
+    caller: then checked when written; under MPI, rank 0's, and None on the other ranks). A
+    directory replaced since (by a symbolic link, say) gets none of them, as the TIFFs are
+    refused (:class:`cryotiff.io.atomic.CheckedDirectory`)."""
 
     output_dir: CheckedDirectory | None = None
     report_dir: CheckedDirectory | None = None
@@ -567,7 +568,7 @@ def run_conversion(
     with _report_if_failed(report_path, options, inputs, lambda: latest_results(collector.results), checked):
         try:
             if watch is not None:
-                checked.output_dir = _make_output_dir(options)
+                checked.output_dir = make_output_dir(options)
                 reporter.start_run([])
                 from .watch import watch_and_convert
 
@@ -581,7 +582,7 @@ def run_conversion(
             reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
             for failure in failures:
                 collector.movie_finished(failure)
-            checked.output_dir = _make_output_dir(options)
+            checked.output_dir = make_output_dir(options)
             results = failures + run(jobs, options, collector, checked.output_dir)
         except (KeyboardInterrupt, JobAborted) as stop:
             so_far = latest_results(collector.results)  # one per movie, also one converted again by --watch
@@ -598,7 +599,7 @@ def run_conversion(
                       checked=checked)
 
 
-def _make_output_dir(options: ConvertOptions) -> CheckedDirectory:
+def make_output_dir(options: ConvertOptions) -> CheckedDirectory:
     """Make ``--o`` and return it as checked now."""
     try:
         options.output_dir.mkdir(parents=True, exist_ok=True)
@@ -608,14 +609,6 @@ def _make_output_dir(options: ConvertOptions) -> CheckedDirectory:
         return CheckedDirectory(options.output_dir, options.output_dir)
     except OutputError as exc:
         raise OptionError(str(exc)) from None
-
-
-def record_so_far(inputs: Sequence[str], results: Sequence[MovieResult], options: ConvertOptions,
-                  reporter: TerminalReporter, report_path: Path | None, checked: CheckedOutputs | None = None) -> None:
-    """During a ``--watch`` run, after every movie: ``<o>/movies.star`` and the ``--report``
-    (``state`` ``watching``) of the movies so far (:class:`WatchRecords`, which a watch keeps
-    for its whole length: this call's failures are warned about as if they were the first)."""
-    WatchRecords(inputs, options, reporter, report_path, checked)(results)
 
 
 class WatchRecords:
@@ -896,7 +889,8 @@ def run_estimation(
 
     started = time.perf_counter()
     collector = PipelineReporter(reporter)
-    with _report_if_failed(report_path, options, inputs, lambda: collector.results):
+    checked = CheckedOutputs(report_dir=checked_report_directory(report_path) if report_path is not None else None)
+    with _report_if_failed(report_path, options, inputs, lambda: collector.results, checked):
         try:
             jobs, failures = plan(inputs, options, relative_to)
             reporter.start_run([failure.source for failure in failures] + [job.source for job in jobs])
@@ -909,9 +903,9 @@ def run_estimation(
                      f"--gain {options.output_dir / 'gain_estimate.bin'}."]
             return finish_interrupted(
                 lambda: finish_estimation(inputs, collector.results, options, reporter, time.perf_counter() - started,
-                                          report_path, interrupted_lines=lines))
+                                          report_path, interrupted_lines=lines, checked=checked))
     return finish_estimation(inputs, results, options, reporter, time.perf_counter() - started, report_path,
-                             estimate_lines(inputs, options, saved_estimate(options)))
+                             estimate_lines(inputs, options, saved_estimate(options)), checked=checked)
 
 
 def saved_estimate(options: ConvertOptions):
@@ -960,12 +954,13 @@ def finish_estimation(
     extra_lines: Sequence[str] = (),
     save_error: str | None = None,
     interrupted_lines: Sequence[str] | None = None,
+    checked: CheckedOutputs | None = None,
 ) -> int:
     """After ``--estimate_gain`` (also rank 0 of ``convert-to-tiff-mpi``): the summary,
     ``extra_lines``, the ``--report`` (its ``totals.converted`` counts the movies whose frames
-    went into the estimate). ``save_error``: the estimate could not be saved.
-    ``interrupted_lines``: the run was interrupted (exit status 130); printed last. Returns the
-    exit status."""
+    went into the estimate; into its directory as ``checked``). ``save_error``: the estimate
+    could not be saved. ``interrupted_lines``: the run was interrupted (exit status 130);
+    printed last. Returns the exit status."""
     reporter.end_run()
     summary = summarise(results, wall_seconds)
     out = reporter.out
@@ -988,7 +983,8 @@ def finish_estimation(
         for line in interrupted_lines:
             print(line, file=reporter.err, flush=True)
         status, fields["state"] = EXIT_INTERRUPTED, "interrupted"
-    return _with_report(report_path, results, options, inputs, summary, status, reporter, **fields)
+    return _with_report(report_path, results, options, inputs, summary, status, reporter,
+                        directory=checked.report_dir if checked is not None else None, **fields)
 
 
 def run_demo(options: ConvertOptions, reporter: TerminalReporter) -> int:
@@ -1033,14 +1029,16 @@ def run_dry_run(
     report_path: Path | None = None,
 ) -> int:
     """``--dry_run``: what would be converted or skipped and the expected size; writes no TIFF.
-    The exit status is 1 when some movie cannot be converted."""
+    The exit status is 1 when some movie cannot be converted. The report goes into its
+    directory as the run checked it when it started."""
+    report_dir = checked_report_directory(report_path) if report_path is not None else None
     dry_run = plan_dry_run(inputs, options, relative_to)
     for line in format_dry_run(dry_run):
         print(line, file=reporter.out)
     reporter.out.flush()
     status = EXIT_FAILED if dry_run.count("fail") else EXIT_OK
     if report_path is not None:
-        write_dry_run_report(report_path, dry_run, options, inputs, status)
+        write_dry_run_report(report_path, dry_run, options, inputs, status, directory=report_dir)
     return status
 
 
@@ -1069,12 +1067,16 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
                    report_path: Path | None = None) -> int:
     """``--check_gain``: print the score table and the answer, write ``<o>/gain-reference.mrc``
     when the movies tell, and the ``--report``. Exit status 0 with an answer, 1 when the movies
-    cannot tell or a movie could not be read."""
-    from .gain_check.check import check_gain, write_gain_reference
+    cannot tell or a movie could not be read. gain-reference.mrc and the report go into their
+    directories as the check found them when it started (a directory replaced since gets
+    nothing)."""
+    from .gain_check.check import check_gain, checked_output_directory, write_gain_reference
     from .gain_check.text import format_result
     from .report import write_check_gain_report
 
+    report_dir = checked_report_directory(report_path) if report_path is not None else None
     try:
+        output_dir = checked_output_directory(options.output_dir)
         result = check_gain(inputs, options, reporter)
     except KeyboardInterrupt:  # nothing is written before the answer
         print("\nInterrupted; nothing was written.", file=reporter.err, flush=True)
@@ -1083,7 +1085,8 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
         if report_path is not None:
             status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
             with contextlib.suppress(CryotiffError):
-                write_check_gain_report(report_path, None, options, inputs, status, error=str(exc))
+                write_check_gain_report(report_path, None, options, inputs, status, error=str(exc),
+                                        directory=report_dir)
         raise
     for movie, message in result.failed:
         print(f"ERROR: {message}", file=reporter.err, flush=True)
@@ -1093,7 +1096,7 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
     reference, written, error = None, False, None
     if result.decided:
         try:
-            reference, written = write_gain_reference(result, options.output_dir)
+            reference, written = write_gain_reference(result, options.output_dir, output_dir)
         except CryotiffError as exc:
             error, status = str(exc), EXIT_FAILED
     print("", file=reporter.out)
@@ -1104,7 +1107,8 @@ def run_check_gain(inputs: Sequence[str], options: ConvertOptions, reporter: Ter
         print(f"ERROR: {error}", file=reporter.err, flush=True)
     if report_path is not None:
         try:
-            write_check_gain_report(report_path, result.report_section(reference), options, inputs, status, error)
+            write_check_gain_report(report_path, result.report_section(reference), options, inputs, status, error,
+                                    directory=report_dir)
         except CryotiffError as exc:
             print(f"ERROR: {exc}", file=reporter.err, flush=True)
             status = EXIT_FAILED

@@ -74,8 +74,10 @@ from .cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    CheckedOutputs,
     Interruption,
     TerminalReporter,
+    WatchRecords,
     build_parser,
     estimate_lines,
     finish_estimation,
@@ -84,14 +86,15 @@ from .cli import (
     option_conflicts,
     options_from_args,
     finish_verify,
+    make_output_dir,
     manifest_key,
-    record_so_far,
     unplanned_verdict,
     verify_conflict,
     watch_from_args,
 )
 from .convert import ConvertOptions, MovieResult, RunContext
 from .errors import CryotiffError, OptionError
+from .io.atomic import CheckedDirectory
 from .jobs import (
     FinishedCheck,
     Job,
@@ -468,9 +471,9 @@ class MpiReporter(TerminalReporter):
         with self._lock:
             super().message(text)
 
-    def warning(self, text: str) -> None:
+    def warning(self, text: str, repeat: bool = False) -> None:
         with self._lock:
-            super().warning(text)
+            super().warning(text, repeat)
 
 
 # --------------------------------------------------------------------------- work sharing
@@ -907,16 +910,17 @@ def agree(comm: Any, error: tuple[str, int] | None) -> None:
     raise RunStopped(errors[0][1])
 
 
-def plan_on_rank_zero(comm: Any, inputs: Sequence[str], options: ConvertOptions) -> tuple[list[Job], list[MovieResult]]:
-    """Rank 0 expands the inputs, names the outputs and creates ``--o``; every rank gets the plan."""
+def plan_on_rank_zero(comm: Any, inputs: Sequence[str], options: ConvertOptions,
+                      checked: CheckedOutputs | None = None) -> tuple[list[Job], list[MovieResult]]:
+    """Rank 0 expands the inputs, names the outputs and creates ``--o`` (as it checked it then:
+    ``checked.output_dir``, where its own files go); every rank gets the plan."""
     planned: tuple | None = None
     if comm.rank == 0:
         try:
             jobs, failures = plan(inputs, options)
-            try:
-                options.output_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OptionError(f"{options.output_dir}: cannot create the output directory ({exc.strerror})") from None
+            output_dir = make_output_dir(options)
+            if checked is not None:
+                checked.output_dir = output_dir
             planned = (jobs, failures, None)
         except CryotiffError as exc:
             planned = (None, None, (str(exc), _error_status(exc)))
@@ -925,13 +929,15 @@ def plan_on_rank_zero(comm: Any, inputs: Sequence[str], options: ConvertOptions)
     return jobs, failures
 
 
-def prepare_everywhere(comm: Any, jobs: Sequence[Job], options: ConvertOptions, reporter: MpiReporter) -> RunContext:
+def prepare_everywhere(comm: Any, jobs: Sequence[Job], options: ConvertOptions, reporter: MpiReporter,
+                       output_directory: CheckedDirectory | None = None) -> RunContext:
     """The run's gain (``--gain``), loaded on every rank; rank 0 first, since it prints the
-    messages and writes ``gain-reference.mrc``, then the others silently."""
+    messages and writes ``gain-reference.mrc`` (into ``output_directory``, ``--o`` as rank 0
+    checked it), then the others silently."""
     context, error = None, None
     if comm.rank == 0:
         try:
-            context = prepare(jobs, options, reporter, write_files=True)
+            context = prepare(jobs, options, reporter, write_files=True, output_directory=output_directory)
         except CryotiffError as exc:
             error = (str(exc), _error_status(exc))
     agree(comm, error)
@@ -1091,9 +1097,10 @@ def run_conversion(
     started = time.perf_counter()
     started_ns = time.time_ns()  # a TIFF made by this run is newer (stopped_run)
     rank = comm.rank
+    checked = rank_zero_outputs(rank, report_path)
     try:
-        jobs, failures = plan_on_rank_zero(comm, inputs, options)
-        context = prepare_everywhere(comm, jobs, options, reporter)
+        jobs, failures = plan_on_rank_zero(comm, inputs, options, checked)
+        context = prepare_everywhere(comm, jobs, options, reporter, checked.output_dir)
     except RunStopped as stop:
         return stop.status
 
@@ -1143,7 +1150,7 @@ def run_conversion(
         interruption = stopped_run(stop, jobs, len(jobs) + len(failures), len(results), started_ns=started_ns)
         status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
                                                        time.perf_counter() - started, report_path, comm.size,
-                                                       interruption))
+                                                       interruption, checked))
         stopping_ends_the_job(comm, stop, status, context.manifest, reporter)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
@@ -1156,8 +1163,21 @@ def run_conversion(
         by_index = {**skipped, **converted}
         results = failures + [by_index[index] for index in range(len(jobs))]
         mark_not_in_manifest(results, unrecorded)
-        status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
+        status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size,
+                            checked=checked)
     return broadcast_status(comm, status)
+
+
+def rank_zero_outputs(rank: int, report_path: Path | None) -> CheckedOutputs:
+    """Where rank 0's own files go (movies.star, the ``--report``, gain-reference.mrc), as it
+    checks them when the run starts (the ``--report``'s directory; ``--o`` is added when rank 0
+    makes it), as ``convert-to-tiff`` does (:class:`cryotiff.cli.CheckedOutputs`); nothing on
+    the other ranks, which write none of them."""
+    from .report import checked_report_directory
+
+    if rank != 0 or report_path is None:
+        return CheckedOutputs()
+    return CheckedOutputs(report_dir=checked_report_directory(report_path))
 
 
 def run_watch(
@@ -1178,17 +1198,20 @@ def run_watch(
     started_ns = time.time_ns()  # a TIFF made by this run is newer (stopped_run)
     rank = comm.rank
     error = None
+    checked = rank_zero_outputs(rank, report_path)
     if rank == 0:
         try:
-            options.output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            error = (f"{options.output_dir}: cannot create the output directory ({exc.strerror})", EXIT_USAGE)
+            checked.output_dir = make_output_dir(options)
+        except CryotiffError as exc:
+            error = (str(exc), EXIT_USAGE)
     try:
         agree(comm, error)
     except RunStopped as stop:
         return stop.status
     host = processor_name()
-    keeper = ContextKeeper(options, reporter, write_files=rank == 0)
+    keeper = ContextKeeper(options, reporter, write_files=rank == 0, output_directory=checked.output_dir)
+    # rank 0's, for the whole watch: a list that cannot be written is warned about once per spell
+    records = WatchRecords(inputs, options, reporter, report_path, checked) if rank == 0 else None
     stale = StaleTemporaries()
     executor = responsive_executor(options.threads)
     jobs: list[Job] = []  # rank 0: every movie found, by index
@@ -1212,7 +1235,7 @@ def run_watch(
 
     def record() -> None:
         with record_lock:
-            record_so_far(inputs, results_so_far(), options, reporter, report_path)
+            records(results_so_far())
 
     def look_until_quiet() -> None:
         """Rank 0's watcher thread (no MPI calls)."""
@@ -1294,7 +1317,7 @@ def run_watch(
         interruption = stopped_run(stop, jobs, n_movies, len(results), started_ns=started_ns)
         status = finish_interrupted(lambda: report_run(inputs, results, options, reporter,
                                                        time.perf_counter() - started, report_path, comm.size,
-                                                       interruption))
+                                                       interruption, checked, records))
         stopping_ends_the_job(comm, stop, status, keeper.manifest, reporter)
     finally:
         stop_watching.set()
@@ -1313,7 +1336,8 @@ def run_watch(
             reporter.warning(text)
         results = latest_results(results_so_far() + unfinished)
         mark_not_in_manifest(results, unrecorded)
-        status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size)
+        status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size,
+                            checked=checked, watch_records=records)
     return broadcast_status(comm, status)
 
 
@@ -1445,13 +1469,17 @@ def report_run(
     report_path: Path | None,
     n_ranks: int,
     interruption: Interruption | None = None,
+    checked: CheckedOutputs | None = None,
+    watch_records: WatchRecords | None = None,
 ) -> int:
     """Rank 0, after the run (also one that stopped early): ``movies.star``, the summary, the
-    work per rank, the ``--report`` (as ``convert-to-tiff`` does). Returns the exit status."""
+    work per rank, the ``--report`` (as ``convert-to-tiff`` does; into their directories as
+    ``checked``; ``watch_records``: a ``--watch``'s). Returns the exit status."""
     from .cli import finish_run
 
     return finish_run(inputs, results, options, reporter, wall_seconds, report_path,
-                      extra_lines=[format_rank_line(results, n_ranks)], interruption=interruption)
+                      extra_lines=[format_rank_line(results, n_ranks)], interruption=interruption, checked=checked,
+                      watch_records=watch_records)
 
 
 def format_rank_line(results: Sequence[MovieResult], n_ranks: int) -> str:
@@ -1525,8 +1553,9 @@ def run_estimation(
 
     started = time.perf_counter()
     rank = comm.rank
+    checked = rank_zero_outputs(rank, report_path)
     try:
-        jobs, failures = plan_on_rank_zero(comm, inputs, options)
+        jobs, failures = plan_on_rank_zero(comm, inputs, options, checked)
         start = starting_state(comm, jobs, options, reporter)
     except RunStopped as stop:
         return stop.status
@@ -1593,7 +1622,8 @@ def run_estimation(
             if merged["unsaved"]:
                 save()
             status = finish_estimation(inputs, done, options, reporter, time.perf_counter() - started, report_path,
-                                       [format_rank_line(done, comm.size)], merged["error"], interrupted_lines=lines)
+                                       [format_rank_line(done, comm.size)], merged["error"], interrupted_lines=lines,
+                                       checked=checked)
             return EXIT_FAILED if stop.reason else status
 
         abort(comm, finish_interrupted(finish), "")
@@ -1609,7 +1639,7 @@ def run_estimation(
         lines = [format_rank_line(all_results, comm.size),
                  *estimate_lines(inputs, options, merged["state"], program="convert-to-tiff-mpi")]
         status = finish_estimation(inputs, all_results, options, reporter, time.perf_counter() - started,
-                                   report_path, lines, merged["error"])
+                                   report_path, lines, merged["error"], checked=checked)
     return broadcast_status(comm, status)
 
 

@@ -462,10 +462,12 @@ def format_dry_run(dry_run: DryRunPlan) -> list[str]:
 
 
 def write_dry_run_report(
-    path: Path, dry_run: DryRunPlan, options: ConvertOptions, inputs: Sequence[str], exit_status: int
+    path: Path, dry_run: DryRunPlan, options: ConvertOptions, inputs: Sequence[str], exit_status: int,
+    directory: CheckedDirectory | None = None,
 ) -> None:
     """``--report`` with ``--dry_run``: the plan instead of results (``state`` is ``dry_run``;
-    ``movies`` holds one :class:`DryRunEntry` per movie).
+    ``movies`` holds one :class:`DryRunEntry` per movie). ``directory``: as for
+    :func:`write_report`.
 
     Raises:
         OutputError: the file cannot be written.
@@ -487,16 +489,17 @@ def write_dry_run_report(
         },
         "movies": [_jsonable(dataclasses.asdict(entry)) for entry in dry_run.entries],
     }
-    _write_json(Path(path), document)
+    _write_json(Path(path), document, directory)
 
 
 def write_check_gain_report(
     path: Path, check_gain: dict[str, Any] | None, options: ConvertOptions, inputs: Sequence[str],
-    exit_status: int, error: str | None = None,
+    exit_status: int, error: str | None = None, directory: CheckedDirectory | None = None,
 ) -> None:
     """``--report`` with ``--check_gain``: ``state`` is ``check_gain`` (``error`` when the check
     stopped before an answer, with the message in ``error``); ``check_gain`` holds
     :meth:`cryotiff.gain_check.check.GainCheckResult.report_section` (None after an error).
+    ``directory``: as for :func:`write_report`.
 
     Raises:
         OutputError: the file cannot be written.
@@ -511,7 +514,7 @@ def write_check_gain_report(
         "options": _jsonable(dataclasses.asdict(options)),
         "check_gain": check_gain,
     }
-    _write_json(Path(path), document)
+    _write_json(Path(path), document, directory)
 
 
 #: The first bytes of every report this module writes (``{`` and its first key).

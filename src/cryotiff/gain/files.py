@@ -21,6 +21,7 @@ This module imports nothing from the rest of :mod:`cryotiff.gain`.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 
 from cryotiff.errors import CryotiffError, ExistingOutputError, GainError, OutputError
 from cryotiff.io import check_regular_file, open_regular_stream
-from cryotiff.io.atomic import AtomicFile, CheckedDirectory, fsync_directory
+from cryotiff.io.atomic import AtomicFile, CheckedDirectory, fsync_directory, open_directory
 from cryotiff.io.mrc import open_mrc
 
 #: Largest reliability counter (int16's, the type of the reliability map); cryotiff saturates
@@ -181,7 +182,7 @@ def find_reliability_path(gain_path: str | os.PathLike[str]) -> Path:
 
 
 def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float: bool = True,
-                   hashed: dict[str, str] | None = None) -> np.ndarray:
+                   hashed: dict[str, str] | None = None, dir_fd: int | None = None) -> np.ndarray:
     """Read a single-image MRC file whatever its extension (RELION reads ``<file>:mrc``), with
     cryotiff's MRC reader (lenient like RELION's: any map ID or machine stamp, byte order by
     plausibility).
@@ -189,17 +190,20 @@ def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float
     Returns float32 (``as_float``) or the mode's own dtype (int16 for mode 1, ...). With
     ``hashed``, ``hashed[str(path)]`` becomes the SHA-256 of the file read, hashed through the
     descriptor it was read from (never the name, which another file may have taken since).
+    ``dir_fd``: a descriptor of ``path``'s directory (as the run checked it), in which its name
+    is opened (a symbolic link there is followed, as by name).
 
     Raises:
         GainError: missing, unreadable, or more than one section, or (with ``hashed``) changed
             while it was read; the message names the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise GainError(f"The {what} file {path} does not exist.")
-    check_regular_file(path, f"a {what} file", GainError)  # a directory, a named pipe
+    if dir_fd is None:
+        if not path.exists():
+            raise GainError(f"The {what} file {path} does not exist.")
+        check_regular_file(path, f"a {what} file", GainError)  # a directory, a named pipe
     try:
-        with open_mrc(path) as mrc:
+        with open_mrc(path, _open_in_directory(path, dir_fd, what) if dir_fd is not None else None) as mrc:
             before = os.fstat(mrc.fileno())
             n_sections = mrc.info.n_frames
             data = mrc.read_frame(0) if n_sections == 1 else None
@@ -216,6 +220,29 @@ def read_mrc_image(path: str | os.PathLike[str], what: str = "gain", *, as_float
     data = np.asarray(data, dtype=np.float32) if as_float else np.asarray(data)
     # read_frame gives a fresh array: copy only to make it native-endian and C-ordered
     return np.asarray(data, dtype=data.dtype.newbyteorder("="), order="C")
+
+
+def _open_in_directory(path: Path, dir_fd: int, what: str) -> int:
+    """``path``'s name opened for reading in the directory ``dir_fd`` (never blocking on a named
+    pipe), a regular file; the caller closes the descriptor.
+
+    Raises:
+        GainError: missing, unreadable or not a regular file; the message names the file.
+    """
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise GainError(f"The {what} file {path} does not exist.") from None
+    except OSError as exc:
+        raise GainError(f"The {what} file {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise GainError(f"The {what} file {path} is not a regular file.")
+        os.set_blocking(fd, True)  # reads wait for the disk as usual
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _sha256_of_file_read(descriptor: int, before: os.stat_result, path: Path, what: str) -> str:
@@ -404,10 +431,10 @@ def _read_gain_if_same_shape(path: Path, shape: tuple[int, ...]) -> np.ndarray |
 
 
 def _write_mrc_temporary(path: Path, data: np.ndarray, *, voxel_size_angstrom: float, fsync: bool,
-                         directory: CheckedDirectory | None = None) -> AtomicFile:
+                         directory: CheckedDirectory | int | None = None) -> AtomicFile:
     """Write ``data`` as an MRC file into a fresh temporary file beside ``path``
     (:class:`cryotiff.io.atomic.AtomicFile`; in ``directory``, ``path``'s directory as the run
-    checked it, if given); the caller renames it with ``commit()``.
+    checked it or a descriptor of it, if given); the caller renames it with ``commit()``.
 
     Raises:
         OutputError: the file cannot be created or written (its temporary file is removed).
@@ -499,41 +526,70 @@ def keep_or_write_gain_reference(
     path = Path(path)
     if directory is not None:
         try:
-            os.close(directory.open())
+            dir_fd = directory.open()
         except OutputError as exc:
             raise OutputError(f"{path}: not written: {exc}") from None
-    if gain_path is not None and os.path.exists(gain_path) and path.exists() and os.path.samefile(path, gain_path):
-        raise ExistingOutputError(f"{path}: is the --gain file itself, which this run would write over; give "
-                                  "another --o (or rename the gain file)")
-    reference = np.ascontiguousarray(reference, dtype=np.float32)
-    if os.path.lexists(path):
-        refuse_another_gain_reference(path, reference, made_from=made_from, dependents=dependents)
-        return False
-    target = _write_mrc_temporary(path, reference, voxel_size_angstrom=1.0, fsync=True, directory=directory)
+    else:
+        dir_fd = open_directory(path.parent)
+    # One descriptor of the directory serves the look at the name, the comparison with what is
+    # there and the writing: a directory replaced meanwhile is neither read nor written.
     try:
-        if target.commit_unless_exists():
-            fsync_directory(path.parent)  # its name on the disk before any TIFF that needs it
-            return True
+        if gain_path is not None and _is_gain_file(path, dir_fd, gain_path):
+            raise ExistingOutputError(f"{path}: is the --gain file itself, which this run would write over; give "
+                                      "another --o (or rename the gain file)")
+        reference = np.ascontiguousarray(reference, dtype=np.float32)
+        if _name_taken(path, dir_fd):
+            refuse_another_gain_reference(path, reference, made_from=made_from, dependents=dependents, dir_fd=dir_fd)
+            return False
+        target = _write_mrc_temporary(path, reference, voxel_size_angstrom=1.0, fsync=True, directory=dir_fd)
+        try:
+            if target.commit_unless_exists():
+                fsync_directory(path.parent, dir_fd)  # its name on the disk before any TIFF that needs it
+                return True
+        finally:
+            target.discard()
+        # another run wrote one meanwhile
+        refuse_another_gain_reference(path, reference, made_from=made_from, dependents=dependents, dir_fd=dir_fd)
+        return False
     finally:
-        target.discard()
-    # another run wrote one meanwhile
-    refuse_another_gain_reference(path, reference, made_from=made_from, dependents=dependents)
-    return False
+        os.close(dir_fd)
+
+
+def _name_taken(path: Path, dir_fd: int) -> bool:
+    """Something (a file, a link, even a dangling one) has ``path``'s name in ``dir_fd``."""
+    try:
+        os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # there, but cannot be looked at: compared (and refused) as before
+    return True
+
+
+def _is_gain_file(path: Path, dir_fd: int, gain_path: str | os.PathLike[str]) -> bool:
+    """``path``'s name in ``dir_fd`` leads to the ``--gain`` file itself."""
+    try:
+        here, gain = os.stat(path.name, dir_fd=dir_fd), os.stat(gain_path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (gain.st_dev, gain.st_ino)
 
 
 def refuse_another_gain_reference(path: str | os.PathLike[str], reference: np.ndarray, *, made_from: str,
-                                  dependents: Callable[[], str] | None = None) -> None:
+                                  dependents: Callable[[], str] | None = None, dir_fd: int | None = None) -> None:
     """Nothing if ``path`` does not exist or holds ``reference`` bit for bit; otherwise the
     refusal of :func:`keep_or_write_gain_reference` (``--dry_run`` asks this without writing).
+    ``dir_fd``: a descriptor of ``path``'s directory as the run checked it, in which its name is
+    looked up and read (else the name as it leads now).
 
     Raises:
         ExistingOutputError: ``path`` holds another image, or cannot be read.
     """
     path = Path(path)
-    if not os.path.lexists(path):
+    if not (os.path.lexists(path) if dir_fd is None else _name_taken(path, dir_fd)):
         return
     try:
-        existing = read_mrc_image(path, "gain reference")
+        existing = read_mrc_image(path, "gain reference", dir_fd=dir_fd)
         problem = f"holds another gain reference than the one {made_from} gives"
     except GainError as exc:
         existing = None

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ import numpy as np
 from ..convert import ConvertOptions, PageSource, WiderTypeNeeded, gain_size_hint, movie_kind, open_page_source
 from ..eer_gain import invert_divisive_gain, read_resized_eer_gain
 from ..errors import CryotiffError, GainError, InputError, OutputError
+from ..io.atomic import CheckedDirectory
 from ..gain.files import (
     GAIN_REFERENCE_NAME,
     file_extension,
@@ -482,9 +484,27 @@ def check_gain(
 # --------------------------------------------------------------------------- outputs
 
 
-def write_gain_reference(result: GainCheckResult, output_dir: Path) -> tuple[Path, bool]:
+def checked_output_directory(output_dir: Path) -> CheckedDirectory | None:
+    """``--o`` as the check finds it when it starts, if it exists (else None: it is made when the
+    answer is written, and checked then), for :func:`write_gain_reference`: a directory that
+    replaces it during the check (a symbolic link, say) then gets nothing. ``--o`` itself may
+    be a symbolic link the user gave: what it leads to now is the directory checked.
+
+    Raises:
+        OutputError: it exists but cannot be looked at.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    return CheckedDirectory(output_dir, output_dir)
+
+
+def write_gain_reference(result: GainCheckResult, output_dir: Path,
+                         directory: CheckedDirectory | None = None) -> tuple[Path, bool]:
     """Write ``<output_dir>/gain-reference.mrc`` (float32 MRC, pixel size 1.0 A as RELION
     writes it) with :meth:`GainCheckResult.gain_reference`, atomically; ``(path, written)``.
+    ``directory``: ``output_dir`` as the check found it when it started
+    (:func:`checked_output_directory`); without it, ``output_dir`` is made if needed and checked
+    now. What is at the name is read, and the file written, through one descriptor of it.
 
     An existing ``gain-reference.mrc`` that holds the same image already is kept (``written``
     False: a second check of the same session is harmless); one that differs is never replaced:
@@ -498,10 +518,12 @@ def write_gain_reference(result: GainCheckResult, output_dir: Path) -> tuple[Pat
     """
     reference = result.gain_reference()
     path = Path(output_dir) / GAIN_REFERENCE_NAME
-    try:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{output_dir}: cannot create the output directory ({exc.strerror or exc})") from None
+    if directory is None:
+        try:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{output_dir}: cannot create the output directory ({exc.strerror or exc})") from None
+        directory = CheckedDirectory(output_dir, output_dir)
     written = keep_or_write_gain_reference(path, reference, made_from=f"this check of --gain {result.gain.path}",
-                                           gain_path=result.gain.path)
+                                           gain_path=result.gain.path, directory=directory)
     return path, written

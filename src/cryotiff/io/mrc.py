@@ -534,7 +534,7 @@ class MrcMovie(Movie):
         return self
 
 
-def open_mrc(path: PathLike) -> MrcMovie:
+def open_mrc(path: PathLike, fd: int | None = None) -> MrcMovie:
     """Open an MRC/MRCS movie: check its header and size, and return a :class:`MrcMovie`.
 
     ``info.n_frames`` = header ``NZ`` (1 for a single image); ``info.shape_yx`` = (``NY``,
@@ -547,6 +547,9 @@ def open_mrc(path: PathLike) -> MrcMovie:
     ``header_warnings``, and the header fields ``mx`` and ``cella_x_angstrom`` as found (the
     pipeline applies RELION's pixel size rule to them).
 
+    ``fd``: ``path`` already open for reading (a regular file, as :func:`open_regular_file`
+    checks), which the movie takes over (closed with it, or here on an error).
+
     Raises:
         InputError: missing file, directory, unreadable file.
         MrcFormatError: empty, short, foreign (TIFF, gzip, text ...) or damaged file; complex or
@@ -555,7 +558,8 @@ def open_mrc(path: PathLike) -> MrcMovie:
             how many frames are complete).
     """
     path = Path(path)
-    fd = open_regular_file(path, "an MRC file")  # the header and the frames are read through it
+    if fd is None:
+        fd = open_regular_file(path, "an MRC file")  # the header and the frames are read through it
     try:
         return _open_mrc(path, fd)
     except BaseException:
