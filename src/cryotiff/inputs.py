@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 from .convert import MOVIE_SUFFIXES, MovieResult
 from .errors import InputError, NamesNoMovieError
 from .io import open_regular_stream
-from .io.star import read_movie_names
+from .io.star import Table, movie_names, read_star_blocks
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -137,6 +137,34 @@ def search_input(argument: str, output_dir: Path | None = None) -> tuple[list[Pa
             problems.append(InputProblem(path, f"{argument}: no file matches this pattern", True, NamesNoMovieError))
         return found, problems
     return [path], []
+
+
+#: The movie STAR files given with ``--i``, as their last reading here (the expansion of the
+#: inputs) found them: ``{absolute path: blocks}`` (:func:`star_blocks_read`).
+_STAR_FILES_READ: dict[str, dict[str, Table]] = {}
+
+
+def read_movie_names(path: Path) -> list[str]:
+    """:func:`cryotiff.io.star.read_movie_names` of the STAR file ``path``, which is read once:
+    its tables are kept for :func:`star_blocks_read` (a reading that fails keeps the last one
+    that did, as a ``--watch`` keeps the movies of its last complete read).
+
+    Raises:
+        StarFormatError: as :func:`cryotiff.io.star.read_movie_names`.
+    """
+    blocks = read_star_blocks(path)
+    names = movie_names(blocks, path)
+    _STAR_FILES_READ[os.path.abspath(path)] = blocks
+    return names
+
+
+def star_blocks_read(path: Path) -> dict[str, Table] | None:
+    """The tables of the movie STAR file ``path`` as the last expansion of the inputs that
+    named it read them (the version whose movies the run converts: movies.star takes their rows
+    and optics groups from it, not from a newer version that replaced the file since); None
+    where none read it. Each expansion reads the file anew.
+    """
+    return _STAR_FILES_READ.get(os.path.abspath(path))
 
 
 def _unsearchable_directories(pattern: str, base: Path) -> list[InputProblem]:

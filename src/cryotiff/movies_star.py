@@ -242,14 +242,18 @@ def _scaled(group: _OpticsGroup, factor: float) -> _OpticsGroup:
 def _new_entries(
     star_paths: Sequence[Path], listed: Sequence[MovieResult], eer_upsampling: int
 ) -> list[_Entry]:
-    """This run's movies, with what their STAR files (sources 1, 2, ...) say about them. A STAR
-    file that cannot be read is passed over: it was reported when the inputs were read (and no
-    movie of it converted), or it was damaged since (its movies then go to the unassigned list)."""
+    """This run's movies, with what their STAR files (sources 1, 2, ...) say about them, as the
+    expansion of the inputs read them (:func:`cryotiff.inputs.star_blocks_read`; a file it did
+    not read is read now). A STAR file that cannot be read is passed over: it was reported when
+    the inputs were read (and no movie of it converted)."""
     from_star: dict[Path, _Entry] = {}
     unreadable: list[str] = []
+    from .inputs import star_blocks_read
+
     for index, star_path in enumerate(star_paths, start=1):
         try:
-            blocks = read_star_blocks(star_path)
+            # As the inputs' expansion read it (read once): the rows of the movies converted
+            blocks = star_blocks_read(star_path) or read_star_blocks(star_path)
         except StarFormatError:
             unreadable.append(str(star_path))
             continue

@@ -368,7 +368,15 @@ def read_movie_names(path: Path) -> list[str]:
             without rows (RELION then looks in the first table and gives the column message):
             :class:`EmptyStarError`, as for an empty file.
     """
-    blocks = read_star_blocks(path)
+    return movie_names(read_star_blocks(path), path)
+
+
+def movie_names(blocks: dict[str, Table], path: Path) -> list[str]:
+    """:func:`read_movie_names` of the ``blocks`` read from ``path`` (:func:`read_star_blocks`).
+
+    Raises:
+        StarFormatError: as :func:`read_movie_names`.
+    """
     if "movies" in blocks and len(blocks["movies"]) == 0:
         raise EmptyStarError(f"{path}: the movies table lists no movie")
     table = blocks[movie_table_name(blocks)]
