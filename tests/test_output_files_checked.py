@@ -6,7 +6,6 @@ the user reads one message naming the file that was not written."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,10 @@ import cryotiff.cli as cli
 import cryotiff.movies_star as MS
 from cryotiff.io.atomic import TEMPORARY_MARK, CheckedDirectory
 from cryotiff.convert import MovieResult
-from cryotiff.simulate.write import write_mrc_movie
+
+from .test_output_directory_races import movie, swap_for_link
 
 REPLACED = "the output directory was replaced (by a symbolic link or another directory) since the run checked it"
-
-
-def movie(path: Path, seed: int = 1) -> np.ndarray:
-    frames = np.random.default_rng(seed).integers(0, 9, (3, 24, 32)).astype(np.int16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_mrc_movie(path, frames, 1, pixel_size_angstrom=1.05)
-    return frames
-
-
-def swap_for_link(directory: Path, aside: Path, target: Path) -> None:
-    """``directory`` is moved to ``aside`` and a symbolic link to ``target`` takes its name."""
-    target.mkdir(exist_ok=True)
-    os.rename(directory, aside)
-    os.symlink(target, directory)
 
 
 def everything_in(directory: Path) -> list[str]:
