@@ -3,9 +3,14 @@ simulated gain-normalised movies they are tested on."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from hypothesis import strategies as st
 from cryotiff import gain as G
 from cryotiff.errors import CryotiffError, GainError, UnexpectedPixelValueError
 from cryotiff.simulate.gain_normalised import make_detector, simulate_gain_normalised
+from tests.helpers import HANG_SECONDS
 
 F32 = np.float32
 INT_MIN = -(2**31)
@@ -632,45 +638,165 @@ def test_merge_needs_tracking_and_equal_sizes():
         G.merge(G.GainEstimate.new((2, 2), track_merge=True), G.GainEstimate.new((2, 3), track_merge=True))
 
 
-@pytest.mark.xfail(strict=False, reason="fails under load (two suites on 2 cores): open, see the closing note of 2026-12-02")
-def test_ctrl_c_while_a_save_waits_for_its_fsync_waits_for_it_then_removes_the_temporaries(tmp_path, monkeypatch):
+class _SlowDisk:
+    """``os.fsync`` on the save's fsync threads (``cryotiff-fsync``) made slow, with what a test
+    needs to know about them: which ran, which are running, and which found their file closed
+    (or its descriptor reused) under them, the bug the tests below look for."""
+
+    def __init__(self, monkeypatch, hold):
+        import cryotiff.gain.files as files
+
+        self.real_fsync = os.fsync
+        self.hold = hold  # hold(number of this fsync, 1-based): blocks as a slow disk would
+        self.lock = threading.Lock()
+        self.started = 0
+        self.running: list[int] = []
+        self.closed_under_fsync: list[str] = []
+        monkeypatch.setattr(files.os, "fsync", self.fsync)
+
+    def fsync(self, fd):
+        if threading.current_thread().name != "cryotiff-fsync":
+            return self.real_fsync(fd)
+        with self.lock:
+            self.started += 1
+            number = self.started
+            self.running.append(fd)
+        file_before = os.fstat(fd)
+        try:
+            self.hold(number)
+            try:  # the file is still open, still this one: EBADF or another inode is the bug
+                file_after = os.fstat(fd)
+            except OSError as exc:
+                self.closed_under_fsync.append(f"fsync {number}: {exc}")
+                raise
+            if (file_after.st_dev, file_after.st_ino) != (file_before.st_dev, file_before.st_ino):
+                self.closed_under_fsync.append(f"fsync {number}: its descriptor now names another file")
+            return self.real_fsync(fd)
+        finally:
+            with self.lock:
+                self.running.remove(fd)
+
+
+@contextlib.contextmanager
+def _sigint_handler_that_says_so():
+    """SIGINT raises KeyboardInterrupt (as Python's own handler does), also where pytest was started
+    with SIGINT ignored (``python -m pytest &`` in a script, a CI runner: an ignored signal sent by
+    ``pthread_kill`` is lost, and the save went on to the end, "DID NOT RAISE"), and sets the event
+    it yields first, so that a test knows the interrupt has landed."""
+    landed = threading.Event()
+
+    def on_sigint(signum, frame):
+        landed.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield landed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("signalled_thread", ["main", "another"])
+def test_ctrl_c_while_a_save_waits_for_its_fsync_waits_for_it_then_removes_the_temporaries(
+    tmp_path, monkeypatch, signalled_thread
+):
     """Ctrl-C while the save waits for the fsync of its temporary files (a slow disk): the save
     used to go on at once (Python 3.11's interrupted join() takes the thread for ended) and
     remove and close the temporary files while their fsync still ran. It must wait for the
     fsync, then remove them: no temporary is left, nothing was renamed, and no fsync outlives
-    the save."""
-    import signal
-    import threading
-    import time
+    the save.
 
+    The Ctrl-C must also be acted upon while the fsync still runs, wherever the signal lands: a
+    Ctrl-C at the terminal may reach any thread of the process (``another``), and one that
+    reaches the main thread just before its wait blocks (between Python's last look at its
+    signals and the lock's system call, a window a loaded machine keeps open) interrupts nothing
+    either: the save then waited for the whole fsync before it noticed the Ctrl-C.
+
+    Deterministic: the first fsync is held until the interrupt has reached the main thread (it
+    once had 5 s to arrive and did not, in a pytest that ignored SIGINT), then takes a little
+    longer, the time a save that does not wait would need to close its file under it."""
+    est = G.GainEstimate.new((3, 4))
+    both_in_fsync = threading.Event()
+    main_thread = threading.main_thread().ident
+
+    with _sigint_handler_that_says_so() as interrupted:
+
+        def hold(number):
+            if number == 2:  # both files written: the save waits for their fsync now
+                both_in_fsync.set()
+                return
+            assert interrupted.wait(HANG_SECONDS), "the interrupt never reached the main thread"
+            time.sleep(0.2)  # the disk still busy after the Ctrl-C
+
+        disk = _SlowDisk(monkeypatch, hold)
+
+        def main_thread_waits():
+            frame = sys._current_frames().get(main_thread)
+            return frame is not None and frame.f_code.co_name == "wait" and frame.f_code.co_filename == threading.__file__
+
+        def ctrl_c_during_the_fsync():
+            if both_in_fsync.wait(HANG_SECONDS):
+                deadline = time.monotonic() + HANG_SECONDS
+                while not main_thread_waits() and time.monotonic() < deadline:
+                    time.sleep(0.001)  # the save waits for the fsync now (in threading's Condition.wait)
+                signalled = main_thread if signalled_thread == "main" else threading.get_ident()
+                signal.pthread_kill(signalled, signal.SIGINT)
+
+        interrupter = threading.Thread(target=ctrl_c_during_the_fsync)
+        interrupter.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                est.save(tmp_path)
+            assert disk.running == []  # every fsync ended before the save did
+        finally:
+            both_in_fsync.set()  # the interrupter ends also if the save did not get that far
+            interrupter.join()
+    assert interrupted.is_set() and disk.started == 2
+    assert disk.closed_under_fsync == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("interrupted_start", [1, 2])
+def test_ctrl_c_while_an_fsync_thread_starts_leaves_no_fsync_on_a_closed_file(tmp_path, monkeypatch, interrupted_start):
+    """Ctrl-C while the save starts the fsync thread of a temporary file (Thread.start() waits
+    for the new thread to run, which takes a while on a loaded machine): the thread runs, but
+    the save did not yet hold it, so it removed and closed the temporary files without waiting
+    for that fsync, which then ran on a closed (or reused) descriptor. Now the thread is started
+    before its file is written, and handed the file afterwards: an interrupted start has no
+    file to fsync."""
     import cryotiff.gain.files as files
 
     est = G.GainEstimate.new((3, 4))
-    real_fsync = os.fsync
-    in_fsync, fsyncs_running = threading.Event(), []
-    main_thread = threading.main_thread().ident
+    fsync_threads: list[threading.Thread] = []
+    real_thread = threading.Thread
+    save_ended = threading.Event()
 
-    def slow_fsync(fd):
-        if threading.current_thread().name != "cryotiff-fsync":
-            return real_fsync(fd)
-        fsyncs_running.append(fd)
-        if len(fsyncs_running) == 2:  # both files written: the save waits for them now
-            in_fsync.set()
-        time.sleep(5.0 if fd == fsyncs_running[0] else 0.1)  # a slow disk (the first file the slowest)
-        real_fsync(fd)  # the file is still open: EBADF here would be the bug
-        fsyncs_running.remove(fd)
+    def hold(number):
+        if getattr(threading.current_thread(), "start_interrupted", False):
+            # the save does not hold this thread: a file it has to fsync stays in fsync until the
+            # save has removed the temporary files
+            save_ended.wait(HANG_SECONDS)
 
-    def ctrl_c_during_the_fsync():
-        assert in_fsync.wait(600)
-        signal.pthread_kill(main_thread, signal.SIGINT)
+    disk = _SlowDisk(monkeypatch, hold)
 
-    monkeypatch.setattr(files.os, "fsync", slow_fsync)
-    interrupter = threading.Thread(target=ctrl_c_during_the_fsync)
-    interrupter.start()
+    class StartInterrupted(real_thread):
+        def start(self):
+            if self.name == "cryotiff-fsync":
+                fsync_threads.append(self)
+                self.start_interrupted = len(fsync_threads) == interrupted_start
+            super().start()  # the thread runs; then the Ctrl-C lands in start()
+            if getattr(self, "start_interrupted", False):
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.threading, "Thread", StartInterrupted)
     try:
         with pytest.raises(KeyboardInterrupt):
             est.save(tmp_path)
-        assert fsyncs_running == []  # every fsync ended before the save did
     finally:
-        interrupter.join()
+        save_ended.set()
+        monkeypatch.setattr(files.threading, "Thread", real_thread)
+    for thread in fsync_threads:
+        thread.join(HANG_SECONDS)
+        assert not thread.is_alive()
+    assert disk.closed_under_fsync == []
     assert list(tmp_path.iterdir()) == []

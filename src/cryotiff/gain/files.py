@@ -351,17 +351,23 @@ def save_estimate_pair(
     written: list[AtomicFile] = []
     # Each file goes to the disk (fsync) on a thread of its own while the next one is made (its
     # header statistics are most of the work); all of them before the first rename.
-    flushes: list[tuple[AtomicFile, threading.Event, list[OSError]]] = []
+    flushes: list[_BackgroundFsync] = []
     try:
         try:
             for path, data in replacements:
-                written.append(_write_mrc_temporary(path, data, voxel_size_angstrom=1.0, fsync=False))
+                flush = None
                 if fsync:
-                    flushes.append(_fsync_in_background(written[-1]))
-            for target, flushed, problems in flushes:
-                flushed.wait()
-                if problems:
-                    raise OutputError(f"{target.destination}: cannot write ({problems[0].strerror or problems[0]})")
+                    flush = _BackgroundFsync()
+                    flushes.append(flush)
+                    flush.start()
+                written.append(_write_mrc_temporary(path, data, voxel_size_angstrom=1.0, fsync=False))
+                if flush is not None:
+                    flush.hand(written[-1])
+            for flush in flushes:
+                _wait_for(flush.flushed)
+                if flush.problem is not None:
+                    problem = flush.problem
+                    raise OutputError(f"{flush.target.destination}: cannot write ({problem.strerror or problem})")
         except OutputError as exc:
             raise OutputError(f"{exc}; the saved {gain_path} and {rel_path.name} are unchanged") from None
         for target in written:
@@ -371,30 +377,66 @@ def save_estimate_pair(
     finally:
         # Every fsync ends before a temporary file is removed and closed (after an error or
         # Ctrl-C): a Ctrl-C meanwhile waits for them too (they take as long as the disk does).
-        _wait_through_interrupts([flushed for _, flushed, _ in flushes])
+        for flush in flushes:
+            flush.hand_nothing_more()
+        _wait_through_interrupts([flush.flushed for flush in flushes if flush.target is not None])
         for target in written:
             target.discard()  # those not renamed (after an error)
     return gain_path, rel_path
 
 
-def _fsync_in_background(target: AtomicFile) -> tuple[AtomicFile, threading.Event, list[OSError]]:
-    """Start ``fsync`` of a written temporary file on a thread (it releases the GIL); the event
-    is set once it has ended, and the list then holds the OSError it raised, if any. (An event,
-    not ``Thread.join``: a KeyboardInterrupt in the middle of ``join`` makes Python 3.11 take the
-    thread for ended for good, while it still runs.)"""
-    problems: list[OSError] = []
-    flushed = threading.Event()
+class _BackgroundFsync:
+    """``fsync`` of one temporary file on a thread of its own (fsync releases the GIL): ``flushed``
+    is set once it has ended, and ``problem`` then holds the OSError it raised, if any. (An
+    event, not ``Thread.join``: a KeyboardInterrupt in the middle of ``join`` makes Python 3.11
+    take the thread for ended for good, while it still runs.)
 
-    def flush() -> None:
+    The thread is started before its file is written and handed the file afterwards: a Ctrl-C
+    in ``Thread.start()`` (which waits for the new thread to run, long on a loaded machine) then
+    leaves a thread with no file, never one fsyncing a file that the save, not holding the
+    thread yet, closes under it. A thread handed no file ends at ``hand_nothing_more()``."""
+
+    def __init__(self) -> None:
+        self.target: AtomicFile | None = None
+        self.problem: OSError | None = None
+        self.flushed = threading.Event()
+        self._handed = threading.Event()
+        self._thread = threading.Thread(target=self._flush, name="cryotiff-fsync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def hand(self, target: AtomicFile) -> None:
+        """Give the thread its written file to fsync; called once ``start()`` has returned, so
+        that a file handed is a file whose fsync runs (and sets ``flushed``)."""
+        self.target = target
+        self._handed.set()
+
+    def hand_nothing_more(self) -> None:
+        self._handed.set()
+
+    def _flush(self) -> None:
+        self._handed.wait()
         try:
-            os.fsync(target.handle.fileno())
+            if self.target is not None:
+                os.fsync(self.target.handle.fileno())
         except OSError as exc:
-            problems.append(exc)
+            self.problem = exc
         finally:
-            flushed.set()
+            self.flushed.set()
 
-    threading.Thread(target=flush, name="cryotiff-fsync", daemon=True).start()
-    return target, flushed, problems
+
+#: How often a wait for an fsync wakes up: a signal that arrives just before the wait blocks
+#: (between Python's last look at its signals and the lock's system call) is only acted upon when
+#: the wait wakes.
+_SIGNAL_POLL_SECONDS = 0.05
+
+
+def _wait_for(event: threading.Event) -> None:
+    """``event.wait()``, waking every :data:`_SIGNAL_POLL_SECONDS`, so that a Ctrl-C is raised
+    within that time, not only once the disk has finished (an fsync may take minutes)."""
+    while not event.wait(_SIGNAL_POLL_SECONDS):
+        pass
 
 
 def _wait_through_interrupts(events: list[threading.Event]) -> None:
