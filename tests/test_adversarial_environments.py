@@ -269,6 +269,48 @@ def test_a_rank_killed_mid_movie_is_not_said_to_have_removed_its_partial_file(
         np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / name.replace(".mrc", ".tif")), movie_frames)
 
 
+def test_rank_zero_killed_by_mpirun_waits_once_for_the_partial_files_counted_from_the_signal(tmp_path, monkeypatch):
+    """Open MPI ends a job whose rank died with SIGCONT, SIGTERM 0.25 s later and SIGKILL 0.25 s
+    after that. Rank 0 waited 0.1 s for the other ranks to stop, then 0.1 s more for their
+    partial files to go, 0.2 s of its 0.25 s, and on a loaded machine (its main thread a little
+    late to the signal) SIGKILL came before its line about the dead rank's partial file (the
+    line test_a_rank_killed_mid_movie_is_not_said_to_have_removed_its_partial_file looks for).
+    Both waits together now end PARTIAL_FILES_WAIT_SECONDS after the signal. On a clock of the
+    test's own (no real time passes)."""
+    import types
+
+    from cryotiff import mpi
+    from cryotiff.io.atomic import temporaries_of
+    from cryotiff.jobs import Job
+
+    clock = [1000.0]  # the SIGTERM comes at 1000.0; rank 0's main thread gets to it 0.02 s late
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    class NoRankAnswers:  # the served event: the rank that died never says STOPPED
+        def wait(self, timeout: float) -> bool:
+            sleep(timeout)
+            return False
+
+    monkeypatch.setattr(mpi, "time", types.SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep))
+    monkeypatch.setattr(mpi, "_SIGNALS", {"continued": 999.75, "interrupted": 1000.0})
+    clock[0] = 1000.02
+    jobs = [Job(Path("m0.mrc"), tmp_path / "m0.tif"), Job(Path("m1.mrc"), tmp_path / "m1.tif")]
+    (tmp_path / "m1.tif.cryotiff-4711-9f3ab2c1.tmp").write_bytes(b"partial")  # rank 1's, which died
+    assert temporaries_of(jobs[1].destination)
+    stop = mpi.WorkStopped({1: 1}, served=NoRankAnswers(), request=mpi._StopRequest())
+    assert mpi.being_killed()
+
+    stop.wait_for_the_other_ranks()  # run_conversion's
+    interruption = mpi.stopped_run(stop, jobs, n_movies=2, n_done=1)
+
+    assert clock[0] <= 1000.0 + mpi.PARTIAL_FILES_WAIT_SECONDS + mpi.POLL_SECONDS, clock[0] - 1000.0
+    assert interruption.left_behind == [jobs[1]] and interruption.removed == []
+    assert any("m1.mrc was being converted by a rank that stopped before it could remove its partial file" in line
+               for line in interruption.lines())
+
+
 @pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
 def test_more_ranks_than_movies_and_every_movie_failing(tmp_path: Path) -> None:
     """Already right, kept as a guard: four ranks and one movie convert it and end with status 0;

@@ -589,12 +589,12 @@ class WorkStopped(KeyboardInterrupt):
         lines (:data:`STOPPED`), so that ending the job does not cut them short; in all, over
         every call, at most :data:`STOPPED_WAIT_SECONDS`. Not after a rank died: the job ends at
         once. When Open MPI is killing the job (:func:`being_killed`: a rank died, or Ctrl-C on
-        mpirun) at most :data:`PARTIAL_FILES_WAIT_SECONDS`: what rank 0 reports must be written
-        before SIGKILL, and a dead rank never answers."""
+        mpirun) only until :func:`killed_deadline`: what rank 0 reports must be written before
+        SIGKILL, and a dead rank never answers."""
         if self._served is None or self.reason:
             return
         if self._deadline is None:
-            self._deadline = time.monotonic() + (PARTIAL_FILES_WAIT_SECONDS if being_killed() else STOPPED_WAIT_SECONDS)
+            self._deadline = killed_deadline() if being_killed() else time.monotonic() + STOPPED_WAIT_SECONDS
         self._served.wait(max(self._deadline - time.monotonic(), 0.0))
 
 
@@ -1411,6 +1411,16 @@ def pkl5_bcast(comm: Any, value: Any) -> Any:
 PARTIAL_FILES_WAIT_SECONDS = 0.1
 
 
+def killed_deadline() -> float:
+    """When Open MPI is killing the job (:func:`being_killed`): until when rank 0 waits, in all,
+    for the other ranks to stop and for their partial files to go, :data:`PARTIAL_FILES_WAIT_SECONDS`
+    after the signal. One deadline for both waits, counted from the signal rather than from when
+    rank 0's main thread begins to wait (which a loaded machine delays): with a wait of its own
+    each, rank 0 spent 0.2 s of the 0.25 s before SIGKILL waiting, and on a loaded machine SIGKILL
+    came before its line about the partial file of the rank that died."""
+    return _SIGNALS.get("interrupted", time.monotonic()) + PARTIAL_FILES_WAIT_SECONDS
+
+
 def stopped_run(stop: WorkStopped, jobs: Sequence[Job], n_movies: int, n_done: int,
                 wait_seconds: float = PARTIAL_FILES_WAIT_SECONDS, started_ns: int | None = None) -> Interruption:
     """What rank 0 reports when the run stopped early: the movies being converted, apart from
@@ -1427,6 +1437,8 @@ def stopped_run(stop: WorkStopped, jobs: Sequence[Job], n_movies: int, n_done: i
 
     stop.wait_for_the_other_ranks()
     deadline = time.monotonic() + wait_seconds
+    if being_killed():  # SIGKILL follows: what is left of the one wait (killed_deadline)
+        deadline = min(deadline, killed_deadline())
 
     def removed_by_its_rank(index: int, rank: int) -> bool:
         if rank in stop.dead_ranks:
