@@ -4,8 +4,8 @@ A hostile input must give one of cryotiff's own errors: not a hang, not a crash,
 memory. Calls made in the test process itself could hang the suite or bring the OOM killer, so
 :class:`IsolatedRunner` runs them in one long-lived worker process whose address space is limited
 with ``resource.setrlimit(RLIMIT_AS, ...)`` (a ``MemoryError`` there is a failed test, not a dead
-machine) and waits for each answer at most a few seconds (a worker that does not answer is killed
-and restarted, and the call is reported as hanging). The worker is started once and reused, so
+machine) and waits for each answer (a worker that does not answer within a hang limit is killed and
+restarted, and the call is reported as hanging). The worker is started once and reused, so
 that fuzzing hundreds of inputs costs one interpreter start.
 """
 
@@ -18,9 +18,13 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from .helpers import HANG_SECONDS
+
 #: Address space the worker may map beyond what it has after importing cryotiff (bytes).
 DEFAULT_HEADROOM_BYTES = 768 * 2**20
-DEFAULT_TIMEOUT_SECONDS = 20.0
+#: How long a call (and the worker's start) may take before it is called a hang: only a real
+#: hang must reach it (tests/helpers.py HANG_SECONDS; a loaded 2-core machine is slow).
+DEFAULT_TIMEOUT_SECONDS = HANG_SECONDS
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class IsolatedRunner:
             else:
                 os.environ["MALLOC_ARENA_MAX"] = previous
         child.close()
-        if not parent.poll(120):
+        if not parent.poll(DEFAULT_TIMEOUT_SECONDS):
             process.kill()
             raise RuntimeError("the isolated worker did not start")
         state, self.limit_bytes = parent.recv()

@@ -17,7 +17,7 @@ import pytest
 from cryotiff.cli import main
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import HANG_SECONDS, read_tiff_frames
 from . import test_mpi
 from .test_mpi import MPIRUN, run_mpi
 
@@ -439,7 +439,7 @@ def test_a_named_pipe_or_directory_at_the_output_name_is_not_finished(tmp_path: 
         (tmp_path / "out/a.tif").mkdir()
     with IsolatedRunner() as runner:
         outcome = runner.call("tests.isolated:run_cli", ["--i", "a.mrc", "b.mrc", "--o", "out", "--only_do_unfinished"],
-                              str(tmp_path), timeout=30)
+                              str(tmp_path), timeout=HANG_SECONDS)
     assert outcome.kind == "ok", outcome.describe()
     status, out, err = eval(outcome.value)  # the worker returns repr((status, out, err))
     assert "Traceback" not in out + err
@@ -696,7 +696,7 @@ def refused_for_memory(directory: Path, inputs: list[str], refused: str, sample_
     from .isolated import IsolatedRunner
 
     with IsolatedRunner() as runner:
-        outcome = runner.call("tests.isolated:run_cli", ["--i", *inputs, "--o", "out"], str(directory), timeout=120)
+        outcome = runner.call("tests.isolated:run_cli", ["--i", *inputs, "--o", "out"], str(directory), timeout=HANG_SECONDS)
     assert outcome.kind == "ok", outcome.describe()
     status, out, err = eval(outcome.value)
     assert status == 1, (out, err)

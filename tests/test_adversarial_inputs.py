@@ -19,7 +19,7 @@ from cryotiff.io import eer as E
 from cryotiff.simulate import eer as S
 from cryotiff.simulate.write import write_mrc_movie
 
-from .helpers import read_tiff_frames
+from .helpers import HANG_SECONDS, read_tiff_frames
 from .isolated import IsolatedRunner
 from .isolated import run_cli as _run_cli
 
@@ -55,7 +55,7 @@ def test_a_named_pipe_is_refused_without_hanging(tmp_path: Path, isolated, name:
     """Opening a FIFO for reading blocks until a writer comes; the readers check first."""
     fifo = tmp_path / name
     os.mkfifo(fifo)
-    outcome = isolated.call("tests.isolated:read_movie", str(fifo), timeout=10)
+    outcome = isolated.call("tests.isolated:read_movie", str(fifo), timeout=HANG_SECONDS)
     assert outcome.kind == "error" and outcome.is_cryotiff_error, outcome.describe()
     assert name in outcome.message and "named pipe" in outcome.message, outcome.message
 
@@ -66,7 +66,7 @@ def test_a_named_pipe_among_movies_fails_alone(tmp_path: Path, isolated) -> None
     os.mkfifo(tmp_path / "pipe.eer")
     outcome = isolated.call(
         "tests.isolated:run_cli",
-        ["--i", "first.mrc", "pipe.eer", "last.mrc", "--o", "out"], str(tmp_path), timeout=30,
+        ["--i", "first.mrc", "pipe.eer", "last.mrc", "--o", "out"], str(tmp_path), timeout=HANG_SECONDS,
     )
     assert outcome.kind == "ok", outcome.describe()
     status, out, err = eval(outcome.value)  # the worker returns repr((status, out, err))
@@ -80,7 +80,7 @@ def test_a_named_pipe_among_movies_fails_alone(tmp_path: Path, isolated) -> None
 def test_a_gain_that_is_a_named_pipe_is_refused(tmp_path: Path, isolated) -> None:
     fifo = tmp_path / "pipe.gain"
     os.mkfifo(fifo)
-    outcome = isolated.call("cryotiff.eer_gain:convert_eer_gain", str(fifo), 2048, 1, timeout=10)
+    outcome = isolated.call("cryotiff.eer_gain:convert_eer_gain", str(fifo), 2048, 1, timeout=HANG_SECONDS)
     assert outcome.kind == "error" and outcome.is_cryotiff_error, outcome.describe()
     assert "named pipe" in outcome.message
 
@@ -139,7 +139,7 @@ def test_mrc_refuses_special_files_with_the_shared_check(tmp_path: Path) -> None
 @pytest.mark.parametrize("name", ["pipe.star", "pipe.lst"])
 def test_an_input_list_that_is_a_named_pipe_is_refused(tmp_path: Path, isolated, name: str) -> None:
     os.mkfifo(tmp_path / name)
-    outcome = isolated.call("tests.isolated:run_cli", ["--i", name, "--o", "out"], str(tmp_path), timeout=20)
+    outcome = isolated.call("tests.isolated:run_cli", ["--i", name, "--o", "out"], str(tmp_path), timeout=HANG_SECONDS)
     assert outcome.kind == "ok", outcome.describe()
     status, _, err = eval(outcome.value)
     assert status != 0 and f"{name}: is a named pipe (FIFO), not a regular file" in err, err
@@ -215,7 +215,7 @@ def test_damaged_tiff_tags_are_refused_before_decoding(tmp_path: Path, isolated,
     tiff_movie(path, dtype=np.int16, rowsperstrip=8 if 273 in patches else None)
     for code, patch in patches.items():
         patch_tag(path, page, code, **patch)
-    outcome = isolated.call("tests.isolated:read_movie", str(path))
+    outcome = isolated.call("tests.isolated:read_movie", str(path), timeout=HANG_SECONDS)
     assert outcome.kind == "error" and outcome.is_cryotiff_error, outcome.describe()
     assert "bad.tif" in outcome.message and fragment in outcome.message, outcome.message
 
@@ -228,7 +228,7 @@ def test_a_tiny_tiff_claiming_a_huge_page_stays_within_memory(tmp_path: Path, is
     tifffile.imwrite(path, frames, compression="zlib", photometric="minisblack", metadata=None)
     patch_tag(path, 2, 257, value=1_358_954_502)
     assert path.stat().st_size < 1000
-    outcome = isolated.call("tests.isolated:read_movie", str(path))
+    outcome = isolated.call("tests.isolated:read_movie", str(path), timeout=HANG_SECONDS)
     assert outcome.kind == "error" and outcome.is_cryotiff_error, outcome.describe()
     assert "page 3: ImageLength is 1358954502" in outcome.message
 
@@ -244,7 +244,7 @@ def test_a_tiff_whose_pages_all_claim_more_pixels_than_their_data_hold_is_refuse
         patch_tag(path, page, 256, value=8192)
         patch_tag(path, page, 257, value=131072)
         patch_tag(path, page, 278, value=131072)
-    outcome = isolated.call("tests.isolated:read_movie", str(path))
+    outcome = isolated.call("tests.isolated:read_movie", str(path), timeout=HANG_SECONDS)
     assert outcome.kind == "error" and outcome.is_cryotiff_error, outcome.describe()
     assert "cannot come from its" in outcome.message and "size tags are damaged" in outcome.message, outcome.message
 
@@ -419,7 +419,7 @@ def test_a_float32_tiff_whose_later_frame_is_not_integer_is_read_and_written_wid
     frames = np.random.default_rng(8).integers(0, 9, (3, 16, 32)).astype(np.float32)
     frames[1, 3, 5] += np.float32(0.5)
     tifffile.imwrite(tmp_path / "mixed.tif", frames, photometric="minisblack", metadata=None)
-    outcome = isolated.call("tests.isolated:read_movie", str(tmp_path / "mixed.tif"), timeout=30)
+    outcome = isolated.call("tests.isolated:read_movie", str(tmp_path / "mixed.tif"), timeout=HANG_SECONDS)
     assert outcome.kind == "ok", outcome.describe()
     assert outcome.value == repr((3, (16, 32), "float32"))
     result = convert_movie(tmp_path / "mixed.tif", tmp_path / "out.tif", ConvertOptions(output_dir=tmp_path))
@@ -621,7 +621,7 @@ def test_fuzzed_tiff_and_eer_containers_fail_cleanly(tmp_path_factory, isolated,
     name, data = movie
     path = tmp_path_factory.mktemp("fuzz") / name
     path.write_bytes(data)
-    outcome = isolated.call("tests.isolated:read_movie", str(path), timeout=30)
+    outcome = isolated.call("tests.isolated:read_movie", str(path), timeout=HANG_SECONDS)
     assert outcome.clean, outcome.describe()
     if outcome.kind == "error":
         assert name in outcome.message and "\n" not in outcome.message.strip(), outcome.message
@@ -657,7 +657,7 @@ def test_fuzzed_star_and_list_files_fail_cleanly(tmp_path_factory, isolated, lis
     suffix, data = listing
     path = tmp_path_factory.mktemp("fuzz") / f"movies{suffix}"
     path.write_bytes(data)
-    outcome = isolated.call("tests.isolated:expand_list", str(path), timeout=30)
+    outcome = isolated.call("tests.isolated:expand_list", str(path), timeout=HANG_SECONDS)
     assert outcome.clean, outcome.describe()
     if outcome.kind == "error":
         assert f"movies{suffix}" in outcome.message, outcome.message
