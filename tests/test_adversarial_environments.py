@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -267,6 +268,107 @@ def test_a_rank_killed_mid_movie_is_not_said_to_have_removed_its_partial_file(
     assert not list((tmp_path / "out").glob("*.tmp"))
     for name, movie_frames in frames.items():
         np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / name.replace(".mrc", ".tif")), movie_frames)
+
+
+KILL_RANK_ZERO_MID_MOVIE = KILL_RANK_ONE_MID_MOVIE.replace("MPI.COMM_WORLD.rank == 1", "MPI.COMM_WORLD.rank == 0")
+EXIT_RANK_ZERO_MID_MOVIE = EXIT_RANK_ONE_MID_MOVIE.replace("MPI.COMM_WORLD.rank == 1", "MPI.COMM_WORLD.rank == 0")
+
+
+@pytest.mark.skipif(not MPIRUN.exists(), reason=f"no mpirun next to {sys.executable} (pip install .[mpi])")
+@pytest.mark.parametrize("mpirun_options, driver", [([], KILL_RANK_ZERO_MID_MOVIE),
+                                                    (["--with-ft", "ulfm"], KILL_RANK_ZERO_MID_MOVIE),
+                                                    ([], EXIT_RANK_ZERO_MID_MOVIE)],
+                         ids=["mpirun", "mpirun-with-ft-ulfm", "mpirun-exit-status"])
+def test_rank_zero_killed_mid_movie_is_named_by_another_rank_which_removes_its_partial_file(
+    tmp_path: Path, monkeypatch, mpirun_options: list[str], driver: str
+) -> None:
+    """Rank 0 (which hands out the movies, and converts too) killed in the middle of a movie: no
+    rank hangs, and no cryotiff line named its movie (only its Processing line, and mpirun's
+    message naming rank 0). Now another rank, stopped by mpirun or told by MPI, finds the partial
+    file that carries rank 0's pid and whose lock is free, removes it and names the movie; the
+    .tif files that exist are complete, no partial file is left, and a rerun with
+    --only_do_unfinished converts the rest and lists every movie in movies.star."""
+    frames = {f"m{k}.mrc": int16_movie(tmp_path / f"m{k}.mrc", k, n_frames=6, shape_yx=(96, 80)) for k in range(4)}
+    script = tmp_path / "driver.py"
+    script.write_text(driver)
+    plain_command = test_mpi.mpirun_command
+    monkeypatch.setattr(test_mpi, "mpirun_command", lambda n_ranks: plain_command(n_ranks) + mpirun_options)
+    completed = run_mpi(["--i", "m*.mrc", "--o", "out"], tmp_path, n_ranks=3, script=script)
+    assert completed.returncode != 0
+    text = completed.stdout + completed.stderr
+    named = re.findall(r"ERROR: MPI rank 0 \(on .+\) stopped while converting (m\d\.mrc): out/(m\d)\.tif was not "
+                       r"written \(its partial file is removed\), and this run writes no movies.star nor --report; "
+                       r"stopping every rank\.", text)
+    assert len(named) == 1, text  # said once, by one of the other ranks
+    movie, stem = named[0]
+    assert movie == stem + ".mrc" and f"Processing {movie} into out/{stem}.tif" in text
+    assert "Traceback" not in text
+    assert not list((tmp_path / "out").glob("*.tmp")), text
+    assert not (tmp_path / "out" / f"{stem}.tif").exists()
+    assert not (tmp_path / "out" / "movies.star").exists()
+    for tif in (tmp_path / "out").glob("*.tif"):
+        np.testing.assert_array_equal(read_tiff_frames(tif), frames[tif.stem + ".mrc"])
+
+    monkeypatch.setattr(test_mpi, "mpirun_command", plain_command)
+    rerun = run_mpi(["--i", "m*.mrc", "--o", "out", "--only_do_unfinished"], tmp_path, n_ranks=2)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert not list((tmp_path / "out").glob("*.tmp"))
+    for name, movie_frames in frames.items():
+        np.testing.assert_array_equal(read_tiff_frames(tmp_path / "out" / name.replace(".mrc", ".tif")), movie_frames)
+    listed = (tmp_path / "out" / "movies.star").read_text()
+    assert all(f"out/m{k}.tif" in listed for k in range(4)), listed
+
+
+def test_a_partial_file_of_rank_zero_is_taken_for_a_dead_rank_zero_only_when_no_one_holds_its_lock(tmp_path, monkeypatch):
+    """What another rank says when it is stopped (dead_coordinator_line): rank 0's partial file
+    (its pid in the name) whose lock is free is named and removed; one that rank 0 still holds
+    (it is alive, and says itself what was stopped), an empty one (a live writer may not have
+    locked it yet), and another process's are left alone and give no line."""
+    import fcntl
+
+    from cryotiff import mpi
+
+    out = tmp_path / "out"
+    out.mkdir()
+    outputs = [(Path(f"m{k}.mrc"), out / f"m{k}.tif") for k in range(4)]
+    # rank 0 on another node: its pid means nothing here, the lock and the size tell
+    monkeypatch.setattr(mpi, "_COORDINATOR", {"host": "node1", "pid": 4711, "here": "node2", "outputs": outputs})
+    held = out / "m0.tif.cryotiff-4711-0000000a.tmp"
+    empty = out / "m1.tif.cryotiff-4711-0000000b.tmp"
+    other = out / "m2.tif.cryotiff-47110-0000000c.tmp"  # another pid that begins with 4711
+    left = out / "m3.tif.cryotiff-4711-0000000d.tmp"
+    for path in (held, other):
+        path.write_bytes(b"partial")
+    empty.touch()
+    with open(held, "rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        assert mpi.dead_coordinator_line() is None
+        left.write_bytes(b"partial")
+        line = mpi.dead_coordinator_line()
+        assert line == ("ERROR: MPI rank 0 (on node1) stopped while converting m3.mrc: "
+                        f"{out / 'm3.tif'} was not written (its partial file is removed), and this run writes no "
+                        "movies.star nor --report; stopping every rank. Every .tif that exists is complete; rerun "
+                        "the same command with --only_do_unfinished to convert the rest."), line
+        assert mpi.dead_coordinator_line() is None  # said once
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (held, empty, other))
+
+    # rank 0 on this node: only once its process is gone, and then also an empty partial file
+    for path in out.iterdir():
+        path.unlink()
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        partial = out / f"m1.tif.cryotiff-{alive.pid}-0000000e.tmp"
+        partial.touch()
+        monkeypatch.setattr(mpi, "_COORDINATOR", {"host": "node1", "pid": alive.pid, "here": "node1",
+                                                  "outputs": outputs})
+        assert mpi.dead_coordinator_line() is None and partial.exists()  # free lock, live rank 0
+    finally:
+        alive.stdin.close()
+        alive.wait(HANG_SECONDS)
+    assert mpi.dead_coordinator_line().startswith("ERROR: MPI rank 0 (on node1) stopped while converting m1.mrc: ")
+    assert not partial.exists()
+    monkeypatch.setattr(mpi, "_COORDINATOR", {})
+    assert mpi.dead_coordinator_line() is None  # rank 0 itself, or a run that shares no movies
 
 
 def test_rank_zero_killed_by_mpirun_waits_once_for_the_partial_files_counted_from_the_signal(tmp_path, monkeypatch):

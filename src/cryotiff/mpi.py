@@ -51,6 +51,11 @@ How the work is shared, and why it differs from ``relion_convert_to_tiff_mpi``:
   itself waits for ever (a plain ``mpirun`` ends the job). ULFM selects Open MPI's ob1 messaging
   layer (TCP or shared memory, not UCX): the ranks exchange only movie indices and results, so
   its speed does not matter here.
+* If rank 0 itself dies, the first other rank to be stopped (mpirun's SIGTERM, or MPI's report
+  under ULFM) names the movie rank 0 was converting and removes its partial file, which it
+  tells by rank 0's pid in the name and a lock no one holds (:func:`dead_coordinator_line`).
+  For that the ranks send to rank 0 without blocking inside MPI (:func:`send_quietly`), and a
+  failure of rank 0 that MPI reports in the middle of a movie stops it as an interrupt does.
 """
 
 from __future__ import annotations
@@ -180,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     except KeyboardInterrupt:
         if comm.rank != 0:
+            say_if_the_coordinator_died()  # unless rank 0 is alive, and says what was stopped
             # Rank 0, interrupted too (or told by this rank), writes what finished and ends the job.
             ignore_interrupts()
             time.sleep(INTERRUPTED_RANK_WAIT_SECONDS)
@@ -188,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         abort(comm, EXIT_FAILED, "")
     except BaseException as exc:
         if is_rank_failure(exc):
+            if comm.rank != 0:
+                say_if_the_coordinator_died()
             if comm.rank != 0 and 0 not in failed_ranks(comm):
                 # Rank 0 learns of it too and says which movie was lost (a rank waiting for the
                 # end of the run often hears first, MPI telling it through the collective).
@@ -247,9 +255,19 @@ def stop_if_asked() -> None:
     once rank 0 has told this rank to stop (a rank that got no signal itself)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    if not STOP.is_set() and _told_to_stop is not None and _told_to_stop():
-        ignore_interrupts()
-        STOP.set()
+    if not STOP.is_set() and _told_to_stop is not None:
+        try:
+            told = _told_to_stop()
+        except Exception as exc:
+            if not is_rank_failure(exc):
+                raise
+            # Rank 0 died (MPI says so under ULFM): the movie stops here as if told to, its
+            # partial file removed, and the rank then ends the job, naming rank 0 (main). Not
+            # the movie's failure with a traceback.
+            told = True
+        if told:
+            ignore_interrupts()
+            STOP.set()
     if STOP.is_set():
         raise KeyboardInterrupt
 
@@ -436,6 +454,29 @@ def wait_quietly(request: Any, poll_seconds: float = POLL_SECONDS) -> None:
     """Wait for a nonblocking MPI request by polling (see the module docstring)."""
     while not request.Test():
         time.sleep(poll_seconds)
+
+
+#: Sends that a signal interrupted before they ended: kept, so that the buffers MPI may still
+#: read from are never freed.
+_UNFINISHED_SENDS: list[Any] = []
+
+
+def send_quietly(messages: Any, value: Any, dest: int, tag: int) -> None:
+    """``messages.send(value, dest, tag)`` (a pkl5 communicator), waited for by polling: a
+    blocking send of a large message (a movie's result) waits inside MPI, where no signal is
+    handled, for as long as the receiver does not take it, for ever if it died; so mpirun's
+    SIGTERM, after rank 0 died, found a rank that could not say which movie rank 0 left
+    (:func:`say_if_the_coordinator_died`)."""
+    request = messages.isend(value, dest=dest, tag=tag)
+    try:
+        # one part at a time: Testall of them all reports a dead receiver as MPI_ERR_IN_STATUS,
+        # which is_rank_failure cannot tell from a bug
+        for part in request:
+            while not part.Test():
+                time.sleep(POLL_SECONDS)
+    except BaseException:
+        _UNFINISHED_SENDS.append(request)
+        raise
 
 
 # --------------------------------------------------------------------------- terminal output
@@ -635,6 +676,7 @@ def share_work(
     queue: WorkQueue | None = None,
     data_of: Callable[[int], Any] | None = None,
     finish_rank: Callable[[], Any] | None = None,
+    outputs: Sequence[tuple[Path, Path]] = (),
 ) -> list[Any]:
     """Run ``work(index, data)`` once for every index in ``order`` on whichever rank is free.
 
@@ -656,6 +698,10 @@ def share_work(
     other rank has said so, and returns what ``finish_rank()`` returned on each (the others
     return ``[]``).
 
+    ``outputs``: ``(movie, TIFF)`` of every movie of the run, the same on every rank, so that
+    another rank can name the movie rank 0 was converting if rank 0 dies
+    (:func:`dead_coordinator_line`).
+
     Raises:
         WorkStopped: on rank 0, when Ctrl-C or SIGTERM reaches any rank or a rank dies; nothing
             more is handed out, and every rank still converting is told to stop
@@ -666,8 +712,11 @@ def share_work(
     from mpi4py.util import pkl5
 
     messages = pkl5.Intracomm(comm)
-    hosts = comm.allgather(processor_name())  # to name the node of a rank that dies
+    hosts_and_pids = comm.allgather((processor_name(), os.getpid()))  # to name the node of a rank that dies
+    hosts = [host for host, _ in hosts_and_pids]
     if comm.rank != 0:
+        # Kept for the rest of the run: rank 0 may die after this rank's last movie too.
+        _COORDINATOR.update(host=hosts[0], pid=hosts_and_pids[0][1], here=hosts[comm.rank], outputs=list(outputs))
         _ask_for_work(messages, work, finish_rank)
         return []
     queue = queue if queue is not None else WorkQueue(order)
@@ -796,7 +845,7 @@ def _ask_for_work(messages: Any, work: Callable[[int, Any], Any], finish_rank: C
     finished = None
     try:
         while True:
-            messages.send(finished, dest=0, tag=TAG_REQUEST)
+            send_quietly(messages, finished, dest=0, tag=TAG_REQUEST)
             finished = None  # a large result is not kept while the next movie is worked on
             while not messages.iprobe(source=0, tag=TAG_REPLY):
                 stop_if_asked()
@@ -812,6 +861,9 @@ def _ask_for_work(messages: Any, work: Callable[[int, Any], Any], finish_rank: C
             finished = (index, work(index, data))
     except KeyboardInterrupt:
         _told_to_stop = None
+        # First, in the quarter of a second before mpirun's SIGKILL: if the signal is mpirun
+        # ending the job because rank 0 died, no other rank would name its movie.
+        say_if_the_coordinator_died()
         _say_interrupted(messages)
         # A result not yet sent (the movie finished, its TIFF in place) goes with STOPPED.
         _finish_and_say_stopped(messages, finish_rank, interrupted=True, unsent=finished)
@@ -853,8 +905,108 @@ def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], Any] | None
     if caught:
         _say_interrupted(messages)
         interrupted = True
-    messages.send((STOPPED, value, unsent), dest=0, tag=TAG_REQUEST)
+    send_quietly(messages, (STOPPED, value, unsent), dest=0, tag=TAG_REQUEST)
     return interrupted
+
+
+#: On a rank other than 0, once it shares the work (:func:`share_work`): rank 0's ``host`` and
+#: ``pid``, this rank's host (``here``), and the ``outputs`` of the run, ``(movie, TIFF)``;
+#: empty elsewhere.
+_COORDINATOR: dict[str, Any] = {}
+
+
+def dead_coordinator_line() -> str | None:
+    """On a rank other than 0: if rank 0 died while converting a movie, the line that names it,
+    and its partial file, which is removed; None otherwise.
+
+    A movie's partial file carries the pid of the process writing it (``X.tif.cryotiff-<pid>-...``,
+    :mod:`cryotiff.io.atomic`), and its writer holds a lock on it until it has removed or
+    renamed it: one that carries rank 0's pid and whose lock is free is what a dead rank 0
+    left (a live rank 0 removes its partial file before it lets the lock go). Where rank 0 ran
+    on this node, its process must also be gone; on another node, an empty file is not taken
+    for one (:func:`_written_into`). Removed with
+    :func:`cryotiff.io.atomic.remove_if_stale`, so that of several ranks looking, one says it.
+    """
+    from .io.atomic import TEMPORARY_MARK, destination_of_temporary, remove_if_stale
+
+    if not _COORDINATOR:
+        return None
+    gone = _coordinator_gone()
+    if gone is False:
+        return None
+    mark = f"{TEMPORARY_MARK}{_COORDINATOR['pid']}-"
+    movies: dict[Path, dict[str, tuple[Path, Path]]] = {}  # directory -> TIFF name -> (movie, TIFF)
+    for source, destination in _COORDINATOR["outputs"]:
+        movies.setdefault(Path(destination).parent, {})[Path(destination).name] = (source, destination)
+    for directory, by_name in movies.items():  # each directory listed once: a run may have 10^4 movies
+        try:
+            names = os.listdir(directory if str(directory) else ".")
+        except OSError:
+            continue
+        for name in names:
+            if mark not in name or destination_of_temporary(name) not in by_name:
+                continue
+            source, destination = by_name[destination_of_temporary(name)]
+            partial = directory / name
+            if (gone or _written_into(partial)) and remove_if_stale(partial):
+                return (f"ERROR: MPI rank 0 (on {_COORDINATOR['host']}) stopped while converting {source}: "
+                        f"{destination} was not written (its partial file is removed), and this run writes no "
+                        f"movies.star nor --report; {STOPPING_AFTER_FAILURE}")
+    return None
+    mark = f"{TEMPORARY_MARK}{_COORDINATOR['pid']}-"
+    listings: dict[Path, list[str]] = {}
+    for source, destination in _COORDINATOR["outputs"]:
+        directory = Path(destination).parent
+        if directory not in listings:
+            try:
+                listings[directory] = os.listdir(directory if str(directory) else ".")
+            except OSError:
+                listings[directory] = []
+        for partial in temporaries_of(Path(destination), listings[directory]):
+            if mark in partial.name and _written_into(partial) and remove_if_stale(partial):
+                return (f"ERROR: MPI rank 0 (on {_COORDINATOR['host']}) stopped while converting {source}: "
+                        f"{destination} was not written (its partial file is removed), and this run writes no "
+                        f"movies.star nor --report; {STOPPING_AFTER_FAILURE}")
+    return None
+
+
+def _coordinator_gone() -> bool | None:
+    """Whether rank 0's process has ended (or is a zombie), when it ran on this node; None when
+    it ran on another (its pid means nothing here)."""
+    if _COORDINATOR.get("host") != _COORDINATOR.get("here"):
+        return None
+    pid = _COORDINATOR["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # another user's process of that pid: alive
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            return stat_file.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _written_into(path: Path) -> bool:
+    """Not empty: an empty temporary file may be one that a live writer has just made and not
+    yet locked (:func:`cryotiff.io.atomic.remove_if_stale` removes it all the same), which must
+    not be taken for what a dead rank 0 on another node left (one on this node is known to be
+    gone, :func:`_coordinator_gone`)."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_size > 0
+    except OSError:
+        return False
+
+
+def say_if_the_coordinator_died() -> None:
+    """Print :func:`dead_coordinator_line` if there is one (at once: mpirun may kill this rank any
+    moment). Never raises: the rank goes on stopping."""
+    with contextlib.suppress(Exception):
+        line = dead_coordinator_line()
+        if line:
+            print(line, file=sys.stderr, flush=True)
 
 
 def ignore_interrupts() -> None:
@@ -1138,7 +1290,8 @@ def run_conversion(
 
     try:
         ends = share_work(comm, order, work, collect, describe=lambda index: str(jobs[index].source),
-                          finish_rank=lambda: rank_end(context.manifest, reporter))
+                          finish_rank=lambda: rank_end(context.manifest, reporter),
+                          outputs=[(job.source, job.destination) for job in jobs])
     except WorkStopped as stop:
         # Quickly: after Ctrl-C on mpirun, Open MPI kills the ranks about 0.2 s after SIGTERM.
         executor.shutdown(wait=False, cancel_futures=True)
