@@ -885,7 +885,9 @@ def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], Any] | None
     and ``unsent``: the ``(index, result)`` of work done that rank 0 has not been sent) to rank
     0. A signal
     meanwhile is held until ``finish_rank`` returns (it would cut the waiting short), then
-    told to rank 0 as an interrupt. Returns whether the rank was interrupted."""
+    told to rank 0 as an interrupt; one during the send of STOPPED is held until it is sent (a
+    message cut short would keep rank 0 waiting for its rest). Returns whether the rank was
+    interrupted."""
     caught: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:
@@ -899,13 +901,16 @@ def _finish_and_say_stopped(messages: Any, finish_rank: Callable[[], Any] | None
     try:
         if finish_rank is not None:
             value = finish_rank()
+        if caught:
+            STOP.set()
+            messages.send(INTERRUPTED, dest=0, tag=TAG_REQUEST)  # as _say_interrupted, before STOPPED
+        send_quietly(messages, (STOPPED, value, unsent), dest=0, tag=TAG_REQUEST)
     finally:
         for signum, handler in held.items():
             signal.signal(signum, handler)
     if caught:
-        _say_interrupted(messages)
+        ignore_interrupts()
         interrupted = True
-    send_quietly(messages, (STOPPED, value, unsent), dest=0, tag=TAG_REQUEST)
     return interrupted
 
 
