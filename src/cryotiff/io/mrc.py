@@ -415,6 +415,7 @@ class MrcMovie(Movie):
         self._condition = threading.Condition()
         self._active_reads = 0
         self._closed = False
+        self._fd_open = True  # until close(), or the last read after a close() cut short
         self._room_checked = False
         self._fd = fd if fd is not None else open_regular_file(path, "an MRC file")
 
@@ -502,6 +503,8 @@ class MrcMovie(Movie):
             with self._condition:
                 self._active_reads -= 1
                 self._condition.notify_all()
+                if self._closed and not self._active_reads:
+                    self._close_descriptor()  # close() was cut short by a Ctrl-C while this read ran
         if got < self._frame_nbytes:
             raise MrcFormatError(
                 f"{self._path}: frame {index + 1} is incomplete ({got} of {self._frame_nbytes} bytes); "
@@ -514,13 +517,23 @@ class MrcMovie(Movie):
         return buffer
 
     def close(self) -> None:
-        """Close the file descriptor (idempotent); waits for reads in progress to finish."""
+        """Close the file descriptor (idempotent); waits for reads in progress to finish. A
+        Ctrl-C meanwhile ends the wait (a read may hang on a stalled disk): the last of those
+        reads then closes the descriptor."""
         with self._condition:
             if self._closed:
                 return
             self._closed = True
             while self._active_reads:
-                self._condition.wait()
+                # Timed: a Ctrl-C whose signal reached another thread, or this one just before
+                # the wait blocked, is acted upon only when the wait wakes.
+                self._condition.wait(_SIGNAL_POLL_SECONDS)
+            self._close_descriptor()
+
+    def _close_descriptor(self) -> None:
+        """Close the descriptor once (called holding ``_condition``, with no read in progress)."""
+        if self._fd_open:
+            self._fd_open = False
             os.close(self._fd)
 
     def __del__(self) -> None:
@@ -532,6 +545,10 @@ class MrcMovie(Movie):
 
     def __enter__(self) -> "MrcMovie":
         return self
+
+
+#: How often :meth:`MrcMovie.close` wakes while it waits for reads in progress.
+_SIGNAL_POLL_SECONDS = 0.05
 
 
 def open_mrc(path: PathLike, fd: int | None = None) -> MrcMovie:
