@@ -785,6 +785,20 @@ def output_record(source: PageSource, codec: str = "", verified: bool = True) ->
     )
 
 
+#: How often the main thread's wait for a page task wakes (:func:`result_of`).
+SIGNAL_POLL_SECONDS = 0.05
+
+
+def result_of(future: Future):
+    """``future.result()``, waking every :data:`SIGNAL_POLL_SECONDS`: a Ctrl-C or SIGTERM whose
+    signal reached another thread, or the main thread just before its wait blocked, is acted upon
+    only when the wait wakes, and a page task may hang on a stalled input. (Not
+    ``result(timeout)``: a task's own TimeoutError would be taken for the wait's.)"""
+    while not future.done():
+        futures_wait((future,), timeout=SIGNAL_POLL_SECONDS)
+    return future.result()
+
+
 @dataclass
 class EncodedPage:
     """One page's strips, made by :func:`_encode_page`, and what may still run beside them on
@@ -805,9 +819,9 @@ class EncodedPage:
             self.finished = True
             try:
                 for check in self.checks:
-                    check.result()
+                    result_of(check)
                 if isinstance(self.digest, Future):
-                    self.digest = self.digest.result()
+                    self.digest = result_of(self.digest)
             finally:
                 self._let_go()
         return self.digest
@@ -868,7 +882,7 @@ class PageAhead:
         if index != self.INDEX or self._made is None:
             return None
         made, self._made = self._made, None
-        page = made.result()
+        page = result_of(made)
         if self.source.dtype != self.dtype:
             self.source.recycle(page)
             return None
@@ -967,7 +981,7 @@ def ordered_map(
             while next_index < count and len(pending) < window:
                 pending.append(executor.submit(function, next_index))
                 next_index += 1
-            yield pending.popleft().result()
+            yield result_of(pending.popleft())
     except GeneratorExit:
         for future in pending:
             future.cancel()
