@@ -14,6 +14,7 @@ are tested for delivering it right after."""
 from __future__ import annotations
 
 import contextlib
+import linecache
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ import numpy as np
 import pytest
 
 from cryotiff import convert, jobs
+from cryotiff.convert import ConvertOptions
 from cryotiff.io.mrc import open_mrc
 from cryotiff.manifest import Manifest
 from tests.helpers import HANG_SECONDS
@@ -228,6 +230,51 @@ class _Warnings:
 
     def warning(self, line):
         self.lines.append(line)
+
+
+def main_thread_sleeps_between_two_looks() -> bool:
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return False
+    if frame.f_code.co_name == "sleep_waking":
+        return True
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+    return frame.f_code.co_name == "watch_and_convert" and "sleep(" in line
+
+
+@pytest.mark.parametrize("signalled_thread", SIGNALLED_THREADS)
+def test_ctrl_c_while_a_watch_sleeps_between_two_looks_at_its_inputs(tmp_path, monkeypatch, signalled_thread):
+    """watch.watch_and_convert sleeps between two looks at its inputs (up to 5 s; here made as
+    long as the hang limit): a Ctrl-C that reached another thread, or the main thread just
+    before its sleep began, was acted upon only once the sleep had ended."""
+    from cryotiff import watch
+
+    monkeypatch.setattr(watch, "MAX_POLL_SECONDS", HANG_SECONDS)
+    (tmp_path / "Movies").mkdir()
+    options = ConvertOptions(output_dir=tmp_path / "out")
+    settings = watch.WatchOptions(settle_seconds=4 * HANG_SECONDS)
+    with sigint_handler_that_says_so() as landed:
+        sent = threading.Event()
+
+        def interrupt():
+            deadline = time.monotonic() + HANG_SECONDS
+            while not main_thread_sleeps_between_two_looks() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            target = threading.main_thread().ident if signalled_thread == "main" else threading.get_ident()
+            signal.pthread_kill(target, signal.SIGINT)
+            sent.set()
+
+        interrupter = threading.Thread(target=interrupt)
+        interrupter.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                watch.watch_and_convert([str(tmp_path / "Movies" / "*.mrc")], options, settings, jobs.Reporter())
+        finally:
+            interrupter.join()
+        # A hang limit, not a timing: the sleep was as long as HANG_SECONDS.
+        assert time.monotonic() - started < HANG_SECONDS, "the Ctrl-C was acted upon only once the sleep had ended"
+    assert sent.is_set() and landed.is_set()
 
 
 @pytest.mark.parametrize("signalled_thread", SIGNALLED_THREADS)

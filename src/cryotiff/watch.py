@@ -444,6 +444,19 @@ class ContextKeeper:
             return self.context
 
 
+#: How often a wait between two looks at the inputs wakes (:func:`sleep_waking`).
+SIGNAL_POLL_SECONDS = 0.05
+
+
+def sleep_waking(seconds: float) -> None:
+    """``time.sleep(seconds)`` in pieces of :data:`SIGNAL_POLL_SECONDS`: a Ctrl-C or SIGTERM whose
+    signal reached another thread, or the main thread just before its sleep began, ends no
+    sleep, and is acted upon only when the sleep does (up to 5 s later with one sleep)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, SIGNAL_POLL_SECONDS))
+
+
 def watch_and_convert(
     inputs: Sequence[str],
     options: ConvertOptions,
@@ -451,7 +464,7 @@ def watch_and_convert(
     reporter: Reporter,
     on_result: Callable[[list[MovieResult]], None] = lambda results: None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     output_directory: CheckedDirectory | None = None,
 ) -> list[MovieResult]:
     """Convert what the inputs name now, then each new movie once it is complete (and again
@@ -464,6 +477,7 @@ def watch_and_convert(
     failure for each movie still incomplete at the end; one result per movie.
     ``output_directory``: ``--o`` as the run checked it, where every output goes or none.
     """
+    sleep = sleep or sleep_waking
     finder = MovieWatch(inputs, options, watch, clock=clock)
     keeper = ContextKeeper(options, reporter, output_directory=output_directory)
     stale = StaleTemporaries()
