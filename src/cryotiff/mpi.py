@@ -201,9 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # end of the run often hears first, MPI telling it through the collective).
                 ignore_interrupts()
                 time.sleep(INTERRUPTED_RANK_WAIT_SECONDS)
-            abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: {lost_ranks_message(comm)}; {STOPPING_AFTER_FAILURE}")
+            lost = lost_ranks_message(comm)
+            if comm.rank == 0:
+                report_the_error(f"MPI rank 0: {lost}")
+            abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: {lost}; {STOPPING_AFTER_FAILURE}")
         # a bug: without the abort the other ranks would wait for this one for ever
-        abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: unexpected error; stopping every rank.\n{traceback.format_exc()}")
+        details = traceback.format_exc()
+        if comm.rank == 0:
+            report_the_error(f"MPI rank 0: unexpected error: {type(exc).__name__}: {exc}")
+        abort(comm, EXIT_FAILED, f"MPI rank {comm.rank}: unexpected error; stopping every rank.\n{details}")
     return EXIT_FAILED  # not reached: abort does not return
 
 
@@ -270,6 +276,29 @@ def stop_if_asked() -> None:
             STOP.set()
     if STOP.is_set():
         raise KeyboardInterrupt
+
+
+#: Rank 0, while ``run_conversion`` runs with ``--report``: writes the report in state ``error``
+#: with the movies done so far, given the error that stopped the run (:func:`report_the_error`).
+_error_report: Callable[[str], None] | None = None
+_error_report_lock = threading.Lock()
+
+
+def report_the_error(message: str) -> None:
+    """Rank 0, before it aborts the job after an error outside the stop protocol (a bug, a rank
+    that died outside the sharing of the work): the ``--report`` in state ``error``, as
+    ``convert-to-tiff`` writes it (``cli._report_if_failed``), once. Writing it must not hide
+    the error: its own failure is only printed."""
+    global _error_report
+    with _error_report_lock:
+        write, _error_report = _error_report, None
+    if write is None:
+        return
+    try:
+        write(message)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            print(f"ERROR: {exc}", file=sys.stderr, flush=True)
 
 
 def abort(comm: Any, status: int, message: str) -> None:
@@ -819,8 +848,10 @@ def _serve(messages: Any, queue: WorkQueue, collect: Callable[[int, int, Any], N
                 collect(rank, *finished)
     except BaseException as exc:
         if not is_rank_failure(exc):
+            details = traceback.format_exc()
+            report_the_error(f"MPI rank 0: unexpected error while sharing the work: {type(exc).__name__}: {exc}")
             abort(messages, EXIT_FAILED, f"MPI rank 0: unexpected error while sharing the work; stopping every "
-                                         f"rank.\n{traceback.format_exc()}")
+                                         f"rank.\n{details}")
         queue.close()
         working = queue.working()
         dead = failed_ranks(messages)
@@ -1284,6 +1315,21 @@ def run_conversion(
     executor = responsive_executor(options.threads)
     converted: dict[int, MovieResult] = {}
 
+    def results_so_far() -> list[MovieResult]:
+        by_index = {**skipped, **dict(converted)}  # dict(): a copy made at once (the service thread adds to it)
+        return failures + [by_index[index] for index in range(len(jobs)) if index in by_index]
+
+    error_report_set = False
+    if rank == 0 and report_path is not None:
+        global _error_report
+        from .report import write_report
+
+        def write_error_report(message: str) -> None:
+            write_report(report_path, results_so_far(), options, inputs, None, EXIT_FAILED, state="error",
+                         error=message, directory=checked.report_dir)
+
+        _error_report, error_report_set = write_error_report, True
+
     def work(index: int, data: Any = None) -> MovieResult:
         job = jobs[index]
         reporter.movie_started(job, position[index], len(order))
@@ -1323,6 +1369,8 @@ def run_conversion(
         mark_not_in_manifest(results, unrecorded)
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size,
                             checked=checked)
+    if error_report_set:
+        _error_report = None  # the report is written: an error from here on leaves it as it is
     return broadcast_status(comm, status)
 
 
