@@ -64,3 +64,38 @@ def test_a_bug_on_rank_zero_writes_the_report_in_state_error_with_the_movies_don
     for name, entry in done.items():
         assert entry["status"] == "converted"
         assert np.array_equal(read_tiff_frames(tmp_path / entry["destination"]), movies[name])
+
+
+def test_a_bug_on_rank_zero_in_gain_estimation_writes_the_report_in_state_error(tmp_path: Path) -> None:
+    """--estimate_gain: rank 0's main thread raises once every movie is estimated (as it
+    writes its summary)."""
+    from cryotiff.simulate.gain_normalised import make_detector
+    from cryotiff.simulate.write import write_mrc_movie
+
+    rng = np.random.default_rng(11)
+    detector = make_detector((36, 44), rng, defect_fraction=0.01, cold_fraction=0.01)
+    names = []
+    for k, n_frames in enumerate((6, 9, 4)):
+        write_mrc_movie(tmp_path / f"g{k}.mrc", detector.movie(n_frames, rng, 1.45).frames, 2)
+        names.append(f"g{k}.mrc")
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from mpi4py import MPI
+        import cryotiff.mpi as mpi
+
+        def finish_estimation(*args, **kwargs):
+            raise RuntimeError("injected bug on rank 0")
+
+        mpi.finish_estimation = finish_estimation
+        sys.exit(mpi.main())
+    """))
+    completed = run_mpi(["--estimate_gain", "--i", *names, "--o", "out", "--report", "report.json"], tmp_path,
+                        script=script)
+    assert completed.returncode != 0
+    report_path = tmp_path / "report.json"
+    assert report_path.exists(), f"no --report written\nstderr:\n{completed.stderr}"
+    report = json.loads(report_path.read_text())
+    assert report["state"] == "error" and "injected bug on rank 0" in report["error"]
+    assert sorted(Path(entry["source"]).name for entry in report["movies"]) == names
+    assert all(entry["status"] == "converted" for entry in report["movies"])  # estimated

@@ -301,6 +301,32 @@ def report_the_error(message: str) -> None:
             print(f"ERROR: {exc}", file=sys.stderr, flush=True)
 
 
+def error_report_on_rank_zero(rank: int, report_path: Path | None, results_so_far: Callable[[], list[MovieResult]],
+                              options: ConvertOptions, inputs: Sequence[str],
+                              checked: CheckedOutputs) -> Callable[[], None]:
+    """On rank 0 with a ``--report``: from now on, :func:`report_the_error` writes it in state
+    ``error`` with ``results_so_far()`` (called from any thread of rank 0). Returns what to call
+    once the run's own report is written."""
+    global _error_report
+    if rank != 0 or report_path is None:
+        return lambda: None
+    from .report import write_report
+
+    def write_error_report(message: str) -> None:
+        write_report(report_path, results_so_far(), options, inputs, None, EXIT_FAILED, state="error",
+                     error=message, directory=checked.report_dir)
+
+    def reported() -> None:
+        global _error_report
+        with _error_report_lock:
+            if _error_report is write_error_report:
+                _error_report = None
+
+    with _error_report_lock:
+        _error_report = write_error_report
+    return reported
+
+
 def abort(comm: Any, status: int, message: str) -> None:
     """Print ``message`` and end every rank of the job with ``status``."""
     with contextlib.suppress(Exception):
@@ -1319,16 +1345,7 @@ def run_conversion(
         by_index = {**skipped, **dict(converted)}  # dict(): a copy made at once (the service thread adds to it)
         return failures + [by_index[index] for index in range(len(jobs)) if index in by_index]
 
-    error_report_set = False
-    if rank == 0 and report_path is not None:
-        global _error_report
-        from .report import write_report
-
-        def write_error_report(message: str) -> None:
-            write_report(report_path, results_so_far(), options, inputs, None, EXIT_FAILED, state="error",
-                         error=message, directory=checked.report_dir)
-
-        _error_report, error_report_set = write_error_report, True
+    reported = error_report_on_rank_zero(rank, report_path, results_so_far, options, inputs, checked)
 
     def work(index: int, data: Any = None) -> MovieResult:
         job = jobs[index]
@@ -1369,8 +1386,7 @@ def run_conversion(
         mark_not_in_manifest(results, unrecorded)
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size,
                             checked=checked)
-    if error_report_set:
-        _error_report = None  # the report is written: an error from here on leaves it as it is
+    reported()  # an error from here on leaves the report as it is
     return broadcast_status(comm, status)
 
 
@@ -1803,6 +1819,9 @@ def run_estimation(
 
     results: dict[int, MovieResult] = {}
     merged = {"state": None, "unsaved": 0, "error": None}
+    reported = error_report_on_rank_zero(
+        rank, report_path, lambda: failures + [result for _, result in sorted(dict(results).items())],
+        options, inputs, checked)
 
     def save() -> None:
         """Rank 0: write the merged state (atomically, as the serial run does)."""
@@ -1858,6 +1877,7 @@ def run_estimation(
                  *estimate_lines(inputs, options, merged["state"], program="convert-to-tiff-mpi")]
         status = finish_estimation(inputs, all_results, options, reporter, time.perf_counter() - started,
                                    report_path, lines, merged["error"], checked=checked)
+    reported()  # an error from here on leaves the report as it is
     return broadcast_status(comm, status)
 
 
