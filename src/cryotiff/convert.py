@@ -29,6 +29,7 @@ from .io import FrameRecycler, HeldFile, Movie, MovieInfo, open_regular_file, pr
 from .io.atomic import CheckedDirectory
 from .io.tiff import TiffLayout, flip_rows, pixel_size_fits_tiff, relion_reads_as_4bit_packed, write_movie
 from .recorded_options import OutputRecord
+from .waking import result_of  # the main thread's waits for page tasks: a page task may hang on a stalled input
 
 def tiff_pixel_size(info: MovieInfo) -> tuple[float | None, str | None]:
     """``(pixel size for the TIFF resolution tags, warning)`` of an MRC or TIFF movie.
@@ -783,20 +784,6 @@ def output_record(source: PageSource, codec: str = "", verified: bool = True) ->
         verified=verified,
         software=f"cryotiff {__version__}",
     )
-
-
-#: How often the main thread's wait for a page task wakes (:func:`result_of`).
-SIGNAL_POLL_SECONDS = 0.05
-
-
-def result_of(future: Future):
-    """``future.result()``, waking every :data:`SIGNAL_POLL_SECONDS`: a Ctrl-C or SIGTERM whose
-    signal reached another thread, or the main thread just before its wait blocked, is acted upon
-    only when the wait wakes, and a page task may hang on a stalled input. (Not
-    ``result(timeout)``: a task's own TimeoutError would be taken for the wait's.)"""
-    while not future.done():
-        futures_wait((future,), timeout=SIGNAL_POLL_SECONDS)
-    return future.result()
 
 
 @dataclass

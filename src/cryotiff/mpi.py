@@ -1015,21 +1015,6 @@ def dead_coordinator_line() -> str | None:
                         f"{destination} was not written (its partial file is removed), and this run writes no "
                         f"movies.star nor --report; {STOPPING_AFTER_FAILURE}")
     return None
-    mark = f"{TEMPORARY_MARK}{_COORDINATOR['pid']}-"
-    listings: dict[Path, list[str]] = {}
-    for source, destination in _COORDINATOR["outputs"]:
-        directory = Path(destination).parent
-        if directory not in listings:
-            try:
-                listings[directory] = os.listdir(directory if str(directory) else ".")
-            except OSError:
-                listings[directory] = []
-        for partial in temporaries_of(Path(destination), listings[directory]):
-            if mark in partial.name and _written_into(partial) and remove_if_stale(partial):
-                return (f"ERROR: MPI rank 0 (on {_COORDINATOR['host']}) stopped while converting {source}: "
-                        f"{destination} was not written (its partial file is removed), and this run writes no "
-                        f"movies.star nor --report; {STOPPING_AFTER_FAILURE}")
-    return None
 
 
 def _coordinator_gone() -> bool | None:

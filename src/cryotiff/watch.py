@@ -59,6 +59,7 @@ from .jobs import (
     thread_pool,
 )
 from .manifest import Manifest
+from .waking import sleep_waking  # between two looks at the inputs (up to 5 s)
 
 #: Default of ``--settle_seconds``: how long a movie's size and time must stay unchanged.
 DEFAULT_SETTLE_SECONDS = 60.0
@@ -442,19 +443,6 @@ class ContextKeeper:
                 self.context.manifest = self.manifest
                 self._prepared = True
             return self.context
-
-
-#: How often a wait between two looks at the inputs wakes (:func:`sleep_waking`).
-SIGNAL_POLL_SECONDS = 0.05
-
-
-def sleep_waking(seconds: float) -> None:
-    """``time.sleep(seconds)`` in pieces of :data:`SIGNAL_POLL_SECONDS`: a Ctrl-C or SIGTERM whose
-    signal reached another thread, or the main thread just before its sleep began, ends no
-    sleep, and is acted upon only when the sleep does (up to 5 s later with one sleep)."""
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(left, SIGNAL_POLL_SECONDS))
 
 
 def watch_and_convert(

@@ -27,13 +27,13 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-import mrcfile
 import numpy as np
 
 from cryotiff.errors import CryotiffError, ExistingOutputError, GainError, OutputError
 from cryotiff.io import check_regular_file, open_regular_stream
 from cryotiff.io.atomic import AtomicFile, CheckedDirectory, fsync_directory, open_directory
 from cryotiff.io.mrc import open_mrc
+from cryotiff.waking import wait_for_event
 
 #: Largest reliability counter (int16's, the type of the reliability map); cryotiff saturates
 #: there (RELION's int16 wraps).
@@ -364,7 +364,7 @@ def save_estimate_pair(
                 if flush is not None:
                     flush.hand(written[-1])
             for flush in flushes:
-                _wait_for(flush.flushed)
+                wait_for_event(flush.flushed)  # an fsync may take minutes
                 if flush.problem is not None:
                     problem = flush.problem
                     raise OutputError(f"{flush.target.destination}: cannot write ({problem.strerror or problem})")
@@ -424,19 +424,6 @@ class _BackgroundFsync:
             self.problem = exc
         finally:
             self.flushed.set()
-
-
-#: How often a wait for an fsync wakes up: a signal that arrives just before the wait blocks
-#: (between Python's last look at its signals and the lock's system call) is only acted upon when
-#: the wait wakes.
-_SIGNAL_POLL_SECONDS = 0.05
-
-
-def _wait_for(event: threading.Event) -> None:
-    """``event.wait()``, waking every :data:`_SIGNAL_POLL_SECONDS`, so that a Ctrl-C is raised
-    within that time, not only once the disk has finished (an fsync may take minutes)."""
-    while not event.wait(_SIGNAL_POLL_SECONDS):
-        pass
 
 
 def _wait_through_interrupts(events: list[threading.Event]) -> None:

@@ -56,6 +56,7 @@ from mrcfile.mrcinterpreter import MrcInterpreter
 from cryotiff.errors import InputError, MrcFormatError
 from cryotiff.io import Movie, MovieInfo, open_regular_file, pread_exactly, will_need
 from cryotiff.io.memory import refuse_frames_beyond_memory
+from cryotiff.waking import SIGNAL_POLL_SECONDS
 
 __all__ = [
     "HEADER_NBYTES",
@@ -527,7 +528,7 @@ class MrcMovie(Movie):
             while self._active_reads:
                 # Timed: a Ctrl-C whose signal reached another thread, or this one just before
                 # the wait blocked, is acted upon only when the wait wakes.
-                self._condition.wait(_SIGNAL_POLL_SECONDS)
+                self._condition.wait(SIGNAL_POLL_SECONDS)
             self._close_descriptor()
 
     def _close_descriptor(self) -> None:
@@ -545,10 +546,6 @@ class MrcMovie(Movie):
 
     def __enter__(self) -> "MrcMovie":
         return self
-
-
-#: How often :meth:`MrcMovie.close` wakes while it waits for reads in progress.
-_SIGNAL_POLL_SECONDS = 0.05
 
 
 def open_mrc(path: PathLike, fd: int | None = None) -> MrcMovie:

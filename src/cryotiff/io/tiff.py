@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import stat
 import threading
 from dataclasses import dataclass
