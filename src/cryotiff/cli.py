@@ -862,14 +862,20 @@ def _report_if_failed(
 ) -> Iterator[None]:
     """Around a run: if an error stops it, write the ``--report`` with ``state`` ``error`` and
     the movies done so far, then let the exception go on. Writing it must not hide the reason,
-    so its own failure is only printed. (An interrupted run writes its own, with its summary.)"""
+    so its own failure is only printed. (An interrupted run writes its own, with its summary.)
+    An unexpected error (a bug: not a :class:`CryotiffError`) writes it too, as
+    ``convert-to-tiff-mpi``'s rank 0 does, so that a script reading the report never takes a
+    crashed run for one still going."""
     try:
         yield
-    except CryotiffError as exc:
+    except Exception as exc:
         if report_path is not None:
-            status = EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED
+            if isinstance(exc, CryotiffError):
+                status, error = (EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAILED), str(exc)
+            else:
+                status, error = EXIT_FAILED, f"unexpected error: {type(exc).__name__}: {exc}"
             try:
-                write_report(report_path, results_so_far(), options, inputs, None, status, state="error", error=str(exc),
+                write_report(report_path, results_so_far(), options, inputs, None, status, state="error", error=error,
                              directory=checked.report_dir if checked is not None else None)
             except CryotiffError as report_error:
                 print(f"ERROR: {report_error}", file=sys.stderr, flush=True)
