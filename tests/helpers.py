@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -150,6 +151,25 @@ def start_process(command: list[str], **popen_arguments) -> subprocess.Popen:
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def sigint_handler_that_says_so():
+    """SIGINT raises KeyboardInterrupt (as Python's own handler does), also where pytest was
+    started with SIGINT ignored (``python -m pytest &`` in a script, a CI runner: an ignored signal
+    sent by ``pthread_kill`` is lost), and sets the event it yields first, so that a test (or the
+    work it holds) knows the interrupt has landed."""
+    landed = threading.Event()
+
+    def on_sigint(signum, frame):
+        landed.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield landed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def int16_movie(path: str | Path, seed: int, n_frames: int = 3, shape_yx: tuple[int, int] = (16, 20)) -> np.ndarray:

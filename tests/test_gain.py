@@ -3,7 +3,6 @@ simulated gain-normalised movies they are tested on."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 from cryotiff import gain as G
 from cryotiff.errors import CryotiffError, GainError, UnexpectedPixelValueError
 from cryotiff.simulate.gain_normalised import make_detector, simulate_gain_normalised
-from tests.helpers import HANG_SECONDS
+from tests.helpers import HANG_SECONDS, sigint_handler_that_says_so
 
 F32 = np.float32
 INT_MIN = -(2**31)
@@ -677,25 +676,6 @@ class _SlowDisk:
                 self.running.remove(fd)
 
 
-@contextlib.contextmanager
-def _sigint_handler_that_says_so():
-    """SIGINT raises KeyboardInterrupt (as Python's own handler does), also where pytest was started
-    with SIGINT ignored (``python -m pytest &`` in a script, a CI runner: an ignored signal sent by
-    ``pthread_kill`` is lost, and the save went on to the end, "DID NOT RAISE"), and sets the event
-    it yields first, so that a test knows the interrupt has landed."""
-    landed = threading.Event()
-
-    def on_sigint(signum, frame):
-        landed.set()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield landed
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 @pytest.mark.parametrize("signalled_thread", ["main", "another"])
 def test_ctrl_c_while_a_save_waits_for_its_fsync_waits_for_it_then_removes_the_temporaries(
     tmp_path, monkeypatch, signalled_thread
@@ -719,7 +699,7 @@ def test_ctrl_c_while_a_save_waits_for_its_fsync_waits_for_it_then_removes_the_t
     both_in_fsync = threading.Event()
     main_thread = threading.main_thread().ident
 
-    with _sigint_handler_that_says_so() as interrupted:
+    with sigint_handler_that_says_so() as interrupted:
 
         def hold(number):
             if number == 2:  # both files written: the save waits for their fsync now

@@ -31,30 +31,13 @@ from cryotiff import convert, jobs
 from cryotiff.convert import ConvertOptions
 from cryotiff.io.mrc import open_mrc
 from cryotiff.manifest import Manifest
-from tests.helpers import HANG_SECONDS
+from tests.helpers import HANG_SECONDS, sigint_handler_that_says_so
 
 #: How long held work waits for the interrupt to reach the main thread before it gives up
 #: (and the test fails): only a wait that never wakes takes that long.
 HOLD_SECONDS = HANG_SECONDS
 
 SIGNALLED_THREADS = ["main", "another"]
-
-
-@contextlib.contextmanager
-def sigint_handler_that_says_so():
-    """SIGINT raises KeyboardInterrupt, also in a pytest started with SIGINT ignored, and sets
-    the event yielded first, so that the held work knows the interrupt has landed."""
-    landed = threading.Event()
-
-    def on_sigint(signum, frame):
-        landed.set()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield landed
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def main_thread_waits() -> bool:
