@@ -99,3 +99,53 @@ def test_a_bug_on_rank_zero_in_gain_estimation_writes_the_report_in_state_error(
     assert report["state"] == "error" and "injected bug on rank 0" in report["error"]
     assert sorted(Path(entry["source"]).name for entry in report["movies"]) == names
     assert all(entry["status"] == "converted" for entry in report["movies"])  # estimated
+
+
+#: --watch: rank 0 raises in its main thread once the watch has ended (waiting for its manifest
+#: lines), or in its watcher thread at its second look at the inputs (the first found the movies).
+WATCH_BUGS = {
+    "main thread": BUGS["main thread"],
+    "watcher thread": """
+        import cryotiff.watch as watch
+
+        real_look = watch.MovieWatch.look
+        looks = []
+
+        def look(self):
+            looks.append(1)
+            if len(looks) == 2:
+                raise RuntimeError("injected bug on rank 0")
+            return real_look(self)
+
+        watch.MovieWatch.look = look
+    """,
+}
+
+
+@pytest.mark.parametrize("where", sorted(WATCH_BUGS))
+def test_a_bug_on_rank_zero_during_a_watch_writes_the_report_in_state_error(tmp_path: Path, where: str) -> None:
+    """Before, the report of a --watch stayed in state ``watching`` until a later run found the
+    process gone; now rank 0 writes it in state ``error`` before it aborts the job."""
+    import os
+    import time
+
+    movies = {}
+    for k in range(2):
+        movies[f"m{k}.mrc"] = write_k2(tmp_path / f"m{k}.mrc", 2, seed=k, shape_yx=(32, 24))
+        past = time.time() - 3600  # ready at the watch's first look
+        os.utime(tmp_path / f"m{k}.mrc", (past, past))
+    script = tmp_path / "driver.py"
+    script.write_text("import sys\nfrom mpi4py import MPI\nimport cryotiff.mpi as mpi\n"
+                      + textwrap.dedent(WATCH_BUGS[where]) + "sys.exit(mpi.main())\n")
+    completed = run_mpi(["--i", "m*.mrc", "--o", "out", "--report", "report.json", "--watch", "--settle_seconds", "0",
+                         "--watch_timeout", "1"], tmp_path, script=script)
+    assert completed.returncode != 0
+    assert "injected bug on rank 0" in completed.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["state"] == "error", report["state"]
+    assert report["exit_status"] == 1 and "injected bug on rank 0" in report["error"]
+    for entry in report["movies"]:
+        if entry["status"] == "converted":
+            assert np.array_equal(read_tiff_frames(tmp_path / entry["destination"]), movies[Path(entry["source"]).name])
+    if where == "main thread":
+        assert sorted(Path(entry["source"]).name for entry in report["movies"]) == sorted(movies)

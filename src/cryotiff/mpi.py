@@ -1438,7 +1438,10 @@ def run_watch(
 
     def results_so_far() -> list[MovieResult]:
         """One result per movie (one converted again, since it changed, keeps its last)."""
-        return latest_results(found_failures + [converted[index] for index in sorted(converted)])
+        done = dict(converted)  # a copy made at once: the service thread adds to it
+        return latest_results(list(found_failures) + [done[index] for index in sorted(done)])
+
+    reported = error_report_on_rank_zero(rank, report_path, results_so_far, options, inputs, checked)
 
     def record() -> None:
         with record_lock:
@@ -1483,9 +1486,11 @@ def run_watch(
                         if watch.timeout_seconds is not None else "; Ctrl-C stops"))
                     idle_said = True
                 stop_watching.wait(watch.poll_seconds)
-        except BaseException:
+        except BaseException as exc:
+            details = traceback.format_exc()
+            report_the_error(f"MPI rank 0: unexpected error while watching the inputs: {type(exc).__name__}: {exc}")
             abort(comm, EXIT_FAILED, f"MPI rank 0: unexpected error while watching the inputs; stopping every "
-                                     f"rank.\n{traceback.format_exc()}")
+                                     f"rank.\n{details}")
         finally:
             queue.finish()
 
@@ -1545,6 +1550,7 @@ def run_watch(
         mark_not_in_manifest(results, unrecorded)
         status = report_run(inputs, results, options, reporter, time.perf_counter() - started, report_path, comm.size,
                             checked=checked, watch_records=records)
+    reported()  # an error from here on leaves the report as it is
     return broadcast_status(comm, status)
 
 
