@@ -280,7 +280,7 @@ class Manifest:
         opened = held.status_when_opened() if held is not None else None
 
         def hash_source() -> tuple[int, str] | Exception:
-            from .recorded_options import descriptor_sha256
+            from .io.digest import descriptor_sha256
 
             try:
                 before = opened or os.fstat(descriptor)
@@ -396,7 +396,7 @@ class Manifest:
             OutputError: the TIFF written changed after it was put in place (it is not
                 described).
         """
-        from .recorded_options import descriptor_sha256, file_sha256, read_record
+        from .recorded_options import file_sha256, read_record
 
         source_bytes, source_sha256 = source_hash if source_hash is not None else (source.stat().st_size,
                                                                                     file_sha256(source))
@@ -405,7 +405,7 @@ class Manifest:
             with open(os.fspath(destination), "rb", opener=lambda *_: duplicate) as handle:  # named, for tifffile
                 handle.seek(0)  # the offset is the writer's (tifffile takes a handle's position as the start)
                 record = read_record(handle)
-            output_bytes, output_sha256 = descriptor_sha256(written.fileno())
+            output_bytes, output_sha256 = written.sha256()
             if not written.unchanged() or output_bytes != written.status.st_size:
                 raise OutputError(f"{destination}: the file changed after it was written (another program wrote "
                                   "into it); the manifest cannot describe it")

@@ -45,7 +45,6 @@ or :func:`read_record`) and :func:`mismatch`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -185,30 +184,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         OSError: reading it failed.
     """
     from .io import open_regular_file
+    from .io.digest import descriptor_sha256
 
     descriptor = open_regular_file(path, "a file")
     try:
         return descriptor_sha256(descriptor)[1]
     finally:
         os.close(descriptor)
-
-
-def descriptor_sha256(descriptor: int) -> tuple[int, str]:
-    """``(bytes read, SHA-256 in hexadecimal)`` of the file open on ``descriptor``, from its
-    first byte to its end, read with ``os.preadv`` (the descriptor's offset, which a reader may
-    share, is neither used nor moved) into one 1 MiB buffer, block by block; hashlib releases
-    the GIL while it hashes a block."""
-    digest = hashlib.sha256()
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
-    offset = 0
-    while True:
-        n_bytes = os.preadv(descriptor, [buffer], offset)
-        if not n_bytes:
-            break
-        digest.update(view[:n_bytes])
-        offset += n_bytes
-    return offset, digest.hexdigest()
 
 
 def gain_identity(gain_path: Path, reliability_path: Path, hashed: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -248,7 +248,7 @@ def _open_in_directory(path: Path, dir_fd: int, what: str) -> int:
 def _sha256_of_file_read(descriptor: int, before: os.stat_result, path: Path, what: str) -> str:
     """The SHA-256 of the file open on ``descriptor`` (os.pread), which must not have changed
     since ``before`` (its fstat when opened): else the hash would not be of the data read."""
-    from ..recorded_options import descriptor_sha256
+    from ..io.digest import descriptor_sha256
 
     n_bytes, digest = descriptor_sha256(descriptor)
     after = os.fstat(descriptor)

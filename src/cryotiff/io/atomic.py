@@ -32,7 +32,8 @@ only once it is complete:
 RELION writes ``X.tif.tmp``; a file of that name carries no lock, so cryotiff cannot tell
 whether a RELION run is writing it and never touches it.
 
-This module imports nothing from the rest of cryotiff except :mod:`cryotiff.errors`.
+This module imports nothing from the rest of cryotiff except :mod:`cryotiff.errors` and
+:mod:`cryotiff.io.digest`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import OutputError
+from .digest import BackgroundDigest, DigestStopped, descriptor_sha256
 
 #: What marks cryotiff's temporary files: ``<name>.cryotiff-<token>.tmp``.
 TEMPORARY_MARK = ".cryotiff-"
@@ -202,8 +204,9 @@ class WrittenFile:
         status: its ``os.fstat`` when it was put in place (size, modification time).
     """
 
-    def __init__(self, descriptor: int):
+    def __init__(self, descriptor: int, digest: BackgroundDigest | None = None):
         self._descriptor: int | None = descriptor
+        self._digest = digest
         self.status = os.fstat(descriptor)
 
     def fileno(self) -> int:
@@ -216,8 +219,32 @@ class WrittenFile:
         now = os.fstat(self.fileno())
         return (now.st_size, now.st_mtime_ns) == (self.status.st_size, self.status.st_mtime_ns)
 
+    def sha256(self) -> tuple[int, str]:
+        """``(bytes, SHA-256 in hexadecimal)`` of the file: the digest begun before its
+        ``fsync`` (:meth:`AtomicFile.commit`) where the file had then the size and modification
+        time it was put in place with, else read now. Compare :meth:`unchanged` afterwards.
+
+        Raises:
+            OSError: reading it failed.
+        """
+        begun, self._digest = self._digest, None
+        if begun is not None:
+            before = begun.status_before
+            try:
+                n_bytes, digest = begun.result()
+            except DigestStopped:
+                pass
+            else:
+                if (before.st_size, before.st_mtime_ns) == (self.status.st_size, self.status.st_mtime_ns) \
+                        and n_bytes == before.st_size:
+                    return n_bytes, digest
+        return descriptor_sha256(self.fileno())
+
     def close(self) -> None:
         """Idempotent."""
+        begun, self._digest = self._digest, None
+        if begun is not None:
+            begun.stop()
         descriptor, self._descriptor = self._descriptor, None
         if descriptor is not None:
             os.close(descriptor)
@@ -320,19 +347,31 @@ class AtomicFile:
                               "directory) while the file was written; the file went into the directory that was "
                               f"there when the writing began, not where {self.destination.parent} leads now")
 
-    def _ready_to_rename(self, fsync: bool) -> None:
-        """Flush (and ``fsync``) and check that the temporary name is still the file written."""
+    def _ready_to_rename(self, fsync: bool, digest: bool = False) -> BackgroundDigest | None:
+        """Flush (and ``fsync``) and check that the temporary name is still the file written;
+        with ``digest``, the file's :class:`BackgroundDigest`, begun between the flush and the
+        ``fsync`` so that it hashes while the disk writes."""
+        begun = None
         try:
             self.handle.flush()
+            if digest:
+                begun = BackgroundDigest(self.handle.fileno())
             if fsync:
                 os.fsync(self.handle.fileno())
-        except OSError as exc:
+        except BaseException as exc:
+            if begun is not None:
+                begun.stop()
             self.discard()
+            if not isinstance(exc, OSError):
+                raise
             raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
         if not self.still_ours():
             self.discard()
+            if begun is not None:
+                begun.stop()
             raise OutputError(f"{self.destination}: its temporary file {self.path} was removed or replaced "
                               "while it was being written; not renamed")
+        return begun
 
     def commit(self, fsync: bool = False, kept: list[WrittenFile] | None = None) -> None:
         """Flush (and ``fsync``), check the name and rename the file to its destination; with
@@ -347,8 +386,15 @@ class AtomicFile:
             OutputError: the data or the rename cannot be written, or the temporary name was
                 replaced meanwhile (then nothing is renamed).
         """
-        self._ready_to_rename(fsync)
-        written = WrittenFile(os.dup(self.handle.fileno())) if kept is not None else None
+        # The file's digest (for its manifest line) runs beside the fsync rather than after it.
+        begun = self._ready_to_rename(fsync, digest=kept is not None)
+        try:
+            written = WrittenFile(os.dup(self.handle.fileno()), begun) if kept is not None else None
+        except BaseException:
+            if begun is not None:
+                begun.stop()
+            self.discard()
+            raise
         try:
             os.replace(self._name, self.destination.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except BaseException as exc:
