@@ -8,7 +8,9 @@ the same output replaces an earlier one when the manifest is read. A line holds:
 
 * ``output``: the TIFF's path relative to ``--o``; ``output_bytes`` and ``output_sha256``: its
   size and the SHA-256 of its bytes (``sha256sum`` gives the same), read through the descriptor
-  that wrote it (:class:`cryotiff.io.atomic.WrittenFile`), never its name;
+  that wrote it (:class:`cryotiff.io.atomic.WrittenFile`), never its name: begun while the file
+  is synced, before its rename, and used where the file still has the size and modification
+  time it had then (else read again);
 * ``pages``, ``shape_yx`` (rows, columns), ``sample_type``, and the pixels: ``page_sha256``, the
   first 16 hexadecimal digits of the SHA-256 of each page's samples (raster order, row 0 of the
   movie first, little-endian), and ``pixels_sha256``, the SHA-256 of the full page digests one
