@@ -59,7 +59,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import CryotiffError, OutputError
-from .io.atomic import fsync_directory
+from .io.atomic import LOCKS_UNSUPPORTED_ERRNOS, fsync_directory
 
 MANIFEST_NAME = "cryotiff-manifest.jsonl"
 #: Layout version of a line; lines of another version are ignored by this version.
@@ -210,7 +210,7 @@ def _append_locked(path: Path, line: str) -> None:
                                       "the entry was not added") from None
                 time.sleep(0.02)
             except OSError as exc:
-                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                if exc.errno in LOCKS_UNSUPPORTED_ERRNOS:
                     locked = False
                     break
                 raise OutputError(f"{path}: cannot lock ({exc.strerror or exc})") from None

@@ -35,7 +35,6 @@ prints it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import io
 import os
@@ -50,7 +49,7 @@ from . import __version__
 from .convert import MOVIE_SUFFIXES, MovieResult
 from .errors import CryotiffError, OutputError, StarFormatError
 from .io import open_regular_file, open_regular_stream
-from .io.atomic import CheckedDirectory, open_directory
+from .io.atomic import LOCKS_UNSUPPORTED_ERRNOS, CheckedDirectory, open_directory
 from .io.star import MOVIE_NAME_COLUMN, Table, movie_table_name, read_star_blocks, write_star_atomically
 
 MOVIES_STAR_NAME = "movies.star"
@@ -501,7 +500,7 @@ def _locked(dir_fd: int, output_dir: Path, warnings: list[str]) -> Iterator[None
             time.sleep(0.05)
             continue
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            if exc.errno not in LOCKS_UNSUPPORTED_ERRNOS:
                 os.close(descriptor)
                 raise OutputError(f"{path}: cannot lock ({exc.strerror or exc})") from None
             warnings.append(f"{path}: this file system cannot lock files; two runs into the same "

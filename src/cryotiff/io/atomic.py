@@ -13,7 +13,9 @@ only once it is complete:
   its creation and the lock: it takes another name). A temporary file whose lock can be taken
   therefore belongs to no live process, also an empty one: :func:`remove_if_stale` removes
   such files (left by ``kill -9``, a crash or a power cut) at once, and never one that is being
-  written, also not by another run writing into the same directory at the same time.
+  written, also not by another run writing into the same directory at the same time. On a file
+  system without locks (:data:`LOCKS_UNSUPPORTED_ERRNOS`: Lustre without ``-o flock``, say) the
+  file is written unlocked, and no temporary file is ever taken for stale there: leftovers stay.
 * ``os.replace`` puts it in place: it replaces whatever entry ``X`` is, a file or a symlink, and
   never writes through a link at ``X``. Just before, the name is checked to still be the file
   that was written.
@@ -57,6 +59,28 @@ _TOKEN_PATTERN = r"[0-9]+-[0-9a-f]{8}"
 
 #: Attempts at a fresh name before giving up (a clash needs the same pid and 32 random bits).
 _NAME_ATTEMPTS = 100
+
+#: What ``flock`` fails with where the file system has no locks: Lustre mounted without
+#: ``-o flock`` (its default: ENOSYS), NFS without its lock service (ENOLCK), some FUSE and SMB
+#: mounts (EOPNOTSUPP, EINVAL).
+LOCKS_UNSUPPORTED_ERRNOS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL})
+
+
+def lock_if_supported(fd: int, operation: int) -> bool:
+    """``fcntl.flock(fd, operation)``; False where the file system has no locks
+    (:data:`LOCKS_UNSUPPORTED_ERRNOS`), True once it is taken.
+
+    Raises:
+        BlockingIOError: with ``LOCK_NB``, another holds the lock.
+        OSError: any other failure.
+    """
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as exc:
+        if exc.errno in LOCKS_UNSUPPORTED_ERRNOS and not isinstance(exc, BlockingIOError):
+            return False
+        raise
+    return True
 
 
 def _random_token() -> str:
@@ -285,12 +309,17 @@ class AtomicFile:
                 except OSError as exc:
                     raise OutputError(f"{self.destination}: cannot write ({exc.strerror or exc})") from None
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a stale-check holds its shared lock
+                    # Blocks only while a stale check holds its shared lock. Without locks (the
+                    # file system has none) no stale check removes a temporary, so none is needed.
+                    locked = lock_if_supported(fd, fcntl.LOCK_EX)
                     status = os.fstat(fd)
-                except BaseException:
+                except BaseException as exc:
                     with contextlib.suppress(OSError):
                         os.unlink(name, dir_fd=self._dir_fd)
                     os.close(fd)
+                    if isinstance(exc, OSError):
+                        raise OutputError(f"{self.destination}: cannot lock its temporary file "
+                                          f"({exc.strerror or exc})") from None
                     raise
                 if self._names(name, status):
                     break
@@ -304,6 +333,7 @@ class AtomicFile:
             self._close_directory()
             raise
         self._name = name
+        self._locked = locked
         self.path = self.destination.with_name(name)
         self._stat = status
         try:
@@ -407,7 +437,7 @@ class AtomicFile:
         if written is not None:
             kept.append(written)
         self._done = True
-        if written is not None:  # the duplicate shares the lock: released with it, after the rename
+        if written is not None and self._locked:  # the duplicate shares the lock: released with it, after the rename
             fcntl.flock(written.fileno(), fcntl.LOCK_UN)
         self.handle.close()  # releases the lock, after the rename
         try:
