@@ -12,6 +12,7 @@ from . import command_environment  # noqa: F401, I001
 
 import argparse
 import contextlib
+import io
 import os
 import signal
 import stat
@@ -26,6 +27,7 @@ from . import __version__
 from .codecs import COMPRESSION_CHOICES, opt_in_warning, validate_options
 from .convert import ConvertOptions, MovieResult
 from .errors import CryotiffError, OptionError, OutputError
+from .inputs import is_utf8_text, printable
 from .io.atomic import CheckedDirectory
 from .jobs import Job, Reporter, Summary, plan, run, summarise
 from .movies_star import MOVIES_STAR_NAME, write_movies_star
@@ -327,6 +329,9 @@ def watch_from_args(args: argparse.Namespace) -> WatchOptions | None:
 
 def option_conflicts(options: ConvertOptions) -> str | None:
     """Combinations of options that cannot work together, as one message (None if fine)."""
+    if not is_utf8_text(options.output_dir):
+        return (f"--o {printable(options.output_dir)}: the path is not UTF-8 text (the bytes shown as \\x..), so "
+                "movies.star could not list the TIFFs in it; choose another --o")
     if options.lossy and options.gain is None:
         return "--lossy needs --gain (the estimated gain of the float movies)"
     if options.lossy and options.estimate_gain:
@@ -339,6 +344,18 @@ unsupported_yet = option_conflicts
 
 
 # --------------------------------------------------------------------------- terminal output
+
+
+def names_never_fail_to_print(*streams: TextIO) -> None:
+    """A file name whose bytes are not UTF-8 text (Python holds them as surrogates) is printed
+    with those bytes as ``\\udcff`` instead of stopping the run with a UnicodeEncodeError, on a
+    terminal whose encoding refuses them (``errors="strict"``, as under ``en_US.UTF-8``)."""
+    for stream in streams or (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict":
+            try:
+                stream.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
+            except (AttributeError, ValueError, io.UnsupportedOperation):
+                pass  # not a TextIOWrapper (a test's capture)
 
 
 class TerminalReporter(Reporter):
@@ -1179,6 +1196,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run it; returns the exit status."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
+    names_never_fail_to_print()
     parser = build_parser()
     args = parser.parse_args(argv)
     reporter = TerminalReporter()

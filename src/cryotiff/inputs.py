@@ -342,6 +342,22 @@ def _one_name_per_file(paths: Iterable[Path]) -> list[Path]:
     return list(unique.values())
 
 
+def printable(path: str | os.PathLike[str]) -> str:
+    """``path`` as it can be printed and written into any text: the bytes of a name that is not
+    UTF-8 text (Python holds them as surrogates, which a strict terminal or a UTF-8 file refuses)
+    shown as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8_text(path: str | os.PathLike[str]) -> bool:
+    """The path's bytes are UTF-8 text (no byte Python had to hold as a surrogate)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def output_path(movie: Path, output_dir: Path) -> Path:
     """Where the TIFF of ``movie`` goes: ``<o>/<movie path without its last extension>.tif``, as
     RELION names it, except that nothing lands outside ``<o>``:
@@ -350,13 +366,20 @@ def output_path(movie: Path, output_dir: Path) -> Path:
     * an absolute path loses its root: ``/data/x.mrc`` -> ``<o>/data/x.tif`` (as in RELION);
     * each remaining ``..`` becomes ``__``: ``../raw/x.mrc`` -> ``<o>/__/raw/x.tif`` (RELION writes
       ``<o>/../raw/x.tif``, outside the output directory).
+
+    Raises:
+        InputError: not a movie file name (``.``), or a name whose bytes are not UTF-8 text: the
+            movie STAR file (text, UTF-8) could not list its TIFF.
     """
     parts = PurePath(os.path.normpath(str(movie))).parts
     if parts and PurePath(movie).is_absolute():
         parts = parts[1:]  # drop "/" (or a drive and root)
     parts = tuple("__" if part == ".." else part for part in parts)
     if not parts:
-        raise InputError(f"{movie}: not a movie file name")
+        raise InputError(f"{printable(movie)}: not a movie file name")
+    if not is_utf8_text(movie):
+        raise InputError(f"{printable(movie)}: its name is not UTF-8 text (the bytes shown as \\x..), so movies.star "
+                         "could not list its TIFF; rename the movie (nothing was written for it)")
     relative = Path(*parts)
     return output_dir / relative.with_name(relative.stem + ".tif")  # stem: without the last extension
 

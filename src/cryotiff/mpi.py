@@ -93,6 +93,7 @@ from .cli import (
     finish_verify,
     make_output_dir,
     manifest_key,
+    names_never_fail_to_print,
     unplanned_verdict,
     verify_conflict,
     watch_from_args,
@@ -174,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     whole_lines_per_write(sys.stdout)
     whole_lines_per_write(sys.stderr)
+    names_never_fail_to_print(sys.stdout, sys.stderr)
     # Ctrl-C on mpirun reaches the ranks as SIGTERM (then SIGKILL): turned into KeyboardInterrupt,
     # it lets the movie being written remove its temporary file, as Ctrl-C does in convert-to-tiff.
     signal.signal(signal.SIGTERM, _interrupt)
