@@ -88,3 +88,14 @@ def test_mpi_refuses_the_name_and_converts_the_others(tmp_path: Path, monkeypatc
     assert "Traceback" not in result.stderr
     assert f"in/{SHOWN}: its name is not UTF-8 text" in result.stderr + result.stdout
     check_outputs(tmp_path / "out", frames)
+
+
+def test_a_watch_refuses_the_name_once_and_converts_the_others(tmp_path: Path) -> None:
+    frames = movies(tmp_path / "in")
+    result = run_cli(["--i", "in/*.mrc", "--o", "out", "--watch", "--settle_seconds", "0.2", "--watch_timeout", "2"],
+                     tmp_path, "utf-8:strict")
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert stderr.count(f"in/{SHOWN}: its name is not UTF-8 text") == 1, stderr
+    check_outputs(tmp_path / "out", frames)
