@@ -133,8 +133,8 @@ class OutputSoFar:
 
 
 def start_process(command: list[str], **popen_arguments) -> subprocess.Popen:
-    """``subprocess.Popen(command, **popen_arguments)`` with SIGINT at its default action in the
-    child, also when this process ignores it.
+    """``subprocess.Popen(command, **popen_arguments)`` with SIGINT and SIGHUP at their default
+    actions in the child, also when this process ignores them (SIGHUP: under ``nohup``).
 
     A shell without job control (``python -m pytest &`` in a script, a CI runner) starts pytest
     with SIGINT ignored, and an ignored signal stays ignored across ``exec``: the child would
@@ -143,14 +143,15 @@ def start_process(command: list[str], **popen_arguments) -> subprocess.Popen:
     caught here while the child starts (no ``preexec_fn``, which is unsafe with threads).
     Call it from the main thread, as tests run.
     """
-    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    if ignored:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    caught_while_starting = {signal.SIGINT: signal.default_int_handler, signal.SIGHUP: lambda signum, frame: None}
+    ignored = [signum for signum in caught_while_starting if signal.getsignal(signum) == signal.SIG_IGN]
+    for signum in ignored:
+        signal.signal(signum, caught_while_starting[signum])
     try:
         return subprocess.Popen(command, **popen_arguments)
     finally:
-        if ignored:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
-from . import __version__
+from . import __version__, hangup
 from .codecs import COMPRESSION_CHOICES, opt_in_warning, validate_options
 from .convert import ConvertOptions, MovieResult
 from .errors import CryotiffError, OptionError, OutputError
@@ -782,12 +782,14 @@ def _made_since(path: Path, started_ns: int) -> bool:
 
 def finish_interrupted(finish: Callable[[], int]) -> int:
     """Run ``finish`` (the summary, ``movies.star``, the report of an interrupted run) with
-    Ctrl-C and SIGTERM held back, so that pressing Ctrl-C again does not cut them short; they
+    Ctrl-C and SIGTERM held back (and a SIGHUP only silencing the terminal that closed), so that pressing Ctrl-C again does not cut them short; they
     take well under a second. Returns what ``finish`` returns."""
     if threading.current_thread() is not threading.main_thread():
         return finish()
     held = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in held}
+    if callable(signal.getsignal(signal.SIGHUP)):  # the terminal closing now: silenced, the writing goes on
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup.while_held)
     try:
         return finish()
     finally:
@@ -1197,6 +1199,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
     names_never_fail_to_print()
+    hangup.stop_on_hangup()
     parser = build_parser()
     args = parser.parse_args(argv)
     reporter = TerminalReporter()

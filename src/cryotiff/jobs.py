@@ -1013,18 +1013,32 @@ def manifest_waited(manifest: Manifest | None, reporter: Reporter,
     wait(deliver_held=True)
 
 
+def _hangup_if_caught() -> tuple[int, ...]:
+    """SIGHUP, where the command stops on it (:mod:`cryotiff.hangup`); else nothing, so that a
+    SIGHUP ignored (``nohup``) or left at its default stays so."""
+    return (signal.SIGHUP,) if callable(signal.getsignal(signal.SIGHUP)) else ()
+
+
 @contextlib.contextmanager
 def interrupts_held(deliver_held: bool = True) -> Iterator[None]:
-    """Hold back Ctrl-C and SIGTERM while the block runs (in the main thread, where Python
+    """Hold back Ctrl-C, SIGTERM and (where the command stops on it) SIGHUP while the block runs (in the main thread, where Python
     handles signals): one that comes meanwhile is delivered again, to the handler in place
     before, once the block has ended without an exception (with ``deliver_held``); the
     others are dropped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    from .hangup import silence_hung_up_terminal
+
     caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
+
+    def hold(signum, frame) -> None:
+        if signum == signal.SIGHUP:  # the terminal closed: what is printed meanwhile must not fail
+            silence_hung_up_terminal()
+        caught.append(signum)
+
+    held = (signal.SIGINT, signal.SIGTERM) + _hangup_if_caught()
+    previous = {signum: signal.signal(signum, hold) for signum in held}
     try:
         yield
     finally:
